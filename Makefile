@@ -1,0 +1,34 @@
+# Two commands on a fresh Debian 12 machine, as root: `make demo` and `make test`.
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install check test unit e2e demo lab-down fmt
+
+install:
+	@scripts/install-deps.sh
+
+check: install
+	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: install
+	$(BIN)/pytest -q -m "not e2e"
+
+e2e: install
+	$(BIN)/pytest -q -m e2e
+
+# Every test, the end-to-end ones in a real lab included; the code checks first.
+test: check
+	$(BIN)/pytest -q
+
+demo: install
+	@scripts/demo.sh
+
+lab-down: install
+	$(BIN)/shoal lab down
+
+fmt: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests

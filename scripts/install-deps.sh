@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what shoal's demo, tests and benchmarks need on a fresh Debian 12 machine (as root).
+# Idempotent: a second run installs nothing new.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables iproute2 iperf3
+              busybox-static tcpdump util-linux procps)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # --no-install-recommends: docker.io's recommends pull in things we do not use.
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# The distro's docker.io starts a system dockerd we do not need; the lab runs its own per host.
+systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> python venv in .venv"
+  python3 -m venv .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+  echo "==> pip install -e .[dev]"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+  touch .venv/.installed
+fi

@@ -1,0 +1,139 @@
+"""`shoal` command line: parsing and dispatch. Keep the contract in ARCHITECTURE.md stable."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from shoal.model.errors import ShoalError
+
+DEFAULT_SERVER_DATA_DIR = "/var/lib/shoal/server"
+DEFAULT_STATE_DIR = "/var/lib/shoal/agent"
+
+
+def _handler(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    # Imported lazily: `shoal status` must not pay for the server's imports, and vice versa.
+    def run(args: argparse.Namespace) -> int:
+        fn: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module(f"shoal.cli.{module}"), name
+        )
+        return fn(args)
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal", description="Encrypted WireGuard mesh for Docker containers across hosts."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def admin_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--data-dir", default=DEFAULT_SERVER_DATA_DIR, help="server data dir")
+        p.add_argument("--server", help="server URL (remote admin; needs SHOAL_ADMIN_TOKEN)")
+
+    p = sub.add_parser("server", help="run the control server")
+    p.add_argument("--listen", default="0.0.0.0:8443", metavar="ADDR:PORT")
+    p.add_argument("--data-dir", default=DEFAULT_SERVER_DATA_DIR)
+    p.add_argument("--store", help="store URL (default sqlite in the data dir)")
+    p.add_argument("--mesh-pool", default=None, help="mesh IP pool (default 100.64.0.0/10)")
+    p.add_argument("--container-pool", default=None, help="container pool (default 10.42.0.0/16)")
+    p.add_argument("--subnet-prefix", type=int, default=None, help="per-host subnet size (24)")
+    p.set_defaults(run=_handler("server_cmds", "cmd_server"))
+
+    token = sub.add_parser("token", help="join tokens").add_subparsers(
+        dest="token_cmd", required=True
+    )
+    p = token.add_parser("create", help="create a join token")
+    p.add_argument("--reusable", action="store_true")
+    p.add_argument("--expires", help="lifetime such as 30m, 1h, 7d")
+    p.add_argument("--tag", action="append", default=[])
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_token_create"))
+    p = token.add_parser("list", help="list join tokens")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_token_list"))
+    p = token.add_parser("revoke", help="revoke a join token")
+    p.add_argument("id")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_token_revoke"))
+
+    p = sub.add_parser("nodes", help="list the mesh's nodes")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_nodes"))
+    node = sub.add_parser("node", help="manage nodes").add_subparsers(
+        dest="node_cmd", required=True
+    )
+    p = node.add_parser("remove", help="remove a node from the mesh")
+    p.add_argument("name")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_node_remove"))
+
+    p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
+    p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
+    p.add_argument("--token", help="join token SHOAL-1-...")
+    p.add_argument("--name", help="node name (default: hostname)")
+    p.add_argument("--advertise-addr", help="underlay IP other hosts reach this one at")
+    p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
+    p.add_argument("--foreground", action="store_true", help="run the agent in this process")
+    p.set_defaults(run=_handler("agent_cmds", "cmd_up"))
+
+    p = sub.add_parser("status", help="this host, its peers, handshakes and traffic")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("agent_cmds", "cmd_status"))
+
+    p = sub.add_parser("ping", help="check reachability of a node over the mesh")
+    p.add_argument("target", metavar="NODE|IP")
+    p.add_argument("--count", "-c", type=int, default=3)
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("agent_cmds", "cmd_ping"))
+
+    p = sub.add_parser("down", help="undo everything shoal changed on this host")
+    p.add_argument("--leave", action="store_true", help="also remove this node from the mesh")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.add_argument("--docker-host", default=None)
+    p.set_defaults(run=_handler("agent_cmds", "cmd_down"))
+
+    lab = sub.add_parser("lab", help="a multi-host lab on this machine").add_subparsers(
+        dest="lab_cmd", required=True
+    )
+    p = lab.add_parser("up", help="create N hosts (netns + dockerd each) and a server")
+    p.add_argument("--hosts", type=int, default=3)
+    p.add_argument("--name", default="lab", help="lab name (several labs can coexist)")
+    p.set_defaults(run=_handler("lab_cmds", "cmd_lab_up"))
+    p = lab.add_parser("down", help="remove the lab and everything in it")
+    p.add_argument("--name", default="lab")
+    p.set_defaults(run=_handler("lab_cmds", "cmd_lab_down"))
+    p = lab.add_parser("exec", help="run a command on a lab host")
+    p.add_argument("--name", default="lab")
+    p.add_argument("host")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p.set_defaults(run=_handler("lab_cmds", "cmd_lab_exec"))
+    p = lab.add_parser("status", help="show the lab's hosts and addresses")
+    p.add_argument("--name", default="lab")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_handler("lab_cmds", "cmd_lab_status"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except ShoalError as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Frozen, typed values shared by server, agent and CLI; their JSON is the wire format."""

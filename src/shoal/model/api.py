@@ -1,0 +1,78 @@
+"""Request and response bodies of the server's HTTP API (the wire format is their JSON)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network
+
+from pydantic import Field
+
+from shoal.model.keys import PublicKey
+from shoal.model.netmap import Endpoint, Frozen, NetworkMap
+
+API_VERSION = 1
+NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
+
+
+class RegisterRequest(Frozen):
+    """An agent joining with a join token (or re-joining with the same key)."""
+
+    token: str
+    name: str = Field(pattern=NAME_PATTERN)
+    public_key: PublicKey
+    endpoints: tuple[Endpoint, ...] = ()
+    # Routes and Docker networks already on the host; the server refuses to join a host whose
+    # routes overlap the mesh's pools instead of creating a conflict there.
+    host_prefixes: tuple[IPv4Network, ...] = ()
+
+
+class RegisterResponse(Frozen):
+    node_id: str
+    credential: str  # bearer secret for this node's later requests; stored hashed by the server
+    netmap: NetworkMap
+
+
+class UpdateEndpointsRequest(Frozen):
+    endpoints: tuple[Endpoint, ...]
+
+
+class TokenCreateRequest(Frozen):
+    reusable: bool = False
+    expires_in_seconds: int | None = Field(default=None, gt=0)
+    tags: tuple[str, ...] = ()
+
+
+class TokenInfo(Frozen):
+    id: str
+    reusable: bool
+    tags: tuple[str, ...] = ()
+    created_at: datetime
+    expires_at: datetime | None = None
+    used_at: datetime | None = None
+    revoked: bool = False
+
+
+class TokenCreated(Frozen):
+    info: TokenInfo
+    token: str  # SHOAL-1-<ca fingerprint>-<secret>; shown once, never stored in clear
+
+
+class NodeInfo(Frozen):
+    """A node as the admin sees it (`shoal nodes`)."""
+
+    id: str
+    name: str
+    public_key: PublicKey
+    mesh_ip: IPv4Address
+    subnet: IPv4Network
+    endpoints: tuple[Endpoint, ...] = ()
+    created_at: datetime
+    last_seen: datetime | None = None
+    online: bool = False
+
+
+class ErrorBody(Frozen):
+    """Every 4xx/5xx body: a stable machine code and one line for a human."""
+
+    code: str
+    message: str

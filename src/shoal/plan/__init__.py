@@ -1,0 +1,1 @@
+"""Pure planning: (netmap, host facts) -> HostConfig, the desired state of every adapter."""
