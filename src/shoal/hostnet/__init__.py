@@ -1,0 +1,28 @@
+"""Host networking: links, addresses and routes over netlink, plus IPv4 forwarding.
+
+The only importer of pyroute2 besides the data plane; every call acts on the current network
+namespace, converges one aspect and returns whether it changed anything.
+"""
+
+from shoal.hostnet.errors import HostNetError, LinkNotFound
+from shoal.hostnet.netlink import (
+    delete_link,
+    ensure_address,
+    ensure_link_up,
+    host_prefixes,
+    link_exists,
+    sync_routes,
+)
+from shoal.hostnet.sysctl import ensure_ip_forward
+
+__all__ = [
+    "HostNetError",
+    "LinkNotFound",
+    "delete_link",
+    "ensure_address",
+    "ensure_ip_forward",
+    "ensure_link_up",
+    "host_prefixes",
+    "link_exists",
+    "sync_routes",
+]

@@ -1,0 +1,131 @@
+"""hostnet against a real kernel, inside throwaway network namespaces."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+
+import pytest
+
+from shoal import hostnet
+from shoal.plan.hostconfig import RouteConfig
+from tests.hostnet.netns import Netns, NetnsFactory
+
+POOLS = (IPv4Network("10.42.0.0/16"),)
+SRC = IPv4Address("100.64.0.1")
+
+
+def routes_dump(ns: Netns, dev: str = "m0") -> list[str]:
+    """`ip route` of `dev` as sorted lines: dst, protocol, source, MTU."""
+    lines = []
+    for r in json.loads(ns.sh("ip", "-j", "-4", "route", "show", "dev", dev).stdout):
+        mtu = next((m["mtu"] for m in r.get("metrics", []) if "mtu" in m), None)
+        proto = r.get("protocol", "boot")
+        lines.append(f"{r['dst']} proto {proto} src {r.get('prefsrc')} mtu {mtu}")
+    return sorted(lines)
+
+
+@pytest.fixture
+def ns(netns: NetnsFactory) -> Netns:
+    ns = netns.new("hn")
+    ns.sh("ip", "link", "add", "m0", "type", "veth", "peer", "name", "m1")
+    return ns
+
+
+def test_address_and_link_converge(ns: Netns) -> None:
+    addr = IPv4Interface("100.64.0.1/10")
+
+    async def first() -> tuple[bool, bool]:
+        return await hostnet.ensure_address("m0", addr), await hostnet.ensure_link_up("m0", 1420)
+
+    assert ns.run(first) == (True, True)
+    assert ns.run(first) == (False, False)
+    link = json.loads(ns.sh("ip", "-j", "addr", "show", "m0").stdout)[0]
+    assert link["mtu"] == 1420 and "UP" in link["flags"]
+    assert [(a["local"], a["prefixlen"]) for a in link["addr_info"]] == [("100.64.0.1", 10)]
+
+    moved = IPv4Interface("100.64.0.7/10")
+    assert ns.run(lambda: hostnet.ensure_address("m0", moved)) is True
+    link = json.loads(ns.sh("ip", "-j", "addr", "show", "m0").stdout)[0]
+    assert [(a["local"], a["prefixlen"]) for a in link["addr_info"]] == [("100.64.0.7", 10)]
+
+
+def test_link_exists_and_delete(ns: Netns) -> None:
+    assert ns.run(lambda: hostnet.link_exists("m0")) is True
+    assert ns.run(lambda: hostnet.delete_link("m0")) is True
+    assert ns.run(lambda: hostnet.link_exists("m0")) is False
+    assert ns.run(lambda: hostnet.delete_link("m0")) is False
+
+
+def test_missing_link_is_a_typed_error(ns: Netns) -> None:
+    with pytest.raises(hostnet.LinkNotFound, match="nope0 does not exist"):
+        ns.run(lambda: hostnet.ensure_link_up("nope0", 1420))
+
+
+def test_sync_routes_adds_fixes_deletes_only_its_own(ns: Netns) -> None:
+    ns.sh("ip", "link", "set", "m0", "up")
+    ns.sh("ip", "addr", "add", "100.64.0.1/10", "dev", "m0")
+    # Not ours: outside the pools, and a pool route on another device.
+    ns.sh("ip", "route", "add", "192.0.2.0/24", "dev", "m0")
+    ns.sh("ip", "link", "set", "lo", "up")
+    ns.sh("ip", "route", "add", "10.42.9.0/24", "dev", "lo")
+    # Ours but stale: wrong MTU, and one no longer wanted.
+    ns.sh("ip", "route", "add", "10.42.2.0/24", "dev", "m0", "src", "100.64.0.1", "mtu", "1300")
+    ns.sh("ip", "route", "add", "10.42.5.0/24", "dev", "m0", "src", "100.64.0.1", "mtu", "1420")
+
+    want = [
+        RouteConfig(dst=IPv4Network("10.42.2.0/24"), dev="m0", src=SRC, mtu=1420),
+        RouteConfig(dst=IPv4Network("10.42.3.0/24"), dev="m0", src=SRC, mtu=1420),
+    ]
+    assert ns.run(lambda: hostnet.sync_routes("m0", want, POOLS)) is True
+    assert routes_dump(ns) == [
+        "10.42.2.0/24 proto static src 100.64.0.1 mtu 1420",
+        "10.42.3.0/24 proto static src 100.64.0.1 mtu 1420",
+        "100.64.0.0/10 proto kernel src 100.64.0.1 mtu None",
+        "192.0.2.0/24 proto boot src None mtu None",
+    ]
+    assert "10.42.9.0/24" in ns.sh("ip", "route", "show", "dev", "lo").stdout
+    assert ns.run(lambda: hostnet.sync_routes("m0", want, POOLS)) is False
+    assert ns.run(lambda: hostnet.sync_routes("m0", [], POOLS)) is True
+    assert routes_dump(ns) == [
+        "100.64.0.0/10 proto kernel src 100.64.0.1 mtu None",
+        "192.0.2.0/24 proto boot src None mtu None",
+    ]
+
+
+def test_sync_routes_refuses_routes_it_could_not_remove(ns: Netns) -> None:
+    outside = [RouteConfig(dst=IPv4Network("192.0.2.0/24"), dev="m0", src=SRC, mtu=1420)]
+    with pytest.raises(ValueError, match="outside the routed pools"):
+        ns.run(lambda: hostnet.sync_routes("m0", outside, POOLS))
+
+
+def test_host_prefixes(ns: Netns) -> None:
+    ns.sh("ip", "link", "set", "m0", "up")
+    ns.sh("ip", "addr", "add", "192.0.2.1/24", "dev", "m0")
+    ns.sh("ip", "route", "add", "default", "via", "192.0.2.254")
+    ns.sh("ip", "route", "add", "10.50.0.0/16", "via", "192.0.2.254")
+    ns.sh("ip", "link", "add", "m2", "type", "veth", "peer", "name", "m3")
+    ns.sh("ip", "link", "set", "m2", "up")
+    ns.sh("ip", "addr", "add", "100.64.0.1/10", "dev", "m2")
+    assert ns.run(lambda: hostnet.host_prefixes(["m2"])) == [
+        IPv4Network("10.50.0.0/16"),
+        IPv4Network("192.0.2.0/24"),
+    ]
+
+
+def test_ensure_ip_forward(ns: Netns) -> None:
+    assert ns.run(hostnet.ensure_ip_forward) is True
+    assert ns.run(hostnet.ensure_ip_forward) is False
+    assert ns.sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+
+
+def test_sync_routes_without_pools_owns_the_whole_device(ns: Netns) -> None:
+    ns.sh("ip", "link", "set", "m0", "up")
+    ns.sh("ip", "addr", "add", "100.64.0.1/10", "dev", "m0")
+    ns.sh("ip", "route", "add", "192.0.2.0/24", "dev", "m0")
+    want = [RouteConfig(dst=IPv4Network("10.42.3.0/24"), dev="m0", src=SRC, mtu=1420)]
+    assert ns.run(lambda: hostnet.sync_routes("m0", want)) is True
+    assert routes_dump(ns) == [
+        "10.42.3.0/24 proto static src 100.64.0.1 mtu 1420",
+        "100.64.0.0/10 proto kernel src 100.64.0.1 mtu None",
+    ]
