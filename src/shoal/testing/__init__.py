@@ -1,0 +1,1 @@
+"""Builders for tests; production code never imports this package."""

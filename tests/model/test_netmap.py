@@ -1,0 +1,44 @@
+from ipaddress import IPv4Network
+
+from shoal.model.keys import PrivateKey, PublicKey
+from shoal.model.netmap import MapUpdate, NetworkMap
+from shoal.testing.builders import netmap, node
+
+
+def test_json_round_trip_is_lossless() -> None:
+    m = netmap(1, [2, 3])
+    assert NetworkMap.model_validate_json(m.model_dump_json()) == m
+
+
+def test_delta_adds_changes_and_removes_peers() -> None:
+    m = netmap(1, [2, 3], revision=5)
+    moved = node(3).model_copy(update={"subnet": IPv4Network("10.42.9.0/24")})
+    update = MapUpdate(
+        kind="delta", revision=7, peers_changed=(node(4), moved), peers_removed=("n2",)
+    )
+    after = m.apply(update)
+    assert after.revision == 7
+    assert [p.id for p in after.peers] == ["n3", "n4"]
+    assert after.peer("n3") == moved
+    assert after.self_node == m.self_node
+
+
+def test_stale_or_empty_updates_change_nothing() -> None:
+    m = netmap(1, [2], revision=5)
+    assert m.apply(MapUpdate(kind="none", revision=5)) is m
+    assert m.apply(MapUpdate(kind="delta", revision=4, peers_removed=("n2",))) is m
+
+
+def test_full_update_replaces_the_map() -> None:
+    m = netmap(1, [2], revision=5)
+    full = netmap(1, [3], revision=9)
+    assert m.apply(MapUpdate(kind="full", revision=9, full=full)) == full
+
+
+def test_private_key_never_prints_and_matches_wg_public_key() -> None:
+    key = PrivateKey.generate()
+    assert "redacted" in repr(key) and key.to_base64() not in str(key)
+    assert PublicKey.parse(str(key.public_key())) == key.public_key()
+    # A known vector: the X25519 public key of the all-ones (clamped) private key, as `wg pubkey`.
+    known = PrivateKey.parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=")
+    assert len(known.public_key().raw) == 32
