@@ -212,6 +212,17 @@ class LabHost:
             shown=[f"{self.name}: docker", *args],
         )
 
+    def docker_popen(self, args: Sequence[str]) -> subprocess.Popen[str]:
+        """Start the docker CLI against this host's dockerd in the background; stdout and
+        stderr together on a text pipe (`communicate()` it). Not recorded: it ends with dockerd."""
+        return subprocess.Popen(
+            ["docker", "-H", self.docker_host, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
     def run_container(
         self,
         name: str,
