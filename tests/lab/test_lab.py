@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from shoal.lab import DEFAULT_ROOT, IMAGE, Lab, LabCommandFailed, sweep
+from shoal.lab import lab as lab_module
 from shoal.lab.procs import NETNS_DIR, is_alive, mounts_under
 
 pytestmark = pytest.mark.e2e
@@ -140,3 +141,39 @@ def test_sweep_removes_an_aborted_create_but_keeps_persistent_labs() -> None:
         assert Lab.exists(kept)
     finally:
         persistent.destroy()
+
+
+_STAND_IN = """
+import socket, sys, time
+args = sys.argv[1:]
+if args[0] == "server":
+    host, port = args[args.index("--listen") + 1].rsplit(":", 1)
+    sock = socket.create_server((host, int(port)))
+    time.sleep(3600)
+elif args[:2] == ["token", "create"]:
+    print("created a reusable token:" if "--reusable" in args else "created a token:")
+    print("SHOAL-1-standin")
+"""
+
+
+def test_server_lifecycle_with_a_stand_in_server(
+    lab: Lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The lab drives `shoal server` / `shoal token create` by their CLI contract only; a
+    # stand-in honouring that contract exercises start, status, token and stop.
+    script = tmp_path / "standin.py"
+    script.write_text(_STAND_IN)
+    monkeypatch.setattr(lab_module, "shoal_argv", lambda: [sys.executable, str(script)])
+    url = lab.start_server()
+    assert url == "https://192.0.2.2:8443"
+    assert lab.start_server() == url  # already running: left as is
+    connect = "import socket; socket.create_connection(('192.0.2.2', 8443), 2).close()"
+    lab.host("h1").exec([sys.executable, "-c", connect])  # reachable over the underlay
+    assert lab.create_token() == "SHOAL-1-standin"
+    status = Lab.load(lab.name).status()
+    assert status["server"]["running"] and status["server"]["url"] == url
+    assert status["token"] == "SHOAL-1-standin"
+    pid = status["server"]["pid"]
+    lab.stop_server(kill=True)
+    assert not is_alive(pid)
+    assert not Lab.load(lab.name).status()["server"]["running"]

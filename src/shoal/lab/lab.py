@@ -43,7 +43,9 @@ _TOOLS = {
     "ip": "iproute2",
     "nsenter": "util-linux",
     "unshare": "util-linux",
+    "mount": "mount",
     "umount": "mount",
+    "sh": "dash",
     "dockerd": "docker.io",
     "docker": "docker.io",
 }
@@ -428,7 +430,11 @@ class Lab:
     # -- the server -------------------------------------------------------------------------
 
     def start_server(self, timeout: float = 30) -> str:
-        """Run `shoal server` on the server host (detached); wait until it listens; its URL."""
+        """Run `shoal server` on the server host (detached); wait until it listens; its URL.
+
+        A server already running is left as is."""
+        if self.server_running() and self._state.server_url:
+            return self._state.server_url
         self.server_data_dir.mkdir(parents=True, exist_ok=True)
         progress(f"starting shoal server on {SERVER_IP}:{SERVER_PORT}")
         argv = [
