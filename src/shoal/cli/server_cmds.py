@@ -1,0 +1,192 @@
+"""`shoal server` and the admin commands (token, nodes, node remove): parsing and rendering.
+
+Admin commands find the server in `--data-dir` (server.json + admin.token, on the server host)
+or take `--server URL` with the admin token in SHOAL_ADMIN_TOKEN. Either way they pin the CA
+named by the admin token's fingerprint before sending it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
+from shoal.control.tokens import parse_duration
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.tls import fetch_pinned_ca, parse_admin_token
+from shoal.model.api import NodeInfo, TokenCreateRequest, TokenInfo
+from shoal.model.errors import ShoalError
+
+T = TypeVar("T")
+ADMIN_TOKEN_ENV = "SHOAL_ADMIN_TOKEN"
+
+
+class AdminSetupError(ShoalError):
+    """The admin command cannot find the server or its admin token."""
+
+
+class UsageError(ShoalError):
+    """A flag's value is invalid."""
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    config = load_config(
+        listen=args.listen,
+        data_dir=args.data_dir,
+        store=args.store,
+        mesh_pool=args.mesh_pool,
+        container_pool=args.container_pool,
+        subnet_prefix=args.subnet_prefix,
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(serve(config))
+    return 0
+
+
+@dataclass(frozen=True, slots=True)
+class AdminTarget:
+    url: str
+    token: str
+
+
+def admin_target(args: argparse.Namespace) -> AdminTarget:
+    """Where the server is and the admin token: --server + env, or the local data dir."""
+    env_token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if args.server:
+        if not env_token:
+            raise AdminSetupError(
+                f"--server needs the admin token in {ADMIN_TOKEN_ENV} "
+                f"(the SHOAL-ADMIN-1-... line of {ADMIN_TOKEN_FILE} in the server's data dir)"
+            )
+        return AdminTarget(url=args.server.rstrip("/"), token=env_token)
+    data_dir = Path(args.data_dir)
+    server_json, token_file = data_dir / SERVER_JSON, data_dir / ADMIN_TOKEN_FILE
+    missing = AdminSetupError(
+        f"no server data in {data_dir}; run on the server host or pass --server URL with "
+        f"{ADMIN_TOKEN_ENV}"
+    )
+    try:
+        url = str(json.loads(server_json.read_text())["url"])
+        token = env_token or token_file.read_text().strip()
+    except FileNotFoundError as exc:
+        raise missing from exc
+    except PermissionError as exc:
+        raise AdminSetupError(f"cannot read {exc.filename}: permission denied (root?)") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise AdminSetupError(
+            f"{server_json} is unreadable ({exc}); is the server running?"
+        ) from exc
+    return AdminTarget(url=url, token=token)
+
+
+def _with_admin(args: argparse.Namespace, action: Callable[[ControlClient], Awaitable[T]]) -> T:
+    target = admin_target(args)
+    token = parse_admin_token(target.token)
+
+    async def run() -> T:
+        ca_pem = await fetch_pinned_ca(target.url, token.fingerprint)
+        async with ControlClient(target.url, ca_pem, credential=target.token) as client:
+            return await action(client)
+
+    return asyncio.run(run())
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    expires = None
+    if args.expires:
+        try:
+            expires = int(parse_duration(args.expires).total_seconds())
+        except ValueError as exc:
+            raise UsageError(f"--expires: {exc}") from exc
+    request = TokenCreateRequest(
+        reusable=args.reusable, expires_in_seconds=expires, tags=tuple(args.tag)
+    )
+    created = _with_admin(args, lambda c: c.create_token(request))
+    print(created.token)  # alone on stdout: scripts capture it
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    tokens = _with_admin(args, lambda c: c.list_tokens())
+    if args.json:
+        print(json.dumps([t.model_dump(mode="json") for t in tokens], indent=2))
+        return 0
+    now = datetime.now(UTC)
+    rows = [
+        (
+            t.id,
+            "reusable" if t.reusable else "single-use",
+            _token_state(t, now),
+            _when(t.created_at),
+            _when(t.expires_at) if t.expires_at else "never",
+            ",".join(t.tags) or "-",
+        )
+        for t in tokens
+    ]
+    _table(("ID", "KIND", "STATE", "CREATED", "EXPIRES", "TAGS"), rows)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    _with_admin(args, lambda c: c.revoke_token(args.id))
+    print(f"revoked token {args.id}")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    nodes: list[NodeInfo] = _with_admin(args, lambda c: c.list_nodes())
+    if args.json:
+        print(json.dumps([n.model_dump(mode="json") for n in nodes], indent=2))
+        return 0
+    rows = [
+        (
+            n.name,
+            str(n.mesh_ip),
+            str(n.subnet),
+            ",".join(map(str, n.endpoints)) or "-",
+            "online" if n.online else "offline",
+            _when(n.last_seen) if n.last_seen else "never",
+            n.id,
+        )
+        for n in nodes
+    ]
+    _table(("NAME", "MESH IP", "SUBNET", "ENDPOINTS", "STATE", "LAST SEEN", "ID"), rows)
+    return 0
+
+
+def cmd_node_remove(args: argparse.Namespace) -> int:
+    _with_admin(args, lambda c: c.remove_node(args.name))
+    print(f"removed node {args.name}")
+    return 0
+
+
+def _token_state(token: TokenInfo, now: datetime) -> str:
+    if token.revoked:
+        return "revoked"
+    if token.expires_at is not None and token.expires_at <= now:
+        return "expired"
+    if token.used_at is not None:
+        return "used" if not token.reusable else "active (used)"
+    return "active"
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        line = "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
+        sys.stdout.write(line.rstrip() + "\n")

@@ -1,0 +1,224 @@
+"""The HTTP API (aiohttp): authentication, parsing and JSON; the use cases live in service.py.
+
+    GET    /v1/ca                       the CA certificate (PEM); no auth, clients pin it
+    POST   /v1/register                 RegisterRequest → RegisterResponse (join token in body)
+    GET    /v1/netmap?since=N&wait=S    → MapUpdate; long-poll (node credential)
+    POST   /v1/endpoints                UpdateEndpointsRequest → 204 (node credential)
+    POST   /v1/leave                    → 204 (node credential)
+    POST   /v1/admin/tokens             TokenCreateRequest → TokenCreated (admin token)
+    GET    /v1/admin/tokens             → [TokenInfo]
+    DELETE /v1/admin/tokens/{id}        → 204
+    GET    /v1/admin/nodes              → [NodeInfo]
+    DELETE /v1/admin/nodes/{name}       → 204
+
+Every error is an `ErrorBody` JSON with the status from control.errors.HTTP_STATUS.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from shoal.control.errors import (
+    AdminUnauthorized,
+    ApiError,
+    BadRequest,
+    CredentialInvalid,
+    Internal,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    http_status,
+)
+from shoal.control.service import ControlService
+from shoal.model.api import (
+    ErrorBody,
+    NodeInfo,
+    RegisterRequest,
+    TokenCreateRequest,
+    TokenInfo,
+    UpdateEndpointsRequest,
+)
+from shoal.store.errors import StoreError
+
+log = logging.getLogger("shoal.control.api")
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY = 64 * 1024  # bytes; a registration is well under 4 KiB
+DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
+SERVICE = web.AppKey("service", ControlService)
+CA_PEM = web.AppKey("ca_pem", bytes)
+
+_TOKEN_LIST = TypeAdapter(list[TokenInfo])
+_NODE_LIST = TypeAdapter(list[NodeInfo])
+
+
+def build_app(service: ControlService, ca_pem: bytes) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    app[SERVICE] = service
+    app[CA_PEM] = ca_pem
+    app.router.add_get("/v1/ca", get_ca)
+    app.router.add_post("/v1/register", register)
+    app.router.add_get("/v1/netmap", netmap)
+    app.router.add_post("/v1/endpoints", endpoints)
+    app.router.add_post("/v1/leave", leave)
+    app.router.add_post("/v1/admin/tokens", create_token)
+    app.router.add_get("/v1/admin/tokens", list_tokens)
+    app.router.add_delete("/v1/admin/tokens/{id}", revoke_token)
+    app.router.add_get("/v1/admin/nodes", list_nodes)
+    app.router.add_delete("/v1/admin/nodes/{name}", remove_node)
+    return app
+
+
+def error_response(error: ApiError) -> web.Response:
+    body = ErrorBody(code=error.code, message=error.message)
+    return web.Response(
+        status=http_status(error), body=body.model_dump_json(), content_type="application/json"
+    )
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(PayloadTooLarge(f"request body larger than {MAX_BODY} bytes"))
+    except web.HTTPNotFound:
+        return error_response(NotFound(f"no such API route: {request.method} {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        return error_response(
+            MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = ErrorBody(code=f"http_{exc.status}", message=exc.reason)
+        return web.Response(
+            status=exc.status, body=err.model_dump_json(), content_type="application/json"
+        )
+    except StoreError as exc:
+        log.error("%s %s: store failure: %s", request.method, request.path, exc)
+        return error_response(Internal(f"server store failure: {exc}"))
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(Internal("internal server error (see the server log)"))
+
+
+def _json(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=model.model_dump_json(), content_type="application/json"
+    )
+
+
+async def _parse(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise BadRequest(_summarize(exc)) from exc
+
+
+def _summarize(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return "invalid request body"
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"invalid request body: {where + ': ' if where else ''}{first['msg']}{more}"
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _node_id(request: web.Request) -> str:
+    credential = _bearer(request)
+    if credential is None:
+        raise CredentialInvalid("missing node credential (Authorization: Bearer ...)")
+    return request.app[SERVICE].authenticate_node(credential).id
+
+
+def _admin(request: web.Request) -> ControlService:
+    token = _bearer(request)
+    if token is None:
+        raise AdminUnauthorized("missing admin token (Authorization: Bearer SHOAL-ADMIN-1-...)")
+    service = request.app[SERVICE]
+    service.authenticate_admin(token)
+    return service
+
+
+async def get_ca(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
+
+
+async def register(request: web.Request) -> web.Response:
+    req = await _parse(request, RegisterRequest)
+    return _json(await request.app[SERVICE].register(req))
+
+
+async def netmap(request: web.Request) -> web.Response:
+    node_id = _node_id(request)
+    try:
+        since = int(request.query.get("since", "0"))
+        wait = float(request.query.get("wait", str(DEFAULT_WAIT)))
+    except ValueError as exc:
+        raise BadRequest("since must be an integer and wait a number of seconds") from exc
+    if since < 0 or not wait >= 0:
+        raise BadRequest("since and wait must not be negative")
+    return _json(await request.app[SERVICE].netmap(node_id, since, wait))
+
+
+async def endpoints(request: web.Request) -> web.Response:
+    node_id = _node_id(request)
+    req = await _parse(request, UpdateEndpointsRequest)
+    await request.app[SERVICE].update_endpoints(node_id, req.endpoints)
+    return web.Response(status=204)
+
+
+async def leave(request: web.Request) -> web.Response:
+    node_id = _node_id(request)
+    await request.app[SERVICE].leave(node_id)
+    return web.Response(status=204)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    service = _admin(request)
+    req = await _parse(request, TokenCreateRequest)
+    return _json(await service.create_token(req), status=201)
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    service = _admin(request)
+    body = _TOKEN_LIST.dump_json(await service.list_tokens())
+    return web.Response(body=body, content_type="application/json")
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    service = _admin(request)
+    await service.revoke_token(request.match_info["id"])
+    return web.Response(status=204)
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    service = _admin(request)
+    body = _NODE_LIST.dump_json(service.list_nodes())
+    return web.Response(body=body, content_type="application/json")
+
+
+async def remove_node(request: web.Request) -> web.Response:
+    service = _admin(request)
+    await service.remove_node(request.match_info["name"])
+    return web.Response(status=204)

@@ -1,0 +1,278 @@
+"""Wiring: config, data dir, store, CA, admin token, registry, service, HTTPS listener.
+
+The data dir holds ca.pem/ca.key, server.pem/server.key, shoal.db (SQLite store), admin.token
+(the admin token in clear, mode 0600, for admin commands on this host) and server.json (the URL
+those commands use: 127.0.0.1 when listening on all addresses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from aiohttp import web
+
+from shoal.control import ipam
+from shoal.control.api import build_app
+from shoal.control.ca import CertAuthority, load_or_create_ca, write_private
+from shoal.control.errors import ServerConfigError
+from shoal.control.registry import Clock, Registry, utcnow
+from shoal.control.service import ControlService
+from shoal.control.tokens import new_admin_token, secret_hash
+from shoal.controlclient.errors import MalformedToken
+from shoal.controlclient.tls import parse_admin_token
+from shoal.model.netmap import DEFAULT_MTU, MeshSettings
+from shoal.store import Store, StoreError, open_store
+
+log = logging.getLogger("shoal.control")
+
+SERVER_JSON = "server.json"
+ADMIN_TOKEN_FILE = "admin.token"
+SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get at shutdown (long-polls end at once)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The server's whole configuration; pools left None come from the store, else defaults."""
+
+    listen_host: str
+    listen_port: int
+    data_dir: Path
+    store_url: str | None = None
+    mesh_pool: IPv4Network | None = None
+    container_pool: IPv4Network | None = None
+    subnet_prefix: int | None = None
+    mtu: int = DEFAULT_MTU
+
+
+def load_config(
+    *,
+    listen: str,
+    data_dir: str | Path,
+    store: str | None = None,
+    mesh_pool: str | None = None,
+    container_pool: str | None = None,
+    subnet_prefix: int | None = None,
+) -> ServerConfig:
+    """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ServerConfigError(f"--listen {listen!r}: expected ADDR:PORT, e.g. 0.0.0.0:8443")
+
+    def network(flag: str, text: str | None) -> IPv4Network | None:
+        if text is None:
+            return None
+        try:
+            return IPv4Network(text, strict=True)
+        except ValueError as exc:
+            raise ServerConfigError(f"--{flag} {text!r}: {exc}") from exc
+
+    return ServerConfig(
+        listen_host=host or "0.0.0.0",
+        listen_port=int(port_text),
+        data_dir=Path(data_dir),
+        store_url=store,
+        mesh_pool=network("mesh-pool", mesh_pool),
+        container_pool=network("container-pool", container_pool),
+        subnet_prefix=subnet_prefix,
+    )
+
+
+async def resolve_pools(store: Store, config: ServerConfig, node_count: int) -> ipam.Pools:
+    """Pools: flags > what this mesh was created with > defaults; never changed under nodes."""
+    stored = {
+        key: await store.get_setting(key)
+        for key in ("mesh_pool", "container_pool", "subnet_prefix")
+    }
+    pools = ipam.Pools(
+        mesh_pool=config.mesh_pool
+        or IPv4Network(stored["mesh_pool"] or str(ipam.DEFAULT_MESH_POOL)),
+        container_pool=config.container_pool
+        or IPv4Network(stored["container_pool"] or str(ipam.DEFAULT_CONTAINER_POOL)),
+        subnet_prefix=config.subnet_prefix
+        or int(stored["subnet_prefix"] or ipam.DEFAULT_SUBNET_PREFIX),
+    )
+    wanted = {
+        "mesh_pool": str(pools.mesh_pool),
+        "container_pool": str(pools.container_pool),
+        "subnet_prefix": str(pools.subnet_prefix),
+    }
+    for key, value in wanted.items():
+        if stored[key] is not None and stored[key] != value and node_count > 0:
+            flag = key.replace("_", "-")
+            raise ServerConfigError(
+                f"this mesh uses --{flag} {stored[key]} and has {node_count} nodes; changing it "
+                f"to {value} would renumber them (remove the nodes first, or drop the flag)"
+            )
+        if stored[key] != value:
+            await store.put_setting(key, value)
+    return pools
+
+
+async def ensure_admin_token(store: Store, data_dir: Path, fingerprint: str) -> str:
+    """The admin token's hash; creates the token (and admin.token) when there is none usable."""
+    path = data_dir / ADMIN_TOKEN_FILE
+    stored = await store.get_setting("admin_token_hash")
+    if path.exists():
+        try:
+            token = parse_admin_token(path.read_text())
+        except MalformedToken:
+            token = None
+        if token is not None and token.fingerprint == fingerprint:
+            digest = secret_hash(token.secret)
+            if stored is None or stored == digest:
+                if stored is None:
+                    await store.put_setting("admin_token_hash", digest)
+                return digest
+    token = new_admin_token(fingerprint)
+    digest = secret_hash(token.secret)
+    write_private(path, f"{token}\n".encode())
+    await store.put_setting("admin_token_hash", digest)
+    log.info("created a new admin token in %s", path)
+    return digest
+
+
+def local_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{port}"
+
+
+@dataclass
+class RunningServer:
+    """A started server: its URL, trust material and parts (tests use these directly)."""
+
+    config: ServerConfig
+    url: str
+    port: int
+    ca: CertAuthority
+    admin_token: str
+    service: ControlService
+    store: Store
+    runner: web.AppRunner
+
+    async def close(self) -> None:
+        self.service.registry.close()
+        await self.runner.cleanup()
+        await self.store.close()
+        with contextlib.suppress(OSError):
+            (self.config.data_dir / SERVER_JSON).unlink()
+
+
+async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> RunningServer:
+    """Open everything and listen; the caller owns the result and must `close()` it."""
+    data_dir = config.data_dir
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ServerConfigError(f"cannot create data dir {data_dir}: {exc}") from exc
+    store = open_store(config.store_url, data_dir)
+    try:
+        ca = load_or_create_ca(data_dir, config.listen_host)
+        snapshot_nodes = len((await store.load(tombstone_limit=0)).nodes)
+        pools = await resolve_pools(store, config, snapshot_nodes)
+        admin_hash = await ensure_admin_token(store, data_dir, ca.fingerprint)
+        settings = MeshSettings(
+            mesh_pool=pools.mesh_pool, container_pool=pools.container_pool, mtu=config.mtu
+        )
+        registry = await Registry.load(store, settings, clock=clock)
+        service = ControlService(
+            store,
+            registry,
+            pools,
+            fingerprint=ca.fingerprint,
+            admin_token_hash=admin_hash,
+            clock=clock,
+        )
+        runner = web.AppRunner(build_app(service, ca.ca_pem), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(
+            runner,
+            config.listen_host,
+            config.listen_port,
+            ssl_context=ca.server_ssl_context(),
+            shutdown_timeout=SHUTDOWN_GRACE,
+        )
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ServerConfigError(
+                f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
+            ) from exc
+    except BaseException:
+        await store.close()
+        raise
+    port = _bound_port(runner, config.listen_port)
+    url = local_url(config.listen_host, port)
+    admin_text = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    _write_server_json(data_dir, url, ca.fingerprint)
+    log.info(
+        "shoal server listening on https://%s:%d (local URL %s), %d nodes, revision %d, "
+        "mesh pool %s, container pool %s (/%d per host), CA %s",
+        config.listen_host,
+        port,
+        url,
+        len(registry.nodes()),
+        registry.revision,
+        pools.mesh_pool,
+        pools.container_pool,
+        pools.subnet_prefix,
+        ca.fingerprint[:16],
+    )
+    return RunningServer(
+        config=config,
+        url=url,
+        port=port,
+        ca=ca,
+        admin_token=admin_text,
+        service=service,
+        store=store,
+        runner=runner,
+    )
+
+
+def _bound_port(runner: web.AppRunner, requested: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return requested
+
+
+def _write_server_json(data_dir: Path, url: str, fingerprint: str) -> None:
+    doc = {"url": url, "ca_fingerprint": fingerprint, "pid": os.getpid()}
+    tmp = data_dir / (SERVER_JSON + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    tmp.replace(data_dir / SERVER_JSON)
+
+
+async def serve(config: ServerConfig) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        server = await start_server(config)
+    except StoreError as exc:
+        raise ServerConfigError(str(exc)) from exc
+    try:
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await server.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("server stopped")

@@ -1,0 +1,173 @@
+"""The server's own CA and TLS certificate, made on first start and kept in the data dir.
+
+    ca.pem / ca.key          EC P-256, 10 years; its sha256 (DER) is pinned by every token
+    server.pem / server.key  signed by the CA, re-issued at every start (SANs follow --listen)
+
+Private keys are written with mode 0600. Clients verify the chain against the pinned CA only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import os
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from shoal.control.errors import ServerConfigError
+
+CA_DAYS = 3650
+SERVER_DAYS = 825
+
+
+@dataclass(frozen=True, slots=True)
+class CertAuthority:
+    ca_pem: bytes
+    fingerprint: str  # lowercase hex sha256 of the CA certificate's DER
+    cert_file: Path
+    key_file: Path
+
+    def server_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        return ctx
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret file with mode 0600 from the start (never briefly world-readable)."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def fingerprint_of(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def _make_ca(now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"shoal CA {socket.gethostname()}")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def _server_cert(
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    hosts: tuple[str, ...],
+    now: dt.datetime,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for host in dict.fromkeys(hosts):
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shoal server")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=SERVER_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def server_hosts(listen_host: str) -> tuple[str, ...]:
+    """The names the server certificate covers: the listen IP, loopback and the hostname."""
+    hosts = ["127.0.0.1", "localhost", socket.gethostname()]
+    if listen_host not in ("", "0.0.0.0", "::"):
+        hosts.insert(0, listen_host)
+    return tuple(hosts)
+
+
+def load_or_create_ca(data_dir: Path, listen_host: str) -> CertAuthority:
+    """Load the CA from `data_dir` (creating it on first start) and issue a server cert."""
+    now = dt.datetime.now(dt.UTC)
+    ca_file, ca_key_file = data_dir / "ca.pem", data_dir / "ca.key"
+    try:
+        if ca_file.exists() != ca_key_file.exists():
+            raise ServerConfigError(
+                f"{data_dir} has only one of ca.pem and ca.key; restore the other from a backup "
+                "(a new CA would invalidate every token and node)"
+            )
+        if ca_file.exists():
+            ca = x509.load_pem_x509_certificate(ca_file.read_bytes())
+            loaded = serialization.load_pem_private_key(ca_key_file.read_bytes(), password=None)
+            if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+                raise ServerConfigError(f"{ca_key_file} is not an EC private key")
+            ca_key = loaded
+        else:
+            ca, ca_key = _make_ca(now)
+            write_private(ca_key_file, _key_pem(ca_key))
+            ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+        cert, key = _server_cert(ca, ca_key, server_hosts(listen_host), now)
+        cert_file, key_file = data_dir / "server.pem", data_dir / "server.key"
+        write_private(key_file, _key_pem(key))
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    except (OSError, ValueError) as exc:
+        raise ServerConfigError(f"cannot set up the CA in {data_dir}: {exc}") from exc
+    return CertAuthority(
+        ca_pem=ca.public_bytes(serialization.Encoding.PEM),
+        fingerprint=fingerprint_of(ca),
+        cert_file=cert_file,
+        key_file=key_file,
+    )

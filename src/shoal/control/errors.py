@@ -1,0 +1,127 @@
+"""Errors of the control server. `ApiError`s reach the client as `ErrorBody` JSON.
+
+ShoalError
+├── ServerConfigError              bad flags or data dir; the server does not start
+└── ApiError                       status from HTTP_STATUS below, `code` stable on the wire
+    ├── BadRequest                 400 bad_request: malformed JSON, failed validation
+    ├── Unauthorized               401
+    │   ├── TokenMalformed         token_malformed: not SHOAL-1-…, or another server's
+    │   ├── TokenUnknown           token_unknown
+    │   ├── TokenExpired           token_expired
+    │   ├── TokenRevoked           token_revoked
+    │   ├── TokenUsed              token_used: single-use and already used
+    │   ├── CredentialInvalid      credential_invalid: node removed or secret wrong
+    │   └── AdminUnauthorized      admin_unauthorized
+    ├── NotFound                   404 not_found: route, token id or node name
+    ├── MethodNotAllowed           405 method_not_allowed
+    ├── Conflict                   409
+    │   ├── NameTaken              name_taken: another key has this name
+    │   ├── PoolConflict           pool_conflict: the host's routes overlap a pool
+    │   └── PoolExhausted          pool_exhausted: no mesh IP or subnet left
+    ├── PayloadTooLarge            413 payload_too_large
+    └── Internal                   500 internal: a bug or a store failure
+"""
+
+from __future__ import annotations
+
+from shoal.model.errors import ShoalError
+
+
+class ServerConfigError(ShoalError):
+    """The server cannot start with this configuration or data dir."""
+
+
+class ApiError(ShoalError):
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ApiError):
+    code = "bad_request"
+
+
+class Unauthorized(ApiError):
+    code = "unauthorized"
+
+
+class TokenMalformed(Unauthorized):
+    code = "token_malformed"
+
+
+class TokenUnknown(Unauthorized):
+    code = "token_unknown"
+
+
+class TokenExpired(Unauthorized):
+    code = "token_expired"
+
+
+class TokenRevoked(Unauthorized):
+    code = "token_revoked"
+
+
+class TokenUsed(Unauthorized):
+    code = "token_used"
+
+
+class CredentialInvalid(Unauthorized):
+    code = "credential_invalid"
+
+
+class AdminUnauthorized(Unauthorized):
+    code = "admin_unauthorized"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class MethodNotAllowed(ApiError):
+    code = "method_not_allowed"
+
+
+class Conflict(ApiError):
+    code = "conflict"
+
+
+class NameTaken(Conflict):
+    code = "name_taken"
+
+
+class PoolConflict(Conflict):
+    code = "pool_conflict"
+
+
+class PoolExhausted(Conflict):
+    code = "pool_exhausted"
+
+
+class PayloadTooLarge(ApiError):
+    code = "payload_too_large"
+
+
+class Internal(ApiError):
+    code = "internal"
+
+
+# The one table from error to HTTP status; subclasses inherit their base's status.
+HTTP_STATUS: dict[type[ApiError], int] = {
+    BadRequest: 400,
+    Unauthorized: 401,
+    NotFound: 404,
+    MethodNotAllowed: 405,
+    Conflict: 409,
+    PayloadTooLarge: 413,
+    Internal: 500,
+}
+
+
+def http_status(error: ApiError) -> int:
+    for cls in type(error).__mro__:
+        status = HTTP_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 500

@@ -1,0 +1,276 @@
+"""The server's use cases: join, netmap, endpoints, leave, and the admin's tokens and nodes.
+
+Transport-free: the HTTP layer authenticates and parses, then calls one method here. Mutations
+run under one lock so that check-then-write sequences (name free? token unused? next free
+subnet?) see no interleaving within this server; the store's constraints and the single-use
+token's conditional UPDATE guard against other writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+from dataclasses import replace
+from datetime import timedelta
+
+from shoal.control import ipam
+from shoal.control.errors import (
+    AdminUnauthorized,
+    Conflict,
+    CredentialInvalid,
+    NameTaken,
+    NotFound,
+    PoolConflict,
+    TokenMalformed,
+    TokenUnknown,
+    TokenUsed,
+)
+from shoal.control.registry import Clock, Registry, utcnow
+from shoal.control.tokens import (
+    check_usable,
+    new_credential,
+    new_join_token,
+    secret_hash,
+    token_id,
+)
+from shoal.controlclient.errors import MalformedToken
+from shoal.controlclient.tls import JOIN_PREFIX, parse_admin_token, parse_join_token
+from shoal.model.api import (
+    NodeInfo,
+    RegisterRequest,
+    RegisterResponse,
+    TokenCreated,
+    TokenCreateRequest,
+    TokenInfo,
+)
+from shoal.model.netmap import Endpoint, MapUpdate
+from shoal.store.base import NodeRecord, Store, TokenRecord
+from shoal.store.errors import StoreConflict, TokenUnavailable
+
+log = logging.getLogger("shoal.control")
+
+MAX_WAIT = 60.0  # seconds a long-poll may be held
+CREDENTIAL_PREFIX = "SHOAL-NODE-1-"
+
+
+class ControlService:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        pools: ipam.Pools,
+        *,
+        fingerprint: str,
+        admin_token_hash: str,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.pools = pools
+        self.fingerprint = fingerprint
+        self._admin_hash = admin_token_hash
+        self._clock = clock
+        self._lock = asyncio.Lock()
+
+    # Authentication (the bearer secrets of the HTTP layer).
+
+    def authenticate_node(self, credential: str) -> NodeRecord:
+        node = self.registry.by_credential(secret_hash(credential.strip()))
+        if node is None:
+            raise CredentialInvalid(
+                "the server does not know this node's credential (node removed?); join again"
+            )
+        return node
+
+    def authenticate_admin(self, token: str) -> None:
+        try:
+            parsed = parse_admin_token(token)
+        except MalformedToken as exc:
+            raise AdminUnauthorized(exc.message) from exc
+        if not hmac.compare_digest(secret_hash(parsed.secret), self._admin_hash):
+            raise AdminUnauthorized("admin token not accepted by this server")
+
+    # Agent use cases.
+
+    async def register(self, req: RegisterRequest) -> RegisterResponse:
+        async with self._lock:
+            node, credential = await self._register(req)
+        return RegisterResponse(
+            node_id=node.id,
+            credential=credential,
+            netmap=self.registry.full_map(node.id),
+        )
+
+    async def _register(self, req: RegisterRequest) -> tuple[NodeRecord, str]:
+        now = self._clock()
+        existing = self.registry.by_public_key(req.public_key)
+        text = req.token.strip()
+        consume: str | None = None
+        record: TokenRecord | None = None
+        if text.startswith(CREDENTIAL_PREFIX):
+            by_cred = self.registry.by_credential(secret_hash(text))
+            if by_cred is None or by_cred.public_key != req.public_key:
+                raise CredentialInvalid(
+                    "node credential not accepted for this key; join with a join token"
+                )
+            tags = by_cred.tags
+        else:
+            record = await self._join_token(text)
+            check_usable(record, now, public_key_node=existing.id if existing else None)
+            if not record.reusable and record.used_at is None:
+                consume = record.id
+            tags = record.tags
+        holder = self.registry.by_name(req.name)
+        if holder is not None and holder.public_key != req.public_key:
+            raise NameTaken(
+                f"the name {req.name!r} belongs to another node (key {holder.public_key.short()}"
+                f"…); pick another --name or remove that node (shoal node remove {req.name})"
+            )
+        clash = self.pools.conflict(req.host_prefixes)
+        if clash is not None:
+            route, pool = clash
+            kind = "mesh" if pool == self.pools.mesh_pool else "container"
+            raise PoolConflict(
+                f"this host has a route or network {route} overlapping the mesh's {kind} pool "
+                f"{pool}; remove it, or run the server with another --{kind}-pool"
+            )
+        alloc = ipam.allocate(self.pools, self.registry.allocations(), req.public_key)
+        credential = new_credential()
+        node = NodeRecord(
+            id=existing.id if existing else "n" + secrets.token_hex(6),
+            name=req.name,
+            public_key=req.public_key,
+            mesh_ip=alloc.mesh_ip,
+            subnet=alloc.subnet,
+            endpoints=tuple(sorted(set(req.endpoints), key=str)),
+            credential_hash=secret_hash(credential),
+            created_at=existing.created_at if existing else now,
+            tags=existing.tags if existing else tags,
+            last_seen=now,
+        )
+        try:
+            saved = await self.registry.save(node, consume_token=consume)
+        except TokenUnavailable as exc:
+            # Another server or request won the race: say precisely why it is unusable now.
+            fresh = await self.store.get_token(exc.token_id)
+            if fresh is not None:
+                check_usable(fresh, self._clock(), public_key_node=None)
+            raise TokenUsed(f"join token {exc.token_id} was used meanwhile") from exc
+        except StoreConflict as exc:
+            if exc.field == "name":
+                raise NameTaken(f"the name {req.name!r} was taken meanwhile") from exc
+            raise Conflict(f"registration conflicted with another node ({exc.field})") from exc
+        verb = "re-registered" if existing else "registered"
+        via = f"token {record.id}" if record else "credential"
+        log.info(
+            "%s node %s (%s) key %s mesh IP %s subnet %s via %s",
+            verb,
+            saved.name,
+            saved.id,
+            saved.public_key.short(),
+            saved.mesh_ip,
+            saved.subnet,
+            via,
+        )
+        return saved, credential
+
+    async def _join_token(self, text: str) -> TokenRecord:
+        try:
+            token = parse_join_token(text)
+        except MalformedToken as exc:
+            raise TokenMalformed(exc.message) from exc
+        if not hmac.compare_digest(token.fingerprint, self.fingerprint):
+            raise TokenMalformed(
+                "this join token was issued by another server (its CA fingerprint differs)"
+            )
+        record = await self.store.get_token(token_id(token.secret))
+        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash(token.secret)):
+            raise TokenUnknown(f"unknown join token {JOIN_PREFIX}…; create one: shoal token create")
+        return record
+
+    async def netmap(self, node_id: str, since: int, wait: float) -> MapUpdate:
+        await self.registry.touch(node_id)
+        return await self.registry.map_update(node_id, since, min(max(wait, 0.0), MAX_WAIT))
+
+    async def update_endpoints(self, node_id: str, endpoints: tuple[Endpoint, ...]) -> None:
+        async with self._lock:
+            node = self.registry.require(node_id)
+            wanted = tuple(sorted(set(endpoints), key=str))
+            if wanted == node.endpoints:
+                return
+            await self.registry.save(replace(node, endpoints=wanted))
+            log.info(
+                "node %s endpoints %s => %s",
+                node.name,
+                ", ".join(map(str, node.endpoints)) or "-",
+                ", ".join(map(str, wanted)) or "-",
+            )
+
+    async def leave(self, node_id: str) -> None:
+        async with self._lock:
+            node = self.registry.require(node_id)
+            await self.registry.remove(node_id)
+        log.info("node %s (%s) left the mesh", node.name, node.id)
+
+    # Admin use cases.
+
+    async def create_token(self, req: TokenCreateRequest) -> TokenCreated:
+        expires = (
+            None if req.expires_in_seconds is None else timedelta(seconds=req.expires_in_seconds)
+        )
+        token, record = new_join_token(
+            self.fingerprint,
+            reusable=req.reusable,
+            tags=req.tags,
+            expires_in=expires,
+            now=self._clock(),
+        )
+        await self.store.add_token(record)
+        log.info("created join token %s", record.id)
+        return TokenCreated(info=token_info(record), token=str(token))
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        return [token_info(t) for t in await self.store.list_tokens()]
+
+    async def revoke_token(self, tid: str) -> None:
+        if not await self.store.revoke_token(tid, self._clock()):
+            raise NotFound(f"no join token with id {tid!r} (see shoal token list)")
+        log.info("revoked join token %s", tid)
+
+    def list_nodes(self) -> list[NodeInfo]:
+        return [
+            NodeInfo(
+                id=n.id,
+                name=n.name,
+                public_key=n.public_key,
+                mesh_ip=n.mesh_ip,
+                subnet=n.subnet,
+                endpoints=n.endpoints,
+                created_at=n.created_at,
+                last_seen=self.registry.last_seen(n.id),
+                online=self.registry.online(n.id),
+            )
+            for n in self.registry.nodes()
+        ]
+
+    async def remove_node(self, name: str) -> None:
+        async with self._lock:
+            node = self.registry.by_name(name)
+            if node is None:
+                raise NotFound(f"no node named {name!r} (see shoal nodes)")
+            await self.registry.remove(node.id)
+        log.info("removed node %s (%s) mesh IP %s", node.name, node.id, node.mesh_ip)
+
+
+def token_info(record: TokenRecord) -> TokenInfo:
+    return TokenInfo(
+        id=record.id,
+        reusable=record.reusable,
+        tags=record.tags,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        used_at=record.used_at,
+        revoked=record.revoked_at is not None,
+    )

@@ -1,0 +1,1 @@
+"""Agent (and admin CLI) → control server: pinned TLS, typed requests, typed errors."""

@@ -1,0 +1,46 @@
+"""Errors talking to the control server, named for what the caller should do.
+
+ShoalError
+└── ControlError
+    ├── ControlUnreachable        refused, timed out, 5xx, garbled reply: retry later and
+    │                             keep using the last netmap
+    └── ControlRejected           4xx: the server said no; tell the user (`code`, `message`)
+        ├── CredentialRejected    401 on the node credential: this node was removed; re-join
+        ├── FingerprintMismatch   the server's CA is not the one the token pins
+        └── MalformedToken        the token text itself is wrong (checked before any I/O)
+"""
+
+from __future__ import annotations
+
+from shoal.model.errors import ShoalError
+
+
+class ControlError(ShoalError):
+    """Any failure talking to the control server."""
+
+
+class ControlUnreachable(ControlError):
+    """The server could not be reached or failed (5xx); transient."""
+
+
+class ControlRejected(ControlError):
+    """The server refused the request (4xx); retrying the same request will not help."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class CredentialRejected(ControlRejected):
+    """The server no longer accepts this node's credential (the node was removed)."""
+
+
+class FingerprintMismatch(ControlRejected):
+    def __init__(self, message: str) -> None:
+        super().__init__("fingerprint_mismatch", message)
+
+
+class MalformedToken(ControlRejected):
+    def __init__(self, message: str) -> None:
+        super().__init__("token_malformed", message)

@@ -1,0 +1,160 @@
+"""Trust on first use, pinned: the token carries the CA fingerprint, the CA becomes the root.
+
+`fetch_pinned_ca` downloads the server's CA over an unverified connection and accepts it only if
+its sha256 matches the fingerprint from the join (or admin) token; every later connection
+verifies the server's chain against that CA alone (`ssl_context`). Nothing secret is sent over
+the unverified connection. Token texts:
+
+    SHOAL-1-<ca sha256 hex, 64>-<secret hex, 32>         join token
+    SHOAL-ADMIN-1-<ca sha256 hex, 64>-<secret hex, 32>   admin token
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import re
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from shoal.controlclient.errors import ControlUnreachable, FingerprintMismatch, MalformedToken
+
+JOIN_PREFIX = "SHOAL-1-"
+ADMIN_PREFIX = "SHOAL-ADMIN-1-"
+_HEX64 = "[0-9a-f]{64}"
+_HEX32 = "[0-9a-f]{32}"
+_JOIN = re.compile(rf"^SHOAL-1-({_HEX64})-({_HEX32})$")
+_ADMIN = re.compile(rf"^SHOAL-ADMIN-1-({_HEX64})-({_HEX32})$")
+CA_FETCH_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class JoinToken:
+    fingerprint: str  # lowercase hex sha256 of the CA certificate (DER)
+    secret: str
+
+    def __str__(self) -> str:
+        return f"{JOIN_PREFIX}{self.fingerprint}-{self.secret}"
+
+    def __repr__(self) -> str:
+        return f"JoinToken(fingerprint={self.fingerprint!r}, secret=<redacted>)"
+
+    @property
+    def id(self) -> str:
+        return token_id(self.secret)
+
+
+@dataclass(frozen=True, slots=True)
+class AdminToken:
+    fingerprint: str
+    secret: str
+
+    def __str__(self) -> str:
+        return f"{ADMIN_PREFIX}{self.fingerprint}-{self.secret}"
+
+    def __repr__(self) -> str:
+        return f"AdminToken(fingerprint={self.fingerprint!r}, secret=<redacted>)"
+
+
+def secret_hash(secret: str) -> str:
+    """What the server stores for a secret: sha256 hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def token_id(secret: str) -> str:
+    """A join token's public id: the first 12 hex of sha256(secret)."""
+    return secret_hash(secret)[:12]
+
+
+def parse_join_token(text: str) -> JoinToken:
+    """Parse `SHOAL-1-<fingerprint>-<secret>`; `MalformedToken` says what is wrong."""
+    text = text.strip()
+    match = _JOIN.match(text)
+    if match is None:
+        if text.startswith(ADMIN_PREFIX):
+            raise MalformedToken("this is an admin token, not a join token (shoal token create)")
+        raise MalformedToken(
+            "malformed join token: expected SHOAL-1-<64 hex CA fingerprint>-<32 hex secret> "
+            "as printed by `shoal token create`"
+        )
+    return JoinToken(fingerprint=match.group(1), secret=match.group(2))
+
+
+def parse_admin_token(text: str) -> AdminToken:
+    """Parse `SHOAL-ADMIN-1-<fingerprint>-<secret>`."""
+    match = _ADMIN.match(text.strip())
+    if match is None:
+        raise MalformedToken(
+            "malformed admin token: expected SHOAL-ADMIN-1-<64 hex CA fingerprint>-<32 hex "
+            "secret> (the server writes it to admin.token in its data dir)"
+        )
+    return AdminToken(fingerprint=match.group(1), secret=match.group(2))
+
+
+def ca_fingerprint(ca_pem: bytes) -> str:
+    """Lowercase hex sha256 of the certificate's DER encoding."""
+    try:
+        cert = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError as exc:
+        raise ValueError(f"not a PEM certificate: {exc}") from exc
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+
+
+async def fetch_pinned_ca(server_url: str, fingerprint: str) -> bytes:
+    """GET the server's CA (PEM) and return it if its sha256 matches `fingerprint`.
+
+    Raises `ControlUnreachable` if the server cannot be reached and `FingerprintMismatch` if it
+    answers with another CA (a different server, or someone in between).
+    """
+    url = server_url.rstrip("/") + "/v1/ca"
+    timeout = aiohttp.ClientTimeout(total=CA_FETCH_TIMEOUT)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.get(url, ssl=False) as resp,
+        ):
+            if resp.status != 200:
+                raise ControlUnreachable(
+                    f"cannot reach server at {server_url}: GET /v1/ca answered {resp.status}"
+                )
+            body = await resp.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise ControlUnreachable(f"cannot reach server at {server_url}: {_describe(exc)}") from exc
+    try:
+        got = ca_fingerprint(body)
+    except ValueError as exc:
+        raise FingerprintMismatch(
+            f"server at {server_url} did not send a CA certificate; is it a shoal server?"
+        ) from exc
+    if not hmac.compare_digest(got, fingerprint.lower()):
+        raise FingerprintMismatch(
+            f"server at {server_url} has CA fingerprint {got[:16]}…, the token expects "
+            f"{fingerprint[:16]}…: wrong server URL, or a token from another server"
+        )
+    return body
+
+
+def ssl_context(ca_pem: bytes) -> ssl.SSLContext:
+    """A client context that trusts exactly this CA.
+
+    Hostnames are not checked: agents reach the server by whatever address routes, and the
+    pinned private CA (whose key never leaves the server) is the trust root, as in Swarm.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=ca_pem.decode())
+    return ctx
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,113 @@
+"""The `Store` protocol and the records it keeps.
+
+The control server's logic talks only to this protocol. Every method is one transaction. A
+mutation other nodes must see (`save_node`, `remove_node`) bumps the global revision inside its
+transaction and returns it, so several server replicas sharing one database agree on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol
+
+from shoal.model.keys import PublicKey
+from shoal.model.netmap import Endpoint, Node
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A join token as stored: only the hash of its secret."""
+
+    id: str
+    secret_hash: str
+    reusable: bool
+    tags: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None = None
+    used_at: datetime | None = None
+    used_by: str | None = None  # node id of the first registration it authorised
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A node as stored; `node()` is what its peers see in the netmap."""
+
+    id: str
+    name: str
+    public_key: PublicKey
+    mesh_ip: IPv4Address
+    subnet: IPv4Network
+    endpoints: tuple[Endpoint, ...]
+    credential_hash: str
+    created_at: datetime
+    tags: tuple[str, ...] = ()
+    last_seen: datetime | None = None
+    updated_rev: int = 0  # the revision of its last change visible to peers
+
+    def node(self) -> Node:
+        return Node(
+            id=self.id,
+            name=self.name,
+            public_key=self.public_key,
+            mesh_ip=self.mesh_ip,
+            subnet=self.subnet,
+            endpoints=self.endpoints,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    node_id: str
+    removed_rev: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the server loads at start."""
+
+    revision: int
+    nodes: tuple[NodeRecord, ...]
+    tombstones: tuple[Tombstone, ...]  # the most recent ones, oldest first
+
+
+class Store(Protocol):
+    async def load(self, tombstone_limit: int) -> Snapshot: ...
+
+    async def get_setting(self, key: str) -> str | None: ...
+
+    async def put_setting(self, key: str, value: str) -> None: ...
+
+    async def add_token(self, token: TokenRecord) -> None: ...
+
+    async def get_token(self, token_id: str) -> TokenRecord | None: ...
+
+    async def list_tokens(self) -> list[TokenRecord]: ...
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        """Revoke; False if there is no such token."""
+        ...
+
+    async def save_node(
+        self, node: NodeRecord, *, consume_token: str | None = None, at: datetime | None = None
+    ) -> int:
+        """Insert or replace `node` (by id) at a new revision and return that revision.
+
+        With `consume_token`, marks that single-use token used (at `at`, by `node.id`) in the
+        same transaction, only if it is still unused, unrevoked and unexpired at `at`; else
+        raises `TokenUnavailable` and changes nothing. Raises `StoreConflict` when a unique
+        field belongs to another node.
+        """
+        ...
+
+    async def remove_node(self, node_id: str) -> int | None:
+        """Delete the node, leave a tombstone; the new revision, or None if it did not exist."""
+        ...
+
+    async def touch_node(self, node_id: str, at: datetime) -> None:
+        """Record `last_seen`; not a change peers see, so no new revision."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,93 @@
+"""The in-memory store: the reference semantics of `Store`, and a fake for tests."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+from shoal.store.base import NodeRecord, Snapshot, TokenRecord, Tombstone
+from shoal.store.errors import StoreConflict, TokenUnavailable
+
+_UNIQUE = ("name", "public_key", "mesh_ip", "subnet", "credential_hash")
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.revision = 0
+        self.settings: dict[str, str] = {}
+        self.tokens: dict[str, TokenRecord] = {}
+        self.nodes: dict[str, NodeRecord] = {}
+        self.tombstones: dict[str, int] = {}
+
+    async def load(self, tombstone_limit: int) -> Snapshot:
+        stones = sorted(self.tombstones.items(), key=lambda s: s[1])[-tombstone_limit:]
+        return Snapshot(
+            revision=self.revision,
+            nodes=tuple(self.nodes[k] for k in sorted(self.nodes)),
+            tombstones=tuple(Tombstone(node_id=n, removed_rev=r) for n, r in stones),
+        )
+
+    async def get_setting(self, key: str) -> str | None:
+        return self.settings.get(key)
+
+    async def put_setting(self, key: str, value: str) -> None:
+        self.settings[key] = value
+
+    async def add_token(self, token: TokenRecord) -> None:
+        if token.id in self.tokens:
+            raise StoreConflict("token id")
+        self.tokens[token.id] = token
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        return self.tokens.get(token_id)
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        return sorted(self.tokens.values(), key=lambda t: (t.created_at, t.id))
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        token = self.tokens.get(token_id)
+        if token is None:
+            return False
+        if token.revoked_at is None:
+            self.tokens[token_id] = replace(token, revoked_at=at)
+        return True
+
+    async def save_node(
+        self, node: NodeRecord, *, consume_token: str | None = None, at: datetime | None = None
+    ) -> int:
+        when = at or datetime.now(UTC)
+        for other in self.nodes.values():
+            if other.id == node.id:
+                continue
+            for field in _UNIQUE:
+                if getattr(other, field) == getattr(node, field):
+                    raise StoreConflict(field)
+        if consume_token is not None:
+            token = self.tokens.get(consume_token)
+            if (
+                token is None
+                or token.used_at is not None
+                or token.revoked_at is not None
+                or (token.expires_at is not None and token.expires_at <= when)
+            ):
+                raise TokenUnavailable(consume_token)
+            self.tokens[consume_token] = replace(token, used_at=when, used_by=node.id)
+        self.revision += 1
+        self.nodes[node.id] = replace(node, updated_rev=self.revision)
+        self.tombstones.pop(node.id, None)
+        return self.revision
+
+    async def remove_node(self, node_id: str) -> int | None:
+        if self.nodes.pop(node_id, None) is None:
+            return None
+        self.revision += 1
+        self.tombstones[node_id] = self.revision
+        return self.revision
+
+    async def touch_node(self, node_id: str, at: datetime) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            self.nodes[node_id] = replace(node, last_seen=at)
+
+    async def close(self) -> None:
+        return None

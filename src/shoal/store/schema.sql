@@ -1,0 +1,44 @@
+-- shoal control server schema (SQLite dialect; a PostgreSQL backend keeps the same tables).
+-- Times are UTC ISO-8601 text with microseconds ("2026-01-02T03:04:05.000000Z") so that they
+-- compare correctly as text.
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- The global revision: bumped by every change other nodes must see.
+INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', '0');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+
+CREATE TABLE IF NOT EXISTS tokens (
+    id          TEXT PRIMARY KEY,          -- first 12 hex of sha256(secret)
+    secret_hash TEXT NOT NULL UNIQUE,      -- sha256(secret) hex; the secret is never stored
+    reusable    INTEGER NOT NULL,
+    tags        TEXT NOT NULL,             -- JSON list
+    created_at  TEXT NOT NULL,
+    expires_at  TEXT,
+    used_at     TEXT,
+    used_by     TEXT,                      -- node id of the first registration it authorised
+    revoked_at  TEXT
+);
+
+CREATE TABLE IF NOT EXISTS nodes (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    public_key      TEXT NOT NULL UNIQUE,  -- base64, as `wg` prints it
+    mesh_ip         TEXT NOT NULL UNIQUE,
+    subnet          TEXT NOT NULL UNIQUE,
+    endpoints       TEXT NOT NULL,         -- JSON list of {"host", "port"}
+    tags            TEXT NOT NULL,         -- JSON list, from the join token
+    credential_hash TEXT NOT NULL UNIQUE,
+    created_at      TEXT NOT NULL,
+    last_seen       TEXT,
+    updated_rev     INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);
+
+CREATE TABLE IF NOT EXISTS tombstones (
+    node_id     TEXT PRIMARY KEY,
+    removed_rev INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_removed_rev ON tombstones (removed_rev);

@@ -1,0 +1,296 @@
+"""The embedded SQLite store (the default): one file in the server's data dir, WAL mode.
+
+The only module importing sqlite3. Calls run in a worker thread (`asyncio.to_thread`) on one
+connection guarded by a lock; write transactions start with BEGIN IMMEDIATE so that two
+processes sharing the file serialise on the write lock instead of failing at commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib import resources
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import TypeVar
+
+from shoal.model.keys import PublicKey
+from shoal.model.netmap import Endpoint
+from shoal.store.base import NodeRecord, Snapshot, TokenRecord, Tombstone
+from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
+
+T = TypeVar("T")
+_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+_UNIQUE_FIELDS = ("name", "public_key", "mesh_ip", "subnet", "credential_hash")
+
+
+def _ts(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(UTC).strftime(_TIME)
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.strptime(text, _TIME).replace(tzinfo=UTC)
+
+
+def _required_dt(text: str) -> datetime:
+    return datetime.strptime(text, _TIME).replace(tzinfo=UTC)
+
+
+def schema_sql() -> str:
+    return resources.files("shoal.store").joinpath("schema.sql").read_text()
+
+
+class SqliteStore:
+    """`Store` over one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=10.0
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(schema_sql())
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path}: {exc}") from exc
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                try:
+                    return fn(self._db)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"database {self.path}: {exc}") from exc
+
+        return await asyncio.to_thread(locked)
+
+    @contextmanager
+    def _write(self, db: sqlite3.Connection) -> Iterator[None]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _bump(self, db: sqlite3.Connection) -> int:
+        row = db.execute(
+            "UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'revision' "
+            "RETURNING CAST(value AS INTEGER)"
+        ).fetchone()
+        return int(row[0])
+
+    async def load(self, tombstone_limit: int) -> Snapshot:
+        def run(db: sqlite3.Connection) -> Snapshot:
+            db.execute("BEGIN")
+            try:
+                rev = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+                nodes = tuple(
+                    _node(row) for row in db.execute(f"SELECT {_NODE_COLS} FROM nodes ORDER BY id")
+                )
+                stones = db.execute(
+                    "SELECT node_id, removed_rev FROM tombstones ORDER BY removed_rev DESC LIMIT ?",
+                    (tombstone_limit,),
+                ).fetchall()
+            finally:
+                db.execute("COMMIT")
+            return Snapshot(
+                revision=int(rev[0]),
+                nodes=nodes,
+                tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones[::-1]),
+            )
+
+        return await self._run(run)
+
+    async def get_setting(self, key: str) -> str | None:
+        def run(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(run)
+
+    async def put_setting(self, key: str, value: str) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+        await self._run(run)
+
+    async def add_token(self, token: TokenRecord) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute(
+                f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    token.id,
+                    token.secret_hash,
+                    int(token.reusable),
+                    json.dumps(list(token.tags)),
+                    _ts(token.created_at),
+                    _ts(token.expires_at),
+                    _ts(token.used_at),
+                    token.used_by,
+                    _ts(token.revoked_at),
+                ),
+            )
+
+        await self._run(run)
+
+    async def get_token(self, token_id: str) -> TokenRecord | None:
+        def run(db: sqlite3.Connection) -> TokenRecord | None:
+            row = db.execute(
+                f"SELECT {_TOKEN_COLS} FROM tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+            return None if row is None else _token(row)
+
+        return await self._run(run)
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        def run(db: sqlite3.Connection) -> list[TokenRecord]:
+            rows = db.execute(f"SELECT {_TOKEN_COLS} FROM tokens ORDER BY created_at, id")
+            return [_token(row) for row in rows]
+
+        return await self._run(run)
+
+    async def revoke_token(self, token_id: str, at: datetime) -> bool:
+        def run(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?",
+                (_ts(at), token_id),
+            )
+            return cur.rowcount == 1
+
+        return await self._run(run)
+
+    async def save_node(
+        self, node: NodeRecord, *, consume_token: str | None = None, at: datetime | None = None
+    ) -> int:
+        when = _ts(at or datetime.now(UTC))
+
+        def run(db: sqlite3.Connection) -> int:
+            with self._write(db):
+                if consume_token is not None:
+                    # The guard and the write are one statement: of two agents racing with one
+                    # single-use token exactly one sees rowcount 1.
+                    cur = db.execute(
+                        "UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ? "
+                        "AND used_at IS NULL AND revoked_at IS NULL "
+                        "AND (expires_at IS NULL OR expires_at > ?)",
+                        (when, node.id, consume_token, when),
+                    )
+                    if cur.rowcount != 1:
+                        raise TokenUnavailable(consume_token)
+                rev = self._bump(db)
+                try:
+                    db.execute(
+                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                        "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
+                        "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
+                        "subnet = excluded.subnet, endpoints = excluded.endpoints, "
+                        "tags = excluded.tags, credential_hash = excluded.credential_hash, "
+                        "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev",
+                        _node_row(node, rev),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    field = next((f for f in _UNIQUE_FIELDS if f"nodes.{f}" in str(exc)), "id")
+                    raise StoreConflict(field) from exc
+                db.execute("DELETE FROM tombstones WHERE node_id = ?", (node.id,))
+                return rev
+
+        return await self._run(run)
+
+    async def remove_node(self, node_id: str) -> int | None:
+        def run(db: sqlite3.Connection) -> int | None:
+            with self._write(db):
+                cur = db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
+                if cur.rowcount != 1:
+                    return None
+                rev = self._bump(db)
+                db.execute(
+                    "INSERT INTO tombstones (node_id, removed_rev) VALUES (?, ?) "
+                    "ON CONFLICT (node_id) DO UPDATE SET removed_rev = excluded.removed_rev",
+                    (node_id, rev),
+                )
+                return rev
+
+        return await self._run(run)
+
+    async def touch_node(self, node_id: str, at: datetime) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE nodes SET last_seen = ? WHERE id = ?", (_ts(at), node_id))
+
+        await self._run(run)
+
+    async def close(self) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.close()
+
+        await self._run(run)
+
+
+_TOKEN_COLS = (
+    "id, secret_hash, reusable, tags, created_at, expires_at, used_at, used_by, revoked_at"
+)
+_NODE_COLS = (
+    "id, name, public_key, mesh_ip, subnet, endpoints, tags, credential_hash, created_at, "
+    "last_seen, updated_rev"
+)
+
+
+def _token(row: tuple[object, ...]) -> TokenRecord:
+    (tid, secret_hash, reusable, tags, created, expires, used, used_by, revoked) = row
+    return TokenRecord(
+        id=str(tid),
+        secret_hash=str(secret_hash),
+        reusable=bool(reusable),
+        tags=tuple(json.loads(str(tags))),
+        created_at=_required_dt(str(created)),
+        expires_at=_dt(expires if isinstance(expires, str) else None),
+        used_at=_dt(used if isinstance(used, str) else None),
+        used_by=used_by if isinstance(used_by, str) else None,
+        revoked_at=_dt(revoked if isinstance(revoked, str) else None),
+    )
+
+
+def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
+    return (
+        node.id,
+        node.name,
+        str(node.public_key),
+        str(node.mesh_ip),
+        str(node.subnet),
+        json.dumps([e.model_dump(mode="json") for e in node.endpoints]),
+        json.dumps(list(node.tags)),
+        node.credential_hash,
+        _ts(node.created_at),
+        _ts(node.last_seen),
+        rev,
+    )
+
+
+def _node(row: tuple[object, ...]) -> NodeRecord:
+    (nid, name, key, ip, subnet, endpoints, tags, cred, created, seen, rev) = row
+    return NodeRecord(
+        id=str(nid),
+        name=str(name),
+        public_key=PublicKey.parse(str(key)),
+        mesh_ip=IPv4Address(str(ip)),
+        subnet=IPv4Network(str(subnet)),
+        endpoints=tuple(Endpoint.model_validate(e) for e in json.loads(str(endpoints))),
+        tags=tuple(json.loads(str(tags))),
+        credential_hash=str(cred),
+        created_at=_required_dt(str(created)),
+        last_seen=_dt(seen if isinstance(seen, str) else None),
+        updated_rev=int(str(rev)),
+    )
