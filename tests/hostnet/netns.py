@@ -92,6 +92,19 @@ class Netns:
             ["nsenter", f"--net={self.path}", *argv], capture_output=True, text=True, check=check
         )
 
+    def pids(self) -> list[int]:
+        """Processes living in this namespace (asked from outside it)."""
+        return _pids_in(self.name)
+
+    def wait_empty(self, timeout: float = 5) -> bool:
+        """Wait until no process lives in this namespace any more."""
+        deadline = time.monotonic() + timeout
+        while self.pids():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def run(self, fn: Callable[[], Any], timeout: float = 60) -> Any:
         """Run `fn` (sync or async) in a forked child inside this namespace; return its result."""
         read_fd, write_fd = os.pipe()

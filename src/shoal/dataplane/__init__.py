@@ -1,0 +1,23 @@
+"""The WireGuard data plane: one Protocol, a kernel and a wireguard-go backend.
+
+`select_dataplane` picks the backend at start; `shoal status` reports its `name`.
+"""
+
+from shoal.dataplane.base import DataPlane, PeerStats
+from shoal.dataplane.errors import DataPlaneError, NoWireGuard, UapiError, WireGuardGoFailed
+from shoal.dataplane.kernel import KernelWireGuard
+from shoal.dataplane.select import aselect_dataplane, select_dataplane
+from shoal.dataplane.wggo import WireGuardGo
+
+__all__ = [
+    "DataPlane",
+    "DataPlaneError",
+    "KernelWireGuard",
+    "NoWireGuard",
+    "PeerStats",
+    "UapiError",
+    "WireGuardGo",
+    "WireGuardGoFailed",
+    "aselect_dataplane",
+    "select_dataplane",
+]

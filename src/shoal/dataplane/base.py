@@ -1,0 +1,128 @@
+"""The data plane contract, and the pure peer diff both backends apply.
+
+A backend owns one WireGuard interface. `ensure_interface` creates it when missing and never
+recreates a healthy one (an agent restart must not drop a packet); `set_peers` changes only the
+peers that differ from the live list, so a peer added never disturbs other peers' sessions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import IPv4Network
+from typing import Protocol
+
+from shoal.model.keys import PublicKey
+from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    public_key: PublicKey
+    endpoint: str | None  # "ip:port" the peer was last seen at
+    last_handshake: datetime | None  # UTC; None before the first handshake
+    rx_bytes: int
+    tx_bytes: int
+
+
+class DataPlane(Protocol):
+    name: str  # "wireguard-go" | "kernel"
+
+    async def ensure_interface(self, cfg: InterfaceConfig) -> bool: ...
+
+    async def set_peers(self, peers: Sequence[PeerConfig]) -> bool: ...
+
+    async def stats(self) -> list[PeerStats]: ...
+
+    async def teardown(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LivePeer:
+    """A peer as the interface reports it."""
+
+    public_key: PublicKey
+    endpoint: str | None
+    allowed_ips: tuple[IPv4Network, ...]  # sorted
+    keepalive: int
+    last_handshake: datetime | None = None
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+    def stats(self) -> PeerStats:
+        return PeerStats(
+            self.public_key, self.endpoint, self.last_handshake, self.rx_bytes, self.tx_bytes
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerChange:
+    """What to set on one peer; a None field is left as it is."""
+
+    public_key: PublicKey
+    endpoint: str | None = None
+    allowed_ips: tuple[IPv4Network, ...] | None = None  # replaces the peer's whole list
+    keepalive: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDiff:
+    remove: tuple[PublicKey, ...]
+    change: tuple[PeerChange, ...]  # updates of existing peers, then new peers
+    lines: tuple[str, ...]  # one readable log line per change
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.change)
+
+
+def _ips(ips: Sequence[IPv4Network]) -> str:
+    return ", ".join(str(ip) for ip in ips) or "none"
+
+
+def diff_peers(
+    ifname: str,
+    live: Mapping[PublicKey, LivePeer],
+    want: Sequence[PeerConfig],
+    applied_endpoints: Mapping[PublicKey, str | None],
+) -> PeerDiff:
+    """The smallest set of peer operations turning `live` into `want`.
+
+    Endpoints roam: WireGuard follows a peer to the address its packets come from. A configured
+    endpoint is therefore set for a new peer, when the netmap's endpoint changed since we last
+    set it (`applied_endpoints`), or, with nothing set by this process yet, when it differs
+    from the live one. A peer that roamed keeps its endpoint until the netmap says otherwise.
+    """
+    wanted = {p.public_key: p for p in want}
+    remove = tuple(sorted(live.keys() - wanted.keys(), key=str))
+    lines = [f"{ifname}: peer {k.short()} removed" for k in remove]
+    updates: list[PeerChange] = []
+    additions: list[PeerChange] = []
+    for key, peer in sorted(wanted.items(), key=lambda kv: str(kv[0])):
+        ips = tuple(sorted(peer.allowed_ips, key=lambda n: (int(n.network_address), n.prefixlen)))
+        have = live.get(key)
+        if have is None:
+            additions.append(PeerChange(key, peer.endpoint, ips, peer.keepalive))
+            lines.append(
+                f"{ifname}: peer {key.short()} added (endpoint {peer.endpoint}, "
+                f"allowed-ips {_ips(ips)}, keepalive {peer.keepalive})"
+            )
+            continue
+        endpoint: str | None = None
+        # Same as what we set last: the peer roamed, and WireGuard knows better.
+        roamed = key in applied_endpoints and applied_endpoints[key] == peer.endpoint
+        if peer.endpoint is not None and peer.endpoint != have.endpoint and not roamed:
+            endpoint = peer.endpoint
+            lines.append(f"{ifname}: peer {key.short()} endpoint {have.endpoint} => {endpoint}")
+        new_ips = ips if ips != have.allowed_ips else None
+        if new_ips is not None:
+            lines.append(
+                f"{ifname}: peer {key.short()} allowed-ips "
+                f"{_ips(have.allowed_ips)} => {_ips(new_ips)}"
+            )
+        keepalive = peer.keepalive if peer.keepalive != have.keepalive else None
+        if keepalive is not None:
+            lines.append(f"{ifname}: peer {key.short()} keepalive {have.keepalive} => {keepalive}")
+        if endpoint is not None or new_ips is not None or keepalive is not None:
+            updates.append(PeerChange(key, endpoint, new_ips, keepalive))
+    return PeerDiff(remove, tuple(updates + additions), tuple(lines))

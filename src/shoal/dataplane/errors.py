@@ -1,0 +1,34 @@
+"""Errors of the WireGuard data plane.
+
+ShoalError
+└── DataPlaneError          the interface or its peers could not be configured
+    ├── NoWireGuard         neither the kernel module nor wireguard-go: install one
+    ├── WireGuardGoFailed   wireguard-go did not start or its control socket is gone;
+    │                       the message carries the tail of its log
+    └── UapiError           wireguard-go refused a request (errno from the UAPI reply)
+"""
+
+from __future__ import annotations
+
+from shoal.model.errors import ShoalError
+
+
+class DataPlaneError(ShoalError):
+    """The WireGuard interface or its peers could not be configured."""
+
+
+class NoWireGuard(DataPlaneError):
+    def __init__(self) -> None:
+        super().__init__(
+            "no WireGuard available: install the wireguard kernel module or wireguard-go"
+        )
+
+
+class WireGuardGoFailed(DataPlaneError):
+    """wireguard-go did not come up, or its control socket does not answer."""
+
+
+class UapiError(DataPlaneError):
+    def __init__(self, ifname: str, errno: int, request: str) -> None:
+        super().__init__(f"wireguard-go on {ifname} refused {request} (errno {errno})")
+        self.errno = errno

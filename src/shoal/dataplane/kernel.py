@@ -1,0 +1,182 @@
+"""The kernel backend: a `wireguard` link configured over generic netlink (pyroute2).
+
+Same contract and peer diff as wireguard-go; chosen when the kernel can create a WireGuard link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from ipaddress import IPv4Network, ip_network
+from typing import Any
+
+from pyroute2 import WireGuard
+from pyroute2.netlink.exceptions import NetlinkError
+
+from shoal.dataplane import link
+from shoal.dataplane.base import LivePeer, PeerDiff, PeerStats, diff_peers
+from shoal.dataplane.errors import DataPlaneError
+from shoal.model.keys import PrivateKey, PublicKey
+from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+
+log = logging.getLogger(__name__)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _live_peer(msg: Any) -> LivePeer:
+    key = PublicKey.parse(msg.get_attr("WGPEER_A_PUBLIC_KEY")["value"].decode())
+    endpoint_nla = msg.get_attr("WGPEER_A_ENDPOINT")
+    endpoint = f"{endpoint_nla['addr']}:{endpoint_nla['port']}" if endpoint_nla else None
+    ips: list[IPv4Network] = []
+    for allowed in msg.get_attr("WGPEER_A_ALLOWEDIPS") or []:
+        net = ip_network(allowed["addr"])
+        if isinstance(net, IPv4Network):
+            ips.append(net)
+    handshake = msg.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+    sec = handshake["tv_sec"] if handshake else 0
+    return LivePeer(
+        public_key=key,
+        endpoint=endpoint,
+        allowed_ips=tuple(sorted(ips, key=lambda n: (int(n.network_address), n.prefixlen))),
+        keepalive=msg.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0,
+        last_handshake=datetime.fromtimestamp(sec, tz=UTC) if sec else None,
+        rx_bytes=msg.get_attr("WGPEER_A_RX_BYTES") or 0,
+        tx_bytes=msg.get_attr("WGPEER_A_TX_BYTES") or 0,
+    )
+
+
+class _Device:
+    def __init__(
+        self, private_key: PrivateKey | None, listen_port: int, peers: dict[PublicKey, LivePeer]
+    ) -> None:
+        self.private_key = private_key
+        self.listen_port = listen_port
+        self.peers = peers
+
+
+def _info(ifname: str) -> _Device:
+    with WireGuard() as wg:
+        msgs = wg.info(ifname)
+    private_key: PrivateKey | None = None
+    listen_port = 0
+    peers: dict[PublicKey, LivePeer] = {}
+    for msg in msgs:  # a large peer list arrives in several messages
+        raw = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
+        if raw:
+            parsed = PrivateKey.parse(raw["value"].decode())
+            if any(parsed.raw):
+                private_key = parsed
+        listen_port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or listen_port
+        for peer_msg in msg.get_attr("WGDEVICE_A_PEERS") or []:
+            peer = _live_peer(peer_msg)
+            peers[peer.public_key] = peer
+    return _Device(private_key, listen_port, peers)
+
+
+def _set_device(ifname: str, private_key: PrivateKey | None, listen_port: int | None) -> None:
+    kwargs: dict[str, Any] = {}
+    if private_key is not None:
+        kwargs["private_key"] = private_key.to_base64()
+    if listen_port is not None:
+        kwargs["listen_port"] = listen_port
+    with WireGuard() as wg:
+        wg.set(ifname, **kwargs)
+
+
+def _set_peers(ifname: str, diff: PeerDiff) -> None:
+    with WireGuard() as wg:
+        # Removals first, then updates and additions; every other peer is left alone.
+        for key in diff.remove:
+            wg.set(ifname, peer={"public_key": _b64(key.raw), "remove": True})
+        for change in diff.change:
+            peer: dict[str, Any] = {"public_key": _b64(change.public_key.raw)}
+            if change.endpoint is not None:
+                host, _, port = change.endpoint.rpartition(":")
+                peer["endpoint_addr"] = host
+                peer["endpoint_port"] = int(port)
+            if change.keepalive is not None:
+                peer["persistent_keepalive"] = change.keepalive
+            if change.allowed_ips is not None:
+                peer["replace_allowed_ips"] = True
+                peer["allowed_ips"] = [str(ip) for ip in change.allowed_ips]
+            wg.set(ifname, peer=peer)
+
+
+class KernelWireGuard:
+    name = "kernel"
+
+    def __init__(self) -> None:
+        self._ifname: str | None = None
+        self._applied_endpoints: dict[PublicKey, str | None] = {}
+
+    async def _call(self, what: str, fn: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except NetlinkError as exc:
+            raise DataPlaneError(f"{what}: {exc.args[-1] if exc.args else exc} (netlink)") from exc
+        except (OSError, ValueError) as exc:
+            raise DataPlaneError(f"{what}: {exc}") from exc
+
+    async def ensure_interface(self, cfg: InterfaceConfig) -> bool:
+        changed = False
+        kind = await link.link_kind(cfg.name)
+        if kind not in (None, "wireguard"):
+            raise DataPlaneError(f"{cfg.name} exists but is a {kind or 'non-WireGuard'} link")
+        if kind is None:
+            await link.create_wireguard_link(cfg.name)
+            log.info("%s: created (kernel WireGuard)", cfg.name)
+            changed = True
+        self._ifname = cfg.name
+        device: _Device = await self._call(f"read {cfg.name}", _info, cfg.name)
+        key = cfg.private_key if device.private_key != cfg.private_key else None
+        port = cfg.listen_port if device.listen_port != cfg.listen_port else None
+        if key is not None or port is not None:
+            await self._call(f"configure {cfg.name}", _set_device, cfg.name, key, port)
+            if key is not None:
+                log.info("%s: private key set (public %s)", cfg.name, cfg.private_key.public_key())
+            if port is not None:
+                log.info("%s: listen-port %s => %s", cfg.name, device.listen_port, port)
+            changed = True
+        changed |= await link.configure_link(cfg.name, cfg.address, cfg.mtu)
+        return changed
+
+    def _require_interface(self) -> str:
+        if self._ifname is None:
+            raise DataPlaneError("the WireGuard interface is not set up yet (ensure_interface)")
+        return self._ifname
+
+    async def set_peers(self, peers: Sequence[PeerConfig]) -> bool:
+        ifname = self._require_interface()
+        device: _Device = await self._call(f"read {ifname}", _info, ifname)
+        diff = diff_peers(ifname, device.peers, peers, self._applied_endpoints)
+        if not diff:
+            return False
+        await self._call(f"set peers on {ifname}", _set_peers, ifname, diff)
+        for line in diff.lines:
+            log.info("%s", line)
+        for key in diff.remove:
+            self._applied_endpoints.pop(key, None)
+        for change in diff.change:
+            if change.endpoint is not None:
+                self._applied_endpoints[change.public_key] = change.endpoint
+        return True
+
+    async def stats(self) -> list[PeerStats]:
+        ifname = self._require_interface()
+        device: _Device = await self._call(f"read {ifname}", _info, ifname)
+        return [p.stats() for _, p in sorted(device.peers.items(), key=lambda kv: str(kv[0]))]
+
+    async def teardown(self, name: str) -> bool:
+        removed = await link.delete_link(name)
+        if removed:
+            log.info("%s: deleted", name)
+        if self._ifname == name:
+            self._ifname = None
+            self._applied_endpoints.clear()
+        return removed

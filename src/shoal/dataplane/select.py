@@ -1,0 +1,67 @@
+"""Pick the WireGuard backend for this host: the kernel module if it works, else wireguard-go."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from shoal.dataplane import link
+from shoal.dataplane.base import DataPlane
+from shoal.dataplane.errors import DataPlaneError, NoWireGuard
+from shoal.dataplane.kernel import KernelWireGuard
+from shoal.dataplane.wggo import WireGuardGo
+from shoal.plan.hostconfig import INTERFACE
+
+log = logging.getLogger(__name__)
+
+
+async def _kernel_works() -> bool:
+    """Try to create (and at once delete) a kernel WireGuard link."""
+    probe = f"shoalprobe{os.getpid() % 100000}"
+    try:
+        await link.create_wireguard_link(probe)
+    except DataPlaneError:
+        return False
+    await link.delete_link(probe)
+    return True
+
+
+async def _select(log_dir: Path, interface: str, binary: str) -> DataPlane:
+    # A running interface decides: switching backends under it would drop every session.
+    kind = await link.link_kind(interface)
+    if kind == "wireguard":
+        return KernelWireGuard()
+    if kind == "tun" and shutil.which(binary):
+        return WireGuardGo(log_dir, binary)
+    if await _kernel_works():
+        return KernelWireGuard()
+    if shutil.which(binary):
+        return WireGuardGo(log_dir, binary)
+    raise NoWireGuard()
+
+
+def select_dataplane(
+    log_dir: Path, interface: str = INTERFACE, binary: str = "wireguard-go"
+) -> DataPlane:
+    """The backend for this host; wireguard-go writes its log under `log_dir`.
+
+    Callable from sync code and from inside an event loop alike: the short netlink probe runs
+    on a loop of its own in a helper thread (blocking the caller for a few milliseconds).
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="shoal-select") as pool:
+        plane = pool.submit(asyncio.run, _select(log_dir, interface, binary)).result()
+    log.info("data plane: %s", plane.name)
+    return plane
+
+
+async def aselect_dataplane(
+    log_dir: Path, interface: str = INTERFACE, binary: str = "wireguard-go"
+) -> DataPlane:
+    """`select_dataplane` for callers already inside an event loop."""
+    plane = await _select(log_dir, interface, binary)
+    log.info("data plane: %s", plane.name)
+    return plane
