@@ -1,0 +1,76 @@
+"""Applies shoal's rules with iptables-save / iptables-restore (whichever variant is installed:
+Docker and shoal must use the same one, and both follow the system's `iptables` alternative).
+
+Each call reads the live ruleset once and writes only when it differs, with one atomic
+`iptables-restore --noflush` that leaves every chain but shoal's untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+
+from shoal.firewall.errors import FirewallError, IptablesMissing
+from shoal.firewall.rules import (
+    Ruleset,
+    apply_script,
+    changes,
+    parse_save,
+    teardown_script,
+)
+from shoal.plan.hostconfig import FirewallConfig
+
+log = logging.getLogger(__name__)
+
+SAVE = "iptables-save"
+RESTORE = "iptables-restore"
+
+
+async def _run(argv: list[str], stdin: str | None = None) -> str:
+    if shutil.which(argv[0]) is None:
+        raise IptablesMissing(argv[0])
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    except OSError as exc:
+        raise FirewallError(f"cannot run {argv[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        detail = err.decode(errors="replace").strip().splitlines()
+        raise FirewallError(
+            f"{' '.join(argv)} failed (exit {proc.returncode}): {' | '.join(detail[-3:])}"
+        )
+    return out.decode(errors="replace")
+
+
+async def live_ruleset() -> Ruleset:
+    """shoal's view of the current ruleset (filter, nat and mangle tables)."""
+    return parse_save(await _run([SAVE]))
+
+
+async def apply(cfg: FirewallConfig) -> bool:
+    """Converge shoal's chains and jumps to `cfg`; False when they already matched."""
+    live = await live_ruleset()
+    script = apply_script(cfg, live)
+    if script is None:
+        return False
+    lines = changes(cfg, live)
+    await _run([RESTORE, "-w", "--noflush"], script)
+    for line in lines:
+        log.info("%s", line)
+    return True
+
+
+async def teardown() -> bool:
+    """Remove shoal's jumps and chains; False when there were none."""
+    script = teardown_script(await live_ruleset())
+    if script is None:
+        return False
+    await _run([RESTORE, "-w", "--noflush"], script)
+    log.info("firewall: shoal chains and jumps removed")
+    return True

@@ -1,0 +1,173 @@
+"""shoal's forwarding, NAT and MSS rules as pure text, in iptables-save's own canonical form.
+
+Docker owns iptables on a Docker host (FORWARD policy DROP, its DOCKER-USER chain, MASQUERADE
+rules it inserts at the top of nat POSTROUTING). shoal keeps to three chains of its own, each
+reached by one jump:
+
+    filter DOCKER-USER (position 1) -> SHOAL-FORWARD    accept mesh <-> bridge forwarding
+    nat    POSTROUTING (position 1) -> SHOAL-POSTROUTING no NAT inside the mesh, else masquerade
+    mangle FORWARD     (position 1) -> SHOAL-MSS         clamp TCP MSS to the path MTU
+
+The Docker network is created with masquerading off, so shoal's own MASQUERADE is the only one
+for its subnet and the order against Docker's rules does not matter. Rules are rendered exactly
+as `iptables-save` prints them, so comparing the live dump to `desired()` decides whether
+anything has to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shoal.plan.hostconfig import FirewallConfig
+
+FORWARD_CHAIN = "SHOAL-FORWARD"
+NAT_CHAIN = "SHOAL-POSTROUTING"
+MSS_CHAIN = "SHOAL-MSS"
+DOCKER_USER = "DOCKER-USER"
+
+TABLES = ("filter", "nat", "mangle")
+# (table, chain shoal owns, built-in or Docker chain that jumps to it)
+CHAINS = (
+    ("filter", FORWARD_CHAIN, DOCKER_USER),
+    ("nat", NAT_CHAIN, "POSTROUTING"),
+    ("mangle", MSS_CHAIN, "FORWARD"),
+)
+
+
+def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
+    """The rules of each shoal chain, by chain name, as `-A CHAIN ...` lines."""
+    mesh, bridge, local = cfg.mesh_interface, cfg.bridge, cfg.local_subnet
+    pools = (cfg.container_pool, cfg.mesh_pool)
+    ct = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    forward = (
+        f"-A {FORWARD_CHAIN} -i {mesh} {ct}",
+        f"-A {FORWARD_CHAIN} -o {mesh} {ct}",
+        f"-A {FORWARD_CHAIN} -d {local} -i {mesh} -o {bridge} -j ACCEPT",
+        *(f"-A {FORWARD_CHAIN} -d {pool} -i {bridge} -o {mesh} -j ACCEPT" for pool in pools),
+    )
+    nat = (
+        # Inside the mesh source IPs stay real: peers check them against AllowedIPs.
+        *(f"-A {NAT_CHAIN} -s {local} -d {pool} -j RETURN" for pool in pools),
+        f"-A {NAT_CHAIN} -s {local} ! -o {bridge} -j MASQUERADE",
+    )
+    # Outgoing SYNs are enough: each host clamps its own side of every connection.
+    mss = (
+        f"-A {MSS_CHAIN} -o {mesh} -p tcp -m tcp --tcp-flags SYN,RST SYN "
+        "-j TCPMSS --clamp-mss-to-pmtu",
+    )
+    return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, MSS_CHAIN: mss}
+
+
+def render(cfg: FirewallConfig) -> str:
+    """`iptables-restore --noflush` input that (re)writes shoal's chains and nothing else.
+
+    `apply_script` adds to it the jumps (and DOCKER-USER) a live ruleset still lacks, so one
+    atomic restore per table converges everything.
+    """
+    return _script(cfg, None)
+
+
+@dataclass
+class Ruleset:
+    """The parts of an `iptables-save` dump shoal cares about."""
+
+    chains: dict[str, set[str]] = field(default_factory=dict)  # table -> chain names
+    rules: dict[str, list[str]] = field(default_factory=dict)  # chain -> "-A ..." lines
+
+    def has_chain(self, table: str, chain: str) -> bool:
+        return chain in self.chains.get(table, set())
+
+    def has_jump(self, parent: str, chain: str) -> bool:
+        return f"-A {parent} -j {chain}" in self.rules.get(parent, [])
+
+
+def parse_save(dump: str) -> Ruleset:
+    """Chains per table and rules per chain from `iptables-save` output."""
+    ruleset = Ruleset()
+    table = ""
+    for line in dump.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            ruleset.chains.setdefault(table, set())
+        elif line.startswith(":"):
+            ruleset.chains.setdefault(table, set()).add(line[1:].split()[0])
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            # Chain names are unique across the three tables shoal uses, except FORWARD
+            # (filter and mangle): key built-in chains by table too.
+            ruleset.rules.setdefault(_key(table, chain), []).append(line)
+    return ruleset
+
+
+def _key(table: str, chain: str) -> str:
+    return chain if chain.startswith("SHOAL-") or chain == DOCKER_USER else f"{table}:{chain}"
+
+
+def _parent_rules(ruleset: Ruleset, table: str, parent: str) -> list[str]:
+    return ruleset.rules.get(_key(table, parent), [])
+
+
+def changes(cfg: FirewallConfig, live: Ruleset) -> list[str]:
+    """What `apply_script` changes, as readable lines (empty: nothing)."""
+    want = desired(cfg)
+    lines: list[str] = []
+    if not live.has_chain("filter", DOCKER_USER):
+        lines.append(f"firewall: filter chain {DOCKER_USER} created (Docker has not)")
+    for table, chain, parent in CHAINS:
+        if not live.has_chain(table, chain):
+            lines.append(f"firewall: {table} chain {chain} created")
+        have = live.rules.get(chain, [])
+        removed = [rule for rule in have if rule not in want[chain]]
+        added = [rule for rule in want[chain] if rule not in have]
+        lines += [f"firewall: {chain} - {rule.removeprefix(f'-A {chain} ')}" for rule in removed]
+        lines += [f"firewall: {chain} + {rule.removeprefix(f'-A {chain} ')}" for rule in added]
+        if not removed and not added and have != list(want[chain]):
+            lines.append(f"firewall: {chain} reordered")
+        if f"-A {parent} -j {chain}" not in _parent_rules(live, table, parent):
+            lines.append(f"firewall: {table} {parent} -> {chain} jump added")
+    return lines
+
+
+def _script(cfg: FirewallConfig, live: Ruleset | None) -> str:
+    """Restore input writing shoal's chains whole, plus whatever jump or chain `live` lacks
+    (with `live` None: the chains alone)."""
+    want = desired(cfg)
+    out: list[str] = []
+    for table, chain, parent in CHAINS:
+        out.append(f"*{table}")
+        if table == "filter" and live is not None and not live.has_chain("filter", DOCKER_USER):
+            out.append(f"-N {DOCKER_USER}")
+        out.append(f":{chain} - [0:0]")
+        out.append(f"-F {chain}")
+        out += want[chain]
+        if live is not None and f"-A {parent} -j {chain}" not in _parent_rules(live, table, parent):
+            out.append(f"-I {parent} 1 -j {chain}")
+        out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def apply_script(cfg: FirewallConfig, live: Ruleset) -> str | None:
+    """Restore input converging `live` to `cfg`, or None when it already matches."""
+    want = desired(cfg)
+    in_place = all(
+        live.has_chain(table, chain)
+        and live.rules.get(chain, []) == list(want[chain])
+        and f"-A {parent} -j {chain}" in _parent_rules(live, table, parent)
+        for table, chain, parent in CHAINS
+    ) and live.has_chain("filter", DOCKER_USER)
+    return None if in_place else _script(cfg, live)
+
+
+def teardown_script(live: Ruleset) -> str | None:
+    """Restore input removing shoal's jumps and chains, or None when none are left."""
+    out: list[str] = []
+    for table, chain, parent in CHAINS:
+        jumps = _parent_rules(live, table, parent).count(f"-A {parent} -j {chain}")
+        if not jumps and not live.has_chain(table, chain):
+            continue
+        out.append(f"*{table}")
+        out += [f"-D {parent} -j {chain}"] * jumps
+        if live.has_chain(table, chain):
+            out += [f"-F {chain}", f"-X {chain}"]
+        out.append("COMMIT")
+    return "\n".join(out) + "\n" if out else None

@@ -1,0 +1,3 @@
+from tests.hostnet.conftest import netns
+
+__all__ = ["netns"]
