@@ -196,14 +196,15 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             admin_token_hash=admin_hash,
             clock=clock,
         )
-        runner = web.AppRunner(build_app(service, ca.ca_pem), access_log=None)
+        runner = web.AppRunner(
+            build_app(service, ca.ca_pem), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+        )
         await runner.setup()
         site = web.TCPSite(
             runner,
             config.listen_host,
             config.listen_port,
             ssl_context=ca.server_ssl_context(),
-            shutdown_timeout=SHUTDOWN_GRACE,
         )
         try:
             await site.start()

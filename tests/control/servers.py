@@ -1,0 +1,60 @@
+"""Test helpers: a real control server on 127.0.0.1 (TLS, SQLite in tmp_path), a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from shoal.control.app import RunningServer, load_config, start_server
+from shoal.controlclient.client import ControlClient
+from shoal.model.api import RegisterRequest, RegisterResponse, TokenCreateRequest
+from shoal.model.keys import PrivateKey
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@asynccontextmanager
+async def running_server(
+    data_dir: Path, clock: FakeClock | None = None, **flags: str
+) -> AsyncIterator[RunningServer]:
+    config = load_config(listen="127.0.0.1:0", data_dir=data_dir, **flags)  # type: ignore[arg-type]
+    server = await start_server(config, clock=clock or FakeClock())
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def admin_client(server: RunningServer) -> ControlClient:
+    return ControlClient(server.url, server.ca.ca_pem, credential=server.admin_token)
+
+
+def node_client(server: RunningServer, credential: str | None = None) -> ControlClient:
+    return ControlClient(server.url, server.ca.ca_pem, credential=credential)
+
+
+async def new_token(server: RunningServer, **kw: object) -> str:
+    async with admin_client(server) as admin:
+        return (await admin.create_token(TokenCreateRequest(**kw))).token  # type: ignore[arg-type]
+
+
+async def join(
+    server: RunningServer, name: str, token: str | None = None, key: PrivateKey | None = None
+) -> RegisterResponse:
+    token = token or await new_token(server)
+    key = key or PrivateKey.generate()
+    async with node_client(server) as client:
+        return await client.register(
+            RegisterRequest(token=token, name=name, public_key=key.public_key())
+        )
