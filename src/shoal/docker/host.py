@@ -1,0 +1,185 @@
+"""The one module that talks to the Docker API: shoal's bridge network and the subnets in use.
+
+The Docker SDK is synchronous; every call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network, ip_network
+from typing import Any, TypeVar
+
+import docker.errors
+import requests.exceptions
+from docker.types import IPAMConfig, IPAMPool
+
+import docker
+from shoal.docker.errors import DockerError, DockerUnavailable, NetworkInUse
+from shoal.plan.hostconfig import DockerNetworkConfig
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+LABEL = "io.shoal.managed"
+DEFAULT_URL = "unix:///var/run/docker.sock"
+OPT_BRIDGE = "com.docker.network.bridge.name"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveResult:
+    removed: bool
+    attached: tuple[str, ...] = ()  # names of the containers that kept the network in place
+
+
+def _options(cfg: DockerNetworkConfig) -> dict[str, str]:
+    # Masquerading off: shoal's own firewall NATs only traffic leaving the mesh.
+    return {OPT_BRIDGE: cfg.bridge, OPT_MTU: str(cfg.mtu), OPT_MASQ: "false"}
+
+
+def _describe(attrs: dict[str, Any]) -> str:
+    cfgs = (attrs.get("IPAM") or {}).get("Config") or [{}]
+    opts = attrs.get("Options") or {}
+    return (
+        f"subnet {cfgs[0].get('Subnet')} gateway {cfgs[0].get('Gateway')} "
+        f"bridge {opts.get(OPT_BRIDGE)} mtu {opts.get(OPT_MTU)} masquerade {opts.get(OPT_MASQ)}"
+    )
+
+
+def _matches(attrs: dict[str, Any], cfg: DockerNetworkConfig) -> bool:
+    cfgs = (attrs.get("IPAM") or {}).get("Config") or []
+    opts = attrs.get("Options") or {}
+    return (
+        attrs.get("Driver") == "bridge"
+        and len(cfgs) == 1
+        and cfgs[0].get("Subnet") == str(cfg.subnet)
+        and cfgs[0].get("Gateway") == str(cfg.gateway)
+        and all(opts.get(k) == v for k, v in _options(cfg).items())
+    )
+
+
+def _attached(attrs: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(
+        sorted(c.get("Name", cid[:12]) for cid, c in (attrs.get("Containers") or {}).items())
+    )
+
+
+class DockerHost:
+    """One dockerd, at `base_url` (None: DOCKER_HOST or the default socket)."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url
+        self._client: Any = None
+
+    @property
+    def url(self) -> str:
+        return self.base_url or DEFAULT_URL
+
+    def _docker(self) -> Any:
+        if self._client is None:
+            if self.base_url is None:
+                self._client = docker.from_env(timeout=30)
+            else:
+                self._client = docker.DockerClient(base_url=self.base_url, timeout=30)
+        return self._client
+
+    async def _call(self, what: str, fn: Callable[[Any], T]) -> T:
+        def run() -> T:
+            return fn(self._docker())
+
+        try:
+            return await asyncio.to_thread(run)
+        except docker.errors.APIError as exc:
+            raise DockerError(f"{what}: {exc.explanation or exc}") from exc
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DockerUnavailable(self.url, str(exc)) from exc
+        except OSError as exc:
+            raise DockerUnavailable(self.url, str(exc)) from exc
+
+    async def ping(self) -> None:
+        """Raise DockerUnavailable unless dockerd answers."""
+        await self._call("ping", lambda c: c.ping())
+
+    async def _inspect(self, name: str) -> dict[str, Any] | None:
+        def find(client: Any) -> dict[str, Any] | None:
+            for net in client.networks.list(names=[name]):
+                if net.name == name:  # the filter matches substrings
+                    net.reload()  # the list omits attached containers
+                    attrs: dict[str, Any] = net.attrs
+                    return attrs
+            return None
+
+        return await self._call(f"inspect network {name}", find)
+
+    async def ensure_network(self, cfg: DockerNetworkConfig) -> bool:
+        """Create the bridge network `cfg.name` as configured; recreate it when it differs
+        and nothing is attached (NetworkInUse otherwise). False when it already matched."""
+        attrs = await self._inspect(cfg.name)
+        if attrs is not None:
+            if _matches(attrs, cfg):
+                return False
+            attached = _attached(attrs)
+            if attached:
+                raise NetworkInUse(
+                    cfg.name,
+                    f"has {_describe(attrs)}; shoal needs subnet {cfg.subnet}",
+                    attached,
+                )
+            await self._call(
+                f"remove network {cfg.name}", lambda c: c.api.remove_network(attrs["Id"])
+            )
+            log.info("docker network %s: %s => recreating", cfg.name, _describe(attrs))
+
+        def create(client: Any) -> None:
+            ipam = IPAMConfig(
+                pool_configs=[IPAMPool(subnet=str(cfg.subnet), gateway=str(cfg.gateway))]
+            )
+            client.networks.create(
+                cfg.name,
+                driver="bridge",
+                ipam=ipam,
+                options=_options(cfg),
+                labels={LABEL: "1"},
+                check_duplicate=True,
+            )
+
+        await self._call(f"create network {cfg.name}", create)
+        log.info(
+            "docker network %s: created (subnet %s, gateway %s, bridge %s, mtu %s)",
+            cfg.name, cfg.subnet, cfg.gateway, cfg.bridge, cfg.mtu,
+        )  # fmt: skip
+        return True
+
+    async def remove_network(self, name: str) -> RemoveResult:
+        """Remove network `name` unless containers are attached (then say which)."""
+        attrs = await self._inspect(name)
+        if attrs is None:
+            return RemoveResult(removed=False)
+        attached = _attached(attrs)
+        if attached:
+            log.info("docker network %s: kept, containers attached: %s", name, ", ".join(attached))
+            return RemoveResult(removed=False, attached=attached)
+        await self._call(f"remove network {name}", lambda c: c.api.remove_network(attrs["Id"]))
+        log.info("docker network %s: removed", name)
+        return RemoveResult(removed=True)
+
+    async def network_subnets(self, exclude: Sequence[str] = ()) -> list[IPv4Network]:
+        """IPv4 subnets of every Docker network except those named in `exclude` (sorted)."""
+
+        def subnets(client: Any) -> list[IPv4Network]:
+            found: set[IPv4Network] = set()
+            for net in client.networks.list():
+                if net.name in exclude:
+                    continue
+                for pool in (net.attrs.get("IPAM") or {}).get("Config") or []:
+                    subnet = ip_network(pool.get("Subnet") or "::/0", strict=False)
+                    if isinstance(subnet, IPv4Network):
+                        found.add(subnet)
+            return sorted(found)
+
+        return await self._call("list networks", subnets)
