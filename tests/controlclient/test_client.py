@@ -1,0 +1,83 @@
+"""The control client against a real server: CA pinning and typed errors."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from shoal.control.app import RunningServer
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.errors import (
+    ControlRejected,
+    ControlUnreachable,
+    FingerprintMismatch,
+    MalformedToken,
+)
+from shoal.controlclient.tls import fetch_pinned_ca, parse_join_token
+from tests.control.servers import join, new_token, running_server
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with running_server(tmp_path / "server") as running:
+        yield running
+
+
+@pytest.fixture
+async def other_server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with running_server(tmp_path / "other") as running:
+        yield running
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_join_the_way_the_agent_does(server: RunningServer) -> None:
+    token = parse_join_token(await new_token(server))
+    ca_pem = await fetch_pinned_ca(server.url, token.fingerprint)
+    assert ca_pem == server.ca.ca_pem
+    response = await join(server, "alpha", token=str(token))
+    async with ControlClient(server.url, ca_pem, response.credential) as client:
+        assert (await client.poll(since=0, wait=0)).kind == "full"
+
+
+async def test_fetch_pinned_ca_refuses_another_server(
+    server: RunningServer, other_server: RunningServer
+) -> None:
+    token = parse_join_token(await new_token(server))
+    with pytest.raises(FingerprintMismatch, match="wrong server URL, or a token from another"):
+        await fetch_pinned_ca(other_server.url, token.fingerprint)
+
+
+async def test_client_refuses_a_certificate_from_another_ca(
+    server: RunningServer, other_server: RunningServer
+) -> None:
+    async with ControlClient(other_server.url, server.ca.ca_pem) as client:
+        with pytest.raises(FingerprintMismatch, match="not signed by the pinned CA"):
+            await client.poll(since=0, wait=0)
+
+
+async def test_unreachable_server() -> None:
+    url = f"https://127.0.0.1:{closed_port()}"
+    with pytest.raises(ControlUnreachable, match=f"cannot reach server at {url}"):
+        await fetch_pinned_ca(url, "00" * 32)
+
+
+async def test_unreachable_is_not_rejected(server: RunningServer) -> None:
+    url = f"https://127.0.0.1:{closed_port()}"
+    async with ControlClient(url, server.ca.ca_pem, "x") as client:
+        with pytest.raises(ControlUnreachable) as err:
+            await client.poll(since=0, wait=0)
+    assert not isinstance(err.value, ControlRejected)
+
+
+def test_malformed_token_is_caught_before_any_io() -> None:
+    with pytest.raises(MalformedToken) as err:
+        parse_join_token("SWMTKN-1-abc")
+    assert err.value.code == "token_malformed"
