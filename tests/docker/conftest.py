@@ -65,26 +65,20 @@ def dockerd(netns: NetnsFactory) -> Iterator[Dockerd]:
     (state / "daemon.json").write_text("{}")
     sock = state / "docker.sock"
     log = (state / "dockerd.log").open("wb")
+    flags = {
+        "--config-file": state / "daemon.json",  # empty: /etc/docker/daemon.json stays out
+        "--data-root": state / "data",
+        "--exec-root": state / "exec",
+        "--pidfile": state / "dockerd.pid",
+        "-H": f"unix://{sock}",
+        "--bip": "172.31.250.1/24",
+        "--dns": "192.0.2.53",  # nothing leaks to the machine's resolver
+    }
+    argv = ["nsenter", f"--net={ns.path}", "dockerd"]
+    for flag, value in flags.items():
+        argv += [flag, str(value)]
     proc = subprocess.Popen(
-        [
-            "nsenter",
-            f"--net={ns.path}",
-            "dockerd",
-            "--config-file",
-            str(state / "daemon.json"),
-            "--data-root",
-            str(state / "data"),
-            "--exec-root",
-            str(state / "exec"),
-            "--pidfile",
-            str(state / "dockerd.pid"),
-            "-H",
-            f"unix://{sock}",
-            "--bip",
-            "172.31.250.1/24",
-            "--dns",
-            "192.0.2.53",
-        ],  # fmt: skip
+        argv,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -58,7 +58,7 @@ def test_link_exists_and_delete(ns: Netns) -> None:
 
 
 def test_missing_link_is_a_typed_error(ns: Netns) -> None:
-    with pytest.raises(hostnet.LinkNotFound, match="nope0 does not exist"):
+    with pytest.raises(hostnet.LinkNotFound, match=r"^network interface nope0 does not exist$"):
         ns.run(lambda: hostnet.ensure_link_up("nope0", 1420))
 
 

@@ -23,6 +23,9 @@ class NoWireGuard(DataPlaneError):
             "no WireGuard available: install the wireguard kernel module or wireguard-go"
         )
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:  # pickles with its own arguments
+        return (type(self), ())
+
 
 class WireGuardGoFailed(DataPlaneError):
     """wireguard-go did not come up, or its control socket does not answer."""
@@ -31,4 +34,7 @@ class WireGuardGoFailed(DataPlaneError):
 class UapiError(DataPlaneError):
     def __init__(self, ifname: str, errno: int, request: str) -> None:
         super().__init__(f"wireguard-go on {ifname} refused {request} (errno {errno})")
-        self.errno = errno
+        self.ifname, self.errno, self.request = ifname, errno, request
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str]]:
+        return (type(self), (self.ifname, self.errno, self.request))

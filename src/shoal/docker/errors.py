@@ -18,7 +18,10 @@ class DockerError(ShoalError):
 class DockerUnavailable(DockerError):
     def __init__(self, url: str, detail: str) -> None:
         super().__init__(f"cannot reach dockerd at {url}: {detail}")
-        self.url = url
+        self.url, self.detail = url, detail
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # pickles with its own arguments
+        return (type(self), (self.url, self.detail))
 
 
 class NetworkInUse(DockerError):
@@ -27,4 +30,7 @@ class NetworkInUse(DockerError):
             f"Docker network {name!r} {problem}, but containers are attached "
             f"({', '.join(containers)}): stop them or disconnect them, then retry"
         )
-        self.containers = containers
+        self.name, self.problem, self.containers = name, problem, containers
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, tuple[str, ...]]]:
+        return (type(self), (self.name, self.problem, self.containers))

@@ -18,3 +18,6 @@ class LinkNotFound(HostNetError):
     def __init__(self, ifname: str) -> None:
         super().__init__(f"network interface {ifname} does not exist")
         self.ifname = ifname
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # pickles with its own arguments
+        return (type(self), (self.ifname,))
