@@ -248,6 +248,8 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         fingerprint, admin_token = server.ca.fingerprint, server.admin_token
     async with running_server(data) as server:
         assert server.ca.fingerprint == fingerprint and server.admin_token == admin_token
+        for secret in ("ca.key", "server.key", "admin.token"):
+            assert (data / secret).stat().st_mode & 0o777 == 0o600
         assert await node_names(server) == ["alpha"]
         async with ControlClient(server.url, server.ca.ca_pem, alpha.credential) as a:
             update = await a.poll(since=alpha.netmap.revision, wait=0)
