@@ -1,0 +1,1 @@
+"""The host agent: joins the mesh, follows the netmap and keeps this host configured to it."""

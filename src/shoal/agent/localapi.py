@@ -1,0 +1,66 @@
+"""The agent's local API on a unix socket in its state dir: status and down, for the CLI.
+
+Only root can reach it (the socket is 0600 in a 0700 dir); it is how `shoal status` sees the
+live WireGuard counters even when the agent runs in another mount namespace (the lab).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from shoal.agent.errors import AgentNotRunning
+from shoal.model.status import AgentStatus
+
+StatusFn = Callable[[], Awaitable[AgentStatus]]
+DownFn = Callable[[bool], Awaitable[dict[str, Any]]]
+
+
+async def serve(socket_path: Path, status: StatusFn, down: DownFn) -> web.AppRunner:
+    async def get_status(_: web.Request) -> web.Response:
+        return web.json_response(text=(await status()).model_dump_json())
+
+    async def post_down(request: web.Request) -> web.Response:
+        leave = request.query.get("leave") == "1"
+        return web.json_response(await down(leave))
+
+    app = web.Application()
+    app.router.add_get("/status", get_status)
+    app.router.add_post("/down", post_down)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    socket_path.unlink(missing_ok=True)
+    site = web.UnixSite(runner, str(socket_path))
+    await site.start()
+    socket_path.chmod(0o600)
+    return runner
+
+
+async def _call(socket_path: Path, method: str, path: str, timeout: float) -> Any:
+    if not socket_path.exists():
+        raise AgentNotRunning(f"no agent running (no {socket_path}); start it with `shoal up`")
+    connector = aiohttp.UnixConnector(path=str(socket_path))
+    try:
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as session,
+            session.request(method, f"http://agent{path}") as resp,
+        ):
+            return json.loads(await resp.text())
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise AgentNotRunning(f"agent at {socket_path} does not answer: {exc}") from exc
+
+
+async def fetch_status(socket_path: Path, timeout: float = 5.0) -> AgentStatus:
+    return AgentStatus.model_validate(await _call(socket_path, "GET", "/status", timeout))
+
+
+async def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> dict[str, Any]:
+    result: dict[str, Any] = await _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
+    return result

@@ -1,0 +1,54 @@
+"""ICMP echo over the mesh for `shoal ping` (the host may have no ping binary)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+ICMP_ECHO_REQUEST = 8
+ICMP_ECHO_REPLY = 0
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return int(~total & 0xFFFF)
+
+
+@dataclass(frozen=True, slots=True)
+class PingResult:
+    seq: int
+    rtt_ms: float | None  # None: no reply within the timeout
+
+
+def ping_once(dst: IPv4Address, seq: int, timeout: float = 1.0) -> PingResult:
+    ident = os.getpid() & 0xFFFF
+    payload = b"shoal-ping" + struct.pack("!d", time.monotonic())
+    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    packet = (
+        struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq)
+        + payload
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.settimeout(timeout)
+        start = time.monotonic()
+        sock.sendto(packet, (str(dst), 0))
+        deadline = start + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            try:
+                reply, addr = sock.recvfrom(2048)
+            except TimeoutError:
+                break
+            ihl = (reply[0] & 0x0F) * 4
+            kind, _, _, r_ident, r_seq = struct.unpack("!BBHHH", reply[ihl : ihl + 8])
+            if addr[0] == str(dst) and kind == ICMP_ECHO_REPLY and (r_ident, r_seq) == (ident, seq):
+                return PingResult(seq, (time.monotonic() - start) * 1000)
+    return PingResult(seq, None)

@@ -1,0 +1,261 @@
+"""`shoal up | status | ping | down`: rendering and process handling around shoal.agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from ipaddress import IPv4Address, ip_address
+from pathlib import Path
+
+from shoal.agent.config import AgentConfig
+from shoal.agent.daemon import start
+from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
+from shoal.agent.localapi import fetch_status, request_down
+from shoal.agent.ping import ping_once
+from shoal.agent.statefiles import StateDir
+from shoal.controlclient.tls import parse_join_token
+from shoal.model.errors import ShoalError
+from shoal.model.status import AgentState, AgentStatus
+
+START_TIMEOUT_SECONDS = 90.0
+
+
+class BadArgument(ShoalError):
+    pass
+
+
+def _config(args: argparse.Namespace) -> AgentConfig:
+    advertise = None
+    if args.advertise_addr:
+        try:
+            advertise = IPv4Address(args.advertise_addr)
+        except ValueError as exc:
+            raise BadArgument(
+                f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
+            ) from exc
+    if args.token:
+        parse_join_token(args.token)  # a malformed token fails here, before anything starts
+    return AgentConfig(
+        state_dir=Path(args.state_dir),
+        server_url=args.server.rstrip("/") if args.server else None,
+        token=args.token,
+        name=args.name,
+        advertise_addr=advertise,
+        listen_port=args.listen_port,
+        docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise NotRoot()
+    config = _config(args)
+    if args.foreground:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        asyncio.run(_run_foreground(config))
+        return 0
+    return _start_background(args, config)
+
+
+async def _run_foreground(config: AgentConfig) -> None:
+    agent = await start(config)
+    await agent.run()
+
+
+def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
+    """Start the daemon detached and return once the host is connected (or say why not)."""
+    state = StateDir(config.state_dir)
+    state.ensure()
+    try:
+        status = asyncio.run(fetch_status(state.socket))
+    except AgentNotRunning:
+        pass
+    else:
+        print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
+        return 0
+
+    argv = [sys.executable, "-m", "shoal.cli.main", "up", "--foreground"]
+    for flag in ("server", "token", "name", "advertise_addr", "docker_host"):
+        value = getattr(args, flag)
+        if value:
+            argv += [f"--{flag.replace('_', '-')}", str(value)]
+    argv += ["--state-dir", str(config.state_dir), "--listen-port", str(config.listen_port)]
+    print(f"shoal: starting agent (log: {state.log})", file=sys.stderr)
+    with state.log.open("ab") as log:
+        child = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    started = time.monotonic()
+    while time.monotonic() - started < START_TIMEOUT_SECONDS:
+        if child.poll() is not None:
+            raise AgentStartFailed(_last_error(state.log) or f"agent exited ({child.returncode})")
+        try:
+            status = asyncio.run(fetch_status(state.socket, timeout=2.0))
+        except AgentNotRunning:
+            time.sleep(0.1)
+            continue
+        if status.state in (AgentState.RUNNING, AgentState.DEGRADED):
+            print(
+                f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
+                f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
+            )
+            return 0
+        time.sleep(0.1)
+    raise AgentStartFailed(
+        f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
+    )
+
+
+def _last_error(log: Path) -> str | None:
+    """The daemon prints its fatal error as one 'shoal: ...' line; find the last one."""
+    lines = log.read_text(errors="replace").splitlines()
+    for line in reversed(lines):
+        if line.startswith("shoal: "):
+            return line.removeprefix("shoal: ")
+    return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state = StateDir(Path(args.state_dir))
+    try:
+        status = asyncio.run(fetch_status(state.socket))
+    except AgentNotRunning as exc:
+        status = AgentStatus(state=AgentState.STOPPED, health=(str(exc),))
+    if args.json:
+        print(status.model_dump_json(indent=2))
+    else:
+        print(render_status(status))
+    return 0 if status.state in (AgentState.RUNNING, AgentState.DEGRADED) else 1
+
+
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "never"
+    seconds = int((datetime.now(UTC) - when).total_seconds())
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def render_status(s: AgentStatus) -> str:
+    if s.name is None:
+        return "\n".join([f"{s.state}", *(f"  {h}" for h in s.health)])
+    lines = [
+        f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
+        f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
+        f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
+        *(f"  ! {h}" for h in s.health),
+    ]
+    if s.peers:
+        rows = [("PEER", "MESH IP", "CONTAINERS", "ENDPOINT", "HANDSHAKE", "RX", "TX")]
+        rows += [
+            (
+                p.name,
+                str(p.mesh_ip),
+                str(p.subnet),
+                p.endpoint or "-",
+                _ago(p.last_handshake),
+                _bytes(p.rx_bytes),
+                _bytes(p.tx_bytes),
+            )
+            for p in s.peers
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines.append("")
+        lines += [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+        ]
+    else:
+        lines.append("  no peers yet")
+    return "\n".join(lines)
+
+
+def cmd_ping(args: argparse.Namespace) -> int:
+    state = StateDir(Path(args.state_dir))
+    status = asyncio.run(fetch_status(state.socket))
+    target = _resolve_target(status, args.target)
+    replies = 0
+    for seq in range(1, args.count + 1):
+        result = ping_once(target, seq)
+        if result.rtt_ms is None:
+            print(f"{target}: seq={seq} timeout")
+        else:
+            replies += 1
+            print(f"{target}: seq={seq} time={result.rtt_ms:.2f} ms")
+            if seq < args.count:
+                time.sleep(max(0.0, 0.2 - result.rtt_ms / 1000))
+    print(f"{replies}/{args.count} replies from {args.target} ({target})")
+    return 0 if replies else 1
+
+
+def _resolve_target(status: AgentStatus, target: str) -> IPv4Address:
+    for peer in status.peers:
+        if peer.name == target:
+            return peer.mesh_ip
+    try:
+        addr = ip_address(target)
+    except ValueError as exc:
+        known = ", ".join(p.name for p in status.peers) or "none"
+        raise BadArgument(f"unknown node {target!r} (peers: {known})") from exc
+    if not isinstance(addr, IPv4Address):
+        raise BadArgument("shoal meshes are IPv4 only for now")
+    return addr
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    if os.geteuid() != 0:
+        raise NotRoot()
+    state = StateDir(Path(args.state_dir))
+    try:
+        result = asyncio.run(request_down(state.socket, args.leave))
+    except AgentNotRunning:
+        result = asyncio.run(_down_offline(state, args))
+    kept = result.get("network_kept_for") or []
+    print("shoal: removed interface, routes and firewall rules")
+    if kept:
+        print(f"shoal: kept Docker network 'shoal': containers still attached: {', '.join(kept)}")
+    elif result.get("network_removed"):
+        print("shoal: removed Docker network 'shoal'")
+    if args.leave:
+        print(
+            "shoal: left the mesh"
+            if result.get("left")
+            else "shoal: could not reach the server to leave; `shoal node remove` there"
+        )
+    return 0
+
+
+async def _down_offline(state: StateDir, args: argparse.Namespace) -> dict[str, object]:
+    """No agent running: undo the host configuration from here."""
+    from shoal.agent.daemon import leave_mesh
+    from shoal.agent.reconciler import Reconciler
+    from shoal.dataplane import aselect_dataplane
+    from shoal.docker import DockerHost
+
+    docker = DockerHost(args.docker_host or os.environ.get("DOCKER_HOST"))
+    report = await Reconciler(await aselect_dataplane(state.path), docker).teardown()
+    left = False
+    identity = state.identity()
+    if args.leave and identity is not None:
+        left = await leave_mesh(identity)
+    if args.leave:
+        state.forget()
+    return {
+        "network_removed": report.network.removed,
+        "network_kept_for": list(report.network.attached),
+        "left": left,
+    }
