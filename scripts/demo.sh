@@ -14,7 +14,7 @@ $shoal lab down --name "$lab" >/dev/null 2>&1 || true
 $shoal lab up --name "$lab" --hosts "$hosts"
 info=$($shoal lab status --name "$lab" --json)
 field() { .venv/bin/python -c "import json,sys; d=json.load(sys.stdin); print($1)" <<<"$info"; }
-server=$(field 'd["server_url"]')
+server=$(field 'd["server"]["url"]')
 token=$(field 'd["token"]')
 
 for i in $(seq 1 "$hosts"); do
