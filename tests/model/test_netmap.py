@@ -42,3 +42,32 @@ def test_private_key_never_prints_and_matches_wg_public_key() -> None:
     # A known vector: the X25519 public key of the all-ones (clamped) private key, as `wg pubkey`.
     known = PrivateKey.parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=")
     assert len(known.public_key().raw) == 32
+
+
+def test_delta_adds_and_withdraws_containers() -> None:
+    from ipaddress import IPv4Address
+
+    from shoal.model.netmap import Container
+
+    def c(cid: str, health: str = "none") -> Container:
+        return Container.model_validate(
+            {
+                "id": cid,
+                "node_id": "n2",
+                "name": cid,
+                "ip": IPv4Address("10.42.2.5"),
+                "health": health,
+            }
+        )
+
+    m = netmap(1, [2], revision=1).model_copy(update={"containers": (c("a"), c("b"))})
+    after = m.apply(
+        MapUpdate(
+            kind="delta",
+            revision=2,
+            containers_changed=(c("b", "unhealthy"), c("c")),
+            containers_removed=("a",),
+        )
+    )
+    assert [(x.id, x.health) for x in after.containers] == [("b", "unhealthy"), ("c", "none")]
+    assert not after.containers[0].serves_traffic()

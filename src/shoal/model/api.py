@@ -8,7 +8,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pydantic import Field
 
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Endpoint, Frozen, NetworkMap
+from shoal.model.netmap import Endpoint, Frozen, Health, NetworkMap, PortSpec
 
 API_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
@@ -76,3 +76,39 @@ class ErrorBody(Frozen):
 
     code: str
     message: str
+
+
+class ContainerReport(Frozen):
+    """One container as the agent reports it; the server adds the node id."""
+
+    id: str
+    name: str
+    ip: IPv4Address
+    project: str | None = None
+    service: str | None = None
+    ports: tuple[PortSpec, ...] = ()
+    health: Health = "none"
+
+
+class ContainersReport(Frozen):
+    """The complete set of this host's containers on the `shoal` network (not a delta: the
+    server diffs it against what it has, so a lost report is healed by the next one)."""
+
+    containers: tuple[ContainerReport, ...]
+
+
+class ServiceInstance(Frozen):
+    container: str
+    node: str
+    ip: IPv4Address
+    health: Health
+    online: bool  # the host is within its heartbeat timeout
+
+
+class ServiceInfo(Frozen):
+    """One entry of the catalog (`shoal services`): a compose service, or a lone container."""
+
+    name: str  # "<service>.<project>" for compose services, else the container name
+    project: str | None = None
+    service: str | None = None
+    instances: tuple[ServiceInstance, ...] = ()

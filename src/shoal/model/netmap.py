@@ -50,6 +50,31 @@ class Node(Frozen):
         return (IPv4Network(f"{self.mesh_ip}/32"), self.subnet)
 
 
+Health = Literal["none", "starting", "healthy", "unhealthy"]
+
+
+class PortSpec(Frozen):
+    port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+class Container(Frozen):
+    """A container attached to some host's `shoal` network, as service discovery sees it."""
+
+    id: str  # Docker's full container id
+    node_id: str  # the host it runs on (set by the server, whatever the agent sent)
+    name: str  # without Docker's leading "/"
+    ip: IPv4Address  # its address on the `shoal` network
+    project: str | None = None  # label com.docker.compose.project
+    service: str | None = None  # label com.docker.compose.service
+    ports: tuple[PortSpec, ...] = ()  # exposed ports, for SRV records
+    health: Health = "none"  # Docker's health check state; "none" when it has none
+
+    def serves_traffic(self) -> bool:
+        """Whether DNS hands this replica out: a failing or not yet passing check says no."""
+        return self.health in ("none", "healthy")
+
+
 class MeshSettings(Frozen):
     """Mesh-wide settings chosen by the server."""
 
@@ -68,6 +93,9 @@ class NetworkMap(Frozen):
     settings: MeshSettings
     self_node: Node
     peers: tuple[Node, ...] = ()  # sorted by id
+    # Every container on every reachable host (this one included), sorted by id. Containers of
+    # a host the server has not heard from within the heartbeat timeout are withdrawn.
+    containers: tuple[Container, ...] = ()
 
     def peer(self, node_id: str) -> Node | None:
         return next((p for p in self.peers if p.id == node_id), None)
@@ -85,11 +113,17 @@ class NetworkMap(Frozen):
             peers.pop(node_id, None)
         for node in update.peers_changed:
             peers[node.id] = node
+        containers = {c.id: c for c in self.containers}
+        for container_id in update.containers_removed:
+            containers.pop(container_id, None)
+        for container in update.containers_changed:
+            containers[container.id] = container
         return self.model_copy(
             update={
                 "revision": update.revision,
                 "self_node": update.self_node or self.self_node,
                 "peers": tuple(sorted(peers.values(), key=lambda n: n.id)),
+                "containers": tuple(sorted(containers.values(), key=lambda c: c.id)),
             }
         )
 
@@ -103,3 +137,5 @@ class MapUpdate(Frozen):
     self_node: Node | None = None  # set in a delta when this node's own record changed
     peers_changed: tuple[Node, ...] = ()
     peers_removed: tuple[str, ...] = ()
+    containers_changed: tuple[Container, ...] = ()  # added or modified (health, IP, ...)
+    containers_removed: tuple[str, ...] = ()  # container ids
