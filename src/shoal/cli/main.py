@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("agent_cmds", "cmd_ping"))
 
+    p = sub.add_parser("services", help="the service catalog: services, instances, hosts, health")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="ask this host's agent")
+    p.add_argument("--data-dir", default=None, help="ask the server (on the server host)")
+    p.add_argument("--server", default=None, help="ask a remote server (SHOAL_ADMIN_TOKEN)")
+    p.set_defaults(run=_handler("agent_cmds", "cmd_services"))
+
     p = sub.add_parser("down", help="undo everything shoal changed on this host")
     p.add_argument("--leave", action="store_true", help="also remove this node from the mesh")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
@@ -116,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host")
     p.add_argument("argv", nargs=argparse.REMAINDER)
     p.set_defaults(run=_handler("lab_cmds", "cmd_lab_exec"))
+    p = lab.add_parser("bench", help="benchmark shoal against the alternatives in a lab")
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="short runs (a smoke test, not figures)")
+    p.add_argument("--out", default="docs", help="where benchmarks.md, .json and .png go")
+    p.add_argument(
+        "--only", action="append", default=[], help="dataplane | controlplane | scale (repeatable)"
+    )
+    p.set_defaults(run=_handler("bench_cmds", "cmd_lab_bench"))
     p = lab.add_parser("status", help="show the lab's hosts and addresses")
     p.add_argument("--name", default="lab")
     p.add_argument("--json", action="store_true")
