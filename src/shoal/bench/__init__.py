@@ -1,0 +1,1 @@
+"""Benchmarks of shoal against the systems people would pick instead, in the project's lab."""
