@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install check test unit e2e demo lab-down fmt
+.PHONY: install check test unit e2e demo bench lab-down fmt
 
 install:
 	@scripts/install-deps.sh
@@ -25,6 +25,11 @@ test: check
 
 demo: install
 	@scripts/demo.sh
+
+# Side by side with the alternatives, in one run; writes docs/benchmarks.{md,json,png}.
+bench:
+	@scripts/install-deps.sh bench
+	$(BIN)/shoal lab bench --out docs
 
 lab-down: install
 	$(BIN)/shoal lab down

@@ -3,9 +3,12 @@
 # Idempotent: a second run installs nothing new.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# `install-deps.sh bench` adds what the benchmarks compare against (Nebula) and chart with.
+extra="${1:-}"
 
 apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables iproute2 iperf3
               busybox-static tcpdump util-linux procps)
+[ "$extra" = bench ] && apt_packages+=(nebula)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -24,9 +27,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "==> python venv in .venv"
   python3 -m venv .venv
 fi
-if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
-  echo "==> pip install -e .[dev]"
+extras=dev
+[ "$extra" = bench ] && extras=dev,bench
+stamp=".venv/.installed-$extras"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "==> pip install -e .[$extras]"
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
-  touch .venv/.installed
+  .venv/bin/pip install -q -e ".[$extras]"
+  touch "$stamp"
 fi

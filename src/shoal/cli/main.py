@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh-pool", default=None, help="mesh IP pool (default 100.64.0.0/10)")
     p.add_argument("--container-pool", default=None, help="container pool (default 10.42.0.0/16)")
     p.add_argument("--subnet-prefix", type=int, default=None, help="per-host subnet size (24)")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=None,
+        help="seconds without a word from a host before its containers are withdrawn (15)",
+    )
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
