@@ -21,7 +21,11 @@ from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
 from tests.hostnet.netns import Netns, NetnsFactory, unique_ifname
 
-pytestmark = pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="no wireguard-go")
+
+@pytest.fixture(autouse=True)
+def _wireguard_go_installed() -> None:
+    if shutil.which("wireguard-go") is None:
+        pytest.fail("wireguard-go not found: run scripts/install-deps.sh")
 
 
 class Host:

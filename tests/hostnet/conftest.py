@@ -11,6 +11,6 @@ from tests.hostnet.netns import NetnsFactory, netns_factory
 @pytest.fixture
 def netns() -> Iterator[NetnsFactory]:
     if os.geteuid() != 0:
-        pytest.skip("needs root to create network namespaces")
+        pytest.fail("needs root to create network namespaces")
     with netns_factory() as factory:
         yield factory
