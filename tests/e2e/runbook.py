@@ -44,6 +44,13 @@ def up(lab: Lab, host: LabHost, token: str | None) -> subprocess.CompletedProces
     )
 
 
+def admin(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+    """An admin command on the server host (credentials from its data dir)."""
+    argv = ["ip", "netns", "exec", lab.server_netns, SHOAL, *args]
+    argv += ["--data-dir", str(lab.server_data_dir)]
+    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+
+
 def status(host: LabHost) -> dict[str, Any]:
     out = shoal(host, "status", "--json", "--state-dir", str(host.state_dir), check=False)
     parsed: dict[str, Any] = json.loads(out.stdout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shoal.lab import Lab, LabHost
-from tests.e2e.runbook import SHOAL
+from tests.e2e.runbook import SHOAL, admin
 
 pytestmark = pytest.mark.e2e
 
@@ -21,26 +21,6 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def spare(lab: Lab) -> LabHost:
     return lab.add_host()
-
-
-def admin(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    """An admin command on the server host (credentials from its data dir)."""
-    return subprocess.run(
-        [
-            "ip",
-            "netns",
-            "exec",
-            lab.server_netns,
-            SHOAL,
-            *args,
-            "--data-dir",
-            str(lab.server_data_dir),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
 
 
 def token_ids(lab: Lab) -> set[str]:

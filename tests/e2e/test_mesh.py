@@ -4,6 +4,7 @@ each other by IP across hosts, encrypted, through agent restarts and server outa
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,17 @@ from pathlib import Path
 import pytest
 
 from shoal.lab import Lab, LabHost
-from tests.e2e.runbook import host_ping, ping, start_web, status, up, wait_until, whoami
+from tests.e2e.runbook import (
+    admin,
+    host_ping,
+    ping,
+    shoal,
+    start_web,
+    status,
+    up,
+    wait_until,
+    whoami,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -134,9 +145,9 @@ def test_a_fourth_host_joins_while_traffic_runs(lab: Lab, mesh: Mesh, join_token
     pinger = h1.docker_popen(["exec", web(h1), "ping", "-i", "0.1", "-c", "100", str(mesh["h2"])])
     h4 = lab.add_host()
     started = time.monotonic()
-    up(lab, h4, join_token)
+    said = up(lab, h4, join_token).stdout  # "shoal: h4 is up: mesh IP 100.64.0.4, ..."
     joined = time.monotonic() - started
-    mesh_ip4 = status(h4)["mesh_ip"]
+    mesh_ip4 = said.split("mesh IP ")[1].split(",")[0]
     wait_until("h1 -> h4 over the mesh", lambda: host_ping(h1, mesh_ip4), 10)
     first_packet = time.monotonic() - started
     ip4 = start_web(h4, web(h4))
@@ -151,6 +162,22 @@ def test_a_fourth_host_joins_while_traffic_runs(lab: Lab, mesh: Mesh, join_token
     )
     out, _ = pinger.communicate(timeout=60)
     assert " 0% packet loss" in out, out
+
+
+def test_down_keeps_a_network_in_use_and_leave_removes_the_node(lab: Lab, mesh: Mesh) -> None:
+    h1, h4 = lab.hosts[0], lab.host("h4")
+    out = shoal(h4, "down", "--state-dir", str(h4.state_dir)).stdout
+    assert "kept Docker network 'shoal'" in out and web(h4) in out
+    assert h4.exec(["ip", "link", "show", "shoal0"], check=False).returncode != 0
+    assert "SHOAL" not in h4.exec(["iptables-save"]).stdout
+    h4.docker("rm", "-f", web(h4))
+    # The agent is gone now: `down --leave` works from the state dir alone.
+    out = shoal(h4, "down", "--leave", "--state-dir", str(h4.state_dir)).stdout
+    assert "left the mesh" in out
+    assert h4.docker("network", "ls", "-q", "--filter", "name=^shoal$").stdout.strip() == ""
+    nodes = {n["name"] for n in json.loads(admin(lab, "nodes", "--json").stdout)}
+    assert nodes == {"h1", "h2", "h3"}
+    wait_until("h1 to drop h4", lambda: "h4" not in {p["name"] for p in status(h1)["peers"]})
 
 
 def _alive(pid: int) -> bool:
