@@ -26,9 +26,11 @@ class FakeClock:
 
 @asynccontextmanager
 async def running_server(
-    data_dir: Path, clock: FakeClock | None = None, **flags: str
+    data_dir: Path, clock: FakeClock | None = None, heartbeat_timeout: float | None = None
 ) -> AsyncIterator[RunningServer]:
-    config = load_config(listen="127.0.0.1:0", data_dir=data_dir, **flags)  # type: ignore[arg-type]
+    config = load_config(
+        listen="127.0.0.1:0", data_dir=data_dir, heartbeat_timeout=heartbeat_timeout
+    )
     server = await start_server(config, clock=clock or FakeClock())
     try:
         yield server

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from shoal.cli.server_cmds import cmd_services_admin
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca, parse_join_token
-from shoal.model.api import RegisterRequest
+from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest
 from shoal.model.keys import PrivateKey
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
@@ -146,3 +148,44 @@ def test_unreachable_server_is_one_line(tmp_path: Path) -> None:
 def test_bad_expiry_is_a_usage_error(tmp_path: Path) -> None:
     result = shoal("token", "create", "--expires", "soon", "--data-dir", str(tmp_path))
     assert result.returncode == 1 and "--expires: invalid duration 'soon'" in result.stderr
+
+
+def test_services_on_the_server_host(server_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = json.loads((server_dir / "server.json").read_text())["url"]
+    token = shoal("token", "create", "--reusable", "--data-dir", str(server_dir)).stdout.strip()
+
+    async def run() -> None:
+        ca = await fetch_pinned_ca(url, parse_join_token(token).fingerprint)
+        for i, name in enumerate(("alpha", "beta")):
+            async with ControlClient(url, ca) as client:
+                key = PrivateKey.generate().public_key()
+                joined = await client.register(
+                    RegisterRequest(token=token, name=name, public_key=key)
+                )
+                subnet = joined.netmap.self_node.subnet
+                health = "healthy" if i == 0 else "unhealthy"
+                await client.report_containers(
+                    ContainersReport(
+                        containers=(
+                            ContainerReport(
+                                id=f"{i + 1:064x}",
+                                name=f"shop-web-{i + 1}",
+                                ip=subnet.network_address + 2,
+                                project="shop",
+                                service="web",
+                                health=health,
+                            ),
+                        )
+                    )
+                )
+
+    asyncio.run(run())
+    args = argparse.Namespace(json=False, data_dir=str(server_dir), server=None)
+    assert cmd_services_admin(args) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "SERVICE   INSTANCES  HOSTS",
+        "web.shop  1/2        alpha,beta",
+    ]
+    assert cmd_services_admin(argparse.Namespace(**{**vars(args), "json": True})) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(s["name"], len(s["instances"])) for s in listed] == [("web.shop", 2)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from shoal.control.errors import CredentialInvalid
 from shoal.control.registry import Registry
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Endpoint, MeshSettings
+from shoal.model.netmap import Container, Endpoint, MeshSettings
 from shoal.store.base import NodeRecord
 from shoal.store.memory import MemoryStore
 
@@ -123,3 +123,118 @@ async def test_close_ends_long_polls() -> None:
     reg.close()
     assert (await poll).kind == "none"
     assert (await reg.map_update("n1", since=1, wait=60)).kind == "none"
+
+
+def box(n: int, node: int, name: str = "", **kw: object) -> Container:
+    return Container(
+        id=f"{n:064x}",
+        node_id=f"n{node}",
+        name=name or f"c{n}",
+        ip=IPv4Address(f"10.42.{node}.{n + 1}"),
+        **kw,
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def test_container_changes_are_one_revision_each_report() -> None:
+    reg = await registry_with(1, 2)
+    rev = await reg.save_containers("n1", [box(1, 1), box(2, 1)], [])
+    assert rev == reg.revision == 3
+    delta = await reg.map_update("n2", since=2, wait=0)
+    assert [c.name for c in delta.containers_changed] == ["c1", "c2"]
+    await reg.save_containers("n1", [box(1, 1, health="unhealthy")], [box(2, 1).id])
+    delta = await reg.map_update("n2", since=3, wait=0)
+    assert [(c.name, c.health) for c in delta.containers_changed] == [("c1", "unhealthy")]
+    assert delta.containers_removed == (box(2, 1).id,)
+    full = reg.full_map("n2")
+    assert [c.name for c in full.containers] == ["c1"]
+
+
+async def test_nodes_not_part_of_a_change_share_one_delta() -> None:
+    reg = await registry_with(1, 2, 3)
+    await reg.save_containers("n1", [box(1, 1)], [])
+    await reg.save(replace(rec(3), name="renamed"))
+    two = await reg.map_update("n2", since=3, wait=0)
+    one = await reg.map_update("n1", since=3, wait=0)
+    assert two is await reg.map_update("n2", since=3, wait=0)
+    assert one is two  # neither n1 nor n2 changed: the same object (and the same JSON)
+    three = await reg.map_update("n3", since=3, wait=0)
+    assert three.self_node is not None and three.peers_changed == ()
+    assert three.containers_changed == two.containers_changed
+
+
+async def test_sweep_withdraws_silent_nodes_and_seen_brings_them_back() -> None:
+    clock = Clock()
+    store = MemoryStore()
+    reg = await Registry.load(store, SETTINGS, clock=clock, heartbeat_timeout=timedelta(seconds=15))
+    for i in (1, 2):
+        await reg.save(rec(i))
+    await reg.save_containers("n1", [box(1, 1)], [])
+    await reg.save_containers("n2", [box(2, 2)], [])
+    clock.now = T0 + timedelta(seconds=15)
+    assert await reg.sweep() == []  # exactly the timeout: still alive
+    await reg.seen("n2")
+    clock.now = T0 + timedelta(seconds=16)
+    assert await reg.sweep() == ["n1"]
+    assert not reg.online("n1") and reg.online("n2")
+    assert await reg.sweep() == []  # once
+    delta = await reg.map_update("n2", since=4, wait=0)
+    assert delta.containers_removed == (box(1, 1).id,) and delta.containers_changed == ()
+    assert [c.name for c in reg.full_map("n2").containers] == ["c2"]
+    assert [p.id for p in reg.full_map("n2").peers] == ["n1"]  # the peer stays
+    assert (await store.load(10)).nodes[0].online is False
+
+    await reg.seen("n1")
+    assert reg.online("n1")
+    back = await reg.map_update("n2", since=5, wait=0)
+    assert [c.name for c in back.containers_changed] == ["c1"]
+
+
+async def test_a_restart_counts_as_seeing_every_node() -> None:
+    clock = Clock()
+    store = MemoryStore()
+    reg = await Registry.load(store, SETTINGS, clock=clock)
+    await reg.save(replace(rec(1), last_seen=T0))
+    await reg.save_containers("n1", [box(1, 1)], [])
+    clock.now = T0 + timedelta(minutes=5)  # the server was down for 5 minutes
+    again = await Registry.load(store, SETTINGS, clock=clock)
+    assert await again.sweep() == [] and again.online("n1")
+    assert again.last_seen("n1") == T0
+    clock.now += timedelta(seconds=16)
+    assert await again.sweep() == ["n1"]
+
+
+async def test_a_poll_wakes_on_a_container_change_at_once() -> None:
+    reg = await registry_with(1, 2)
+    polls = [asyncio.create_task(reg.map_update(n, since=2, wait=60)) for n in ("n1", "n2")]
+    await asyncio.sleep(0)
+    await reg.save_containers("n1", [box(1, 1)], [])
+    done, _ = await asyncio.wait(polls, timeout=1)
+    assert len(done) == 2
+    assert all(p.result().containers_changed == (box(1, 1),) for p in polls)
+
+
+async def test_a_container_moving_to_another_node() -> None:
+    reg = await registry_with(1, 2)
+    await reg.save_containers("n1", [box(1, 1)], [])
+    moved = box(1, 2)
+    await reg.save_containers("n2", [moved], [])
+    assert dict(reg.containers_of("n1")) == {} and reg.containers_of("n2") == {moved.id: moved}
+    await reg.save_containers("n1", [], [moved.id])  # n1's stale removal does not touch it
+    assert reg.containers() == [moved]
+
+
+async def test_container_log_trimming_gives_a_full_map() -> None:
+    reg = await registry_with(1, 2, log_limit=2)
+    for i in range(5):
+        await reg.save_containers("n1", [box(i, 1)], [])
+    assert (await reg.map_update("n2", since=2, wait=0)).kind == "full"
+    delta = await reg.map_update("n2", since=reg.revision - 1, wait=0)
+    assert delta.kind == "delta" and [c.name for c in delta.containers_changed] == ["c4"]

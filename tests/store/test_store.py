@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Endpoint
+from shoal.model.netmap import Container, Endpoint, PortSpec
 from shoal.store import (
+    ContainerRecord,
+    ContainerTombstone,
     NodeRecord,
     Store,
     StoreConflict,
@@ -22,7 +25,7 @@ from shoal.store import (
     open_store,
 )
 from shoal.store.memory import MemoryStore
-from shoal.store.sqlite import SqliteStore
+from shoal.store.sqlite import SqliteStore, schema_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -145,3 +148,93 @@ async def test_two_servers_racing_on_one_single_use_token(tmp_path: Path) -> Non
     assert len(snap.nodes) == 1 and snap.revision == 1
     await a.close()
     await b.close()
+
+
+def box(n: int, node_id: str = "n1", **kw: object) -> Container:
+    return Container(
+        id=f"{n:064x}",
+        node_id=node_id,
+        name=f"c{n}",
+        ip=IPv4Address(f"10.42.1.{n + 1}"),
+        **kw,
+    )
+
+
+async def test_containers_take_one_revision_per_save_and_leave_tombstones(store: Store) -> None:
+    await store.save_node(node(1))
+    await store.save_node(node(2))
+    web = box(1, project="app", service="web", ports=(PortSpec(port=80, protocol="tcp"),))
+    assert await store.save_containers("n1", [web, box(2)], []) == 3
+    assert await store.save_containers("n1", [box(2, health="healthy")], [web.id]) == 4
+    assert await store.save_containers("n2", [], [box(2).id]) == 5  # not n2's: kept
+    snap = await store.load(100)
+    assert snap.revision == 5
+    assert snap.containers == (ContainerRecord(box(2, health="healthy"), 4),)
+    assert snap.container_tombstones == (ContainerTombstone(web.id, 4),)
+    assert await store.save_containers("n1", [web], []) == 6  # back: no tombstone
+    assert (await store.load(100)).container_tombstones == ()
+
+
+async def test_online_flag_bumps_containers_only_when_there_are_some(store: Store) -> None:
+    await store.save_node(node(1))
+    await store.save_node(node(2))
+    await store.save_containers("n1", [box(1)], [])
+    assert await store.set_online(["n2"], False) is None  # no containers: no revision
+    assert await store.set_online(["n1", "n2"], False) == 4
+    await store.save_node(node(1, endpoints=()))  # a save keeps the flag
+    snap = await store.load(100)
+    assert [n.online for n in snap.nodes] == [False, False]
+    assert snap.containers == (ContainerRecord(box(1), 4),)
+    assert await store.set_online(["n1"], True) == 6
+
+
+async def test_removing_a_node_removes_its_containers(store: Store) -> None:
+    await store.save_node(node(1))
+    await store.save_containers("n1", [box(1), box(2)], [])
+    assert await store.remove_node("n1") == 3
+    snap = await store.load(100)
+    assert snap.containers == ()
+    assert {(t.container_id, t.removed_rev) for t in snap.container_tombstones} == {
+        (box(1).id, 3),
+        (box(2).id, 3),
+    }
+
+
+async def test_sqlite_keeps_containers_across_reopen(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "shoal.db")
+    await first.save_node(node(1))
+    await first.save_containers("n1", [box(1, health="starting")], [])
+    await first.close()
+    again = SqliteStore(tmp_path / "shoal.db")
+    assert (await again.load(10)).containers == (ContainerRecord(box(1, health="starting"), 2),)
+    await again.close()
+
+
+def test_sqlite_upgrades_a_schema_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    old = schema_sql().replace(
+        "    updated_rev     INTEGER NOT NULL,\n    online          INTEGER NOT NULL DEFAULT 1"
+        "  -- 0: containers withdrawn (missed heartbeats)\n",
+        "    updated_rev     INTEGER NOT NULL\n",
+    )
+    assert "online" not in old.split("CREATE TABLE IF NOT EXISTS tombstones")[0]
+    db = sqlite3.connect(path)
+    db.executescript(old.split("-- Containers on each host")[0])
+    db.execute(
+        "INSERT INTO nodes VALUES ('n1','h1',?,'100.64.0.1','10.42.1.0/24','[]','[]','c1',"
+        "'2026-01-01T12:00:00.000000Z',NULL,1)",
+        (str(PrivateKey(bytes([1]) * 32).public_key()),),
+    )
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+
+    async def check() -> None:
+        store = SqliteStore(path)
+        snap = await store.load(10)
+        assert [(n.id, n.online) for n in snap.nodes] == [("n1", True)]
+        assert await store.get_setting("schema_version") == "2"
+        await store.save_containers("n1", [box(1)], [])
+        await store.close()
+
+    asyncio.run(check())

@@ -1,4 +1,5 @@
-"""`shoal server` and the admin commands (token, nodes, node remove): parsing and rendering.
+"""`shoal server` and the admin commands (token, nodes, node remove, services against the
+server): parsing and rendering.
 
 Admin commands find the server in `--data-dir` (server.json + admin.token, on the server host)
 or take `--server URL` with the admin token in SHOAL_ADMIN_TOKEN. Either way they pin the CA
@@ -23,7 +24,7 @@ from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca, parse_admin_token
-from shoal.model.api import NodeInfo, TokenCreateRequest, TokenInfo
+from shoal.model.api import NodeInfo, ServiceInfo, TokenCreateRequest, TokenInfo
 from shoal.model.errors import ShoalError
 
 T = TypeVar("T")
@@ -46,6 +47,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         mesh_pool=args.mesh_pool,
         container_pool=args.container_pool,
         subnet_prefix=args.subnet_prefix,
+        heartbeat_timeout=args.heartbeat_timeout,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -162,6 +164,25 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         for n in nodes
     ]
     _table(("NAME", "MESH IP", "SUBNET", "ENDPOINTS", "STATE", "LAST SEEN", "ID"), rows)
+    return 0
+
+
+def cmd_services_admin(args: argparse.Namespace) -> int:
+    """`shoal services` asking the server (--data-dir or --server): the whole mesh's catalog."""
+    services: list[ServiceInfo] = _with_admin(args, lambda c: c.list_services())
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in services], indent=2))
+        return 0
+    rows = [
+        (
+            s.name,
+            f"{sum(i.online and i.health in ('none', 'healthy') for i in s.instances)}"
+            f"/{len(s.instances)}",
+            ",".join(sorted({i.node + ("" if i.online else " (offline)") for i in s.instances})),
+        )
+        for s in services
+    ]
+    _table(("SERVICE", "INSTANCES", "HOSTS"), rows)
     return 0
 
 

@@ -4,19 +4,23 @@
     POST   /v1/register                 RegisterRequest → RegisterResponse (join token in body)
     GET    /v1/netmap?since=N&wait=S    → MapUpdate; long-poll (node credential)
     POST   /v1/endpoints                UpdateEndpointsRequest → 204 (node credential)
+    POST   /v1/containers               ContainersReport → 204 (node credential; all of them)
     POST   /v1/leave                    → 204 (node credential)
     POST   /v1/admin/tokens             TokenCreateRequest → TokenCreated (admin token)
     GET    /v1/admin/tokens             → [TokenInfo]
     DELETE /v1/admin/tokens/{id}        → 204
     GET    /v1/admin/nodes              → [NodeInfo]
+    GET    /v1/admin/services           → [ServiceInfo] (the catalog)
     DELETE /v1/admin/nodes/{name}       → 204
 
-Every error is an `ErrorBody` JSON with the status from control.errors.HTTP_STATUS.
+Every error is an `ErrorBody` JSON with the status from control.errors.HTTP_STATUS. Every
+request with a node credential counts as a heartbeat of that node.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -36,13 +40,16 @@ from shoal.control.errors import (
 )
 from shoal.control.service import ControlService
 from shoal.model.api import (
+    ContainersReport,
     ErrorBody,
     NodeInfo,
     RegisterRequest,
+    ServiceInfo,
     TokenCreateRequest,
     TokenInfo,
     UpdateEndpointsRequest,
 )
+from shoal.model.netmap import MapUpdate
 from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control.api")
@@ -51,27 +58,55 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 64 * 1024  # bytes; a registration is well under 4 KiB
+MAX_REPORT = 4 * 1024 * 1024  # bytes; a container report is ~250 bytes per container
 DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
+
+
+class EncodedUpdates:
+    """The JSON of recent map updates. A change wakes every long-poll at once and most of them
+    get the very same delta object from the registry; it is encoded once, not once per node."""
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        # Keyed by id(); holding the update keeps its id from being reused while cached.
+        self._cache: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
+
+    def encode(self, update: MapUpdate) -> bytes:
+        hit = self._cache.get(id(update))
+        if hit is not None and hit[0] is update:
+            return hit[1]
+        body = update.model_dump_json().encode()
+        self._cache[id(update)] = (update, body)
+        if len(self._cache) > self._size:
+            self._cache.popitem(last=False)
+        return body
+
+
 SERVICE = web.AppKey("service", ControlService)
 CA_PEM = web.AppKey("ca_pem", bytes)
+ENCODED = web.AppKey("encoded", EncodedUpdates)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
+_SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 
 
 def build_app(service: ControlService, ca_pem: bytes) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[CA_PEM] = ca_pem
+    app[ENCODED] = EncodedUpdates()
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_post("/v1/register", register)
     app.router.add_get("/v1/netmap", netmap)
     app.router.add_post("/v1/endpoints", endpoints)
+    app.router.add_post("/v1/containers", containers)
     app.router.add_post("/v1/leave", leave)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_get("/v1/admin/tokens", list_tokens)
     app.router.add_delete("/v1/admin/tokens/{id}", revoke_token)
     app.router.add_get("/v1/admin/nodes", list_nodes)
+    app.router.add_get("/v1/admin/services", list_services)
     app.router.add_delete("/v1/admin/nodes/{name}", remove_node)
     return app
 
@@ -118,12 +153,26 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
     )
 
 
-async def _parse(request: web.Request, model: type[M]) -> M:
-    raw = await request.read()
+async def _parse(request: web.Request, model: type[M], limit: int = MAX_BODY) -> M:
+    raw = await request.read() if limit <= MAX_BODY else await _read(request, limit)
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
         raise BadRequest(_summarize(exc)) from exc
+
+
+async def _read(request: web.Request, limit: int) -> bytes:
+    """The body, up to `limit` bytes (routes allowed more than the app's MAX_BODY)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _summarize(exc: ValidationError) -> str:
@@ -178,13 +227,21 @@ async def netmap(request: web.Request) -> web.Response:
         raise BadRequest("since must be an integer and wait a number of seconds") from exc
     if since < 0 or not wait >= 0:
         raise BadRequest("since and wait must not be negative")
-    return _json(await request.app[SERVICE].netmap(node_id, since, wait))
+    update = await request.app[SERVICE].netmap(node_id, since, wait)
+    return web.Response(body=request.app[ENCODED].encode(update), content_type="application/json")
 
 
 async def endpoints(request: web.Request) -> web.Response:
     node_id = _node_id(request)
     req = await _parse(request, UpdateEndpointsRequest)
     await request.app[SERVICE].update_endpoints(node_id, req.endpoints)
+    return web.Response(status=204)
+
+
+async def containers(request: web.Request) -> web.Response:
+    node_id = _node_id(request)
+    req = await _parse(request, ContainersReport, limit=MAX_REPORT)
+    await request.app[SERVICE].report_containers(node_id, req)
     return web.Response(status=204)
 
 
@@ -222,3 +279,9 @@ async def remove_node(request: web.Request) -> web.Response:
     service = _admin(request)
     await service.remove_node(request.match_info["name"])
     return web.Response(status=204)
+
+
+async def list_services(request: web.Request) -> web.Response:
+    service = _admin(request)
+    body = _SERVICE_LIST.dump_json(service.list_services())
+    return web.Response(body=body, content_type="application/json")

@@ -1,4 +1,5 @@
-"""Wiring: config, data dir, store, CA, admin token, registry, service, HTTPS listener.
+"""Wiring: config, data dir, store, CA, admin token, registry, service, HTTPS listener, and
+the liveness sweeper (the server's one background task, owned by `RunningServer`).
 
 The data dir holds ca.pem/ca.key, server.pem/server.key, shoal.db (SQLite store), admin.token
 (the admin token in clear, mode 0600, for admin commands on this host) and server.json (the URL
@@ -13,7 +14,8 @@ import json
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from ipaddress import IPv4Network
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from shoal.control import ipam
 from shoal.control.api import build_app
 from shoal.control.ca import CertAuthority, load_or_create_ca, write_private
 from shoal.control.errors import ServerConfigError
-from shoal.control.registry import Clock, Registry, utcnow
+from shoal.control.registry import DEFAULT_HEARTBEAT_TIMEOUT, Clock, Registry, utcnow
 from shoal.control.service import ControlService
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.controlclient.errors import MalformedToken
@@ -36,6 +38,7 @@ log = logging.getLogger("shoal.control")
 SERVER_JSON = "server.json"
 ADMIN_TOKEN_FILE = "admin.token"
 SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get at shutdown (long-polls end at once)
+SWEEP_INTERVAL = 1.0  # seconds between liveness sweeps: withdrawal lags the timeout by ≤ 1 s
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class ServerConfig:
     container_pool: IPv4Network | None = None
     subnet_prefix: int | None = None
     mtu: int = DEFAULT_MTU
+    heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
 
 
 def load_config(
@@ -60,6 +64,7 @@ def load_config(
     mesh_pool: str | None = None,
     container_pool: str | None = None,
     subnet_prefix: int | None = None,
+    heartbeat_timeout: float | None = None,
 ) -> ServerConfig:
     """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
     host, sep, port_text = listen.rpartition(":")
@@ -75,6 +80,10 @@ def load_config(
         except ValueError as exc:
             raise ServerConfigError(f"--{flag} {text!r}: {exc}") from exc
 
+    if heartbeat_timeout is not None and not 1.0 <= heartbeat_timeout <= 3600.0:
+        raise ServerConfigError(
+            f"--heartbeat-timeout {heartbeat_timeout:g}: expected 1 to 3600 seconds"
+        )
     return ServerConfig(
         listen_host=host or "0.0.0.0",
         listen_port=int(port_text),
@@ -83,6 +92,9 @@ def load_config(
         mesh_pool=network("mesh-pool", mesh_pool),
         container_pool=network("container-pool", container_pool),
         subnet_prefix=subnet_prefix,
+        heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT
+        if heartbeat_timeout is None
+        else timedelta(seconds=heartbeat_timeout),
     )
 
 
@@ -162,8 +174,13 @@ class RunningServer:
     service: ControlService
     store: Store
     runner: web.AppRunner
+    sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
         self.service.registry.close()
         await self.runner.cleanup()
         await self.store.close()
@@ -187,7 +204,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         settings = MeshSettings(
             mesh_pool=pools.mesh_pool, container_pool=pools.container_pool, mtu=config.mtu
         )
-        registry = await Registry.load(store, settings, clock=clock)
+        registry = await Registry.load(
+            store, settings, clock=clock, heartbeat_timeout=config.heartbeat_timeout
+        )
         service = ControlService(
             store,
             registry,
@@ -222,7 +241,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
     _write_server_json(data_dir, url, ca.fingerprint)
     log.info(
         "shoal server listening on https://%s:%d (local URL %s), %d nodes, revision %d, "
-        "mesh pool %s, container pool %s (/%d per host), CA %s",
+        "mesh pool %s, container pool %s (/%d per host), heartbeat timeout %gs, CA %s",
         config.listen_host,
         port,
         url,
@@ -231,6 +250,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         pools.mesh_pool,
         pools.container_pool,
         pools.subnet_prefix,
+        config.heartbeat_timeout.total_seconds(),
         ca.fingerprint[:16],
     )
     return RunningServer(
@@ -242,7 +262,19 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         service=service,
         store=store,
         runner=runner,
+        sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
     )
+
+
+async def _sweep_forever(service: ControlService) -> None:
+    """Every SWEEP_INTERVAL: withdraw the containers of silent nodes. A failing sweep (the
+    store is down) is logged and retried; it must not end the loop."""
+    while True:
+        await asyncio.sleep(SWEEP_INTERVAL)
+        try:
+            await service.sweep()
+        except StoreError as exc:
+            log.error("liveness sweep failed: %s", exc)
 
 
 def _bound_port(runner: web.AppRunner, requested: int) -> int:

@@ -1,13 +1,24 @@
-"""The registry and mapper: nodes in memory, a change log, and per-node map updates.
+"""The registry and mapper: nodes and containers in memory, a change log, per-node map updates.
 
-The registry loads every node from the store at start and is then the only writer of nodes:
-each change goes to the store first (which assigns the new global revision), then to memory and
-the change log, then wakes the long-polls. `map_update(node, since)` answers from memory:
+The registry loads every node and container from the store at start and is then their only
+writer: each change goes to the store first (which assigns the new global revision), then to
+memory and the change log, then wakes the long-polls. Writes that take a revision are
+serialised by one lock, so the log stays in revision order. `map_update(node, since)` answers
+from memory:
 
 - since 0, in the future, or older than the retained log → a full `NetworkMap`;
-- since < revision → a delta of the peers changed/removed after `since`, found by bisecting
-  the log, so its cost grows with the number of changes, not with nodes²;
+- since < revision → a delta of the nodes and containers changed/removed after `since`, found
+  by bisecting the log, so its cost grows with the number of changes, not with nodes². Every
+  node that is not itself part of the change gets the same delta, computed once;
 - since == revision → wait (up to `wait` s) for the next change, then as above, or "none".
+
+Liveness: every authenticated request of a node marks it seen (`seen`). `sweep`, run every
+second by the server, takes a node that has not been seen for `heartbeat_timeout` offline: its
+containers leave every map (the log records them at a new revision, so they arrive as removals)
+while its WireGuard peer entry stays, since the data plane must outlive a control outage. Its
+next request brings it back online and its containers back into the maps. The offline flag is
+persisted so deltas stay right across a server restart; a restart itself counts as having seen
+every node (a server outage must not withdraw the whole mesh).
 """
 
 from __future__ import annotations
@@ -15,25 +26,38 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Final
 
 from shoal.control.errors import CredentialInvalid
 from shoal.control.ipam import Allocation
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import MapUpdate, MeshSettings, NetworkMap
+from shoal.model.netmap import Container, MapUpdate, MeshSettings, NetworkMap, Node
 from shoal.store.base import NodeRecord, Snapshot, Store
 
 Clock = Callable[[], datetime]
 LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full map
-ONLINE_WINDOW = timedelta(seconds=15)
+DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 SEEN_PERSIST_INTERVAL = timedelta(seconds=10)  # last_seen is written at most this often
+
+# What a change-log entry is about.
+NODE: Final = 0
+CONTAINER: Final = 1
+Entry = tuple[int, int, str]  # (revision, NODE | CONTAINER, id)
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delta:
+    """The part of a delta from one `since` that is the same for every node."""
+
+    nodes_changed: dict[str, Node]
+    update: MapUpdate  # for a node that is not among `nodes_changed`
 
 
 class Registry:
@@ -45,35 +69,57 @@ class Registry:
         *,
         clock: Clock = utcnow,
         log_limit: int = LOG_LIMIT,
+        heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> None:
         self.store = store
         self.settings = settings
         self.revision = snapshot.revision
+        self.heartbeat_timeout = heartbeat_timeout
         self._clock = clock
         self._log_limit = log_limit
+        self._started = clock()
         self._nodes: dict[str, NodeRecord] = {}
+        self._models: dict[str, Node] = {}
         self._by_key: dict[PublicKey, str] = {}
         self._by_name: dict[str, str] = {}
         self._by_credential: dict[str, str] = {}
         self._seen: dict[str, datetime] = {}
         self._seen_persisted: dict[str, datetime] = {}
-        self._polls: Counter[str] = Counter()
+        self._offline: set[str] = set()
+        self._containers: dict[str, Container] = {}
+        self._hosted: dict[str, dict[str, Container]] = {}  # node id → its containers by id
+        self._write = asyncio.Lock()
         self._changed = asyncio.Event()
         self._closed = False
+        # Caches valid for one revision: the sorted full-map parts and the shared deltas.
+        self._cache_rev = -1
+        self._all_nodes: tuple[Node, ...] | None = None
+        self._visible: tuple[Container, ...] | None = None
+        self._deltas: dict[int, _Delta] = {}
         for node in snapshot.nodes:
             self._index(node)
             if node.last_seen is not None:
                 self._seen[node.id] = self._seen_persisted[node.id] = node.last_seen
-        # The log restarts from what the store remembers: each node's last change and the
-        # recent removals. Removals older than the retained tombstones are unknown, so a client
-        # behind them gets a full map.
-        entries = [(n.updated_rev, n.id, False) for n in snapshot.nodes]
-        entries += [(t.removed_rev, t.node_id, True) for t in snapshot.tombstones]
+            if not node.online:
+                self._offline.add(node.id)
+        for record in snapshot.containers:
+            self._put_container(record.container)
+        # The log restarts from what the store remembers: each node's and container's last
+        # change and the recent removals. Removals older than the retained tombstones are
+        # unknown, so a client behind them gets a full map.
+        entries: list[Entry] = [(n.updated_rev, NODE, n.id) for n in snapshot.nodes]
+        entries += [(t.removed_rev, NODE, t.node_id) for t in snapshot.tombstones]
+        entries += [(c.updated_rev, CONTAINER, c.container.id) for c in snapshot.containers]
+        entries += [
+            (t.removed_rev, CONTAINER, t.container_id) for t in snapshot.container_tombstones
+        ]
         entries.sort()
-        self._log: list[tuple[int, str, bool]] = entries
+        self._log: list[Entry] = entries
         self._log_revs = [e[0] for e in entries]
-        truncated = bool(snapshot.tombstones) and len(snapshot.tombstones) >= log_limit
-        self._floor = snapshot.tombstones[0].removed_rev if truncated else 0
+        self._floor = 0
+        for stones in (snapshot.tombstones, snapshot.container_tombstones):
+            if stones and len(stones) >= log_limit:
+                self._floor = max(self._floor, stones[0].removed_rev)
 
     @classmethod
     async def load(
@@ -83,9 +129,17 @@ class Registry:
         *,
         clock: Clock = utcnow,
         log_limit: int = LOG_LIMIT,
+        heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
     ) -> Registry:
         snapshot = await store.load(tombstone_limit=log_limit)
-        return cls(store, settings, snapshot, clock=clock, log_limit=log_limit)
+        return cls(
+            store,
+            settings,
+            snapshot,
+            clock=clock,
+            log_limit=log_limit,
+            heartbeat_timeout=heartbeat_timeout,
+        )
 
     # Reading.
 
@@ -119,52 +173,102 @@ class Registry:
             for n in self._nodes.values()
         }
 
+    def containers_of(self, node_id: str) -> Mapping[str, Container]:
+        """The containers `node_id` last reported (withdrawn from the maps or not)."""
+        return self._hosted.get(node_id, {})
+
+    def containers(self) -> list[Container]:
+        """Every known container, of offline nodes too, sorted by id."""
+        return [self._containers[k] for k in sorted(self._containers)]
+
     def last_seen(self, node_id: str) -> datetime | None:
         return self._seen.get(node_id)
 
     def online(self, node_id: str) -> bool:
-        """Polling right now, or polled within the last 15 s."""
-        if self._polls[node_id] > 0:
-            return True
-        seen = self._seen.get(node_id)
-        return seen is not None and self._clock() - seen <= ONLINE_WINDOW
+        """Heard from within the heartbeat timeout (a server start counts as hearing from all),
+        and not withdrawn by the sweeper."""
+        return (
+            node_id in self._nodes
+            and node_id not in self._offline
+            and not self._expired(node_id, self._clock())
+        )
 
     # Writing.
 
     async def save(self, node: NodeRecord, *, consume_token: str | None = None) -> NodeRecord:
         """Persist `node` (new or changed) at a new revision and tell the long-polls."""
-        now = self._clock()
-        rev = await self.store.save_node(node, consume_token=consume_token, at=now)
-        saved = replace(node, updated_rev=rev)
-        old = self._nodes.get(node.id)
-        if old is not None:
-            self._unindex(old)
-        self._index(saved)
-        if saved.last_seen is not None:
-            self._seen[saved.id] = self._seen_persisted[saved.id] = saved.last_seen
-        self._record(rev, node.id, removed=False)
+        async with self._write:
+            now = self._clock()
+            rev = await self.store.save_node(node, consume_token=consume_token, at=now)
+            old = self._nodes.get(node.id)
+            saved = replace(node, updated_rev=rev, online=node.id not in self._offline)
+            if old is not None:
+                self._unindex(old)
+            self._index(saved)
+            if saved.last_seen is not None:
+                self._seen[saved.id] = self._seen_persisted[saved.id] = saved.last_seen
+            self._record(rev, [(NODE, node.id)])
         return saved
 
     async def remove(self, node_id: str) -> bool:
-        rev = await self.store.remove_node(node_id)
-        node = self._nodes.get(node_id)
-        if node is not None:
-            self._unindex(node)
-        self._seen.pop(node_id, None)
-        self._seen_persisted.pop(node_id, None)
-        if rev is None:
-            return node is not None
-        self._record(rev, node_id, removed=True)
+        """Remove the node and its containers; False if it was not there."""
+        async with self._write:
+            rev = await self.store.remove_node(node_id)
+            node = self._nodes.get(node_id)
+            if node is not None:
+                self._unindex(node)
+            self._seen.pop(node_id, None)
+            self._seen_persisted.pop(node_id, None)
+            self._offline.discard(node_id)
+            gone = list(self._hosted.pop(node_id, {}))
+            for container_id in gone:
+                del self._containers[container_id]
+            if rev is None:
+                return node is not None
+            self._record(rev, [(NODE, node_id)] + [(CONTAINER, c) for c in gone])
         return True
 
-    async def touch(self, node_id: str) -> None:
-        """Note that the node polled; persisted at most every SEEN_PERSIST_INTERVAL."""
+    async def save_containers(
+        self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
+    ) -> int:
+        """Persist a node's container changes at one new revision and tell the long-polls."""
+        async with self._write:
+            self.require(node_id)
+            rev = await self.store.save_containers(node_id, changed, removed)
+            for container in changed:
+                self._put_container(container)
+            mine = self._hosted.get(node_id, {})
+            for container_id in removed:
+                if mine.pop(container_id, None) is not None:
+                    del self._containers[container_id]
+            self._record(
+                rev, [(CONTAINER, c.id) for c in changed] + [(CONTAINER, c) for c in removed]
+            )
+        return rev
+
+    async def seen(self, node_id: str) -> None:
+        """The node made an authenticated request: it is alive. Brings an offline node (and
+        its containers) back; persists last_seen at most every SEEN_PERSIST_INTERVAL."""
         now = self._clock()
         self._seen[node_id] = now
+        if node_id in self._offline:
+            await self._set_online([node_id], online=True)
         persisted = self._seen_persisted.get(node_id)
-        if persisted is None or now - persisted >= SEEN_PERSIST_INTERVAL:
+        if node_id in self._nodes and (
+            persisted is None or now - persisted >= SEEN_PERSIST_INTERVAL
+        ):
             self._seen_persisted[node_id] = now
             await self.store.touch_node(node_id, now)
+
+    async def sweep(self) -> list[str]:
+        """Take nodes silent for longer than the heartbeat timeout offline; their ids."""
+        now = self._clock()
+        silent = [
+            nid for nid in self._nodes if nid not in self._offline and self._expired(nid, now)
+        ]
+        if not silent:
+            return []
+        return await self._set_online(silent, online=False)
 
     def close(self) -> None:
         """Server shutting down: end every long-poll now, and do not start new waits."""
@@ -175,28 +279,30 @@ class Registry:
 
     def full_map(self, node_id: str) -> NetworkMap:
         me = self.require(node_id)
-        peers = tuple(
-            n.node() for n in sorted(self._nodes.values(), key=lambda n: n.id) if n.id != node_id
-        )
+        self._check_cache()
+        if self._all_nodes is None:
+            self._all_nodes = tuple(self._models[k] for k in sorted(self._models))
+        if self._visible is None:
+            self._visible = tuple(
+                self._containers[k]
+                for k in sorted(self._containers)
+                if self._containers[k].node_id not in self._offline
+            )
         return NetworkMap(
-            revision=self.revision, settings=self.settings, self_node=me.node(), peers=peers
+            revision=self.revision,
+            settings=self.settings,
+            self_node=self._models[me.id],
+            peers=tuple(n for n in self._all_nodes if n.id != node_id),
+            containers=self._visible,
         )
 
     async def map_update(self, node_id: str, since: int, wait: float) -> MapUpdate:
         """What `node_id`, holding the map at revision `since`, should receive next."""
         self.require(node_id)
         if since == self.revision and wait > 0 and not self._closed:
-            changed = self._changed
-            self._polls[node_id] += 1
-            try:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await changed.wait()
-            finally:
-                self._polls[node_id] -= 1
-                if self._polls[node_id] <= 0:
-                    del self._polls[node_id]
-                self._seen[node_id] = self._clock()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._changed.wait()
             self.require(node_id)  # removed while waiting → its credential is now invalid
         return self._update_since(node_id, since)
 
@@ -205,45 +311,107 @@ class Registry:
             return MapUpdate(kind="none", revision=self.revision)
         if since <= 0 or since > self.revision or since < self._floor:
             return MapUpdate(kind="full", revision=self.revision, full=self.full_map(node_id))
+        self._check_cache()
+        delta = self._deltas.get(since)
+        if delta is None:
+            delta = self._deltas[since] = self._delta_since(since)
+        me = delta.nodes_changed.get(node_id)
+        if me is None:
+            return delta.update
+        # This node's own record changed: it gets it as self_node, not as a peer.
+        return delta.update.model_copy(
+            update={
+                "self_node": me,
+                "peers_changed": tuple(n for n in delta.update.peers_changed if n.id != node_id),
+            }
+        )
+
+    def _delta_since(self, since: int) -> _Delta:
         start = bisect.bisect_right(self._log_revs, since)
-        touched = dict.fromkeys(entry[1] for entry in self._log[start:])
-        self_node = None
-        changed = []
-        removed = []
-        for touched_id in sorted(touched):
-            node = self._nodes.get(touched_id)
-            if touched_id == node_id:
-                self_node = node.node() if node is not None else None
-            elif node is not None:
-                changed.append(node.node())
-            else:
-                removed.append(touched_id)
-        return MapUpdate(
+        nodes: dict[str, None] = {}
+        containers: dict[str, None] = {}
+        for _, kind, key in self._log[start:]:
+            (nodes if kind == NODE else containers)[key] = None
+        changed = {k: self._models[k] for k in sorted(nodes) if k in self._models}
+        visible = [
+            c
+            for k in sorted(containers)
+            if (c := self._containers.get(k)) is not None and c.node_id not in self._offline
+        ]
+        shown = {c.id for c in visible}
+        update = MapUpdate(
             kind="delta",
             revision=self.revision,
-            self_node=self_node,
-            peers_changed=tuple(changed),
-            peers_removed=tuple(removed),
+            peers_changed=tuple(changed.values()),
+            peers_removed=tuple(k for k in sorted(nodes) if k not in self._models),
+            containers_changed=tuple(visible),
+            containers_removed=tuple(k for k in sorted(containers) if k not in shown),
         )
+        return _Delta(nodes_changed=changed, update=update)
 
     # Internals.
 
+    def _expired(self, node_id: str, now: datetime) -> bool:
+        heard = self._seen.get(node_id)
+        alive_at = self._started if heard is None else max(heard, self._started)
+        return now - alive_at > self.heartbeat_timeout
+
+    async def _set_online(self, node_ids: Iterable[str], *, online: bool) -> list[str]:
+        async with self._write:
+            now = self._clock()
+            # Checked again under the lock: another request may have flipped them meanwhile.
+            flip = [
+                nid
+                for nid in node_ids
+                if nid in self._nodes
+                and (nid in self._offline) == online
+                and (online or self._expired(nid, now))
+            ]
+            if not flip:
+                return []
+            rev = await self.store.set_online(flip, online)
+            for nid in flip:
+                if online:
+                    self._offline.discard(nid)
+                else:
+                    self._offline.add(nid)
+            if rev is not None:
+                self._record(
+                    rev, [(CONTAINER, c) for nid in flip for c in self._hosted.get(nid, {})]
+                )
+        return flip
+
+    def _put_container(self, container: Container) -> None:
+        old = self._containers.get(container.id)
+        if old is not None and old.node_id != container.node_id:
+            self._hosted.get(old.node_id, {}).pop(container.id, None)
+        self._containers[container.id] = container
+        self._hosted.setdefault(container.node_id, {})[container.id] = container
+
     def _index(self, node: NodeRecord) -> None:
         self._nodes[node.id] = node
+        self._models[node.id] = node.node()
         self._by_key[node.public_key] = node.id
         self._by_name[node.name] = node.id
         self._by_credential[node.credential_hash] = node.id
 
     def _unindex(self, node: NodeRecord) -> None:
         self._nodes.pop(node.id, None)
+        self._models.pop(node.id, None)
         self._by_key.pop(node.public_key, None)
         self._by_name.pop(node.name, None)
         self._by_credential.pop(node.credential_hash, None)
 
-    def _record(self, rev: int, node_id: str, *, removed: bool) -> None:
+    def _check_cache(self) -> None:
+        if self._cache_rev != self.revision:
+            self._cache_rev = self.revision
+            self._all_nodes = self._visible = None
+            self._deltas.clear()
+
+    def _record(self, rev: int, changes: Sequence[tuple[int, str]]) -> None:
         self.revision = max(self.revision, rev)
-        self._log.append((rev, node_id, removed))
-        self._log_revs.append(rev)
+        self._log.extend((rev, kind, key) for kind, key in changes)
+        self._log_revs.extend(rev for _ in changes)
         if len(self._log) > 2 * self._log_limit:
             drop = len(self._log) - self._log_limit
             self._floor = self._log_revs[drop - 1]

@@ -1,4 +1,5 @@
-"""The server's use cases: join, netmap, endpoints, leave, and the admin's tokens and nodes.
+"""The server's use cases: join, netmap, endpoints, containers, leave; the admin's tokens,
+nodes and service catalog; the liveness sweep.
 
 Transport-free: the HTTP layer authenticates and parses, then calls one method here. Mutations
 run under one lock so that check-then-write sequences (name free? token unused? next free
@@ -11,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import timedelta
 
 from shoal.control import ipam
 from shoal.control.errors import (
     AdminUnauthorized,
+    BadRequest,
     Conflict,
     CredentialInvalid,
     NameTaken,
@@ -38,21 +42,29 @@ from shoal.control.tokens import (
 from shoal.controlclient.errors import MalformedToken
 from shoal.controlclient.tls import JOIN_PREFIX, parse_admin_token, parse_join_token
 from shoal.model.api import (
+    ContainerReport,
+    ContainersReport,
     NodeInfo,
     RegisterRequest,
     RegisterResponse,
+    ServiceInfo,
+    ServiceInstance,
     TokenCreated,
     TokenCreateRequest,
     TokenInfo,
 )
-from shoal.model.netmap import Endpoint, MapUpdate
+from shoal.model.netmap import Container, Endpoint, MapUpdate
 from shoal.store.base import NodeRecord, Store, TokenRecord
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
 log = logging.getLogger("shoal.control")
 
-MAX_WAIT = 60.0  # seconds a long-poll may be held
+MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the heartbeat timeout)
 CREDENTIAL_PREFIX = "SHOAL-NODE-1-"
+# What Docker accepts as a container name; compose project and service labels are narrower.
+# Anything else in a report is an agent bug, refused rather than served as a DNS name.
+DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
+CONTAINER_ID = re.compile(r"[0-9a-f]{12,64}")
 
 
 class ControlService:
@@ -97,6 +109,7 @@ class ControlService:
     async def register(self, req: RegisterRequest) -> RegisterResponse:
         async with self._lock:
             node, credential = await self._register(req)
+        await self.registry.seen(node.id)  # a node joining again after an outage is back
         return RegisterResponse(
             node_id=node.id,
             credential=credential,
@@ -190,11 +203,78 @@ class ControlService:
             raise TokenUnknown(f"unknown join token {JOIN_PREFIX}…; create one: shoal token create")
         return record
 
+    @property
+    def max_wait(self) -> float:
+        """The longest a long-poll is held: a healthy agent polls again well within the
+        heartbeat timeout, however long a wait it asked for."""
+        return min(MAX_WAIT, self.registry.heartbeat_timeout.total_seconds() / 3)
+
     async def netmap(self, node_id: str, since: int, wait: float) -> MapUpdate:
-        await self.registry.touch(node_id)
-        return await self.registry.map_update(node_id, since, min(max(wait, 0.0), MAX_WAIT))
+        await self.registry.seen(node_id)
+        return await self.registry.map_update(node_id, since, min(max(wait, 0.0), self.max_wait))
+
+    async def report_containers(self, node_id: str, report: ContainersReport) -> None:
+        """Replace what the server knows of this node's containers with `report`; every
+        container added, changed or gone reaches every node's next poll as a delta."""
+        await self.registry.seen(node_id)
+        async with self._lock:
+            node = self.registry.require(node_id)
+            wanted = {c.id: c for c in self._validate(node, report.containers)}
+            have = self.registry.containers_of(node_id)
+            changed = [c for cid, c in sorted(wanted.items()) if have.get(cid) != c]
+            removed = sorted(cid for cid in have if cid not in wanted)
+            if not changed and not removed:
+                return
+            diff = [_describe(have.get(c.id), c) for c in changed]
+            diff += [f"-{have[cid].name}" for cid in removed]
+            rev = await self.registry.save_containers(node_id, changed, removed)
+        log.info("node %s containers r%d: %s", node.name, rev, ", ".join(diff))
+
+    def _validate(self, node: NodeRecord, reports: Iterable[ContainerReport]) -> list[Container]:
+        containers: list[Container] = []
+        ids: set[str] = set()
+        ips: dict[object, str] = {}
+        for c in reports:
+            where = f"container {c.name!r}"
+            if not CONTAINER_ID.fullmatch(c.id):
+                raise BadRequest(f"{where}: id {c.id!r} is not a Docker container id (hex)")
+            for what, text in (("name", c.name), ("project", c.project), ("service", c.service)):
+                if text is not None and not DOCKER_NAME.fullmatch(text):
+                    raise BadRequest(
+                        f"container {c.id[:12]}: {what} {text!r} is not a valid Docker name "
+                        "([a-zA-Z0-9][a-zA-Z0-9_.-]*, at most 255 characters)"
+                    )
+            if c.ip not in node.subnet or c.ip in (
+                node.subnet.network_address,
+                node.subnet.broadcast_address,
+            ):
+                raise BadRequest(
+                    f"{where}: IP {c.ip} is not a host address of node {node.name}'s subnet "
+                    f"{node.subnet}; only containers on its `shoal` network can be reported"
+                )
+            if c.id in ids:
+                raise BadRequest(f"{where}: id {c.id[:12]} reported twice")
+            if c.ip in ips:
+                raise BadRequest(f"{where}: IP {c.ip} also reported for {ips[c.ip]!r}")
+            ids.add(c.id)
+            ips[c.ip] = c.name
+            containers.append(Container(node_id=node.id, **c.model_dump()))
+        return containers
+
+    async def sweep(self) -> None:
+        """Withdraw the containers of nodes silent past the heartbeat timeout."""
+        for node_id in await self.registry.sweep():
+            node = self.registry.get(node_id)
+            log.warning(
+                "node %s (%s) silent for over %gs: offline, %d containers withdrawn",
+                node.name if node else node_id,
+                node_id,
+                self.registry.heartbeat_timeout.total_seconds(),
+                len(self.registry.containers_of(node_id)),
+            )
 
     async def update_endpoints(self, node_id: str, endpoints: tuple[Endpoint, ...]) -> None:
+        await self.registry.seen(node_id)
         async with self._lock:
             node = self.registry.require(node_id)
             wanted = tuple(sorted(set(endpoints), key=str))
@@ -255,6 +335,41 @@ class ControlService:
             for n in self.registry.nodes()
         ]
 
+    def list_services(self) -> list[ServiceInfo]:
+        """The catalog: compose services grouped by (project, service), named
+        `<service>.<project>`; containers without both labels alone under their own name."""
+        groups: dict[tuple[str, str | None, str | None], list[ServiceInstance]] = {}
+        for c in self.registry.containers():
+            node = self.registry.get(c.node_id)
+            if c.project and c.service:
+                key: tuple[str, str | None, str | None] = (
+                    f"{c.service}.{c.project}",
+                    c.project,
+                    c.service,
+                )
+            else:
+                key = (c.name, None, None)
+            groups.setdefault(key, []).append(
+                ServiceInstance(
+                    container=c.name,
+                    node=node.name if node else c.node_id,
+                    ip=c.ip,
+                    health=c.health,
+                    online=self.registry.online(c.node_id),
+                )
+            )
+        return [
+            ServiceInfo(
+                name=name,
+                project=project,
+                service=service,
+                instances=tuple(sorted(instances, key=lambda i: (i.node, i.container))),
+            )
+            for (name, project, service), instances in sorted(
+                groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
+            )
+        ]
+
     async def remove_node(self, name: str) -> None:
         async with self._lock:
             node = self.registry.by_name(name)
@@ -274,3 +389,15 @@ def token_info(record: TokenRecord) -> TokenInfo:
         used_at=record.used_at,
         revoked=record.revoked_at is not None,
     )
+
+
+def _describe(old: Container | None, new: Container) -> str:
+    """One readable diff item: `+web 10.42.0.2`, `~db health starting => healthy`."""
+    if old is None:
+        return f"+{new.name} {new.ip}" + ("" if new.health == "none" else f" ({new.health})")
+    fields = [
+        f"{field} {getattr(old, field)} => {getattr(new, field)}"
+        for field in ("name", "ip", "project", "service", "ports", "health", "node_id")
+        if getattr(old, field) != getattr(new, field)
+    ]
+    return f"~{old.name} " + "; ".join(fields)

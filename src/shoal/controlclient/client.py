@@ -24,10 +24,12 @@ from shoal.controlclient.errors import (
 )
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import (
+    ContainersReport,
     ErrorBody,
     NodeInfo,
     RegisterRequest,
     RegisterResponse,
+    ServiceInfo,
     TokenCreated,
     TokenCreateRequest,
     TokenInfo,
@@ -45,6 +47,7 @@ CREDENTIAL_CODES = frozenset({"credential_invalid"})
 
 _TOKENS = TypeAdapter(list[TokenInfo])
 _NODES = TypeAdapter(list[NodeInfo])
+_SERVICES = TypeAdapter(list[ServiceInfo])
 
 
 class ControlClient:
@@ -104,6 +107,11 @@ class ControlClient:
         body = UpdateEndpointsRequest(endpoints=tuple(endpoints))
         await self._call_json("POST", "/v1/endpoints", body=body)
 
+    async def report_containers(self, report: ContainersReport) -> None:
+        """Tell the server the complete set of this host's containers on the `shoal` network;
+        it diffs it against the last report and updates every node's netmap."""
+        await self._call_json("POST", "/v1/containers", body=report)
+
     async def leave(self) -> None:
         """Remove this node from the mesh."""
         await self._call_json("POST", "/v1/leave")
@@ -121,6 +129,10 @@ class ControlClient:
 
     async def list_nodes(self) -> list[NodeInfo]:
         return _NODES.validate_python(await self._call_json("GET", "/v1/admin/nodes"))
+
+    async def list_services(self) -> list[ServiceInfo]:
+        """The service catalog: services, their instances, hosts and health."""
+        return _SERVICES.validate_python(await self._call_json("GET", "/v1/admin/services"))
 
     async def remove_node(self, name: str) -> None:
         await self._call_json("DELETE", f"/v1/admin/nodes/{quote(name, safe='')}")

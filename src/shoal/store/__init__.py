@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shoal.store.base import NodeRecord, Snapshot, Store, TokenRecord, Tombstone
+from shoal.store.base import (
+    ContainerRecord,
+    ContainerTombstone,
+    NodeRecord,
+    Snapshot,
+    Store,
+    TokenRecord,
+    Tombstone,
+)
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
 __all__ = [
+    "ContainerRecord",
+    "ContainerTombstone",
     "NodeRecord",
     "Snapshot",
     "Store",

@@ -1,19 +1,23 @@
 """The `Store` protocol and the records it keeps.
 
 The control server's logic talks only to this protocol. Every method is one transaction. A
-mutation other nodes must see (`save_node`, `remove_node`) bumps the global revision inside its
-transaction and returns it, so several server replicas sharing one database agree on it.
+mutation other nodes must see (`save_node`, `remove_node`, `save_containers`, `set_online`)
+bumps the global revision inside its transaction and returns it, so several server replicas
+sharing one database agree on it. Every row others see carries the revision of its last change
+(`updated_rev`), and removals leave tombstones, so that the server can rebuild its change log
+at start and keep answering deltas across a restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Endpoint, Node
+from shoal.model.netmap import Container, Endpoint, Node
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,9 @@ class NodeRecord:
     tags: tuple[str, ...] = ()
     last_seen: datetime | None = None
     updated_rev: int = 0  # the revision of its last change visible to peers
+    # False once the server withdrew its containers (missed heartbeats); changed only by
+    # `Store.set_online`, never by `save_node`.
+    online: bool = True
 
     def node(self) -> Node:
         return Node(
@@ -65,12 +72,29 @@ class Tombstone:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerRecord:
+    """A container as stored, with the revision of its last change (its node going offline or
+    online counts as a change: it leaves or re-enters every map)."""
+
+    container: Container
+    updated_rev: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerTombstone:
+    container_id: str
+    removed_rev: int
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the server loads at start."""
 
     revision: int
     nodes: tuple[NodeRecord, ...]
     tombstones: tuple[Tombstone, ...]  # the most recent ones, oldest first
+    containers: tuple[ContainerRecord, ...] = ()  # sorted by id
+    container_tombstones: tuple[ContainerTombstone, ...] = ()  # most recent, oldest first
 
 
 class Store(Protocol):
@@ -103,7 +127,20 @@ class Store(Protocol):
         ...
 
     async def remove_node(self, node_id: str) -> int | None:
-        """Delete the node, leave a tombstone; the new revision, or None if it did not exist."""
+        """Delete the node and its containers, leave tombstones for all of them; the new
+        revision, or None if it did not exist."""
+        ...
+
+    async def save_containers(
+        self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
+    ) -> int:
+        """Upsert `changed` (by id, whatever node had them) and delete `removed` (only if they
+        still belong to `node_id`, leaving tombstones), all at one new revision, returned."""
+        ...
+
+    async def set_online(self, node_ids: Sequence[str], online: bool) -> int | None:
+        """Flag the nodes online or offline. If any of them has containers, their rows take a
+        new revision (returned); otherwise no revision is used and None is returned."""
         ...
 
     async def touch_node(self, node_id: str, at: datetime) -> None:

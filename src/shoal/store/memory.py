@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from shoal.store.base import NodeRecord, Snapshot, TokenRecord, Tombstone
+from shoal.model.netmap import Container
+from shoal.store.base import (
+    ContainerRecord,
+    ContainerTombstone,
+    NodeRecord,
+    Snapshot,
+    TokenRecord,
+    Tombstone,
+)
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
 _UNIQUE = ("name", "public_key", "mesh_ip", "subnet", "credential_hash")
@@ -18,13 +27,21 @@ class MemoryStore:
         self.tokens: dict[str, TokenRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.tombstones: dict[str, int] = {}
+        self.containers: dict[str, ContainerRecord] = {}
+        self.container_tombstones: dict[str, int] = {}
 
     async def load(self, tombstone_limit: int) -> Snapshot:
         stones = sorted(self.tombstones.items(), key=lambda s: s[1])[-tombstone_limit:]
+        gone = sorted(self.container_tombstones.items(), key=lambda s: s[1])
         return Snapshot(
             revision=self.revision,
             nodes=tuple(self.nodes[k] for k in sorted(self.nodes)),
             tombstones=tuple(Tombstone(node_id=n, removed_rev=r) for n, r in stones),
+            containers=tuple(self.containers[k] for k in sorted(self.containers)),
+            container_tombstones=tuple(
+                ContainerTombstone(container_id=c, removed_rev=r)
+                for c, r in gone[-tombstone_limit:]
+            ),
         )
 
     async def get_setting(self, key: str) -> str | None:
@@ -73,7 +90,9 @@ class MemoryStore:
                 raise TokenUnavailable(consume_token)
             self.tokens[consume_token] = replace(token, used_at=when, used_by=node.id)
         self.revision += 1
-        self.nodes[node.id] = replace(node, updated_rev=self.revision)
+        old = self.nodes.get(node.id)
+        online = old.online if old is not None else True
+        self.nodes[node.id] = replace(node, updated_rev=self.revision, online=online)
         self.tombstones.pop(node.id, None)
         return self.revision
 
@@ -82,6 +101,35 @@ class MemoryStore:
             return None
         self.revision += 1
         self.tombstones[node_id] = self.revision
+        for cid in [c for c, r in self.containers.items() if r.container.node_id == node_id]:
+            del self.containers[cid]
+            self.container_tombstones[cid] = self.revision
+        return self.revision
+
+    async def save_containers(
+        self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
+    ) -> int:
+        self.revision += 1
+        for container in changed:
+            self.containers[container.id] = ContainerRecord(container, self.revision)
+            self.container_tombstones.pop(container.id, None)
+        for cid in removed:
+            record = self.containers.get(cid)
+            if record is not None and record.container.node_id == node_id:
+                del self.containers[cid]
+                self.container_tombstones[cid] = self.revision
+        return self.revision
+
+    async def set_online(self, node_ids: Sequence[str], online: bool) -> int | None:
+        wanted = set(node_ids)
+        for nid in wanted & self.nodes.keys():
+            self.nodes[nid] = replace(self.nodes[nid], online=online)
+        affected = [c for c, r in self.containers.items() if r.container.node_id in wanted]
+        if not affected:
+            return None
+        self.revision += 1
+        for cid in affected:
+            self.containers[cid] = replace(self.containers[cid], updated_rev=self.revision)
         return self.revision
 
     async def touch_node(self, node_id: str, at: datetime) -> None:

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 -- The global revision: bumped by every change other nodes must see.
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', '0');
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '2');
 
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,          -- first 12 hex of sha256(secret)
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS nodes (
     credential_hash TEXT NOT NULL UNIQUE,
     created_at      TEXT NOT NULL,
     last_seen       TEXT,
-    updated_rev     INTEGER NOT NULL
+    updated_rev     INTEGER NOT NULL,
+    online          INTEGER NOT NULL DEFAULT 1  -- 0: containers withdrawn (missed heartbeats)
 );
 CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);
 
@@ -42,3 +43,24 @@ CREATE TABLE IF NOT EXISTS tombstones (
     removed_rev INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tombstones_removed_rev ON tombstones (removed_rev);
+
+-- Containers on each host's `shoal` network, as its agent last reported them (schema 2).
+CREATE TABLE IF NOT EXISTS containers (
+    id          TEXT PRIMARY KEY,              -- Docker's full container id
+    node_id     TEXT NOT NULL,                 -- deleted with its node (by the store)
+    name        TEXT NOT NULL,
+    ip          TEXT NOT NULL,
+    project     TEXT,
+    service     TEXT,
+    ports       TEXT NOT NULL,                 -- JSON list of {"port", "protocol"}
+    health      TEXT NOT NULL,
+    updated_rev INTEGER NOT NULL               -- also bumped when its node goes on/offline
+);
+CREATE INDEX IF NOT EXISTS containers_node_id ON containers (node_id);
+
+CREATE TABLE IF NOT EXISTS container_tombstones (
+    container_id TEXT PRIMARY KEY,
+    removed_rev  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS container_tombstones_removed_rev
+    ON container_tombstones (removed_rev);

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
@@ -20,13 +20,24 @@ from pathlib import Path
 from typing import TypeVar
 
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Endpoint
-from shoal.store.base import NodeRecord, Snapshot, TokenRecord, Tombstone
+from shoal.model.netmap import Container, Endpoint, PortSpec
+from shoal.store.base import (
+    ContainerRecord,
+    ContainerTombstone,
+    NodeRecord,
+    Snapshot,
+    TokenRecord,
+    Tombstone,
+)
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
 T = TypeVar("T")
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 _UNIQUE_FIELDS = ("name", "public_key", "mesh_ip", "subnet", "credential_hash")
+# Container tombstones kept (the server loads at most its change-log length of them); older
+# ones are pruned now and then, so that churning containers do not grow the file forever.
+CONTAINER_TOMBSTONES_KEPT = 20_000
+PRUNE_EVERY = 256  # revisions
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -59,6 +70,7 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(schema_sql())
+            _migrate(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
 
@@ -101,12 +113,25 @@ class SqliteStore:
                     "SELECT node_id, removed_rev FROM tombstones ORDER BY removed_rev DESC LIMIT ?",
                     (tombstone_limit,),
                 ).fetchall()
+                containers = tuple(
+                    _container(row)
+                    for row in db.execute(f"SELECT {_CONTAINER_COLS} FROM containers ORDER BY id")
+                )
+                gone = db.execute(
+                    "SELECT container_id, removed_rev FROM container_tombstones "
+                    "ORDER BY removed_rev DESC LIMIT ?",
+                    (tombstone_limit,),
+                ).fetchall()
             finally:
                 db.execute("COMMIT")
             return Snapshot(
                 revision=int(rev[0]),
                 nodes=nodes,
                 tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones[::-1]),
+                containers=containers,
+                container_tombstones=tuple(
+                    ContainerTombstone(container_id=g[0], removed_rev=g[1]) for g in gone[::-1]
+                ),
             )
 
         return await self._run(run)
@@ -194,7 +219,7 @@ class SqliteStore:
                 rev = self._bump(db)
                 try:
                     db.execute(
-                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                         "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
                         "subnet = excluded.subnet, endpoints = excluded.endpoints, "
@@ -222,6 +247,63 @@ class SqliteStore:
                     "ON CONFLICT (node_id) DO UPDATE SET removed_rev = excluded.removed_rev",
                     (node_id, rev),
                 )
+                gone = db.execute(
+                    "DELETE FROM containers WHERE node_id = ? RETURNING id", (node_id,)
+                ).fetchall()
+                _bury(db, [str(g[0]) for g in gone], rev)
+                return rev
+
+        return await self._run(run)
+
+    async def save_containers(
+        self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
+    ) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            with self._write(db):
+                rev = self._bump(db)
+                db.executemany(
+                    f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id, "
+                    "name = excluded.name, ip = excluded.ip, project = excluded.project, "
+                    "service = excluded.service, ports = excluded.ports, "
+                    "health = excluded.health, updated_rev = excluded.updated_rev",
+                    [_container_row(c, rev) for c in changed],
+                )
+                db.executemany(
+                    "DELETE FROM container_tombstones WHERE container_id = ?",
+                    [(c.id,) for c in changed],
+                )
+                gone = [
+                    cid
+                    for cid in removed
+                    if db.execute(
+                        "DELETE FROM containers WHERE id = ? AND node_id = ?", (cid, node_id)
+                    ).rowcount
+                    == 1
+                ]
+                _bury(db, gone, rev)
+                return rev
+
+        return await self._run(run)
+
+    async def set_online(self, node_ids: Sequence[str], online: bool) -> int | None:
+        def run(db: sqlite3.Connection) -> int | None:
+            ids = [(nid,) for nid in node_ids]
+            with self._write(db):
+                db.executemany(
+                    "UPDATE nodes SET online = ? WHERE id = ?", [(int(online), *i) for i in ids]
+                )
+                has = any(
+                    db.execute("SELECT 1 FROM containers WHERE node_id = ? LIMIT 1", i).fetchone()
+                    for i in ids
+                )
+                if not has:
+                    return None
+                rev = self._bump(db)
+                db.executemany(
+                    "UPDATE containers SET updated_rev = ? WHERE node_id = ?",
+                    [(rev, *i) for i in ids],
+                )
                 return rev
 
         return await self._run(run)
@@ -244,8 +326,32 @@ _TOKEN_COLS = (
 )
 _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, credential_hash, created_at, "
-    "last_seen, updated_rev"
+    "last_seen, updated_rev, online"
 )
+_CONTAINER_COLS = "id, node_id, name, ip, project, service, ports, health, updated_rev"
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a database of an older schema up to this one (schema.sql only adds tables)."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+    if "online" not in columns:  # schema 1 → 2: containers (new tables) and node liveness
+        db.execute("ALTER TABLE nodes ADD COLUMN online INTEGER NOT NULL DEFAULT 1")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1'")
+
+
+def _bury(db: sqlite3.Connection, container_ids: Sequence[str], rev: int) -> None:
+    """Tombstones for removed containers; prunes the oldest now and then."""
+    db.executemany(
+        "INSERT INTO container_tombstones (container_id, removed_rev) VALUES (?, ?) "
+        "ON CONFLICT (container_id) DO UPDATE SET removed_rev = excluded.removed_rev",
+        [(cid, rev) for cid in container_ids],
+    )
+    if container_ids and rev % PRUNE_EVERY == 0:
+        db.execute(
+            "DELETE FROM container_tombstones WHERE removed_rev < (SELECT removed_rev FROM "
+            "container_tombstones ORDER BY removed_rev DESC LIMIT 1 OFFSET ?)",
+            (CONTAINER_TOMBSTONES_KEPT,),
+        )
 
 
 def _token(row: tuple[object, ...]) -> TokenRecord:
@@ -276,11 +382,12 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         _ts(node.created_at),
         _ts(node.last_seen),
         rev,
+        int(node.online),
     )
 
 
 def _node(row: tuple[object, ...]) -> NodeRecord:
-    (nid, name, key, ip, subnet, endpoints, tags, cred, created, seen, rev) = row
+    (nid, name, key, ip, subnet, endpoints, tags, cred, created, seen, rev, online) = row
     return NodeRecord(
         id=str(nid),
         name=str(name),
@@ -293,4 +400,34 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         created_at=_required_dt(str(created)),
         last_seen=_dt(seen if isinstance(seen, str) else None),
         updated_rev=int(str(rev)),
+        online=bool(online),
     )
+
+
+def _container_row(c: Container, rev: int) -> tuple[object, ...]:
+    return (
+        c.id,
+        c.node_id,
+        c.name,
+        str(c.ip),
+        c.project,
+        c.service,
+        json.dumps([p.model_dump(mode="json") for p in c.ports]),
+        c.health,
+        rev,
+    )
+
+
+def _container(row: tuple[object, ...]) -> ContainerRecord:
+    (cid, node_id, name, ip, project, service, ports, health, rev) = row
+    container = Container(
+        id=str(cid),
+        node_id=str(node_id),
+        name=str(name),
+        ip=IPv4Address(str(ip)),
+        project=project if isinstance(project, str) else None,
+        service=service if isinstance(service, str) else None,
+        ports=tuple(PortSpec.model_validate(p) for p in json.loads(str(ports))),
+        health=str(health),  # validated by the model
+    )
+    return ContainerRecord(container=container, updated_rev=int(str(rev)))
