@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dns.exception
 import dns.flags
@@ -69,8 +69,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         if self.transport is not None:
@@ -311,8 +310,7 @@ class _Exchange(asyncio.DatagramProtocol):
         self.replies: asyncio.Queue[bytes | Exception] = asyncio.Queue()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        transport.sendto(self.request)
+        cast(asyncio.DatagramTransport, transport).sendto(self.request)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         self.replies.put_nowait(data)
