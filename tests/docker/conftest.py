@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,32 +19,62 @@ from tests.hostnet.netns import Netns, NetnsFactory
 
 __all__ = ["Dockerd", "dockerd", "netns"]
 
+IMAGE = "shoaltest:busybox"
+
 
 @dataclass
 class Dockerd:
     ns: Netns
     url: str
     state: Path
+    argv: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
 
     def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             ["docker", "-H", self.url, *argv], capture_output=True, text=True, check=check
         )
 
+    def start(self) -> None:
+        """Start dockerd (again) and wait until it answers."""
+        with (self.state / "dockerd.log").open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while self.cli("version", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.state / "dockerd.log").read_text()[-2000:]
+                pytest.fail(f"dockerd did not start: {tail}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM dockerd by PID (SIGKILL after `timeout`) and wait for it to exit."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
     def image(self) -> str:
         """A busybox image made from the host's busybox-static (there is no registry)."""
+        if self.cli("image", "inspect", IMAGE, check=False).returncode == 0:
+            return IMAGE
         root = self.state / "rootfs"
         (root / "bin").mkdir(parents=True, exist_ok=True)
         shutil.copy(shutil.which("busybox") or "/bin/busybox", root / "bin" / "busybox")
-        (root / "bin" / "sleep").symlink_to("busybox")
+        for applet in ("sh", "sleep"):  # sh: health checks run `/bin/sh -c CMD`
+            (root / "bin" / applet).symlink_to("busybox")
         tar = subprocess.run(["tar", "-C", str(root), "-c", "."], capture_output=True, check=True)
         subprocess.run(
-            ["docker", "-H", self.url, "import", "-", "shoaltest:busybox"],
+            ["docker", "-H", self.url, "import", "-", IMAGE],
             input=tar.stdout,
             capture_output=True,
             check=True,
         )
-        return "shoaltest:busybox"
+        return IMAGE
 
 
 def _umount_under(path: Path) -> None:
@@ -64,7 +94,6 @@ def dockerd(netns: NetnsFactory) -> Iterator[Dockerd]:
     state.mkdir(parents=True)
     (state / "daemon.json").write_text("{}")
     sock = state / "docker.sock"
-    log = (state / "dockerd.log").open("wb")
     flags = {
         "--config-file": state / "daemon.json",  # empty: /etc/docker/daemon.json stays out
         "--data-root": state / "data",
@@ -77,30 +106,16 @@ def dockerd(netns: NetnsFactory) -> Iterator[Dockerd]:
     argv = ["nsenter", f"--net={ns.path}", "dockerd"]
     for flag, value in flags.items():
         argv += [flag, str(value)]
-    proc = subprocess.Popen(
-        argv,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    daemon = Dockerd(ns, f"unix://{sock}", state)
+    daemon = Dockerd(ns, f"unix://{sock}", state, argv)
     try:
-        deadline = time.monotonic() + 30
-        while daemon.cli("version", check=False).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dockerd did not start: {(state / 'dockerd.log').read_text()[-2000:]}")
-            time.sleep(0.2)
+        daemon.start()
         yield daemon
     finally:
-        ids = daemon.cli("ps", "-aq", check=False).stdout.split()
-        if ids:
-            daemon.cli("rm", "-f", *ids, check=False)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+        if daemon.proc is not None:
+            ids = daemon.cli("ps", "-aq", check=False).stdout.split()
+            if ids:
+                daemon.cli("rm", "-f", *ids, check=False)
+        daemon.stop()
         ns.wait_empty(5)
         _umount_under(state)
         with contextlib.suppress(OSError):
