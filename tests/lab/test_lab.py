@@ -177,3 +177,19 @@ def test_server_lifecycle_with_a_stand_in_server(
     lab.stop_server(kill=True)
     assert not is_alive(pid)
     assert not Lab.load(lab.name).status()["server"]["running"]
+
+
+def test_upstream_names_resolve_inside_the_lab(lab: Lab) -> None:
+    # The lab's own "internet" resolver on the server host; nothing leaves the machine.
+    h1 = lab.host("h1")
+    out = h1.exec(["busybox", "nslookup", "-type=a", "www.lab.test", "192.0.2.2"]).stdout
+    assert "192.0.2.80" in out
+    missing = h1.exec(["busybox", "nslookup", "-type=a", "nope.lab.test", "192.0.2.2"], check=False)
+    assert missing.returncode != 0 and "192.0.2.80" not in missing.stdout
+    # Commands on a host (the agent among them) see a resolv.conf naming it.
+    for host in lab.hosts:
+        resolv = host.exec(["cat", "/etc/resolv.conf"]).stdout
+        assert resolv.split() == ["nameserver", "192.0.2.2"]
+    assert "192.0.2.2" not in Path("/etc/resolv.conf").read_text()  # the machine's is untouched
+    status = Lab.load(lab.name).status()["upstream_dns"]
+    assert status["running"] and status["address"] == "192.0.2.2:53"

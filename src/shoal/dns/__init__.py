@@ -12,10 +12,13 @@ from shoal.dns.records import (
     TTL,
     ARecord,
     Outcome,
+    QType,
     RecordTable,
     Resolution,
+    Resolver,
     SoaRecord,
     SrvRecord,
+    rdtype_name,
 )
 from shoal.dns.server import DnsServer, DnsStats, upstreams_from_resolv_conf
 
@@ -27,9 +30,12 @@ __all__ = [
     "DnsServer",
     "DnsStats",
     "Outcome",
+    "QType",
     "RecordTable",
     "Resolution",
+    "Resolver",
     "SoaRecord",
     "SrvRecord",
+    "rdtype_name",
     "upstreams_from_resolv_conf",
 ]

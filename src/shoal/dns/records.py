@@ -48,6 +48,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Protocol
 
 import dns.rdatatype
 from dns.rdatatype import RdataType
@@ -110,6 +111,17 @@ class Resolution:
 
 
 NOT_OURS = Resolution(Outcome.NOT_OURS)
+QType = RdataType | int | str  # 1, "A" or RdataType.A
+
+
+class Resolver(Protocol):
+    """What the responder asks per query; `RecordTable` is the mesh's, tests and the lab bring
+    static ones. Must be fast and pure: it runs on the event loop."""
+
+    def resolve(
+        self, qname: str, qtype: QType, source: IPv4Address | None = None
+    ) -> Resolution: ...
+
 
 _PROTOCOLS = {"_tcp": "tcp", "_udp": "udp"}
 
@@ -180,7 +192,7 @@ class RecordTable:
     def resolve(
         self,
         qname: str,
-        qtype: RdataType | int | str,
+        qtype: QType,
         source: IPv4Address | None = None,
     ) -> Resolution:
         """What to answer for `qname`/`qtype` asked from `source` (the client's address)."""
@@ -303,6 +315,7 @@ def _unique(containers: list[Container]) -> list[Container]:
     return list(seen.values())
 
 
-def rdtype_name(qtype: RdataType | int) -> str:
-    """`A`, `SRV`, `TYPE65280`, for logs."""
+def rdtype_name(qtype: QType) -> str:
+    """`A`, `SRV`, `TYPE65280`: the type's mnemonic, for logs and for resolvers that do not
+    import dnspython."""
     return dns.rdatatype.to_text(RdataType.make(qtype))

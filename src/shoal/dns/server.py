@@ -1,7 +1,8 @@
 """The DNS responder: answers the mesh's names from a `RecordTable`, forwards the rest.
 
 One `DnsServer` listens on UDP and TCP (length-prefixed, several queries per connection, closed
-after `tcp_idle_timeout` s of silence) on each bind address. Per query it calls `table()`, so
+after `tcp_idle_timeout` s of silence) on each bind address. Per query it calls `table()` (a
+`RecordTable`, or any `Resolver`) and asks it to resolve the name, so
 the owner swaps tables by reference (`server_table = new_table`) with no locking: each query
 sees one whole table.
 
@@ -38,7 +39,7 @@ import dns.rdataclass
 
 from shoal.dns import wire
 from shoal.dns.errors import DnsBindFailed
-from shoal.dns.records import Outcome, RecordTable
+from shoal.dns.records import Outcome, Resolver
 from shoal.dns.wire import Query, Reply
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class DnsServer:
 
     def __init__(
         self,
-        table: Callable[[], RecordTable],
+        table: Callable[[], Resolver],
         upstreams: Sequence[Address],
         forward_timeout: float = 2.0,
         *,

@@ -5,6 +5,9 @@ Layout (lab `x`): namespace `sl-x-ul` holds bridge `br0` (the simulated wire, ne
 with `eth0` cabled to the bridge, its own dockerd (bridge 172.30.<i>.1/24, DNS = its own
 underlay address so container lookups never leave the lab) and its own /var/run/wireguard.
 No namespace has a default route: nothing the lab does reaches the machine's network.
+The server host also runs the lab's upstream resolver (`shoal.lab.upstream_dns`, zone
+`lab.test`) on 192.0.2.2:53, and commands on a host see a resolv.conf naming it, so what a host
+forwards upstream (the agent reads /etc/resolv.conf) stays in the lab too.
 
 Everything created is recorded in `root/x/lab.json` before it is made, so `Lab.load(x).destroy()`
 works from any process and after an aborted create. The shoal server and agents are driven
@@ -35,6 +38,8 @@ DEFAULT_ROOT = Path("/run/shoal-lab")
 SERVER_IP = IPv4Address("192.0.2.2")
 HOST_IP_BASE = IPv4Address("192.0.2.10")  # host i is at .10 + i
 SERVER_PORT = 8443
+DNS_PORT = 53  # the lab's upstream resolver (shoal.lab.upstream_dns) on SERVER_IP
+RESOLV_CONF = Path("/etc/resolv.conf")
 UNDERLAY_PREFIX = 24
 WG_RUN_DIR = Path("/var/run/wireguard")
 MAX_HOSTS = 200
@@ -111,7 +116,8 @@ class LabHost:
 
     `exec`/`popen` run a command "on" the host: in its network namespace, in a private mount
     namespace where `wg_run_dir` is bound over /var/run/wireguard (wireguard-go's sockets are
-    per host), with DOCKER_HOST pointing at the host's dockerd and this shoal's bin dir first
+    per host) and `resolv_conf` (nameserver 192.0.2.2, the lab's resolver) over
+    /etc/resolv.conf, with DOCKER_HOST pointing at the host's dockerd and this shoal's bin dir first
     on PATH.
     """
 
@@ -126,6 +132,7 @@ class LabHost:
         self.docker_host = f"unix://{self.docker_sock}"
         self.state_dir = self.dir / "agent"
         self.wg_run_dir = self.dir / "wireguard"
+        self.resolv_conf = self.dir / "resolv.conf"
         self.dockerd_log = self.dir / "dockerd.log"
 
     def __repr__(self) -> str:
@@ -139,7 +146,12 @@ class LabHost:
             raise LabError("no command given")
         WG_RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.wg_run_dir.mkdir(parents=True, exist_ok=True)
-        script = 'mount --bind "$1" "$2" && shift 3 && exec nsenter --net="$0" -- "$@"'
+        if not self.resolv_conf.exists():
+            self.resolv_conf.write_text(f"nameserver {SERVER_IP}\n")
+        script = (
+            'mount --bind "$1" "$2" && mount --bind "$3" "$4" && shift 5 && '
+            'exec nsenter --net="$0" -- "$@"'
+        )
         return [
             "unshare",
             "-m",
@@ -151,6 +163,8 @@ class LabHost:
             str(procs.NETNS_DIR / self.netns),
             str(self.wg_run_dir),
             str(WG_RUN_DIR),
+            str(self.resolv_conf),
+            str(RESOLV_CONF),
             "--",
             *argv,
         ]
@@ -305,6 +319,10 @@ class Lab:
         return self.dir / "server.log"
 
     @property
+    def upstream_dns_log(self) -> Path:
+        return self.dir / "upstream-dns.log"
+
+    @property
     def server_url(self) -> str | None:
         return self._state.server_url
 
@@ -359,6 +377,7 @@ class Lab:
             (directory / "daemon.json").write_text("{}\n")
             lab._make_underlay()
             lab._add_netns_host(lab.server_netns, "vsrv", SERVER_IP)
+            lab._start_upstream_dns()
             lab._add_hosts(hosts)
         except BaseException as exc:
             progress(f"create failed, removing lab {name}")
@@ -480,6 +499,35 @@ class Lab:
         self._state.server_pid = None
         self._save()
 
+    def upstream_dns_running(self) -> bool:
+        pid = self._state.upstream_dns_pid
+        start = next((p.start for p in self._state.procs if p.pid == pid), None)
+        return pid is not None and procs.is_alive(pid, start)
+
+    def _start_upstream_dns(self, timeout: float = 15) -> None:
+        """Run the lab's upstream resolver on the server host; wait until it listens."""
+        progress(f"starting the lab's upstream DNS on {SERVER_IP}:{DNS_PORT}")
+        argv = [
+            sys.executable,
+            "-m",
+            "shoal.lab.upstream_dns",
+            "--listen",
+            f"{SERVER_IP}:{DNS_PORT}",
+        ]
+        proc = self._start_in_netns(self.server_netns, argv, self.upstream_dns_log)
+        self._state.upstream_dns_pid = proc.pid
+        self._record_proc(proc.pid, "upstream-dns", "shoal.lab.upstream_dns")
+        deadline = time.monotonic() + timeout
+        # It prints its banner once bound (a port check could see the machine's own :53 while
+        # nsenter has not switched namespaces yet).
+        while "upstream-dns: zone" not in _tail(self.upstream_dns_log, 5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(
+                    f"the lab's upstream DNS did not start; log {self.upstream_dns_log}:\n"
+                    + _tail(self.upstream_dns_log)
+                )
+            time.sleep(0.05)
+
     def server_running(self) -> bool:
         pid = self._state.server_pid
         start = next((p.start for p in self._state.procs if p.pid == pid), None)
@@ -518,6 +566,12 @@ class Lab:
                 "running": self.server_running(),
                 "data_dir": str(self.server_data_dir),
                 "log": str(self.server_log),
+            },
+            "upstream_dns": {
+                "address": f"{SERVER_IP}:{DNS_PORT}",
+                "pid": self._state.upstream_dns_pid,
+                "running": self.upstream_dns_running(),
+                "log": str(self.upstream_dns_log),
             },
             "token": self._state.token,
             "hosts": [
@@ -613,6 +667,7 @@ class Lab:
             host.dir.mkdir(parents=True, exist_ok=True)
             host.state_dir.mkdir(exist_ok=True)
             host.wg_run_dir.mkdir(exist_ok=True)
+            host.resolv_conf.write_text(f"nameserver {SERVER_IP}\n")
             self._add_netns_host(record.netns, record.veth, host.underlay_ip)
             new.append((host, self._start_dockerd(host)))
         # The dockerds start in parallel; each then gets the image.

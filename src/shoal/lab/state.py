@@ -21,7 +21,7 @@ class ProcRecord:
 
     pid: int
     start: int | None
-    kind: str  # "dockerd" | "server" | "process"
+    kind: str  # "dockerd" | "server" | "upstream-dns" | "process"
     what: str
     host: str | None = None
 
@@ -48,6 +48,7 @@ class LabState:
     procs: list[ProcRecord] = field(default_factory=list)
     server_url: str | None = None
     server_pid: int | None = None
+    upstream_dns_pid: int | None = None
     token: str | None = None
 
     def to_json(self) -> str:
