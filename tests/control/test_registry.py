@@ -238,3 +238,28 @@ async def test_container_log_trimming_gives_a_full_map() -> None:
     assert (await reg.map_update("n2", since=2, wait=0)).kind == "full"
     delta = await reg.map_update("n2", since=reg.revision - 1, wait=0)
     assert delta.kind == "delta" and [c.name for c in delta.containers_changed] == ["c4"]
+
+
+async def test_last_seen_is_written_in_batches_at_most_every_10_s() -> None:
+    clock = Clock()
+    store = MemoryStore()
+    reg = await Registry.load(store, SETTINGS, clock=clock)
+    for i in (1, 2):
+        await reg.save(rec(i))
+
+    async def stored() -> dict[str, datetime | None]:
+        return {n.id: n.last_seen for n in (await store.load(10)).nodes}
+
+    await reg.seen("n1")
+    await reg.sweep()
+    assert await stored() == {"n1": T0, "n2": None}
+    clock.now = T0 + timedelta(seconds=5)
+    await reg.seen("n1")
+    await reg.seen("n2")
+    await reg.sweep()
+    assert await stored() == {"n1": T0, "n2": clock.now}  # n1 was written 5 s ago
+    assert reg.last_seen("n1") == clock.now  # memory is always current
+    clock.now = T0 + timedelta(seconds=10)
+    await reg.seen("n1")
+    await reg.sweep()
+    assert (await stored())["n1"] == clock.now

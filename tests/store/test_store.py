@@ -83,7 +83,7 @@ async def test_nodes_bump_the_revision_and_leave_tombstones(store: Store) -> Non
     assert await store.save_node(node(1, endpoints=())) == 3
     assert await store.remove_node("n2") == 4
     assert await store.remove_node("n2") is None
-    await store.touch_node("n1", T0 + timedelta(seconds=5))
+    await store.touch_nodes({"n1": T0 + timedelta(seconds=5), "gone": T0})
     snap = await store.load(100)
     assert snap.revision == 4
     assert snap.nodes == (

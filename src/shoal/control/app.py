@@ -183,6 +183,8 @@ class RunningServer:
                 await self.sweeper
         self.service.registry.close()
         await self.runner.cleanup()
+        with contextlib.suppress(StoreError):
+            await self.service.registry.flush_seen()
         await self.store.close()
         with contextlib.suppress(OSError):
             (self.config.data_dir / SERVER_JSON).unlink()

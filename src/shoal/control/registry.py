@@ -12,13 +12,15 @@ from memory:
   node that is not itself part of the change gets the same delta, computed once;
 - since == revision → wait (up to `wait` s) for the next change, then as above, or "none".
 
-Liveness: every authenticated request of a node marks it seen (`seen`). `sweep`, run every
-second by the server, takes a node that has not been seen for `heartbeat_timeout` offline: its
-containers leave every map (the log records them at a new revision, so they arrive as removals)
-while its WireGuard peer entry stays, since the data plane must outlive a control outage. Its
-next request brings it back online and its containers back into the maps. The offline flag is
-persisted so deltas stay right across a server restart; a restart itself counts as having seen
-every node (a server outage must not withdraw the whole mesh).
+Liveness: every authenticated request of a node marks it seen (`seen`, in memory). `sweep`,
+run every second by the server, writes the last_seen times due (each at most every
+SEEN_PERSIST_INTERVAL, all in one transaction), then takes a node not seen for longer than
+`heartbeat_timeout` offline: its containers leave every map (the log records them at a new
+revision, so they arrive as removals) while its WireGuard peer entry stays, since the data
+plane must outlive a control outage. Its next request brings it back online and its
+containers back into the maps. The offline flag is persisted so deltas stay right across a
+server restart; a restart itself counts as having seen every node (a server outage must not
+withdraw the whole mesh).
 """
 
 from __future__ import annotations
@@ -248,20 +250,30 @@ class Registry:
 
     async def seen(self, node_id: str) -> None:
         """The node made an authenticated request: it is alive. Brings an offline node (and
-        its containers) back; persists last_seen at most every SEEN_PERSIST_INTERVAL."""
-        now = self._clock()
-        self._seen[node_id] = now
+        its containers) back at once; last_seen reaches the store with the next sweep."""
+        self._seen[node_id] = self._clock()
         if node_id in self._offline:
             await self._set_online([node_id], online=True)
-        persisted = self._seen_persisted.get(node_id)
-        if node_id in self._nodes and (
-            persisted is None or now - persisted >= SEEN_PERSIST_INTERVAL
-        ):
-            self._seen_persisted[node_id] = now
-            await self.store.touch_node(node_id, now)
+
+    async def flush_seen(self) -> None:
+        """Persist the last_seen times not written for SEEN_PERSIST_INTERVAL."""
+        due = {
+            nid: at
+            for nid, at in self._seen.items()
+            if nid in self._nodes
+            and (
+                (persisted := self._seen_persisted.get(nid)) is None
+                or at - persisted >= SEEN_PERSIST_INTERVAL
+            )
+        }
+        if due:
+            await self.store.touch_nodes(due)
+            self._seen_persisted.update(due)
 
     async def sweep(self) -> list[str]:
-        """Take nodes silent for longer than the heartbeat timeout offline; their ids."""
+        """Persist due last_seen times, then take nodes silent for longer than the heartbeat
+        timeout offline; their ids."""
+        await self.flush_seen()
         now = self._clock()
         silent = [
             nid for nid in self._nodes if nid not in self._offline and self._expired(nid, now)

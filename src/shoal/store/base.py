@@ -10,7 +10,7 @@ at start and keep answering deltas across a restart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
@@ -143,8 +143,9 @@ class Store(Protocol):
         new revision (returned); otherwise no revision is used and None is returned."""
         ...
 
-    async def touch_node(self, node_id: str, at: datetime) -> None:
-        """Record `last_seen`; not a change peers see, so no new revision."""
+    async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
+        """Record each node's `last_seen` (one transaction for all; unknown ids are ignored);
+        not a change peers see, so no new revision."""
         ...
 
     async def close(self) -> None: ...

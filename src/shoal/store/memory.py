@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -132,10 +132,11 @@ class MemoryStore:
             self.containers[cid] = replace(self.containers[cid], updated_rev=self.revision)
         return self.revision
 
-    async def touch_node(self, node_id: str, at: datetime) -> None:
-        node = self.nodes.get(node_id)
-        if node is not None:
-            self.nodes[node_id] = replace(node, last_seen=at)
+    async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
+        for node_id, at in seen.items():
+            node = self.nodes.get(node_id)
+            if node is not None:
+                self.nodes[node_id] = replace(node, last_seen=at)
 
     async def close(self) -> None:
         return None

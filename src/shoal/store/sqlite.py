@@ -11,7 +11,7 @@ import asyncio
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
@@ -308,9 +308,13 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def touch_node(self, node_id: str, at: datetime) -> None:
+    async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
         def run(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE nodes SET last_seen = ? WHERE id = ?", (_ts(at), node_id))
+            with self._write(db):
+                db.executemany(
+                    "UPDATE nodes SET last_seen = ? WHERE id = ?",
+                    [(_ts(at), node_id) for node_id, at in seen.items()],
+                )
 
         await self._run(run)
 
