@@ -42,10 +42,17 @@ class Upstream:
                 if reply is not None:
                     self.transport.sendto(reply, addr)  # type: ignore[attr-defined]
 
-        self._udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
-        port = self._udp.get_extra_info("sockname")[1]
-        self._tcp = await asyncio.start_server(self._serve_tcp, "127.0.0.1", port)
-        self.address = ("127.0.0.1", port)
+        for _ in range(20):  # the port UDP picked may be taken for TCP: pick again
+            udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", 0))
+            port = udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, "127.0.0.1", port)
+            except OSError:
+                udp.close()
+                continue
+            self._udp, self.address = udp, ("127.0.0.1", port)
+            return
+        raise RuntimeError("no port free for both UDP and TCP")
 
     async def close(self) -> None:
         if self._udp is not None:
