@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
@@ -17,6 +17,7 @@ CFG = FirewallConfig(
     local_subnet=IPv4Network("10.42.1.0/24"),
     container_pool=IPv4Network("10.42.0.0/16"),
     mesh_pool=IPv4Network("100.64.0.0/10"),
+    dns_address=IPv4Address("100.64.0.1"),
 )
 
 SHOAL_FORWARD = [
@@ -30,6 +31,10 @@ SHOAL_POSTROUTING = [
     "-A SHOAL-POSTROUTING -s 10.42.1.0/24 -d 10.42.0.0/16 -j RETURN",
     "-A SHOAL-POSTROUTING -s 10.42.1.0/24 -d 100.64.0.0/10 -j RETURN",
     "-A SHOAL-POSTROUTING -s 10.42.1.0/24 ! -o shoal-br0 -j MASQUERADE",
+]
+SHOAL_DNS = [
+    "-A SHOAL-DNS -i shoal-br0 -p udp -m udp --dport 53 -j DNAT --to-destination 100.64.0.1:53",
+    "-A SHOAL-DNS -i shoal-br0 -p tcp -m tcp --dport 53 -j DNAT --to-destination 100.64.0.1:53",
 ]
 SHOAL_MSS = [
     "-A SHOAL-MSS -o shoal0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
@@ -47,6 +52,11 @@ def test_render() -> None:
         ":SHOAL-POSTROUTING - [0:0]",
         "-F SHOAL-POSTROUTING",
         *SHOAL_POSTROUTING,
+        "COMMIT",
+        "*nat",
+        ":SHOAL-DNS - [0:0]",
+        "-F SHOAL-DNS",
+        *SHOAL_DNS,
         "COMMIT",
         "*mangle",
         ":SHOAL-MSS - [0:0]",
@@ -77,7 +87,7 @@ def dump(ns: Netns) -> dict[str, list[str]]:
 @pytest.fixture
 def ns(netns: NetnsFactory) -> Netns:
     if shutil.which("iptables-restore") is None:
-        pytest.skip("no iptables")
+        pytest.fail("iptables-restore not found: run scripts/install-deps.sh")
     ns = netns.new("fw")
     # What Docker would have made: its chain, the jump to it, a MASQUERADE at the top of nat.
     ns.sh("iptables", "-N", "DOCKER-USER")
@@ -108,9 +118,12 @@ def test_apply_converges_and_keeps_dockers_rules(ns: Netns) -> None:
             ":INPUT ACCEPT",
             ":OUTPUT ACCEPT",
             ":POSTROUTING ACCEPT",
+            ":SHOAL-DNS -",
             ":SHOAL-POSTROUTING -",
+            "-A PREROUTING -j SHOAL-DNS",
             "-A POSTROUTING -j SHOAL-POSTROUTING",
             "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+            *SHOAL_DNS,
             *SHOAL_POSTROUTING,
         ],
         "mangle": [

@@ -2,7 +2,11 @@
 
     start()  checks (root, dockerd, WireGuard), joins or resumes, configures the host once;
              a failure here leaves nothing behind: a fresh join is undone on the server too.
-    Agent.run()  owns three tasks: the netmap long-poll, the reconcile loop and the local API.
+    Agent.run()  owns its tasks: the netmap long-poll, the reconcile loop, the Docker watcher
+             and the container reporter; beside them the DNS responder and the local API.
+
+Names resolve from the netmap as soon as it arrives (the DNS table is swapped before the host
+is reconciled): discovery latency never waits for iptables or WireGuard.
 
 SIGTERM stops the agent and leaves the host configured: the mesh keeps forwarding and a new
 agent picks up without dropping a packet. Only `shoal down` undoes the configuration.
@@ -27,12 +31,15 @@ from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, ControlUnreachable, CredentialRejected
 from shoal.controlclient.tls import fetch_pinned_ca, parse_join_token
 from shoal.dataplane import DataPlane, aselect_dataplane
-from shoal.docker import DockerHost
-from shoal.model.api import RegisterRequest
+from shoal.dns import DnsServer, RecordTable, upstreams_from_resolv_conf
+from shoal.docker import ContainerWatcher, DockerHost
+from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
+from shoal.model.catalog import build_catalog
+from shoal.model.errors import ShoalError
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, NetworkMap
 from shoal.model.status import AgentStatus, PeerStatus
-from shoal.plan.hostconfig import INTERFACE, plan_host
+from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, plan_host
 
 log = logging.getLogger("shoal.agent")
 
@@ -56,63 +63,120 @@ class Agent:
         self.cached = cached
         self.private_key = private_key
         self.dataplane = dataplane
+        self.docker = docker
         self.reconciler = Reconciler(dataplane, docker)
         self.health = Health()
+        self.client = ControlClient(
+            identity.server_url, identity.ca_pem.encode(), identity.credential
+        )
+        self.dns_table = RecordTable.from_netmap(cached.netmap)
+        self._containers: list[ContainerReport] | None = None  # newest set not yet reported
+        self._containers_changed = asyncio.Event()
         self._stop = asyncio.Event()
 
     # -- the three tasks -------------------------------------------------------------------
 
     async def run(self) -> None:
-        runner = await serve(self.state.socket, self.status, self.down)
+        runner = await serve(self.state.socket, self.status, self.down, self.services)
+        dns = await self._start_dns()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.state.pidfile.write_text(f"{os.getpid()}\n")
         log.info("agent running: %s", self.identity.name)
+        watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
         try:
-            async with asyncio.TaskGroup() as tasks:
-                follow = tasks.create_task(self._follow_netmap(), name="netmap-poll")
-                reconcile = tasks.create_task(self._reconcile_loop(), name="reconcile")
+            async with self.client, asyncio.TaskGroup() as tasks:
+                workers = [
+                    tasks.create_task(self._follow_netmap(), name="netmap-poll"),
+                    tasks.create_task(self._reconcile_loop(), name="reconcile"),
+                    tasks.create_task(watcher.run(), name="docker-watch"),
+                    tasks.create_task(self._report_containers(), name="container-report"),
+                ]
                 await self._stop.wait()
-                follow.cancel()
-                reconcile.cancel()
+                for worker in workers:
+                    worker.cancel()
         finally:
+            if dns is not None:
+                await dns.close()
             await runner.cleanup()
             self.state.socket.unlink(missing_ok=True)
             self.state.pidfile.unlink(missing_ok=True)
             log.info("agent stopped")
 
+    async def _start_dns(self) -> DnsServer | None:
+        """Answer DNS on the mesh IP; containers' queries are redirected there by the firewall."""
+        mesh_ip = str(self.cached.netmap.self_node.mesh_ip)
+        upstreams = upstreams_from_resolv_conf(exclude=(mesh_ip,))
+        dns = DnsServer(lambda: self.dns_table, upstreams)
+        try:
+            await dns.start([(mesh_ip, 53)])
+        except ShoalError as exc:
+            # Names are a feature, the mesh is the job: keep forwarding, say what is wrong.
+            self.health.warn("dns", f"service discovery DNS not available: {exc}")
+            return None
+        return dns
+
     async def _follow_netmap(self) -> None:
         failures = 0
-        async with ControlClient(
-            self.identity.server_url, self.identity.ca_pem.encode(), self.identity.credential
-        ) as client:
-            while True:
-                netmap = self.cached.netmap
-                try:
-                    update = await client.poll(
-                        since=netmap.revision, wait=self.config.poll_wait_seconds
-                    )
-                except CredentialRejected as exc:
-                    self.health.warn("control", f"server rejected this node ({exc}); re-join")
-                    await asyncio.sleep(RETRY_SECONDS[-1])
-                    continue
-                except (ControlUnreachable, ControlRejected) as exc:
-                    self.health.warn(
-                        "control",
-                        control_unreachable(str(exc), netmap.revision, self.cached.received_at),
-                    )
-                    await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                    failures += 1
-                    continue
-                failures = 0
-                self.health.clear("control")
-                if update.kind == "none":
-                    continue
-                newer = netmap.apply(update)
-                self.cached = self.state.save_netmap(newer)
-                log.info("netmap r%d (%s): %d peers", newer.revision, update.kind, len(newer.peers))
-                self._submit(newer)
+        while True:
+            netmap = self.cached.netmap
+            try:
+                update = await self.client.poll(
+                    since=netmap.revision, wait=self.config.poll_wait_seconds
+                )
+            except CredentialRejected as exc:
+                self.health.warn("control", f"server rejected this node ({exc}); re-join")
+                await asyncio.sleep(RETRY_SECONDS[-1])
+                continue
+            except (ControlUnreachable, ControlRejected) as exc:
+                self.health.warn(
+                    "control",
+                    control_unreachable(str(exc), netmap.revision, self.cached.received_at),
+                )
+                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
+                continue
+            if failures:
+                # The server may have restarted or withdrawn us: tell it our containers again.
+                self._containers_changed.set()
+            failures = 0
+            self.health.clear("control")
+            if update.kind == "none":
+                continue
+            newer = netmap.apply(update)
+            self.dns_table = RecordTable.from_netmap(newer)
+            self.cached = self.state.save_netmap(newer)
+            log.info(
+                "netmap r%d (%s): %d peers, %d containers",
+                newer.revision,
+                update.kind,
+                len(newer.peers),
+                len(newer.containers),
+            )
+            self._submit(newer)
+
+    async def _on_containers(self, containers: list[ContainerReport]) -> None:
+        self._containers = containers
+        self._containers_changed.set()
+
+    async def _report_containers(self) -> None:
+        """Send the newest container set; latest wins, failures retry with the newest."""
+        sent: list[ContainerReport] | None = None
+        while True:
+            await self._containers_changed.wait()
+            self._containers_changed.clear()
+            containers = self._containers if self._containers is not None else sent
+            if containers is None:
+                continue
+            try:
+                await self.client.report_containers(ContainersReport(containers=tuple(containers)))
+            except (ControlUnreachable, ControlRejected) as exc:
+                log.warning("container report failed (%s); retrying", exc)
+                await asyncio.sleep(RETRY_SECONDS[0])
+                self._containers_changed.set()
+                continue
+            sent = containers
 
     def _submit(self, netmap: NetworkMap) -> None:
         self.reconciler.submit(plan_host(netmap, self.private_key, self.config.listen_port))
@@ -171,6 +235,14 @@ class Agent:
             netmap_revision=netmap.revision,
             netmap_received_at=self.cached.received_at,
             peers=tuple(peers),
+        )
+
+    async def services(self) -> list[ServiceInfo]:
+        netmap = self.cached.netmap
+        nodes = (netmap.self_node, *netmap.peers)
+        # Containers of silent hosts are already withdrawn from the netmap by the server.
+        return build_catalog(
+            netmap.containers, {n.id: n.name for n in nodes}, online=[n.id for n in nodes]
         )
 
     async def down(self, leave: bool) -> dict[str, Any]:

@@ -13,17 +13,26 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import TypeAdapter
 
 from shoal.agent.errors import AgentNotRunning
+from shoal.model.api import ServiceInfo
 from shoal.model.status import AgentStatus
 
 StatusFn = Callable[[], Awaitable[AgentStatus]]
 DownFn = Callable[[bool], Awaitable[dict[str, Any]]]
+ServicesFn = Callable[[], Awaitable[list[ServiceInfo]]]
+_SERVICES = TypeAdapter(list[ServiceInfo])
 
 
-async def serve(socket_path: Path, status: StatusFn, down: DownFn) -> web.AppRunner:
+async def serve(
+    socket_path: Path, status: StatusFn, down: DownFn, services: ServicesFn
+) -> web.AppRunner:
     async def get_status(_: web.Request) -> web.Response:
         return web.json_response(text=(await status()).model_dump_json())
+
+    async def get_services(_: web.Request) -> web.Response:
+        return web.json_response(text=_SERVICES.dump_json(await services()).decode())
 
     async def post_down(request: web.Request) -> web.Response:
         leave = request.query.get("leave") == "1"
@@ -31,6 +40,7 @@ async def serve(socket_path: Path, status: StatusFn, down: DownFn) -> web.AppRun
 
     app = web.Application()
     app.router.add_get("/status", get_status)
+    app.router.add_get("/services", get_services)
     app.router.add_post("/down", post_down)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -64,3 +74,7 @@ async def fetch_status(socket_path: Path, timeout: float = 5.0) -> AgentStatus:
 async def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> dict[str, Any]:
     result: dict[str, Any] = await _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
     return result
+
+
+async def fetch_services(socket_path: Path, timeout: float = 5.0) -> list[ServiceInfo]:
+    return _SERVICES.validate_python(await _call(socket_path, "GET", "/services", timeout))

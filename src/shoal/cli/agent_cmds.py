@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 from shoal.agent.config import AgentConfig
 from shoal.agent.daemon import start
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
-from shoal.agent.localapi import fetch_status, request_down
+from shoal.agent.localapi import fetch_services, fetch_status, request_down
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
 from shoal.controlclient.tls import parse_join_token
@@ -259,3 +260,34 @@ async def _down_offline(state: StateDir, args: argparse.Namespace) -> dict[str, 
         "network_kept_for": list(report.network.attached),
         "left": left,
     }
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    """The catalog as this host's agent sees it, or the server's with --data-dir/--server."""
+    if args.data_dir or args.server:
+        from shoal.cli.server_cmds import cmd_services_admin
+
+        return cmd_services_admin(args)
+    services = asyncio.run(fetch_services(StateDir(Path(args.state_dir)).socket))
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in services], indent=2))
+        return 0
+    if not services:
+        print("no containers on the shoal network anywhere in the mesh")
+        return 0
+    rows = [("SERVICE", "INSTANCE", "HOST", "IP", "HEALTH")]
+    for service in services:
+        for i, instance in enumerate(service.instances):
+            rows.append(
+                (
+                    service.name if i == 0 else "",
+                    instance.container,
+                    instance.node,
+                    str(instance.ip),
+                    instance.health,
+                )
+            )
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -6,6 +6,7 @@ reached by one jump:
 
     filter DOCKER-USER (position 1) -> SHOAL-FORWARD    accept mesh <-> bridge forwarding
     nat    POSTROUTING (position 1) -> SHOAL-POSTROUTING no NAT inside the mesh, else masquerade
+    nat    PREROUTING  (position 1) -> SHOAL-DNS         containers' DNS to the agent's resolver
     mangle FORWARD     (position 1) -> SHOAL-MSS         clamp TCP MSS to the path MTU
 
 The Docker network is created with masquerading off, so shoal's own MASQUERADE is the only one
@@ -23,6 +24,7 @@ from shoal.plan.hostconfig import FirewallConfig
 FORWARD_CHAIN = "SHOAL-FORWARD"
 NAT_CHAIN = "SHOAL-POSTROUTING"
 MSS_CHAIN = "SHOAL-MSS"
+DNS_CHAIN = "SHOAL-DNS"
 DOCKER_USER = "DOCKER-USER"
 
 TABLES = ("filter", "nat", "mangle")
@@ -30,6 +32,7 @@ TABLES = ("filter", "nat", "mangle")
 CHAINS = (
     ("filter", FORWARD_CHAIN, DOCKER_USER),
     ("nat", NAT_CHAIN, "POSTROUTING"),
+    ("nat", DNS_CHAIN, "PREROUTING"),
     ("mangle", MSS_CHAIN, "FORWARD"),
 )
 
@@ -55,7 +58,15 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
         f"-A {MSS_CHAIN} -o {mesh} -p tcp -m tcp --tcp-flags SYN,RST SYN "
         "-j TCPMSS --clamp-mss-to-pmtu",
     )
-    return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, MSS_CHAIN: mss}
+    # Whatever resolver a container (or Docker's embedded DNS on its behalf) asks, the query
+    # leaves through the bridge: send it to the agent, which forwards what is not its own.
+    dns = tuple(
+        f"-A {DNS_CHAIN} -i {bridge} -p {proto} -m {proto} --dport 53 "
+        f"-j DNAT --to-destination {cfg.dns_address}:53"
+        for proto in ("udp", "tcp")
+        if cfg.dns_address is not None
+    )
+    return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, DNS_CHAIN: dns, MSS_CHAIN: mss}
 
 
 def render(cfg: FirewallConfig) -> str:

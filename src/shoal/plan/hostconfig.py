@@ -57,6 +57,10 @@ class FirewallConfig(Frozen):
     local_subnet: IPv4Network
     container_pool: IPv4Network
     mesh_pool: IPv4Network
+    # Where this host's service-discovery DNS listens. Containers on the bridge ask whatever
+    # resolver Docker gave them; their port-53 traffic is redirected here, so names work with
+    # no per-container flag and no change to the daemon's configuration.
+    dns_address: IPv4Address | None = None
 
 
 class HostConfig(Frozen):
@@ -114,6 +118,7 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         local_subnet=me.subnet,
         container_pool=settings.container_pool,
         mesh_pool=settings.mesh_pool,
+        dns_address=me.mesh_ip,
     )
     return HostConfig(
         interface=interface,
