@@ -669,7 +669,11 @@ class ShoalKnobs:
 
 
 def tune_shoal(lab: Lab, setup: Setup, settings: Settings) -> dict[str, Any]:
-    """Each tuning variant applied by hand to the running shoal lab, TCP 1 stream measured."""
+    """Each tuning variant applied by hand to the running shoal lab, TCP 1 stream measured.
+
+    Runs are paired (default, then the variant, `tuning_runs` times) so that the background
+    load of this shared machine hits both alike: a variant's ratio is the median of its
+    per-pair ratios."""
     knobs = ShoalKnobs(lab, (setup.client, setup.server))
     variants: list[dict[str, Any]] = []
     result: dict[str, Any] = {"variants": variants, "settings": vars(settings)}
@@ -677,32 +681,52 @@ def tune_shoal(lab: Lab, setup: Setup, settings: Settings) -> dict[str, Any]:
         result["not_run"] = ["offload toggles: ethtool is not installed (apt install ethtool)"]
     else:
         result["offloads_default"] = knobs.offloads()
+    seconds = settings.tuning_seconds
+    defaults: list[IperfRun] = []
     with knobs.agents_paused():
         for v in knobs.variants():
             entry: dict[str, Any] = {"variant": v.name, "description": v.description}
+            if v.name == "default":
+                continue
+            pairs: list[tuple[IperfRun, IperfRun]] = []
             try:
-                v.apply()
-                runs = [
-                    iperf(setup.client, setup.server, settings.tuning_seconds)
-                    for _ in range(settings.tuning_runs)
-                ]
-                entry["tcp1_gbps"] = _median([r.gbps for r in runs])
-                entry["tcp1_runs_gbps"] = [r.gbps for r in runs]
-                entry["cpu_s_per_gbit"] = _median([r.cpu_seconds / r.gbit for r in runs if r.gbit])
-                progress(f"  tuning {v.name}: {entry['tcp1_gbps']:.3f} Gbit/s")
+                for _ in range(settings.tuning_runs):
+                    base = iperf(setup.client, setup.server, seconds)
+                    v.apply()
+                    try:
+                        pairs.append((base, iperf(setup.client, setup.server, seconds)))
+                    finally:
+                        v.revert()
             except LabError as exc:
                 entry["error"] = str(exc)
                 progress(f"  tuning {v.name}: failed: {exc}")
-            finally:
-                try:
-                    v.revert()
-                except LabError as exc:
-                    entry["revert_error"] = str(exc)
+            if pairs:
+                defaults += [d for d, _ in pairs]
+                entry["tcp1_gbps"] = _median([t.gbps for _, t in pairs])
+                entry["default_tcp1_gbps"] = _median([d.gbps for d, _ in pairs])
+                entry["tcp1_runs_gbps"] = [t.gbps for _, t in pairs]
+                entry["default_runs_gbps"] = [d.gbps for d, _ in pairs]
+                entry["ratio_to_default"] = _median([t.gbps / d.gbps for d, t in pairs if d.gbps])
+                entry["cpu_s_per_gbit"] = _median(
+                    [t.cpu_seconds / t.gbit for _, t in pairs if t.gbit]
+                )
+                progress(
+                    f"  tuning {v.name}: {entry['tcp1_gbps']:.3f} Gbit/s, "
+                    f"{entry['ratio_to_default']:.2f}x default"
+                )
             variants.append(entry)
-    base = next((e.get("tcp1_gbps") for e in variants if e["variant"] == "default"), None)
-    for e in variants:
-        if base and e.get("tcp1_gbps"):
-            e["ratio_to_default"] = e["tcp1_gbps"] / base
+    if defaults:
+        variants.insert(
+            0,
+            {
+                "variant": "default",
+                "description": "as shoal sets it up: MTU 1420 everywhere (every pair's first run)",
+                "tcp1_gbps": _median([d.gbps for d in defaults]),
+                "tcp1_runs_gbps": [d.gbps for d in defaults],
+                "cpu_s_per_gbit": _median([d.cpu_seconds / d.gbit for d in defaults if d.gbit]),
+                "ratio_to_default": 1.0,
+            },
+        )
     return result
 
 
@@ -718,39 +742,85 @@ SETUPS: dict[str, Callable[[Lab], Setup]] = {
 _SHORT = {"baseline": "base", "handwg": "wg", "swarm": "swarm", "nebula": "neb", "shoal": "shoal"}
 
 
-def run_system(
-    name: str, settings: Settings, run_id: str, extra: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    """One system in a fresh 2-host lab, destroyed afterwards whatever happens."""
-    progress(f"dataplane: {name} ({LABELS[name]})")
-    started = time.monotonic()
+@dataclass
+class Running:
+    """A system's lab while the section runs."""
+
+    name: str
     lab: Lab | None = None
+    setup: Setup | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def _start(name: str, run_id: str) -> Running:
+    """A fresh 2-host lab with the system set up; on failure the result says why."""
+    progress(f"dataplane: setting up {name} ({LABELS[name]})")
+    sysrun = Running(name)
     try:
-        lab = Lab.create(f"bench-{_SHORT[name]}-{run_id}", hosts=2)
+        sysrun.lab = Lab.create(f"bench-{_SHORT[name]}-{run_id}", hosts=2)
         t0 = time.monotonic()
-        setup = SETUPS[name](lab)
-        setup_seconds = time.monotonic() - t0
-        result = measure(setup.client, setup.server, settings, setup.handshake_done)
-        result["setup_seconds"] = setup_seconds
-        if setup.notes:
-            result["notes"] = setup.notes
-        if name == "swarm":
-            progress("dataplane: swarm-encrypted (probe)")
-            extra["swarm-encrypted"] = probe_swarm_encrypted(lab, settings)
-        if name == "shoal":
-            progress("dataplane: tuning shoal by hand")
-            extra["tuning"] = tune_shoal(lab, setup, settings)
+        sysrun.setup = SETUPS[name](sysrun.lab)
+        sysrun.result = {"status": "ok", "setup_seconds": time.monotonic() - t0}
+        if sysrun.setup.notes:
+            sysrun.result["notes"] = list(sysrun.setup.notes)
     except (LabError, OSError, ValueError, KeyError) as exc:
         progress(f"dataplane: {name} failed: {exc}")
-        result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-    finally:
-        if lab is not None:
-            try:
-                lab.destroy()
-            except LabError as exc:
-                progress(f"dataplane: {name}: teardown: {exc}")
-    result["seconds"] = time.monotonic() - started
-    return result
+        sysrun.result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+        sysrun.setup = None
+    return sysrun
+
+
+def _fail(sysrun: Running, exc: Exception) -> None:
+    progress(f"dataplane: {sysrun.name} failed: {exc}")
+    sysrun.result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    sysrun.setup = None
+
+
+def _measure_all(live: list[Running], settings: Settings) -> None:
+    """Latency first (each system before any other traffic of its own), then throughput with
+    runs interleaved across systems, so the shared machine's background load hits all alike."""
+    for sysrun in live:
+        if sysrun.setup is None:
+            continue
+        st, r = sysrun.setup, sysrun.result
+        try:
+            r["handshake_before_probe"] = st.handshake_done()
+            r["first_packet_ms"] = first_packet_ms(st.client, st.server.ip)
+            rtts, sent = ping_rtts(st.client, st.server.ip, settings.ping_count)
+            r["rtt_avg_ms"] = statistics.fmean(rtts) if rtts else None
+            r["rtt_p99_ms"] = percentile(rtts, 0.99) if rtts else None
+            r["ping_loss"] = 1 - len(rtts) / sent
+            progress(
+                f"  {sysrun.name}: first packet {r['first_packet_ms']} ms, rtt {r['rtt_avg_ms']}"
+            )
+        except (LabError, OSError, ValueError, KeyError) as exc:
+            _fail(sysrun, exc)
+    for streams, key in ((1, "tcp1"), (4, "tcp4")):
+        runs: dict[str, list[IperfRun]] = {s.name: [] for s in live}
+        for i in range(settings.runs):
+            for sysrun in live:
+                if sysrun.setup is None:
+                    continue
+                try:
+                    got = iperf(sysrun.setup.client, sysrun.setup.server, settings.seconds, streams)
+                except (LabError, OSError, ValueError, KeyError) as exc:
+                    _fail(sysrun, exc)
+                    continue
+                runs[sysrun.name].append(got)
+                progress(f"  {key} run {i + 1}: {sysrun.name} {got.gbps:.3f} Gbit/s")
+        for sysrun in live:
+            if sysrun.setup is None:
+                continue
+            got_runs, r = runs[sysrun.name], sysrun.result
+            r[f"{key}_runs_gbps"] = [x.gbps for x in got_runs]
+            r[f"{key}_gbps"] = _median([x.gbps for x in got_runs])
+            r[f"{key}_retransmits"] = [x.retransmits for x in got_runs]
+            r[f"{key}_cpu_s_per_gbit"] = _median(
+                [x.cpu_seconds / x.gbit for x in got_runs if x.gbit]
+            )
+    for sysrun in live:
+        if sysrun.setup is not None:
+            sysrun.result["cpu_s_per_gbit"] = sysrun.result.get("tcp1_cpu_s_per_gbit")
 
 
 def add_ratios(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -785,15 +855,37 @@ def add_ratios(systems: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_dataplane(quick: bool = False, systems: tuple[str, ...] = SYSTEMS) -> dict[str, Any]:
-    """The data-plane section: every system in its own lab, then ratios (JSON-able dict)."""
+    """The data-plane section: every system in its own fresh lab (all up together, measured
+    interleaved), then Swarm's encrypted probe and shoal's tuning, then every lab removed."""
     settings = QUICK if quick else FULL
     run_id = secrets.token_hex(2)
+    live: list[Running] = []
     results: dict[str, dict[str, Any]] = {}
-    extra: dict[str, dict[str, Any]] = {}
-    for name in systems:
-        results[name] = run_system(name, settings, run_id, extra)
-        if name == "swarm" and "swarm-encrypted" in extra:
-            results["swarm-encrypted"] = extra.pop("swarm-encrypted")
+    tuning: dict[str, Any] = {"not_run": ["shoal did not run"]}
+    try:
+        live = [_start(name, run_id) for name in systems]
+        _measure_all(live, settings)
+        for sysrun in live:
+            results[sysrun.name] = sysrun.result
+            if sysrun.setup is None or sysrun.lab is None:
+                continue
+            try:
+                if sysrun.name == "swarm":
+                    progress("dataplane: swarm-encrypted (probe)")
+                    results["swarm-encrypted"] = probe_swarm_encrypted(sysrun.lab, settings)
+                if sysrun.name == "shoal":
+                    progress("dataplane: tuning shoal by hand")
+                    tuning = tune_shoal(sysrun.lab, sysrun.setup, settings)
+            except (LabError, OSError, ValueError, KeyError) as exc:
+                progress(f"dataplane: {sysrun.name} extra step failed: {exc}")
+                sysrun.result.setdefault("notes", []).append(f"extra step failed: {exc}")
+    finally:
+        for sysrun in live:
+            if sysrun.lab is not None:
+                try:
+                    sysrun.lab.destroy()
+                except LabError as exc:
+                    progress(f"dataplane: {sysrun.name}: teardown: {exc}")
     for name, res in results.items():
         res["label"] = LABELS.get(name, name)
     return {
@@ -801,5 +893,5 @@ def run_dataplane(quick: bool = False, systems: tuple[str, ...] = SYSTEMS) -> di
         "settings": vars(settings),
         "systems": results,
         "shoal_vs_handwg": add_ratios(results),
-        "tuning": extra.get("tuning", {"not_run": ["shoal did not run"]}),
+        "tuning": tuning,
     }

@@ -137,7 +137,9 @@ def _dataplane_md(dp: dict[str, Any], images: dict[str, str]) -> list[str]:
     out = [
         "Container → container across 2 lab hosts (each host a network namespace with its own "
         "dockerd, joined by a veth underlay); every system in a fresh lab, set up and torn down "
-        f"by script. iperf3 TCP, median of {settings.get('runs', '?')} run(s) of "
+        "by script; all labs up together and the iperf3 runs interleaved across systems, so "
+        "the shared machine's background load hits every system alike. iperf3 TCP, median of "
+        f"{settings.get('runs', '?')} run(s) of "
         f"{settings.get('seconds', '?')} s; busybox ping every 10 ms x "
         f"{settings.get('ping_count', '?')}; first packet = time until the first reply from a "
         "never-contacted container (WireGuard handshake included unless one already happened); "
@@ -286,9 +288,10 @@ def _tuning_md(tuning: dict[str, Any]) -> list[str]:
         s = tuning.get("settings", {})
         out += [
             "Applied by hand to the running shoal lab (both hosts; the agents paused so their "
-            f"resync does not undo it), TCP 1 stream, median of {s.get('tuning_runs', '?')} "
-            f"run(s) of {s.get('tuning_seconds', '?')} s, each variant reverted before the "
-            "next. \u00d7 = ratio to shoal's default measured in the same series.",
+            "resync does not undo it), TCP 1 stream, runs of "
+            f"{s.get('tuning_seconds', '?')} s in {s.get('tuning_runs', '?')} pair(s) per "
+            "variant: shoal's default, then the variant, then reverted. \u00d7 = median of the "
+            "per-pair ratios variant \u00f7 default, so drifting background load cancels out.",
             "",
         ]
         rows = []
@@ -337,10 +340,11 @@ def _tuning_findings(variants: list[dict[str, Any]]) -> list[str]:
     out.append(f"- hurts: {', '.join(hurts) or 'nothing'}")
     out.append(f"- no clear effect: {', '.join(neutral) or 'nothing'}")
     out.append(
-        "- why: wireguard-go 0.0.20220316 moves one MTU-sized packet per TUN read/write and per "
-        "UDP send, so its cost is per packet: only fewer, larger packets (a larger MTU, which "
-        "needs an underlay that carries it) raise throughput; queue lengths and the kernel's "
-        "offloads on the veth/bridge side do not change the per-packet work in user space."
+        "- reading: wireguard-go 0.0.20220316 handles one MTU-sized packet per TUN read/write "
+        "and per UDP send (this build has no TUN GSO/GRO), so its cost is per packet and fewer, "
+        "larger packets are the lever: a larger MTU where the underlay carries it. Queue length "
+        "and the veth/bridge offloads do not change the per-packet work in user space; a "
+        "variant that seems to help or hurt by less than ~20 % needs repeating before acting."
     )
     return out
 
