@@ -461,7 +461,8 @@ def chart_dataplane(result: dict[str, Any], path: Path) -> Path | None:
     if variants:
         vy = range(len(variants))
         colors = [
-            "#888" if n == "default" else "#4c9a2a" if r >= 1 else "#c44" for n, r in variants
+            "#888" if n == "default" or 0.9 < r < 1.1 else "#4c9a2a" if r >= 1.1 else "#c44"
+            for n, r in variants
         ]
         ax2.barh(list(vy), [r for _, r in variants], color=colors)
         ax2.axvline(1.0, color="black", linewidth=0.8)
@@ -469,7 +470,7 @@ def chart_dataplane(result: dict[str, Any], path: Path) -> Path | None:
         ax2.invert_yaxis()
         for y, (_, r) in zip(vy, variants, strict=True):
             ax2.text(r, y, f" {r:.2f}\u00d7", va="center", fontsize=8)
-    ax2.set_xlabel("shoal TCP 1 stream ÷ shoal default")
+    ax2.set_xlabel("shoal TCP 1 stream ÷ default (grey: within ±10 %, noise)")
     ax2.set_title("Tuning shoal by hand")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
