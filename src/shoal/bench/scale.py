@@ -68,6 +68,7 @@ SERVER_START_TIMEOUT = 60.0
 QUIET_CPU_FRACTION = 0.05  # server below 5 % of a core for QUIET_SAMPLE s = quiescent
 QUIET_SAMPLE = 0.25
 QUIET_MAX = 15.0
+MAX_SERVER_RSS_MB = 8000.0  # never let the server take more than this from a shared machine
 TARGET_NODES = 1000
 TARGET_P99_MS = 1000.0
 TARGET_RSS_MB = 300.0
@@ -208,6 +209,10 @@ class Fleet:
         except BaseException:
             await agent.session.close()
             raise
+        # `shoal up` joins with a client of its own and closes it; the daemon then polls on
+        # another connection.
+        await agent.session.close()
+        agent.session = self.new_session()
         doc = json.loads(raw)
         netmap = NetworkMap.model_validate(self.cache.intern_map(doc["netmap"]))
         agent.credential = str(doc["credential"])
@@ -254,6 +259,10 @@ class Fleet:
             if first:
                 first = False
                 agent.synced = True
+                # The catch-up reply carries up to N peers; the server keeps buffers sized by
+                # the largest reply per connection (see the notes), so it gets its own.
+                await agent.session.close()
+                agent.session = self.new_session()
                 self.synced_count += 1
                 if self.synced_count >= len(self.agents):
                     self.synced.set()
@@ -501,6 +510,26 @@ async def measure_change(
     )
 
 
+def memory_limit_mb() -> float:
+    """The server RSS at which a run is stopped: half of what the machine has available."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return min(MAX_SERVER_RSS_MB, int(line.split()[1]) * 1024 / 1e6 / 2)
+    return MAX_SERVER_RSS_MB
+
+
+async def guard_memory(server: Server, limit_mb: float, fleet: Fleet, phase: str) -> None:
+    """Raise `BenchError` when the server's RSS passes `limit_mb` (instead of an OOM kill)."""
+    while True:
+        rss = server.rss_mb()
+        if rss > limit_mb:
+            raise BenchError(
+                f"server RSS {rss:.0f} MB passed the {limit_mb:.0f} MB guard during {phase} "
+                f"({len(fleet.agents)} agents registered, {fleet.synced_count} synced)"
+            )
+        await asyncio.sleep(0.5)
+
+
 async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[int]:
     sem = asyncio.Semaphore(REGISTER_CONCURRENCY)
     sizes: list[int] = []
@@ -541,8 +570,12 @@ async def _measure(
     fleet: Fleet, server: Server, nodes: int, changes: int, notes: list[str]
 ) -> dict[str, Any]:
     client_rss0 = _rss_mb(os.getpid())
+    limit = memory_limit_mb()
     started = time.perf_counter()
-    register_sizes = await _register_all(fleet, nodes, "a")
+    async with asyncio.TaskGroup() as guarded:
+        guard = guarded.create_task(guard_memory(server, limit, fleet, "registration"))
+        register_sizes = await _register_all(fleet, nodes, "a")
+        guard.cancel()
     register_s = time.perf_counter() - started
     cpu_registered = server.cpu_s()
     rss_registered = server.rss_mb()
@@ -555,8 +588,10 @@ async def _measure(
         ]
         try:
             sync_started = time.perf_counter()
+            guard = tg.create_task(guard_memory(server, limit, fleet, "initial sync"))
             async with asyncio.timeout(REQUEST_TIMEOUT * 2):
                 await fleet.synced.wait()
+            guard.cancel()
             await wait_quiet(server)
             fleet.drain()
             sync_s = time.perf_counter() - sync_started
@@ -715,7 +750,14 @@ async def run_scale(
         "on its own connection.",
         f"RLIMIT_NOFILE soft limit {fds} (client; the server inherits it).",
     ]
-    points = [await _scale_point(n, changes, workdir, notes) for n in node_counts]
+    points: list[dict[str, Any]] = []
+    for n in node_counts:
+        try:
+            points.append(await _scale_point(n, changes, workdir, notes))
+        except* (BenchError, TimeoutError) as group:
+            reason = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
+            notes.append(f"{n} nodes: FAILED: {reason}")
+            points.append({"nodes": n, "error": reason})
     return {"points": points, "notes": notes}
 
 
@@ -735,7 +777,8 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| server CPU s (reg/sync/end) | registrations/s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for p in result["points"]:
+    measured = [p for p in result["points"] if "error" not in p]
+    for p in measured:
         cont = p["container_fanout_ms"]
         rss, cpu = p["server_rss_mb"], p["server_cpu_s"]
         lines.append(
@@ -747,14 +790,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {p['register_per_s']:.0f} |"
         )
     lines.append("")
-    per_agent = [p["bytes_per_change_per_agent"] for p in result["points"]]
+    per_agent = [p["bytes_per_change_per_agent"] for p in measured]
     if len(per_agent) > 1:
         lines.append(
             "Bytes per change per agent across node counts: "
             + ", ".join(f"{b:.0f}" for b in per_agent)
             + " (deltas: constant as N grows means total cost grows with N, not N²)."
         )
-    lines += [f"- {p['verdict']}" for p in result["points"]]
+    lines += [f"- {p['verdict']}" for p in measured]
     lines += [f"- note: {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -766,7 +809,7 @@ def chart(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = result["points"]
+    points = [p for p in result["points"] if "error" not in p]
     xs = [p["nodes"] for p in points]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(xs, [p["join_fanout_ms"]["p50"] for p in points], "o-", label="node join p50")
