@@ -12,10 +12,11 @@ import pytest
 from shoal.control.app import RunningServer
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, CredentialRejected
-from shoal.controlclient.tls import parse_join_token, ssl_context
+from shoal.controlclient.tls import ssl_context
 from shoal.model.api import ErrorBody, RegisterRequest, TokenInfo
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint
+from shoal.model.tokens import parse_join_token
 from tests.control.servers import (
     FakeClock,
     admin_client,

@@ -18,9 +18,10 @@ import pytest
 
 from shoal.cli.server_cmds import cmd_services_admin
 from shoal.controlclient.client import ControlClient
-from shoal.controlclient.tls import fetch_pinned_ca, parse_join_token
+from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest
 from shoal.model.keys import PrivateKey
+from shoal.model.tokens import parse_join_token
 
 SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 

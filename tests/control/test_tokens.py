@@ -16,8 +16,7 @@ from shoal.control.tokens import (
     secret_hash,
     token_id,
 )
-from shoal.controlclient.errors import MalformedToken
-from shoal.controlclient.tls import parse_admin_token, parse_join_token
+from shoal.model.tokens import MalformedToken, parse_admin_token, parse_join_token
 
 FP = "ab" * 32
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -14,9 +14,9 @@ from shoal.controlclient.errors import (
     ControlRejected,
     ControlUnreachable,
     FingerprintMismatch,
-    MalformedToken,
 )
-from shoal.controlclient.tls import fetch_pinned_ca, parse_join_token
+from shoal.controlclient.tls import fetch_pinned_ca
+from shoal.model.tokens import MalformedToken, parse_join_token
 from tests.control.servers import join, new_token, running_server
 
 

@@ -29,7 +29,7 @@ from shoal.agent.reconciler import Reconciler
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, ControlUnreachable, CredentialRejected
-from shoal.controlclient.tls import fetch_pinned_ca, parse_join_token
+from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.dataplane import DataPlane, aselect_dataplane
 from shoal.dns import DnsServer, RecordTable, upstreams_from_resolv_conf
 from shoal.docker import ContainerWatcher, DockerHost
@@ -39,6 +39,7 @@ from shoal.model.errors import ShoalError
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, NetworkMap
 from shoal.model.status import AgentStatus, PeerStatus
+from shoal.model.tokens import parse_join_token
 from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, plan_host
 
 log = logging.getLogger("shoal.agent")

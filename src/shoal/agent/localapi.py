@@ -1,4 +1,6 @@
-"""The agent's local API on a unix socket in its state dir: status and down, for the CLI.
+"""The agent's local API on a unix socket in its state dir: status, services and down.
+
+The CLI's client is `localclient` (stdlib only).
 
 Only root can reach it (the socket is 0600 in a 0700 dir); it is how `shoal status` sees the
 live WireGuard counters even when the agent runs in another mount namespace (the lab).
@@ -6,16 +8,13 @@ live WireGuard counters even when the agent runs in another mount namespace (the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from shoal.agent.errors import AgentNotRunning
 from shoal.model.api import ServiceInfo
 from shoal.model.status import AgentStatus
 
@@ -49,32 +48,3 @@ async def serve(
     await site.start()
     socket_path.chmod(0o600)
     return runner
-
-
-async def _call(socket_path: Path, method: str, path: str, timeout: float) -> Any:
-    if not socket_path.exists():
-        raise AgentNotRunning(f"no agent running (no {socket_path}); start it with `shoal up`")
-    connector = aiohttp.UnixConnector(path=str(socket_path))
-    try:
-        async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)
-            ) as session,
-            session.request(method, f"http://agent{path}") as resp,
-        ):
-            return json.loads(await resp.text())
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise AgentNotRunning(f"agent at {socket_path} does not answer: {exc}") from exc
-
-
-async def fetch_status(socket_path: Path, timeout: float = 5.0) -> AgentStatus:
-    return AgentStatus.model_validate(await _call(socket_path, "GET", "/status", timeout))
-
-
-async def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> dict[str, Any]:
-    result: dict[str, Any] = await _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
-    return result
-
-
-async def fetch_services(socket_path: Path, timeout: float = 5.0) -> list[ServiceInfo]:
-    return _SERVICES.validate_python(await _call(socket_path, "GET", "/services", timeout))

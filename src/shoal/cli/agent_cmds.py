@@ -15,14 +15,13 @@ from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
 from shoal.agent.config import AgentConfig
-from shoal.agent.daemon import start
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
-from shoal.agent.localapi import fetch_services, fetch_status, request_down
+from shoal.agent.localclient import fetch_services, fetch_status, request_down
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
-from shoal.controlclient.tls import parse_join_token
 from shoal.model.errors import ShoalError
 from shoal.model.status import AgentState, AgentStatus
+from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
 
@@ -67,6 +66,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 async def _run_foreground(config: AgentConfig) -> None:
+    # Imported here: the daemon's imports (Docker SDK, pyroute2, ...) cost about a second,
+    # which `shoal up` in the foreground pays once and the starting parent not at all.
+    from shoal.agent.daemon import start
+
     agent = await start(config)
     await agent.run()
 
@@ -76,7 +79,7 @@ def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
     state = StateDir(config.state_dir)
     state.ensure()
     try:
-        status = asyncio.run(fetch_status(state.socket))
+        status = fetch_status(state.socket)
     except AgentNotRunning:
         pass
     else:
@@ -99,7 +102,7 @@ def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
         if child.poll() is not None:
             raise AgentStartFailed(_last_error(state.log) or f"agent exited ({child.returncode})")
         try:
-            status = asyncio.run(fetch_status(state.socket, timeout=2.0))
+            status = fetch_status(state.socket, timeout=2.0)
         except AgentNotRunning:
             time.sleep(0.1)
             continue
@@ -127,7 +130,7 @@ def _last_error(log: Path) -> str | None:
 def cmd_status(args: argparse.Namespace) -> int:
     state = StateDir(Path(args.state_dir))
     try:
-        status = asyncio.run(fetch_status(state.socket))
+        status = fetch_status(state.socket)
     except AgentNotRunning as exc:
         status = AgentStatus(state=AgentState.STOPPED, health=(str(exc),))
     if args.json:
@@ -187,7 +190,7 @@ def render_status(s: AgentStatus) -> str:
 
 def cmd_ping(args: argparse.Namespace) -> int:
     state = StateDir(Path(args.state_dir))
-    status = asyncio.run(fetch_status(state.socket))
+    status = fetch_status(state.socket)
     target = _resolve_target(status, args.target)
     replies = 0
     for seq in range(1, args.count + 1):
@@ -222,7 +225,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         raise NotRoot()
     state = StateDir(Path(args.state_dir))
     try:
-        result = asyncio.run(request_down(state.socket, args.leave))
+        result = request_down(state.socket, args.leave)
     except AgentNotRunning:
         result = asyncio.run(_down_offline(state, args))
     kept = result.get("network_kept_for") or []
@@ -268,7 +271,7 @@ def cmd_services(args: argparse.Namespace) -> int:
         from shoal.cli.server_cmds import cmd_services_admin
 
         return cmd_services_admin(args)
-    services = asyncio.run(fetch_services(StateDir(Path(args.state_dir)).socket))
+    services = fetch_services(StateDir(Path(args.state_dir)).socket)
     if args.json:
         print(json.dumps([s.model_dump(mode="json") for s in services], indent=2))
         return 0

@@ -23,9 +23,10 @@ from typing import TypeVar
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
-from shoal.controlclient.tls import fetch_pinned_ca, parse_admin_token
+from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import NodeInfo, ServiceInfo, TokenCreateRequest, TokenInfo
 from shoal.model.errors import ShoalError
+from shoal.model.tokens import parse_admin_token
 
 T = TypeVar("T")
 ADMIN_TOKEN_ENV = "SHOAL_ADMIN_TOKEN"

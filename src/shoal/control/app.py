@@ -28,9 +28,8 @@ from shoal.control.errors import ServerConfigError
 from shoal.control.registry import DEFAULT_HEARTBEAT_TIMEOUT, Clock, Registry, utcnow
 from shoal.control.service import ControlService
 from shoal.control.tokens import new_admin_token, secret_hash
-from shoal.controlclient.errors import MalformedToken
-from shoal.controlclient.tls import parse_admin_token
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
+from shoal.model.tokens import MalformedToken, parse_admin_token
 from shoal.store import Store, StoreError, open_store
 
 log = logging.getLogger("shoal.control")

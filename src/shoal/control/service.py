@@ -39,8 +39,6 @@ from shoal.control.tokens import (
     secret_hash,
     token_id,
 )
-from shoal.controlclient.errors import MalformedToken
-from shoal.controlclient.tls import JOIN_PREFIX, parse_admin_token, parse_join_token
 from shoal.model.api import (
     ContainerReport,
     ContainersReport,
@@ -54,6 +52,7 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.netmap import Container, Endpoint, MapUpdate
+from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
 from shoal.store.base import NodeRecord, Store, TokenRecord
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
@@ -100,7 +99,7 @@ class ControlService:
         try:
             parsed = parse_admin_token(token)
         except MalformedToken as exc:
-            raise AdminUnauthorized(exc.message) from exc
+            raise AdminUnauthorized(str(exc)) from exc
         if not hmac.compare_digest(secret_hash(parsed.secret), self._admin_hash):
             raise AdminUnauthorized("admin token not accepted by this server")
 
@@ -193,7 +192,7 @@ class ControlService:
         try:
             token = parse_join_token(text)
         except MalformedToken as exc:
-            raise TokenMalformed(exc.message) from exc
+            raise TokenMalformed(str(exc)) from exc
         if not hmac.compare_digest(token.fingerprint, self.fingerprint):
             raise TokenMalformed(
                 "this join token was issued by another server (its CA fingerprint differs)"

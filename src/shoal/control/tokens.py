@@ -11,7 +11,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from shoal.control.errors import TokenExpired, TokenRevoked, TokenUsed
-from shoal.controlclient.tls import AdminToken, JoinToken, secret_hash, token_id
+from shoal.model.tokens import AdminToken, JoinToken, secret_hash, token_id
 from shoal.store.base import TokenRecord
 
 __all__ = [

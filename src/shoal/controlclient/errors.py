@@ -6,8 +6,7 @@ ShoalError
     │                             keep using the last netmap
     └── ControlRejected           4xx: the server said no; tell the user (`code`, `message`)
         ├── CredentialRejected    401 on the node credential: this node was removed; re-join
-        ├── FingerprintMismatch   the server's CA is not the one the token pins
-        └── MalformedToken        the token text itself is wrong (checked before any I/O)
+        └── FingerprintMismatch   the server's CA is not the one the token pins
 """
 
 from __future__ import annotations
@@ -39,8 +38,3 @@ class CredentialRejected(ControlRejected):
 class FingerprintMismatch(ControlRejected):
     def __init__(self, message: str) -> None:
         super().__init__("fingerprint_mismatch", message)
-
-
-class MalformedToken(ControlRejected):
-    def __init__(self, message: str) -> None:
-        super().__init__("token_malformed", message)

@@ -1,0 +1,57 @@
+"""The CLI's side of the agent's local API: plain HTTP over the unix socket, stdlib only.
+
+`shoal status` runs often and in scripts: it must not pay for an async HTTP stack's imports.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from shoal.agent.errors import AgentNotRunning
+from shoal.model.api import ServiceInfo
+from shoal.model.status import AgentStatus
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("agent", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def _call(socket_path: Path, method: str, path: str, timeout: float) -> Any:
+    if not socket_path.exists():
+        raise AgentNotRunning(f"no agent running (no {socket_path}); start it with `shoal up`")
+    conn = _UnixConnection(socket_path, timeout)
+    try:
+        conn.request(method, path)
+        return json.loads(conn.getresponse().read())
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        raise AgentNotRunning(f"agent at {socket_path} does not answer: {exc}") from exc
+    finally:
+        conn.close()
+
+
+def fetch_status(socket_path: Path, timeout: float = 5.0) -> AgentStatus:
+    return AgentStatus.model_validate(_call(socket_path, "GET", "/status", timeout))
+
+
+def fetch_services(socket_path: Path, timeout: float = 5.0) -> list[ServiceInfo]:
+    adapter = TypeAdapter(list[ServiceInfo])
+    return adapter.validate_python(_call(socket_path, "GET", "/services", timeout))
+
+
+def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> dict[str, Any]:
+    result: dict[str, Any] = _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
+    return result
