@@ -86,7 +86,7 @@ def _umount_under(path: Path) -> None:
 @pytest.fixture
 def dockerd(netns: NetnsFactory) -> Iterator[Dockerd]:
     if shutil.which("dockerd") is None:
-        pytest.skip("no dockerd")
+        pytest.fail("dockerd not found: run scripts/install-deps.sh")
     ns = netns.new("dk")
     state = Path(f"/tmp/shoaltest-{os.getpid()}")
     _umount_under(state)
