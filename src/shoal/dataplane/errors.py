@@ -10,6 +10,10 @@ ShoalError
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from shoal.hostnet.errors import HostNetError
 from shoal.model.errors import ShoalError
 
 
@@ -38,3 +42,12 @@ class UapiError(DataPlaneError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int, str]]:
         return (type(self), (self.ifname, self.errno, self.request))
+
+
+@contextmanager
+def hostnet_errors() -> Iterator[None]:
+    """The WireGuard interface's link, address or MTU failed: a data plane error."""
+    try:
+        yield
+    except HostNetError as exc:
+        raise DataPlaneError(str(exc)) from exc

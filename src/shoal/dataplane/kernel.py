@@ -16,9 +16,9 @@ from typing import Any
 from pyroute2 import WireGuard
 from pyroute2.netlink.exceptions import NetlinkError
 
-from shoal.dataplane import link
+from shoal import hostnet
 from shoal.dataplane.base import LivePeer, PeerDiff, PeerStats, diff_peers
-from shoal.dataplane.errors import DataPlaneError
+from shoal.dataplane.errors import DataPlaneError, hostnet_errors
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
 
@@ -125,11 +125,13 @@ class KernelWireGuard:
 
     async def ensure_interface(self, cfg: InterfaceConfig) -> bool:
         changed = False
-        kind = await link.link_kind(cfg.name)
+        with hostnet_errors():
+            kind = await hostnet.link_kind(cfg.name)
         if kind not in (None, "wireguard"):
             raise DataPlaneError(f"{cfg.name} exists but is a {kind or 'non-WireGuard'} link")
         if kind is None:
-            await link.create_wireguard_link(cfg.name)
+            with hostnet_errors():
+                await hostnet.create_link(cfg.name, "wireguard")
             log.info("%s: created (kernel WireGuard)", cfg.name)
             changed = True
         self._ifname = cfg.name
@@ -143,7 +145,9 @@ class KernelWireGuard:
             if port is not None:
                 log.info("%s: listen-port %s => %s", cfg.name, device.listen_port, port)
             changed = True
-        changed |= await link.configure_link(cfg.name, cfg.address, cfg.mtu)
+        with hostnet_errors():
+            changed |= await hostnet.ensure_address(cfg.name, cfg.address)
+            changed |= await hostnet.ensure_link_up(cfg.name, cfg.mtu)
         return changed
 
     def _require_interface(self) -> str:
@@ -173,9 +177,8 @@ class KernelWireGuard:
         return [p.stats() for _, p in sorted(device.peers.items(), key=lambda kv: str(kv[0]))]
 
     async def teardown(self, name: str) -> bool:
-        removed = await link.delete_link(name)
-        if removed:
-            log.info("%s: deleted", name)
+        with hostnet_errors():
+            removed = await hostnet.delete_link(name)  # logs "<name>: deleted"
         if self._ifname == name:
             self._ifname = None
             self._applied_endpoints.clear()

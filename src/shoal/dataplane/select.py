@@ -9,9 +9,9 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from shoal.dataplane import link
+from shoal import hostnet
 from shoal.dataplane.base import DataPlane
-from shoal.dataplane.errors import DataPlaneError, NoWireGuard
+from shoal.dataplane.errors import NoWireGuard, hostnet_errors
 from shoal.dataplane.kernel import KernelWireGuard
 from shoal.dataplane.wggo import WireGuardGo
 from shoal.plan.hostconfig import INTERFACE
@@ -23,16 +23,18 @@ async def _kernel_works() -> bool:
     """Try to create (and at once delete) a kernel WireGuard link."""
     probe = f"shoalprobe{os.getpid() % 100000}"
     try:
-        await link.create_wireguard_link(probe)
-    except DataPlaneError:
+        await hostnet.create_link(probe, "wireguard")
+    except hostnet.HostNetError:
         return False
-    await link.delete_link(probe)
+    with hostnet_errors():
+        await hostnet.delete_link(probe)
     return True
 
 
 async def _select(log_dir: Path, interface: str, binary: str) -> DataPlane:
     # A running interface decides: switching backends under it would drop every session.
-    kind = await link.link_kind(interface)
+    with hostnet_errors():
+        kind = await hostnet.link_kind(interface)
     if kind == "wireguard":
         return KernelWireGuard()
     if kind == "tun" and shutil.which(binary):

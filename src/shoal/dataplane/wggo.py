@@ -14,9 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from shoal.dataplane import link
+from shoal import hostnet
 from shoal.dataplane.base import PeerStats, diff_peers
-from shoal.dataplane.errors import DataPlaneError, UapiError, WireGuardGoFailed
+from shoal.dataplane.errors import DataPlaneError, UapiError, WireGuardGoFailed, hostnet_errors
 from shoal.dataplane.uapi import (
     GET,
     Device,
@@ -86,8 +86,12 @@ class WireGuardGo:
         except UapiParseError as exc:
             raise WireGuardGoFailed(f"wireguard-go for {ifname}: bad reply: {exc}") from exc
 
+    async def _link_exists(self, ifname: str) -> bool:
+        with hostnet_errors():
+            return await hostnet.link_exists(ifname)
+
     async def _healthy(self, ifname: str) -> bool:
-        if await link.link_kind(ifname) is None:
+        if not await self._link_exists(ifname):
             return False
         try:
             await self._get(ifname)
@@ -129,7 +133,7 @@ class WireGuardGo:
                     f"wireguard-go for {ifname} exited with {proc.returncode}: "
                     f"{self._log_tail(ifname)} (log {self._log_path(ifname)})"
                 )
-            if self._socket(ifname).exists() and await link.link_kind(ifname) is not None:
+            if self._socket(ifname).exists() and await self._link_exists(ifname):
                 log.info("%s: created (wireguard-go pid %d)", ifname, proc.pid)
                 return
             await asyncio.sleep(POLL)
@@ -142,10 +146,11 @@ class WireGuardGo:
         """Create the interface when missing, then converge key, port, MTU, address and up."""
         changed = False
         if not await self._healthy(cfg.name):
-            if await link.link_kind(cfg.name) is not None:
+            if await self._link_exists(cfg.name):
                 # A link without a live wireguard-go behind it cannot carry traffic anyway.
                 log.warning("%s: exists but wireguard-go does not answer: recreating", cfg.name)
-                await link.delete_link(cfg.name)
+                with hostnet_errors():
+                    await hostnet.delete_link(cfg.name)
             await self._start(cfg.name)
             changed = True
         self._ifname = cfg.name
@@ -159,7 +164,9 @@ class WireGuardGo:
             if port is not None:
                 log.info("%s: listen-port %s => %s", cfg.name, device.listen_port, port)
             changed = True
-        changed |= await link.configure_link(cfg.name, cfg.address, cfg.mtu)
+        with hostnet_errors():
+            changed |= await hostnet.ensure_address(cfg.name, cfg.address)
+            changed |= await hostnet.ensure_link_up(cfg.name, cfg.mtu)
         return changed
 
     def _require_interface(self) -> str:
@@ -191,7 +198,8 @@ class WireGuardGo:
 
     async def teardown(self, name: str) -> bool:
         """Delete the interface; wireguard-go notices and exits, removing its socket."""
-        removed = await link.delete_link(name)
+        with hostnet_errors():
+            removed = await hostnet.delete_link(name)  # logs "<name>: deleted"
         deadline = time.monotonic() + EXIT_TIMEOUT
         while self._socket(name).exists() and time.monotonic() < deadline:
             await asyncio.sleep(POLL)
@@ -199,8 +207,6 @@ class WireGuardGo:
             log.warning("%s: wireguard-go left its socket behind; removing it", name)
             self._socket(name).unlink(missing_ok=True)
             removed = True
-        if removed:
-            log.info("%s: deleted", name)
         self._started = [proc for proc in self._started if proc.poll() is None]
         if self._ifname == name:
             self._ifname = None

@@ -6,11 +6,13 @@ namespace, converges one aspect and returns whether it changed anything.
 
 from shoal.hostnet.errors import HostNetError, LinkNotFound
 from shoal.hostnet.netlink import (
+    create_link,
     delete_link,
     ensure_address,
     ensure_link_up,
     host_prefixes,
     link_exists,
+    link_kind,
     sync_routes,
 )
 from shoal.hostnet.sysctl import ensure_ip_forward
@@ -18,11 +20,13 @@ from shoal.hostnet.sysctl import ensure_ip_forward
 __all__ = [
     "HostNetError",
     "LinkNotFound",
+    "create_link",
     "delete_link",
     "ensure_address",
     "ensure_ip_forward",
     "ensure_link_up",
     "host_prefixes",
     "link_exists",
+    "link_kind",
     "sync_routes",
 ]

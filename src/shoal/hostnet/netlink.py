@@ -61,6 +61,22 @@ async def link_exists(name: str) -> bool:
         return bool(await ipr.link_lookup(ifname=name))
 
 
+async def link_kind(name: str) -> str | None:
+    """None when `name` does not exist, else its kind ("wireguard", "tun", "" if unknown)."""
+    async with _netlink(f"look up {name}") as ipr:
+        found = await ipr.link_lookup(ifname=name)
+        if not found:
+            return None
+        (link,) = await ipr.link("get", index=found[0])
+    return str(link.get(("linkinfo", "kind")) or "")
+
+
+async def create_link(name: str, kind: str) -> None:
+    """Create interface `name` of `kind` ("wireguard" fails without the kernel module)."""
+    async with _netlink(f"create {kind} interface {name}") as ipr:
+        await ipr.link("add", ifname=name, kind=kind)
+
+
 async def delete_link(name: str) -> bool:
     """Delete interface `name`; False when there was none."""
     async with _netlink(f"delete {name}") as ipr:
