@@ -1,14 +1,14 @@
-"""The pure parts of the data plane: UAPI text protocol and the peer diff."""
+"""The pure parts of the data plane: UAPI text protocol, the device and the peer diff."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from ipaddress import IPv4Network
+from ipaddress import IPv4Interface, IPv4Network
 
-from shoal.dataplane.base import LivePeer, PeerChange, PeerDiff, diff_peers
+from shoal.dataplane.base import LivePeer, PeerChange, PeerDiff, diff_device, diff_peers
 from shoal.dataplane.uapi import parse_get, render_device, render_peers, reply_errno
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.plan.hostconfig import PeerConfig
+from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
 
 K1 = PublicKey(bytes([1]) * 32)
 K2 = PublicKey(bytes([2]) * 32)
@@ -143,3 +143,24 @@ def test_a_roamed_endpoint_is_left_alone_until_the_netmap_changes_it() -> None:
     assert diff_peers("shoal0", roamed, wanted, {}).change == (
         PeerChange(K1, endpoint="192.0.2.2:51820"),
     )
+
+
+def test_device_diff_sets_only_what_differs() -> None:
+    key = PrivateKey(bytes([7]) * 32)
+    cfg = InterfaceConfig(
+        name="shoal0",
+        private_key=key,
+        listen_port=51820,
+        address=IPv4Interface("100.64.0.1/10"),
+        mtu=1420,
+    )
+    assert not diff_device(cfg, key, 51820)
+    fresh = diff_device(cfg, None, 0)
+    assert (fresh.private_key, fresh.listen_port) == (key, 51820)
+    assert fresh.lines == (
+        f"shoal0: private key set (public {key.public_key()})",
+        "shoal0: listen-port 0 => 51820",
+    )
+    moved = diff_device(cfg, key, 4000)
+    assert (moved.private_key, moved.listen_port) == (None, 51820)
+    assert moved.lines == ("shoal0: listen-port 4000 => 51820",)

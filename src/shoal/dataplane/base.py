@@ -1,4 +1,4 @@
-"""The data plane contract, and the pure peer diff both backends apply.
+"""The data plane contract, and the pure device and peer diffs both backends apply.
 
 A backend owns one WireGuard interface. `ensure_interface` creates it when missing and never
 recreates a healthy one (an agent restart must not drop a packet); `set_peers` changes only the
@@ -7,13 +7,13 @@ peers that differ from the live list, so a peer added never disturbs other peers
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Network
 from typing import Protocol
 
-from shoal.model.keys import PublicKey
+from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
 
 
@@ -74,6 +74,45 @@ class PeerDiff:
 
     def __bool__(self) -> bool:
         return bool(self.remove or self.change)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceDiff:
+    """What to set on the interface itself; a None field is left as it is."""
+
+    private_key: PrivateKey | None
+    listen_port: int | None
+    lines: tuple[str, ...]  # one readable log line per change
+
+    def __bool__(self) -> bool:
+        return self.private_key is not None or self.listen_port is not None
+
+
+def diff_device(
+    cfg: InterfaceConfig, private_key: PrivateKey | None, listen_port: int
+) -> DeviceDiff:
+    """The private key and listen port to set so the live interface matches `cfg`."""
+    key = cfg.private_key if private_key != cfg.private_key else None
+    port = cfg.listen_port if listen_port != cfg.listen_port else None
+    lines = []
+    if key is not None:
+        lines.append(f"{cfg.name}: private key set (public {key.public_key()})")
+    if port is not None:
+        lines.append(f"{cfg.name}: listen-port {listen_port} => {port}")
+    return DeviceDiff(key, port, tuple(lines))
+
+
+def sorted_stats(live: Mapping[PublicKey, LivePeer]) -> list[PeerStats]:
+    return [peer.stats() for _, peer in sorted(live.items(), key=lambda kv: str(kv[0]))]
+
+
+def record_endpoints(applied: MutableMapping[PublicKey, str | None], diff: PeerDiff) -> None:
+    """Remember the endpoints `diff` set, once applied (see `diff_peers` on roaming)."""
+    for key in diff.remove:
+        applied.pop(key, None)
+    for change in diff.change:
+        if change.endpoint is not None:
+            applied[change.public_key] = change.endpoint
 
 
 def _ips(ips: Sequence[IPv4Network]) -> str:

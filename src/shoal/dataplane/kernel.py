@@ -17,7 +17,15 @@ from pyroute2 import WireGuard
 from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal import hostnet
-from shoal.dataplane.base import LivePeer, PeerDiff, PeerStats, diff_peers
+from shoal.dataplane.base import (
+    LivePeer,
+    PeerDiff,
+    PeerStats,
+    diff_device,
+    diff_peers,
+    record_endpoints,
+    sorted_stats,
+)
 from shoal.dataplane.errors import DataPlaneError, hostnet_errors
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
@@ -136,14 +144,17 @@ class KernelWireGuard:
             changed = True
         self._ifname = cfg.name
         device: _Device = await self._call(f"read {cfg.name}", _info, cfg.name)
-        key = cfg.private_key if device.private_key != cfg.private_key else None
-        port = cfg.listen_port if device.listen_port != cfg.listen_port else None
-        if key is not None or port is not None:
-            await self._call(f"configure {cfg.name}", _set_device, cfg.name, key, port)
-            if key is not None:
-                log.info("%s: private key set (public %s)", cfg.name, cfg.private_key.public_key())
-            if port is not None:
-                log.info("%s: listen-port %s => %s", cfg.name, device.listen_port, port)
+        settings = diff_device(cfg, device.private_key, device.listen_port)
+        if settings:
+            await self._call(
+                f"configure {cfg.name}",
+                _set_device,
+                cfg.name,
+                settings.private_key,
+                settings.listen_port,
+            )
+            for line in settings.lines:
+                log.info("%s", line)
             changed = True
         with hostnet_errors():
             changed |= await hostnet.ensure_address(cfg.name, cfg.address)
@@ -164,17 +175,13 @@ class KernelWireGuard:
         await self._call(f"set peers on {ifname}", _set_peers, ifname, diff)
         for line in diff.lines:
             log.info("%s", line)
-        for key in diff.remove:
-            self._applied_endpoints.pop(key, None)
-        for change in diff.change:
-            if change.endpoint is not None:
-                self._applied_endpoints[change.public_key] = change.endpoint
+        record_endpoints(self._applied_endpoints, diff)
         return True
 
     async def stats(self) -> list[PeerStats]:
         ifname = self._require_interface()
         device: _Device = await self._call(f"read {ifname}", _info, ifname)
-        return [p.stats() for _, p in sorted(device.peers.items(), key=lambda kv: str(kv[0]))]
+        return sorted_stats(device.peers)
 
     async def teardown(self, name: str) -> bool:
         with hostnet_errors():

@@ -15,7 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from shoal import hostnet
-from shoal.dataplane.base import PeerStats, diff_peers
+from shoal.dataplane.base import (
+    PeerStats,
+    diff_device,
+    diff_peers,
+    record_endpoints,
+    sorted_stats,
+)
 from shoal.dataplane.errors import DataPlaneError, UapiError, WireGuardGoFailed, hostnet_errors
 from shoal.dataplane.uapi import (
     GET,
@@ -155,14 +161,12 @@ class WireGuardGo:
             changed = True
         self._ifname = cfg.name
         device = await self._get(cfg.name)
-        key = cfg.private_key if device.private_key != cfg.private_key else None
-        port = cfg.listen_port if device.listen_port != cfg.listen_port else None
-        if key is not None or port is not None:
-            await self._request(cfg.name, render_device(key, port), "the device settings")
-            if key is not None:
-                log.info("%s: private key set (public %s)", cfg.name, cfg.private_key.public_key())
-            if port is not None:
-                log.info("%s: listen-port %s => %s", cfg.name, device.listen_port, port)
+        settings = diff_device(cfg, device.private_key, device.listen_port)
+        if settings:
+            request = render_device(settings.private_key, settings.listen_port)
+            await self._request(cfg.name, request, "the device settings")
+            for line in settings.lines:
+                log.info("%s", line)
             changed = True
         with hostnet_errors():
             changed |= await hostnet.ensure_address(cfg.name, cfg.address)
@@ -184,17 +188,13 @@ class WireGuardGo:
         await self._request(ifname, render_peers(diff), "the peer changes")
         for line in diff.lines:
             log.info("%s", line)
-        for key in diff.remove:
-            self._applied_endpoints.pop(key, None)
-        for change in diff.change:
-            if change.endpoint is not None:
-                self._applied_endpoints[change.public_key] = change.endpoint
+        record_endpoints(self._applied_endpoints, diff)
         return True
 
     async def stats(self) -> list[PeerStats]:
         ifname = self._require_interface()
         device = await self._get(ifname)
-        return [peer.stats() for _, peer in sorted(device.peers.items(), key=lambda kv: str(kv[0]))]
+        return sorted_stats(device.peers)
 
     async def teardown(self, name: str) -> bool:
         """Delete the interface; wireguard-go notices and exits, removing its socket."""
