@@ -252,3 +252,23 @@ async def test_catalog_groups_replicas_across_nodes(server: RunningServer) -> No
         with pytest.raises(ControlRejected) as err:
             await client.list_services()
     assert err.value.code == "admin_unauthorized"
+
+
+async def test_catalog_orders_services_of_one_name_lone_container_first(
+    server: RunningServer,
+) -> None:
+    alpha = await join(server, "alpha")
+    # Docker allows dots in names: a lone "web.shop" and compose service web of project shop
+    # share a name; their order must not depend on container ids.
+    await report(
+        server,
+        alpha,
+        box(alpha, 1, "shop-web-1", 2, project="shop", service="web"),
+        box(alpha, 2, "web.shop", 3),
+    )
+    async with admin_client(server) as admin:
+        services = await admin.list_services()
+    assert [(s.name, s.project, s.service) for s in services] == [
+        ("web.shop", None, None),
+        ("web.shop", "shop", "web"),
+    ]

@@ -36,3 +36,10 @@ def test_replicas_on_two_hosts_are_one_service_and_lone_containers_their_own() -
         ("h1", "none", True),
         ("h2", "unhealthy", False),
     ]
+
+
+def test_a_lone_container_sorts_before_a_compose_service_of_the_same_name() -> None:
+    catalog = build_catalog(
+        [c("a", "n1", "app-api-1", "api"), c("bb", "n1", "api.app")], {"n1": "h1"}, online=[]
+    )
+    assert [(s.name, s.project) for s in catalog] == [("api.app", None), ("api.app", "app")]

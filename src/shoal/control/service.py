@@ -46,11 +46,11 @@ from shoal.model.api import (
     RegisterRequest,
     RegisterResponse,
     ServiceInfo,
-    ServiceInstance,
     TokenCreated,
     TokenCreateRequest,
     TokenInfo,
 )
+from shoal.model.catalog import build_catalog
 from shoal.model.netmap import Container, Endpoint, MapUpdate
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
 from shoal.store.base import NodeRecord, Store, TokenRecord
@@ -335,39 +335,13 @@ class ControlService:
         ]
 
     def list_services(self) -> list[ServiceInfo]:
-        """The catalog: compose services grouped by (project, service), named
-        `<service>.<project>`; containers without both labels alone under their own name."""
-        groups: dict[tuple[str, str | None, str | None], list[ServiceInstance]] = {}
-        for c in self.registry.containers():
-            node = self.registry.get(c.node_id)
-            if c.project and c.service:
-                key: tuple[str, str | None, str | None] = (
-                    f"{c.service}.{c.project}",
-                    c.project,
-                    c.service,
-                )
-            else:
-                key = (c.name, None, None)
-            groups.setdefault(key, []).append(
-                ServiceInstance(
-                    container=c.name,
-                    node=node.name if node else c.node_id,
-                    ip=c.ip,
-                    health=c.health,
-                    online=self.registry.online(c.node_id),
-                )
-            )
-        return [
-            ServiceInfo(
-                name=name,
-                project=project,
-                service=service,
-                instances=tuple(sorted(instances, key=lambda i: (i.node, i.container))),
-            )
-            for (name, project, service), instances in sorted(
-                groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
-            )
-        ]
+        """The catalog of every known container (see `build_catalog`)."""
+        nodes = self.registry.nodes()
+        return build_catalog(
+            self.registry.containers(),
+            {n.id: n.name for n in nodes},
+            online=[n.id for n in nodes if self.registry.online(n.id)],
+        )
 
     async def remove_node(self, name: str) -> None:
         async with self._lock:

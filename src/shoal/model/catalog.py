@@ -13,7 +13,8 @@ def build_catalog(
 ) -> list[ServiceInfo]:
     """Compose services grouped by (project, service) as `<service>.<project>`; a container
     outside compose is a service of its own, by name. `node_names` maps node id -> name;
-    `online` holds the ids of hosts within their heartbeat timeout. Sorted by name."""
+    `online` holds the ids of hosts within their heartbeat timeout. Sorted by name, then a lone
+    container before a compose service of the same name (Docker allows dots in names)."""
     up = set(online)
     groups: dict[tuple[str, str | None, str | None], list[ServiceInstance]] = {}
     for c in containers:
@@ -36,5 +37,7 @@ def build_catalog(
             service=service,
             instances=tuple(sorted(instances, key=lambda i: (i.node, i.container))),
         )
-        for (name, project, service), instances in sorted(groups.items(), key=lambda kv: kv[0][0])
+        for (name, project, service), instances in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2] or "")
+        )
     ]
