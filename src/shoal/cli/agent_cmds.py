@@ -19,6 +19,7 @@ from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import fetch_services, fetch_status, request_down
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
+from shoal.cli.render import table
 from shoal.model.errors import ShoalError
 from shoal.model.status import AgentState, AgentStatus
 from shoal.model.tokens import parse_join_token
@@ -165,8 +166,7 @@ def render_status(s: AgentStatus) -> str:
         *(f"  ! {h}" for h in s.health),
     ]
     if s.peers:
-        rows = [("PEER", "MESH IP", "CONTAINERS", "ENDPOINT", "HANDSHAKE", "RX", "TX")]
-        rows += [
+        rows = [
             (
                 p.name,
                 str(p.mesh_ip),
@@ -178,11 +178,10 @@ def render_status(s: AgentStatus) -> str:
             )
             for p in s.peers
         ]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines.append("")
-        lines += [
-            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-        ]
+        lines.append(
+            table(("PEER", "MESH IP", "CONTAINERS", "ENDPOINT", "HANDSHAKE", "RX", "TX"), rows)
+        )
     else:
         lines.append("  no peers yet")
     return "\n".join(lines)
@@ -278,7 +277,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     if not services:
         print("no containers on the shoal network anywhere in the mesh")
         return 0
-    rows = [("SERVICE", "INSTANCE", "HOST", "IP", "HEALTH")]
+    rows = []
     for service in services:
         for i, instance in enumerate(service.instances):
             rows.append(
@@ -290,7 +289,5 @@ def cmd_services(args: argparse.Namespace) -> int:
                     instance.health,
                 )
             )
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(table(("SERVICE", "INSTANCE", "HOST", "IP", "HEALTH"), rows))
     return 0

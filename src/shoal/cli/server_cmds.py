@@ -13,13 +13,13 @@ import asyncio
 import json
 import logging
 import os
-import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from shoal.cli.render import table
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
@@ -137,7 +137,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         )
         for t in tokens
     ]
-    _table(("ID", "KIND", "STATE", "CREATED", "EXPIRES", "TAGS"), rows)
+    print(table(("ID", "KIND", "STATE", "CREATED", "EXPIRES", "TAGS"), rows))
     return 0
 
 
@@ -164,7 +164,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         )
         for n in nodes
     ]
-    _table(("NAME", "MESH IP", "SUBNET", "ENDPOINTS", "STATE", "LAST SEEN", "ID"), rows)
+    print(table(("NAME", "MESH IP", "SUBNET", "ENDPOINTS", "STATE", "LAST SEEN", "ID"), rows))
     return 0
 
 
@@ -183,7 +183,7 @@ def cmd_services_admin(args: argparse.Namespace) -> int:
         )
         for s in services
     ]
-    _table(("SERVICE", "INSTANCES", "HOSTS"), rows)
+    print(table(("SERVICE", "INSTANCES", "HOSTS"), rows))
     return 0
 
 
@@ -205,10 +205,3 @@ def _token_state(token: TokenInfo, now: datetime) -> str:
 
 def _when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        line = "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
-        sys.stdout.write(line.rstrip() + "\n")
