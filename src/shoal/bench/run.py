@@ -120,6 +120,9 @@ def run_bench(
         section["seconds"] = time.monotonic() - t0
         results["sections"][name] = section
         progress(f"== {name}: {section['status']} in {section['seconds']:.0f} s")
+        # Written after every section: a run stopped later still leaves these figures.
+        results["duration_seconds"] = time.monotonic() - started
+        report.write_report(results, out)
     results["duration_seconds"] = time.monotonic() - started
     written = report.write_report(results, out)
     progress(f"done in {results['duration_seconds'] / 60:.1f} min")
