@@ -754,6 +754,8 @@ async def run_scale(
     for n in node_counts:
         try:
             points.append(await _scale_point(n, changes, workdir, notes))
+            # Each point as soon as it is measured: a later, larger one may not finish.
+            (workdir / f"n{n}" / "point.json").write_text(json.dumps(points[-1], indent=2))
         except* (BenchError, TimeoutError) as group:
             reason = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
             notes.append(f"{n} nodes: FAILED: {reason}")
