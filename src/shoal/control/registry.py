@@ -62,6 +62,10 @@ class _Delta:
     update: MapUpdate  # for a node that is not among `nodes_changed`
 
 
+# How long a change waits for others before the long-polls wake (bounded extra latency).
+COALESCE_SECONDS = 0.02
+
+
 class Registry:
     def __init__(
         self,
@@ -92,6 +96,7 @@ class Registry:
         self._hosted: dict[str, dict[str, Container]] = {}  # node id → its containers by id
         self._write = asyncio.Lock()
         self._changed = asyncio.Event()
+        self._wake_pending: asyncio.TimerHandle | None = None
         self._closed = False
         # Caches valid for one revision: the sorted full-map parts and the shared deltas.
         self._cache_rev = -1
@@ -285,7 +290,7 @@ class Registry:
     def close(self) -> None:
         """Server shutting down: end every long-poll now, and do not start new waits."""
         self._closed = True
-        self._notify()
+        self._wake()
 
     # Mapping.
 
@@ -314,7 +319,10 @@ class Registry:
         if since == self.revision and wait > 0 and not self._closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
-                    await self._changed.wait()
+                    # A wake can be for a change this node already has (the coalesced wake of
+                    # the very change it was just given): only a newer revision ends the wait.
+                    while since == self.revision and not self._closed:
+                        await self._changed.wait()
             self.require(node_id)  # removed while waiting → its credential is now invalid
         return self._update_since(node_id, since)
 
@@ -432,6 +440,16 @@ class Registry:
         self._notify()
 
     def _notify(self) -> None:
+        """Wake the waiting long-polls COALESCE_SECONDS after the first change of a burst: a
+        `compose up` of 20 containers, or many hosts joining at once, then costs each node one
+        delta instead of one per change."""
+        if self._wake_pending is None:
+            self._wake_pending = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self._wake)
+
+    def _wake(self) -> None:
+        if self._wake_pending is not None:
+            self._wake_pending.cancel()
+            self._wake_pending = None
         # Swap, then set: waiters of this change wake; later polls wait on the new event.
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
