@@ -8,7 +8,7 @@ extra="${1:-}"
 
 apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables iproute2 iperf3
               busybox-static tcpdump util-linux procps)
-[ "$extra" = bench ] && apt_packages+=(nebula)
+[ "$extra" = bench ] && apt_packages+=(nebula ethtool)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -139,7 +139,9 @@ class WireGuardGo:
                     f"wireguard-go for {ifname} exited with {proc.returncode}: "
                     f"{self._log_tail(ifname)} (log {self._log_path(ifname)})"
                 )
-            if self._socket(ifname).exists() and await self._link_exists(ifname):
+            # The socket file appears a moment before wireguard-go accepts on it: ready means
+            # it answered a `get`, not that the file exists.
+            if self._socket(ifname).exists() and await self._healthy(ifname):
                 log.info("%s: created (wireguard-go pid %d)", ifname, proc.pid)
                 return
             await asyncio.sleep(POLL)
