@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--container-pool", default=None, help="container pool (default 10.42.0.0/16)")
     p.add_argument("--subnet-prefix", type=int, default=None, help="per-host subnet size (24)")
     p.add_argument(
+        "--mtu",
+        type=int,
+        default=None,
+        help="mesh MTU on every hop (1420; underlay MTU - 80, e.g. 8920 on jumbo frames)",
+    )
+    p.add_argument(
         "--heartbeat-timeout",
         type=float,
         default=None,

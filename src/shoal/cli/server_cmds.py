@@ -49,6 +49,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         container_pool=args.container_pool,
         subnet_prefix=args.subnet_prefix,
         heartbeat_timeout=args.heartbeat_timeout,
+        mtu=args.mtu,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -52,7 +52,7 @@ class ServerConfig:
     mesh_pool: IPv4Network | None = None
     container_pool: IPv4Network | None = None
     subnet_prefix: int | None = None
-    mtu: int = DEFAULT_MTU
+    mtu: int | None = None  # None: what this mesh was created with, else DEFAULT_MTU
     heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
 
 
@@ -65,6 +65,7 @@ def load_config(
     container_pool: str | None = None,
     subnet_prefix: int | None = None,
     heartbeat_timeout: float | None = None,
+    mtu: int | None = None,
 ) -> ServerConfig:
     """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
     host, sep, port_text = listen.rpartition(":")
@@ -84,7 +85,12 @@ def load_config(
         raise ServerConfigError(
             f"--heartbeat-timeout {heartbeat_timeout:g}: expected 1 to 3600 seconds"
         )
+    if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
+        raise ServerConfigError(
+            f"--mtu {mtu}: expected {MIN_MTU} to {MAX_MTU} (the underlay's MTU minus 80)"
+        )
     return ServerConfig(
+        mtu=mtu,
         listen_host=host or "0.0.0.0",
         listen_port=int(port_text),
         data_dir=Path(data_dir),
@@ -127,6 +133,22 @@ async def resolve_pools(store: Store, config: ServerConfig, node_count: int) -> 
         if stored[key] != value:
             await store.put_setting(key, value)
     return pools
+
+
+async def resolve_mtu(store: Store, config: ServerConfig, node_count: int) -> int:
+    """The mesh MTU: flag > what this mesh was created with > DEFAULT_MTU.
+
+    Hosts learn it from their first full map, so it cannot change under existing nodes."""
+    stored = await store.get_setting("mtu")
+    mtu = config.mtu or int(stored or DEFAULT_MTU)
+    if stored is not None and int(stored) != mtu and node_count > 0:
+        raise ServerConfigError(
+            f"this mesh uses --mtu {stored} and has {node_count} nodes; changing it needs the "
+            "nodes to rejoin (remove them first, or drop the flag)"
+        )
+    if stored != str(mtu):
+        await store.put_setting("mtu", str(mtu))
+    return mtu
 
 
 async def ensure_admin_token(store: Store, data_dir: Path, fingerprint: str) -> str:
@@ -190,6 +212,10 @@ class RunningServer:
             (self.config.data_dir / SERVER_JSON).unlink()
 
 
+# WireGuard over IPv6 costs 80 bytes per packet: the smallest IPv6 MTU is 1280, the largest
+# IPv4 packet 65535.
+MIN_MTU, MAX_MTU = 1280, 65455
+
 # asyncio gives every TLS connection a 256 KiB read buffer; a server holding one long-poll
 # per node paid 0.32 MB per node for it (397 MB at 1,000 nodes, about 2 GB at 5,000). A TLS
 # record is at most 16 KiB, so 32 KiB loses nothing but memory.
@@ -211,7 +237,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         pools = await resolve_pools(store, config, snapshot_nodes)
         admin_hash = await ensure_admin_token(store, data_dir, ca.fingerprint)
         settings = MeshSettings(
-            mesh_pool=pools.mesh_pool, container_pool=pools.container_pool, mtu=config.mtu
+            mesh_pool=pools.mesh_pool,
+            container_pool=pools.container_pool,
+            mtu=await resolve_mtu(store, config, snapshot_nodes),
         )
         registry = await Registry.load(
             store, settings, clock=clock, heartbeat_timeout=config.heartbeat_timeout
