@@ -395,10 +395,11 @@ class Registry:
                     self._offline.discard(nid)
                 else:
                     self._offline.add(nid)
-            if rev is not None:
-                self._record(
-                    rev, [(CONTAINER, c) for nid in flip for c in self._hosted.get(nid, {})]
-                )
+            changes = [(CONTAINER, c) for nid in flip for c in self._hosted.get(nid, {})]
+            # A host with no containers going off- or online changes nobody's map: waking
+            # every long-poll for it made mass flips (a restarted fleet) cost N² replies.
+            if rev is not None and changes:
+                self._record(rev, changes)
         return flip
 
     def _put_container(self, container: Container) -> None:
