@@ -47,5 +47,19 @@ $shoal lab exec --name "$lab" h1 -- docker exec web1 ping -c 3 "$ip_2"
 $shoal lab exec --name "$lab" h1 -- docker exec web1 ping -c 3 "$ip_3"
 $shoal lab exec --name "$lab" h1 -- "$PWD/$shoal" ping --state-dir "$state1" h3
 
+step "names across hosts: web1 (on h1) pings web3 (on h3) by name"
+wait_for_name() {
+  for _ in $(seq 50); do
+    $shoal lab exec --name "$lab" h1 -- docker exec web1 nslookup -type=a "$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+}
+wait_for_name web3
+$shoal lab exec --name "$lab" h1 -- docker exec web1 ping -c 2 web3
+$shoal lab exec --name "$lab" h1 -- docker exec web1 ping -c 1 h2.shoal
+
+step "the service catalog as h1 sees it"
+$shoal lab exec --name "$lab" h1 -- "$PWD/$shoal" services --state-dir "$state1"
+
 step "done. Try: $shoal lab exec --name $lab h2 -- docker exec web2 ping $ip_1"
 echo "   Remove everything with: $shoal lab down --name $lab"
