@@ -75,7 +75,7 @@ class Agent:
         self._containers_changed = asyncio.Event()
         self._stop = asyncio.Event()
 
-    # -- the three tasks -------------------------------------------------------------------
+    # -- the tasks -------------------------------------------------------------------------
 
     async def run(self) -> None:
         runner = await serve(self.state.socket, self.status, self.down, self.services)

@@ -32,9 +32,19 @@ class Reconciler:
         self.docker = docker
         self._pending: HostConfig | None = None
         self._wakeup = asyncio.Event()
+        # apply and teardown never interleave, and nothing is applied after a teardown: a
+        # netmap arriving during `shoal down` must not bring the interface back.
+        self._lock = asyncio.Lock()
+        self._torn_down = False
 
     async def apply(self, cfg: HostConfig) -> bool:
         """Converge the host to `cfg`; True when anything had to change."""
+        async with self._lock:
+            if self._torn_down:
+                return False
+            return await self._apply(cfg)
+
+    async def _apply(self, cfg: HostConfig) -> bool:
         changed = await self.dataplane.ensure_interface(cfg.interface)
         changed |= await self.dataplane.set_peers(cfg.peers)
         changed |= hostnet.ensure_ip_forward()
@@ -61,6 +71,11 @@ class Reconciler:
 
     async def teardown(self) -> TeardownReport:
         """Remove everything shoal made on this host; the Docker network stays if in use."""
+        async with self._lock:
+            self._torn_down = True
+            return await self._teardown()
+
+    async def _teardown(self) -> TeardownReport:
         network = await self.docker.remove_network(DOCKER_NETWORK)
         firewall_removed = await firewall.teardown()
         interface_removed = await self.dataplane.teardown(INTERFACE)
