@@ -16,7 +16,11 @@ def test_falls_back_to_wireguard_go_then_gives_up(netns: NetnsFactory, tmp_path:
     # With the module the kernel backend wins; without it, wireguard-go does.
     expected = "kernel" if kernel.returncode == 0 else "wireguard-go"
     ns.sh("ip", "link", "del", "probe0", check=False)
-    assert ns.run(lambda: select_dataplane(tmp_path).name) == expected
+
+    async def chosen() -> str:
+        return (await select_dataplane(tmp_path)).name
+
+    assert ns.run(chosen) == expected
     if expected == "kernel":
         return
     with pytest.raises(NoWireGuard, match="install the wireguard kernel module or wireguard-go"):

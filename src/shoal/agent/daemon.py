@@ -30,7 +30,7 @@ from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, ControlUnreachable, CredentialRejected
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.dataplane import DataPlane, aselect_dataplane
+from shoal.dataplane import DataPlane, select_dataplane
 from shoal.dns import DnsServer, RecordTable, upstreams_from_resolv_conf
 from shoal.docker import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
@@ -283,7 +283,7 @@ async def start(config: AgentConfig) -> Agent:
     state.ensure()
     docker = DockerHost(config.docker_host)
     await docker.ping()
-    dataplane = await aselect_dataplane(state.path)
+    dataplane = await select_dataplane(state.path)
     private_key = state.private_key()
 
     identity = state.identity()

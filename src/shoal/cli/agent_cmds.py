@@ -246,11 +246,11 @@ async def _down_offline(state: StateDir, args: argparse.Namespace) -> dict[str, 
     """No agent running: undo the host configuration from here."""
     from shoal.agent.daemon import leave_mesh
     from shoal.agent.reconciler import Reconciler
-    from shoal.dataplane import aselect_dataplane
+    from shoal.dataplane import select_dataplane
     from shoal.docker import DockerHost
 
     docker = DockerHost(args.docker_host or os.environ.get("DOCKER_HOST"))
-    report = await Reconciler(await aselect_dataplane(state.path), docker).teardown()
+    report = await Reconciler(await select_dataplane(state.path), docker).teardown()
     left = False
     identity = state.identity()
     if args.leave and identity is not None:

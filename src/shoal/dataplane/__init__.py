@@ -6,7 +6,7 @@
 from shoal.dataplane.base import DataPlane, PeerStats
 from shoal.dataplane.errors import DataPlaneError, NoWireGuard, UapiError, WireGuardGoFailed
 from shoal.dataplane.kernel import KernelWireGuard
-from shoal.dataplane.select import aselect_dataplane, select_dataplane
+from shoal.dataplane.select import select_dataplane
 from shoal.dataplane.wggo import WireGuardGo
 
 __all__ = [
@@ -18,6 +18,5 @@ __all__ = [
     "UapiError",
     "WireGuardGo",
     "WireGuardGoFailed",
-    "aselect_dataplane",
     "select_dataplane",
 ]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shoal import hostnet
@@ -46,24 +44,10 @@ async def _select(log_dir: Path, interface: str, binary: str) -> DataPlane:
     raise NoWireGuard()
 
 
-def select_dataplane(
+async def select_dataplane(
     log_dir: Path, interface: str = INTERFACE, binary: str = "wireguard-go"
 ) -> DataPlane:
-    """The backend for this host; wireguard-go writes its log under `log_dir`.
-
-    Callable from sync code and from inside an event loop alike: the short netlink probe runs
-    on a loop of its own in a helper thread (blocking the caller for a few milliseconds).
-    """
-    with ThreadPoolExecutor(1, thread_name_prefix="shoal-select") as pool:
-        plane = pool.submit(asyncio.run, _select(log_dir, interface, binary)).result()
-    log.info("data plane: %s", plane.name)
-    return plane
-
-
-async def aselect_dataplane(
-    log_dir: Path, interface: str = INTERFACE, binary: str = "wireguard-go"
-) -> DataPlane:
-    """`select_dataplane` for callers already inside an event loop."""
+    """The backend for this host; wireguard-go writes its log under `log_dir`."""
     plane = await _select(log_dir, interface, binary)
     log.info("data plane: %s", plane.name)
     return plane
