@@ -13,6 +13,8 @@ from datetime import datetime
 from ipaddress import IPv4Network
 from typing import Protocol
 
+from shoal import hostnet
+from shoal.dataplane.errors import DataPlaneError, hostnet_errors
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
 
@@ -165,3 +167,18 @@ def diff_peers(
         if endpoint is not None or new_ips is not None or keepalive is not None:
             updates.append(PeerChange(key, endpoint, new_ips, keepalive))
     return PeerDiff(remove, tuple(updates + additions), tuple(lines))
+
+
+async def converge_link(cfg: InterfaceConfig) -> bool:
+    """The interface's address, MTU and up state, whichever backend made it."""
+    with hostnet_errors():
+        changed = await hostnet.ensure_address(cfg.name, cfg.address)
+        changed |= await hostnet.ensure_link_up(cfg.name, cfg.mtu)
+    return changed
+
+
+def require_interface(ifname: str | None) -> str:
+    """The interface `ensure_interface` set up; peers and stats need it first."""
+    if ifname is None:
+        raise DataPlaneError("the WireGuard interface is not set up yet (ensure_interface)")
+    return ifname

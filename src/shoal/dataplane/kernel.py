@@ -21,9 +21,11 @@ from shoal.dataplane.base import (
     LivePeer,
     PeerDiff,
     PeerStats,
+    converge_link,
     diff_device,
     diff_peers,
     record_endpoints,
+    require_interface,
     sorted_stats,
 )
 from shoal.dataplane.errors import DataPlaneError, hostnet_errors
@@ -156,18 +158,11 @@ class KernelWireGuard:
             for line in settings.lines:
                 log.info("%s", line)
             changed = True
-        with hostnet_errors():
-            changed |= await hostnet.ensure_address(cfg.name, cfg.address)
-            changed |= await hostnet.ensure_link_up(cfg.name, cfg.mtu)
+        changed |= await converge_link(cfg)
         return changed
 
-    def _require_interface(self) -> str:
-        if self._ifname is None:
-            raise DataPlaneError("the WireGuard interface is not set up yet (ensure_interface)")
-        return self._ifname
-
     async def set_peers(self, peers: Sequence[PeerConfig]) -> bool:
-        ifname = self._require_interface()
+        ifname = require_interface(self._ifname)
         device: _Device = await self._call(f"read {ifname}", _info, ifname)
         diff = diff_peers(ifname, device.peers, peers, self._applied_endpoints)
         if not diff:
@@ -179,7 +174,7 @@ class KernelWireGuard:
         return True
 
     async def stats(self) -> list[PeerStats]:
-        ifname = self._require_interface()
+        ifname = require_interface(self._ifname)
         device: _Device = await self._call(f"read {ifname}", _info, ifname)
         return sorted_stats(device.peers)
 

@@ -17,12 +17,14 @@ from pathlib import Path
 from shoal import hostnet
 from shoal.dataplane.base import (
     PeerStats,
+    converge_link,
     diff_device,
     diff_peers,
     record_endpoints,
+    require_interface,
     sorted_stats,
 )
-from shoal.dataplane.errors import DataPlaneError, UapiError, WireGuardGoFailed, hostnet_errors
+from shoal.dataplane.errors import UapiError, WireGuardGoFailed, hostnet_errors
 from shoal.dataplane.uapi import (
     GET,
     Device,
@@ -170,19 +172,12 @@ class WireGuardGo:
             for line in settings.lines:
                 log.info("%s", line)
             changed = True
-        with hostnet_errors():
-            changed |= await hostnet.ensure_address(cfg.name, cfg.address)
-            changed |= await hostnet.ensure_link_up(cfg.name, cfg.mtu)
+        changed |= await converge_link(cfg)
         return changed
-
-    def _require_interface(self) -> str:
-        if self._ifname is None:
-            raise DataPlaneError("the WireGuard interface is not set up yet (ensure_interface)")
-        return self._ifname
 
     async def set_peers(self, peers: Sequence[PeerConfig]) -> bool:
         """Add, update and remove only the peers that differ from the live list."""
-        ifname = self._require_interface()
+        ifname = require_interface(self._ifname)
         device = await self._get(ifname)
         diff = diff_peers(ifname, device.peers, peers, self._applied_endpoints)
         if not diff:
@@ -194,7 +189,7 @@ class WireGuardGo:
         return True
 
     async def stats(self) -> list[PeerStats]:
-        ifname = self._require_interface()
+        ifname = require_interface(self._ifname)
         device = await self._get(ifname)
         return sorted_stats(device.peers)
 
