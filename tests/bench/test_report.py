@@ -146,7 +146,6 @@ def test_section_without_own_renderer_falls_back_to_json() -> None:
 
 
 def test_write_report_files(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     written = report.write_report(canned(), tmp_path)
     data = json.loads((tmp_path / "benchmarks.json").read_text())
     assert data["sections"]["dataplane"]["result"]["systems"]["shoal"]["tcp1_gbps"] == 0.69
