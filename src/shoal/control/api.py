@@ -20,13 +20,13 @@ request with a node credential counts as a heartbeat of that node.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from shoal.control.encoding import MapEncoder
 from shoal.control.errors import (
     AdminUnauthorized,
     ApiError,
@@ -49,7 +49,6 @@ from shoal.model.api import (
     TokenInfo,
     UpdateEndpointsRequest,
 )
-from shoal.model.netmap import MapUpdate
 from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control.api")
@@ -62,29 +61,9 @@ MAX_REPORT = 4 * 1024 * 1024  # bytes; a container report is ~250 bytes per cont
 DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 
 
-class EncodedUpdates:
-    """The JSON of recent map updates. A change wakes every long-poll at once and most of them
-    get the very same delta object from the registry; it is encoded once, not once per node."""
-
-    def __init__(self, size: int = 64) -> None:
-        self._size = size
-        # Keyed by id(); holding the update keeps its id from being reused while cached.
-        self._cache: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
-
-    def encode(self, update: MapUpdate) -> bytes:
-        hit = self._cache.get(id(update))
-        if hit is not None and hit[0] is update:
-            return hit[1]
-        body = update.model_dump_json().encode()
-        self._cache[id(update)] = (update, body)
-        if len(self._cache) > self._size:
-            self._cache.popitem(last=False)
-        return body
-
-
 SERVICE = web.AppKey("service", ControlService)
 CA_PEM = web.AppKey("ca_pem", bytes)
-ENCODED = web.AppKey("encoded", EncodedUpdates)
+ENCODER = web.AppKey("encoder", MapEncoder)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
@@ -95,7 +74,7 @@ def build_app(service: ControlService, ca_pem: bytes) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[CA_PEM] = ca_pem
-    app[ENCODED] = EncodedUpdates()
+    app[ENCODER] = MapEncoder()
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_post("/v1/register", register)
     app.router.add_get("/v1/netmap", netmap)
@@ -215,7 +194,10 @@ async def get_ca(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     req = await _parse(request, RegisterRequest)
-    return _json(await request.app[SERVICE].register(req))
+    reply = await request.app[SERVICE].register(req)
+    return web.Response(
+        body=request.app[ENCODER].register_response(reply), content_type="application/json"
+    )
 
 
 async def netmap(request: web.Request) -> web.Response:
@@ -228,7 +210,7 @@ async def netmap(request: web.Request) -> web.Response:
     if since < 0 or not wait >= 0:
         raise BadRequest("since and wait must not be negative")
     update = await request.app[SERVICE].netmap(node_id, since, wait)
-    return web.Response(body=request.app[ENCODED].encode(update), content_type="application/json")
+    return web.Response(body=request.app[ENCODER].update(update), content_type="application/json")
 
 
 async def endpoints(request: web.Request) -> web.Response:

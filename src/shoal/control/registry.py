@@ -34,7 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from shoal.control.errors import CredentialInvalid
-from shoal.control.ipam import Allocation
+from shoal.control.ipam import Allocation, Ledger, Pools
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, MapUpdate, MeshSettings, NetworkMap, Node
 from shoal.store.base import NodeRecord, Snapshot, Store
@@ -89,6 +89,7 @@ class Registry:
         self._by_key: dict[PublicKey, str] = {}
         self._by_name: dict[str, str] = {}
         self._by_credential: dict[str, str] = {}
+        self._ledger: Ledger[PublicKey] = Ledger()
         self._seen: dict[str, datetime] = {}
         self._seen_persisted: dict[str, datetime] = {}
         self._offline: set[str] = set()
@@ -174,11 +175,9 @@ class Registry:
     def nodes(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda n: n.name)
 
-    def allocations(self) -> dict[PublicKey, Allocation]:
-        return {
-            n.public_key: Allocation(mesh_ip=n.mesh_ip, subnet=n.subnet)
-            for n in self._nodes.values()
-        }
+    def allocate(self, pools: Pools, key: PublicKey) -> Allocation:
+        """The mesh IP and subnet of the node with this key: its own, else the lowest free."""
+        return self._ledger.allocate(pools, key)
 
     def containers_of(self, node_id: str) -> Mapping[str, Container]:
         """The containers `node_id` last reported (withdrawn from the maps or not)."""
@@ -415,6 +414,7 @@ class Registry:
         self._by_key[node.public_key] = node.id
         self._by_name[node.name] = node.id
         self._by_credential[node.credential_hash] = node.id
+        self._ledger.add(node.public_key, Allocation(mesh_ip=node.mesh_ip, subnet=node.subnet))
 
     def _unindex(self, node: NodeRecord) -> None:
         self._nodes.pop(node.id, None)
@@ -422,6 +422,7 @@ class Registry:
         self._by_key.pop(node.public_key, None)
         self._by_name.pop(node.name, None)
         self._by_credential.pop(node.credential_hash, None)
+        self._ledger.remove(node.public_key)
 
     def _check_cache(self) -> None:
         if self._cache_rev != self.revision:

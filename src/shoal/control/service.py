@@ -148,7 +148,7 @@ class ControlService:
                 f"this host has a route or network {route} overlapping the mesh's {kind} pool "
                 f"{pool}; remove it, or run the server with another --{kind}-pool"
             )
-        alloc = ipam.allocate(self.pools, self.registry.allocations(), req.public_key)
+        alloc = self.registry.allocate(self.pools, req.public_key)
         credential = new_credential()
         node = NodeRecord(
             id=existing.id if existing else "n" + secrets.token_hex(6),

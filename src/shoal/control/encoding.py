@@ -1,0 +1,112 @@
+"""The JSON of the maps the server sends, spliced from records encoded once per change.
+
+A registration reply carries a full map of N peers and a catch-up delta up to N. pydantic
+spends about 10 µs turning one node record into JSON (its IP addresses go through Python's
+`str`), so at 5,000 nodes every such reply cost the server 50 ms of encoding, almost all of it
+for records that had not changed since the last reply. `MapEncoder` encodes each node and
+container record once (again only when the registry replaces it, that is when it changes)
+and splices the cached pieces into each reply. A delta that wakes every long-poll at once is
+the same object for all of them and is encoded once for all.
+
+The output parses (`model_validate_json`) to a model equal to the one encoded; only the order
+of an object's keys may differ from pydantic's own `model_dump_json`.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+from shoal.model.api import RegisterResponse
+from shoal.model.netmap import Container, MapUpdate, NetworkMap, Node
+
+MIN_RECORDS_KEPT = 4096  # per kind; grows to twice the largest map encoded
+
+
+class Record(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+R = TypeVar("R", bound=Record)
+
+
+class RecordPieces(Generic[R]):
+    """The JSON of records by id, reused while the registry hands out the same object.
+
+    Two generations bound the memory: records asked for go into the young one; when it is
+    full it becomes the old one and the records still in use move back on their next use, so
+    records of removed nodes and stopped containers are dropped after two generations.
+    """
+
+    def __init__(self) -> None:
+        self._young: dict[str, tuple[R, bytes]] = {}
+        self._old: dict[str, tuple[R, bytes]] = {}
+        self._limit = MIN_RECORDS_KEPT
+
+    def encode(self, record: R) -> bytes:
+        key = record.id
+        hit = self._young.get(key) or self._old.get(key)
+        if hit is None or hit[0] is not record:
+            hit = (record, record.model_dump_json().encode())
+        self._young[key] = hit
+        if len(self._young) >= self._limit:
+            self._old, self._young = self._young, {}
+        return hit[1]
+
+    def array(self, records: Sequence[R]) -> bytes:
+        # A map's records must all fit in one generation, or each map would evict its own.
+        self._limit = max(self._limit, 2 * len(records))
+        return b"[" + b",".join(self.encode(r) for r in records) + b"]"
+
+
+class MapEncoder:
+    def __init__(self, updates_kept: int = 64) -> None:
+        self._nodes: RecordPieces[Node] = RecordPieces()
+        self._containers: RecordPieces[Container] = RecordPieces()
+        self._updates_kept = updates_kept
+        # Keyed by id(); holding the update keeps its id from being reused while cached.
+        self._updates: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
+
+    def network_map(self, netmap: NetworkMap) -> bytes:
+        return spliced(
+            netmap,
+            {
+                "peers": self._nodes.array(netmap.peers),
+                "containers": self._containers.array(netmap.containers),
+            },
+        )
+
+    def update(self, update: MapUpdate) -> bytes:
+        hit = self._updates.get(id(update))
+        if hit is not None and hit[0] is update:
+            return hit[1]
+        body = spliced(
+            update,
+            {
+                "full": b"null" if update.full is None else self.network_map(update.full),
+                "peers_changed": self._nodes.array(update.peers_changed),
+                "containers_changed": self._containers.array(update.containers_changed),
+            },
+        )
+        self._updates[id(update)] = (update, body)
+        if len(self._updates) > self._updates_kept:
+            self._updates.popitem(last=False)
+        return body
+
+    def register_response(self, response: RegisterResponse) -> bytes:
+        return spliced(response, {"netmap": self.network_map(response.netmap)})
+
+
+def spliced(model: BaseModel, encoded: Mapping[str, bytes]) -> bytes:
+    """`model` as a JSON object whose fields named in `encoded` are given already encoded."""
+    head = model.model_dump_json(exclude=set(encoded)).encode()
+    members = b",".join(b'"' + name.encode() + b'":' + value for name, value in encoded.items())
+    if head == b"{}":
+        return b"{" + members + b"}"
+    return head[:-1] + b"," + members + b"}"
