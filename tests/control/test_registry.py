@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from shoal.control.errors import CredentialInvalid
-from shoal.control.registry import Registry
+from shoal.control.registry import DELTAS_KEPT, Registry
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, Endpoint, MeshSettings
 from shoal.store.base import NodeRecord
@@ -263,3 +263,14 @@ async def test_last_seen_is_written_in_batches_at_most_every_10_s() -> None:
     await reg.seen("n1")
     await reg.sweep()
     assert (await stored())["n1"] == clock.now
+
+
+async def test_a_fleet_catching_up_from_many_revisions_keeps_few_deltas() -> None:
+    reg = await registry_with(*range(1, 41))
+    for since in range(1, 40):
+        update = await reg.map_update("n40", since=since, wait=0)
+        assert {p.id for p in update.peers_changed} == {f"n{i}" for i in range(since + 1, 40)}
+    assert len(reg._deltas) <= DELTAS_KEPT
+    # The shared delta of a change is still computed once for everyone at that revision.
+    first = await reg.map_update("n1", since=39, wait=0)
+    assert await reg.map_update("n2", since=39, wait=0) is first

@@ -1,7 +1,10 @@
 from ipaddress import IPv4Network
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.model.netmap import MapUpdate, NetworkMap
+from shoal.model.netmap import MapUpdate, NetworkMap, Node
 from shoal.testing.builders import netmap, node
 
 
@@ -71,3 +74,29 @@ def test_delta_adds_and_withdraws_containers() -> None:
     )
     assert [(x.id, x.health) for x in after.containers] == [("b", "unhealthy"), ("c", "none")]
     assert not after.containers[0].serves_traffic()
+
+
+def peer(i: int, version: int = 0) -> Node:
+    return node(i).model_copy(update={"name": f"h{i}v{version}"})
+
+
+@given(
+    have=st.sets(st.integers(1, 200), max_size=60),
+    change=st.lists(st.tuples(st.integers(1, 200), st.integers(0, 3)), max_size=50),
+    remove=st.sets(st.integers(1, 200), max_size=40),
+)
+def test_apply_matches_a_rebuilt_map_for_few_and_many_changes(
+    have: set[int], change: list[tuple[int, int]], remove: set[int]
+) -> None:
+    start = netmap(201, sorted(have), revision=1)
+    changed = tuple(peer(i, v) for i, v in change)
+    removed = tuple(f"n{i}" for i in sorted(remove))
+    after = start.apply(
+        MapUpdate(kind="delta", revision=2, peers_changed=changed, peers_removed=removed)
+    )
+    expected = {p.id: p for p in start.peers}
+    for gone in removed:
+        expected.pop(gone, None)
+    expected.update((p.id, p) for p in changed)
+    assert after.peers == tuple(sorted(expected.values(), key=lambda p: p.id))
+    assert after.containers is start.containers  # untouched part kept as it is

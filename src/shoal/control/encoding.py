@@ -66,7 +66,7 @@ class RecordPieces(Generic[R]):
 
 
 class MapEncoder:
-    def __init__(self, updates_kept: int = 64) -> None:
+    def __init__(self, updates_kept: int = 16) -> None:
         self._nodes: RecordPieces[Node] = RecordPieces()
         self._containers: RecordPieces[Container] = RecordPieces()
         self._updates_kept = updates_kept

@@ -72,6 +72,10 @@ class Ledger(Generic[K]):
         # may have another size if the prefix was changed), with how many subnets touch each.
         self._block_size = 0
         self._blocks: Counter[int] = Counter()
+        # Where the last scan of a pool found its lowest free address or block: everything
+        # below is taken until something is removed, so a fleet joining costs O(1) each.
+        self._ip_scan_from: dict[IPv4Network, int] = {}  # pool → address
+        self._block_scan_from: dict[tuple[IPv4Network, int], int] = {}  # (pool, prefix) → index
         for owner, alloc in (existing or {}).items():
             self.add(owner, alloc)
 
@@ -93,6 +97,8 @@ class Ledger(Generic[K]):
         if alloc is None:
             return
         self._ips.discard(int(alloc.mesh_ip))
+        self._ip_scan_from.clear()
+        self._block_scan_from.clear()
         if self._block_size:
             for block in _blocks(alloc.subnet, self._block_size):
                 self._blocks[block] -= 1
@@ -112,12 +118,13 @@ class Ledger(Generic[K]):
 
     def _lowest_free_ip(self, pool: IPv4Network) -> IPv4Address:
         last = int(pool.broadcast_address) - 1
-        candidate = int(pool.network_address) + 1
+        candidate = self._ip_scan_from.get(pool, int(pool.network_address) + 1)
         while candidate <= last:
             if candidate & 0xFF == 0:
                 candidate += 1
                 continue
             if candidate not in self._ips:
+                self._ip_scan_from[pool] = candidate
                 return IPv4Address(candidate)
             candidate += 1
         raise PoolExhausted(
@@ -133,9 +140,12 @@ class Ledger(Generic[K]):
             for alloc in self._by_owner.values():
                 self._blocks.update(_blocks(alloc.subnet, size))
         start = int(pool.network_address)
-        for index in range(1 << (prefix - pool.prefixlen)):
+        for index in range(
+            self._block_scan_from.get((pool, prefix), 0), 1 << (prefix - pool.prefixlen)
+        ):
             candidate = start + index * size
             if candidate not in self._blocks:
+                self._block_scan_from[pool, prefix] = index
                 return IPv4Network((candidate, prefix))
         raise PoolExhausted(
             f"container pool {pool} has no free /{prefix} left ({len(self)} hosts); remove "

@@ -41,6 +41,10 @@ from shoal.store.base import NodeRecord, Snapshot, Store
 
 Clock = Callable[[], datetime]
 LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full map
+# Deltas kept per revision, by `since`. A change wakes every long-poll at one `since` and they
+# all share one delta; nodes catching up each hold another `since` and gain nothing from the
+# cache, which held up to N deltas of up to N peers each after a fleet restart.
+DELTAS_KEPT = 16
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 SEEN_PERSIST_INTERVAL = timedelta(seconds=10)  # last_seen is written at most this often
 
@@ -333,6 +337,8 @@ class Registry:
         self._check_cache()
         delta = self._deltas.get(since)
         if delta is None:
+            if len(self._deltas) >= DELTAS_KEPT:
+                del self._deltas[next(iter(self._deltas))]  # the oldest `since`
             delta = self._deltas[since] = self._delta_since(since)
         me = delta.nodes_changed.get(node_id)
         if me is None:

@@ -8,8 +8,10 @@ O(size of the update + peers), so a burst of changes costs each node what it nee
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Literal
+from operator import attrgetter
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,24 +110,52 @@ class NetworkMap(Frozen):
             return update.full
         if update.kind == "none" or update.revision <= self.revision:
             return self
-        peers = {p.id: p for p in self.peers}
-        for node_id in update.peers_removed:
-            peers.pop(node_id, None)
-        for node in update.peers_changed:
-            peers[node.id] = node
-        containers = {c.id: c for c in self.containers}
-        for container_id in update.containers_removed:
-            containers.pop(container_id, None)
-        for container in update.containers_changed:
-            containers[container.id] = container
         return self.model_copy(
             update={
                 "revision": update.revision,
                 "self_node": update.self_node or self.self_node,
-                "peers": tuple(sorted(peers.values(), key=lambda n: n.id)),
-                "containers": tuple(sorted(containers.values(), key=lambda c: c.id)),
+                "peers": _patched(self.peers, update.peers_changed, update.peers_removed),
+                "containers": _patched(
+                    self.containers, update.containers_changed, update.containers_removed
+                ),
             }
         )
+
+
+R = TypeVar("R", Node, Container)
+_by_id = attrgetter("id")
+FEW_CHANGES = 32  # up to this many records are placed one by one; more, and the lot is sorted
+
+
+def _patched(
+    records: tuple[R, ...], changed: tuple[R, ...], removed: tuple[str, ...]
+) -> tuple[R, ...]:
+    """`records` (sorted by id) with `changed` put in and the `removed` ids taken out.
+
+    Most deltas touch peers or containers, not both, and only a few of them: the untouched
+    part is kept as it is and a few records are placed by bisection, since rebuilding and
+    sorting a 5,000-peer map for one container starting cost every host milliseconds."""
+    if not changed and not removed:
+        return records
+    if len(changed) + len(removed) > FEW_CHANGES:
+        by_id = {r.id: r for r in records}
+        for record_id in removed:
+            by_id.pop(record_id, None)
+        for record in changed:
+            by_id[record.id] = record
+        return tuple(sorted(by_id.values(), key=_by_id))
+    patched = list(records)
+    for record_id in removed:
+        i = bisect_left(patched, record_id, key=_by_id)
+        if i < len(patched) and patched[i].id == record_id:
+            del patched[i]
+    for record in changed:
+        i = bisect_left(patched, record.id, key=_by_id)
+        if i < len(patched) and patched[i].id == record.id:
+            patched[i] = record
+        else:
+            patched.insert(i, record)
+    return tuple(patched)
 
 
 class MapUpdate(Frozen):

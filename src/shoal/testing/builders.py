@@ -28,5 +28,5 @@ def netmap(self_index: int, peer_indexes: list[int], revision: int = 1) -> Netwo
         revision=revision,
         settings=SETTINGS,
         self_node=node(self_index),
-        peers=tuple(node(i) for i in sorted(peer_indexes)),
+        peers=tuple(sorted((node(i) for i in peer_indexes), key=lambda n: n.id)),  # as served
     )
