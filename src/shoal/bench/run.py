@@ -21,7 +21,7 @@ from shoal.bench import report
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
 SECTIONS = ("dataplane", "controlplane", "scale")
-SCALE_NODES_FULL = (100, 1000)  # 5,000 alone takes over 20 min here: `python -m shoal.bench.scale`
+SCALE_NODES_FULL = (100, 1000, 5000)
 SCALE_NODES_QUICK = (100,)
 SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3

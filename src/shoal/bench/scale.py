@@ -39,7 +39,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -538,13 +538,21 @@ async def guard_memory(server: Server, limit_mb: float, fleet: Fleet, phase: str
         await asyncio.sleep(0.5)
 
 
-def freeze_setup() -> None:
-    """Exempt what the simulated fleet holds so far from the cyclic GC. 5,000 agents' maps are
-    tens of millions of objects in this one process; each full collection walked them all and
-    paused every simulated agent at once, which showed up as fan-out latency (a 3,000-node
-    p99 of 1.9 s instead of 0.9 s). Real agents each hold one map."""
-    gc.collect()
-    gc.freeze()
+@contextlib.contextmanager
+def setup_without_gc() -> Iterator[None]:
+    """Run the fleet's setup with the cyclic GC off, then exempt what it built from it.
+
+    5,000 agents' maps are tens of millions of objects in this one process. Each full
+    collection walked them all and paused every simulated agent at once: during setup that
+    was minutes, during the measurement it showed up as fan-out latency (a 3,000-node p99 of
+    1.9 s instead of 0.9 s). Real agents each hold one map."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.enable()
 
 
 async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[int]:
@@ -589,12 +597,12 @@ async def _measure(
     client_rss0 = _rss_mb(os.getpid())
     limit = memory_limit_mb()
     started = time.perf_counter()
-    async with asyncio.TaskGroup() as guarded:
-        guard = guarded.create_task(guard_memory(server, limit, fleet, "registration"))
-        register_sizes = await _register_all(fleet, nodes, "a")
-        guard.cancel()
+    with setup_without_gc():
+        async with asyncio.TaskGroup() as guarded:
+            guard = guarded.create_task(guard_memory(server, limit, fleet, "registration"))
+            register_sizes = await _register_all(fleet, nodes, "a")
+            guard.cancel()
     register_s = time.perf_counter() - started
-    freeze_setup()
     cpu_registered = server.cpu_s()
     rss_registered = server.rss_mb()
     fanout_timeout = max(30.0, nodes / 50)
@@ -606,14 +614,14 @@ async def _measure(
         ]
         try:
             sync_started = time.perf_counter()
-            guard = tg.create_task(guard_memory(server, limit, fleet, "initial sync"))
-            async with asyncio.timeout(REQUEST_TIMEOUT * 2):
-                await fleet.synced.wait()
-            guard.cancel()
-            await wait_quiet(server)
-            await fleet.drain()
+            with setup_without_gc():
+                guard = tg.create_task(guard_memory(server, limit, fleet, "initial sync"))
+                async with asyncio.timeout(REQUEST_TIMEOUT * 2):
+                    await fleet.synced.wait()
+                guard.cancel()
+                await wait_quiet(server)
+                await fleet.drain()
             sync_s = time.perf_counter() - sync_started
-            freeze_setup()
             cpu_synced = server.cpu_s()
             client_mb_per_agent = (_rss_mb(os.getpid()) - client_rss0) / nodes
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from shoal.model.tokens import parse_admin_token
 
 T = TypeVar("T")
 ADMIN_TOKEN_ENV = "SHOAL_ADMIN_TOKEN"
+SERVER_GC_FULL_EVERY = 200  # middle-generation collections per full one (Python: 10)
 
 
 class AdminSetupError(ShoalError):
@@ -54,6 +56,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # What the server holds (the registry, one long-poll per node) is long-lived, and every
+    # change's fan-out replaces N long-polls, which is enough new survivors to set off a full
+    # collection each time: at 5,000 nodes 20 pauses of about 0.4 s in a run of six changes,
+    # 2 with this. Short-lived garbage is freed by reference counting either way.
+    gc.set_threshold(700, 10, SERVER_GC_FULL_EVERY)
     asyncio.run(serve(config))
     return 0
 
