@@ -82,10 +82,9 @@ class Ledger(Generic[K]):
     def __len__(self) -> int:
         return len(self._by_owner)
 
-    def get(self, owner: K) -> Allocation | None:
-        return self._by_owner.get(owner)
-
     def add(self, owner: K, alloc: Allocation) -> None:
+        if self._by_owner.get(owner) == alloc:
+            return  # a node saved again (new endpoints): nothing moved, the scans stay valid
         self.remove(owner)
         self._by_owner[owner] = alloc
         self._ips.add(int(alloc.mesh_ip))

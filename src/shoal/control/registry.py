@@ -93,7 +93,7 @@ class Registry:
         self._by_key: dict[PublicKey, str] = {}
         self._by_name: dict[str, str] = {}
         self._by_credential: dict[str, str] = {}
-        self._ledger: Ledger[PublicKey] = Ledger()
+        self._ledger: Ledger[str] = Ledger()  # by node id
         self._seen: dict[str, datetime] = {}
         self._seen_persisted: dict[str, datetime] = {}
         self._offline: set[str] = set()
@@ -179,9 +179,9 @@ class Registry:
     def nodes(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda n: n.name)
 
-    def allocate(self, pools: Pools, key: PublicKey) -> Allocation:
-        """The mesh IP and subnet of the node with this key: its own, else the lowest free."""
-        return self._ledger.allocate(pools, key)
+    def allocate(self, pools: Pools, node_id: str) -> Allocation:
+        """The mesh IP and subnet of this node: its own, else the lowest free."""
+        return self._ledger.allocate(pools, node_id)
 
     def containers_of(self, node_id: str) -> Mapping[str, Container]:
         """The containers `node_id` last reported (withdrawn from the maps or not)."""
@@ -227,6 +227,7 @@ class Registry:
             node = self._nodes.get(node_id)
             if node is not None:
                 self._unindex(node)
+                self._ledger.remove(node_id)
             self._seen.pop(node_id, None)
             self._seen_persisted.pop(node_id, None)
             self._offline.discard(node_id)
@@ -420,7 +421,7 @@ class Registry:
         self._by_key[node.public_key] = node.id
         self._by_name[node.name] = node.id
         self._by_credential[node.credential_hash] = node.id
-        self._ledger.add(node.public_key, Allocation(mesh_ip=node.mesh_ip, subnet=node.subnet))
+        self._ledger.add(node.id, Allocation(mesh_ip=node.mesh_ip, subnet=node.subnet))
 
     def _unindex(self, node: NodeRecord) -> None:
         self._nodes.pop(node.id, None)
@@ -428,7 +429,6 @@ class Registry:
         self._by_key.pop(node.public_key, None)
         self._by_name.pop(node.name, None)
         self._by_credential.pop(node.credential_hash, None)
-        self._ledger.remove(node.public_key)
 
     def _check_cache(self) -> None:
         if self._cache_rev != self.revision:

@@ -148,10 +148,11 @@ class ControlService:
                 f"this host has a route or network {route} overlapping the mesh's {kind} pool "
                 f"{pool}; remove it, or run the server with another --{kind}-pool"
             )
-        alloc = self.registry.allocate(self.pools, req.public_key)
+        node_id = existing.id if existing else "n" + secrets.token_hex(6)
+        alloc = self.registry.allocate(self.pools, node_id)
         credential = new_credential()
         node = NodeRecord(
-            id=existing.id if existing else "n" + secrets.token_hex(6),
+            id=node_id,
             name=req.name,
             public_key=req.public_key,
             mesh_ip=alloc.mesh_ip,
