@@ -137,8 +137,9 @@ def _dataplane_md(dp: dict[str, Any], images: dict[str, str]) -> list[str]:
     out = [
         "Container → container across 2 lab hosts (each host a network namespace with its own "
         "dockerd, joined by a veth underlay); every system in a fresh lab, set up and torn down "
-        "by script; all labs up together and the iperf3 runs interleaved across systems, so "
-        "the shared machine's background load hits every system alike. iperf3 TCP, median of "
+        "by script; all labs up together and the ping and iperf3 runs interleaved across "
+        "systems, so the shared machine's background load hits every system alike. iperf3 TCP, "
+        "median of "
         f"{settings.get('runs', '?')} run(s) of "
         f"{settings.get('seconds', '?')} s; busybox ping every 10 ms x "
         f"{settings.get('ping_count', '?')}; first packet = time until the first reply from a "
