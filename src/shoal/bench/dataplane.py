@@ -37,7 +37,7 @@ from typing import Any
 
 from shoal.bench import swarm
 from shoal.lab import IMAGE, Lab, LabCommandFailed, LabError, LabHost
-from shoal.lab.lab import run
+from shoal.lab.lab import listening, run
 
 PORT = 5201
 SYSTEMS = ("baseline", "handwg", "swarm", "nebula", "shoal")
@@ -108,19 +108,6 @@ def cpu_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _listening(pid: int, port: int) -> bool:
-    for table in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
-
-
 def _stop(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -150,7 +137,7 @@ def iperf(client: Endpoint, server: Endpoint, seconds: int, streams: int = 1) ->
     )
     try:
         deadline = time.monotonic() + 10
-        while not _listening(server.pid, PORT):
+        while not listening(server.pid, PORT):
             if srv.poll() is not None or time.monotonic() > deadline:
                 raise LabError(f"iperf3 server in {server.container} did not start")
             time.sleep(0.02)

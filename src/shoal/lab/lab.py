@@ -97,7 +97,7 @@ def _tail(log: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def _listening(pid: int, port: int) -> bool:
+def listening(pid: int, port: int) -> bool:
     """True if a TCP socket listens on `port` in the network namespace of `pid`."""
     for table in ("tcp", "tcp6"):
         try:
@@ -468,7 +468,7 @@ class Lab:
         self._state.server_pid = proc.pid
         self._record_proc(proc.pid, "server", "shoal server")
         deadline = time.monotonic() + timeout
-        while not _listening(proc.pid, SERVER_PORT):
+        while not listening(proc.pid, SERVER_PORT):
             if proc.poll() is not None:
                 raise LabError(
                     f"shoal server exited with {proc.returncode}; log {self.server_log}:\n"
