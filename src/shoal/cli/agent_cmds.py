@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import subprocess
@@ -19,7 +18,7 @@ from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import fetch_services, fetch_status, request_down
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
-from shoal.cli.render import table
+from shoal.cli.render import json_list, table
 from shoal.model.errors import ShoalError
 from shoal.model.status import AgentState, AgentStatus
 from shoal.model.tokens import parse_join_token
@@ -272,7 +271,7 @@ def cmd_services(args: argparse.Namespace) -> int:
         return cmd_services_admin(args)
     services = fetch_services(StateDir(Path(args.state_dir)).socket)
     if args.json:
-        print(json.dumps([s.model_dump(mode="json") for s in services], indent=2))
+        print(json_list(services))
         return 0
     if not services:
         print("no containers on the shoal network anywhere in the mesh")

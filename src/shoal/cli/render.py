@@ -1,8 +1,12 @@
-"""Plain-text tables for the CLI: columns padded to their widest cell, two spaces apart."""
+"""What the CLI prints: plain-text tables (columns padded to their widest cell, two spaces
+apart) and the JSON of `--json` listings."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -11,3 +15,8 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
         for row in [header, *rows]
     )
+
+
+def json_list(models: Iterable[BaseModel]) -> str:
+    """What every `--json` listing prints: the models as a JSON array, indented."""
+    return json.dumps([m.model_dump(mode="json") for m in models], indent=2)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from shoal.cli.render import table
+from shoal.cli.render import json_list, table
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
@@ -131,7 +131,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     tokens = _with_admin(args, lambda c: c.list_tokens())
     if args.json:
-        print(json.dumps([t.model_dump(mode="json") for t in tokens], indent=2))
+        print(json_list(tokens))
         return 0
     now = datetime.now(UTC)
     rows = [
@@ -158,7 +158,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     nodes: list[NodeInfo] = _with_admin(args, lambda c: c.list_nodes())
     if args.json:
-        print(json.dumps([n.model_dump(mode="json") for n in nodes], indent=2))
+        print(json_list(nodes))
         return 0
     rows = [
         (
@@ -180,7 +180,7 @@ def cmd_services_admin(args: argparse.Namespace) -> int:
     """`shoal services` asking the server (--data-dir or --server): the whole mesh's catalog."""
     services: list[ServiceInfo] = _with_admin(args, lambda c: c.list_services())
     if args.json:
-        print(json.dumps([s.model_dump(mode="json") for s in services], indent=2))
+        print(json_list(services))
         return 0
     rows = [
         (
