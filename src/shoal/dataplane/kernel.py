@@ -39,8 +39,15 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+def _key_text(attr: Any) -> str:
+    """A key attribute as base64 text. pyroute2 0.9.x hands key attributes over as base64
+    bytes; older releases wrapped them as `{"value": bytes}`: accept both."""
+    raw = attr["value"] if isinstance(attr, dict) else attr
+    return raw.decode() if isinstance(raw, bytes | bytearray) else str(raw)
+
+
 def _live_peer(msg: Any) -> LivePeer:
-    key = PublicKey.parse(msg.get_attr("WGPEER_A_PUBLIC_KEY")["value"].decode())
+    key = PublicKey.parse(_key_text(msg.get_attr("WGPEER_A_PUBLIC_KEY")))
     endpoint_nla = msg.get_attr("WGPEER_A_ENDPOINT")
     endpoint = f"{endpoint_nla['addr']}:{endpoint_nla['port']}" if endpoint_nla else None
     ips: list[IPv4Network] = []
@@ -79,7 +86,7 @@ def _info(ifname: str) -> _Device:
     for msg in msgs:  # a large peer list arrives in several messages
         raw = msg.get_attr("WGDEVICE_A_PRIVATE_KEY")
         if raw:
-            parsed = PrivateKey.parse(raw["value"].decode())
+            parsed = PrivateKey.parse(_key_text(raw))
             if any(parsed.raw):
                 private_key = parsed
         listen_port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or listen_port
