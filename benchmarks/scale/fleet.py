@@ -1,0 +1,298 @@
+"""The simulated fleet: N agents in this one process, each speaking to the server through the
+product's own `ControlClient` and folding every update into its map with `NetworkMap.apply`.
+
+An agent here is what the agent daemon is to the control server, without a data plane: it
+joins with a client of its own that it then closes (as `shoal up` does), and follows the
+netmap with a second client (as the daemon does): `poll(since, wait)` in a loop, and
+`report_containers` on the same client. Every client is made by `agent_client`, the one place
+to adapt when the product's client changes how a node authenticates.
+
+What differs from a real fleet, and why:
+- Identical peer records are shared between the simulated maps (`Interner`): 5,000 maps of
+  5,000 peers do not fit in memory otherwise. Every reply is still parsed in full by
+  `ControlClient`; the records are swapped for equal ones afterwards.
+- Updates are applied after every agent has received the change (`Fleet.drain`): here 5,000
+  agents share one CPU, and applying inline would serialise 5,000 x ~1 ms of `apply` into
+  everybody's latency. Each agent's own apply time is added to its latency instead.
+- After its first (catch-up) poll an agent continues on a new client: the catch-up carries up
+  to N peers because every agent registered before any polled, which a real fleet joining one
+  by one never does, and the server keeps buffers sized by the largest reply per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Literal
+
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.errors import ControlError
+from shoal.model.api import (
+    ContainerReport,
+    ContainersReport,
+    RegisterRequest,
+    RegisterResponse,
+)
+from shoal.model.keys import PrivateKey
+from shoal.model.netmap import Endpoint, MapUpdate, NetworkMap, Node
+
+from benchmarks.scale.server import BenchError
+
+POLL_WAIT = 25.0  # seconds, as the agent's default long-poll
+CATCHUP_CONCURRENCY = 16  # first polls (each a delta of up to N peers) in flight at once
+DRAIN_BATCH = 50  # agents' updates applied between two turns of the event loop
+RETRY_SECONDS = 1.0  # after a failed poll, as the agent's first backoff step
+UNDERLAY_BASE = IPv4Address("198.18.0.0")  # benchmarking range (RFC 2544): endpoints only
+
+Kind = Literal["node", "container"]
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    """What a node knows about its server after `fetch_pinned_ca`: URL, pinned CA, join token."""
+
+    url: str
+    ca_pem: bytes
+    token: str
+
+
+def agent_client(
+    server: ServerAccess, key: PrivateKey, credential: str | None = None
+) -> ControlClient:
+    """The `ControlClient` of the simulated agent whose node key is `key`: every simulated
+    agent's client is made here and nowhere else.
+
+    Each client has its own session, so each agent holds its own connections (its long-poll,
+    and one more for a container report while the poll is held), as on a real host; no agent
+    borrows another's. `key` is the node's private key: the product's client does not take it
+    yet; when node requests are signed with it, passing it on here is the one change."""
+    return ControlClient(server.url, server.ca_pem, credential=credential)
+
+
+async def opened(client: ControlClient) -> ControlClient:
+    """`client` with its session open; the fleet closes it with `aclose()` (an agent's client
+    outlives any one `async with` block here)."""
+    return await client.__aenter__()
+
+
+class Interner:
+    """Equal peer records replaced by one shared object, so that thousands of simulated maps
+    hold each record once. Only memory changes: the maps stay equal to what was received."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Node] = {}
+
+    def node(self, node: Node) -> Node:
+        hit = self._by_id.get(node.id)
+        if hit is not None and hit == node:
+            return hit
+        self._by_id[node.id] = node
+        return node
+
+    def netmap(self, netmap: NetworkMap) -> NetworkMap:
+        return netmap.model_copy(
+            update={
+                "self_node": self.node(netmap.self_node),
+                "peers": tuple(self.node(p) for p in netmap.peers),
+            }
+        )
+
+    def update(self, update: MapUpdate) -> MapUpdate:
+        changes: dict[str, object] = {}
+        if update.full is not None:
+            changes["full"] = self.netmap(update.full)
+        if update.self_node is not None:
+            changes["self_node"] = self.node(update.self_node)
+        if update.peers_changed:
+            changes["peers_changed"] = tuple(self.node(p) for p in update.peers_changed)
+        return update.model_copy(update=changes) if changes else update
+
+
+@dataclass
+class Watch:
+    """The change being measured: which peer name or container id agents wait for."""
+
+    kind: Kind
+    key: str
+    started: float  # perf_counter at the change
+    expected: int  # agents that must see it
+    arrived: dict[int, float] = field(default_factory=dict)  # agent index → received at
+    own_cost: dict[int, float] = field(default_factory=dict)  # agent index → apply seconds
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def matches(self, update: MapUpdate) -> bool:
+        if self.kind == "node":
+            peers = update.full.peers if update.full is not None else update.peers_changed
+            return any(p.name == self.key for p in peers)
+        containers = (
+            update.full.containers if update.full is not None else update.containers_changed
+        )
+        return any(c.id == self.key for c in containers)
+
+
+@dataclass(frozen=True)
+class Received:
+    """An update as the agent's client returned it (parsed), not yet applied."""
+
+    update: MapUpdate
+    at: float  # perf_counter when `poll` returned: the agent's own parse included
+    counted: bool  # received while the fleet counts bytes
+
+
+@dataclass
+class Agent:
+    """One simulated agent: its key, its client and its map."""
+
+    index: int
+    name: str
+    key: PrivateKey
+    client: ControlClient
+    netmap: NetworkMap
+    pending: list[Received] = field(default_factory=list)
+    synced: bool = False  # first poll answered
+
+    @property
+    def since(self) -> int:
+        return self.netmap.revision if not self.pending else self.pending[-1].update.revision
+
+
+@dataclass
+class Fleet:
+    """The simulated agents of one run and what they have received."""
+
+    server: ServerAccess
+    interner: Interner = field(default_factory=Interner)
+    agents: list[Agent] = field(default_factory=list)
+    watch: Watch | None = None
+    counting: bool = False
+    bytes_in: int = 0  # JSON of the non-empty replies received while `counting`
+    errors: Counter[str] = field(default_factory=Counter)
+    catchup: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(CATCHUP_CONCURRENCY)
+    )
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    synced_count: int = 0
+
+    def progress(self) -> str:
+        return f"{len(self.agents)} agents registered, {self.synced_count} synced"
+
+    async def register(self, index: int, name: str) -> tuple[Agent, RegisterResponse]:
+        """Join as a new agent, as `shoal up` does; returns it and the server's reply."""
+        key = PrivateKey.generate()
+        request = RegisterRequest(
+            token=self.server.token,
+            name=name,
+            public_key=key.public_key(),
+            endpoints=(Endpoint(host=UNDERLAY_BASE + index, port=51820),),
+        )
+        joiner = agent_client(self.server, key)
+        try:
+            async with joiner:
+                response = await joiner.register(request)
+        except ControlError as exc:
+            raise BenchError(f"register {name}: {exc}") from exc
+        netmap = self.interner.netmap(response.netmap)
+        # The daemon then follows the netmap on a client of its own.
+        client = await opened(agent_client(self.server, key, response.credential))
+        return Agent(index=index, name=name, key=key, client=client, netmap=netmap), response
+
+    async def poll_loop(self, agent: Agent) -> None:
+        """The agent's netmap loop: poll, keep the update for `drain`, poll again from its
+        revision. A failed poll is counted and retried, as the daemon does."""
+        first = True
+        while True:
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    if first:
+                        # Catch-up deltas carry up to N peers: a few at a time, as a fleet
+                        # restarting with jitter would, not 5,000 at once.
+                        await stack.enter_async_context(self.catchup)
+                    update = await agent.client.poll(
+                        since=agent.since, wait=0.0 if first else POLL_WAIT
+                    )
+            except ControlError as exc:
+                self.errors[f"poll: {type(exc).__name__}"] += 1
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            received_at = time.perf_counter()
+            if first:
+                first = False
+                agent.synced = True
+                await agent.client.aclose()
+                agent.client = await opened(
+                    agent_client(self.server, agent.key, agent.client.credential)
+                )
+                self.synced_count += 1
+                if self.synced_count >= len(self.agents):
+                    self.synced.set()
+            if update.kind == "none":
+                continue
+            agent.pending.append(Received(self.interner.update(update), received_at, self.counting))
+            watch = self.watch
+            if watch is not None and agent.index not in watch.arrived and watch.matches(update):
+                watch.arrived[agent.index] = received_at
+                if len(watch.arrived) >= watch.expected:
+                    watch.done.set()
+
+    async def drain(self) -> None:
+        """Apply every received update with `NetworkMap.apply` (each agent's apply time is
+        recorded for the watch) and count the bytes of the replies received while counting.
+
+        Yields to the event loop between agents: applying 5,000 maps in one go blocked it for
+        seconds, and the long-polls it held timed out on the client side."""
+        watch = self.watch
+        for n, agent in enumerate(self.agents):
+            if n % DRAIN_BATCH == 0:
+                await asyncio.sleep(0)
+            cost = 0.0
+            arrived = watch.arrived.get(agent.index) if watch is not None else None
+            for got in agent.pending:
+                started = time.perf_counter()
+                agent.netmap = agent.netmap.apply(got.update)
+                cost += time.perf_counter() - started
+                if watch is not None and got.at == arrived:
+                    # What this agent spent before its map held the change.
+                    watch.own_cost[agent.index] = cost
+                if got.counted:
+                    # The server splices pydantic's own encoding of each record: the same
+                    # length as this (only the order of keys may differ).
+                    self.bytes_in += len(got.update.model_dump_json())
+            agent.pending.clear()
+
+    def holding(self, watch: Watch) -> int:
+        """How many agents' maps hold the watched peer or container."""
+        count = 0
+        for agent in self.agents:
+            netmap = agent.netmap
+            if watch.kind == "node":
+                found = any(p.name == watch.key for p in netmap.peers)
+            else:
+                ids = [c.id for c in netmap.containers]
+                i = bisect.bisect_left(ids, watch.key)
+                found = i < len(ids) and ids[i] == watch.key
+            count += found
+        return count
+
+    async def report_container(self, agent: Agent, cid: str, c: int) -> str:
+        """`agent` reports one container (its whole set) with `report_containers`; "ok", or
+        why container fan-out cannot be measured."""
+        subnet = agent.netmap.self_node.subnet
+        report = ContainersReport(
+            containers=(
+                ContainerReport(id=cid, name=f"bench-{c}", ip=subnet.network_address + 2 + c % 200),
+            )
+        )
+        try:
+            await agent.client.report_containers(report)
+        except ControlError as exc:
+            return f"report_containers failed: {type(exc).__name__}: {exc}"
+        return "ok"
+
+    async def close(self) -> None:
+        for agent in self.agents:
+            await agent.client.aclose()

@@ -1,0 +1,340 @@
+"""Scale of the control server: N simulated agents long-polling one real `shoal server`.
+
+For each node count N, `run_scale` starts a fresh server subprocess on 127.0.0.1 (its own data
+dir, SQLite store), registers N simulated agents (real X25519 keys, real HTTPS, the product's
+`ControlClient`, no data plane; see `fleet`), lets each catch up and then hold a long-poll in a
+loop, folding every update into its own map with `NetworkMap.apply` as the agent does. It then
+makes `changes` changes one at a time, waiting for quiescence in between, and measures how
+long each takes to reach every connected agent:
+
+- a node joining: from the register call until every agent's map holds the new node;
+- a container starting: from one agent's `report_containers` until every map holds it.
+
+Latency per agent = (time its `poll` returned, its own parse included - time of the change) +
+that agent's own apply time (applies run after every agent has received the change).
+
+Client and server share the machine's cores: the figures are an upper bound of what the server
+alone would need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import os
+import secrets
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.errors import ControlError
+from shoal.controlclient.tls import fetch_pinned_ca
+from shoal.model.api import RegisterResponse, TokenCreateRequest
+
+from benchmarks.scale.fleet import (
+    CATCHUP_CONCURRENCY,
+    POLL_WAIT,
+    Agent,
+    Fleet,
+    Kind,
+    ServerAccess,
+    Watch,
+)
+from benchmarks.scale.results import (
+    FailedPoint,
+    ScalePoint,
+    ScaleResult,
+    ServerCpu,
+    ServerRss,
+    Summary,
+)
+from benchmarks.scale.server import (
+    BenchError,
+    Server,
+    guard_memory,
+    memory_limit_mb,
+    raise_fd_limit,
+    rss_mb,
+    start_server,
+    wait_quiet,
+)
+
+DEFAULT_NODE_COUNTS = (100, 1000, 5000)
+REGISTER_CONCURRENCY = 32  # registrations in flight at once
+REGISTER_SAMPLES = 20  # registration replies measured for their size, evenly spread
+SYNC_TIMEOUT = 600.0  # seconds for every agent's first poll to be answered
+SHARED_CORES_NOTE = (
+    "The simulated agents and the server share this machine's {cores} cores (and other "
+    "engineers' test runs): figures are noisy upper bounds, compare ratios within one run."
+)
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    latencies_ms: list[float]
+    reached: int
+    expected: int
+    bytes_in: int
+    server_cpu_s: float
+
+
+async def measure_change(
+    fleet: Fleet,
+    server: Server,
+    kind: Kind,
+    key: str,
+    act: Callable[[], Awaitable[None]],
+    timeout: float,
+) -> ChangeResult:
+    """Run `act()` (the change) and wait until every agent holds `key`, then apply."""
+    watch = Watch(kind=kind, key=key, started=0.0, expected=len(fleet.agents))
+    fleet.bytes_in = 0
+    fleet.counting = True
+    fleet.watch = watch
+    cpu0 = server.cpu_s()
+    watch.started = time.perf_counter()
+    await act()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await watch.done.wait()
+    await fleet.drain()
+    await wait_quiet(server)
+    await fleet.drain()
+    fleet.counting = False
+    fleet.watch = None
+    reached = fleet.holding(watch)
+    latencies = [
+        (arrived - watch.started + watch.own_cost.get(i, 0.0)) * 1000
+        for i, arrived in watch.arrived.items()
+    ]
+    return ChangeResult(
+        latencies_ms=latencies,
+        reached=reached,
+        expected=watch.expected,
+        bytes_in=fleet.bytes_in,
+        server_cpu_s=server.cpu_s() - cpu0,
+    )
+
+
+@contextlib.contextmanager
+def setup_without_gc() -> Iterator[None]:
+    """Run the fleet's setup with the cyclic GC off, then exempt what it built from it.
+
+    5,000 agents' maps are tens of millions of objects in this one process. Each full
+    collection walked them all and paused every simulated agent at once: during setup that
+    was minutes, during the measurement it showed up as fan-out latency (a 3,000-node p99 of
+    1.9 s instead of 0.9 s). Real agents each hold one map."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.collect()
+        gc.freeze()
+        gc.enable()
+
+
+async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[RegisterResponse]:
+    """Register `count` agents, REGISTER_CONCURRENCY at a time; a sample of the replies."""
+    sem = asyncio.Semaphore(REGISTER_CONCURRENCY)
+    every = max(1, count // REGISTER_SAMPLES)
+    samples: list[RegisterResponse] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            agent, response = await fleet.register(i, f"{prefix}{i}")
+        fleet.agents.append(agent)
+        if i % every == 0:
+            samples.append(response)
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(count):
+            tg.create_task(one(i), name=f"register-{i}")
+    fleet.agents.sort(key=lambda a: a.index)
+    return samples
+
+
+async def _scale_point(nodes: int, changes: int, workdir: Path, notes: list[str]) -> ScalePoint:
+    run_dir = workdir / f"n{nodes}"
+    server = await start_server(run_dir / "data", run_dir / "server.log")
+    fleet: Fleet | None = None
+    try:
+        try:
+            ca_pem = await fetch_pinned_ca(server.url, server.fingerprint)
+            async with ControlClient(server.url, ca_pem, credential=server.admin_token) as admin:
+                created = await admin.create_token(TokenCreateRequest(reusable=True))
+        except ControlError as exc:
+            raise BenchError(f"cannot create a join token: {exc}") from exc
+        fleet = Fleet(ServerAccess(url=server.url, ca_pem=ca_pem, token=created.token))
+        return await _measure(fleet, server, nodes, changes, notes)
+    finally:
+        if fleet is not None:
+            await fleet.close()
+        server.stop()
+
+
+async def _measure(
+    fleet: Fleet, server: Server, nodes: int, changes: int, notes: list[str]
+) -> ScalePoint:
+    client_rss0 = rss_mb(os.getpid())
+    limit = memory_limit_mb()
+    started = time.perf_counter()
+    with setup_without_gc():
+        async with asyncio.TaskGroup() as guarded:
+            guard = guarded.create_task(
+                guard_memory(server, limit, "registration", fleet.progress)
+            )
+            samples = await _register_all(fleet, nodes, "a")
+            guard.cancel()
+    register_s = time.perf_counter() - started
+    reply_bytes = [len(r.model_dump_json()) for r in samples]
+    del samples
+    cpu_registered = server.cpu_s()
+    rss_registered = server.rss_mb()
+    fanout_timeout = max(30.0, nodes / 50)
+
+    async with asyncio.TaskGroup() as tg:
+        tasks = [
+            tg.create_task(fleet.poll_loop(agent), name=f"poll-{agent.name}")
+            for agent in fleet.agents
+        ]
+        try:
+            sync_started = time.perf_counter()
+            with setup_without_gc():
+                guard = tg.create_task(
+                    guard_memory(server, limit, "initial sync", fleet.progress)
+                )
+                async with asyncio.timeout(SYNC_TIMEOUT):
+                    await fleet.synced.wait()
+                guard.cancel()
+                await wait_quiet(server)
+                await fleet.drain()
+            sync_s = time.perf_counter() - sync_started
+            cpu_synced = server.cpu_s()
+            client_mb_per_agent = (rss_mb(os.getpid()) - client_rss0) / nodes
+
+            joins: list[ChangeResult] = []
+            for c in range(changes):
+                joined: list[Agent] = []
+
+                async def join(c: int = c, joined: list[Agent] = joined) -> None:
+                    agent, _ = await fleet.register(nodes + c, f"join{c}")
+                    joined.append(agent)
+
+                joins.append(
+                    await measure_change(fleet, server, "node", f"join{c}", join, fanout_timeout)
+                )
+                # The joiner is a connected agent from the next change on.
+                for agent in joined:
+                    fleet.agents.append(agent)
+                    tasks.append(tg.create_task(fleet.poll_loop(agent), name=f"poll-{agent.name}"))
+                await wait_quiet(server)
+
+            containers: list[ChangeResult] = []
+            container_note: str | None = None
+            for c in range(changes):
+                reporter = fleet.agents[(c * 7919) % nodes]
+                cid = secrets.token_hex(32)
+                outcome: list[str] = []
+
+                async def start(
+                    reporter: Agent = reporter, cid: str = cid, c: int = c, out: list[str] = outcome
+                ) -> None:
+                    out.append(await fleet.report_container(reporter, cid, c))
+
+                result = await measure_change(
+                    fleet, server, "container", cid, start, 5.0 if c == 0 else fanout_timeout
+                )
+                if outcome != ["ok"]:
+                    container_note = outcome[0] if outcome else "no reply"
+                    break
+                if c == 0 and result.reached == 0:
+                    container_note = "reported containers never reached the agents' maps"
+                    break
+                containers.append(result)
+            cpu_end = server.cpu_s()
+            rss_end = server.rss_mb()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    if container_note is not None:
+        notes.append(f"{nodes} nodes: container fan-out n/a: {container_note}")
+    join_ms = [ms for r in joins for ms in r.latencies_ms]
+    container_ms = [ms for r in containers for ms in r.latencies_ms]
+    measured = [*joins, *containers]
+    missed = sum(r.expected - r.reached for r in measured)
+    if missed:
+        notes.append(f"{nodes} nodes: {missed} agent-changes not reached within the timeout")
+    if fleet.errors:
+        notes.append(f"{nodes} nodes: client errors {dict(fleet.errors)}")
+    join_bytes = statistics.fmean(r.bytes_in for r in joins) if joins else 0.0
+    join_fanout = Summary.of(join_ms)
+    return ScalePoint(
+        nodes=nodes,
+        changes=len(joins),
+        join_fanout_ms=join_fanout,
+        join_fanout_per_change_ms=tuple(Summary.of(r.latencies_ms) for r in joins),
+        container_fanout_ms=Summary.of(container_ms) if containers else None,
+        container_fanout_per_change_ms=tuple(Summary.of(r.latencies_ms) for r in containers),
+        bytes_per_change=round(join_bytes),
+        bytes_per_change_per_agent=round(join_bytes / nodes, 1),
+        container_bytes_per_change_per_agent=(
+            round(statistics.fmean(r.bytes_in for r in containers) / nodes, 1)
+            if containers
+            else None
+        ),
+        server_cpu_s=ServerCpu(
+            after_register=round(cpu_registered, 2),
+            after_sync=round(cpu_synced, 2),
+            end=round(cpu_end, 2),
+        ),
+        server_cpu_ms_per_change=(
+            round(statistics.fmean(r.server_cpu_s for r in measured) * 1000, 1)
+            if measured
+            else None
+        ),
+        server_rss_mb=ServerRss(after_register=round(rss_registered, 1), end=round(rss_end, 1)),
+        register_per_s=round(nodes / register_s, 1),
+        register_reply_bytes_mean=round(statistics.fmean(reply_bytes)) if reply_bytes else 0,
+        initial_sync_s=round(sync_s, 2),
+        client_mb_per_agent=round(client_mb_per_agent, 3),
+        missed=missed,
+        verdict=ScalePoint.judge(nodes, join_fanout.p99, rss_end),
+    )
+
+
+async def run_scale(
+    node_counts: Sequence[int] = DEFAULT_NODE_COUNTS, changes: int = 20, *, workdir: Path
+) -> ScaleResult:
+    """Measure the server at each node count, smallest first; a failed count is recorded with
+    its reason and the next one still runs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fds = raise_fd_limit(2 * max(node_counts, default=0) + 1024)
+    notes = [
+        SHARED_CORES_NOTE.format(cores=os.cpu_count()),
+        "Agents: the product's ControlClient (register, poll, report_containers) and "
+        "NetworkMap.apply. Latency per agent = its poll returned (its own parse included) - "
+        "change + its apply time; applies run after all replies are in (each agent has its "
+        "own CPU in a real mesh).",
+        f"Registration: {REGISTER_CONCURRENCY} in flight, each reply parsed in full by the "
+        f"client in this process; first polls (catch-up deltas) {CATCHUP_CONCURRENCY} at a "
+        f"time; then every agent long-polls with wait={POLL_WAIT:g} s on its own connection.",
+        f"RLIMIT_NOFILE soft limit {fds} (client; the server inherits it).",
+    ]
+    points: list[ScalePoint | FailedPoint] = []
+    for n in node_counts:
+        try:
+            point = await _scale_point(n, changes, workdir, notes)
+        except* (BenchError, TimeoutError) as group:
+            reason = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
+            notes.append(f"{n} nodes: FAILED: {reason}")
+            points.append(FailedPoint(nodes=n, error=reason))
+        else:
+            points.append(point)
+            # Each point as soon as it is measured: a later, larger one may not finish.
+            (workdir / f"n{n}" / "point.json").write_text(point.model_dump_json(indent=2))
+    return ScaleResult(points=tuple(points), notes=tuple(notes))

@@ -1,0 +1,108 @@
+"""What the scale benchmark reports, per node count: fan-out latency, bytes, server CPU and
+memory. Units: milliseconds, seconds, bytes, MB (10⁶ bytes). The field names are the keys of
+`benchmarks.json` (section "scale")."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from benchmarks.typed import Frozen
+
+TARGET_NODES = 1000
+TARGET_P99_MS = 1000.0
+TARGET_RSS_MB = 300.0
+
+
+class Summary(Frozen):
+    """Percentiles of a latency sample, milliseconds (NaN when empty)."""
+
+    p50: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Summary:
+        return cls(
+            p50=round(_pct(values, 50), 2),
+            p99=round(_pct(values, 99), 2),
+            max=round(max(values), 2) if values else float("nan"),
+        )
+
+
+def _pct(values: Sequence[float], q: int) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    return float(statistics.quantiles(ordered, n=100, method="inclusive")[q - 1])
+
+
+class ServerCpu(Frozen):
+    """The server's CPU seconds so far, at three moments of a run."""
+
+    after_register: float
+    after_sync: float
+    end: float
+
+
+class ServerRss(Frozen):
+    """The server's resident memory, MB."""
+
+    after_register: float
+    end: float
+
+
+class ScalePoint(Frozen):
+    """One node count, measured."""
+
+    nodes: int
+    changes: int  # joins measured (as many containers, unless `container_fanout_ms` is None)
+    join_fanout_ms: Summary  # register call → a connected agent's map holds the new node
+    join_fanout_per_change_ms: tuple[Summary, ...]
+    container_fanout_ms: Summary | None  # report_containers → every map holds the container
+    container_fanout_per_change_ms: tuple[Summary, ...]
+    bytes_per_change: int  # reply JSON to all agents for one join
+    bytes_per_change_per_agent: float
+    container_bytes_per_change_per_agent: float | None
+    server_cpu_s: ServerCpu
+    server_cpu_ms_per_change: float | None
+    server_rss_mb: ServerRss
+    register_per_s: float  # registrations (32 in flight) per second, client parse included
+    register_reply_bytes_mean: int  # mean size of a registration reply (sampled)
+    initial_sync_s: float
+    client_mb_per_agent: float  # the simulated agents' process growth per agent
+    missed: int  # agent-changes not reached within the timeout
+    verdict: str
+
+    @staticmethod
+    def judge(nodes: int, join_p99_ms: float, rss_end_mb: float) -> str:
+        """One line against the targets (set for 1,000 nodes; other sizes are compared alike)."""
+        ok_p99 = join_p99_ms < TARGET_P99_MS
+        ok_rss = rss_end_mb < TARGET_RSS_MB
+        scope = "target" if nodes == TARGET_NODES else f"({TARGET_NODES}-node target)"
+        return (
+            f"{nodes} nodes: p99 join fan-out {join_p99_ms:.0f} ms "
+            f"{'<' if ok_p99 else '>='} {TARGET_P99_MS:.0f} ms {'ok' if ok_p99 else 'MISSED'}; "
+            f"server RSS {rss_end_mb:.0f} MB {'<' if ok_rss else '>='} {TARGET_RSS_MB:.0f} MB "
+            f"{'ok' if ok_rss else 'MISSED'} {scope}"
+        )
+
+
+class FailedPoint(Frozen):
+    """A node count that could not be measured, and why."""
+
+    nodes: int
+    error: str
+
+
+class ScaleResult(Frozen):
+    """Every node count in the order run, and the notes that qualify the figures."""
+
+    points: tuple[ScalePoint | FailedPoint, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def measured(self) -> tuple[ScalePoint, ...]:
+        return tuple(p for p in self.points if isinstance(p, ScalePoint))

@@ -1,0 +1,39 @@
+"""The server scale benchmark end to end at a toy size: the product's client fleet runs, and the
+section reports and draws (no timings asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.scale.measure import run_scale
+from benchmarks.scale.render import chart, render_markdown
+from benchmarks.scale.results import ScalePoint, ScaleResult
+
+
+async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
+    result = await run_scale((20,), changes=3, workdir=tmp_path / "run")
+
+    (point,) = result.points
+    assert isinstance(point, ScalePoint)
+    assert point.nodes == 20
+    assert point.changes == 3
+    assert point.missed == 0
+    assert point.container_fanout_ms is not None
+    assert len(point.container_fanout_per_change_ms) == 3
+    assert point.bytes_per_change_per_agent > 0
+    assert point.bytes_per_change > 0
+    assert point.register_reply_bytes_mean > 0
+    assert not any("client errors" in note for note in result.notes)
+
+    text = render_markdown(result)
+    assert "| 20 |" in text
+    assert "20 nodes" in text
+
+    png = chart(result, tmp_path / "scale.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # What benchmarks.json holds reads back to the same result.
+    doc = json.loads(result.model_dump_json())
+    assert set(doc["points"][0]["join_fanout_ms"]) == {"p50", "p99", "max"}
+    assert ScaleResult.model_validate(doc) == result
