@@ -8,8 +8,8 @@ install:
 	@scripts/install-deps.sh
 
 check: install
-	$(BIN)/ruff format --check src tests
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -27,13 +27,14 @@ demo: install
 	@scripts/demo.sh
 
 # Side by side with the alternatives, in one run; writes docs/benchmarks.{md,json,png}.
+# benchmarks/ is not part of the shoal package: it runs from this checkout.
 bench:
 	@scripts/install-deps.sh bench
-	$(BIN)/shoal lab bench --out docs
+	$(BIN)/python -m benchmarks --out docs
 
 lab-down: install
 	$(BIN)/shoal lab down
 
 fmt: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks

@@ -10,20 +10,25 @@ Both systems run the same steps in labs of the same shape, measured by the same 
   the name being gone. The probe is a resolver loop running in the probing container's
   network namespace (it asks Docker's embedded DNS at 127.0.0.11 every few milliseconds), so
   no `docker exec` start-up time is measured.
+- **the watcher stage** (shoal only): from `docker run -d` returning to the agent's container
+  watcher reporting it, on h1's dockerd (`benchmarks.watch`).
+
+Units: seconds in the results, milliseconds in the report.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from shoal.bench.swarm import swarm_init, swarm_join_seconds
+from benchmarks.swarm import swarm_init, swarm_join_seconds
+from benchmarks.typed import Frozen
+from benchmarks.watch import WatchLatency, watch_latency
 from shoal.lab import IMAGE, Lab, LabError, LabHost
 
 SHOAL = str(Path(sys.executable).with_name("shoal"))
@@ -81,20 +86,82 @@ class Prober:
         self._proc.wait(10)
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return {
-        "p50": statistics.median(ordered),
-        "p99": p99,
-        "max": ordered[-1],
-        "n": len(ordered),
-    }
+WATCH_CONTAINERS = 10
+
+
+class Percentiles(Frozen):
+    """p50, p99 and max of `n` values, seconds."""
+
+    p50: float
+    p99: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Percentiles:
+        ordered = sorted(values)
+        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+        return cls(p50=statistics.median(ordered), p99=p99, max=ordered[-1], n=len(ordered))
+
+
+class DnsConvergence(Frozen):
+    appear_s: Percentiles  # `docker run -d` returned → the name resolves on the probe host
+    # From before `docker run -d` was issued: a system that registers names inside
+    # `docker run` (Swarm) pays there what it saves after the command returns.
+    appear_from_run_start_s: Percentiles
+    vanish_s: Percentiles  # `docker stop` returned → the name is gone
+
+
+class JoinRun(Frozen):
+    command_s: float  # the join command's own duration
+    first_packet_s: float  # join command started → first reply of a container there
+
+
+class JoinSummary(Frozen):
+    runs: tuple[JoinRun, ...]
+    command_s: float  # medians of the runs
+    first_packet_s: float
+
+    @classmethod
+    def of(cls, runs: Sequence[JoinRun]) -> JoinSummary:
+        return cls(
+            runs=tuple(runs),
+            command_s=statistics.median(r.command_s for r in runs),
+            first_packet_s=statistics.median(r.first_packet_s for r in runs),
+        )
+
+
+class SystemResult(Frozen):
+    join: JoinSummary
+    dns: DnsConvergence
+
+
+class ShoalResult(SystemResult):
+    watch: WatchLatency | None = None  # None: not measured (see watch_note; older runs)
+    watch_note: str | None = None
+
+
+class Ratios(Frozen):
+    """shoal ÷ Swarm (lower: shoal faster)."""
+
+    dns_appear_p99: float
+    dns_appear_p50: float
+    dns_from_run_start_p99: float
+    dns_vanish_p99: float
+    first_packet: float
+
+
+class ControlplaneResult(Frozen):
+    containers: int
+    join_reps: int
+    shoal: ShoalResult
+    swarm: SystemResult
+    ratios: Ratios
 
 
 def dns_convergence(
     origin: LabHost, probe_host: LabHost, network: str, count: int, prefix: str
-) -> dict[str, Any]:
+) -> DnsConvergence:
     """Start `count` containers one by one on `origin`, each timed until `probe_host` resolves
     it, then stop each and time until it is gone. Seconds, as percentiles."""
     probe = f"{prefix}-probe"
@@ -124,13 +191,11 @@ def dns_convergence(
         names = [f"{prefix}{i}" for i in range(count)]
         origin.docker("rm", "-f", *names, check=False)
         probe_host.docker("rm", "-f", probe, check=False)
-    return {
-        "appear_s": _percentiles(appear),
-        # From before `docker run -d` was issued: a system that registers names inside
-        # `docker run` (Swarm) pays there what it saves after the command returns.
-        "appear_from_run_start_s": _percentiles(appear_from_start),
-        "vanish_s": _percentiles(vanish),
-    }
+    return DnsConvergence(
+        appear_s=Percentiles.of(appear),
+        appear_from_run_start_s=Percentiles.of(appear_from_start),
+        vanish_s=Percentiles.of(vanish),
+    )
 
 
 def _first_reply(host: LabHost, container: str, dst: str, timeout: float = 30.0) -> float:
@@ -152,7 +217,7 @@ def _shoal_up(lab: Lab, host: LabHost, token: str) -> None:
     )  # fmt: skip
 
 
-def bench_shoal(name: str, reps: int, containers: int) -> dict[str, Any]:
+def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
     lab = Lab.create(name, hosts=3)
     try:
         lab.start_server()
@@ -162,24 +227,32 @@ def bench_shoal(name: str, reps: int, containers: int) -> dict[str, Any]:
             _shoal_up(lab, host, token)
         h1.run_container("anchor", network="shoal", image=IMAGE)
         anchor = str(h1.container_ip("anchor"))
-        joins: list[dict[str, float]] = []
+        joins: list[JoinRun] = []
         for rep in range(reps):
             started = time.monotonic()
             _shoal_up(lab, h3, token)
             joined = time.monotonic()
             h3.run_container(f"newcomer{rep}", network="shoal", image=IMAGE)
             first = _first_reply(h3, f"newcomer{rep}", anchor)
-            joins.append({"command_s": joined - started, "first_packet_s": first - started})
+            joins.append(JoinRun(command_s=joined - started, first_packet_s=first - started))
             h3.docker("rm", "-f", f"newcomer{rep}")
             h3.exec([SHOAL, "down", "--leave", "--state-dir", str(h3.state_dir)], timeout=120)
         _shoal_up(lab, h3, token)
         dns = dns_convergence(h1, h3, "shoal", containers, "svc")
-        return {"join": _join_summary(joins), "dns": dns}
+        watch: WatchLatency | None = None
+        note: str | None = None
+        try:
+            watch = asyncio.run(
+                watch_latency(h1.docker_host, "shoal", IMAGE, WATCH_CONTAINERS, "watched")
+            )
+        except Exception as exc:  # a stage's measurement failing must not lose the section
+            note = f"{type(exc).__name__}: {exc}"
+        return ShoalResult(join=JoinSummary.of(joins), dns=dns, watch=watch, watch_note=note)
     finally:
         lab.destroy()
 
 
-def bench_swarm(name: str, reps: int, containers: int) -> dict[str, Any]:
+def bench_swarm(name: str, reps: int, containers: int) -> SystemResult:
     lab = Lab.create(name, hosts=3)
     try:
         h1, h2, h3 = lab.hosts
@@ -188,64 +261,59 @@ def bench_swarm(name: str, reps: int, containers: int) -> dict[str, Any]:
         h1.docker("network", "create", "-d", "overlay", "--attachable", SWARM_NETWORK)
         h1.run_container("anchor", network=SWARM_NETWORK, image=IMAGE)
         anchor = str(h1.container_ip("anchor", network=SWARM_NETWORK))
-        joins: list[dict[str, float]] = []
+        joins: list[JoinRun] = []
         for rep in range(reps):
             started = time.monotonic()
             swarm_join_seconds(h3, h1, token)
             joined = time.monotonic()
             h3.run_container(f"newcomer{rep}", network=SWARM_NETWORK, image=IMAGE)
             first = _first_reply(h3, f"newcomer{rep}", anchor)
-            joins.append({"command_s": joined - started, "first_packet_s": first - started})
+            joins.append(JoinRun(command_s=joined - started, first_packet_s=first - started))
             h3.docker("rm", "-f", f"newcomer{rep}")
             h3.docker("swarm", "leave", "--force", timeout=60)
         swarm_join_seconds(h3, h1, token)
         dns = dns_convergence(h1, h3, SWARM_NETWORK, containers, "svc")
-        return {"join": _join_summary(joins), "dns": dns}
+        return SystemResult(join=JoinSummary.of(joins), dns=dns)
     finally:
         for host in reversed(lab.hosts):
             host.docker("swarm", "leave", "--force", check=False, timeout=60)
         lab.destroy()
 
 
-def _join_summary(joins: list[dict[str, float]]) -> dict[str, Any]:
-    return {
-        "runs": joins,
-        "command_s": statistics.median(j["command_s"] for j in joins),
-        "first_packet_s": statistics.median(j["first_packet_s"] for j in joins),
-    }
-
-
-async def run_controlplane(lab_hosts: int, workdir: Path, quick: bool) -> dict[str, Any]:
-    """Both systems, one after the other, each in a fresh 3-host lab (`lab_hosts` is ignored:
-    joining a third host needs three)."""
-    del lab_hosts, workdir
+def run_controlplane(quick: bool) -> ControlplaneResult:
+    """Both systems, one after the other, each in a fresh 3-host lab (joining a third host
+    needs three)."""
     reps, containers = (1, 10) if quick else (3, 50)
     tag = str(int(time.time()) % 100000)
     shoal = bench_shoal(f"cps{tag}", reps, containers)
     swarm = bench_swarm(f"cpw{tag}", reps, containers)
-    return {
-        "containers": containers,
-        "join_reps": reps,
-        "shoal": shoal,
-        "swarm": swarm,
-        "ratios": {
-            "dns_appear_p99": shoal["dns"]["appear_s"]["p99"] / swarm["dns"]["appear_s"]["p99"],
-            "dns_appear_p50": shoal["dns"]["appear_s"]["p50"] / swarm["dns"]["appear_s"]["p50"],
-            "dns_from_run_start_p99": shoal["dns"]["appear_from_run_start_s"]["p99"]
-            / swarm["dns"]["appear_from_run_start_s"]["p99"],
-            "dns_vanish_p99": shoal["dns"]["vanish_s"]["p99"] / swarm["dns"]["vanish_s"]["p99"],
-            "first_packet": shoal["join"]["first_packet_s"] / swarm["join"]["first_packet_s"],
-        },
-    }
+    return ControlplaneResult(
+        containers=containers,
+        join_reps=reps,
+        shoal=shoal,
+        swarm=swarm,
+        ratios=Ratios(
+            dns_appear_p99=shoal.dns.appear_s.p99 / swarm.dns.appear_s.p99,
+            dns_appear_p50=shoal.dns.appear_s.p50 / swarm.dns.appear_s.p50,
+            dns_from_run_start_p99=shoal.dns.appear_from_run_start_s.p99
+            / swarm.dns.appear_from_run_start_s.p99,
+            dns_vanish_p99=shoal.dns.vanish_s.p99 / swarm.dns.vanish_s.p99,
+            first_packet=shoal.join.first_packet_s / swarm.join.first_packet_s,
+        ),
+    )
 
 
-def render_markdown(result: dict[str, Any]) -> str:
+def render_markdown(result: ControlplaneResult) -> str:
     def ms(x: float) -> str:
         return f"{x * 1000:.0f} ms"
 
-    shoal, swarm = result["shoal"], result["swarm"]
+    shoal, swarm = result.shoal, result.swarm
+    systems: tuple[tuple[str, SystemResult], ...] = (
+        ("shoal", shoal),
+        ("Docker Swarm overlay", swarm),
+    )
     lines = [
-        f"DNS convergence: {result['containers']} containers started one by one on h1, resolved"
+        f"DNS convergence: {result.containers} containers started one by one on h1, resolved"
         " from a container on h3 (time from `docker run -d` returning / `docker stop` returning"
         " to the answer changing; the probe asks Docker's embedded DNS every 3 ms).",
         "",
@@ -253,38 +321,42 @@ def render_markdown(result: dict[str, Any]) -> str:
         " vanish p99 |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, r in (("shoal", shoal), ("Docker Swarm overlay", swarm)):
-        a, v = r["dns"]["appear_s"], r["dns"]["vanish_s"]
-        issued = r["dns"]["appear_from_run_start_s"]
-        cells = (a["p50"], a["p99"], issued["p50"], issued["p99"], v["p50"], v["p99"])
+    for label, r in systems:
+        a, v, issued = r.dns.appear_s, r.dns.vanish_s, r.dns.appear_from_run_start_s
+        cells = (a.p50, a.p99, issued.p50, issued.p99, v.p50, v.p99)
         lines.append(f"| {label} | " + " | ".join(ms(x) for x in cells) + " |")
     lines += [
         "",
         "shoal / Swarm p99 (lower is better): after `run` returns"
-        f" {result['ratios']['dns_appear_p99']:.2f}x, from `run` issued"
-        f" {result['ratios']['dns_from_run_start_p99']:.2f}x, vanish"
-        f" {result['ratios']['dns_vanish_p99']:.2f}x. Target: shoal p99 below 200 ms. Swarm"
+        f" {result.ratios.dns_appear_p99:.2f}x, from `run` issued"
+        f" {result.ratios.dns_from_run_start_p99:.2f}x, vanish"
+        f" {result.ratios.dns_vanish_p99:.2f}x. Target: shoal p99 below 200 ms. Swarm"
         " registers a name inside `docker run` itself (the overlay attachment is synchronous),"
         " so its time after the command returns is near zero and its cost shows in the"
         " from-issued column.",
         "",
-        f"Joining a third host ({result['join_reps']} runs, medians): from the join command to the"
+    ]
+    w = shoal.watch
+    if w is not None:
+        lines += [
+            f"Where shoal's time goes, first stage ({w.containers} containers on h1): `docker run"
+            f" -d` returned → the agent's container watcher reports it: p50"
+            f" {w.run_returned_to_report_ms.p50:.1f} ms, max {w.run_returned_to_report_ms.max:.1f}"
+            " ms (negative: reported before the CLI returned); container StartedAt → reported:"
+            f" p50 {w.started_at_to_report_ms.p50:.1f} ms; the watcher's container listing warm"
+            f" p50 {w.listing_warm_p50_ms:.1f} ms, cold {w.listing_cold_ms:.1f} ms.",
+            "",
+        ]
+    elif shoal.watch_note is not None:
+        lines += [f"The watcher stage was not measured: {shoal.watch_note}", ""]
+    lines += [
+        f"Joining a third host ({result.join_reps} runs, medians): from the join command to the"
         " first reply of a new container there to a container on h1.",
         "",
         "| system | join command | first cross-host packet |",
         "|---|---|---|",
-        f"| shoal (`shoal up`) | {ms(shoal['join']['command_s'])} |"
-        f" {ms(shoal['join']['first_packet_s'])} |",
-        f"| Docker Swarm (`docker swarm join`) | {ms(swarm['join']['command_s'])} |"
-        f" {ms(swarm['join']['first_packet_s'])} |",
+        f"| shoal (`shoal up`) | {ms(shoal.join.command_s)} | {ms(shoal.join.first_packet_s)} |",
+        f"| Docker Swarm (`docker swarm join`) | {ms(swarm.join.command_s)} |"
+        f" {ms(swarm.join.first_packet_s)} |",
     ]
     return "\n".join(lines) + "\n"
-
-
-if __name__ == "__main__":
-    import asyncio
-
-    quick = "--quick" in sys.argv
-    out = asyncio.run(run_controlplane(3, Path("/tmp"), quick))
-    print(json.dumps(out, indent=2))
-    print(render_markdown(out))

@@ -1,23 +1,29 @@
-"""`shoal lab bench`: the sections in order (dataplane, controlplane, scale), then the report.
+"""The benchmark run: the sections in order (dataplane, controlplane, scale), then the report.
 
-Each section runs in its own labs or processes and is imported lazily: a section whose module
-or entry point does not exist yet, or that fails, is recorded as "not run"/"failed" with the
-reason, and the report is written anyway. Progress goes to stderr, one line per step.
+Each section runs in its own labs or processes; a section that fails is recorded as "failed"
+with the reason, and the report is written anyway (after every section, so a run stopped later
+keeps the figures so far). Progress goes to stderr, one line per step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-from shoal.bench import report
+from benchmarks import report
+from benchmarks.controlplane import ControlplaneResult, run_controlplane
+from benchmarks.dataplane.results import DataplaneResult
+from benchmarks.dataplane.run import run_dataplane
+from benchmarks.log import progress
+from benchmarks.results import Results, Section, Sections
+from benchmarks.scale.measure import run_scale
+from benchmarks.scale.results import ScaleResult
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
 SECTIONS = ("dataplane", "controlplane", "scale")
@@ -26,26 +32,7 @@ SCALE_NODES_QUICK = (100,)
 SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3
 
-
-class SectionNotRun(Exception):
-    """The section cannot run here (missing module, entry point or tool); says why."""
-
-
-def progress(message: str) -> None:
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def _entry(module: str, function: str) -> Callable[..., Any]:
-    try:
-        mod = importlib.import_module(f"shoal.bench.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name == f"shoal.bench.{module}":
-            raise SectionNotRun(f"shoal.bench.{module} does not exist yet") from exc
-        raise
-    fn = getattr(mod, function, None)
-    if fn is None:
-        raise SectionNotRun(f"shoal.bench.{module} has no {function}() yet")
-    return fn  # type: ignore[no-any-return]
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult)
 
 
 def _workdir(name: str) -> Path:
@@ -53,37 +40,38 @@ def _workdir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".bench-{name}-", dir=DEFAULT_ROOT))
 
 
-def run_section(name: str, hosts: int, quick: bool) -> dict[str, Any]:
-    """One section's raw result (a JSON-able dict); SectionNotRun if it cannot run."""
-    if name == "dataplane":
-        fn = _entry("dataplane", "run_dataplane")
-        result: dict[str, Any] = fn(quick=quick)
-        return result
-    if name == "controlplane":
-        fn = _entry("controlplane", "run_controlplane")
-        work = _workdir(name)
-        try:
-            result = asyncio.run(fn(lab_hosts=hosts, workdir=work, quick=quick))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return result
-    if name == "scale":
-        fn = _entry("scale", "run_scale")
-        work = _workdir(name)
-        nodes = SCALE_NODES_QUICK if quick else SCALE_NODES_FULL
-        changes = SCALE_CHANGES_QUICK if quick else SCALE_CHANGES_FULL
-        try:
-            result = asyncio.run(fn(node_counts=nodes, changes=changes, workdir=work))
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        return result
-    raise SectionNotRun(f"unknown section {name!r}")
+def _scale(quick: bool) -> ScaleResult:
+    work = _workdir("scale")
+    nodes = SCALE_NODES_QUICK if quick else SCALE_NODES_FULL
+    changes = SCALE_CHANGES_QUICK if quick else SCALE_CHANGES_FULL
+    try:
+        return asyncio.run(run_scale(node_counts=nodes, changes=changes, workdir=work))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_section(name: str, run: Callable[[], R]) -> Section[R]:
+    """One section, timed; its failure is recorded, never raised (the others still run)."""
+    progress(f"== {name}")
+    t0 = time.monotonic()
+    section: Section[R]
+    try:
+        section = Section(status="ok", result=run())
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # one section failing must not lose the others' figures
+        section = Section(status="failed", reason=f"{type(exc).__name__}: {exc}")
+    section = section.model_copy(update={"seconds": time.monotonic() - t0})
+    progress(f"== {name}: {section.status} in {section.seconds or 0:.0f} s")
+    return section
 
 
 def run_bench(
     out: Path, *, hosts: int = 2, quick: bool = False, only: Sequence[str] = ()
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Run the selected sections (all by default) in order and write the report to `out`."""
+) -> tuple[Results, dict[str, Path]]:
+    """Run the selected sections (all by default) in order and write the report to `out`.
+
+    Raises `LabError` for an unknown section name (before anything runs)."""
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         raise LabError(
@@ -93,37 +81,65 @@ def run_bench(
     removed = sweep()
     if removed:
         progress(f"removed labs left by aborted runs: {', '.join(removed)}")
-    results: dict[str, Any] = {
-        "generated": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": report.REPRODUCE,
-        "argv": sys.argv,
-        "quick": quick,
-        "hosts": hosts,
-        "machine": report.machine_info(),
-        "sections": {},
-    }
+    pending = Section(status="skipped", reason="not run yet")
+    results = Results(
+        generated=time.strftime("%Y-%m-%d %H:%M %Z"),
+        command=report.REPRODUCE,
+        argv=tuple(sys.argv),
+        quick=quick,
+        hosts=hosts,
+        machine=report.machine_info(),
+        sections=Sections(dataplane=pending, controlplane=pending, scale=pending),
+        duration_seconds=0.0,
+    )
+    chosen = [name for name in SECTIONS if not only or name in only]
     for name in SECTIONS:
-        if only and name not in only:
-            results["sections"][name] = {"status": "skipped", "reason": "not selected (--only)"}
+        if name not in chosen:
+            skipped = Section(status="skipped", reason="not selected (--only)")
+            results = _with(results, name, skipped, started)
             continue
-        progress(f"== {name} ({'quick' if quick else 'full'})")
-        t0 = time.monotonic()
-        section: dict[str, Any]
-        try:
-            section = {"status": "ok", "reason": None, "result": run_section(name, hosts, quick)}
-        except SectionNotRun as exc:
-            section = {"status": "not run", "reason": str(exc)}
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # one section failing must not lose the others' figures
-            section = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
-        section["seconds"] = time.monotonic() - t0
-        results["sections"][name] = section
-        progress(f"== {name}: {section['status']} in {section['seconds']:.0f} s")
+        section: Section[DataplaneResult] | Section[ControlplaneResult] | Section[ScaleResult]
+        if name == "dataplane":
+            section = _run_section(name, lambda: run_dataplane(quick=quick))
+        elif name == "controlplane":
+            section = _run_section(name, lambda: run_controlplane(quick=quick))
+        else:
+            section = _run_section(name, lambda: _scale(quick))
+        results = _with(results, name, section, started)
         # Written after every section: a run stopped later still leaves these figures.
-        results["duration_seconds"] = time.monotonic() - started
         report.write_report(results, out)
-    results["duration_seconds"] = time.monotonic() - started
     written = report.write_report(results, out)
-    progress(f"done in {results['duration_seconds'] / 60:.1f} min")
+    progress(f"done in {results.duration_seconds / 60:.1f} min")
     return results, written
+
+
+def _with(
+    results: Results,
+    name: str,
+    section: Section[DataplaneResult] | Section[ControlplaneResult] | Section[ScaleResult],
+    started: float,
+) -> Results:
+    sections = results.sections.model_copy(update={name: section})
+    return results.model_copy(
+        update={"sections": sections, "duration_seconds": time.monotonic() - started}
+    )
+
+
+def summarize(results: Results, written: dict[str, Path]) -> int:
+    """Print the files written, each section's status and shoal ÷ hand-written WireGuard;
+    the exit status: 1 if a section failed, else 0."""
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    sections = results.sections
+    outcomes = (
+        ("dataplane", sections.dataplane.status, sections.dataplane.reason),
+        ("controlplane", sections.controlplane.status, sections.controlplane.reason),
+        ("scale", sections.scale.status, sections.scale.reason),
+    )
+    for name, status, reason in outcomes:
+        print(f"{name}: {status}" + (f" ({reason})" if reason else ""))
+    dp = sections.dataplane.result
+    ratio = dp.shoal_vs_handwg.ratios.tcp1_gbps if dp is not None else None
+    if ratio is not None:
+        print(f"shoal / hand-written WireGuard, TCP 1 stream: {ratio:.2f}x (target >= 0.95x)")
+    return 1 if any(status == "failed" for _, status, _ in outcomes) else 0

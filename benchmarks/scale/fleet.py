@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Literal
 
+from benchmarks.scale.server import BenchError
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
 from shoal.model.api import (
@@ -40,8 +41,6 @@ from shoal.model.api import (
 )
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, MapUpdate, NetworkMap, Node
-
-from benchmarks.scale.server import BenchError
 
 POLL_WAIT = 25.0  # seconds, as the agent's default long-poll
 CATCHUP_CONCURRENCY = 16  # first polls (each a delta of up to N peers) in flight at once

@@ -30,11 +30,6 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from shoal.controlclient.client import ControlClient
-from shoal.controlclient.errors import ControlError
-from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.model.api import RegisterResponse, TokenCreateRequest
-
 from benchmarks.scale.fleet import (
     CATCHUP_CONCURRENCY,
     POLL_WAIT,
@@ -62,6 +57,10 @@ from benchmarks.scale.server import (
     start_server,
     wait_quiet,
 )
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.errors import ControlError
+from shoal.controlclient.tls import fetch_pinned_ca
+from shoal.model.api import RegisterResponse, TokenCreateRequest
 
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
 REGISTER_CONCURRENCY = 32  # registrations in flight at once
@@ -184,9 +183,7 @@ async def _measure(
     started = time.perf_counter()
     with setup_without_gc():
         async with asyncio.TaskGroup() as guarded:
-            guard = guarded.create_task(
-                guard_memory(server, limit, "registration", fleet.progress)
-            )
+            guard = guarded.create_task(guard_memory(server, limit, "registration", fleet.progress))
             samples = await _register_all(fleet, nodes, "a")
             guard.cancel()
     register_s = time.perf_counter() - started
@@ -204,9 +201,7 @@ async def _measure(
         try:
             sync_started = time.perf_counter()
             with setup_without_gc():
-                guard = tg.create_task(
-                    guard_memory(server, limit, "initial sync", fleet.progress)
-                )
+                guard = tg.create_task(guard_memory(server, limit, "initial sync", fleet.progress))
                 async with asyncio.timeout(SYNC_TIMEOUT):
                     await fleet.synced.wait()
                 guard.cancel()

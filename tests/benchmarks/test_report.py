@@ -1,4 +1,5 @@
-"""The report renders from a canned result dict: no lab, no timings asserted."""
+"""The report renders from a canned result: no lab, no timings asserted. The canned result is
+written in the JSON shape of `benchmarks.json` and parsed, as an older run's file is."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from typing import Any
 
 import pytest
 
-from shoal.bench import report
-from shoal.bench.dataplane import add_ratios
+from benchmarks import report
+from benchmarks.dataplane.results import SystemResult, with_ratios
+from benchmarks.results import Results
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+SETTINGS = {"runs": 3, "seconds": 10, "ping_count": 200, "tuning_runs": 2, "tuning_seconds": 5}
 
 
 def _system(label: str, tcp1: float, tcp4: float, rtt: float, first: float) -> dict[str, Any]:
@@ -26,7 +31,7 @@ def _system(label: str, tcp1: float, tcp4: float, rtt: float, first: float) -> d
     }
 
 
-def canned() -> dict[str, Any]:
+def canned_json() -> dict[str, Any]:
     systems = {
         "baseline": _system("no overlay (static routes)", 16.0, 20.0, 0.02, 0.1),
         "handwg": _system("hand-written WireGuard (wireguard-go)", 0.70, 0.75, 0.36, 2.7),
@@ -41,9 +46,13 @@ def canned() -> dict[str, Any]:
     }
     systems["shoal"]["handshake_before_probe"] = True
     systems["shoal"]["notes"] = ["h2: `shoal up` attempt 1 failed: refused"]
-    cmp = add_ratios(systems)
+    typed, comparison = with_ratios(
+        {name: SystemResult.model_validate(r) for name, r in systems.items()}
+    )
+    systems = {name: r.model_dump(mode="json") for name, r in typed.items()}
+    cmp = comparison.model_dump(mode="json")
     tuning = {
-        "settings": {"tuning_runs": 2, "tuning_seconds": 5},
+        "settings": SETTINGS,
         "variants": [
             {"variant": "default", "description": "MTU 1420", "tcp1_gbps": 0.7},
             {"variant": "mtu-8920-jumbo", "description": "jumbo", "tcp1_gbps": 1.4},
@@ -58,6 +67,8 @@ def canned() -> dict[str, Any]:
             v["ratio_to_default"] = v["tcp1_gbps"] / 0.7
     return {
         "generated": "2026-11-26 10:00 UTC",
+        "command": "make bench",
+        "argv": ["benchmarks"],
         "quick": False,
         "hosts": 2,
         "duration_seconds": 600.0,
@@ -67,6 +78,8 @@ def canned() -> dict[str, Any]:
             "kernel": "6.18",
             "os": "Debian 12",
             "memory_gib": 7.8,
+            "date": "2026-11-26 10:00:00 UTC",
+            "python": "3.11.7",
             "versions": {"wireguard-go": "wireguard-go v0.0.20220316", "nebula": None},
         },
         "sections": {
@@ -75,20 +88,24 @@ def canned() -> dict[str, Any]:
                 "seconds": 300.0,
                 "result": {
                     "status": "ok",
-                    "settings": {"runs": 3, "seconds": 10, "ping_count": 200},
+                    "settings": SETTINGS,
                     "systems": systems,
                     "shoal_vs_handwg": cmp,
                     "tuning": tuning,
                 },
             },
             "controlplane": {
-                "status": "not run",
-                "reason": "shoal.bench.controlplane does not exist yet",
+                "status": "failed",
+                "reason": "LabError: dockerd did not start",
                 "seconds": 0.0,
             },
             "scale": {"status": "skipped", "reason": "not selected (--only)"},
         },
     }
+
+
+def canned() -> Results:
+    return Results.model_validate(canned_json())
 
 
 def _row(md: str, label: str) -> list[str]:
@@ -97,14 +114,16 @@ def _row(md: str, label: str) -> list[str]:
 
 
 def test_ratios_to_baseline_and_shoal_over_handwg() -> None:
-    result = canned()["sections"]["dataplane"]["result"]
-    systems = result["systems"]
-    assert systems["baseline"]["vs_baseline"]["tcp1_gbps"] == pytest.approx(1.0)
-    assert systems["shoal"]["vs_baseline"]["tcp1_gbps"] == pytest.approx(0.69 / 16.0)
-    assert "vs_baseline" not in systems["nebula"]
-    cmp = result["shoal_vs_handwg"]
-    assert cmp["ratios"]["tcp1_gbps"] == pytest.approx(0.69 / 0.70)
-    assert cmp["meets_target"] is True
+    result = canned().sections.dataplane.result
+    assert result is not None
+    systems = result.systems
+    base_vs, shoal_vs = systems["baseline"].vs_baseline, systems["shoal"].vs_baseline
+    assert base_vs is not None and base_vs.tcp1_gbps == pytest.approx(1.0)
+    assert shoal_vs is not None and shoal_vs.tcp1_gbps == pytest.approx(0.69 / 16.0)
+    assert systems["nebula"].vs_baseline is None
+    cmp = result.shoal_vs_handwg
+    assert cmp.ratios.tcp1_gbps == pytest.approx(0.69 / 0.70)
+    assert cmp.meets_target is True
 
 
 def test_markdown_has_machine_reproduce_tables_and_reasons() -> None:
@@ -120,7 +139,7 @@ def test_markdown_has_machine_reproduce_tables_and_reasons() -> None:
     assert "failed: LabError: nebula died" in md
     assert "**0.99\u00d7**" in md and "met" in md
     assert "![throughput ratios](benchmarks-dataplane.png)" in md
-    assert "**not run**: shoal.bench.controlplane does not exist yet" in md
+    assert "**failed**: LabError: dockerd did not start" in md
     assert "**skipped**: not selected (--only)" in md
     assert "| nebula | not installed |" in md
 
@@ -134,17 +153,6 @@ def test_tuning_table_and_findings() -> None:
     assert "- no clear effect: gro-off (1.01\u00d7)" in md
 
 
-def test_section_without_own_renderer_falls_back_to_json() -> None:
-    results = canned()
-    results["sections"]["other"] = {
-        "status": "ok",
-        "seconds": 1.0,
-        "result": {"join_seconds": 1.5},
-    }
-    md = report.render_markdown(results)
-    assert '"join_seconds": 1.5' in md
-
-
 def test_write_report_files(tmp_path: Path) -> None:
     written = report.write_report(canned(), tmp_path)
     data = json.loads((tmp_path / "benchmarks.json").read_text())
@@ -152,3 +160,12 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert (tmp_path / "benchmarks.md").read_text().startswith("# Benchmarks")
     png = written["dataplane chart"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Results.model_validate(data) == canned()
+
+
+def test_the_published_run_reads_back_and_renders_as_published() -> None:
+    """docs/benchmarks.json (written by `make bench`) parses into the typed result and renders
+    to the committed docs/benchmarks.md: the file's shape and the renderer stay in step."""
+    published = Results.model_validate_json((DOCS / "benchmarks.json").read_text())
+    images = {"dataplane": report.DATAPLANE_PNG, "scale": report.SCALE_PNG}
+    assert report.render_markdown(published, images) == (DOCS / "benchmarks.md").read_text()

@@ -6,11 +6,9 @@ import asyncio
 import contextlib
 import itertools
 import json
-import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from ipaddress import IPv4Address
 
 from shoal.docker import ContainerWatcher, DockerHost
@@ -27,12 +25,10 @@ class Recorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[float, list[ContainerReport]]] = []
-        self.walls: list[float] = []  # wall clock of each call
         self._cond = asyncio.Condition()
 
     async def __call__(self, reports: list[ContainerReport]) -> None:
         self.calls.append((time.monotonic(), reports))
-        self.walls.append(time.time())
         async with self._cond:
             self._cond.notify_all()
 
@@ -193,45 +189,3 @@ async def test_without_dockerd_it_keeps_retrying_and_stops_when_cancelled() -> N
     async with watching(ContainerWatcher(DockerHost("unix:///nonexistent/d.sock"), "shoal", rec)):
         await asyncio.sleep(0.5)
     assert rec.calls == []
-
-
-async def test_latency_from_docker_run_to_on_change(dockerd: Dockerd) -> None:
-    """A measurement, not an assertion: printed (pytest -s) for the service discovery budget."""
-    networks(dockerd)
-    rec = Recorder()
-    host = DockerHost(dockerd.url)
-    latencies: list[float] = []
-    from_start: list[float] = []  # from the daemon's StartedAt (same clock: same machine)
-    async with watching(ContainerWatcher(host, "shoal", rec)):
-        await rec.wait(lambda r: True)
-        for i in range(10):
-            name = f"c{i}"
-            await run(dockerd, name)
-            returned = time.monotonic()
-            await rec.wait(lambda r, name=name: name in r)  # type: ignore[misc]
-            first = next(t for t, reports in rec.calls if any(r.name == name for r in reports))
-            latencies.append(first - returned)
-            started = json.loads(await docker(dockerd, "inspect", name))[0]["State"]["StartedAt"]
-            wall = next(w for w, reports in zip(rec.walls, rec.calls, strict=True)
-                        if any(r.name == name for r in reports[1]))  # fmt: skip
-            from_start.append(wall - datetime.fromisoformat(started[:26] + "+00:00").timestamp())
-    # The list itself, with the inspect cache warm and cold (11 containers on the network).
-    await host.shoal_containers("shoal")
-    warm: list[float] = []
-    for _ in range(20):
-        t0 = time.perf_counter()
-        await host.shoal_containers("shoal")
-        warm.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    await DockerHost(dockerd.url).shoal_containers("shoal")
-    cold = time.perf_counter() - t0
-    ms = sorted(x * 1000 for x in latencies)
-    ms_start = sorted(x * 1000 for x in from_start)
-    print(
-        f"\ndocker run -d returned -> on_change, 10 containers: p50 {statistics.median(ms):.1f} ms"
-        f" max {ms[-1]:.1f} ms (negative: reported before the CLI returned); all {ms}"
-        f"\ncontainer StartedAt -> on_change: p50 {statistics.median(ms_start):.1f} ms"
-        f" max {ms_start[-1]:.1f} ms"
-        f"\nshoal_containers with 10 containers: warm p50 {statistics.median(warm) * 1000:.1f} ms,"
-        f" cold {cold * 1000:.1f} ms"
-    )

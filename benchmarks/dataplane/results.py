@@ -1,0 +1,192 @@
+"""What the data-plane section reports: per system, throughput, latency, first packet and CPU,
+their ratios to the no-overlay baseline, shoal ÷ hand-written WireGuard, and shoal's tuning
+variants. Units: Gbit/s, milliseconds, CPU seconds per Gbit. The field names are the keys of
+`benchmarks.json` (section "dataplane")."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from benchmarks.typed import Frozen
+
+TARGET_TCP = 0.95  # shoal ÷ hand-written WireGuard, TCP 1 stream
+
+
+class Settings(Frozen):
+    """How long to measure: iperf3 runs x seconds (median kept), pings, tuning runs x seconds."""
+
+    runs: int
+    seconds: int
+    ping_count: int
+    tuning_runs: int
+    tuning_seconds: int
+
+
+FULL = Settings(runs=3, seconds=10, ping_count=200, tuning_runs=2, tuning_seconds=5)
+QUICK = Settings(runs=1, seconds=2, ping_count=200, tuning_runs=1, tuning_seconds=2)
+
+
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+@dataclass(frozen=True)
+class IperfRun:
+    gbps: float  # received by the server, Gbit/s
+    gbit: float  # moved in total
+    cpu_seconds: float  # machine-wide busy CPU seconds during the run
+    retransmits: int | None
+
+
+@dataclass
+class Measured:
+    """A system's figures as the interleaved runs fill them in."""
+
+    handshake_before_probe: bool | None = None
+    first_packet_ms: float | None = None
+    rtts_ms: list[float] = field(default_factory=list)
+    pings_sent: int = 0
+    tcp1: list[IperfRun] = field(default_factory=list)
+    tcp4: list[IperfRun] = field(default_factory=list)
+
+
+class Ratios(Frozen):
+    """One system's figures ÷ another's (None where either lacks the figure)."""
+
+    tcp1_gbps: float | None = None
+    tcp4_gbps: float | None = None
+    rtt_avg_ms: float | None = None
+    rtt_p99_ms: float | None = None
+    first_packet_ms: float | None = None
+    cpu_s_per_gbit: float | None = None
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def _cpu_per_gbit(runs: Sequence[IperfRun]) -> float | None:
+    return median([r.cpu_seconds / r.gbit for r in runs if r.gbit])
+
+
+class SystemResult(Frozen):
+    """One system: its figures when it ran ("ok"), else why not."""
+
+    status: Literal["ok", "failed", "not run"]
+    label: str
+    reason: str | None = None
+    setup_seconds: float | None = None
+    handshake_before_probe: bool | None = None  # a WireGuard handshake before the probe
+    first_packet_ms: float | None = None
+    rtt_avg_ms: float | None = None
+    rtt_p99_ms: float | None = None
+    ping_loss: float | None = None
+    tcp1_runs_gbps: tuple[float, ...] = ()
+    tcp1_gbps: float | None = None
+    tcp1_retransmits: tuple[int | None, ...] = ()
+    tcp1_cpu_s_per_gbit: float | None = None
+    tcp4_runs_gbps: tuple[float, ...] = ()
+    tcp4_gbps: float | None = None
+    tcp4_retransmits: tuple[int | None, ...] = ()
+    tcp4_cpu_s_per_gbit: float | None = None
+    cpu_s_per_gbit: float | None = None  # TCP 1 stream's
+    notes: tuple[str, ...] = ()
+    vs_baseline: Ratios | None = None
+    kernel: dict[str, bool] | None = None  # what the encrypted overlay needs (Swarm IPsec)
+
+    @classmethod
+    def measured(
+        cls, label: str, m: Measured, setup_seconds: float | None, notes: Sequence[str] = ()
+    ) -> SystemResult:
+        rtts = m.rtts_ms
+        return cls(
+            status="ok",
+            label=label,
+            setup_seconds=setup_seconds,
+            handshake_before_probe=m.handshake_before_probe,
+            first_packet_ms=m.first_packet_ms,
+            rtt_avg_ms=statistics.fmean(rtts) if rtts else None,
+            rtt_p99_ms=percentile(rtts, 0.99) if rtts else None,
+            ping_loss=1 - len(rtts) / m.pings_sent if m.pings_sent else None,
+            tcp1_runs_gbps=tuple(r.gbps for r in m.tcp1),
+            tcp1_gbps=median([r.gbps for r in m.tcp1]),
+            tcp1_retransmits=tuple(r.retransmits for r in m.tcp1),
+            tcp1_cpu_s_per_gbit=_cpu_per_gbit(m.tcp1),
+            tcp4_runs_gbps=tuple(r.gbps for r in m.tcp4),
+            tcp4_gbps=median([r.gbps for r in m.tcp4]),
+            tcp4_retransmits=tuple(r.retransmits for r in m.tcp4),
+            tcp4_cpu_s_per_gbit=_cpu_per_gbit(m.tcp4),
+            cpu_s_per_gbit=_cpu_per_gbit(m.tcp1),
+            notes=tuple(notes),
+        )
+
+    def ratios_to(self, other: SystemResult) -> Ratios:
+        def ratio(mine: float | None, theirs: float | None) -> float | None:
+            return mine / theirs if mine is not None and theirs else None
+
+        return Ratios(
+            tcp1_gbps=ratio(self.tcp1_gbps, other.tcp1_gbps),
+            tcp4_gbps=ratio(self.tcp4_gbps, other.tcp4_gbps),
+            rtt_avg_ms=ratio(self.rtt_avg_ms, other.rtt_avg_ms),
+            rtt_p99_ms=ratio(self.rtt_p99_ms, other.rtt_p99_ms),
+            first_packet_ms=ratio(self.first_packet_ms, other.first_packet_ms),
+            cpu_s_per_gbit=ratio(self.cpu_s_per_gbit, other.cpu_s_per_gbit),
+        )
+
+
+class Comparison(Frozen):
+    """shoal ÷ hand-written WireGuard (the same wireguard-go binary); `meets_target` is None
+    when one of the two did not run."""
+
+    ratios: Ratios
+    target_tcp: float = TARGET_TCP
+    meets_target: bool | None
+
+
+class TuningVariant(Frozen):
+    """One hand-applied setting: TCP 1 stream with it, against shoal's default in pairs."""
+
+    variant: str
+    description: str
+    error: str | None = None
+    tcp1_gbps: float | None = None
+    default_tcp1_gbps: float | None = None
+    tcp1_runs_gbps: tuple[float, ...] = ()
+    default_runs_gbps: tuple[float, ...] = ()
+    ratio_to_default: float | None = None  # median of the per-pair ratios
+    cpu_s_per_gbit: float | None = None
+
+
+class Tuning(Frozen):
+    variants: tuple[TuningVariant, ...] = ()
+    settings: Settings | None = None
+    not_run: tuple[str, ...] = ()
+    offloads_default: dict[str, str] | None = None  # the containers' eth0 offload flags
+
+
+class DataplaneResult(Frozen):
+    status: Literal["ok"] = "ok"
+    settings: Settings
+    systems: dict[str, SystemResult]  # by system name, in the order run
+    shoal_vs_handwg: Comparison
+    tuning: Tuning
+
+
+def with_ratios(systems: dict[str, SystemResult]) -> tuple[dict[str, SystemResult], Comparison]:
+    """Each ok system with its figures ÷ the baseline's, and shoal ÷ hand-written WireGuard."""
+    base = systems.get("baseline")
+    if base is not None and base.status == "ok":
+        systems = {
+            name: r.model_copy(update={"vs_baseline": r.ratios_to(base)}) if r.status == "ok" else r
+            for name, r in systems.items()
+        }
+    shoal, handwg = systems.get("shoal"), systems.get("handwg")
+    if shoal is not None and handwg is not None and shoal.status == handwg.status == "ok":
+        r = shoal.ratios_to(handwg)
+        return systems, Comparison(ratios=r, meets_target=(r.tcp1_gbps or 0) >= TARGET_TCP)
+    return systems, Comparison(ratios=Ratios(), meets_target=None)
