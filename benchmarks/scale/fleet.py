@@ -170,6 +170,7 @@ class Fleet:
     watch: Watch | None = None
     counting: bool = False
     bytes_in: int = 0  # JSON of the non-empty replies received while `counting`
+    sample_delta: bytes | None = None  # the JSON of one counted delta, to time its parsing
     errors: Counter[str] = field(default_factory=Counter)
     catchup: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(CATCHUP_CONCURRENCY)
@@ -260,7 +261,10 @@ class Fleet:
                 if got.counted:
                     # The server splices pydantic's own encoding of each record: the same
                     # length as this (only the order of keys may differ).
-                    self.bytes_in += len(got.update.model_dump_json())
+                    encoded = got.update.model_dump_json().encode()
+                    self.bytes_in += len(encoded)
+                    if self.sample_delta is None and got.update.kind == "delta":
+                        self.sample_delta = encoded
             agent.pending.clear()
 
     def holding(self, watch: Watch) -> int:

@@ -69,10 +69,14 @@ class ScalePoint(Frozen):
     server_cpu_s: ServerCpu
     server_cpu_ms_per_change: float | None
     server_rss_mb: ServerRss
-    register_per_s: float  # registrations (32 in flight) per second, client parse included
+    # Registrations per second, 32 in flight; each reply (the full map) is parsed by the
+    # simulated agent's client in this process, which bounds the rate as N grows.
+    register_per_s: float
     register_reply_bytes_mean: int  # mean size of a registration reply (sampled)
     initial_sync_s: float
     client_mb_per_agent: float  # the simulated agents' process growth per agent
+    # One join delta parsed as ControlClient does, in this process (None: older runs).
+    client_parse_us_per_delta: float | None = None
     missed: int  # agent-changes not reached within the timeout
     verdict: str
 

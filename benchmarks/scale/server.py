@@ -86,10 +86,12 @@ async def start_server(data_dir: Path, log_path: Path) -> Server:
         # The default /16 holds 256 host subnets of /24; a /8 holds 65,536.
         "--container-pool",
         "10.0.0.0/8",
-        # All agents register before any of them polls, which takes minutes at 5,000 nodes:
-        # none may be taken offline (and back) meanwhile, that is not what is measured.
+        # All agents register before any of them polls, which takes minutes at 5,000 nodes
+        # (each registration reply is parsed by the product's client in the one process of
+        # the simulated fleet): none may be taken offline (and back) meanwhile, that is not
+        # what is measured.
         "--heartbeat-timeout",
-        "900",
+        "3600",
     ]
     log = log_path.open("wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

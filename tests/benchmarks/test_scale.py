@@ -24,6 +24,7 @@ async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
     assert point.bytes_per_change_per_agent > 0
     assert point.bytes_per_change > 0
     assert point.register_reply_bytes_mean > 0
+    assert point.client_parse_us_per_delta is not None and point.client_parse_us_per_delta > 0
     assert not any("client errors" in note for note in result.notes)
 
     text = render_markdown(result)
