@@ -8,6 +8,12 @@
 
 Each section's result is its own typed model (`DataplaneResult`, `ControlplaneResult`,
 `ScaleResult`); a section that did not run has `result` None and says why in `reason`.
+
+The shape is the one the untyped runs wrote (their files parse: see
+tests/benchmarks/test_report.py), with two deliberate differences: a figure a system lacks is
+now written as null instead of being left out (`vs_baseline`, `kernel`, a failed section's
+`result`), and there are new keys: `controlplane.result.shoal.watch` / `watch_note` (the
+watcher stage) and, per scale point, `client_parse_us_per_delta`.
 """
 
 from __future__ import annotations
