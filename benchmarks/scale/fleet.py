@@ -32,7 +32,7 @@ from typing import Literal
 
 from benchmarks.scale.server import BenchError
 from shoal.controlclient.client import ControlClient
-from shoal.controlclient.errors import ControlError
+from shoal.controlclient.errors import ControlError, ControlUnreachable
 from shoal.model.api import (
     ContainerReport,
     ContainersReport,
@@ -46,6 +46,7 @@ POLL_WAIT = 25.0  # seconds, as the agent's default long-poll
 CATCHUP_CONCURRENCY = 16  # first polls (each a delta of up to N peers) in flight at once
 DRAIN_BATCH = 50  # agents' updates applied between two turns of the event loop
 RETRY_SECONDS = 1.0  # after a failed poll, as the agent's first backoff step
+REGISTER_ATTEMPTS = 3  # a registration timed out under load is tried again with the same key
 UNDERLAY_BASE = IPv4Address("198.18.0.0")  # benchmarking range (RFC 2544): endpoints only
 
 Kind = Literal["node", "container"]
@@ -150,6 +151,7 @@ class Agent:
     index: int
     name: str
     key: PrivateKey
+    credential: str
     client: ControlClient
     netmap: NetworkMap
     pending: list[Received] = field(default_factory=list)
@@ -190,16 +192,25 @@ class Fleet:
             public_key=key.public_key(),
             endpoints=(Endpoint(host=UNDERLAY_BASE + index, port=51820),),
         )
-        joiner = agent_client(self.server, key)
-        try:
-            async with joiner:
-                response = await joiner.register(request)
-        except ControlError as exc:
-            raise BenchError(f"register {name}: {exc}") from exc
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            joiner = agent_client(self.server, key)
+            try:
+                async with joiner:
+                    response = await joiner.register(request)
+                break
+            except ControlUnreachable as exc:
+                # The same key again is a re-join: the server answers as for the first.
+                self.errors[f"register: {type(exc).__name__}"] += 1
+                if attempt == REGISTER_ATTEMPTS:
+                    raise BenchError(f"register {name}: {exc}") from exc
+            except ControlError as exc:
+                raise BenchError(f"register {name}: {exc}") from exc
         netmap = self.interner.netmap(response.netmap)
         # The daemon then follows the netmap on a client of its own.
-        client = await opened(agent_client(self.server, key, response.credential))
-        return Agent(index=index, name=name, key=key, client=client, netmap=netmap), response
+        credential = response.credential
+        client = await opened(agent_client(self.server, key, credential))
+        agent = Agent(index, name, key, credential, client, netmap)
+        return agent, response
 
     async def poll_loop(self, agent: Agent) -> None:
         """The agent's netmap loop: poll, keep the update for `drain`, poll again from its
@@ -224,9 +235,7 @@ class Fleet:
                 first = False
                 agent.synced = True
                 await agent.client.aclose()
-                agent.client = await opened(
-                    agent_client(self.server, agent.key, agent.client.credential)
-                )
+                agent.client = await opened(agent_client(self.server, agent.key, agent.credential))
                 self.synced_count += 1
                 if self.synced_count >= len(self.agents):
                     self.synced.set()
