@@ -5,8 +5,11 @@ cannot carry) and by the control-plane benchmark (join time, DNS convergence):
 
     info = swarm_up(lab)                      # h1 manager, every other host joined (timed)
     create_overlay(info, "benchnet")          # attachable overlay network
-    seconds = swarm_dns_seconds(info, "benchnet", "web", resolver=("h2", "probe"))
-    swarm_down(info)
+    token, seconds = swarm_init(h1)           # or step by step: init, then
+    swarm_join_seconds(h2, h1, token)         # each join timed
+
+The swarm goes with the lab (`Lab.destroy`); the control-plane benchmark makes its hosts leave
+first, as it joins and leaves h3 repeatedly.
 
 Everything goes through the docker CLI against each lab host's own dockerd.
 """
@@ -17,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.lab import IMAGE, Lab, LabError, LabHost
+from shoal.lab import Lab, LabHost
 
 MANAGER_PORT = 2377
 
@@ -91,40 +94,6 @@ def create_overlay(info: SwarmInfo, name: str, *, encrypted: bool = False) -> No
     """An attachable overlay network (VXLAN; IPsec ESP between hosts when `encrypted`)."""
     opts = ["--opt", "encrypted"] if encrypted else []
     info.manager.docker("network", "create", "-d", "overlay", "--attachable", *opts, name)
-
-
-def swarm_dns_seconds(
-    info: SwarmInfo,
-    network: str,
-    name: str,
-    resolver: tuple[str, str],
-    *,
-    on: str | None = None,
-    timeout: float = 30.0,
-) -> float:
-    """Start container `name` on host `on` (the manager by default) on `network`, then poll
-    from container `resolver` = (host, container) until Docker's DNS answers for `name`.
-
-    Returns the seconds from `docker run -d` returning to the first answer."""
-    host = info.host(on) if on else info.manager
-    where, probe = info.host(resolver[0]), resolver[1]
-    host.run_container(name, network=network, image=IMAGE)
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        out = where.container_exec(
-            probe, ["nslookup", "-type=a", name, "127.0.0.11"], check=False, timeout=10
-        )
-        if out.returncode == 0 and "Address" in out.stdout.split("Name:", 1)[-1]:
-            return time.monotonic() - started
-        time.sleep(0.02)
-    raise LabError(f"swarm DNS: {name} not resolvable from {resolver} after {timeout:g} s")
-
-
-def swarm_down(info: SwarmInfo) -> None:
-    """Workers leave, then the manager (force): the dockerds are back to standalone."""
-    for worker in info.workers:
-        worker.docker("swarm", "leave", "--force", check=False, timeout=60)
-    info.manager.docker("swarm", "leave", "--force", check=False, timeout=60)
 
 
 def kernel_ipsec_support() -> dict[str, bool]:
