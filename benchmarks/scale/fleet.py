@@ -71,8 +71,10 @@ def agent_client(
     and one more for a container report while the poll is held), as on a real host; no agent
     borrows another's. The session opens connections on demand and an agent never has more
     than two requests in flight: at most two connections each, as 5,000 agents need (the
-    earlier raw-aiohttp fleet capped its sessions at two for this; no option is needed). `key` is the node's private key: the product's client does not take it
-    yet; when node requests are signed with it, passing it on here is the one change."""
+    earlier raw-aiohttp fleet capped its sessions at two for this; no option is needed).
+
+    `key` is the node's private key: the product's client does not take it yet; when node
+    requests are signed with it, passing it on here is the one change."""
     return ControlClient(server.url, server.ca_pem, credential=credential)
 
 
