@@ -172,7 +172,7 @@ async def test_every_node_request_is_a_heartbeat(server: RunningServer, clock: F
         await server.service.sweep()
     async with node_client(server, alpha.credential) as client:
         clock.advance(12)
-        await client.update_endpoints([])
+        await client.poll(since=0, wait=0)
     await server.service.sweep()
     async with admin_client(server) as admin:
         assert [s.instances[0].online for s in await admin.list_services()] == [True]

@@ -18,7 +18,7 @@ import pytest
 
 from shoal.dataplane import PeerStats, WireGuardGo
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+from shoal.plan.hostconfig import InterfaceConfig, PeerConfig, TunnelConfig
 from tests.hostnet.netns import Netns, NetnsFactory, unique_ifname
 
 
@@ -53,29 +53,30 @@ class Host:
             allowed_ips=(IPv4Network(f"{self.interface.address.ip}/32"),),
         )
 
-    def apply(self, peers: list[PeerConfig]) -> tuple[bool, bool, list[str]]:
-        """ensure_interface + set_peers in a fresh process; (changed, changed, log lines)."""
-        interface, log_dir = self.interface, self.log_dir
+    def plane(self) -> WireGuardGo:
+        return WireGuardGo(self.log_dir, ifname=self.interface.name)
 
-        async def agent() -> tuple[bool, bool, list[str]]:
+    def apply(self, peers: list[PeerConfig]) -> tuple[bool, list[str]]:
+        """One apply in a fresh process, as an agent start does; (changed, log lines)."""
+        cfg = TunnelConfig(interface=self.interface, peers=tuple(peers))
+        plane = self.plane
+
+        async def agent() -> tuple[bool, list[str]]:
             lines: list[str] = []
             handler = logging.Handler()
             handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
             logging.getLogger("shoal").addHandler(handler)
             logging.getLogger("shoal").setLevel(logging.INFO)
-            plane = WireGuardGo(log_dir)
-            return await plane.ensure_interface(interface), await plane.set_peers(peers), lines
+            return await plane().apply(cfg), lines
 
-        result: tuple[bool, bool, list[str]] = self.ns.run(agent)
+        result: tuple[bool, list[str]] = self.ns.run(agent)
         return result
 
     def stats(self) -> dict[PublicKey, PeerStats]:
-        interface, log_dir = self.interface, self.log_dir
+        plane = self.plane
 
         async def read() -> list[PeerStats]:
-            plane = WireGuardGo(log_dir)
-            await plane.ensure_interface(interface)
-            return await plane.stats()
+            return await plane().stats()
 
         return {s.public_key: s for s in self.ns.run(read)}
 
@@ -100,8 +101,8 @@ def hosts(netns: NetnsFactory, tmp_path: Path) -> tuple[Host, Host]:
 
 def test_mesh_ping_idempotence_and_undisturbed_peers(hosts: tuple[Host, Host]) -> None:
     a, b = hosts
-    changed_if, changed_peers, lines = a.apply([b.as_peer()])
-    assert (changed_if, changed_peers) == (True, True)
+    changed, lines = a.apply([b.as_peer()])
+    assert changed is True
     name = a.interface.name
     assert any(line.startswith(f"{name}: listen-port ") for line in lines)
     assert f"{name}: address none => 100.64.0.1/10" in lines
@@ -109,12 +110,12 @@ def test_mesh_ping_idempotence_and_undisturbed_peers(hosts: tuple[Host, Host]) -
         f"{name}: peer {b.public_key.short()} added "
         "(endpoint 192.0.2.2:51820, allowed-ips 100.64.0.2/32, keepalive 25)"
     ) in lines
-    assert b.apply([a.as_peer()])[:2] == (True, True)
+    assert b.apply([a.as_peer()])[0] is True
 
     assert a.ping("100.64.0.2")
 
     # An agent restart: the same config changes nothing and keeps the session.
-    assert a.apply([b.as_peer()]) == (False, False, [])
+    assert a.apply([b.as_peer()]) == (False, [])
     before = a.stats()[b.public_key]
     assert isinstance(before.last_handshake, datetime)
     assert before.endpoint == "192.0.2.2:51820"
@@ -126,8 +127,8 @@ def test_mesh_ping_idempotence_and_undisturbed_peers(hosts: tuple[Host, Host]) -
         endpoint="192.0.2.3:51820",
         allowed_ips=(IPv4Network("100.64.0.3/32"), IPv4Network("10.42.3.0/24")),
     )
-    changed_if, changed_peers, lines = a.apply([b.as_peer(), c])
-    assert (changed_if, changed_peers) == (False, True)
+    changed, lines = a.apply([b.as_peer(), c])
+    assert changed is True
     assert lines == [
         f"{name}: peer {c.public_key.short()} added "
         "(endpoint 192.0.2.3:51820, allowed-ips 10.42.3.0/24, 100.64.0.3/32, keepalive 25)"
@@ -140,7 +141,7 @@ def test_mesh_ping_idempotence_and_undisturbed_peers(hosts: tuple[Host, Host]) -
 
     # A changed peer is updated in place.
     c2 = c.model_copy(update={"allowed_ips": (IPv4Network("100.64.0.3/32"),)})
-    lines = a.apply([b.as_peer(), c2])[2]
+    lines = a.apply([b.as_peer(), c2])[1]
     assert lines == [
         f"{name}: peer {c.public_key.short()} allowed-ips "
         "10.42.3.0/24, 100.64.0.3/32 => 100.64.0.3/32"
@@ -148,7 +149,7 @@ def test_mesh_ping_idempotence_and_undisturbed_peers(hosts: tuple[Host, Host]) -
     assert a.stats()[b.public_key].last_handshake == before.last_handshake
 
     # And removed.
-    assert a.apply([b.as_peer()])[2] == [f"{name}: peer {c.public_key.short()} removed"]
+    assert a.apply([b.as_peer()])[1] == [f"{name}: peer {c.public_key.short()} removed"]
     assert set(a.stats()) == {b.public_key}
 
 
@@ -157,12 +158,12 @@ def test_teardown_stops_wireguard_go(hosts: tuple[Host, Host]) -> None:
     a.apply([])
     socket = Path("/var/run/wireguard") / f"{a.interface.name}.sock"
     assert socket.exists()
-    name, log_dir = a.interface.name, a.log_dir
-    assert a.ns.run(lambda: WireGuardGo(log_dir).teardown(name)) is True
+    plane = a.plane
+    assert a.ns.run(lambda: plane().teardown()) is True
     assert not socket.exists()
-    assert a.ns.sh("ip", "link", "show", name, check=False).returncode != 0
+    assert a.ns.sh("ip", "link", "show", a.interface.name, check=False).returncode != 0
     assert a.ns.wait_empty(), "wireguard-go did not exit"
-    assert a.ns.run(lambda: WireGuardGo(log_dir).teardown(name)) is False
+    assert a.ns.run(lambda: plane().teardown()) is False
 
 
 def test_a_dead_wireguard_go_is_replaced(hosts: tuple[Host, Host]) -> None:
@@ -171,6 +172,6 @@ def test_a_dead_wireguard_go_is_replaced(hosts: tuple[Host, Host]) -> None:
     (pid,) = a.ns.pids()
     os.kill(pid, signal.SIGKILL)  # wireguard-go crashes; its TUN device goes with it
     assert a.ns.wait_empty()
-    changed_if, _, lines = a.apply([])
-    assert changed_if is True
+    changed, lines = a.apply([])
+    assert changed is True
     assert f"{a.interface.name}: address none => 100.64.0.1/10" in lines

@@ -11,7 +11,6 @@ from shoal import hostnet
 from shoal.plan.hostconfig import RouteConfig
 from tests.hostnet.netns import Netns, NetnsFactory
 
-POOLS = (IPv4Network("10.42.0.0/16"),)
 SRC = IPv4Address("100.64.0.1")
 
 
@@ -62,41 +61,37 @@ def test_missing_link_is_a_typed_error(ns: Netns) -> None:
         ns.run(lambda: hostnet.ensure_link_up("nope0", 1420))
 
 
-def test_sync_routes_adds_fixes_deletes_only_its_own(ns: Netns) -> None:
+def test_sync_routes_adds_fixes_deletes_only_on_its_device(ns: Netns) -> None:
     ns.sh("ip", "link", "set", "m0", "up")
     ns.sh("ip", "addr", "add", "100.64.0.1/10", "dev", "m0")
-    # Not ours: outside the pools, and a pool route on another device.
-    ns.sh("ip", "route", "add", "192.0.2.0/24", "dev", "m0")
+    # Not ours: a route on another device.
     ns.sh("ip", "link", "set", "lo", "up")
     ns.sh("ip", "route", "add", "10.42.9.0/24", "dev", "lo")
-    # Ours but stale: wrong MTU, and one no longer wanted.
+    # Ours but stale: wrong MTU, and ones no longer wanted.
     ns.sh("ip", "route", "add", "10.42.2.0/24", "dev", "m0", "src", "100.64.0.1", "mtu", "1300")
     ns.sh("ip", "route", "add", "10.42.5.0/24", "dev", "m0", "src", "100.64.0.1", "mtu", "1420")
+    ns.sh("ip", "route", "add", "192.0.2.0/24", "dev", "m0")
 
     want = [
         RouteConfig(dst=IPv4Network("10.42.2.0/24"), dev="m0", src=SRC, mtu=1420),
         RouteConfig(dst=IPv4Network("10.42.3.0/24"), dev="m0", src=SRC, mtu=1420),
     ]
-    assert ns.run(lambda: hostnet.sync_routes("m0", want, POOLS)) is True
+    assert ns.run(lambda: hostnet.sync_routes("m0", want)) is True
     assert routes_dump(ns) == [
         "10.42.2.0/24 proto static src 100.64.0.1 mtu 1420",
         "10.42.3.0/24 proto static src 100.64.0.1 mtu 1420",
         "100.64.0.0/10 proto kernel src 100.64.0.1 mtu None",
-        "192.0.2.0/24 proto boot src None mtu None",
     ]
     assert "10.42.9.0/24" in ns.sh("ip", "route", "show", "dev", "lo").stdout
-    assert ns.run(lambda: hostnet.sync_routes("m0", want, POOLS)) is False
-    assert ns.run(lambda: hostnet.sync_routes("m0", [], POOLS)) is True
-    assert routes_dump(ns) == [
-        "100.64.0.0/10 proto kernel src 100.64.0.1 mtu None",
-        "192.0.2.0/24 proto boot src None mtu None",
-    ]
+    assert ns.run(lambda: hostnet.sync_routes("m0", want)) is False
+    assert ns.run(lambda: hostnet.sync_routes("m0", [])) is True
+    assert routes_dump(ns) == ["100.64.0.0/10 proto kernel src 100.64.0.1 mtu None"]
 
 
-def test_sync_routes_refuses_routes_it_could_not_remove(ns: Netns) -> None:
-    outside = [RouteConfig(dst=IPv4Network("192.0.2.0/24"), dev="m0", src=SRC, mtu=1420)]
-    with pytest.raises(ValueError, match="outside the routed pools"):
-        ns.run(lambda: hostnet.sync_routes("m0", outside, POOLS))
+def test_sync_routes_refuses_routes_on_another_device(ns: Netns) -> None:
+    elsewhere = [RouteConfig(dst=IPv4Network("10.42.2.0/24"), dev="lo", src=SRC, mtu=1420)]
+    with pytest.raises(ValueError, match="is on lo, not m0"):
+        ns.run(lambda: hostnet.sync_routes("m0", elsewhere))
 
 
 def test_host_prefixes(ns: Netns) -> None:
@@ -117,15 +112,3 @@ def test_ensure_ip_forward(ns: Netns) -> None:
     assert ns.run(hostnet.ensure_ip_forward) is True
     assert ns.run(hostnet.ensure_ip_forward) is False
     assert ns.sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
-
-
-def test_sync_routes_without_pools_owns_the_whole_device(ns: Netns) -> None:
-    ns.sh("ip", "link", "set", "m0", "up")
-    ns.sh("ip", "addr", "add", "100.64.0.1/10", "dev", "m0")
-    ns.sh("ip", "route", "add", "192.0.2.0/24", "dev", "m0")
-    want = [RouteConfig(dst=IPv4Network("10.42.3.0/24"), dev="m0", src=SRC, mtu=1420)]
-    assert ns.run(lambda: hostnet.sync_routes("m0", want)) is True
-    assert routes_dump(ns) == [
-        "10.42.3.0/24 proto static src 100.64.0.1 mtu 1420",
-        "100.64.0.0/10 proto kernel src 100.64.0.1 mtu None",
-    ]

@@ -3,13 +3,16 @@
     start()  checks (root, dockerd, WireGuard), joins or resumes, configures the host once;
              a failure here leaves nothing behind: a fresh join is undone on the server too.
     Agent.run()  owns its tasks: the netmap long-poll, the reconcile loop, the Docker watcher
-             and the container reporter; beside them the DNS responder and the local API.
+             and the container reporter; beside them the local API.
+    down_offline()  `shoal down` with no agent running: the same teardown, from the state dir.
 
-Names resolve from the netmap as soon as it arrives (the DNS table is swapped before the host
-is reconciled): discovery latency never waits for iptables or WireGuard.
+This module is the composition root: it builds the real adapters and hands them to the
+reconciler, which owns the loop and is the only place a netmap becomes host configuration.
 
 SIGTERM stops the agent and leaves the host configured: the mesh keeps forwarding and a new
-agent picks up without dropping a packet. Only `shoal down` undoes the configuration.
+agent picks up without dropping a packet. Only the containers' DNS redirect goes with it (its
+resolver dies with the agent; containers fall back to Docker's upstream until the next agent).
+Only `shoal down` undoes the configuration.
 """
 
 from __future__ import annotations
@@ -18,33 +21,55 @@ import asyncio
 import logging
 import os
 import signal
-from typing import Any
+from pathlib import Path
 
+from shoal.agent.adapters import host_adapters
+from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import AgentConfig
-from shoal.agent.errors import NotJoined, NotRoot
+from shoal.agent.errors import NotJoined, NotRoot, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
-from shoal.agent.health import Health, control_unreachable
+from shoal.agent.health import (
+    CONTAINERS_REJECTED,
+    CONTROL_PROTOCOL,
+    CONTROL_UNREACHABLE,
+    NEEDS_JOIN,
+    NETMAP_CACHE,
+    STATE_FILE_RESET,
+    Health,
+    control_unreachable,
+)
 from shoal.agent.localapi import serve
-from shoal.agent.reconciler import Reconciler
+from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.controlclient.client import ControlClient
-from shoal.controlclient.errors import ControlRejected, ControlUnreachable, CredentialRejected
+from shoal.controlclient.errors import (
+    ControlProtocolError,
+    ControlRejected,
+    ControlUnreachable,
+    CredentialRejected,
+)
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.dataplane import DataPlane, select_dataplane
-from shoal.dns import DnsServer, RecordTable, upstreams_from_resolv_conf
+from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.docker import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
 from shoal.model.catalog import build_catalog
-from shoal.model.errors import ShoalError
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, NetworkMap
-from shoal.model.status import AgentStatus, PeerStatus
+from shoal.model.status import AgentStatus, DownReport, PeerStatus
 from shoal.model.tokens import parse_join_token
-from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, plan_host
+from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, HostConfig, plan_host
 
 log = logging.getLogger("shoal.agent")
 
 RETRY_SECONDS = (1.0, 2.0, 5.0)
+
+
+def rejoin_command(state_dir: Path, server_url: str) -> str:
+    """What the operator runs when the server no longer accepts this node."""
+    return (
+        f"shoal down --leave --state-dir {state_dir} && "
+        f"shoal up --server {server_url} --token-file FILE --state-dir {state_dir}"
+    )
 
 
 class Agent:
@@ -55,31 +80,37 @@ class Agent:
         identity: NodeIdentity,
         cached: CachedNetmap,
         private_key: PrivateKey,
-        dataplane: DataPlane,
+        adapters: Adapters,
         docker: DockerHost,
+        clock: Clock,
     ) -> None:
         self.config = config
         self.state = state
         self.identity = identity
         self.cached = cached
         self.private_key = private_key
-        self.dataplane = dataplane
+        self.adapters = adapters
         self.docker = docker
-        self.reconciler = Reconciler(dataplane, docker)
-        self.health = Health()
+        self.clock = clock
+        self.health = Health(clock)
+        self.reconciler = Reconciler(
+            adapters, self._plan, self.health, clock, resync_seconds=config.resync_seconds
+        )
+        self.reconciler.offer(cached.netmap)
         self.client = ControlClient(
             identity.server_url, identity.ca_pem.encode(), identity.credential
         )
-        self.dns_table = RecordTable.from_netmap(cached.netmap)
         self._containers: list[ContainerReport] | None = None  # newest set not yet reported
         self._containers_changed = asyncio.Event()
         self._stop = asyncio.Event()
+
+    def _plan(self, netmap: NetworkMap) -> HostConfig:
+        return plan_host(netmap, self.private_key, self.config.listen_port)
 
     # -- the tasks -------------------------------------------------------------------------
 
     async def run(self) -> None:
         runner = await serve(self.state.socket, self.status, self.down, self.services)
-        dns = await self._start_dns()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -90,7 +121,7 @@ class Agent:
             async with self.client, asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self._follow_netmap(), name="netmap-poll"),
-                    tasks.create_task(self._reconcile_loop(), name="reconcile"),
+                    tasks.create_task(self.reconciler.run(), name="reconcile"),
                     tasks.create_task(watcher.run(), name="docker-watch"),
                     tasks.create_task(self._report_containers(), name="container-report"),
                 ]
@@ -98,25 +129,12 @@ class Agent:
                 for worker in workers:
                     worker.cancel()
         finally:
-            if dns is not None:
-                await dns.close()
+            # After `shoal down` this does nothing; on SIGTERM it drops the DNS redirect.
+            await self.reconciler.stop()
             await runner.cleanup()
             self.state.socket.unlink(missing_ok=True)
             self.state.pidfile.unlink(missing_ok=True)
             log.info("agent stopped")
-
-    async def _start_dns(self) -> DnsServer | None:
-        """Answer DNS on the mesh IP; containers' queries are redirected there by the firewall."""
-        mesh_ip = str(self.cached.netmap.self_node.mesh_ip)
-        upstreams = upstreams_from_resolv_conf(exclude=(mesh_ip,))
-        dns = DnsServer(lambda: self.dns_table, upstreams)
-        try:
-            await dns.start([(mesh_ip, 53)])
-        except ShoalError as exc:
-            # Names are a feature, the mesh is the job: keep forwarding, say what is wrong.
-            self.health.warn("dns", f"service discovery DNS not available: {exc}")
-            return None
-        return dns
 
     async def _follow_netmap(self) -> None:
         failures = 0
@@ -126,28 +144,38 @@ class Agent:
                 update = await self.client.poll(
                     since=netmap.revision, wait=self.config.poll_wait_seconds
                 )
-            except CredentialRejected as exc:
-                self.health.warn("control", f"server rejected this node ({exc}); re-join")
-                await asyncio.sleep(RETRY_SECONDS[-1])
-                continue
-            except (ControlUnreachable, ControlRejected) as exc:
+            except ControlRejected as exc:
+                # 4xx: asking again will not help. Say what to do, and stop asking.
+                self.health.clear(CONTROL_UNREACHABLE)
                 self.health.warn(
-                    "control",
-                    control_unreachable(str(exc), netmap.revision, self.cached.received_at),
+                    NEEDS_JOIN,
+                    f"the server rejected this node ({exc}); join again: "
+                    + rejoin_command(self.state.path, self.identity.server_url),
                 )
-                await asyncio.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                log.error("server rejected this node: %s; not asking again", exc)
+                return
+            except (ControlUnreachable, ControlProtocolError) as exc:
+                code = (
+                    CONTROL_PROTOCOL
+                    if isinstance(exc, ControlProtocolError)
+                    else CONTROL_UNREACHABLE
+                )
+                self.health.warn(
+                    code, control_unreachable(str(exc), netmap.revision, self.cached.received_at)
+                )
+                await self.clock.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                 failures += 1
                 continue
             if failures:
                 # The server may have restarted or withdrawn us: tell it our containers again.
                 self._containers_changed.set()
             failures = 0
-            self.health.clear("control")
+            self.health.clear(CONTROL_UNREACHABLE)
+            self.health.clear(CONTROL_PROTOCOL)
             if update.kind == "none":
                 continue
             newer = netmap.apply(update)
-            self.dns_table = RecordTable.from_netmap(newer)
-            self.cached = self.state.save_netmap(newer)
+            self._remember(newer)
             log.info(
                 "netmap r%d (%s): %d peers, %d containers",
                 newer.revision,
@@ -155,7 +183,19 @@ class Agent:
                 len(newer.peers),
                 len(newer.containers),
             )
-            self._submit(newer)
+            self.reconciler.offer(newer)
+
+    def _remember(self, netmap: NetworkMap) -> None:
+        """Keep `netmap` as the newest, and on disk for the next start if the disk lets us."""
+        self.cached = CachedNetmap(netmap=netmap, received_at=self.clock.now())
+        try:
+            self.state.save_netmap(self.cached)
+        except StateWriteFailed as exc:
+            # Degrade, don't die: the mesh follows the server; only a restart without the
+            # server would start from the older file.
+            self.health.warn(NETMAP_CACHE, f"{exc}; a restart would start from an older netmap")
+            return
+        self.health.clear(NETMAP_CACHE)
 
     async def _on_containers(self, containers: list[ContainerReport]) -> None:
         self._containers = containers
@@ -172,38 +212,29 @@ class Agent:
                 continue
             try:
                 await self.client.report_containers(ContainersReport(containers=tuple(containers)))
-            except (ControlUnreachable, ControlRejected) as exc:
+            except CredentialRejected:
+                continue  # the netmap poll says so, as NEEDS_JOIN
+            except ControlRejected as exc:
+                # The same report would be refused again: wait for the next change.
+                self.health.warn(CONTAINERS_REJECTED, f"server refused the container list: {exc}")
+                continue
+            except (ControlUnreachable, ControlProtocolError) as exc:
                 log.warning("container report failed (%s); retrying", exc)
-                await asyncio.sleep(RETRY_SECONDS[0])
+                await self.clock.sleep(RETRY_SECONDS[0])
                 self._containers_changed.set()
                 continue
+            self.health.clear(CONTAINERS_REJECTED)
             sent = containers
-
-    def _submit(self, netmap: NetworkMap) -> None:
-        self.reconciler.submit(plan_host(netmap, self.private_key, self.config.listen_port))
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            cfg = await self.reconciler.next_pending(self.config.resync_seconds)
-            if cfg is None:
-                # Periodic resync: converge from drift even when nothing arrives.
-                cfg = plan_host(self.cached.netmap, self.private_key, self.config.listen_port)
-            try:
-                if await self.reconciler.apply(cfg):
-                    log.info("host reconciled to netmap r%d", self.cached.netmap.revision)
-                self.health.clear("reconcile")
-            except Exception as exc:
-                # Any adapter failure: keep what works, report it, retry on the next round.
-                log.exception("reconcile failed")
-                self.health.warn("reconcile", f"host configuration failed: {exc}")
-                await asyncio.sleep(RETRY_SECONDS[-1])
-                self.reconciler.submit(cfg)
 
     # -- the local API ---------------------------------------------------------------------
 
     async def status(self) -> AgentStatus:
         netmap = self.cached.netmap
-        stats = {str(s.public_key): s for s in await self.dataplane.stats()}
+        try:
+            live = await self.adapters.tunnel.stats()
+        except DataPlaneError:
+            live = []  # no interface (being recreated): the health warnings say why
+        stats = {str(s.public_key): s for s in live}
         peers = []
         for node in netmap.peers:
             s = stats.get(str(node.public_key))
@@ -231,7 +262,7 @@ class Agent:
             mesh_ip=me.mesh_ip,
             subnet=me.subnet,
             interface=INTERFACE,
-            dataplane=self.dataplane.name,
+            dataplane=self.adapters.tunnel.name,
             listen_port=self.config.listen_port,
             netmap_revision=netmap.revision,
             netmap_received_at=self.cached.received_at,
@@ -246,21 +277,16 @@ class Agent:
             netmap.containers, {n.id: n.name for n in nodes}, online=[n.id for n in nodes]
         )
 
-    async def down(self, leave: bool) -> dict[str, Any]:
+    async def down(self, leave: bool) -> DownReport:
+        """`shoal down`: remove everything from the host, optionally leave, then exit."""
         self.health.stopping = True
-        report = await self.reconciler.teardown()
-        left = False
+        subsystems = await self.reconciler.teardown()
+        left: bool | None = None
         if leave:
             left = await leave_mesh(self.identity)
             self.state.forget()
         self._stop.set()
-        return {
-            "interface_removed": report.interface_removed,
-            "firewall_removed": report.firewall_removed,
-            "network_removed": report.network.removed,
-            "network_kept_for": list(report.network.attached),
-            "left": left,
-        }
+        return DownReport(subsystems=subsystems, left=left)
 
 
 async def leave_mesh(identity: NodeIdentity) -> bool:
@@ -269,14 +295,39 @@ async def leave_mesh(identity: NodeIdentity) -> bool:
             identity.server_url, identity.ca_pem.encode(), identity.credential
         ) as client:
             await client.leave()
-    except (ControlUnreachable, ControlRejected) as exc:
+    except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
         log.warning("could not tell the server this node leaves: %s", exc)
         return False
     return True
 
 
-async def start(config: AgentConfig) -> Agent:
+async def down_offline(config: AgentConfig, leave: bool) -> DownReport:
+    """`shoal down` with no agent running: the agent's own teardown, from the state dir."""
+    state = StateDir(config.state_dir)
+    adapters = host_adapters(await select_dataplane(state.path), DockerHost(config.docker_host))
+    subsystems = await teardown_adapters(adapters)
+    left: bool | None = None
+    if leave:
+        identity = state.identity()
+        left = identity is not None and await leave_mesh(identity)
+        state.forget()
+    return DownReport(subsystems=subsystems, left=left)
+
+
+async def _fetch_netmap(identity: NodeIdentity) -> NetworkMap:
+    """The full netmap from the server, for a node whose cached one was lost."""
+    async with ControlClient(
+        identity.server_url, identity.ca_pem.encode(), identity.credential
+    ) as client:
+        update = await client.poll(since=0, wait=0)
+    if update.full is None:
+        raise ControlProtocolError(f"server at {identity.server_url} sent no full netmap")
+    return update.full
+
+
+async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     """Preflight, join or resume, and configure the host once; raise with nothing left behind."""
+    clock = clock or SystemClock()
     if os.geteuid() != 0:
         raise NotRoot()
     state = StateDir(config.state_dir)
@@ -288,16 +339,31 @@ async def start(config: AgentConfig) -> Agent:
 
     identity = state.identity()
     cached = state.cached_netmap()
-    fresh_join = identity is None or cached is None
-    if identity is None or cached is None:
+    fresh_join = identity is None
+    if identity is None:
         identity, netmap = await _join(config, private_key, docker)
-        cached = state.save_netmap(netmap)
+        cached = CachedNetmap(netmap=netmap, received_at=clock.now())
+        state.save_netmap(cached)
         state.save_identity(identity)
+    elif cached is None:
+        # The cached netmap was lost or set aside: the server has the current one.
+        cached = CachedNetmap(netmap=await _fetch_netmap(identity), received_at=clock.now())
+        state.save_netmap(cached)
 
-    agent = Agent(config, state, identity, cached, private_key, dataplane, docker)
-    cfg = plan_host(cached.netmap, private_key, config.listen_port)
+    agent = Agent(
+        config,
+        state,
+        identity,
+        cached,
+        private_key,
+        host_adapters(dataplane, docker),
+        docker,
+        clock,
+    )
+    if state.set_aside:
+        agent.health.warn(STATE_FILE_RESET, "; ".join(state.set_aside) + "; rebuilt")
     try:
-        await agent.reconciler.apply(cfg)
+        await agent.reconciler.first_apply()
     except BaseException:
         if fresh_join:
             # Nothing half-configured: undo this host's changes and the registration.

@@ -6,7 +6,7 @@ ShoalError
     ├── NotJoined          no identity in the state dir and no --server/--token given
     ├── AgentNotRunning    a local command needs the daemon (status, ping)
     ├── AgentStartFailed   `shoal up` started a daemon that exited; carries its last error
-    └── HostConflict       something on this host collides with the mesh (routes, networks)
+    └── StateWriteFailed   a file in the state dir could not be written (disk full, read-only)
 """
 
 from shoal.model.errors import ShoalError
@@ -33,5 +33,5 @@ class AgentStartFailed(AgentError):
     pass
 
 
-class HostConflict(AgentError):
-    pass
+class StateWriteFailed(AgentError):
+    """A state file could not be written; the agent keeps running on what it has in memory."""

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from pydantic import TypeAdapter
 
 from shoal.model.api import ServiceInfo
-from shoal.model.status import AgentStatus
+from shoal.model.status import AgentStatus, DownReport
 
 StatusFn = Callable[[], Awaitable[AgentStatus]]
-DownFn = Callable[[bool], Awaitable[dict[str, Any]]]
+DownFn = Callable[[bool], Awaitable[DownReport]]
 ServicesFn = Callable[[], Awaitable[list[ServiceInfo]]]
 _SERVICES = TypeAdapter(list[ServiceInfo])
 
@@ -35,7 +34,7 @@ async def serve(
 
     async def post_down(request: web.Request) -> web.Response:
         leave = request.query.get("leave") == "1"
-        return web.json_response(await down(leave))
+        return web.json_response(text=(await down(leave)).model_dump_json())
 
     app = web.Application()
     app.router.add_get("/status", get_status)

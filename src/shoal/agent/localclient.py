@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from shoal.agent.errors import AgentNotRunning
 from shoal.model.api import ServiceInfo
-from shoal.model.status import AgentStatus
+from shoal.model.status import AgentStatus, DownReport
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -52,6 +52,7 @@ def fetch_services(socket_path: Path, timeout: float = 5.0) -> list[ServiceInfo]
     return adapter.validate_python(_call(socket_path, "GET", "/services", timeout))
 
 
-def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> dict[str, Any]:
-    result: dict[str, Any] = _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
-    return result
+def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> DownReport:
+    return DownReport.model_validate(
+        _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
+    )

@@ -1,85 +1,318 @@
-"""Desired HostConfig -> actual host state, through the adapters; latest wins.
+"""The reconcile loop: the newest netmap → `HostConfig` → one part to each adapter.
 
-Each adapter converges its own slice and says whether it changed anything, so a re-apply of an
-unchanged config touches nothing (an agent restart drops no packet). The reconciler keeps one
-pending slot, never a queue: a burst of netmaps coalesces into one apply of the newest.
+    offer(netmap)   whoever receives netmaps hands over the newest; never blocks. One pending
+                    slot, never a queue: a burst of netmaps coalesces into one apply.
+    run()           the loop. Each round plans the newest netmap (the only place that plans),
+                    gives each adapter its part and skips a part equal to the one it last applied.
+                    A failed part is retried with backoff, re-planned from the newest netmap:
+                    never the config it failed with once a newer one exists. A failure in one
+                    subsystem never holds back the others.
+    first_apply()   the start-up round: raises when an essential subsystem fails, so the caller
+                    can undo a fresh join.
+    stop()          SIGTERM: the mesh stays as it is, only the containers' DNS redirect goes (the
+                    resolver dies with the agent; containers fall back to Docker's upstream).
+    teardown()      `shoal down`: remove everything; nothing is applied after it.
+
+Every `resync_seconds` a round re-applies every part even when unchanged: that converges drift
+(someone deleted a route) without re-reading WireGuard, netlink, Docker and iptables on every
+netmap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
-from shoal import firewall, hostnet
-from shoal.dataplane import DataPlane
-from shoal.docker import DockerHost, RemoveResult
-from shoal.plan.hostconfig import BRIDGE, DOCKER_NETWORK, INTERFACE, HostConfig
+from pydantic import BaseModel
+
+from shoal.agent.clock import Clock
+from shoal.agent.health import Health, subsystem_failed
+from shoal.dataplane.base import DataPlane
+from shoal.model.errors import ShoalError
+from shoal.model.netmap import NetworkMap
+from shoal.model.status import SubsystemDown
+from shoal.plan.hostconfig import (
+    DnsConfig,
+    DockerNetworkConfig,
+    FirewallConfig,
+    HostConfig,
+    RoutingConfig,
+    without_dns_redirect,
+)
 
 log = logging.getLogger(__name__)
 
+C = TypeVar("C", bound=BaseModel, contravariant=True)
+P = TypeVar("P", bound=BaseModel)
+
+# Seconds before retrying a failed subsystem, by how often it failed in a row.
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Adapter(Protocol[C]):
+    """One subsystem of the host. `apply` converges it to `cfg` and says whether anything
+    changed; it may be called any number of times with the same config. `teardown` removes what
+    shoal made there and says whether there was anything."""
+
+    async def apply(self, cfg: C) -> bool: ...
+
+    async def teardown(self) -> bool: ...
+
+
+class NetworkAdapter(Adapter[DockerNetworkConfig], Protocol):
+    @property
+    def kept_for(self) -> tuple[str, ...]:
+        """The containers that kept the network in place at the last teardown."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
-class TeardownReport:
-    interface_removed: bool
-    firewall_removed: bool
-    network: RemoveResult
+class Adapters:
+    """The host, one adapter per part of `HostConfig` (fakes from `shoal.testing` in tests)."""
+
+    tunnel: DataPlane
+    routing: Adapter[RoutingConfig]
+    docker_network: NetworkAdapter
+    dns: Adapter[DnsConfig]
+    firewall: Adapter[FirewallConfig]
+
+
+@dataclass(frozen=True, slots=True)
+class SubsystemState:
+    """What the reconciler knows of one subsystem (tests and status read it)."""
+
+    name: str
+    last_applied_at: datetime | None
+    last_error: str | None
+    failures: int  # in a row; 0 once an apply succeeded
+
+
+class _Slot:
+    """One subsystem: its part of the config, how to apply it, and what happened last."""
+
+    def __init__(
+        self,
+        name: str,
+        part: Callable[[HostConfig], BaseModel],
+        apply: Callable[[HostConfig], Awaitable[bool]],
+        *,
+        essential: bool,
+    ) -> None:
+        self.name = name
+        self.part = part
+        self.apply = apply
+        self.essential = essential  # False: a failure at start is a warning, not fatal
+        self.applied: BaseModel | None = None  # None: unknown (never applied, failed, torn down)
+        self.failed: BaseModel | None = None  # the part the last attempt failed with
+        self.retry_at: float | None = None  # monotonic
+        self.failures = 0
+        self.last_error: str | None = None
+        self.last_applied_at: datetime | None = None
+
+    def due(self, cfg: HostConfig, now: float, force: bool) -> bool:
+        part = self.part(cfg)
+        if force:
+            return True
+        if part == self.applied:
+            return False
+        # The same part that just failed waits for its retry; a different one goes now.
+        return not (part == self.failed and self.retry_at is not None and now < self.retry_at)
+
+    def state(self) -> SubsystemState:
+        return SubsystemState(self.name, self.last_applied_at, self.last_error, self.failures)
 
 
 class Reconciler:
-    def __init__(self, dataplane: DataPlane, docker: DockerHost) -> None:
-        self.dataplane = dataplane
-        self.docker = docker
-        self._pending: HostConfig | None = None
+    """Owns the loop and the latest-wins slot; see the module docstring."""
+
+    def __init__(
+        self,
+        adapters: Adapters,
+        plan: Callable[[NetworkMap], HostConfig],
+        health: Health,
+        clock: Clock,
+        resync_seconds: float = 300.0,
+    ) -> None:
+        self.adapters = adapters
+        self._plan = plan
+        self._health = health
+        self._clock = clock
+        self.resync_seconds = resync_seconds
+        # Field order of HostConfig: routes after peers, DNS after the tunnel, firewall last.
+        self._slots: tuple[_Slot, ...] = (
+            _slot("tunnel", lambda c: c.tunnel, adapters.tunnel),
+            _slot("routing", lambda c: c.routing, adapters.routing),
+            _slot("docker-network", lambda c: c.docker_network, adapters.docker_network),
+            # Names are a feature, the mesh is the job: no DNS is a warning, never fatal.
+            _slot("dns", lambda c: c.dns, adapters.dns, essential=False),
+            _slot("firewall", lambda c: c.firewall, adapters.firewall),
+        )
+        self._netmap: NetworkMap | None = None
         self._wakeup = asyncio.Event()
-        # apply and teardown never interleave, and nothing is applied after a teardown: a
-        # netmap arriving during `shoal down` must not bring the interface back.
+        self._resync_at = clock.monotonic() + resync_seconds
+        # Rounds and teardown never interleave, and nothing is applied once stopped: a netmap
+        # arriving during `shoal down` must not bring the interface back.
         self._lock = asyncio.Lock()
-        self._torn_down = False
+        self._stopped = False
 
-    async def apply(self, cfg: HostConfig) -> bool:
-        """Converge the host to `cfg`; True when anything had to change."""
-        async with self._lock:
-            if self._torn_down:
-                return False
-            return await self._apply(cfg)
+    # -- input -----------------------------------------------------------------------------
 
-    async def _apply(self, cfg: HostConfig) -> bool:
-        changed = await self.dataplane.ensure_interface(cfg.interface)
-        changed |= await self.dataplane.set_peers(cfg.peers)
-        changed |= hostnet.ensure_ip_forward()
-        # Routes after peers: a route to a subnet whose peer is not configured yet would
-        # black-hole its first packets into the interface with no matching AllowedIPs.
-        changed |= await hostnet.sync_routes(cfg.interface.name, cfg.routes)
-        changed |= await self.docker.ensure_network(cfg.docker_network)
-        changed |= await firewall.apply(cfg.firewall)
-        return changed
-
-    def submit(self, cfg: HostConfig) -> None:
-        """Hand over the newest desired state; an older pending one is dropped."""
-        self._pending = cfg
+    def offer(self, netmap: NetworkMap) -> None:
+        """Hand over the newest netmap; an older one not yet applied is dropped."""
+        self._netmap = netmap
         self._wakeup.set()
 
-    async def next_pending(self, timeout: float) -> HostConfig | None:
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
-        except TimeoutError:
-            return None
-        self._wakeup.clear()
-        cfg, self._pending = self._pending, None
-        return cfg
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
-    async def teardown(self) -> TeardownReport:
-        """Remove everything shoal made on this host; the Docker network stays if in use."""
+    def subsystems(self) -> tuple[SubsystemState, ...]:
+        return tuple(slot.state() for slot in self._slots)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Apply offered netmaps, retries and resyncs until stopped or torn down."""
+        while not self._stopped:
+            await self._clock.wait(self._wakeup, self._until_next())
+            self._wakeup.clear()
+            await self.step()
+
+    def _until_next(self) -> float:
+        deadlines = [self._resync_at, *(s.retry_at for s in self._slots if s.retry_at)]
+        return max(0.0, min(deadlines) - self._clock.monotonic())
+
+    async def step(self) -> bool:
+        """One round over what is due now; True when the host changed."""
         async with self._lock:
-            self._torn_down = True
-            return await self._teardown()
+            if self._stopped or self._netmap is None:
+                return False
+            now = self._clock.monotonic()
+            force = now >= self._resync_at
+            if force:
+                self._resync_at = now + self.resync_seconds
+            return await self._round(self._netmap, force)
 
-    async def _teardown(self) -> TeardownReport:
-        network = await self.docker.remove_network(DOCKER_NETWORK)
-        firewall_removed = await firewall.teardown()
-        interface_removed = await self.dataplane.teardown(INTERFACE)
-        if await hostnet.link_exists(BRIDGE) and network.removed:
-            # Docker removes its bridge with the network; a leftover means a crashed dockerd.
-            await hostnet.delete_link(BRIDGE)
-        return TeardownReport(interface_removed, firewall_removed, network)
+    async def first_apply(self) -> None:
+        """Apply the offered netmap to every subsystem now.
+
+        Raises:
+            The error of the first essential subsystem that failed (the others were still
+            applied, and the failed ones are retried by `run`).
+        """
+        async with self._lock:
+            if self._netmap is None:
+                raise RuntimeError("first_apply before any netmap was offered")
+            await self._round(self._netmap, force=True, raise_essential=True)
+
+    async def _round(self, netmap: NetworkMap, force: bool, raise_essential: bool = False) -> bool:
+        cfg = self._plan(netmap)
+        now = self._clock.monotonic()
+        changed = False
+        first_error: BaseException | None = None
+        for slot in self._slots:
+            if not slot.due(cfg, now, force):
+                continue
+            try:
+                changed |= await slot.apply(cfg)
+            except Exception as exc:
+                self._failed(slot, cfg, exc)
+                if raise_essential and slot.essential and first_error is None:
+                    first_error = exc
+                continue
+            self._succeeded(slot, cfg)
+        if first_error is not None:
+            raise first_error
+        if changed:
+            log.info("host reconciled to netmap r%d", netmap.revision)
+        return changed
+
+    def _succeeded(self, slot: _Slot, cfg: HostConfig) -> None:
+        slot.applied, slot.failed, slot.retry_at = slot.part(cfg), None, None
+        slot.failures, slot.last_error = 0, None
+        slot.last_applied_at = self._clock.now()
+        self._health.clear(subsystem_failed(slot.name))
+
+    def _failed(self, slot: _Slot, cfg: HostConfig, exc: Exception) -> None:
+        if isinstance(exc, ShoalError):
+            log.warning("%s: %s", slot.name, exc)
+        else:  # a bug, not the host: keep the traceback
+            log.exception("%s: apply failed", slot.name)
+        delay = RETRY_SECONDS[min(slot.failures, len(RETRY_SECONDS) - 1)]
+        # What the host looks like after a partial apply is unknown: re-apply even if unchanged.
+        slot.applied, slot.failed = None, slot.part(cfg)
+        slot.retry_at = self._clock.monotonic() + delay
+        slot.failures += 1
+        slot.last_error = str(exc) or type(exc).__name__
+        self._health.warn(
+            subsystem_failed(slot.name),
+            f"{slot.name}: {slot.last_error} (failed {slot.failures}x, retrying in {delay:g}s)",
+        )
+
+    # -- the end ---------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """The agent exits and leaves the mesh configured, except the containers' DNS redirect
+        (its resolver dies with the agent). Idempotent; nothing is applied afterwards."""
+        async with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._wakeup.set()
+            if self._netmap is None:
+                return
+            firewall = self._plan(self._netmap).firewall
+            try:
+                await self.adapters.firewall.apply(without_dns_redirect(firewall))
+                await self.adapters.dns.teardown()
+            except Exception as exc:
+                log.warning("could not remove the DNS redirect: %s", exc)
+
+    async def teardown(self) -> tuple[SubsystemDown, ...]:
+        """Remove everything shoal made on this host, in reverse apply order; stop for good.
+
+        Best effort: a subsystem that fails to go is reported and the others are still removed.
+        """
+        async with self._lock:
+            self._stopped = True
+            self._wakeup.set()
+            for slot in self._slots:
+                slot.applied = None
+            return await teardown_adapters(self.adapters)
+
+
+async def teardown_adapters(adapters: Adapters) -> tuple[SubsystemDown, ...]:
+    """Tear each adapter down in reverse apply order (firewall first: its DNS redirect and
+    forwarding rules go before what they point at). Best effort: a subsystem that fails to go
+    is reported, and the others are still removed."""
+    steps: tuple[tuple[str, Adapter[Any]], ...] = (
+        ("firewall", adapters.firewall),
+        ("dns", adapters.dns),
+        ("docker-network", adapters.docker_network),
+        ("routing", adapters.routing),
+        ("tunnel", adapters.tunnel),
+    )
+    results = []
+    for name, adapter in steps:
+        try:
+            removed = await adapter.teardown()
+        except Exception as exc:
+            log.warning("%s: teardown failed: %s", name, exc)
+            results.append(SubsystemDown(subsystem=name, removed=False, error=str(exc)))
+            continue
+        kept = adapters.docker_network.kept_for if adapter is adapters.docker_network else ()
+        results.append(SubsystemDown(subsystem=name, removed=removed, kept_for=kept))
+    return tuple(results)
+
+
+def _slot(
+    name: str, part: Callable[[HostConfig], P], adapter: Adapter[P], *, essential: bool = True
+) -> _Slot:
+    async def apply(cfg: HostConfig) -> bool:
+        return await adapter.apply(part(cfg))
+
+    return _Slot(name, part, apply, essential=essential)

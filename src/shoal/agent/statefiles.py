@@ -5,29 +5,52 @@ node.json      server URL, pinned CA, node id and credential (0600: the credenti
 netmap.json    the last netmap received: the mesh keeps working from it with the server away
 agent.sock     the local API (`shoal status`, `shoal down`)
 agent.log      the daemon's log; wireguard-go.log beside it
+
+A file that does not parse (truncated by a crash, corrupted) never stops the agent: it is set
+aside as `<name>.corrupt-<UTC time>` for a post-mortem, and rebuilt (the netmap from the server;
+the identity by joining again). A failed write raises `StateWriteFailed`; the file on disk is
+then the previous, complete one (writes are atomic).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from shoal.agent.errors import StateWriteFailed
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import NetworkMap
 
+log = logging.getLogger(__name__)
+
+# What a truncated or corrupted file raises while being parsed (ValidationError is a
+# ValueError, and so is json's JSONDecodeError; a wrong shape gives KeyError or TypeError).
+_UNREADABLE = (ValueError, KeyError, TypeError, ValidationError, UnicodeDecodeError)
+
 
 def _write_private(path: Path, text: str) -> None:
-    """Write atomically with mode 0600 from the first byte (no window where others can read)."""
+    """Write atomically with mode 0600 from the first byte (no window where others can read).
+
+    Raises:
+        StateWriteFailed: the disk is full, read-only, ...; `path` is left as it was.
+    """
     tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StateWriteFailed(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +71,17 @@ class CachedNetmap:
 class StateDir:
     def __init__(self, path: Path) -> None:
         self.path = path
+        # One line per file set aside since start, for the agent's health warning.
+        self.set_aside: list[str] = []
+
+    def _set_aside(self, name: str, error: BaseException) -> None:
+        path = self.path / name
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        kept = path.with_name(f"{name}.corrupt-{stamp}")
+        path.replace(kept)
+        note = f"{name} was unreadable ({_describe(error)}); set aside as {kept.name}"
+        log.warning("%s", note)
+        self.set_aside.append(note)
 
     @property
     def socket(self) -> Path:
@@ -68,7 +102,14 @@ class StateDir:
         """This node's key, made on first use."""
         path = self.path / "private.key"
         if path.exists():
-            return PrivateKey.parse(path.read_text())
+            try:
+                return PrivateKey.parse(path.read_text())
+            except _UNREADABLE as exc:
+                self._set_aside("private.key", exc)
+                # The identity and netmap belong to the lost key: this node must join again.
+                for name in ("node.json", "netmap.json"):
+                    if (self.path / name).exists():
+                        self._set_aside(name, ValueError("its private key was unreadable"))
         key = PrivateKey.generate()
         _write_private(path, key.to_base64() + "\n")
         return key
@@ -77,8 +118,11 @@ class StateDir:
         path = self.path / "node.json"
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        return NodeIdentity(**data)
+        try:
+            return NodeIdentity(**json.loads(path.read_text()))
+        except _UNREADABLE as exc:
+            self._set_aside("node.json", exc)
+            return None
 
     def save_identity(self, identity: NodeIdentity) -> None:
         fields = {
@@ -94,22 +138,30 @@ class StateDir:
         path = self.path / "netmap.json"
         if not path.exists():
             return None
-        data = json.loads(path.read_text())
-        return CachedNetmap(
-            netmap=NetworkMap.model_validate(data["netmap"]),
-            received_at=datetime.fromisoformat(data["received_at"]),
-        )
+        try:
+            data = json.loads(path.read_text())
+            return CachedNetmap(
+                netmap=NetworkMap.model_validate(data["netmap"]),
+                received_at=datetime.fromisoformat(data["received_at"]),
+            )
+        except _UNREADABLE as exc:
+            self._set_aside("netmap.json", exc)
+            return None
 
-    def save_netmap(self, netmap: NetworkMap) -> CachedNetmap:
-        cached = CachedNetmap(netmap=netmap, received_at=datetime.now(UTC))
+    def save_netmap(self, cached: CachedNetmap) -> None:
+        """Write `cached` for the next start (StateWriteFailed: the old file stays)."""
         body = {
             "received_at": cached.received_at.isoformat(),
-            "netmap": netmap.model_dump(mode="json"),
+            "netmap": cached.netmap.model_dump(mode="json"),
         }
         _write_private(self.path / "netmap.json", json.dumps(body) + "\n")
-        return cached
 
     def forget(self) -> None:
         """Drop the mesh identity (after `shoal down --leave`); the next `up` joins afresh."""
         for name in ("node.json", "netmap.json", "private.key"):
             (self.path / name).unlink(missing_ok=True)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return text[:120]

@@ -20,7 +20,7 @@ from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
 from shoal.cli.render import json_list, table
 from shoal.model.errors import ShoalError
-from shoal.model.status import AgentState, AgentStatus
+from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning
 from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
@@ -132,7 +132,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         status = fetch_status(state.socket)
     except AgentNotRunning as exc:
-        status = AgentStatus(state=AgentState.STOPPED, health=(str(exc),))
+        warning = HealthWarning(code="agent-not-running", message=str(exc), since=datetime.now(UTC))
+        status = AgentStatus(state=AgentState.STOPPED, health=(warning,))
     if args.json:
         print(status.model_dump_json(indent=2))
     else:
@@ -155,14 +156,18 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _warning(h: HealthWarning) -> str:
+    return f"  ! {h.code}: {h.message} (since {_ago(h.since)})"
+
+
 def render_status(s: AgentStatus) -> str:
     if s.name is None:
-        return "\n".join([f"{s.state}", *(f"  {h}" for h in s.health)])
+        return "\n".join([f"{s.state}", *(_warning(h) for h in s.health)])
     lines = [
         f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
         f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
         f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
-        *(f"  ! {h}" for h in s.health),
+        *(_warning(h) for h in s.health),
     ]
     if s.peers:
         rows = [
@@ -223,44 +228,39 @@ def cmd_down(args: argparse.Namespace) -> int:
         raise NotRoot()
     state = StateDir(Path(args.state_dir))
     try:
-        result = request_down(state.socket, args.leave)
+        report = request_down(state.socket, args.leave)
     except AgentNotRunning:
-        result = asyncio.run(_down_offline(state, args))
-    kept = result.get("network_kept_for") or []
-    print("shoal: removed interface, routes and firewall rules")
-    if kept:
-        print(f"shoal: kept Docker network 'shoal': containers still attached: {', '.join(kept)}")
-    elif result.get("network_removed"):
-        print("shoal: removed Docker network 'shoal'")
-    if args.leave:
-        print(
+        # Imported here: only this path needs the agent's adapters (pyroute2, Docker SDK).
+        from shoal.agent.daemon import down_offline
+
+        config = AgentConfig(
+            state_dir=state.path, docker_host=args.docker_host or os.environ.get("DOCKER_HOST")
+        )
+        report = asyncio.run(down_offline(config, args.leave))
+    print(render_down(report))
+    return 0 if all(s.error is None for s in report.subsystems) else 1
+
+
+def render_down(report: DownReport) -> str:
+    lines = ["shoal: removed interface, routes and firewall rules"]
+    network = report.get("docker-network")
+    if network is not None and network.kept_for:
+        lines.append(
+            "shoal: kept Docker network 'shoal': containers still attached: "
+            + ", ".join(network.kept_for)
+        )
+    elif network is not None and network.removed:
+        lines.append("shoal: removed Docker network 'shoal'")
+    lines += [
+        f"shoal: could not remove {s.subsystem}: {s.error}" for s in report.subsystems if s.error
+    ]
+    if report.left is not None:
+        lines.append(
             "shoal: left the mesh"
-            if result.get("left")
+            if report.left
             else "shoal: could not reach the server to leave; `shoal node remove` there"
         )
-    return 0
-
-
-async def _down_offline(state: StateDir, args: argparse.Namespace) -> dict[str, object]:
-    """No agent running: undo the host configuration from here."""
-    from shoal.agent.daemon import leave_mesh
-    from shoal.agent.reconciler import Reconciler
-    from shoal.dataplane import select_dataplane
-    from shoal.docker import DockerHost
-
-    docker = DockerHost(args.docker_host or os.environ.get("DOCKER_HOST"))
-    report = await Reconciler(await select_dataplane(state.path), docker).teardown()
-    left = False
-    identity = state.identity()
-    if args.leave and identity is not None:
-        left = await leave_mesh(identity)
-    if args.leave:
-        state.forget()
-    return {
-        "network_removed": report.network.removed,
-        "network_kept_for": list(report.network.attached),
-        "left": left,
-    }
+    return "\n".join(lines)
 
 
 def cmd_services(args: argparse.Namespace) -> int:

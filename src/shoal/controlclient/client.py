@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -17,6 +16,7 @@ import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shoal.controlclient.errors import (
+    ControlProtocolError,
     ControlRejected,
     ControlUnreachable,
     CredentialRejected,
@@ -33,9 +33,8 @@ from shoal.model.api import (
     TokenCreated,
     TokenCreateRequest,
     TokenInfo,
-    UpdateEndpointsRequest,
 )
-from shoal.model.netmap import Endpoint, MapUpdate
+from shoal.model.netmap import MapUpdate
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -103,10 +102,6 @@ class ControlClient:
             timeout=wait + POLL_MARGIN,
         )
 
-    async def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        body = UpdateEndpointsRequest(endpoints=tuple(endpoints))
-        await self._call_json("POST", "/v1/endpoints", body=body)
-
     async def report_containers(self, report: ContainersReport) -> None:
         """Tell the server the complete set of this host's containers on the `shoal` network;
         it diffs it against the last report and updates every node's netmap."""
@@ -156,7 +151,7 @@ class ControlClient:
         try:
             return model.model_validate(data)
         except ValidationError as exc:
-            raise ControlUnreachable(
+            raise ControlProtocolError(
                 f"server at {self.server_url} sent an unexpected {path} reply: "
                 f"{exc.errors()[0]['msg'] if exc.errors() else exc}"
             ) from exc
@@ -218,7 +213,7 @@ class ControlClient:
         try:
             return json.loads(raw)
         except ValueError as exc:
-            raise ControlUnreachable(
+            raise ControlProtocolError(
                 f"server at {self.server_url} sent non-JSON for {path} (HTTP {status})"
             ) from exc
 

@@ -2,8 +2,10 @@
 
 ShoalError
 └── ControlError
-    ├── ControlUnreachable        refused, timed out, 5xx, garbled reply: retry later and
-    │                             keep using the last netmap
+    ├── ControlUnreachable        refused, timed out, 5xx: retry later and keep using the
+    │                             last netmap
+    ├── ControlProtocolError      answered nonsense (not JSON, not the model): a bug on one
+    │                             side or a proxy in the way; retry slowly and report it
     └── ControlRejected           4xx: the server said no; tell the user (`code`, `message`)
         ├── CredentialRejected    401 on the node credential: this node was removed; re-join
         └── FingerprintMismatch   the server's CA is not the one the token pins
@@ -20,6 +22,10 @@ class ControlError(ShoalError):
 
 class ControlUnreachable(ControlError):
     """The server could not be reached or failed (5xx); transient."""
+
+
+class ControlProtocolError(ControlError):
+    """The server answered, but not in the protocol: a malformed or unexpected reply."""
 
 
 class ControlRejected(ControlError):

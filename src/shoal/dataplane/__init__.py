@@ -3,7 +3,7 @@
 `select_dataplane` picks the backend at start; `shoal status` reports its `name`.
 """
 
-from shoal.dataplane.base import DataPlane, PeerStats
+from shoal.dataplane.base import DataPlane, PeerStats, WireGuardDataPlane
 from shoal.dataplane.errors import DataPlaneError, NoWireGuard, UapiError, WireGuardGoFailed
 from shoal.dataplane.kernel import KernelWireGuard
 from shoal.dataplane.select import select_dataplane
@@ -16,6 +16,7 @@ __all__ = [
     "NoWireGuard",
     "PeerStats",
     "UapiError",
+    "WireGuardDataPlane",
     "WireGuardGo",
     "WireGuardGoFailed",
     "select_dataplane",

@@ -1,12 +1,21 @@
-"""The data plane contract, and the pure device and peer diffs both backends apply.
+"""The data plane: one tunnel adapter over two WireGuard backends, and the pure diffs.
 
-A backend owns one WireGuard interface. `ensure_interface` creates it when missing and never
-recreates a healthy one (an agent restart must not drop a packet); `set_peers` changes only the
-peers that differ from the live list, so a peer added never disturbs other peers' sessions.
+`WireGuardDataPlane.apply(cfg)` is the whole read → diff → write → log cycle, written once:
+
+    backend.ensure_link   create the interface when missing (never recreate a healthy one:
+                          an agent restart must not drop a packet)
+    backend.read          the live device: private key, listen port, peers
+    diff_device/peers     pure: only what differs (a peer added never disturbs other peers)
+    backend.write         the two diffs, removals first
+    log                   one readable line per change
+
+A backend (`kernel.KernelBackend`, `wggo.WireGuardGoBackend`) supplies only the link's life
+cycle and the device's read and write.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,7 +25,9 @@ from typing import Protocol
 from shoal import hostnet
 from shoal.dataplane.errors import DataPlaneError, hostnet_errors
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+from shoal.plan.hostconfig import InterfaceConfig, PeerConfig, TunnelConfig
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,15 +40,32 @@ class PeerStats:
 
 
 class DataPlane(Protocol):
-    name: str  # "wireguard-go" | "kernel"
+    """The tunnel adapter the agent is given (a fake in tests).
 
-    async def ensure_interface(self, cfg: InterfaceConfig) -> bool: ...
+    `apply` may be called any number of times with identical configs; it converges the host
+    to `cfg` and touches nothing that already matches.
+    """
 
-    async def set_peers(self, peers: Sequence[PeerConfig]) -> bool: ...
+    @property
+    def name(self) -> str:
+        """ "wireguard-go" | "kernel", as `shoal status` reports it."""
+        ...
 
-    async def stats(self) -> list[PeerStats]: ...
+    async def apply(self, cfg: TunnelConfig) -> bool:
+        """Make the interface and its peers match `cfg`; True when anything changed.
 
-    async def teardown(self, name: str) -> bool: ...
+        Raises:
+            DataPlaneError: applying failed part-way; the next apply retries.
+        """
+        ...
+
+    async def stats(self) -> list[PeerStats]:
+        """Live counters of every peer, sorted by public key (DataPlaneError: no interface)."""
+        ...
+
+    async def teardown(self) -> bool:
+        """Delete the interface; False when there was none."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +130,37 @@ def diff_device(
     if port is not None:
         lines.append(f"{cfg.name}: listen-port {listen_port} => {port}")
     return DeviceDiff(key, port, tuple(lines))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveDevice:
+    """A WireGuard interface's settings and peers, as its backend reports them."""
+
+    private_key: PrivateKey | None  # None: no key set yet
+    listen_port: int
+    peers: Mapping[PublicKey, LivePeer]
+
+
+class WireGuardBackend(Protocol):
+    """How one kind of WireGuard keeps an interface: its link and its device settings."""
+
+    name: str
+
+    async def ensure_link(self, ifname: str) -> bool:
+        """Create the interface when it is missing or broken; True when it had to."""
+        ...
+
+    async def read(self, ifname: str) -> LiveDevice:
+        """The live settings and peers of `ifname` (DataPlaneError when unreadable)."""
+        ...
+
+    async def write(self, ifname: str, device: DeviceDiff, peers: PeerDiff) -> None:
+        """Apply the non-empty ones of `device` and `peers`, in that order."""
+        ...
+
+    async def delete_link(self, ifname: str) -> bool:
+        """Delete the interface (and whatever serves it); False when there was none."""
+        ...
 
 
 def sorted_stats(live: Mapping[PublicKey, LivePeer]) -> list[PeerStats]:
@@ -177,8 +236,39 @@ async def converge_link(cfg: InterfaceConfig) -> bool:
     return changed
 
 
-def require_interface(ifname: str | None) -> str:
-    """The interface `ensure_interface` set up; peers and stats need it first."""
-    if ifname is None:
-        raise DataPlaneError("the WireGuard interface is not set up yet (ensure_interface)")
-    return ifname
+class WireGuardDataPlane:
+    """The tunnel adapter: one WireGuard interface, `ifname`, kept by `backend`."""
+
+    def __init__(self, backend: WireGuardBackend, ifname: str) -> None:
+        self.backend = backend
+        self.ifname = ifname
+        # Endpoints this process set, to tell a roamed peer from a changed netmap (diff_peers).
+        self._applied_endpoints: dict[PublicKey, str | None] = {}
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    async def apply(self, cfg: TunnelConfig) -> bool:
+        if cfg.interface.name != self.ifname:
+            raise DataPlaneError(f"this data plane keeps {self.ifname}, not {cfg.interface.name}")
+        changed = await self.backend.ensure_link(self.ifname)
+        live = await self.backend.read(self.ifname)
+        device = diff_device(cfg.interface, live.private_key, live.listen_port)
+        peers = diff_peers(self.ifname, live.peers, cfg.peers, self._applied_endpoints)
+        if device or peers:
+            await self.backend.write(self.ifname, device, peers)
+            for line in (*device.lines, *peers.lines):
+                log.info("%s", line)
+            record_endpoints(self._applied_endpoints, peers)
+            changed = True
+        changed |= await converge_link(cfg.interface)
+        return changed
+
+    async def stats(self) -> list[PeerStats]:
+        return sorted_stats((await self.backend.read(self.ifname)).peers)
+
+    async def teardown(self) -> bool:
+        removed = await self.backend.delete_link(self.ifname)
+        self._applied_endpoints.clear()
+        return removed

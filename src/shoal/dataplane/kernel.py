@@ -1,6 +1,7 @@
 """The kernel backend: a `wireguard` link configured over generic netlink (pyroute2).
 
-Same contract and peer diff as wireguard-go; chosen when the kernel can create a WireGuard link.
+Supplies only the link and the device's read and write; the read → diff → write → log cycle is
+`base.WireGuardDataPlane`'s. Chosen when the kernel can create a WireGuard link.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from ipaddress import IPv4Network, ip_network
 from typing import Any
@@ -18,19 +18,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from shoal import hostnet
 from shoal.dataplane.base import (
+    DeviceDiff,
+    LiveDevice,
     LivePeer,
     PeerDiff,
-    PeerStats,
-    converge_link,
-    diff_device,
-    diff_peers,
-    record_endpoints,
-    require_interface,
-    sorted_stats,
+    WireGuardDataPlane,
 )
 from shoal.dataplane.errors import DataPlaneError, hostnet_errors
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+from shoal.plan.hostconfig import INTERFACE
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +64,7 @@ def _live_peer(msg: Any) -> LivePeer:
     )
 
 
-class _Device:
-    def __init__(
-        self, private_key: PrivateKey | None, listen_port: int, peers: dict[PublicKey, LivePeer]
-    ) -> None:
-        self.private_key = private_key
-        self.listen_port = listen_port
-        self.peers = peers
-
-
-def _info(ifname: str) -> _Device:
+def _info(ifname: str) -> LiveDevice:
     with WireGuard() as wg:
         msgs = wg.info(ifname)
     private_key: PrivateKey | None = None
@@ -93,7 +80,7 @@ def _info(ifname: str) -> _Device:
         for peer_msg in msg.get_attr("WGDEVICE_A_PEERS") or []:
             peer = _live_peer(peer_msg)
             peers[peer.public_key] = peer
-    return _Device(private_key, listen_port, peers)
+    return LiveDevice(private_key, listen_port, peers)
 
 
 def _set_device(ifname: str, private_key: PrivateKey | None, listen_port: int | None) -> None:
@@ -125,12 +112,10 @@ def _set_peers(ifname: str, diff: PeerDiff) -> None:
             wg.set(ifname, peer=peer)
 
 
-class KernelWireGuard:
-    name = "kernel"
+class KernelBackend:
+    """Kernel WireGuard: a `wireguard` link, read and written over generic netlink."""
 
-    def __init__(self) -> None:
-        self._ifname: str | None = None
-        self._applied_endpoints: dict[PublicKey, str | None] = {}
+    name = "kernel"
 
     async def _call(self, what: str, fn: Any, *args: Any) -> Any:
         try:
@@ -140,55 +125,37 @@ class KernelWireGuard:
         except (OSError, ValueError) as exc:
             raise DataPlaneError(f"{what}: {exc}") from exc
 
-    async def ensure_interface(self, cfg: InterfaceConfig) -> bool:
-        changed = False
+    async def ensure_link(self, ifname: str) -> bool:
         with hostnet_errors():
-            kind = await hostnet.link_kind(cfg.name)
+            kind = await hostnet.link_kind(ifname)
         if kind not in (None, "wireguard"):
-            raise DataPlaneError(f"{cfg.name} exists but is a {kind or 'non-WireGuard'} link")
-        if kind is None:
-            with hostnet_errors():
-                await hostnet.create_link(cfg.name, "wireguard")
-            log.info("%s: created (kernel WireGuard)", cfg.name)
-            changed = True
-        self._ifname = cfg.name
-        device: _Device = await self._call(f"read {cfg.name}", _info, cfg.name)
-        settings = diff_device(cfg, device.private_key, device.listen_port)
-        if settings:
-            await self._call(
-                f"configure {cfg.name}",
-                _set_device,
-                cfg.name,
-                settings.private_key,
-                settings.listen_port,
-            )
-            for line in settings.lines:
-                log.info("%s", line)
-            changed = True
-        changed |= await converge_link(cfg)
-        return changed
-
-    async def set_peers(self, peers: Sequence[PeerConfig]) -> bool:
-        ifname = require_interface(self._ifname)
-        device: _Device = await self._call(f"read {ifname}", _info, ifname)
-        diff = diff_peers(ifname, device.peers, peers, self._applied_endpoints)
-        if not diff:
+            raise DataPlaneError(f"{ifname} exists but is a {kind or 'non-WireGuard'} link")
+        if kind is not None:
             return False
-        await self._call(f"set peers on {ifname}", _set_peers, ifname, diff)
-        for line in diff.lines:
-            log.info("%s", line)
-        record_endpoints(self._applied_endpoints, diff)
+        with hostnet_errors():
+            await hostnet.create_link(ifname, "wireguard")
+        log.info("%s: created (kernel WireGuard)", ifname)
         return True
 
-    async def stats(self) -> list[PeerStats]:
-        ifname = require_interface(self._ifname)
-        device: _Device = await self._call(f"read {ifname}", _info, ifname)
-        return sorted_stats(device.peers)
+    async def read(self, ifname: str) -> LiveDevice:
+        device: LiveDevice = await self._call(f"read {ifname}", _info, ifname)
+        return device
 
-    async def teardown(self, name: str) -> bool:
+    async def write(self, ifname: str, device: DeviceDiff, peers: PeerDiff) -> None:
+        if device:
+            await self._call(
+                f"configure {ifname}", _set_device, ifname, device.private_key, device.listen_port
+            )
+        if peers:
+            await self._call(f"set peers on {ifname}", _set_peers, ifname, peers)
+
+    async def delete_link(self, ifname: str) -> bool:
         with hostnet_errors():
-            removed = await hostnet.delete_link(name)  # logs "<name>: deleted"
-        if self._ifname == name:
-            self._ifname = None
-            self._applied_endpoints.clear()
-        return removed
+            return await hostnet.delete_link(ifname)  # logs "<name>: deleted"
+
+
+class KernelWireGuard(WireGuardDataPlane):
+    """The tunnel adapter on kernel WireGuard."""
+
+    def __init__(self, ifname: str = INTERFACE) -> None:
+        super().__init__(KernelBackend(), ifname)

@@ -34,13 +34,13 @@ async def _select(log_dir: Path, interface: str, binary: str) -> DataPlane:
     with hostnet_errors():
         kind = await hostnet.link_kind(interface)
     if kind == "wireguard":
-        return KernelWireGuard()
+        return KernelWireGuard(interface)
     if kind == "tun" and shutil.which(binary):
-        return WireGuardGo(log_dir, binary)
+        return WireGuardGo(log_dir, binary, ifname=interface)
     if await _kernel_works():
-        return KernelWireGuard()
+        return KernelWireGuard(interface)
     if shutil.which(binary):
-        return WireGuardGo(log_dir, binary)
+        return WireGuardGo(log_dir, binary, ifname=interface)
     raise NoWireGuard()
 
 

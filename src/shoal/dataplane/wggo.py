@@ -3,6 +3,7 @@
 wireguard-go runs detached from the agent (own session, output to a log file), so an agent
 restart or crash leaves the interface and every session untouched; the next agent finds the
 interface healthy and only reconciles. Deleting the interface makes wireguard-go exit.
+Supplies only the link and the device's read and write; the cycle is `base.WireGuardDataPlane`'s.
 """
 
 from __future__ import annotations
@@ -11,19 +12,10 @@ import asyncio
 import logging
 import subprocess
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from shoal import hostnet
-from shoal.dataplane.base import (
-    PeerStats,
-    converge_link,
-    diff_device,
-    diff_peers,
-    record_endpoints,
-    require_interface,
-    sorted_stats,
-)
+from shoal.dataplane.base import DeviceDiff, LiveDevice, PeerDiff, WireGuardDataPlane
 from shoal.dataplane.errors import UapiError, WireGuardGoFailed, hostnet_errors
 from shoal.dataplane.uapi import (
     GET,
@@ -34,8 +26,7 @@ from shoal.dataplane.uapi import (
     render_peers,
     reply_errno,
 )
-from shoal.model.keys import PublicKey
-from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+from shoal.plan.hostconfig import INTERFACE
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +36,9 @@ EXIT_TIMEOUT = 3.0  # seconds for wireguard-go to exit once its interface is del
 POLL = 0.02
 
 
-class WireGuardGo:
+class WireGuardGoBackend:
+    """wireguard-go: a process per interface, read and written over its UAPI socket."""
+
     name = "wireguard-go"
 
     def __init__(
@@ -54,8 +47,6 @@ class WireGuardGo:
         self.log_dir = log_dir
         self.binary = binary
         self.socket_dir = socket_dir
-        self._ifname: str | None = None
-        self._applied_endpoints: dict[PublicKey, str | None] = {}
         self._started: list[subprocess.Popen[bytes]] = []  # reaped when they exit
 
     def _socket(self, ifname: str) -> Path:
@@ -152,60 +143,52 @@ class WireGuardGo:
             f"(log {self._log_path(ifname)})"
         )
 
-    async def ensure_interface(self, cfg: InterfaceConfig) -> bool:
-        """Create the interface when missing, then converge key, port, MTU, address and up."""
-        changed = False
-        if not await self._healthy(cfg.name):
-            if await self._link_exists(cfg.name):
-                # A link without a live wireguard-go behind it cannot carry traffic anyway.
-                log.warning("%s: exists but wireguard-go does not answer: recreating", cfg.name)
-                with hostnet_errors():
-                    await hostnet.delete_link(cfg.name)
-            await self._start(cfg.name)
-            changed = True
-        self._ifname = cfg.name
-        device = await self._get(cfg.name)
-        settings = diff_device(cfg, device.private_key, device.listen_port)
-        if settings:
-            request = render_device(settings.private_key, settings.listen_port)
-            await self._request(cfg.name, request, "the device settings")
-            for line in settings.lines:
-                log.info("%s", line)
-            changed = True
-        changed |= await converge_link(cfg)
-        return changed
-
-    async def set_peers(self, peers: Sequence[PeerConfig]) -> bool:
-        """Add, update and remove only the peers that differ from the live list."""
-        ifname = require_interface(self._ifname)
-        device = await self._get(ifname)
-        diff = diff_peers(ifname, device.peers, peers, self._applied_endpoints)
-        if not diff:
+    async def ensure_link(self, ifname: str) -> bool:
+        """Start wireguard-go when the interface is missing or nobody answers behind it."""
+        if await self._healthy(ifname):
             return False
-        await self._request(ifname, render_peers(diff), "the peer changes")
-        for line in diff.lines:
-            log.info("%s", line)
-        record_endpoints(self._applied_endpoints, diff)
+        if await self._link_exists(ifname):
+            # A link without a live wireguard-go behind it cannot carry traffic anyway.
+            log.warning("%s: exists but wireguard-go does not answer: recreating", ifname)
+            with hostnet_errors():
+                await hostnet.delete_link(ifname)
+        await self._start(ifname)
         return True
 
-    async def stats(self) -> list[PeerStats]:
-        ifname = require_interface(self._ifname)
+    async def read(self, ifname: str) -> LiveDevice:
         device = await self._get(ifname)
-        return sorted_stats(device.peers)
+        return LiveDevice(device.private_key, device.listen_port, device.peers)
 
-    async def teardown(self, name: str) -> bool:
+    async def write(self, ifname: str, device: DeviceDiff, peers: PeerDiff) -> None:
+        if device:
+            request = render_device(device.private_key, device.listen_port)
+            await self._request(ifname, request, "the device settings")
+        if peers:
+            await self._request(ifname, render_peers(peers), "the peer changes")
+
+    async def delete_link(self, ifname: str) -> bool:
         """Delete the interface; wireguard-go notices and exits, removing its socket."""
         with hostnet_errors():
-            removed = await hostnet.delete_link(name)  # logs "<name>: deleted"
+            removed = await hostnet.delete_link(ifname)  # logs "<name>: deleted"
         deadline = time.monotonic() + EXIT_TIMEOUT
-        while self._socket(name).exists() and time.monotonic() < deadline:
+        while self._socket(ifname).exists() and time.monotonic() < deadline:
             await asyncio.sleep(POLL)
-        if self._socket(name).exists():
-            log.warning("%s: wireguard-go left its socket behind; removing it", name)
-            self._socket(name).unlink(missing_ok=True)
+        if self._socket(ifname).exists():
+            log.warning("%s: wireguard-go left its socket behind; removing it", ifname)
+            self._socket(ifname).unlink(missing_ok=True)
             removed = True
         self._started = [proc for proc in self._started if proc.poll() is None]
-        if self._ifname == name:
-            self._ifname = None
-            self._applied_endpoints.clear()
         return removed
+
+
+class WireGuardGo(WireGuardDataPlane):
+    """The tunnel adapter on wireguard-go; it writes its log under `log_dir`."""
+
+    def __init__(
+        self,
+        log_dir: Path,
+        binary: str = "wireguard-go",
+        socket_dir: Path = SOCKET_DIR,
+        ifname: str = INTERFACE,
+    ) -> None:
+        super().__init__(WireGuardGoBackend(log_dir, binary, socket_dir), ifname)

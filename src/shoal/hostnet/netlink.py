@@ -164,26 +164,17 @@ def _parse_route(msg: Any) -> _LiveRoute:
     )
 
 
-async def sync_routes(
-    dev: str, routes: Sequence[RouteConfig], pools: Sequence[IPv4Network] | None = None
-) -> bool:
-    """Make the routes on `dev` whose destination lies inside one of `pools` exactly `routes`.
+async def sync_routes(dev: str, routes: Sequence[RouteConfig]) -> bool:
+    """Make the routes on `dev` (an interface shoal owns, like shoal0) exactly `routes`.
 
     Missing routes are added, routes with another source or MTU are replaced in place, extra
-    ones deleted. Routes outside the pools, on other devices, or connected routes the kernel
-    made for an address are never touched. `pools=None` claims every non-connected route on
-    `dev` (fine for an interface shoal owns, like shoal0). Every route in `routes` must be on
-    `dev` and inside a pool, or it could never be removed again: ValueError.
+    ones deleted. Routes on other devices and connected routes the kernel made for an address
+    are never touched. Every route in `routes` must be on `dev`, or it could never be removed
+    again: ValueError.
     """
-
-    def ours(dst: IPv4Network) -> bool:
-        return pools is None or any(dst.subnet_of(pool) for pool in pools)
-
     for want_route in routes:
         if want_route.dev != dev:
             raise ValueError(f"route {want_route.dst} is on {want_route.dev}, not {dev}")
-        if not ours(want_route.dst):
-            raise ValueError(f"route {want_route.dst} lies outside the routed pools")
     want = {r.dst: r for r in routes}
     async with _netlink(f"sync routes on {dev}") as ipr:
         index = await _index(ipr, dev)
@@ -192,9 +183,7 @@ async def sync_routes(
             if msg.get("table") != MAIN_TABLE or msg.get("oif") != index:
                 continue
             route = _parse_route(msg)
-            if route.proto == RTPROT_KERNEL:
-                continue
-            if ours(route.dst):
+            if route.proto != RTPROT_KERNEL:
                 live[route.dst] = route
         changed = False
         # Removals first: a subnet moving to another prefix length must never be routed twice.

@@ -1,4 +1,5 @@
-"""What `shoal status` shows: the agent's state, its health warnings and its peers."""
+"""What the agent's local API answers: `shoal status` (state, health warnings, peers) and
+`shoal down` (what was removed)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ class AgentState(enum.StrEnum):
     STOPPED = "STOPPED"
 
 
+class HealthWarning(Frozen):
+    """One named problem the agent is living with, shown by `shoal status`.
+
+    `code` is stable (scripts and tests match on it), `message` is for people and says what to
+    do; `since` is when the problem started (UTC), kept while it persists.
+    """
+
+    code: str  # e.g. "control-unreachable", "firewall-failed", "needs-join"
+    message: str
+    since: datetime
+
+
 class PeerStatus(Frozen):
     name: str
     public_key: PublicKey
@@ -31,7 +44,7 @@ class PeerStatus(Frozen):
 
 class AgentStatus(Frozen):
     state: AgentState
-    health: tuple[str, ...] = ()  # one line each: "control unreachable: ..." etc.
+    health: tuple[HealthWarning, ...] = ()  # sorted by code
     name: str | None = None
     node_id: str | None = None
     server: str | None = None
@@ -44,3 +57,22 @@ class AgentStatus(Frozen):
     netmap_revision: int | None = None
     netmap_received_at: datetime | None = None
     peers: tuple[PeerStatus, ...] = ()
+
+
+class SubsystemDown(Frozen):
+    """What `shoal down` did to one subsystem of the host."""
+
+    subsystem: str  # "tunnel", "routing", "docker-network", "dns", "firewall"
+    removed: bool  # False: there was nothing to remove, or it was kept (see `kept_for`)
+    kept_for: tuple[str, ...] = ()  # what kept it in place: containers still attached
+    error: str | None = None  # removing it failed; the rest was still removed
+
+
+class DownReport(Frozen):
+    """The answer of `shoal down`: every subsystem, in teardown order, and the leave."""
+
+    subsystems: tuple[SubsystemDown, ...]
+    left: bool | None = None  # None: not asked to leave; False: the server was not told
+
+    def get(self, subsystem: str) -> SubsystemDown | None:
+        return next((s for s in self.subsystems if s.subsystem == subsystem), None)

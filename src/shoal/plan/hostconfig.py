@@ -1,7 +1,9 @@
 """Desired host state, computed in pure code from the netmap and local facts.
 
-Each part goes to one adapter (data plane, routes, Docker network, firewall); each adapter
-converges its slice of the host to it and reports whether anything changed.
+`HostConfig` has one part per subsystem (tunnel, routing, Docker network, firewall, DNS); each
+part goes to one adapter, which converges its slice of the host to it and reports whether
+anything changed. Parts are frozen values compared by value: the reconciler skips a subsystem
+whose part equals the one it last applied.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ class PeerConfig(Frozen):
     keepalive: int = KEEPALIVE_SECONDS
 
 
+class TunnelConfig(Frozen):
+    """The WireGuard interface and its peers: the data plane's part."""
+
+    interface: InterfaceConfig
+    peers: tuple[PeerConfig, ...]  # sorted by public key
+
+
 class RouteConfig(Frozen):
     """A route over the mesh interface, sourced from this host's mesh IP."""
 
@@ -39,6 +48,13 @@ class RouteConfig(Frozen):
     dev: str
     src: IPv4Address
     mtu: int
+
+
+class RoutingConfig(Frozen):
+    """IPv4 forwarding on, and exactly `routes` on `device` (the mesh interface shoal owns)."""
+
+    device: str
+    routes: tuple[RouteConfig, ...]  # sorted by destination
 
 
 class DockerNetworkConfig(Frozen):
@@ -63,15 +79,39 @@ class FirewallConfig(Frozen):
     dns_address: IPv4Address | None = None
 
 
+class DnsConfig(Frozen):
+    """Service discovery: answer on `address`:53 with the names of `netmap`.
+
+    The whole netmap, not a digest of it: the record table is built from it in `shoal.dns`
+    (above this package), and comparing it by value tells whether the names may have changed.
+    """
+
+    address: IPv4Address
+    netmap: NetworkMap
+
+
+def without_dns_redirect(cfg: FirewallConfig) -> FirewallConfig:
+    """`cfg` minus the containers' DNS redirect: what stays while no agent answers DNS."""
+    return cfg.model_copy(update={"dns_address": None})
+
+
 class HostConfig(Frozen):
-    interface: InterfaceConfig
-    peers: tuple[PeerConfig, ...]  # sorted by public key
-    routes: tuple[RouteConfig, ...]  # sorted by destination
+    """Everything one host should look like; one part per adapter, applied in field order.
+
+    The order matters: routes after the tunnel's peers (a route to a subnet whose peer is not
+    configured yet black-holes its first packets), DNS after the tunnel (it binds the mesh IP)
+    and the firewall last (its DNS redirect must point at a resolver that already listens).
+    """
+
+    tunnel: TunnelConfig
+    routing: RoutingConfig
     docker_network: DockerNetworkConfig
+    dns: DnsConfig
     firewall: FirewallConfig
 
 
 def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> HostConfig:
+    """The host configuration `netmap` asks for; pure and deterministic (peers, routes sorted)."""
     settings = netmap.settings
     me = netmap.self_node
     interface = InterfaceConfig(
@@ -121,9 +161,9 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         dns_address=me.mesh_ip,
     )
     return HostConfig(
-        interface=interface,
-        peers=peers,
-        routes=routes,
+        tunnel=TunnelConfig(interface=interface, peers=peers),
+        routing=RoutingConfig(device=INTERFACE, routes=routes),
         docker_network=docker_network,
+        dns=DnsConfig(address=me.mesh_ip, netmap=netmap),
         firewall=firewall,
     )
