@@ -107,6 +107,20 @@ class Agent:
     def _plan(self, netmap: NetworkMap) -> HostConfig:
         return plan_host(netmap, self.private_key, self.config.listen_port)
 
+    async def configure(self, fresh_join: bool) -> None:
+        """The first apply. If it fails, a fresh join leaves nothing behind: this host's
+        changes and the registration are undone, and the state dir forgets the identity."""
+        try:
+            await self.reconciler.first_apply()
+        except BaseException:
+            if fresh_join:
+                log.error("first configuration failed; undoing it")
+                await self.reconciler.teardown()
+                await leave_mesh(self.identity)
+                self.state.forget()
+            raise
+        self.health.configured = True
+
     # -- the tasks -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -120,7 +134,7 @@ class Agent:
         try:
             async with self.client, asyncio.TaskGroup() as tasks:
                 workers = [
-                    tasks.create_task(self._follow_netmap(), name="netmap-poll"),
+                    tasks.create_task(self.follow_netmap(), name="netmap-poll"),
                     tasks.create_task(self.reconciler.run(), name="reconcile"),
                     tasks.create_task(watcher.run(), name="docker-watch"),
                     tasks.create_task(self._report_containers(), name="container-report"),
@@ -136,7 +150,9 @@ class Agent:
             self.state.pidfile.unlink(missing_ok=True)
             log.info("agent stopped")
 
-    async def _follow_netmap(self) -> None:
+    async def follow_netmap(self) -> None:
+        """Long-poll the server and offer each new netmap; returns only when the server
+        rejected this node (NEEDS_JOIN): asking again would not help."""
         failures = 0
         while True:
             netmap = self.cached.netmap
@@ -175,7 +191,7 @@ class Agent:
             if update.kind == "none":
                 continue
             newer = netmap.apply(update)
-            self._remember(newer)
+            self.remember(newer)
             log.info(
                 "netmap r%d (%s): %d peers, %d containers",
                 newer.revision,
@@ -185,7 +201,7 @@ class Agent:
             )
             self.reconciler.offer(newer)
 
-    def _remember(self, netmap: NetworkMap) -> None:
+    def remember(self, netmap: NetworkMap) -> None:
         """Keep `netmap` as the newest, and on disk for the next start if the disk lets us."""
         self.cached = CachedNetmap(netmap=netmap, received_at=self.clock.now())
         try:
@@ -362,17 +378,7 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     )
     if state.set_aside:
         agent.health.warn(STATE_FILE_RESET, "; ".join(state.set_aside) + "; rebuilt")
-    try:
-        await agent.reconciler.first_apply()
-    except BaseException:
-        if fresh_join:
-            # Nothing half-configured: undo this host's changes and the registration.
-            log.error("first configuration failed; undoing it")
-            await agent.reconciler.teardown()
-            await leave_mesh(identity)
-            state.forget()
-        raise
-    agent.health.configured = True
+    await agent.configure(fresh_join)
     return agent
 
 

@@ -16,7 +16,7 @@ cycle and the device's read and write.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Network
@@ -236,12 +236,22 @@ async def converge_link(cfg: InterfaceConfig) -> bool:
     return changed
 
 
-class WireGuardDataPlane:
-    """The tunnel adapter: one WireGuard interface, `ifname`, kept by `backend`."""
+LinkConverger = Callable[[InterfaceConfig], Awaitable[bool]]
 
-    def __init__(self, backend: WireGuardBackend, ifname: str) -> None:
+
+class WireGuardDataPlane:
+    """The tunnel adapter: one WireGuard interface, `ifname`, kept by `backend`.
+
+    `converge` sets the link's address, MTU and up state (netlink by default; tests give the
+    fake backend's own).
+    """
+
+    def __init__(
+        self, backend: WireGuardBackend, ifname: str, converge: LinkConverger | None = None
+    ) -> None:
         self.backend = backend
         self.ifname = ifname
+        self._converge = converge or converge_link
         # Endpoints this process set, to tell a roamed peer from a changed netmap (diff_peers).
         self._applied_endpoints: dict[PublicKey, str | None] = {}
 
@@ -262,7 +272,7 @@ class WireGuardDataPlane:
                 log.info("%s", line)
             record_endpoints(self._applied_endpoints, peers)
             changed = True
-        changed |= await converge_link(cfg.interface)
+        changed |= await self._converge(cfg.interface)
         return changed
 
     async def stats(self) -> list[PeerStats]:

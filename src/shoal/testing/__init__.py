@@ -1,1 +1,7 @@
-"""Builders for tests; production code never imports this package."""
+"""Fakes, builders and a manual clock for tests; production code never imports this package
+(an import contract in pyproject.toml checks it).
+
+    builders   small model values (`netmap(1, [2, 3])`)
+    fakes      stateful fakes of every host subsystem, each with a readable `dump()`
+    clock      `ManualClock`: time moves only when the test advances it
+"""
