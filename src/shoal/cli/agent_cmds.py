@@ -242,7 +242,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def render_down(report: DownReport) -> str:
-    lines = ["shoal: removed interface, routes and firewall rules"]
+    failed = [s for s in report.subsystems if s.error is not None]
+    lines = [f"shoal: could not remove {s.subsystem}: {s.error}" for s in failed]
+    if not failed:
+        lines.append("shoal: removed interface, routes and firewall rules")
     network = report.get("docker-network")
     if network is not None and network.kept_for:
         lines.append(
@@ -251,9 +254,6 @@ def render_down(report: DownReport) -> str:
         )
     elif network is not None and network.removed:
         lines.append("shoal: removed Docker network 'shoal'")
-    lines += [
-        f"shoal: could not remove {s.subsystem}: {s.error}" for s in report.subsystems if s.error
-    ]
     if report.left is not None:
         lines.append(
             "shoal: left the mesh"

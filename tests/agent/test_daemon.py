@@ -1,0 +1,192 @@
+"""The agent against the real control server (in process, over loopback) and a faked host:
+NEEDS_JOIN with the recovery command, DEGRADED while the server is away, a failed netmap
+cache write, the first-apply rollback and `down`."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import os
+import socket
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from shoal.agent import statefiles
+from shoal.agent.config import AgentConfig
+from shoal.agent.daemon import Agent
+from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
+from shoal.control.app import RunningServer
+from shoal.docker import DockerHost
+from shoal.firewall.errors import FirewallError
+from shoal.model.keys import PrivateKey
+from shoal.model.netmap import NetworkMap
+from shoal.model.status import AgentState
+from shoal.testing.clock import ManualClock
+from shoal.testing.fakes import FakeHost
+from tests.control.servers import admin_client, join, running_server
+
+KEY = PrivateKey(b"\x07" * 32)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with running_server(tmp_path / "server") as running:
+        yield running
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Rig:
+    def __init__(self, tmp_path: Path, url: str, ca_pem: bytes, credential: str, nm: NetworkMap):
+        self.host = FakeHost()
+        self.clock = ManualClock()
+        self.state = StateDir(tmp_path / "state")
+        self.state.ensure()
+        identity = NodeIdentity(
+            server_url=url,
+            ca_pem=ca_pem.decode(),
+            node_id=nm.self_node.id,
+            credential=credential,
+            name=nm.self_node.name,
+        )
+        self.state.save_identity(identity)
+        cached = CachedNetmap(netmap=nm, received_at=self.clock.now())
+        self.state.save_netmap(cached)
+        self.agent = Agent(
+            AgentConfig(state_dir=self.state.path, poll_wait_seconds=0),
+            self.state,
+            identity,
+            cached,
+            KEY,
+            self.host.adapters,
+            DockerHost("unix:///nonexistent.sock"),  # only the container watcher uses it
+            self.clock,
+        )
+
+
+async def joined(tmp_path: Path, server: RunningServer) -> Rig:
+    response = await join(server, "h1", key=KEY)
+    return Rig(tmp_path, server.url, server.ca.ca_pem, response.credential, response.netmap)
+
+
+async def eventually(probe: Callable[[], bool], what: str, rounds: int = 500) -> None:
+    """Let the agent's real I/O on loopback happen until `probe` holds."""
+    for _ in range(rounds):
+        if probe():
+            return
+        # Loopback I/O completes in the selector: give it a turn, bounded by `rounds`.
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def test_a_removed_node_needs_join_and_stops_asking(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+    async with admin_client(server) as admin:
+        await admin.remove_node("h1")
+    async with rig.agent.client:
+        # Returns instead of retrying: a 4xx will not change by asking again.
+        await rig.agent.follow_netmap()
+    status = await rig.agent.status()
+    assert status.state is AgentState.NEEDS_JOIN
+    (warning,) = status.health
+    assert warning.code == "needs-join"
+    assert warning.message.endswith(
+        f"join again: shoal down --leave --state-dir {rig.state.path} && "
+        f"shoal up --server {server.url} --token-file FILE --state-dir {rig.state.path}"
+    )
+    assert "control" not in {w.code.split("-")[0] for w in status.health}
+
+
+async def test_with_the_server_away_the_agent_is_degraded_on_its_last_netmap(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    response = await join(server, "h1", key=KEY)
+    away = f"https://127.0.0.1:{closed_port()}"
+    rig = Rig(tmp_path, away, server.ca.ca_pem, response.credential, response.netmap)
+    await rig.agent.configure(fresh_join=False)
+    before = rig.host.dump()
+    async with rig.agent.client, asyncio.TaskGroup() as tasks:
+        poll = tasks.create_task(rig.agent.follow_netmap())
+        await eventually(lambda: rig.clock.pending == 1, "the first retry to be scheduled")
+        status = await rig.agent.status()
+        assert status.state is AgentState.DEGRADED
+        (warning,) = status.health
+        assert warning.code == "control-unreachable"
+        assert f"using netmap r{response.netmap.revision} from" in warning.message
+        since = warning.since
+        await rig.clock.advance(1)  # the second attempt fails too: same warning, same since
+        await eventually(lambda: rig.clock.pending == 1, "the second retry")
+        assert (await rig.agent.status()).health[0].since == since
+        poll.cancel()
+    assert rig.host.dump() == before, "the mesh stays as it was"
+
+
+async def test_a_failed_netmap_cache_write_is_a_warning(
+    tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+    on_disk = (rig.state.path / "netmap.json").read_text()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(statefiles.os, "fsync", disk_full)
+    newer = rig.agent.cached.netmap.model_copy(update={"revision": 99})
+    rig.agent.remember(newer)
+    assert rig.agent.cached.netmap.revision == 99, "the agent follows the newest anyway"
+    (warning,) = rig.agent.health.warnings()
+    assert warning.code == "netmap-cache-failed"
+    assert "No space left on device" in warning.message
+    assert (rig.state.path / "netmap.json").read_text() == on_disk, "the old file is whole"
+    assert sorted(p.name for p in rig.state.path.iterdir()) == [
+        "netmap.json",
+        "node.json",
+    ]
+    monkeypatch.undo()
+    rig.agent.remember(newer)
+    assert rig.agent.health.warnings() == ()
+    assert json.loads((rig.state.path / "netmap.json").read_text())["netmap"]["revision"] == 99
+
+
+async def test_a_failed_first_apply_of_a_fresh_join_leaves_nothing(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    rig = await joined(tmp_path, server)
+    rig.host.firewall.fail = FirewallError("iptables-restore: line 3 failed")
+    with pytest.raises(FirewallError):
+        await rig.agent.configure(fresh_join=True)
+    # No interface; forwarding stays on (Docker's too); the alone host had no routes.
+    assert rig.host.dump() == "forwarding 1\nnetwork none\ndns none\nfirewall none"
+    assert not (rig.state.path / "node.json").exists()
+    async with admin_client(server) as admin:
+        assert [n.name for n in await admin.list_nodes()] == []
+
+
+async def test_down_removes_everything_and_leaves(tmp_path: Path, server: RunningServer) -> None:
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+    report = await rig.agent.down(leave=True)
+    assert report.left is True
+    assert {s.subsystem: s.removed for s in report.subsystems} == {
+        "firewall": True,
+        "dns": True,
+        "docker-network": True,
+        "routing": False,
+        "tunnel": True,
+    }
+    assert (await rig.agent.status()).state is AgentState.STOPPED
+    assert not (rig.state.path / "node.json").exists()
+    rig.agent.reconciler.offer(rig.agent.cached.netmap.model_copy(update={"revision": 7}))
+    assert await rig.agent.reconciler.step() is False
+    assert rig.host.tunnel.dump() == ""

@@ -1,0 +1,81 @@
+"""A corrupt or truncated state file is set aside and rebuilt, never a reason not to start."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
+from shoal.testing.builders import netmap
+
+IDENTITY = NodeIdentity(
+    server_url="https://192.0.2.1:8443", ca_pem="PEM", node_id="n1", credential="c", name="h1"
+)
+
+
+def filled(tmp_path: Path) -> StateDir:
+    state = StateDir(tmp_path)
+    state.ensure()
+    state.private_key()
+    state.save_identity(IDENTITY)
+    state.save_netmap(CachedNetmap(netmap=netmap(1, [2]), received_at=datetime.now(UTC)))
+    return StateDir(tmp_path)  # as the next start sees it
+
+
+def names(state: StateDir) -> list[str]:
+    return sorted(
+        p.name.split(".corrupt-")[0] + (".corrupt" if ".corrupt-" in p.name else "")
+        for p in state.path.iterdir()
+    )
+
+
+def test_a_whole_state_dir_reads_back(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    cached = state.cached_netmap()
+    assert cached is not None and cached.netmap == netmap(1, [2])
+    assert state.identity() == IDENTITY
+    assert state.set_aside == []
+
+
+def test_a_truncated_netmap_is_set_aside(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    path = state.path / "netmap.json"
+    path.write_text(path.read_text()[:100])  # a crash in the middle of a write by hand
+    assert state.cached_netmap() is None
+    assert names(state) == ["netmap.json.corrupt", "node.json", "private.key"]
+    (note,) = state.set_aside
+    assert (
+        note.startswith("netmap.json was unreadable (")
+        and "set aside as netmap.json.corrupt-" in note
+    )
+    assert state.identity() == IDENTITY, (
+        "the identity is untouched: the netmap comes from the server"
+    )
+
+
+def test_a_netmap_of_the_wrong_shape_is_set_aside(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    (state.path / "netmap.json").write_text('{"netmap": {"revision": "x"}}')
+    assert state.cached_netmap() is None
+    assert len(state.set_aside) == 1
+
+
+def test_a_corrupt_identity_is_set_aside(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    (state.path / "node.json").write_bytes(b"\xff\xfe garbage")
+    assert state.identity() is None
+    assert names(state) == ["netmap.json", "node.json.corrupt", "private.key"]
+
+
+def test_a_corrupt_private_key_takes_the_identity_with_it(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    (state.path / "private.key").write_text("not base64 at all\n")
+    key = state.private_key()  # a new one
+    assert state.private_key() == key
+    assert names(state) == [
+        "netmap.json.corrupt",
+        "node.json.corrupt",
+        "private.key",
+        "private.key.corrupt",
+    ]
+    assert state.identity() is None and state.cached_netmap() is None
