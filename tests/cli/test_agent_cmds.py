@@ -8,17 +8,16 @@ from datetime import UTC, datetime, timedelta
 from shoal.cli.agent_cmds import render_down, render_status
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
 
-RECENTLY = datetime.now(UTC) - timedelta(seconds=30)
-
 
 def test_status_shows_each_warning_with_its_code_and_age() -> None:
+    recently = datetime.now(UTC) - timedelta(seconds=30.5)
     status = AgentStatus(
         state=AgentState.NEEDS_JOIN,
         health=(
             HealthWarning(
                 code="needs-join",
                 message="the server rejected this node (node removed); join again: shoal up ...",
-                since=RECENTLY,
+                since=recently,
             ),
         ),
     )

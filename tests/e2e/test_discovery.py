@@ -4,7 +4,9 @@ from inside busybox containers, with no per-container flag."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 from ipaddress import IPv4Address
 
 import pytest
@@ -132,3 +134,23 @@ def test_a_host_cut_off_from_the_server_is_withdrawn_then_restored(
     finally:
         h3.exec(["iptables", "-D", *cut[2:]])
     wait_until("islander to come back", lambda: resolve(h1, "islander") == {ip}, 45)
+
+
+def test_a_stopped_agent_hands_container_dns_back_to_docker(
+    lab: Lab, hosts: tuple[LabHost, ...]
+) -> None:
+    """SIGTERM: the agent's resolver goes, and the redirect to it goes too; containers ask
+    Docker's upstream again (names outside the mesh keep resolving) until the next agent."""
+    h3 = hosts[2]
+    pid = int((h3.state_dir / "agent.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    # The agent removes its pid file last, after the redirect.
+    wait_until("the agent to exit", lambda: not (h3.state_dir / "agent.pid").exists(), 15)
+    nat = h3.exec(["iptables-save", "-t", "nat"]).stdout.splitlines()
+    assert [rule for rule in nat if rule.startswith("-A SHOAL-DNS")] == []
+    assert resolve(h3, UPSTREAM_NAME) == {IPv4Address(UPSTREAM_ADDRESS)}
+    up(lab, h3, None)
+    h1_mesh = json.loads(
+        shoal(hosts[0], "status", "--json", "--state-dir", str(hosts[0].state_dir)).stdout
+    )["mesh_ip"]
+    wait_until("mesh names again", lambda: resolve(h3, "h1.shoal") == {IPv4Address(h1_mesh)}, 10)

@@ -127,7 +127,13 @@ def test_agent_restart_drops_no_packet(lab: Lab, mesh: Mesh) -> None:
     time.sleep(1)
     os.kill(pid, signal.SIGTERM)
     wait_until("old agent to exit", lambda: not _alive(pid), 15)
+    # Only the containers' DNS redirect went with it (its resolver did); the mesh stayed.
+    nat = h1.exec(["iptables-save", "-t", "nat"]).stdout.splitlines()
+    assert [rule for rule in nat if rule.startswith("-A SHOAL-DNS")] == []
+    assert any(rule.startswith("-A SHOAL-POSTROUTING") for rule in nat)
     up(lab, h1, None)  # resumes from the state dir; no token needed
+    nat = h1.exec(["iptables-save", "-t", "nat"]).stdout.splitlines()
+    assert len([rule for rule in nat if rule.startswith("-A SHOAL-DNS")]) == 2
     out, _ = pinger.communicate(timeout=60)
     assert " 0% packet loss" in out, out
     assert status(h1)["state"] == "RUNNING"

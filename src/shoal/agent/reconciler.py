@@ -135,7 +135,7 @@ class Reconciler:
         plan: Callable[[NetworkMap], HostConfig],
         health: Health,
         clock: Clock,
-        resync_seconds: float = 300.0,
+        resync_seconds: float = 30.0,
     ) -> None:
         self.adapters = adapters
         self._plan = plan
