@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from shoal.control.app import RunningServer
+from shoal.control.ca import load_or_create_ca
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
+    ControlProtocolError,
     ControlRejected,
     ControlUnreachable,
     FingerprintMismatch,
@@ -81,3 +84,48 @@ def test_malformed_token_is_caught_before_any_io() -> None:
     with pytest.raises(MalformedToken) as err:
         parse_join_token("SWMTKN-1-abc")
     assert err.value.code == "token_malformed"
+
+
+@pytest.fixture
+async def garbled(tmp_path: Path) -> AsyncIterator[tuple[str, bytes]]:
+    """A TLS server with a pinned CA that answers 200 with nonsense: JSON of the wrong shape
+    for the netmap, a captive portal's HTML for everything else."""
+    ca = load_or_create_ca(tmp_path, "127.0.0.1")
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path == "/v1/netmap":
+            return web.json_response({"kind": "sideways"})
+        return web.Response(text="<html>a captive portal</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.server_ssl_context())
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"https://127.0.0.1:{port}", ca.ca_pem
+    finally:
+        await runner.cleanup()
+
+
+Call = Callable[[ControlClient], Awaitable[object]]
+
+
+@pytest.mark.parametrize(
+    ("call", "what"),
+    [
+        (lambda c: c.poll(since=0, wait=0), "sent an unexpected /v1/netmap reply"),
+        (lambda c: c.list_nodes(), "sent non-JSON for /v1/admin/nodes"),
+    ],
+    ids=["poll", "list_nodes"],
+)
+async def test_a_garbled_reply_is_a_protocol_error_not_unreachable(
+    garbled: tuple[str, bytes], call: Call, what: str
+) -> None:
+    url, ca_pem = garbled
+    async with ControlClient(url, ca_pem, "x") as client:
+        with pytest.raises(ControlProtocolError, match=what) as err:
+            await call(client)
+    assert not isinstance(err.value, ControlUnreachable)
