@@ -152,6 +152,7 @@ class Reconciler:
             _slot("firewall", lambda c: c.firewall, adapters.firewall),
         )
         self._netmap: NetworkMap | None = None
+        self._planned: HostConfig | None = None  # the newest config a round worked towards
         self._wakeup = asyncio.Event()
         self._resync_at = clock.monotonic() + resync_seconds
         # Rounds and teardown never interleave, and nothing is applied once stopped: a netmap
@@ -166,10 +167,6 @@ class Reconciler:
         self._netmap = netmap
         self._wakeup.set()
 
-    @property
-    def stopped(self) -> bool:
-        return self._stopped
-
     def subsystems(self) -> tuple[SubsystemState, ...]:
         return tuple(slot.state() for slot in self._slots)
 
@@ -183,7 +180,7 @@ class Reconciler:
             await self.step()
 
     def _until_next(self) -> float:
-        deadlines = [self._resync_at, *(s.retry_at for s in self._slots if s.retry_at)]
+        deadlines = [self._resync_at, *(s.retry_at for s in self._slots if s.retry_at is not None)]
         return max(0.0, min(deadlines) - self._clock.monotonic())
 
     async def step(self) -> bool:
@@ -210,7 +207,7 @@ class Reconciler:
             await self._round(self._netmap, force=True, raise_essential=True)
 
     async def _round(self, netmap: NetworkMap, force: bool, raise_essential: bool = False) -> bool:
-        cfg = self._plan(netmap)
+        cfg = self._planned = self._plan(netmap)
         now = self._clock.monotonic()
         changed = False
         first_error: BaseException | None = None
@@ -263,11 +260,10 @@ class Reconciler:
                 return
             self._stopped = True
             self._wakeup.set()
-            if self._netmap is None:
+            if self._planned is None:
                 return
-            firewall = self._plan(self._netmap).firewall
             try:
-                await self.adapters.firewall.apply(without_dns_redirect(firewall))
+                await self.adapters.firewall.apply(without_dns_redirect(self._planned.firewall))
                 await self.adapters.dns.teardown()
             except Exception as exc:
                 log.warning("could not remove the DNS redirect: %s", exc)
