@@ -67,9 +67,11 @@ def register(data: Path, token: str, name: str) -> None:
 
     async def run() -> None:
         ca = await fetch_pinned_ca(url, parse_join_token(token).fingerprint)
-        async with ControlClient(url, ca) as client:
-            key = PrivateKey.generate().public_key()
-            await client.register(RegisterRequest(token=token, name=name, public_key=key))
+        key = PrivateKey.generate()
+        async with ControlClient(url, ca, node_key=key) as client:
+            await client.register(
+                RegisterRequest(token=token, name=name, public_key=key.public_key())
+            )
 
     asyncio.run(run())
 
@@ -158,10 +160,10 @@ def test_services_on_the_server_host(server_dir: Path, capsys: pytest.CaptureFix
     async def run() -> None:
         ca = await fetch_pinned_ca(url, parse_join_token(token).fingerprint)
         for i, name in enumerate(("alpha", "beta")):
-            async with ControlClient(url, ca) as client:
-                key = PrivateKey.generate().public_key()
+            key = PrivateKey.generate()
+            async with ControlClient(url, ca, node_key=key) as client:
                 joined = await client.register(
-                    RegisterRequest(token=token, name=name, public_key=key)
+                    RegisterRequest(token=token, name=name, public_key=key.public_key())
                 )
                 subnet = joined.netmap.self_node.subnet
                 health = "healthy" if i == 0 else "unhealthy"

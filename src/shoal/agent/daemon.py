@@ -68,7 +68,7 @@ class Agent:
         self.reconciler = Reconciler(dataplane, docker)
         self.health = Health()
         self.client = ControlClient(
-            identity.server_url, identity.ca_pem.encode(), identity.credential
+            identity.server_url, identity.ca_pem.encode(), node_key=private_key
         )
         self.dns_table = RecordTable.from_netmap(cached.netmap)
         self._containers: list[ContainerReport] | None = None  # newest set not yet reported
@@ -251,7 +251,7 @@ class Agent:
         report = await self.reconciler.teardown()
         left = False
         if leave:
-            left = await leave_mesh(self.identity)
+            left = await leave_mesh(self.identity, self.private_key)
             self.state.forget()
         self._stop.set()
         return {
@@ -263,10 +263,10 @@ class Agent:
         }
 
 
-async def leave_mesh(identity: NodeIdentity) -> bool:
+async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
     try:
         async with ControlClient(
-            identity.server_url, identity.ca_pem.encode(), identity.credential
+            identity.server_url, identity.ca_pem.encode(), node_key=private_key
         ) as client:
             await client.leave()
     except (ControlUnreachable, ControlRejected) as exc:
@@ -303,7 +303,7 @@ async def start(config: AgentConfig) -> Agent:
             # Nothing half-configured: undo this host's changes and the registration.
             log.error("first configuration failed; undoing it")
             await agent.reconciler.teardown()
-            await leave_mesh(identity)
+            await leave_mesh(identity, private_key)
             state.forget()
         raise
     agent.health.configured = True
@@ -330,7 +330,7 @@ async def _join(
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
     )
-    async with ControlClient(config.server_url, ca_pem) as client:
+    async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:
         response = await client.register(request)
     log.info(
         "joined %s as %s: mesh IP %s, subnet %s",
@@ -343,7 +343,6 @@ async def _join(
         server_url=config.server_url,
         ca_pem=ca_pem.decode(),
         node_id=response.node_id,
-        credential=response.credential,
         name=name,
     )
     return identity, response.netmap

@@ -14,10 +14,16 @@ API_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
 
 
-class RegisterRequest(Frozen):
-    """An agent joining with a join token (or re-joining with the same key)."""
+# Token lifetimes: a day unless the admin says otherwise (`--expires never` is explicit).
+DEFAULT_TOKEN_SECONDS = 24 * 3600
+MAX_TOKEN_SECONDS = 3650 * 24 * 3600
 
-    token: str
+
+class RegisterRequest(Frozen):
+    """An agent joining with a join token, or joining again with the same key (no token:
+    the request's signature proves the key, and the key is the node's identity)."""
+
+    token: str | None = Field(default=None, max_length=200)
     name: str = Field(pattern=NAME_PATTERN)
     public_key: PublicKey
     endpoints: tuple[Endpoint, ...] = ()
@@ -28,17 +34,23 @@ class RegisterRequest(Frozen):
 
 class RegisterResponse(Frozen):
     node_id: str
-    credential: str  # bearer secret for this node's later requests; stored hashed by the server
     netmap: NetworkMap
 
 
-class UpdateEndpointsRequest(Frozen):
-    endpoints: tuple[Endpoint, ...]
+class ServerKey(Frozen):
+    """`GET /v1/key`: the server's X25519 key that node signatures are keyed with."""
+
+    public_key: PublicKey
 
 
 class TokenCreateRequest(Frozen):
     reusable: bool = False
-    expires_in_seconds: int | None = Field(default=None, gt=0)
+    uses: int | None = Field(default=None, ge=1, le=1_000_000)  # None: 1, or unlimited if reusable
+    # None (JSON null) means never; the default is a day.
+    expires_in_seconds: int | None = Field(
+        default=DEFAULT_TOKEN_SECONDS, gt=0, le=MAX_TOKEN_SECONDS
+    )
+    ephemeral: bool = False
     tags: tuple[str, ...] = ()
 
 
@@ -50,6 +62,9 @@ class TokenInfo(Frozen):
     expires_at: datetime | None = None
     used_at: datetime | None = None
     revoked: bool = False
+    uses: int = 0
+    max_uses: int | None = 1  # None: unlimited
+    ephemeral: bool = False
 
 
 class TokenCreated(Frozen):
@@ -69,6 +84,7 @@ class NodeInfo(Frozen):
     created_at: datetime
     last_seen: datetime | None = None
     online: bool = False
+    ephemeral: bool = False
 
 
 class ErrorBody(Frozen):
