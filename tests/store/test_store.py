@@ -25,7 +25,7 @@ from shoal.store import (
     open_store,
 )
 from shoal.store.memory import MemoryStore
-from shoal.store.sqlite import SqliteStore, schema_sql
+from shoal.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
