@@ -81,9 +81,10 @@ def parse_header(text: str) -> Signature:
 def shared_key(own: PrivateKey, other: PublicKey, node: PublicKey, server: PublicKey) -> bytes:
     """The MAC key of one node and one server; either side computes it with its private key."""
     priv = X25519PrivateKey.from_private_bytes(own.raw)
-    secret = priv.exchange(X25519PublicKey.from_public_bytes(other.raw))
-    if not any(secret):  # a low-order public key gives all zeros: refuse, it proves nothing
-        raise InvalidKey("degenerate key exchange (low-order public key)")
+    try:
+        secret = priv.exchange(X25519PublicKey.from_public_bytes(other.raw))
+    except ValueError as exc:  # a low-order public key gives all zeros: it proves nothing
+        raise InvalidKey("degenerate key exchange (low-order public key)") from exc
     return hmac.new(_KDF_LABEL, secret + node.raw + server.raw, hashlib.sha256).digest()
 
 
