@@ -192,3 +192,19 @@ def test_services_on_the_server_host(server_dir: Path, capsys: pytest.CaptureFix
     assert cmd_services_admin(argparse.Namespace(**{**vars(args), "json": True})) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(s["name"], len(s["instances"])) for s in listed] == [("web.shop", 2)]
+
+
+def test_a_read_only_admin_token_from_anywhere(server_dir: Path) -> None:
+    d = ("--data-dir", str(server_dir))
+    created = shoal("admin", "token", "create", "--scope", "read", "--expires", "7d", *d)
+    assert created.returncode == 0, created.stderr
+    read = created.stdout.strip()
+    assert read.startswith("SHOAL-ADMIN-1-")
+    url = json.loads((server_dir / "server.json").read_text())["url"]
+    env = {"SHOAL_ADMIN_TOKEN": read}
+    assert shoal("nodes", "--server", url, env=env).returncode == 0
+    refused = shoal("token", "create", "--server", url, env=env)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().count("\n") == 0 and "read-only" in refused.stderr
+    listed = shoal("admin", "token", "list", *d).stdout
+    assert "read" in listed and "active" in listed

@@ -11,9 +11,15 @@ import aiohttp
 import pytest
 
 from shoal.control.app import RunningServer, load_config, start_server
+from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, CredentialRejected
 from shoal.controlclient.tls import ssl_context
-from shoal.model.api import ErrorBody, RegisterRequest
+from shoal.model.api import (
+    AdminTokenCreateRequest,
+    ErrorBody,
+    RegisterRequest,
+    TokenCreateRequest,
+)
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.model.nodeauth import shared_key, sign
 from tests.control.servers import FakeClock, admin_client, join, new_token, node_client
@@ -193,3 +199,44 @@ async def test_ephemeral_nodes_go_once_offline_long_enough(tmp_path: Path) -> No
             assert [n.name for n in await admin.list_nodes()] == ["db"]
     finally:
         await server.close()
+
+
+async def test_scoped_admin_tokens(server: RunningServer, clock: FakeClock) -> None:
+    """Finding 8: one global admin secret, never expiring, no scopes."""
+    async with admin_client(server) as root:
+        read = (await root.create_admin_token(AdminTokenCreateRequest(scope="read"))).token
+        full = await root.create_admin_token(
+            AdminTokenCreateRequest(scope="admin", expires_in_seconds=3600)
+        )
+    async with ControlClient(server.url, server.ca.ca_pem, read) as reader:
+        assert await reader.list_nodes() == []
+        with pytest.raises(ControlRejected) as err:
+            await reader.create_token(TokenCreateRequest())
+        assert err.value.code == "admin_scope" and "--scope admin" in err.value.message
+    async with ControlClient(server.url, server.ca.ca_pem, full.token) as operator:
+        join_token = (await operator.create_token(TokenCreateRequest())).token
+        listed = {t.id: t.scope for t in await operator.list_admin_tokens()}
+        assert listed[full.info.id] == "admin" and len(listed) == 2
+        await operator.revoke_admin_token(listed_id(listed, "read"))
+    async with ControlClient(server.url, server.ca.ca_pem, read) as reader:
+        with pytest.raises(ControlRejected, match="revoked"):
+            await reader.list_nodes()
+    clock.advance(3601)
+    async with ControlClient(server.url, server.ca.ca_pem, full.token) as operator:
+        with pytest.raises(ControlRejected, match="expired"):
+            await operator.list_nodes()
+    # Neither kind of token passes for the other.
+    with pytest.raises(ControlRejected) as err:
+        await join(server, "sneaky", token=full.token)
+    assert err.value.code == "token_malformed"
+    async with ControlClient(server.url, server.ca.ca_pem, join_token) as client:
+        with pytest.raises(ControlRejected) as err:
+            await client.list_nodes()
+        assert err.value.code == "admin_unauthorized"
+    # The server host's own admin token keeps every right.
+    async with admin_client(server) as root:
+        assert len(await root.list_admin_tokens()) == 2
+
+
+def listed_id(listed: dict[str, str], scope: str) -> str:
+    return next(tid for tid, s in listed.items() if s == scope)

@@ -89,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_token_revoke"))
 
+    admin = sub.add_parser("admin", help="admin credentials").add_subparsers(
+        dest="admin_cmd", required=True
+    )
+    admin_token = admin.add_parser("token", help="scoped admin tokens").add_subparsers(
+        dest="admin_token_cmd", required=True
+    )
+    p = admin_token.add_parser("create", help="create a scoped, expiring admin token")
+    p.add_argument("--scope", choices=("read", "admin"), required=True)
+    p.add_argument("--expires", help="lifetime such as 12h, 30d, or never (default 30d)")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_admin_token_create"))
+    p = admin_token.add_parser("list", help="list admin tokens")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_admin_token_list"))
+    p = admin_token.add_parser("revoke", help="revoke an admin token")
+    p.add_argument("id")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_admin_token_revoke"))
+
     p = sub.add_parser("nodes", help="list the mesh's nodes")
     p.add_argument("--json", action="store_true")
     admin_flags(p)

@@ -26,7 +26,9 @@ from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import (
+    DEFAULT_ADMIN_TOKEN_SECONDS,
     DEFAULT_TOKEN_SECONDS,
+    AdminTokenCreateRequest,
     NodeInfo,
     ServiceInfo,
     TokenCreateRequest,
@@ -130,13 +132,16 @@ def _with_admin(args: argparse.Namespace, action: Callable[[ControlClient], Awai
     return asyncio.run(run())
 
 
+def _expires(text: str | None, default: int) -> int | None:
+    """--expires: seconds; None for `never`."""
+    if text == "never":
+        return None
+    lifetime = _duration("--expires", text)
+    return default if lifetime is None else int(lifetime.total_seconds())
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
-    expires: int | None = DEFAULT_TOKEN_SECONDS
-    if args.expires == "never":
-        expires = None
-    elif args.expires:
-        lifetime = _duration("--expires", args.expires)
-        expires = None if lifetime is None else int(lifetime.total_seconds())
+    expires = _expires(args.expires, DEFAULT_TOKEN_SECONDS)
     if args.uses is not None and not 1 <= args.uses <= 1_000_000:
         raise UsageError(f"--uses {args.uses}: expected 1 to 1000000")
     request = TokenCreateRequest(
@@ -170,6 +175,43 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         for t in tokens
     ]
     print(table(("ID", "KIND", "STATE", "USES", "CREATED", "EXPIRES", "TAGS"), rows))
+    return 0
+
+
+def cmd_admin_token_create(args: argparse.Namespace) -> int:
+    request = AdminTokenCreateRequest(
+        scope=args.scope, expires_in_seconds=_expires(args.expires, DEFAULT_ADMIN_TOKEN_SECONDS)
+    )
+    created = _with_admin(args, lambda c: c.create_admin_token(request))
+    print(created.token)  # alone on stdout: scripts capture it
+    return 0
+
+
+def cmd_admin_token_list(args: argparse.Namespace) -> int:
+    tokens = _with_admin(args, lambda c: c.list_admin_tokens())
+    if args.json:
+        print(json_list(tokens))
+        return 0
+    now = datetime.now(UTC)
+    rows = [
+        (
+            t.id,
+            t.scope,
+            "revoked"
+            if t.revoked
+            else ("expired" if t.expires_at is not None and t.expires_at <= now else "active"),
+            _when(t.created_at),
+            _when(t.expires_at) if t.expires_at else "never",
+        )
+        for t in tokens
+    ]
+    print(table(("ID", "SCOPE", "STATE", "CREATED", "EXPIRES"), rows))
+    return 0
+
+
+def cmd_admin_token_revoke(args: argparse.Namespace) -> int:
+    _with_admin(args, lambda c: c.revoke_admin_token(args.id))
+    print(f"revoked admin token {args.id}")
     return 0
 
 

@@ -13,6 +13,12 @@
     GET    /v1/admin/nodes              → [NodeInfo]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
+    POST   /v1/admin/admin-tokens       AdminTokenCreateRequest → AdminTokenCreated
+    GET    /v1/admin/admin-tokens       → [AdminTokenInfo]
+    DELETE /v1/admin/admin-tokens/{id}  → 204
+
+Admin calls carry an admin token: the server host's own (admin.token, every scope) or a
+scoped one; GETs need scope read, everything else scope admin.
 
 Node calls carry `Authorization: Shoal-Node ...`, a signature made with the node's private
 key (see shoal.model.nodeauth): nothing but that key authorises them. Every error is an
@@ -43,6 +49,8 @@ from shoal.control.errors import (
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.service import ControlService
 from shoal.model.api import (
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
     ContainersReport,
     ErrorBody,
     NodeInfo,
@@ -73,6 +81,7 @@ VERIFIER = web.AppKey("verifier", NodeVerifier)
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
 _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
+_ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 
 
 def build_app(service: ControlService, ca_pem: bytes, verifier: NodeVerifier) -> web.Application:
@@ -93,6 +102,9 @@ def build_app(service: ControlService, ca_pem: bytes, verifier: NodeVerifier) ->
     app.router.add_get("/v1/admin/nodes", list_nodes)
     app.router.add_get("/v1/admin/services", list_services)
     app.router.add_delete("/v1/admin/nodes/{name}", remove_node)
+    app.router.add_post("/v1/admin/admin-tokens", create_admin_token)
+    app.router.add_get("/v1/admin/admin-tokens", list_admin_tokens)
+    app.router.add_delete("/v1/admin/admin-tokens/{id}", revoke_admin_token)
     return app
 
 
@@ -196,12 +208,13 @@ def _node_id(request: web.Request, body: bytes = b"") -> str:
     return request.app[SERVICE].authenticate_node(_signer(request, body)).id
 
 
-def _admin(request: web.Request) -> ControlService:
+async def _admin(request: web.Request) -> ControlService:
+    """The service, once the request's admin token is good for it (GETs read, else admin)."""
     token = _bearer(request)
     if token is None:
         raise AdminUnauthorized("missing admin token (Authorization: Bearer SHOAL-ADMIN-1-...)")
     service = request.app[SERVICE]
-    service.authenticate_admin(token)
+    await service.authenticate_admin(token, "read" if request.method == "GET" else "admin")
     return service
 
 
@@ -249,37 +262,55 @@ async def leave(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     req = await _parse(request, TokenCreateRequest)
     return _json(await service.create_token(req), status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     body = _TOKEN_LIST.dump_json(await service.list_tokens())
     return web.Response(body=body, content_type="application/json")
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     await service.revoke_token(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     body = _NODE_LIST.dump_json(service.list_nodes())
     return web.Response(body=body, content_type="application/json")
 
 
 async def remove_node(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     allow = request.query.get("allow_rejoin", "0") in ("1", "true")
     await service.remove_node(request.match_info["name"], allow_rejoin=allow)
     return web.Response(status=204)
 
 
 async def list_services(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     body = _SERVICE_LIST.dump_json(service.list_services())
     return web.Response(body=body, content_type="application/json")
+
+
+async def create_admin_token(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = await _parse(request, AdminTokenCreateRequest)
+    return _json(await service.create_admin_token(req), status=201)
+
+
+async def list_admin_tokens(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    body = _ADMIN_TOKEN_LIST.dump_json(await service.list_admin_tokens())
+    return web.Response(body=body, content_type="application/json")
+
+
+async def revoke_admin_token(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    await service.revoke_admin_token(request.match_info["id"])
+    return web.Response(status=204)

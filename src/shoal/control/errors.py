@@ -16,7 +16,8 @@ ShoalError
     │   │                          or replayed request
     │   └── AdminUnauthorized      admin_unauthorized
     ├── Forbidden                  403
-    │   └── KeyRevoked             key_revoked: the key of a removed node, rejoin refused
+    │   ├── KeyRevoked             key_revoked: the key of a removed node, rejoin refused
+    │   └── ScopeTooNarrow         admin_scope: a read-only admin token asked to change
     ├── NotFound                   404 not_found: route, token id or node name
     ├── MethodNotAllowed           405 method_not_allowed
     ├── Conflict                   409
@@ -94,6 +95,10 @@ class Forbidden(ApiError):
 
 class KeyRevoked(Forbidden):
     code = "key_revoked"
+
+
+class ScopeTooNarrow(Forbidden):
+    code = "admin_scope"
 
 
 class NotFound(ApiError):

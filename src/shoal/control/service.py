@@ -27,6 +27,7 @@ from shoal.control.errors import (
     NameTaken,
     NotFound,
     PoolConflict,
+    ScopeTooNarrow,
     SignatureInvalid,
     TokenMalformed,
     TokenRequired,
@@ -37,10 +38,15 @@ from shoal.control.registry import Clock, Registry, utcnow
 from shoal.control.tokens import (
     check_usable,
     new_join_token,
+    new_scoped_admin_token,
     secret_hash,
     token_id,
 )
 from shoal.model.api import (
+    AdminScope,
+    AdminTokenCreated,
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
     ContainerReport,
     ContainersReport,
     NodeInfo,
@@ -101,13 +107,34 @@ class ControlService:
             )
         return node
 
-    def authenticate_admin(self, token: str) -> None:
+    async def authenticate_admin(self, token: str, need: AdminScope) -> None:
+        """Accept the server host's own admin token (every scope) or a scoped admin token
+        that is unrevoked, unexpired and wide enough for `need`."""
         try:
             parsed = parse_admin_token(token)
         except MalformedToken as exc:
             raise AdminUnauthorized(str(exc)) from exc
-        if not hmac.compare_digest(secret_hash(parsed.secret), self._admin_hash):
+        digest = secret_hash(parsed.secret)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return
+        record = await self.store.get_token(token_id(parsed.secret))
+        if (
+            record is None
+            or record.scope is None
+            or not hmac.compare_digest(record.secret_hash, digest)
+        ):
             raise AdminUnauthorized("admin token not accepted by this server")
+        if record.revoked_at is not None:
+            raise AdminUnauthorized(f"admin token {record.id} was revoked")
+        if record.expires_at is not None and record.expires_at <= self._clock():
+            raise AdminUnauthorized(
+                f"admin token {record.id} expired at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        if need == "admin" and record.scope != "admin":
+            raise ScopeTooNarrow(
+                f"admin token {record.id} is read-only (scope {record.scope}); this needs one "
+                "made with --scope admin"
+            )
 
     # Agent use cases.
 
@@ -204,7 +231,11 @@ class ControlService:
                 "this join token was issued by another server (its CA fingerprint differs)"
             )
         record = await self.store.get_token(token_id(token.secret))
-        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash(token.secret)):
+        if (
+            record is None
+            or record.scope is not None  # an admin token's secret is no join token
+            or not hmac.compare_digest(record.secret_hash, secret_hash(token.secret))
+        ):
             raise TokenUnknown(f"unknown join token {JOIN_PREFIX}…; create one: shoal token create")
         return record
 
@@ -316,12 +347,33 @@ class ControlService:
         return TokenCreated(info=token_info(record), token=str(token))
 
     async def list_tokens(self) -> list[TokenInfo]:
-        return [token_info(t) for t in await self.store.list_tokens()]
+        return [token_info(t) for t in await self.store.list_tokens() if t.scope is None]
 
     async def revoke_token(self, tid: str) -> None:
-        if not await self.store.revoke_token(tid, self._clock()):
+        record = await self.store.get_token(tid)
+        if record is None or record.scope is not None:
             raise NotFound(f"no join token with id {tid!r} (see shoal token list)")
+        await self.store.revoke_token(tid, self._clock())
         log.info("revoked join token %s", tid)
+
+    async def create_admin_token(self, req: AdminTokenCreateRequest) -> AdminTokenCreated:
+        expires = (
+            None if req.expires_in_seconds is None else timedelta(seconds=req.expires_in_seconds)
+        )
+        token, record = new_scoped_admin_token(self.fingerprint, req.scope, expires, self._clock())
+        await self.store.add_token(record)
+        log.info("created admin token %s (scope %s)", record.id, req.scope)
+        return AdminTokenCreated(info=admin_token_info(record), token=str(token))
+
+    async def list_admin_tokens(self) -> list[AdminTokenInfo]:
+        return [admin_token_info(t) for t in await self.store.list_tokens() if t.scope]
+
+    async def revoke_admin_token(self, tid: str) -> None:
+        record = await self.store.get_token(tid)
+        if record is None or record.scope is None:
+            raise NotFound(f"no admin token with id {tid!r} (see shoal admin token list)")
+        await self.store.revoke_token(tid, self._clock())
+        log.info("revoked admin token %s", tid)
 
     def list_nodes(self) -> list[NodeInfo]:
         return [
@@ -365,6 +417,16 @@ class ControlService:
             node.public_key.short(),
             "may rejoin" if allow_rejoin else "revoked",
         )
+
+
+def admin_token_info(record: TokenRecord) -> AdminTokenInfo:
+    return AdminTokenInfo(
+        id=record.id,
+        scope="admin" if record.scope == "admin" else "read",
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        revoked=record.revoked_at is not None,
+    )
 
 
 def token_info(record: TokenRecord) -> TokenInfo:

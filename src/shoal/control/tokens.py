@@ -18,6 +18,7 @@ __all__ = [
     "check_usable",
     "new_admin_token",
     "new_join_token",
+    "new_scoped_admin_token",
     "parse_duration",
     "secret_hash",
     "token_id",
@@ -66,6 +67,25 @@ def new_join_token(
 
 def new_admin_token(fingerprint: str) -> AdminToken:
     return AdminToken(fingerprint=fingerprint, secret=secrets.token_hex(16))
+
+
+def new_scoped_admin_token(
+    fingerprint: str, scope: str, expires_in: timedelta | None, now: datetime
+) -> tuple[AdminToken, TokenRecord]:
+    """An admin token besides the server host's own: scoped, expiring, revocable, stored
+    hashed beside the join tokens (told apart by `scope`)."""
+    token = new_admin_token(fingerprint)
+    record = TokenRecord(
+        id=token_id(token.secret),
+        secret_hash=secret_hash(token.secret),
+        reusable=True,
+        max_uses=None,
+        tags=(),
+        created_at=now,
+        expires_at=None if expires_in is None else now + expires_in,
+        scope=scope,
+    )
+    return token, record
 
 
 def check_usable(record: TokenRecord, now: datetime) -> None:

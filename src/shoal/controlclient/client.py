@@ -26,6 +26,9 @@ from shoal.controlclient.errors import (
 )
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import (
+    AdminTokenCreated,
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
     ContainersReport,
     ErrorBody,
     NodeInfo,
@@ -55,6 +58,7 @@ CLOCK_SLACK = 5.0
 _TOKENS = TypeAdapter(list[TokenInfo])
 _NODES = TypeAdapter(list[NodeInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
+_ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
 
 
 class ControlClient:
@@ -142,6 +146,15 @@ class ControlClient:
     async def list_services(self) -> list[ServiceInfo]:
         """The service catalog: services, their instances, hosts and health."""
         return _SERVICES.validate_python(await self._call_json("GET", "/v1/admin/services"))
+
+    async def create_admin_token(self, request: AdminTokenCreateRequest) -> AdminTokenCreated:
+        return await self._call("POST", "/v1/admin/admin-tokens", AdminTokenCreated, body=request)
+
+    async def list_admin_tokens(self) -> list[AdminTokenInfo]:
+        return _ADMIN_TOKENS.validate_python(await self._call_json("GET", "/v1/admin/admin-tokens"))
+
+    async def revoke_admin_token(self, token_id: str) -> None:
+        await self._call_json("DELETE", f"/v1/admin/admin-tokens/{quote(token_id, safe='')}")
 
     async def remove_node(self, name: str, *, allow_rejoin: bool = False) -> None:
         await self._call_json(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
+from typing import Literal
 
 from pydantic import Field
 
@@ -70,6 +71,31 @@ class TokenInfo(Frozen):
 class TokenCreated(Frozen):
     info: TokenInfo
     token: str  # SHOAL-1-<ca fingerprint>-<secret>; shown once, never stored in clear
+
+
+AdminScope = Literal["read", "admin"]  # read: list nodes, tokens, services; admin: all of it
+DEFAULT_ADMIN_TOKEN_SECONDS = 30 * 24 * 3600
+
+
+class AdminTokenCreateRequest(Frozen):
+    scope: AdminScope
+    # None (JSON null) means never; the default is 30 days.
+    expires_in_seconds: int | None = Field(
+        default=DEFAULT_ADMIN_TOKEN_SECONDS, gt=0, le=MAX_TOKEN_SECONDS
+    )
+
+
+class AdminTokenInfo(Frozen):
+    id: str
+    scope: AdminScope
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked: bool = False
+
+
+class AdminTokenCreated(Frozen):
+    info: AdminTokenInfo
+    token: str  # SHOAL-ADMIN-1-<ca fingerprint>-<secret>; shown once, stored hashed
 
 
 class NodeInfo(Frozen):

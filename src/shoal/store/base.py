@@ -36,6 +36,8 @@ class TokenRecord:
     max_uses: int | None = 1  # registrations it may authorise; None: unlimited
     uses: int = 0
     ephemeral: bool = False  # its nodes are removed once offline for the ephemeral timeout
+    # None for a join token; "read" or "admin" for an admin token (SHOAL-ADMIN-1-...).
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

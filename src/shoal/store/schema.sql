@@ -22,7 +22,8 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at  TEXT,
     max_uses    INTEGER,                   -- registrations it may authorise; NULL: unlimited
     uses        INTEGER NOT NULL DEFAULT 0,
-    ephemeral   INTEGER NOT NULL DEFAULT 0 -- its nodes are removed once offline long enough
+    ephemeral   INTEGER NOT NULL DEFAULT 0, -- its nodes are removed once offline long enough
+    scope       TEXT                       -- NULL: a join token; 'read' | 'admin': admin token
 );
 
 CREATE TABLE IF NOT EXISTS nodes (

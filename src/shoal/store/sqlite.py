@@ -173,7 +173,7 @@ class SqliteStore:
     async def add_token(self, token: TokenRecord) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES ({', '.join('?' * 13)})",
                 (
                     token.id,
                     token.secret_hash,
@@ -187,6 +187,7 @@ class SqliteStore:
                     token.max_uses,
                     token.uses,
                     int(token.ephemeral),
+                    token.scope,
                 ),
             )
 
@@ -375,7 +376,7 @@ class SqliteStore:
 
 _TOKEN_COLS = (
     "id, secret_hash, reusable, tags, created_at, expires_at, used_at, used_by, revoked_at, "
-    "max_uses, uses, ephemeral"
+    "max_uses, uses, ephemeral, scope"
 )
 _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
@@ -411,6 +412,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE tokens ADD COLUMN max_uses INTEGER")
         db.execute("ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0")
         db.execute("ALTER TABLE tokens ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE tokens ADD COLUMN scope TEXT")
         db.execute(
             "UPDATE tokens SET max_uses = CASE WHEN reusable THEN NULL ELSE 1 END, "
             "uses = CASE WHEN used_at IS NULL THEN 0 ELSE 1 END"
@@ -435,7 +437,7 @@ def _bury(db: sqlite3.Connection, container_ids: Sequence[str], rev: int) -> Non
 
 def _token(row: tuple[object, ...]) -> TokenRecord:
     (tid, secret_hash, reusable, tags, created, expires, used, used_by, revoked) = row[:9]
-    max_uses, uses, ephemeral = row[9:]
+    max_uses, uses, ephemeral, scope = row[9:]
     return TokenRecord(
         id=str(tid),
         secret_hash=str(secret_hash),
@@ -449,6 +451,7 @@ def _token(row: tuple[object, ...]) -> TokenRecord:
         max_uses=None if max_uses is None else int(str(max_uses)),
         uses=int(str(uses)),
         ephemeral=bool(ephemeral),
+        scope=scope if isinstance(scope, str) else None,
     )
 
 
