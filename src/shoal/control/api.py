@@ -1,5 +1,6 @@
 """The HTTP API (aiohttp): authentication, parsing and JSON; the use cases live in service.py.
 
+    GET    /v1/openapi.json             this list as OpenAPI 3.1, from the models (control.openapi)
     GET    /v1/ca                       the CA certificate (PEM); no auth, clients pin it
     GET    /v1/key                      → ServerKey: what node signatures are keyed with
     POST   /v1/register                 RegisterRequest → RegisterResponse (signed by the key
@@ -35,6 +36,7 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from shoal.control import openapi
 from shoal.control.encoding import MapEncoder
 from shoal.control.errors import (
     AdminUnauthorized,
@@ -90,6 +92,7 @@ def build_app(service: ControlService, ca_pem: bytes, verifier: NodeVerifier) ->
     app[CA_PEM] = ca_pem
     app[ENCODER] = MapEncoder()
     app[VERIFIER] = verifier
+    app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_get("/v1/key", get_key)
     app.router.add_post("/v1/register", register)
@@ -220,6 +223,10 @@ async def _admin(request: web.Request) -> ControlService:
 
 async def get_ca(request: web.Request) -> web.Response:
     return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
 
 
 async def get_key(request: web.Request) -> web.Response:
