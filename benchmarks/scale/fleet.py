@@ -61,9 +61,7 @@ class ServerAccess:
     token: str
 
 
-def agent_client(
-    server: ServerAccess, key: PrivateKey, credential: str | None = None
-) -> ControlClient:
+def agent_client(server: ServerAccess, key: PrivateKey) -> ControlClient:
     """The `ControlClient` of the simulated agent whose node key is `key`: every simulated
     agent's client is made here and nowhere else.
 
@@ -73,9 +71,8 @@ def agent_client(
     than two requests in flight: at most two connections each, as 5,000 agents need (the
     earlier raw-aiohttp fleet capped its sessions at two for this; no option is needed).
 
-    `key` is the node's private key: the product's client does not take it yet; when node
-    requests are signed with it, passing it on here is the one change."""
-    return ControlClient(server.url, server.ca_pem, credential=credential)
+    `key` is the node's private key: every request is signed with it, as the agent's are."""
+    return ControlClient(server.url, server.ca_pem, node_key=key)
 
 
 async def opened(client: ControlClient) -> ControlClient:
@@ -155,7 +152,6 @@ class Agent:
     index: int
     name: str
     key: PrivateKey
-    credential: str
     client: ControlClient
     netmap: NetworkMap
     pending: list[Received] = field(default_factory=list)
@@ -211,9 +207,8 @@ class Fleet:
                 raise BenchError(f"register {name}: {exc}") from exc
         netmap = self.interner.netmap(response.netmap)
         # The daemon then follows the netmap on a client of its own.
-        credential = response.credential
-        client = await opened(agent_client(self.server, key, credential))
-        agent = Agent(index, name, key, credential, client, netmap)
+        client = await opened(agent_client(self.server, key))
+        agent = Agent(index, name, key, client, netmap)
         return agent, response
 
     async def poll_loop(self, agent: Agent) -> None:
@@ -239,7 +234,7 @@ class Fleet:
                 first = False
                 agent.synced = True
                 await agent.client.aclose()
-                agent.client = await opened(agent_client(self.server, agent.key, agent.credential))
+                agent.client = await opened(agent_client(self.server, agent.key))
                 self.synced_count += 1
                 if self.synced_count >= len(self.agents):
                     self.synced.set()

@@ -44,7 +44,7 @@ def closed_port() -> int:
 
 
 class Rig:
-    def __init__(self, tmp_path: Path, url: str, ca_pem: bytes, credential: str, nm: NetworkMap):
+    def __init__(self, tmp_path: Path, url: str, ca_pem: bytes, nm: NetworkMap):
         self.host = FakeHost()
         self.clock = ManualClock()
         self.state = StateDir(tmp_path / "state")
@@ -53,7 +53,6 @@ class Rig:
             server_url=url,
             ca_pem=ca_pem.decode(),
             node_id=nm.self_node.id,
-            credential=credential,
             name=nm.self_node.name,
         )
         self.state.save_identity(identity)
@@ -73,7 +72,7 @@ class Rig:
 
 async def joined(tmp_path: Path, server: RunningServer) -> Rig:
     response = await join(server, "h1", key=KEY)
-    return Rig(tmp_path, server.url, server.ca.ca_pem, response.credential, response.netmap)
+    return Rig(tmp_path, server.url, server.ca.ca_pem, response.netmap)
 
 
 async def eventually(probe: Callable[[], bool], what: str, rounds: int = 500) -> None:
@@ -112,7 +111,7 @@ async def test_with_the_server_away_the_agent_is_degraded_on_its_last_netmap(
 ) -> None:
     response = await join(server, "h1", key=KEY)
     away = f"https://127.0.0.1:{closed_port()}"
-    rig = Rig(tmp_path, away, server.ca.ca_pem, response.credential, response.netmap)
+    rig = Rig(tmp_path, away, server.ca.ca_pem, response.netmap)
     await rig.agent.configure(fresh_join=False)
     before = rig.host.dump()
     async with rig.agent.client, asyncio.TaskGroup() as tasks:

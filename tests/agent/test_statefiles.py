@@ -8,9 +8,7 @@ from pathlib import Path
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.testing.builders import netmap
 
-IDENTITY = NodeIdentity(
-    server_url="https://192.0.2.1:8443", ca_pem="PEM", node_id="n1", credential="c", name="h1"
-)
+IDENTITY = NodeIdentity(server_url="https://192.0.2.1:8443", ca_pem="PEM", node_id="n1", name="h1")
 
 
 def filled(tmp_path: Path) -> StateDir:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from shoal.control.app import RunningServer, load_config, start_server
 from shoal.controlclient.client import ControlClient
 from shoal.model.api import RegisterRequest, RegisterResponse, TokenCreateRequest
 from shoal.model.keys import PrivateKey
+from shoal.model.netmap import NetworkMap
 
 
 class FakeClock:
@@ -42,8 +44,16 @@ def admin_client(server: RunningServer) -> ControlClient:
     return ControlClient(server.url, server.ca.ca_pem, credential=server.admin_token)
 
 
-def node_client(server: RunningServer, credential: str | None = None) -> ControlClient:
-    return ControlClient(server.url, server.ca.ca_pem, credential=credential)
+def node_client(server: RunningServer, key: PrivateKey | None = None) -> ControlClient:
+    """A client signing with `key` (a fresh key that is no node's, if None)."""
+    return ControlClient(server.url, server.ca.ca_pem, node_key=key or PrivateKey.generate())
+
+
+@dataclass(frozen=True)
+class Joined:
+    node_id: str
+    netmap: NetworkMap
+    key: PrivateKey
 
 
 async def new_token(server: RunningServer, **kw: object) -> str:
@@ -52,11 +62,20 @@ async def new_token(server: RunningServer, **kw: object) -> str:
 
 
 async def join(
-    server: RunningServer, name: str, token: str | None = None, key: PrivateKey | None = None
-) -> RegisterResponse:
-    token = token or await new_token(server)
+    server: RunningServer,
+    name: str,
+    token: str | None = None,
+    key: PrivateKey | None = None,
+    *,
+    with_token: bool = True,
+) -> Joined:
+    """Register `name` signed with `key`; with a new single-use token unless one is given
+    (or none at all: `with_token=False`, a node joining again)."""
+    if with_token:
+        token = token or await new_token(server)
     key = key or PrivateKey.generate()
-    async with node_client(server) as client:
-        return await client.register(
+    async with node_client(server, key) as client:
+        reply: RegisterResponse = await client.register(
             RegisterRequest(token=token, name=name, public_key=key.public_key())
         )
+    return Joined(node_id=reply.node_id, netmap=reply.netmap, key=key)

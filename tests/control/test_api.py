@@ -15,6 +15,7 @@ from shoal.controlclient.errors import ControlRejected, CredentialRejected
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import ErrorBody, RegisterRequest, TokenInfo
 from shoal.model.keys import PrivateKey
+from shoal.model.netmap import Endpoint
 from shoal.model.tokens import parse_join_token
 from tests.control.servers import (
     FakeClock,
@@ -36,7 +37,7 @@ async def node_names(server: RunningServer) -> list[str]:
         return [n.name for n in await admin.list_nodes()]
 
 
-async def test_join_gives_an_allocation_a_credential_and_a_full_map(server: RunningServer) -> None:
+async def test_join_gives_an_allocation_and_a_full_map(server: RunningServer) -> None:
     token = await new_token(server, tags=("web",))
     first = await join(server, "alpha", token=token)
     assert first.netmap.self_node.mesh_ip == IPv4Address("100.64.0.1")
@@ -99,13 +100,13 @@ async def test_pool_conflict_names_the_route_and_keeps_the_token(server: Running
         public_key=key.public_key(),
         host_prefixes=(IPv4Network("0.0.0.0/0"), IPv4Network("10.42.7.0/24")),
     )
-    async with node_client(server) as client:
+    async with node_client(server, key) as client:
         with pytest.raises(ControlRejected) as err:
             await client.register(request)
     assert err.value.code == "pool_conflict" and "10.42.7.0/24" in err.value.message
     assert (await tokens(server))[parse_join_token(token).id].used_at is None
     fixed = request.model_copy(update={"host_prefixes": (IPv4Network("0.0.0.0/0"),)})
-    async with node_client(server) as client:
+    async with node_client(server, key) as client:
         assert (await client.register(fixed)).netmap.self_node.name == "clash"
 
 
@@ -121,18 +122,16 @@ async def test_rejoin_with_the_same_key_keeps_the_allocation(server: RunningServ
     token = await new_token(server, reusable=True)
     first = await join(server, "alpha", token=token, key=key)
     await join(server, "beta", token=token)
-    # A retry with the single-use token it already used, and a re-join with its credential.
+    # A retry with the token it already used, and a join again with no token at all: the
+    # signature proves the key, and the key is the node.
     again = await join(server, "alpha", token=token, key=key)
-    by_cred = await join(server, "alpha-2", token=again.credential, key=key)
-    for later in (again, by_cred):
+    renamed = await join(server, "alpha-2", key=key, with_token=False)
+    for later in (again, renamed):
         assert later.node_id == first.node_id
         assert later.netmap.self_node.mesh_ip == first.netmap.self_node.mesh_ip
         assert later.netmap.self_node.subnet == first.netmap.self_node.subnet
-    assert by_cred.netmap.self_node.name == "alpha-2"
-    assert len({first.credential, again.credential, by_cred.credential}) == 3
-    async with node_client(server, first.credential) as stale:
-        with pytest.raises(CredentialRejected):
-            await stale.poll(since=0, wait=0)
+    assert renamed.netmap.self_node.name == "alpha-2"
+    assert (await tokens(server))[parse_join_token(token).id].uses == 2  # rejoins use none
 
 
 async def test_a_used_single_use_token_may_be_retried_by_its_node(server: RunningServer) -> None:
@@ -144,7 +143,7 @@ async def test_a_used_single_use_token_may_be_retried_by_its_node(server: Runnin
 
 async def test_long_poll_wakes_when_another_node_joins(server: RunningServer) -> None:
     alpha = await join(server, "alpha")
-    async with node_client(server, alpha.credential) as client:
+    async with node_client(server, alpha.key) as client:
         poll = asyncio.create_task(client.poll(since=alpha.netmap.revision, wait=30))
         beta = await join(server, "beta")
         update = await poll
@@ -153,26 +152,32 @@ async def test_long_poll_wakes_when_another_node_joins(server: RunningServer) ->
     assert alpha.netmap.apply(update).peer(beta.node_id) is not None
 
 
-async def test_poll_none_and_leave(server: RunningServer) -> None:
+async def test_poll_none_endpoints_leave(server: RunningServer) -> None:
     alpha = await join(server, "alpha")
     beta = await join(server, "beta")
-    async with node_client(server, alpha.credential) as a:
+    async with node_client(server, alpha.key) as a:
         assert (await a.poll(since=beta.netmap.revision, wait=0)).kind == "none"
         full = await a.poll(since=0, wait=0)
         assert full.kind == "full"
-    async with node_client(server, alpha.credential) as a:
+    endpoint = Endpoint(host=IPv4Address("192.0.2.7"), port=51820)
+    async with node_client(server, beta.key) as b:
+        await b.register(
+            RegisterRequest(name="beta", public_key=beta.key.public_key(), endpoints=(endpoint,))
+        )
+    async with node_client(server, alpha.key) as a:
         delta = await a.poll(since=full.revision, wait=0)
+        assert delta.peers_changed[0].endpoints == (endpoint,)
         await a.leave()
         with pytest.raises(CredentialRejected):
             await a.poll(since=0, wait=0)
     assert await node_names(server) == ["beta"]
-    async with node_client(server, beta.credential) as b:
+    async with node_client(server, beta.key) as b:
         assert (await b.poll(since=delta.revision, wait=0)).peers_removed == (alpha.node_id,)
 
 
 async def test_admin_removes_a_node_and_its_poll_is_rejected(server: RunningServer) -> None:
     alpha = await join(server, "alpha")
-    async with node_client(server, alpha.credential) as a:
+    async with node_client(server, alpha.key) as a:
         poll = asyncio.create_task(a.poll(since=alpha.netmap.revision, wait=30))
         async with admin_client(server) as admin:
             await admin.remove_node("alpha")
@@ -189,7 +194,7 @@ async def test_online_and_last_seen(server: RunningServer, clock: FakeClock) -> 
         assert (await admin.list_nodes())[0].online
         clock.advance(16)
         assert not (await admin.list_nodes())[0].online
-        async with node_client(server, alpha.credential) as a:
+        async with node_client(server, alpha.key) as a:
             await a.poll(since=0, wait=0)
         node = (await admin.list_nodes())[0]
         assert node.online and node.last_seen == clock.now
@@ -197,7 +202,7 @@ async def test_online_and_last_seen(server: RunningServer, clock: FakeClock) -> 
 
 async def test_admin_token_is_required(server: RunningServer) -> None:
     for credential in (None, "SHOAL-ADMIN-1-" + "0" * 64 + "-" + "0" * 32, "garbage"):
-        async with node_client(server, credential) as client:
+        async with ControlClient(server.url, server.ca.ca_pem, credential) as client:
             with pytest.raises(ControlRejected) as err:
                 await client.list_nodes()
             assert err.value.code == "admin_unauthorized"
@@ -215,12 +220,11 @@ async def raw(server: RunningServer, method: str, path: str, data: bytes = b"") 
 @pytest.mark.parametrize(
     ("method", "path", "data", "status", "code"),
     [
-        ("POST", "/v1/register", b"{not json", 400, "bad_request"),
-        ("POST", "/v1/register", b'{"token": "x", "name": "Bad Name!"}', 400, "bad_request"),
+        ("POST", "/v1/register", b"{not json", 401, "signature_invalid"),
         ("POST", "/v1/register", b"x" * 100_000, 413, "payload_too_large"),
         ("GET", "/v1/nope", b"", 404, "not_found"),
         ("PUT", "/v1/register", b"", 405, "method_not_allowed"),
-        ("GET", "/v1/netmap", b"", 401, "credential_invalid"),
+        ("GET", "/v1/netmap", b"", 401, "signature_invalid"),
     ],
 )
 async def test_bad_requests_get_json_errors(
@@ -244,9 +248,9 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         fingerprint, admin_token = server.ca.fingerprint, server.admin_token
     async with running_server(data) as server:
         assert server.ca.fingerprint == fingerprint and server.admin_token == admin_token
-        for secret in ("ca.key", "server.key", "admin.token"):
+        for secret in ("ca.key", "server.key", "admin.token", "node-auth.key"):
             assert (data / secret).stat().st_mode & 0o777 == 0o600
         assert await node_names(server) == ["alpha"]
-        async with ControlClient(server.url, server.ca.ca_pem, alpha.credential) as a:
+        async with node_client(server, alpha.key) as a:
             update = await a.poll(since=alpha.netmap.revision, wait=0)
         assert update.kind == "none"

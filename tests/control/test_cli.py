@@ -67,9 +67,11 @@ def register(data: Path, token: str, name: str) -> None:
 
     async def run() -> None:
         ca = await fetch_pinned_ca(url, parse_join_token(token).fingerprint)
-        async with ControlClient(url, ca) as client:
-            key = PrivateKey.generate().public_key()
-            await client.register(RegisterRequest(token=token, name=name, public_key=key))
+        key = PrivateKey.generate()
+        async with ControlClient(url, ca, node_key=key) as client:
+            await client.register(
+                RegisterRequest(token=token, name=name, public_key=key.public_key())
+            )
 
     asyncio.run(run())
 
@@ -158,10 +160,10 @@ def test_services_on_the_server_host(server_dir: Path, capsys: pytest.CaptureFix
     async def run() -> None:
         ca = await fetch_pinned_ca(url, parse_join_token(token).fingerprint)
         for i, name in enumerate(("alpha", "beta")):
-            async with ControlClient(url, ca) as client:
-                key = PrivateKey.generate().public_key()
+            key = PrivateKey.generate()
+            async with ControlClient(url, ca, node_key=key) as client:
                 joined = await client.register(
-                    RegisterRequest(token=token, name=name, public_key=key)
+                    RegisterRequest(token=token, name=name, public_key=key.public_key())
                 )
                 subnet = joined.netmap.self_node.subnet
                 health = "healthy" if i == 0 else "unhealthy"
@@ -190,3 +192,19 @@ def test_services_on_the_server_host(server_dir: Path, capsys: pytest.CaptureFix
     assert cmd_services_admin(argparse.Namespace(**{**vars(args), "json": True})) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(s["name"], len(s["instances"])) for s in listed] == [("web.shop", 2)]
+
+
+def test_a_read_only_admin_token_from_anywhere(server_dir: Path) -> None:
+    d = ("--data-dir", str(server_dir))
+    created = shoal("admin", "token", "create", "--scope", "read", "--expires", "7d", *d)
+    assert created.returncode == 0, created.stderr
+    read = created.stdout.strip()
+    assert read.startswith("SHOAL-ADMIN-1-")
+    url = json.loads((server_dir / "server.json").read_text())["url"]
+    env = {"SHOAL_ADMIN_TOKEN": read}
+    assert shoal("nodes", "--server", url, env=env).returncode == 0
+    refused = shoal("token", "create", "--server", url, env=env)
+    assert refused.returncode != 0
+    assert refused.stderr.strip().count("\n") == 0 and "read-only" in refused.stderr
+    listed = shoal("admin", "token", "list", *d).stdout
+    assert "read" in listed and "active" in listed

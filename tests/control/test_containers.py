@@ -34,14 +34,14 @@ def box(node: RegisterResponse, n: int, name: str, host: int, **kw: object) -> C
 
 
 async def report(server: RunningServer, node: RegisterResponse, *boxes: ContainerReport) -> None:
-    async with node_client(server, node.credential) as client:
+    async with node_client(server, node.key) as client:
         await client.report_containers(ContainersReport(containers=boxes))
 
 
 async def poll(
     server: RunningServer, node: RegisterResponse, since: int, wait: float = 0
 ) -> MapUpdate:
-    async with node_client(server, node.credential) as client:
+    async with node_client(server, node.key) as client:
         return await client.poll(since=since, wait=wait)
 
 
@@ -170,7 +170,7 @@ async def test_every_node_request_is_a_heartbeat(server: RunningServer, clock: F
         clock.advance(12)
         await report(server, alpha, box(alpha, 1, "web", 2))  # no change, still a heartbeat
         await server.service.sweep()
-    async with node_client(server, alpha.credential) as client:
+    async with node_client(server, alpha.key) as client:
         clock.advance(12)
         await client.poll(since=0, wait=0)
     await server.service.sweep()
@@ -248,7 +248,7 @@ async def test_catalog_groups_replicas_across_nodes(server: RunningServer) -> No
         ("shop-web-1", "alpha", "10.42.0.2", "healthy"),
         ("shop-web-2", "beta", "10.42.1.2", "unhealthy"),
     ]
-    async with node_client(server, alpha.credential) as client:
+    async with node_client(server, alpha.key) as client:
         with pytest.raises(ControlRejected) as err:
             await client.list_services()
     assert err.value.code == "admin_unauthorized"

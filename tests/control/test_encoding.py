@@ -60,7 +60,7 @@ def test_spliced_maps_parse_to_the_model_encoded(
     none = MapUpdate(kind="none", revision=revision)
     assert MapUpdate.model_validate_json(encoder.update(none)) == none
 
-    reply = RegisterResponse(node_id="n200", credential="SHOAL-NODE-1-x", netmap=m)
+    reply = RegisterResponse(node_id="n200", netmap=m)
     assert RegisterResponse.model_validate_json(encoder.register_response(reply)) == reply
 
 

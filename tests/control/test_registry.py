@@ -30,7 +30,6 @@ def rec(i: int) -> NodeRecord:
         mesh_ip=IPv4Address(f"100.64.0.{i}"),
         subnet=IPv4Network(f"10.42.{i}.0/24"),
         endpoints=(),
-        credential_hash=f"c{i}",
         created_at=T0,
     )
 

@@ -23,9 +23,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_join_token_roundtrip_and_only_the_hash_is_kept() -> None:
-    token, record = new_join_token(
-        FP, reusable=False, tags=("b", "a", "a"), expires_in=None, now=T0
-    )
+    token, record = new_join_token(FP, max_uses=1, tags=("b", "a", "a"), expires_in=None, now=T0)
     text = str(token)
     assert text.startswith(f"SHOAL-1-{FP}-") and len(token.secret) == 32
     assert parse_join_token(f"  {text}\n") == token
@@ -75,14 +73,16 @@ def test_parse_duration_rejects(text: str) -> None:
 
 
 def test_check_usable() -> None:
-    _, rec = new_join_token(FP, reusable=False, tags=(), expires_in=timedelta(hours=1), now=T0)
-    check_usable(rec, T0, public_key_node=None)
+    _, rec = new_join_token(FP, max_uses=1, tags=(), expires_in=timedelta(hours=1), now=T0)
+    check_usable(rec, T0)
     with pytest.raises(TokenExpired):
-        check_usable(rec, T0 + timedelta(hours=1), public_key_node=None)
-    used_rec = replace(rec, used_at=T0, used_by="n1")
-    with pytest.raises(TokenUsed):
-        check_usable(used_rec, T0, public_key_node=None)
-    check_usable(used_rec, T0, public_key_node="n1")  # the same node retrying its join
+        check_usable(rec, T0 + timedelta(hours=1))
+    with pytest.raises(TokenUsed, match="single-use"):
+        check_usable(replace(rec, uses=1, used_at=T0, used_by="n1"), T0)
     with pytest.raises(TokenRevoked):
-        check_usable(replace(rec, revoked_at=T0), T0, public_key_node=None)
-    check_usable(replace(rec, reusable=True, used_at=T0, used_by="n9"), T0, public_key_node=None)
+        check_usable(replace(rec, revoked_at=T0), T0)
+    limited = replace(rec, reusable=True, max_uses=3, uses=2)
+    check_usable(limited, T0)
+    with pytest.raises(TokenUsed, match="limited to 3 uses"):
+        check_usable(replace(limited, uses=3), T0)
+    check_usable(replace(rec, reusable=True, max_uses=None, uses=500), T0)

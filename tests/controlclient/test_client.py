@@ -46,7 +46,7 @@ async def test_join_the_way_the_agent_does(server: RunningServer) -> None:
     ca_pem = await fetch_pinned_ca(server.url, token.fingerprint)
     assert ca_pem == server.ca.ca_pem
     response = await join(server, "alpha", token=str(token))
-    async with ControlClient(server.url, ca_pem, response.credential) as client:
+    async with ControlClient(server.url, ca_pem, node_key=response.key) as client:
         assert (await client.poll(since=0, wait=0)).kind == "full"
 
 

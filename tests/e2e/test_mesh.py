@@ -70,6 +70,27 @@ def test_status_lists_every_peer_with_a_handshake(lab: Lab, mesh: Mesh) -> None:
         assert p["rx_bytes"] > 0 and p["tx_bytes"] > 0
 
 
+def test_the_join_token_is_in_no_process_argv_or_environment(
+    lab: Lab, mesh: Mesh, join_token: str
+) -> None:
+    """Issue 7 finding 5: the token stayed in `ps` for the agent's whole life."""
+    seen = 0
+    for host in lab.hosts[:3]:
+        pids = subprocess.run(
+            ["ip", "netns", "pids", host.netns], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for pid in pids:
+            for what in ("cmdline", "environ"):
+                try:
+                    text = Path(f"/proc/{pid}/{what}").read_bytes()
+                except OSError:
+                    continue  # exited meanwhile
+                seen += 1
+                assert join_token.encode() not in text, f"token in /proc/{pid}/{what}"
+                assert b"SHOAL-1-" not in text, f"a join token in /proc/{pid}/{what}"
+    assert seen >= 6  # at least every agent was looked at
+
+
 def test_underlay_carries_only_encrypted_wireguard(lab: Lab, mesh: Mesh, tmp_path: Path) -> None:
     h1 = lab.hosts[0]
     pcap = tmp_path / "underlay.pcap"

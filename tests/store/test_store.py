@@ -25,7 +25,7 @@ from shoal.store import (
     open_store,
 )
 from shoal.store.memory import MemoryStore
-from shoal.store.sqlite import SqliteStore, schema_sql
+from shoal.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -35,6 +35,7 @@ def token(tid: str = "t1", *, reusable: bool = False, **kw: object) -> TokenReco
         id=tid,
         secret_hash="h-" + tid,
         reusable=reusable,
+        max_uses=None if reusable else 1,
         tags=("web",),
         created_at=T0,
         **kw,  # type: ignore[arg-type]
@@ -49,7 +50,6 @@ def node(i: int, **kw: object) -> NodeRecord:
         mesh_ip=IPv4Address(f"100.64.0.{i}"),
         subnet=IPv4Network(f"10.42.{i}.0/24"),
         endpoints=(Endpoint(host=IPv4Address("192.0.2.1"), port=51820 + i),),
-        credential_hash=f"c{i}",
         created_at=T0,
         tags=("web",),
     )
@@ -210,31 +210,51 @@ async def test_sqlite_keeps_containers_across_reopen(tmp_path: Path) -> None:
     await again.close()
 
 
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('revision', '1'), ('schema_version', '1');
+CREATE TABLE tokens (id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL UNIQUE,
+    reusable INTEGER NOT NULL, tags TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT,
+    used_at TEXT, used_by TEXT, revoked_at TEXT);
+CREATE TABLE nodes (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+    public_key TEXT NOT NULL UNIQUE, mesh_ip TEXT NOT NULL UNIQUE, subnet TEXT NOT NULL UNIQUE,
+    endpoints TEXT NOT NULL, tags TEXT NOT NULL, credential_hash TEXT NOT NULL UNIQUE,
+    created_at TEXT NOT NULL, last_seen TEXT, updated_rev INTEGER NOT NULL);
+CREATE INDEX nodes_updated_rev ON nodes (updated_rev);
+CREATE TABLE tombstones (node_id TEXT PRIMARY KEY, removed_rev INTEGER NOT NULL);
+"""
+
+
 def test_sqlite_upgrades_a_schema_1_database(tmp_path: Path) -> None:
+    """Schema 1 (no liveness, containers, bearer credentials, use counts) → 3."""
     path = tmp_path / "shoal.db"
-    old = schema_sql().replace(
-        "    updated_rev     INTEGER NOT NULL,\n    online          INTEGER NOT NULL DEFAULT 1"
-        "  -- 0: containers withdrawn (missed heartbeats)\n",
-        "    updated_rev     INTEGER NOT NULL\n",
-    )
-    assert "online" not in old.split("CREATE TABLE IF NOT EXISTS tombstones")[0]
     db = sqlite3.connect(path)
-    db.executescript(old.split("-- Containers on each host")[0])
+    db.executescript(SCHEMA_1)
     db.execute(
         "INSERT INTO nodes VALUES ('n1','h1',?,'100.64.0.1','10.42.1.0/24','[]','[]','c1',"
         "'2026-01-01T12:00:00.000000Z',NULL,1)",
         (str(PrivateKey(bytes([1]) * 32).public_key()),),
     )
-    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.executemany(
+        "INSERT INTO tokens VALUES (?, ?, ?, '[]', '2026-01-01T12:00:00.000000Z', NULL, ?, ?, "
+        "NULL)",
+        [
+            ("once", "h1", 0, "2026-01-01T12:00:01.000000Z", "n1"),
+            ("many", "h2", 1, None, None),
+        ],
+    )
     db.commit()
     db.close()
 
     async def check() -> None:
         store = SqliteStore(path)
         snap = await store.load(10)
-        assert [(n.id, n.online) for n in snap.nodes] == [("n1", True)]
-        assert await store.get_setting("schema_version") == "2"
+        assert [(n.id, n.online, n.ephemeral) for n in snap.nodes] == [("n1", True, False)]
+        assert await store.get_setting("schema_version") == "3"
+        tokens = {t.id: (t.uses, t.max_uses) for t in await store.list_tokens()}
+        assert tokens == {"once": (1, 1), "many": (0, None)}
         await store.save_containers("n1", [box(1)], [])
+        await store.save_node(node(2))  # no credential column left to fill
         await store.close()
 
     asyncio.run(check())

@@ -98,7 +98,7 @@ class Agent:
         )
         self.reconciler.offer(cached.netmap)
         self.client = ControlClient(
-            identity.server_url, identity.ca_pem.encode(), identity.credential
+            identity.server_url, identity.ca_pem.encode(), node_key=private_key
         )
         self._containers: list[ContainerReport] | None = None  # newest set not yet reported
         self._containers_changed = asyncio.Event()
@@ -116,7 +116,7 @@ class Agent:
             if fresh_join:
                 log.error("first configuration failed; undoing it")
                 await self.reconciler.teardown()
-                await leave_mesh(self.identity)
+                await leave_mesh(self.identity, self.private_key)
                 self.state.forget()
             raise
         self.health.configured = True
@@ -299,16 +299,16 @@ class Agent:
         subsystems = await self.reconciler.teardown()
         left: bool | None = None
         if leave:
-            left = await leave_mesh(self.identity)
+            left = await leave_mesh(self.identity, self.private_key)
             self.state.forget()
         self._stop.set()
         return DownReport(subsystems=subsystems, left=left)
 
 
-async def leave_mesh(identity: NodeIdentity) -> bool:
+async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
     try:
         async with ControlClient(
-            identity.server_url, identity.ca_pem.encode(), identity.credential
+            identity.server_url, identity.ca_pem.encode(), node_key=private_key
         ) as client:
             await client.leave()
     except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
@@ -325,15 +325,15 @@ async def down_offline(config: AgentConfig, leave: bool) -> DownReport:
     left: bool | None = None
     if leave:
         identity = state.identity()
-        left = identity is not None and await leave_mesh(identity)
+        left = identity is not None and await leave_mesh(identity, state.private_key())
         state.forget()
     return DownReport(subsystems=subsystems, left=left)
 
 
-async def _fetch_netmap(identity: NodeIdentity) -> NetworkMap:
+async def _fetch_netmap(identity: NodeIdentity, private_key: PrivateKey) -> NetworkMap:
     """The full netmap from the server, for a node whose cached one was lost."""
     async with ControlClient(
-        identity.server_url, identity.ca_pem.encode(), identity.credential
+        identity.server_url, identity.ca_pem.encode(), node_key=private_key
     ) as client:
         update = await client.poll(since=0, wait=0)
     if update.full is None:
@@ -363,7 +363,9 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
         state.save_identity(identity)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
-        cached = CachedNetmap(netmap=await _fetch_netmap(identity), received_at=clock.now())
+        cached = CachedNetmap(
+            netmap=await _fetch_netmap(identity, private_key), received_at=clock.now()
+        )
         state.save_netmap(cached)
 
     agent = Agent(
@@ -402,7 +404,7 @@ async def _join(
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
     )
-    async with ControlClient(config.server_url, ca_pem) as client:
+    async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:
         response = await client.register(request)
     log.info(
         "joined %s as %s: mesh IP %s, subnet %s",
@@ -415,7 +417,6 @@ async def _join(
         server_url=config.server_url,
         ca_pem=ca_pem.decode(),
         node_id=response.node_id,
-        credential=response.credential,
         name=name,
     )
     return identity, response.netmap

@@ -1,7 +1,7 @@
 """What the agent keeps in its state dir, and nothing else writes there.
 
 private.key    WireGuard private key, 0600; never leaves the host
-node.json      server URL, pinned CA, node id and credential (0600: the credential is a secret)
+node.json      server URL, pinned CA, node id and name (the key in private.key is the credential)
 netmap.json    the last netmap received: the mesh keeps working from it with the server away
 agent.sock     the local API (`shoal status`, `shoal down`)
 agent.log      the daemon's log; wireguard-go.log beside it
@@ -58,7 +58,6 @@ class NodeIdentity:
     server_url: str
     ca_pem: str
     node_id: str
-    credential: str
     name: str
 
 
@@ -119,7 +118,13 @@ class StateDir:
         if not path.exists():
             return None
         try:
-            return NodeIdentity(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            return NodeIdentity(
+                server_url=data["server_url"],
+                ca_pem=data["ca_pem"],
+                node_id=data["node_id"],
+                name=data["name"],
+            )
         except _UNREADABLE as exc:
             self._set_aside("node.json", exc)
             return None
@@ -129,7 +134,6 @@ class StateDir:
             "server_url": identity.server_url,
             "ca_pem": identity.ca_pem,
             "node_id": identity.node_id,
-            "credential": identity.credential,
             "name": identity.name,
         }
         _write_private(self.path / "node.json", json.dumps(fields, indent=2) + "\n")

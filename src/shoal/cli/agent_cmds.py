@@ -24,10 +24,76 @@ from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarnin
 from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
+TOKEN_ENV = "SHOAL_TOKEN"
+MAX_TOKEN_BYTES = 1024  # a join token is 106 characters
 
 
 class BadArgument(ShoalError):
     pass
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The join token from exactly one of --token T, --token - (stdin), --token-file F, the
+    inherited pipe of a parent `shoal up` (--token-fd), or $SHOAL_TOKEN."""
+    given = [args.token is not None, args.token_file is not None, args.token_fd is not None]
+    if sum(given) > 1:
+        raise BadArgument("give the join token once: --token, --token-file or $SHOAL_TOKEN")
+    try:
+        if args.token_fd is not None:
+            with os.fdopen(args.token_fd, "rb") as pipe:
+                text = pipe.read(MAX_TOKEN_BYTES).decode(errors="replace")
+        elif args.token == "-":
+            text = sys.stdin.read(MAX_TOKEN_BYTES)
+        elif args.token_file is not None:
+            with open(args.token_file, "rb") as f:
+                text = f.read(MAX_TOKEN_BYTES).decode(errors="replace")
+        else:
+            text = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
+    except OSError as exc:
+        raise BadArgument(f"cannot read the join token: {exc.strerror or exc}") from exc
+    text = text.strip()
+    if not text:
+        if any(given):
+            raise BadArgument("the join token is empty")
+        return None
+    parse_join_token(text)  # a malformed token fails here, before anything starts
+    return text
+
+
+def _token_in_sight(args: argparse.Namespace) -> bool:
+    """The token came in argv or the environment, where `ps` and /proc show it for the life
+    of the process."""
+    return (args.token not in (None, "-")) or (
+        args.token is None and args.token_file is None and args.token_fd is None
+        and bool(os.environ.get(TOKEN_ENV, "").strip())
+    )  # fmt: skip
+
+
+def _token_pipe(token: str) -> int:
+    """A pipe holding the token, its read end inheritable: how the token reaches the agent
+    process without appearing in its argv or environment."""
+    read, write = os.pipe()
+    os.write(write, token.encode())
+    os.close(write)
+    os.set_inheritable(read, True)
+    return read
+
+
+def _without_token(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--token", "--token-file", "--token-fd"):
+            skip = True
+        elif not arg.startswith(("--token=", "--token-file=", "--token-fd=")):
+            out.append(arg)
+    return out
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
@@ -39,12 +105,10 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             raise BadArgument(
                 f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
             ) from exc
-    if args.token:
-        parse_join_token(args.token)  # a malformed token fails here, before anything starts
     return AgentConfig(
         state_dir=Path(args.state_dir),
         server_url=args.server.rstrip("/") if args.server else None,
-        token=args.token,
+        token=read_token(args),
         name=args.name,
         advertise_addr=advertise,
         listen_port=args.listen_port,
@@ -57,6 +121,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise NotRoot()
     config = _config(args)
     if args.foreground:
+        if config.token is not None and _token_in_sight(args):
+            # Start again with the token in a pipe: the agent runs for months and its argv
+            # and environment are there for anyone to read all along.
+            read = _token_pipe(config.token)
+            argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
+            os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
@@ -87,16 +157,28 @@ def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
         return 0
 
     argv = [sys.executable, "-m", "shoal.cli.main", "up", "--foreground"]
-    for flag in ("server", "token", "name", "advertise_addr", "docker_host"):
+    for flag in ("server", "name", "advertise_addr", "docker_host"):
         value = getattr(args, flag)
         if value:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
     argv += ["--state-dir", str(config.state_dir), "--listen-port", str(config.listen_port)]
+    fds: tuple[int, ...] = ()
+    if config.token is not None:
+        fds = (_token_pipe(config.token),)
+        argv += ["--token-fd", str(fds[0])]
     print(f"shoal: starting agent (log: {state.log})", file=sys.stderr)
     with state.log.open("ab") as log:
         child = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            pass_fds=fds,
+            env=_clean_env(),
         )
+    for fd in fds:
+        os.close(fd)
     started = time.monotonic()
     while time.monotonic() - started < START_TIMEOUT_SECONDS:
         if child.poll() is not None:

@@ -53,14 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds without a word from a host before its containers are withdrawn (15)",
     )
+    p.add_argument(
+        "--address-quarantine",
+        default=None,
+        metavar="DURATION",
+        help="how long a removed node's mesh IP and subnet go to nobody else (24h)",
+    )
+    p.add_argument(
+        "--ephemeral-timeout",
+        default=None,
+        metavar="DURATION",
+        help="offline time after which a node joined with an --ephemeral token is removed (30m)",
+    )
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
         dest="token_cmd", required=True
     )
     p = token.add_parser("create", help="create a join token")
-    p.add_argument("--reusable", action="store_true")
-    p.add_argument("--expires", help="lifetime such as 30m, 1h, 7d")
+    p.add_argument("--reusable", action="store_true", help="for many hosts (see --uses)")
+    p.add_argument("--uses", type=int, default=None, help="how many hosts may join with it")
+    p.add_argument("--expires", help="lifetime such as 30m, 1h, 7d, or never (default 24h)")
+    p.add_argument(
+        "--ephemeral", action="store_true", help="its nodes are removed once offline a while"
+    )
     p.add_argument("--tag", action="append", default=[])
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_token_create"))
@@ -73,6 +89,26 @@ def build_parser() -> argparse.ArgumentParser:
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_token_revoke"))
 
+    admin = sub.add_parser("admin", help="admin credentials").add_subparsers(
+        dest="admin_cmd", required=True
+    )
+    admin_token = admin.add_parser("token", help="scoped admin tokens").add_subparsers(
+        dest="admin_token_cmd", required=True
+    )
+    p = admin_token.add_parser("create", help="create a scoped, expiring admin token")
+    p.add_argument("--scope", choices=("read", "admin"), required=True)
+    p.add_argument("--expires", help="lifetime such as 12h, 30d, or never (default 30d)")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_admin_token_create"))
+    p = admin_token.add_parser("list", help="list admin tokens")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_admin_token_list"))
+    p = admin_token.add_parser("revoke", help="revoke an admin token")
+    p.add_argument("id")
+    admin_flags(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_admin_token_revoke"))
+
     p = sub.add_parser("nodes", help="list the mesh's nodes")
     p.add_argument("--json", action="store_true")
     admin_flags(p)
@@ -80,14 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="manage nodes").add_subparsers(
         dest="node_cmd", required=True
     )
-    p = node.add_parser("remove", help="remove a node from the mesh")
+    p = node.add_parser("remove", help="remove a node from the mesh and revoke its key")
     p.add_argument("name")
+    p.add_argument(
+        "--allow-rejoin",
+        action="store_true",
+        help="do not revoke its key: it may join again with a join token",
+    )
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_node_remove"))
 
     p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
-    p.add_argument("--token", help="join token SHOAL-1-...")
+    p.add_argument("--token", help="join token SHOAL-1-..., or - to read it from stdin")
+    p.add_argument("--token-file", help="read the join token from this file")
+    p.add_argument("--token-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--name", help="node name (default: hostname)")
     p.add_argument("--advertise-addr", help="underlay IP other hosts reach this one at")
     p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")

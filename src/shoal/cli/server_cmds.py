@@ -16,7 +16,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,7 +25,15 @@ from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.model.api import NodeInfo, ServiceInfo, TokenCreateRequest, TokenInfo
+from shoal.model.api import (
+    DEFAULT_ADMIN_TOKEN_SECONDS,
+    DEFAULT_TOKEN_SECONDS,
+    AdminTokenCreateRequest,
+    NodeInfo,
+    ServiceInfo,
+    TokenCreateRequest,
+    TokenInfo,
+)
 from shoal.model.errors import ShoalError
 from shoal.model.tokens import parse_admin_token
 
@@ -42,6 +50,15 @@ class UsageError(ShoalError):
     """A flag's value is invalid."""
 
 
+def _duration(flag: str, text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from exc
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     config = load_config(
         listen=args.listen,
@@ -52,6 +69,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         subnet_prefix=args.subnet_prefix,
         heartbeat_timeout=args.heartbeat_timeout,
         mtu=args.mtu,
+        address_quarantine=_duration("--address-quarantine", args.address_quarantine),
+        ephemeral_timeout=_duration("--ephemeral-timeout", args.ephemeral_timeout),
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -113,15 +132,24 @@ def _with_admin(args: argparse.Namespace, action: Callable[[ControlClient], Awai
     return asyncio.run(run())
 
 
+def _expires(text: str | None, default: int) -> int | None:
+    """--expires: seconds; None for `never`."""
+    if text == "never":
+        return None
+    lifetime = _duration("--expires", text)
+    return default if lifetime is None else int(lifetime.total_seconds())
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
-    expires = None
-    if args.expires:
-        try:
-            expires = int(parse_duration(args.expires).total_seconds())
-        except ValueError as exc:
-            raise UsageError(f"--expires: {exc}") from exc
+    expires = _expires(args.expires, DEFAULT_TOKEN_SECONDS)
+    if args.uses is not None and not 1 <= args.uses <= 1_000_000:
+        raise UsageError(f"--uses {args.uses}: expected 1 to 1000000")
     request = TokenCreateRequest(
-        reusable=args.reusable, expires_in_seconds=expires, tags=tuple(args.tag)
+        reusable=args.reusable or (args.uses or 1) > 1,
+        uses=args.uses,
+        expires_in_seconds=expires,
+        ephemeral=args.ephemeral,
+        tags=tuple(args.tag),
     )
     created = _with_admin(args, lambda c: c.create_token(request))
     print(created.token)  # alone on stdout: scripts capture it
@@ -137,15 +165,53 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     rows = [
         (
             t.id,
-            "reusable" if t.reusable else "single-use",
+            ("reusable" if t.reusable else "single-use") + (", ephemeral" if t.ephemeral else ""),
             _token_state(t, now),
+            f"{t.uses}/{'∞' if t.max_uses is None else t.max_uses}",
             _when(t.created_at),
             _when(t.expires_at) if t.expires_at else "never",
             ",".join(t.tags) or "-",
         )
         for t in tokens
     ]
-    print(table(("ID", "KIND", "STATE", "CREATED", "EXPIRES", "TAGS"), rows))
+    print(table(("ID", "KIND", "STATE", "USES", "CREATED", "EXPIRES", "TAGS"), rows))
+    return 0
+
+
+def cmd_admin_token_create(args: argparse.Namespace) -> int:
+    request = AdminTokenCreateRequest(
+        scope=args.scope, expires_in_seconds=_expires(args.expires, DEFAULT_ADMIN_TOKEN_SECONDS)
+    )
+    created = _with_admin(args, lambda c: c.create_admin_token(request))
+    print(created.token)  # alone on stdout: scripts capture it
+    return 0
+
+
+def cmd_admin_token_list(args: argparse.Namespace) -> int:
+    tokens = _with_admin(args, lambda c: c.list_admin_tokens())
+    if args.json:
+        print(json_list(tokens))
+        return 0
+    now = datetime.now(UTC)
+    rows = [
+        (
+            t.id,
+            t.scope,
+            "revoked"
+            if t.revoked
+            else ("expired" if t.expires_at is not None and t.expires_at <= now else "active"),
+            _when(t.created_at),
+            _when(t.expires_at) if t.expires_at else "never",
+        )
+        for t in tokens
+    ]
+    print(table(("ID", "SCOPE", "STATE", "CREATED", "EXPIRES"), rows))
+    return 0
+
+
+def cmd_admin_token_revoke(args: argparse.Namespace) -> int:
+    _with_admin(args, lambda c: c.revoke_admin_token(args.id))
+    print(f"revoked admin token {args.id}")
     return 0
 
 
@@ -196,8 +262,11 @@ def cmd_services_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_node_remove(args: argparse.Namespace) -> int:
-    _with_admin(args, lambda c: c.remove_node(args.name))
-    print(f"removed node {args.name}")
+    _with_admin(args, lambda c: c.remove_node(args.name, allow_rejoin=args.allow_rejoin))
+    if args.allow_rejoin:
+        print(f"removed node {args.name}; its key may join again with a join token")
+    else:
+        print(f"removed node {args.name} and revoked its key")
     return 0
 
 
@@ -206,9 +275,9 @@ def _token_state(token: TokenInfo, now: datetime) -> str:
         return "revoked"
     if token.expires_at is not None and token.expires_at <= now:
         return "expired"
-    if token.used_at is not None:
-        return "used" if not token.reusable else "active (used)"
-    return "active"
+    if token.max_uses is not None and token.uses >= token.max_uses:
+        return "used"
+    return "active (used)" if token.uses else "active"
 
 
 def _when(value: datetime | None) -> str:

@@ -1,20 +1,30 @@
 """The HTTP API (aiohttp): authentication, parsing and JSON; the use cases live in service.py.
 
+    GET    /v1/openapi.json             this list as OpenAPI 3.1, from the models (control.openapi)
     GET    /v1/ca                       the CA certificate (PEM); no auth, clients pin it
-    POST   /v1/register                 RegisterRequest → RegisterResponse (join token in body)
-    GET    /v1/netmap?since=N&wait=S    → MapUpdate; long-poll (node credential)
-    POST   /v1/endpoints                UpdateEndpointsRequest → 204 (node credential)
-    POST   /v1/containers               ContainersReport → 204 (node credential; all of them)
-    POST   /v1/leave                    → 204 (node credential)
+    GET    /v1/key                      → ServerKey: what node signatures are keyed with
+    POST   /v1/register                 RegisterRequest → RegisterResponse (signed by the key
+                                        it registers; join token in body for a new node)
+    GET    /v1/netmap?since=N&wait=S    → MapUpdate; long-poll (node signature)
+    POST   /v1/containers               ContainersReport → 204 (node signature; all of them)
+    POST   /v1/leave                    → 204 (node signature)
     POST   /v1/admin/tokens             TokenCreateRequest → TokenCreated (admin token)
     GET    /v1/admin/tokens             → [TokenInfo]
     DELETE /v1/admin/tokens/{id}        → 204
     GET    /v1/admin/nodes              → [NodeInfo]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
-    DELETE /v1/admin/nodes/{name}       → 204
+    DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
+    POST   /v1/admin/admin-tokens       AdminTokenCreateRequest → AdminTokenCreated
+    GET    /v1/admin/admin-tokens       → [AdminTokenInfo]
+    DELETE /v1/admin/admin-tokens/{id}  → 204
 
-Every error is an `ErrorBody` JSON with the status from control.errors.HTTP_STATUS. Every
-request with a node credential counts as a heartbeat of that node.
+Admin calls carry an admin token: the server host's own (admin.token, every scope) or a
+scoped one; GETs need scope read, everything else scope admin.
+
+Node calls carry `Authorization: Shoal-Node ...`, a signature made with the node's private
+key (see shoal.model.nodeauth): nothing but that key authorises them. Every error is an
+`ErrorBody` JSON with the status from control.errors.HTTP_STATUS. Every signed request of a
+node counts as a heartbeat of that node.
 """
 
 from __future__ import annotations
@@ -26,29 +36,33 @@ from typing import TypeVar
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from shoal.control import openapi
 from shoal.control.encoding import MapEncoder
 from shoal.control.errors import (
     AdminUnauthorized,
     ApiError,
     BadRequest,
-    CredentialInvalid,
     Internal,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
     http_status,
 )
+from shoal.control.nodeauth import NodeVerifier
 from shoal.control.service import ControlService
 from shoal.model.api import (
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
     ContainersReport,
     ErrorBody,
     NodeInfo,
     RegisterRequest,
+    ServerKey,
     ServiceInfo,
     TokenCreateRequest,
     TokenInfo,
-    UpdateEndpointsRequest,
 )
+from shoal.model.keys import PublicKey
 from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control.api")
@@ -64,21 +78,25 @@ DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 SERVICE = web.AppKey("service", ControlService)
 CA_PEM = web.AppKey("ca_pem", bytes)
 ENCODER = web.AppKey("encoder", MapEncoder)
+VERIFIER = web.AppKey("verifier", NodeVerifier)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
 _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
+_ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 
 
-def build_app(service: ControlService, ca_pem: bytes) -> web.Application:
+def build_app(service: ControlService, ca_pem: bytes, verifier: NodeVerifier) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[CA_PEM] = ca_pem
     app[ENCODER] = MapEncoder()
+    app[VERIFIER] = verifier
+    app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/ca", get_ca)
+    app.router.add_get("/v1/key", get_key)
     app.router.add_post("/v1/register", register)
     app.router.add_get("/v1/netmap", netmap)
-    app.router.add_post("/v1/endpoints", endpoints)
     app.router.add_post("/v1/containers", containers)
     app.router.add_post("/v1/leave", leave)
     app.router.add_post("/v1/admin/tokens", create_token)
@@ -87,6 +105,9 @@ def build_app(service: ControlService, ca_pem: bytes) -> web.Application:
     app.router.add_get("/v1/admin/nodes", list_nodes)
     app.router.add_get("/v1/admin/services", list_services)
     app.router.add_delete("/v1/admin/nodes/{name}", remove_node)
+    app.router.add_post("/v1/admin/admin-tokens", create_admin_token)
+    app.router.add_get("/v1/admin/admin-tokens", list_admin_tokens)
+    app.router.add_delete("/v1/admin/admin-tokens/{id}", revoke_admin_token)
     return app
 
 
@@ -133,7 +154,14 @@ def _json(model: BaseModel, status: int = 200) -> web.Response:
 
 
 async def _parse(request: web.Request, model: type[M], limit: int = MAX_BODY) -> M:
-    raw = await request.read() if limit <= MAX_BODY else await _read(request, limit)
+    return _model(await _body(request, limit), model)
+
+
+async def _body(request: web.Request, limit: int = MAX_BODY) -> bytes:
+    return await request.read() if limit <= MAX_BODY else await _read(request, limit)
+
+
+def _model(raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -172,19 +200,24 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip()
 
 
-def _node_id(request: web.Request) -> str:
-    credential = _bearer(request)
-    if credential is None:
-        raise CredentialInvalid("missing node credential (Authorization: Bearer ...)")
-    return request.app[SERVICE].authenticate_node(credential).id
+def _signer(request: web.Request, body: bytes) -> PublicKey:
+    """The key whose holder signed this request (see shoal.model.nodeauth)."""
+    return request.app[VERIFIER].verify(
+        request.headers.get("Authorization"), request.method, request.raw_path, body
+    )
 
 
-def _admin(request: web.Request) -> ControlService:
+def _node_id(request: web.Request, body: bytes = b"") -> str:
+    return request.app[SERVICE].authenticate_node(_signer(request, body)).id
+
+
+async def _admin(request: web.Request) -> ControlService:
+    """The service, once the request's admin token is good for it (GETs read, else admin)."""
     token = _bearer(request)
     if token is None:
         raise AdminUnauthorized("missing admin token (Authorization: Bearer SHOAL-ADMIN-1-...)")
     service = request.app[SERVICE]
-    service.authenticate_admin(token)
+    await service.authenticate_admin(token, "read" if request.method == "GET" else "admin")
     return service
 
 
@@ -192,9 +225,18 @@ async def get_ca(request: web.Request) -> web.Response:
     return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+async def get_key(request: web.Request) -> web.Response:
+    return _json(ServerKey(public_key=request.app[VERIFIER].public_key))
+
+
 async def register(request: web.Request) -> web.Response:
-    req = await _parse(request, RegisterRequest)
-    reply = await request.app[SERVICE].register(req)
+    raw = await _body(request)
+    signer = _signer(request, raw)
+    reply = await request.app[SERVICE].register(_model(raw, RegisterRequest), signer)
     return web.Response(
         body=request.app[ENCODER].register_response(reply), content_type="application/json"
     )
@@ -213,17 +255,10 @@ async def netmap(request: web.Request) -> web.Response:
     return web.Response(body=request.app[ENCODER].update(update), content_type="application/json")
 
 
-async def endpoints(request: web.Request) -> web.Response:
-    node_id = _node_id(request)
-    req = await _parse(request, UpdateEndpointsRequest)
-    await request.app[SERVICE].update_endpoints(node_id, req.endpoints)
-    return web.Response(status=204)
-
-
 async def containers(request: web.Request) -> web.Response:
-    node_id = _node_id(request)
-    req = await _parse(request, ContainersReport, limit=MAX_REPORT)
-    await request.app[SERVICE].report_containers(node_id, req)
+    raw = await _body(request, MAX_REPORT)
+    node_id = _node_id(request, raw)
+    await request.app[SERVICE].report_containers(node_id, _model(raw, ContainersReport))
     return web.Response(status=204)
 
 
@@ -234,36 +269,55 @@ async def leave(request: web.Request) -> web.Response:
 
 
 async def create_token(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     req = await _parse(request, TokenCreateRequest)
     return _json(await service.create_token(req), status=201)
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     body = _TOKEN_LIST.dump_json(await service.list_tokens())
     return web.Response(body=body, content_type="application/json")
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     await service.revoke_token(request.match_info["id"])
     return web.Response(status=204)
 
 
 async def list_nodes(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     body = _NODE_LIST.dump_json(service.list_nodes())
     return web.Response(body=body, content_type="application/json")
 
 
 async def remove_node(request: web.Request) -> web.Response:
-    service = _admin(request)
-    await service.remove_node(request.match_info["name"])
+    service = await _admin(request)
+    allow = request.query.get("allow_rejoin", "0") in ("1", "true")
+    await service.remove_node(request.match_info["name"], allow_rejoin=allow)
     return web.Response(status=204)
 
 
 async def list_services(request: web.Request) -> web.Response:
-    service = _admin(request)
+    service = await _admin(request)
     body = _SERVICE_LIST.dump_json(service.list_services())
     return web.Response(body=body, content_type="application/json")
+
+
+async def create_admin_token(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = await _parse(request, AdminTokenCreateRequest)
+    return _json(await service.create_admin_token(req), status=201)
+
+
+async def list_admin_tokens(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    body = _ADMIN_TOKEN_LIST.dump_json(await service.list_admin_tokens())
+    return web.Response(body=body, content_type="application/json")
+
+
+async def revoke_admin_token(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    await service.revoke_admin_token(request.match_info["id"])
+    return web.Response(status=204)

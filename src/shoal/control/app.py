@@ -1,7 +1,8 @@
 """Wiring: config, data dir, store, CA, admin token, registry, service, HTTPS listener, and
 the liveness sweeper (the server's one background task, owned by `RunningServer`).
 
-The data dir holds ca.pem/ca.key, server.pem/server.key, shoal.db (SQLite store), admin.token
+The data dir holds ca.pem/ca.key, server.pem/server.key, node-auth.key (the X25519 key node
+signatures are keyed with), shoal.db (SQLite store), admin.token
 (the admin token in clear, mode 0600, for admin commands on this host) and server.json (the URL
 those commands use: 127.0.0.1 when listening on all addresses).
 """
@@ -26,8 +27,15 @@ from shoal.control import ipam
 from shoal.control.api import build_app
 from shoal.control.ca import CertAuthority, load_or_create_ca, write_private
 from shoal.control.errors import ServerConfigError
-from shoal.control.registry import DEFAULT_HEARTBEAT_TIMEOUT, Clock, Registry, utcnow
-from shoal.control.service import ControlService
+from shoal.control.nodeauth import NodeVerifier, load_or_create_auth_key
+from shoal.control.registry import (
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    DEFAULT_QUARANTINE,
+    Clock,
+    Registry,
+    utcnow,
+)
+from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, ControlService
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
@@ -54,6 +62,10 @@ class ServerConfig:
     subnet_prefix: int | None = None
     mtu: int | None = None  # None: what this mesh was created with, else DEFAULT_MTU
     heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
+    # A removed node's addresses go to no other node before this (issue: peers would route
+    # the old node's traffic to a newcomer).
+    address_quarantine: timedelta = DEFAULT_QUARANTINE
+    ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT
 
 
 def load_config(
@@ -66,6 +78,8 @@ def load_config(
     subnet_prefix: int | None = None,
     heartbeat_timeout: float | None = None,
     mtu: int | None = None,
+    address_quarantine: timedelta | None = None,
+    ephemeral_timeout: timedelta | None = None,
 ) -> ServerConfig:
     """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
     host, sep, port_text = listen.rpartition(":")
@@ -101,6 +115,10 @@ def load_config(
         heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT
         if heartbeat_timeout is None
         else timedelta(seconds=heartbeat_timeout),
+        address_quarantine=DEFAULT_QUARANTINE if address_quarantine is None else address_quarantine,
+        ephemeral_timeout=DEFAULT_EPHEMERAL_TIMEOUT
+        if ephemeral_timeout is None
+        else ephemeral_timeout,
     )
 
 
@@ -242,7 +260,11 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             mtu=await resolve_mtu(store, config, snapshot_nodes),
         )
         registry = await Registry.load(
-            store, settings, clock=clock, heartbeat_timeout=config.heartbeat_timeout
+            store,
+            settings,
+            clock=clock,
+            heartbeat_timeout=config.heartbeat_timeout,
+            quarantine=config.address_quarantine,
         )
         service = ControlService(
             store,
@@ -251,9 +273,13 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             fingerprint=ca.fingerprint,
             admin_token_hash=admin_hash,
             clock=clock,
+            ephemeral_timeout=config.ephemeral_timeout,
         )
+        verifier = NodeVerifier(load_or_create_auth_key(data_dir))
         runner = web.AppRunner(
-            build_app(service, ca.ca_pem), access_log=None, shutdown_timeout=SHUTDOWN_GRACE
+            build_app(service, ca.ca_pem, verifier),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE,
         )
         await runner.setup()
         site = web.TCPSite(

@@ -10,8 +10,14 @@ ShoalError
     │   ├── TokenExpired           token_expired
     │   ├── TokenRevoked           token_revoked
     │   ├── TokenUsed              token_used: single-use and already used
-    │   ├── CredentialInvalid      credential_invalid: node removed or secret wrong
+    │   ├── TokenRequired          token_required: an unknown key joins only with a token
+    │   ├── CredentialInvalid      credential_invalid: no node has this key (removed?)
+    │   ├── SignatureInvalid       signature_invalid: no proof of the node's key, a stale
+    │   │                          or replayed request
     │   └── AdminUnauthorized      admin_unauthorized
+    ├── Forbidden                  403
+    │   ├── KeyRevoked             key_revoked: the key of a removed node, rejoin refused
+    │   └── ScopeTooNarrow         admin_scope: a read-only admin token asked to change
     ├── NotFound                   404 not_found: route, token id or node name
     ├── MethodNotAllowed           405 method_not_allowed
     ├── Conflict                   409
@@ -71,8 +77,28 @@ class CredentialInvalid(Unauthorized):
     code = "credential_invalid"
 
 
+class TokenRequired(Unauthorized):
+    code = "token_required"
+
+
+class SignatureInvalid(Unauthorized):
+    code = "signature_invalid"
+
+
 class AdminUnauthorized(Unauthorized):
     code = "admin_unauthorized"
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+
+
+class KeyRevoked(Forbidden):
+    code = "key_revoked"
+
+
+class ScopeTooNarrow(Forbidden):
+    code = "admin_scope"
 
 
 class NotFound(ApiError):
@@ -111,6 +137,7 @@ class Internal(ApiError):
 HTTP_STATUS: dict[type[ApiError], int] = {
     BadRequest: 400,
     Unauthorized: 401,
+    Forbidden: 403,
     NotFound: 404,
     MethodNotAllowed: 405,
     Conflict: 409,

@@ -33,11 +33,11 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
-from shoal.control.errors import CredentialInvalid
+from shoal.control.errors import CredentialInvalid, PoolExhausted
 from shoal.control.ipam import Allocation, Ledger, Pools
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, MapUpdate, MeshSettings, NetworkMap, Node
-from shoal.store.base import NodeRecord, Snapshot, Store
+from shoal.store.base import NodeRecord, Released, Snapshot, Store
 
 Clock = Callable[[], datetime]
 LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full map
@@ -46,6 +46,7 @@ LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full m
 # cache, which held up to N deltas of up to N peers each after a fleet restart.
 DELTAS_KEPT = 16
 DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
+DEFAULT_QUARANTINE = timedelta(hours=24)
 SEEN_PERSIST_INTERVAL = timedelta(seconds=10)  # last_seen is written at most this often
 
 # What a change-log entry is about.
@@ -80,8 +81,10 @@ class Registry:
         clock: Clock = utcnow,
         log_limit: int = LOG_LIMIT,
         heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
+        quarantine: timedelta = DEFAULT_QUARANTINE,
     ) -> None:
         self.store = store
+        self.quarantine = quarantine
         self.settings = settings
         self.revision = snapshot.revision
         self.heartbeat_timeout = heartbeat_timeout
@@ -92,8 +95,11 @@ class Registry:
         self._models: dict[str, Node] = {}
         self._by_key: dict[PublicKey, str] = {}
         self._by_name: dict[str, str] = {}
-        self._by_credential: dict[str, str] = {}
-        self._ledger: Ledger[str] = Ledger()  # by node id
+        # By node id; a removed node's addresses stay in it under "released:<id>" (see
+        # `allocate`).
+        self._ledger: Ledger[str] = Ledger()
+        self._released: dict[str, Released] = {}
+        self._revoked: set[PublicKey] = set(snapshot.revoked_keys)
         self._seen: dict[str, datetime] = {}
         self._seen_persisted: dict[str, datetime] = {}
         self._offline: set[str] = set()
@@ -116,6 +122,11 @@ class Registry:
                 self._offline.add(node.id)
         for record in snapshot.containers:
             self._put_container(record.container)
+        taken = {(n.mesh_ip, n.subnet) for n in snapshot.nodes}
+        for released in snapshot.released:
+            # A quarantined allocation since handed out again (the pool ran short) is over.
+            if not any(released.mesh_ip == ip or released.subnet.overlaps(s) for ip, s in taken):
+                self._release(released)
         # The log restarts from what the store remembers: each node's and container's last
         # change and the recent removals. Removals older than the retained tombstones are
         # unknown, so a client behind them gets a full map.
@@ -142,6 +153,7 @@ class Registry:
         clock: Clock = utcnow,
         log_limit: int = LOG_LIMIT,
         heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
+        quarantine: timedelta = DEFAULT_QUARANTINE,
     ) -> Registry:
         snapshot = await store.load(tombstone_limit=log_limit)
         return cls(
@@ -151,6 +163,7 @@ class Registry:
             clock=clock,
             log_limit=log_limit,
             heartbeat_timeout=heartbeat_timeout,
+            quarantine=quarantine,
         )
 
     # Reading.
@@ -172,16 +185,33 @@ class Registry:
         node_id = self._by_name.get(name)
         return None if node_id is None else self._nodes[node_id]
 
-    def by_credential(self, credential_hash: str) -> NodeRecord | None:
-        node_id = self._by_credential.get(credential_hash)
-        return None if node_id is None else self._nodes[node_id]
+    def is_revoked(self, key: PublicKey) -> bool:
+        """The key of a node the operator removed: it may not join again."""
+        return key in self._revoked
 
     def nodes(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda n: n.name)
 
     def allocate(self, pools: Pools, node_id: str) -> Allocation:
-        """The mesh IP and subnet of this node: its own, else the lowest free."""
-        return self._ledger.allocate(pools, node_id)
+        """The mesh IP and subnet of this node: its own, else the lowest never used.
+
+        A removed node's addresses stay taken (quarantined) so that no peer routes its
+        traffic to a newcomer; only when the pools run out are those whose quarantine is over
+        handed out again, the longest released first."""
+        while True:
+            try:
+                return self._ledger.allocate(pools, node_id)
+            except PoolExhausted:
+                due = [
+                    r
+                    for r in self._released.values()
+                    if self._clock() - r.released_at >= self.quarantine
+                ]
+                if not due:
+                    raise
+                oldest = min(due, key=lambda r: r.released_at)
+                del self._released[oldest.node_id]
+                self._ledger.remove(f"released:{oldest.node_id}")
 
     def containers_of(self, node_id: str) -> Mapping[str, Container]:
         """The containers `node_id` last reported (withdrawn from the maps or not)."""
@@ -220,14 +250,19 @@ class Registry:
             self._record(rev, [(NODE, node.id)])
         return saved
 
-    async def remove(self, node_id: str) -> bool:
-        """Remove the node and its containers; False if it was not there."""
+    async def remove(self, node_id: str, *, revoke_key: bool = False) -> bool:
+        """Remove the node and its containers, quarantine its addresses and, with
+        `revoke_key`, refuse its key from now on; False if it was not there."""
         async with self._write:
-            rev = await self.store.remove_node(node_id)
+            now = self._clock()
+            rev = await self.store.remove_node(node_id, revoke_key=revoke_key, at=now)
             node = self._nodes.get(node_id)
             if node is not None:
                 self._unindex(node)
                 self._ledger.remove(node_id)
+                self._release(Released(node_id, node.mesh_ip, node.subnet, now))
+                if revoke_key:
+                    self._revoked.add(node.public_key)
             self._seen.pop(node_id, None)
             self._seen_persisted.pop(node_id, None)
             self._offline.discard(node_id)
@@ -238,6 +273,10 @@ class Registry:
                 return node is not None
             self._record(rev, [(NODE, node_id)] + [(CONTAINER, c) for c in gone])
         return True
+
+    async def unrevoke(self, key: PublicKey) -> None:
+        await self.store.unrevoke_key(key)
+        self._revoked.discard(key)
 
     async def save_containers(
         self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
@@ -377,10 +416,13 @@ class Registry:
 
     # Internals.
 
-    def _expired(self, node_id: str, now: datetime) -> bool:
+    def silent_for(self, node_id: str, now: datetime) -> timedelta:
+        """How long since the node was last heard of (a server start counts as hearing)."""
         heard = self._seen.get(node_id)
-        alive_at = self._started if heard is None else max(heard, self._started)
-        return now - alive_at > self.heartbeat_timeout
+        return now - (self._started if heard is None else max(heard, self._started))
+
+    def _expired(self, node_id: str, now: datetime) -> bool:
+        return self.silent_for(node_id, now) > self.heartbeat_timeout
 
     async def _set_online(self, node_ids: Iterable[str], *, online: bool) -> list[str]:
         async with self._write:
@@ -420,7 +462,6 @@ class Registry:
         self._models[node.id] = node.node()
         self._by_key[node.public_key] = node.id
         self._by_name[node.name] = node.id
-        self._by_credential[node.credential_hash] = node.id
         self._ledger.add(node.id, Allocation(mesh_ip=node.mesh_ip, subnet=node.subnet))
 
     def _unindex(self, node: NodeRecord) -> None:
@@ -428,7 +469,13 @@ class Registry:
         self._models.pop(node.id, None)
         self._by_key.pop(node.public_key, None)
         self._by_name.pop(node.name, None)
-        self._by_credential.pop(node.credential_hash, None)
+
+    def _release(self, released: Released) -> None:
+        self._released[released.node_id] = released
+        self._ledger.add(
+            f"released:{released.node_id}",
+            Allocation(mesh_ip=released.mesh_ip, subnet=released.subnet),
+        )
 
     def _check_cache(self) -> None:
         if self._cache_rev != self.revision:

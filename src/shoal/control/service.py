@@ -1,4 +1,4 @@
-"""The server's use cases: join, netmap, endpoints, containers, leave; the admin's tokens,
+"""The server's use cases: join, netmap, containers, leave; the admin's tokens,
 nodes and service catalog; the liveness sweep.
 
 Transport-free: the HTTP layer authenticates and parses, then calls one method here. Mutations
@@ -15,7 +15,6 @@ import logging
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import replace
 from datetime import timedelta
 
 from shoal.control import ipam
@@ -24,22 +23,30 @@ from shoal.control.errors import (
     BadRequest,
     Conflict,
     CredentialInvalid,
+    KeyRevoked,
     NameTaken,
     NotFound,
     PoolConflict,
+    ScopeTooNarrow,
+    SignatureInvalid,
     TokenMalformed,
+    TokenRequired,
     TokenUnknown,
     TokenUsed,
 )
 from shoal.control.registry import Clock, Registry, utcnow
 from shoal.control.tokens import (
     check_usable,
-    new_credential,
     new_join_token,
+    new_scoped_admin_token,
     secret_hash,
     token_id,
 )
 from shoal.model.api import (
+    AdminScope,
+    AdminTokenCreated,
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
     ContainerReport,
     ContainersReport,
     NodeInfo,
@@ -51,7 +58,8 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.catalog import build_catalog
-from shoal.model.netmap import Container, Endpoint, MapUpdate
+from shoal.model.keys import PublicKey
+from shoal.model.netmap import Container, MapUpdate
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
 from shoal.store.base import NodeRecord, Store, TokenRecord
 from shoal.store.errors import StoreConflict, TokenUnavailable
@@ -59,7 +67,7 @@ from shoal.store.errors import StoreConflict, TokenUnavailable
 log = logging.getLogger("shoal.control")
 
 MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the heartbeat timeout)
-CREDENTIAL_PREFIX = "SHOAL-NODE-1-"
+DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephemeral node goes
 # What Docker accepts as a container name; compose project and service labels are narrower.
 # Anything else in a report is an agent bug, refused rather than served as a DNS name.
 DOCKER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}")
@@ -76,7 +84,9 @@ class ControlService:
         fingerprint: str,
         admin_token_hash: str,
         clock: Clock = utcnow,
+        ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT,
     ) -> None:
+        self.ephemeral_timeout = ephemeral_timeout
         self.store = store
         self.registry = registry
         self.pools = pools
@@ -85,55 +95,80 @@ class ControlService:
         self._clock = clock
         self._lock = asyncio.Lock()
 
-    # Authentication (the bearer secrets of the HTTP layer).
+    # Authentication (the HTTP layer verified the signature; these say what the key may do).
 
-    def authenticate_node(self, credential: str) -> NodeRecord:
-        node = self.registry.by_credential(secret_hash(credential.strip()))
+    def authenticate_node(self, key: PublicKey) -> NodeRecord:
+        """The node whose key signed a request."""
+        node = self.registry.by_public_key(key)
         if node is None:
             raise CredentialInvalid(
-                "the server does not know this node's credential (node removed?); join again"
+                f"no node of this mesh has key {key.short()}… (removed?); join again with a "
+                "join token"
             )
         return node
 
-    def authenticate_admin(self, token: str) -> None:
+    async def authenticate_admin(self, token: str, need: AdminScope) -> None:
+        """Accept the server host's own admin token (every scope) or a scoped admin token
+        that is unrevoked, unexpired and wide enough for `need`."""
         try:
             parsed = parse_admin_token(token)
         except MalformedToken as exc:
             raise AdminUnauthorized(str(exc)) from exc
-        if not hmac.compare_digest(secret_hash(parsed.secret), self._admin_hash):
+        digest = secret_hash(parsed.secret)
+        if hmac.compare_digest(digest, self._admin_hash):
+            return
+        record = await self.store.get_token(token_id(parsed.secret))
+        if (
+            record is None
+            or record.scope is None
+            or not hmac.compare_digest(record.secret_hash, digest)
+        ):
             raise AdminUnauthorized("admin token not accepted by this server")
+        if record.revoked_at is not None:
+            raise AdminUnauthorized(f"admin token {record.id} was revoked")
+        if record.expires_at is not None and record.expires_at <= self._clock():
+            raise AdminUnauthorized(
+                f"admin token {record.id} expired at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        if need == "admin" and record.scope != "admin":
+            raise ScopeTooNarrow(
+                f"admin token {record.id} is read-only (scope {record.scope}); this needs one "
+                "made with --scope admin"
+            )
 
     # Agent use cases.
 
-    async def register(self, req: RegisterRequest) -> RegisterResponse:
+    async def register(self, req: RegisterRequest, signer: PublicKey) -> RegisterResponse:
+        """Join, or join again with the same key. `signer` is the key that signed the
+        request: only the holder of a key's private half may register it."""
+        if signer != req.public_key:
+            raise SignatureInvalid(
+                "the request is signed with another key than the one it registers"
+            )
         async with self._lock:
-            node, credential = await self._register(req)
+            node = await self._register(req)
         await self.registry.seen(node.id)  # a node joining again after an outage is back
-        return RegisterResponse(
-            node_id=node.id,
-            credential=credential,
-            netmap=self.registry.full_map(node.id),
-        )
+        return RegisterResponse(node_id=node.id, netmap=self.registry.full_map(node.id))
 
-    async def _register(self, req: RegisterRequest) -> tuple[NodeRecord, str]:
+    async def _register(self, req: RegisterRequest) -> NodeRecord:
         now = self._clock()
         existing = self.registry.by_public_key(req.public_key)
-        text = req.token.strip()
         consume: str | None = None
         record: TokenRecord | None = None
-        if text.startswith(CREDENTIAL_PREFIX):
-            by_cred = self.registry.by_credential(secret_hash(text))
-            if by_cred is None or by_cred.public_key != req.public_key:
-                raise CredentialInvalid(
-                    "node credential not accepted for this key; join with a join token"
+        if existing is None:
+            # A new node: the token authorises it. A node joining again needs none: its key
+            # is its identity, and it proved it holds it.
+            if self.registry.is_revoked(req.public_key):
+                raise KeyRevoked(
+                    f"key {req.public_key.short()}… belonged to a node the operator removed; it "
+                    "cannot join again (on that host: shoal down --leave, then shoal up with a "
+                    "new token joins with a new key)"
                 )
-            tags = by_cred.tags
-        else:
-            record = await self._join_token(text)
-            check_usable(record, now, public_key_node=existing.id if existing else None)
-            if not record.reusable and record.used_at is None:
-                consume = record.id
-            tags = record.tags
+            if req.token is None:
+                raise TokenRequired("this key is not a node of this mesh: join with a token")
+            record = await self._join_token(req.token.strip())
+            check_usable(record, now)
+            consume = record.id
         holder = self.registry.by_name(req.name)
         if holder is not None and holder.public_key != req.public_key:
             raise NameTaken(
@@ -150,7 +185,6 @@ class ControlService:
             )
         node_id = existing.id if existing else "n" + secrets.token_hex(6)
         alloc = self.registry.allocate(self.pools, node_id)
-        credential = new_credential()
         node = NodeRecord(
             id=node_id,
             name=req.name,
@@ -158,36 +192,34 @@ class ControlService:
             mesh_ip=alloc.mesh_ip,
             subnet=alloc.subnet,
             endpoints=tuple(sorted(set(req.endpoints), key=str)),
-            credential_hash=secret_hash(credential),
             created_at=existing.created_at if existing else now,
-            tags=existing.tags if existing else tags,
+            tags=existing.tags if existing else (record.tags if record else ()),
+            ephemeral=existing.ephemeral if existing else bool(record and record.ephemeral),
             last_seen=now,
         )
         try:
             saved = await self.registry.save(node, consume_token=consume)
         except TokenUnavailable as exc:
-            # Another server or request won the race: say precisely why it is unusable now.
+            # Another server or request took its last use: say precisely why it is unusable.
             fresh = await self.store.get_token(exc.token_id)
             if fresh is not None:
-                check_usable(fresh, self._clock(), public_key_node=None)
-            raise TokenUsed(f"join token {exc.token_id} was used meanwhile") from exc
+                check_usable(fresh, self._clock())
+            raise TokenUsed(f"join token {exc.token_id} was used up meanwhile") from exc
         except StoreConflict as exc:
             if exc.field == "name":
                 raise NameTaken(f"the name {req.name!r} was taken meanwhile") from exc
             raise Conflict(f"registration conflicted with another node ({exc.field})") from exc
-        verb = "re-registered" if existing else "registered"
-        via = f"token {record.id}" if record else "credential"
         log.info(
-            "%s node %s (%s) key %s mesh IP %s subnet %s via %s",
-            verb,
+            "%s node %s (%s) key %s mesh IP %s subnet %s%s",
+            "re-registered" if existing else "registered",
             saved.name,
             saved.id,
             saved.public_key.short(),
             saved.mesh_ip,
             saved.subnet,
-            via,
+            f" via token {record.id}" if record else "",
         )
-        return saved, credential
+        return saved
 
     async def _join_token(self, text: str) -> TokenRecord:
         try:
@@ -199,7 +231,11 @@ class ControlService:
                 "this join token was issued by another server (its CA fingerprint differs)"
             )
         record = await self.store.get_token(token_id(token.secret))
-        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash(token.secret)):
+        if (
+            record is None
+            or record.scope is not None  # an admin token's secret is no join token
+            or not hmac.compare_digest(record.secret_hash, secret_hash(token.secret))
+        ):
             raise TokenUnknown(f"unknown join token {JOIN_PREFIX}…; create one: shoal token create")
         return record
 
@@ -262,7 +298,20 @@ class ControlService:
         return containers
 
     async def sweep(self) -> None:
-        """Withdraw the containers of nodes silent past the heartbeat timeout."""
+        """Withdraw the containers of nodes silent past the heartbeat timeout; remove
+        ephemeral nodes silent past the ephemeral timeout."""
+        now = self._clock()
+        for gone in self.registry.nodes():
+            silent = self.registry.silent_for(gone.id, now)
+            if gone.ephemeral and silent > self.ephemeral_timeout:
+                async with self._lock:
+                    await self.registry.remove(gone.id)
+                log.info(
+                    "removed ephemeral node %s (%s): silent for %ds",
+                    gone.name,
+                    gone.id,
+                    silent.total_seconds(),
+                )
         for node_id in await self.registry.sweep():
             node = self.registry.get(node_id)
             log.warning(
@@ -271,21 +320,6 @@ class ControlService:
                 node_id,
                 self.registry.heartbeat_timeout.total_seconds(),
                 len(self.registry.containers_of(node_id)),
-            )
-
-    async def update_endpoints(self, node_id: str, endpoints: tuple[Endpoint, ...]) -> None:
-        await self.registry.seen(node_id)
-        async with self._lock:
-            node = self.registry.require(node_id)
-            wanted = tuple(sorted(set(endpoints), key=str))
-            if wanted == node.endpoints:
-                return
-            await self.registry.save(replace(node, endpoints=wanted))
-            log.info(
-                "node %s endpoints %s => %s",
-                node.name,
-                ", ".join(map(str, node.endpoints)) or "-",
-                ", ".join(map(str, wanted)) or "-",
             )
 
     async def leave(self, node_id: str) -> None:
@@ -302,7 +336,8 @@ class ControlService:
         )
         token, record = new_join_token(
             self.fingerprint,
-            reusable=req.reusable,
+            max_uses=req.uses if req.uses is not None else (None if req.reusable else 1),
+            ephemeral=req.ephemeral,
             tags=req.tags,
             expires_in=expires,
             now=self._clock(),
@@ -312,12 +347,33 @@ class ControlService:
         return TokenCreated(info=token_info(record), token=str(token))
 
     async def list_tokens(self) -> list[TokenInfo]:
-        return [token_info(t) for t in await self.store.list_tokens()]
+        return [token_info(t) for t in await self.store.list_tokens() if t.scope is None]
 
     async def revoke_token(self, tid: str) -> None:
-        if not await self.store.revoke_token(tid, self._clock()):
+        record = await self.store.get_token(tid)
+        if record is None or record.scope is not None:
             raise NotFound(f"no join token with id {tid!r} (see shoal token list)")
+        await self.store.revoke_token(tid, self._clock())
         log.info("revoked join token %s", tid)
+
+    async def create_admin_token(self, req: AdminTokenCreateRequest) -> AdminTokenCreated:
+        expires = (
+            None if req.expires_in_seconds is None else timedelta(seconds=req.expires_in_seconds)
+        )
+        token, record = new_scoped_admin_token(self.fingerprint, req.scope, expires, self._clock())
+        await self.store.add_token(record)
+        log.info("created admin token %s (scope %s)", record.id, req.scope)
+        return AdminTokenCreated(info=admin_token_info(record), token=str(token))
+
+    async def list_admin_tokens(self) -> list[AdminTokenInfo]:
+        return [admin_token_info(t) for t in await self.store.list_tokens() if t.scope]
+
+    async def revoke_admin_token(self, tid: str) -> None:
+        record = await self.store.get_token(tid)
+        if record is None or record.scope is None:
+            raise NotFound(f"no admin token with id {tid!r} (see shoal admin token list)")
+        await self.store.revoke_token(tid, self._clock())
+        log.info("revoked admin token %s", tid)
 
     def list_nodes(self) -> list[NodeInfo]:
         return [
@@ -331,6 +387,7 @@ class ControlService:
                 created_at=n.created_at,
                 last_seen=self.registry.last_seen(n.id),
                 online=self.registry.online(n.id),
+                ephemeral=n.ephemeral,
             )
             for n in self.registry.nodes()
         ]
@@ -344,13 +401,32 @@ class ControlService:
             online=[n.id for n in nodes if self.registry.online(n.id)],
         )
 
-    async def remove_node(self, name: str) -> None:
+    async def remove_node(self, name: str, *, allow_rejoin: bool = False) -> None:
+        """Remove the node; unless `allow_rejoin`, its key is revoked (it cannot join again,
+        whatever token it holds). Its addresses are quarantined either way."""
         async with self._lock:
             node = self.registry.by_name(name)
             if node is None:
                 raise NotFound(f"no node named {name!r} (see shoal nodes)")
-            await self.registry.remove(node.id)
-        log.info("removed node %s (%s) mesh IP %s", node.name, node.id, node.mesh_ip)
+            await self.registry.remove(node.id, revoke_key=not allow_rejoin)
+        log.info(
+            "removed node %s (%s) mesh IP %s; key %s %s",
+            node.name,
+            node.id,
+            node.mesh_ip,
+            node.public_key.short(),
+            "may rejoin" if allow_rejoin else "revoked",
+        )
+
+
+def admin_token_info(record: TokenRecord) -> AdminTokenInfo:
+    return AdminTokenInfo(
+        id=record.id,
+        scope="admin" if record.scope == "admin" else "read",
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        revoked=record.revoked_at is not None,
+    )
 
 
 def token_info(record: TokenRecord) -> TokenInfo:
@@ -362,6 +438,9 @@ def token_info(record: TokenRecord) -> TokenInfo:
         expires_at=record.expires_at,
         used_at=record.used_at,
         revoked=record.revoked_at is not None,
+        uses=record.uses,
+        max_uses=record.max_uses,
+        ephemeral=record.ephemeral,
     )
 
 

@@ -1,4 +1,4 @@
-"""Join tokens, the admin token and node credentials: generation, hashing, validity.
+"""Join tokens and the admin token: generation, hashing, validity.
 
 Only hashes are stored. A join token's id (first 12 hex of sha256(secret)) is what admins see
 and revoke; the text (`SHOAL-1-<CA fingerprint>-<secret>`) is shown once at creation.
@@ -17,8 +17,8 @@ from shoal.store.base import TokenRecord
 __all__ = [
     "check_usable",
     "new_admin_token",
-    "new_credential",
     "new_join_token",
+    "new_scoped_admin_token",
     "parse_duration",
     "secret_hash",
     "token_id",
@@ -45,7 +45,8 @@ def parse_duration(text: str) -> timedelta:
 def new_join_token(
     fingerprint: str,
     *,
-    reusable: bool,
+    max_uses: int | None,
+    ephemeral: bool = False,
     tags: tuple[str, ...],
     expires_in: timedelta | None,
     now: datetime,
@@ -54,7 +55,9 @@ def new_join_token(
     record = TokenRecord(
         id=token_id(token.secret),
         secret_hash=secret_hash(token.secret),
-        reusable=reusable,
+        reusable=max_uses != 1,
+        max_uses=max_uses,
+        ephemeral=ephemeral,
         tags=tuple(sorted(set(tags))),
         created_at=now,
         expires_at=None if expires_in is None else now + expires_in,
@@ -66,18 +69,27 @@ def new_admin_token(fingerprint: str) -> AdminToken:
     return AdminToken(fingerprint=fingerprint, secret=secrets.token_hex(16))
 
 
-def new_credential() -> str:
-    """A node's bearer secret; the server keeps only `secret_hash` of it."""
-    return "SHOAL-NODE-1-" + secrets.token_hex(32)
+def new_scoped_admin_token(
+    fingerprint: str, scope: str, expires_in: timedelta | None, now: datetime
+) -> tuple[AdminToken, TokenRecord]:
+    """An admin token besides the server host's own: scoped, expiring, revocable, stored
+    hashed beside the join tokens (told apart by `scope`)."""
+    token = new_admin_token(fingerprint)
+    record = TokenRecord(
+        id=token_id(token.secret),
+        secret_hash=secret_hash(token.secret),
+        reusable=True,
+        max_uses=None,
+        tags=(),
+        created_at=now,
+        expires_at=None if expires_in is None else now + expires_in,
+        scope=scope,
+    )
+    return token, record
 
 
-def check_usable(record: TokenRecord, now: datetime, *, public_key_node: str | None) -> None:
-    """Raise why `record` cannot authorise a registration now.
-
-    `public_key_node` is the id of the node already registered with the request's key, if any:
-    a single-use token may be presented again by the node it registered (an agent retrying a
-    join whose answer it lost).
-    """
+def check_usable(record: TokenRecord, now: datetime) -> None:
+    """Raise why `record` cannot authorise a new node now."""
     if record.revoked_at is not None:
         raise TokenRevoked(f"join token {record.id} was revoked; ask for a new one")
     if record.expires_at is not None and record.expires_at <= now:
@@ -85,10 +97,9 @@ def check_usable(record: TokenRecord, now: datetime, *, public_key_node: str | N
             f"join token {record.id} expired at {record.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
             "ask for a new one"
         )
-    if not record.reusable and record.used_at is not None:
-        if public_key_node is not None and record.used_by == public_key_node:
-            return
+    if record.max_uses is not None and record.uses >= record.max_uses:
+        what = "single-use" if record.max_uses == 1 else f"limited to {record.max_uses} uses"
         raise TokenUsed(
-            f"join token {record.id} is single-use and was already used; create another "
-            "(or a --reusable one)"
+            f"join token {record.id} is {what} and was used up; create another "
+            "(shoal token create [--reusable] [--uses N])"
         )

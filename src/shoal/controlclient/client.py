@@ -7,13 +7,16 @@ socket exception is caught here and re-raised as a `ControlError` subclass `from
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
+import time
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from yarl import URL
 
 from shoal.controlclient.errors import (
     ControlProtocolError,
@@ -24,41 +27,61 @@ from shoal.controlclient.errors import (
 )
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import (
+    AdminTokenCreated,
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
     ContainersReport,
     ErrorBody,
     NodeInfo,
     RegisterRequest,
     RegisterResponse,
+    ServerKey,
     ServiceInfo,
     TokenCreated,
     TokenCreateRequest,
     TokenInfo,
 )
+from shoal.model.keys import InvalidKey, PrivateKey
 from shoal.model.netmap import MapUpdate
+from shoal.model.nodeauth import shared_key, sign
 
 M = TypeVar("M", bound=BaseModel)
 
 REQUEST_TIMEOUT = 15.0  # seconds, every request but the long-poll
 POLL_MARGIN = 10.0  # seconds a long-poll may take beyond its `wait`
 CONNECT_TIMEOUT = 10.0
-# Error codes meaning "this node's credential is no longer valid": the node must re-join.
-CREDENTIAL_CODES = frozenset({"credential_invalid"})
+# Error codes meaning "the server no longer accepts this node": it must join anew.
+CREDENTIAL_CODES = frozenset({"credential_invalid", "key_revoked"})
+# The server's clock is taken over when ours is off by more than this (seconds): signatures
+# carry a timestamp the server checks within a window.
+CLOCK_SLACK = 5.0
 
 _TOKENS = TypeAdapter(list[TokenInfo])
 _NODES = TypeAdapter(list[NodeInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
+_ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
 
 
 class ControlClient:
     """An HTTPS session to one control server, trusting only its pinned CA.
 
-    `credential` is the bearer secret: the node credential for agent calls (set automatically
-    by `register`), or the admin token text for admin calls.
+    Agent calls are signed with `node_key`, the node's WireGuard private key (see
+    shoal.model.nodeauth); admin calls carry `credential`, the admin token text.
     """
 
-    def __init__(self, server_url: str, ca_pem: bytes, credential: str | None = None) -> None:
+    def __init__(
+        self,
+        server_url: str,
+        ca_pem: bytes,
+        credential: str | None = None,
+        *,
+        node_key: PrivateKey | None = None,
+    ) -> None:
         self.server_url = server_url.rstrip("/")
         self.credential = credential
+        self._node_key = node_key
+        self._mac_key: bytes | None = None  # derived once the server's key is known
+        self._clock_offset = 0.0  # server time minus ours, when they differ by > CLOCK_SLACK
         self._ssl = ssl_context(ca_pem)
         self._session: aiohttp.ClientSession | None = None
 
@@ -85,12 +108,8 @@ class ControlClient:
     # Agent calls.
 
     async def register(self, request: RegisterRequest) -> RegisterResponse:
-        """Join (or re-join with the same key); remembers the returned credential."""
-        response = await self._call(
-            "POST", "/v1/register", RegisterResponse, body=request, auth=False
-        )
-        self.credential = response.credential
-        return response
+        """Join (or join again with the same key, with or without a token)."""
+        return await self._call("POST", "/v1/register", RegisterResponse, body=request)
 
     async def poll(self, since: int, wait: float) -> MapUpdate:
         """Long-poll the netmap: a full map, a delta from `since`, or "none" after `wait` s."""
@@ -129,8 +148,21 @@ class ControlClient:
         """The service catalog: services, their instances, hosts and health."""
         return _SERVICES.validate_python(await self._call_json("GET", "/v1/admin/services"))
 
-    async def remove_node(self, name: str) -> None:
-        await self._call_json("DELETE", f"/v1/admin/nodes/{quote(name, safe='')}")
+    async def create_admin_token(self, request: AdminTokenCreateRequest) -> AdminTokenCreated:
+        return await self._call("POST", "/v1/admin/admin-tokens", AdminTokenCreated, body=request)
+
+    async def list_admin_tokens(self) -> list[AdminTokenInfo]:
+        return _ADMIN_TOKENS.validate_python(await self._call_json("GET", "/v1/admin/admin-tokens"))
+
+    async def revoke_admin_token(self, token_id: str) -> None:
+        await self._call_json("DELETE", f"/v1/admin/admin-tokens/{quote(token_id, safe='')}")
+
+    async def remove_node(self, name: str, *, allow_rejoin: bool = False) -> None:
+        await self._call_json(
+            "DELETE",
+            f"/v1/admin/nodes/{quote(name, safe='')}",
+            params={"allow_rejoin": "1"} if allow_rejoin else None,
+        )
 
     # Plumbing.
 
@@ -142,12 +174,9 @@ class ControlClient:
         *,
         body: BaseModel | None = None,
         params: dict[str, str] | None = None,
-        auth: bool = True,
         timeout: float = REQUEST_TIMEOUT,
     ) -> M:
-        data = await self._call_json(
-            method, path, body=body, params=params, auth=auth, timeout=timeout
-        )
+        data = await self._call_json(method, path, body=body, params=params, timeout=timeout)
         try:
             return model.model_validate(data)
         except ValidationError as exc:
@@ -163,30 +192,34 @@ class ControlClient:
         *,
         body: BaseModel | None = None,
         params: dict[str, str] | None = None,
-        auth: bool = True,
         timeout: float = REQUEST_TIMEOUT,
+        signed: bool = True,
     ) -> Any:
         if self._session is None:
             raise RuntimeError("ControlClient used outside `async with`")
         headers = {"Accept": "application/json"}
-        if auth and self.credential is not None:
-            headers["Authorization"] = f"Bearer {self.credential}"
-        data = None
+        data = b""
         if body is not None:
             headers["Content-Type"] = "application/json"
             data = body.model_dump_json().encode()
-        url = self.server_url + path
+        # The query is part of what is signed: build it here, byte for byte as sent.
+        target = path + ("?" + urlencode(params) if params else "")
+        if self._node_key is not None and signed:
+            headers["Authorization"] = await self._signature(method, target, data)
+        elif self.credential is not None:
+            headers["Authorization"] = f"Bearer {self.credential}"
+        url = URL(self.server_url + target, encoded=True)
         try:
             async with self._session.request(
                 method,
                 url,
-                data=data,
-                params=params,
+                data=data or None,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=CONNECT_TIMEOUT),
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                self._follow_clock(resp.headers.get("Date"))
         except aiohttp.ClientConnectorCertificateError as exc:
             raise FingerprintMismatch(
                 f"server at {self.server_url} presented a certificate not signed by the pinned "
@@ -216,6 +249,34 @@ class ControlClient:
             raise ControlProtocolError(
                 f"server at {self.server_url} sent non-JSON for {path} (HTTP {status})"
             ) from exc
+
+    async def _signature(self, method: str, target: str, body: bytes) -> str:
+        if self._node_key is None:
+            raise RuntimeError("signing without a node key")
+        if self._mac_key is None:
+            reply = await self._call_json("GET", "/v1/key", signed=False)
+            try:
+                server = ServerKey.model_validate(reply).public_key
+                self._mac_key = shared_key(
+                    self._node_key, server, self._node_key.public_key(), server
+                )
+            except (ValidationError, InvalidKey) as exc:
+                raise ControlUnreachable(
+                    f"server at {self.server_url} sent an unusable /v1/key reply: {exc}"
+                ) from exc
+        now = int(time.time() + self._clock_offset)
+        return sign(self._mac_key, self._node_key.public_key(), method, target, body, now).header()
+
+    def _follow_clock(self, date: str | None) -> None:
+        """Take the server's clock when ours is off: signatures are checked against it."""
+        if date is None:
+            return
+        try:
+            server = email.utils.parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            return
+        offset = server - time.time()
+        self._clock_offset = offset if abs(offset) > CLOCK_SLACK else 0.0
 
 
 def _error_text(raw: bytes) -> str:

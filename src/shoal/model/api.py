@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
+from typing import Literal
 
 from pydantic import Field
 
@@ -14,10 +15,16 @@ API_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
 
 
-class RegisterRequest(Frozen):
-    """An agent joining with a join token (or re-joining with the same key)."""
+# Token lifetimes: a day unless the admin says otherwise (`--expires never` is explicit).
+DEFAULT_TOKEN_SECONDS = 24 * 3600
+MAX_TOKEN_SECONDS = 3650 * 24 * 3600
 
-    token: str
+
+class RegisterRequest(Frozen):
+    """An agent joining with a join token, or joining again with the same key (no token:
+    the request's signature proves the key, and the key is the node's identity)."""
+
+    token: str | None = Field(default=None, max_length=200)
     name: str = Field(pattern=NAME_PATTERN)
     public_key: PublicKey
     endpoints: tuple[Endpoint, ...] = ()
@@ -28,17 +35,23 @@ class RegisterRequest(Frozen):
 
 class RegisterResponse(Frozen):
     node_id: str
-    credential: str  # bearer secret for this node's later requests; stored hashed by the server
     netmap: NetworkMap
 
 
-class UpdateEndpointsRequest(Frozen):
-    endpoints: tuple[Endpoint, ...]
+class ServerKey(Frozen):
+    """`GET /v1/key`: the server's X25519 key that node signatures are keyed with."""
+
+    public_key: PublicKey
 
 
 class TokenCreateRequest(Frozen):
     reusable: bool = False
-    expires_in_seconds: int | None = Field(default=None, gt=0)
+    uses: int | None = Field(default=None, ge=1, le=1_000_000)  # None: 1, or unlimited if reusable
+    # None (JSON null) means never; the default is a day.
+    expires_in_seconds: int | None = Field(
+        default=DEFAULT_TOKEN_SECONDS, gt=0, le=MAX_TOKEN_SECONDS
+    )
+    ephemeral: bool = False
     tags: tuple[str, ...] = ()
 
 
@@ -50,11 +63,39 @@ class TokenInfo(Frozen):
     expires_at: datetime | None = None
     used_at: datetime | None = None
     revoked: bool = False
+    uses: int = 0
+    max_uses: int | None = 1  # None: unlimited
+    ephemeral: bool = False
 
 
 class TokenCreated(Frozen):
     info: TokenInfo
     token: str  # SHOAL-1-<ca fingerprint>-<secret>; shown once, never stored in clear
+
+
+AdminScope = Literal["read", "admin"]  # read: list nodes, tokens, services; admin: all of it
+DEFAULT_ADMIN_TOKEN_SECONDS = 30 * 24 * 3600
+
+
+class AdminTokenCreateRequest(Frozen):
+    scope: AdminScope
+    # None (JSON null) means never; the default is 30 days.
+    expires_in_seconds: int | None = Field(
+        default=DEFAULT_ADMIN_TOKEN_SECONDS, gt=0, le=MAX_TOKEN_SECONDS
+    )
+
+
+class AdminTokenInfo(Frozen):
+    id: str
+    scope: AdminScope
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked: bool = False
+
+
+class AdminTokenCreated(Frozen):
+    info: AdminTokenInfo
+    token: str  # SHOAL-ADMIN-1-<ca fingerprint>-<secret>; shown once, stored hashed
 
 
 class NodeInfo(Frozen):
@@ -69,6 +110,7 @@ class NodeInfo(Frozen):
     created_at: datetime
     last_seen: datetime | None = None
     online: bool = False
+    ephemeral: bool = False
 
 
 class ErrorBody(Frozen):

@@ -33,6 +33,11 @@ class TokenRecord:
     used_at: datetime | None = None
     used_by: str | None = None  # node id of the first registration it authorised
     revoked_at: datetime | None = None
+    max_uses: int | None = 1  # registrations it may authorise; None: unlimited
+    uses: int = 0
+    ephemeral: bool = False  # its nodes are removed once offline for the ephemeral timeout
+    # None for a join token; "read" or "admin" for an admin token (SHOAL-ADMIN-1-...).
+    scope: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +50,9 @@ class NodeRecord:
     mesh_ip: IPv4Address
     subnet: IPv4Network
     endpoints: tuple[Endpoint, ...]
-    credential_hash: str
     created_at: datetime
     tags: tuple[str, ...] = ()
+    ephemeral: bool = False
     last_seen: datetime | None = None
     updated_rev: int = 0  # the revision of its last change visible to peers
     # False once the server withdrew its containers (missed heartbeats); changed only by
@@ -87,6 +92,18 @@ class ContainerTombstone:
 
 
 @dataclass(frozen=True, slots=True)
+class Released:
+    """The addresses of a removed node, quarantined: not handed to another node before
+    `released_at` + the quarantine, so peers never route a removed node's traffic to a new
+    (possibly hostile) host while stale maps, caches or connections still name it."""
+
+    node_id: str
+    mesh_ip: IPv4Address
+    subnet: IPv4Network
+    released_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the server loads at start."""
 
@@ -95,6 +112,8 @@ class Snapshot:
     tombstones: tuple[Tombstone, ...]  # the most recent ones, oldest first
     containers: tuple[ContainerRecord, ...] = ()  # sorted by id
     container_tombstones: tuple[ContainerTombstone, ...] = ()  # most recent, oldest first
+    revoked_keys: tuple[PublicKey, ...] = ()  # keys of removed nodes: they may not rejoin
+    released: tuple[Released, ...] = ()  # oldest first
 
 
 class Store(Protocol):
@@ -119,16 +138,27 @@ class Store(Protocol):
     ) -> int:
         """Insert or replace `node` (by id) at a new revision and return that revision.
 
-        With `consume_token`, marks that single-use token used (at `at`, by `node.id`) in the
-        same transaction, only if it is still unused, unrevoked and unexpired at `at`; else
-        raises `TokenUnavailable` and changes nothing. Raises `StoreConflict` when a unique
-        field belongs to another node.
+        With `consume_token`, counts one use of that token (at `at`, by `node.id`) in the
+        same transaction, only if it still has uses left and is unrevoked and unexpired at
+        `at`; else raises `TokenUnavailable` and changes nothing. Raises `StoreConflict` when
+        a unique field belongs to another node.
         """
         ...
 
-    async def remove_node(self, node_id: str) -> int | None:
-        """Delete the node and its containers, leave tombstones for all of them; the new
-        revision, or None if it did not exist."""
+    async def remove_node(
+        self, node_id: str, *, revoke_key: bool = False, at: datetime | None = None
+    ) -> int | None:
+        """Delete the node and its containers, leave tombstones for all of them, and release
+        its addresses into quarantine (at `at`); with `revoke_key`, record its key as revoked.
+        The new revision, or None if it did not exist."""
+        ...
+
+    async def unrevoke_key(self, key: PublicKey) -> None:
+        """Let a revoked key join again (the operator said so)."""
+        ...
+
+    async def drop_released(self, node_ids: Sequence[str]) -> None:
+        """Forget quarantined allocations (their addresses are handed out again)."""
         ...
 
     async def save_containers(

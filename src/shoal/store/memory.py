@@ -6,18 +6,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
+from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container
 from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    Released,
     Snapshot,
     TokenRecord,
     Tombstone,
 )
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
-_UNIQUE = ("name", "public_key", "mesh_ip", "subnet", "credential_hash")
+_UNIQUE = ("name", "public_key", "mesh_ip", "subnet")
 
 
 class MemoryStore:
@@ -29,6 +31,8 @@ class MemoryStore:
         self.tombstones: dict[str, int] = {}
         self.containers: dict[str, ContainerRecord] = {}
         self.container_tombstones: dict[str, int] = {}
+        self.revoked_keys: set[PublicKey] = set()
+        self.released: dict[str, Released] = {}
 
     async def load(self, tombstone_limit: int) -> Snapshot:
         stones = sorted(self.tombstones.items(), key=lambda s: s[1])[-tombstone_limit:]
@@ -42,6 +46,8 @@ class MemoryStore:
                 ContainerTombstone(container_id=c, removed_rev=r)
                 for c, r in gone[-tombstone_limit:]
             ),
+            revoked_keys=tuple(sorted(self.revoked_keys, key=str)),
+            released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
         )
 
     async def get_setting(self, key: str) -> str | None:
@@ -83,12 +89,17 @@ class MemoryStore:
             token = self.tokens.get(consume_token)
             if (
                 token is None
-                or token.used_at is not None
+                or (token.max_uses is not None and token.uses >= token.max_uses)
                 or token.revoked_at is not None
                 or (token.expires_at is not None and token.expires_at <= when)
             ):
                 raise TokenUnavailable(consume_token)
-            self.tokens[consume_token] = replace(token, used_at=when, used_by=node.id)
+            self.tokens[consume_token] = replace(
+                token,
+                uses=token.uses + 1,
+                used_at=token.used_at or when,
+                used_by=token.used_by or node.id,
+            )
         self.revision += 1
         old = self.nodes.get(node.id)
         online = old.online if old is not None else True
@@ -96,9 +107,17 @@ class MemoryStore:
         self.tombstones.pop(node.id, None)
         return self.revision
 
-    async def remove_node(self, node_id: str) -> int | None:
-        if self.nodes.pop(node_id, None) is None:
+    async def remove_node(
+        self, node_id: str, *, revoke_key: bool = False, at: datetime | None = None
+    ) -> int | None:
+        node = self.nodes.pop(node_id, None)
+        if node is None:
             return None
+        if revoke_key:
+            self.revoked_keys.add(node.public_key)
+        self.released[node_id] = Released(
+            node_id, node.mesh_ip, node.subnet, at or datetime.now(UTC)
+        )
         self.revision += 1
         self.tombstones[node_id] = self.revision
         for cid in [c for c, r in self.containers.items() if r.container.node_id == node_id]:
@@ -137,6 +156,13 @@ class MemoryStore:
             node = self.nodes.get(node_id)
             if node is not None:
                 self.nodes[node_id] = replace(node, last_seen=at)
+
+    async def unrevoke_key(self, key: PublicKey) -> None:
+        self.revoked_keys.discard(key)
+
+    async def drop_released(self, node_ids: Sequence[str]) -> None:
+        for node_id in node_ids:
+            self.released.pop(node_id, None)
 
     async def close(self) -> None:
         return None

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 -- The global revision: bumped by every change other nodes must see.
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', '0');
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '2');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '3');
 
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,          -- first 12 hex of sha256(secret)
@@ -19,7 +19,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_at  TEXT,
     used_at     TEXT,
     used_by     TEXT,                      -- node id of the first registration it authorised
-    revoked_at  TEXT
+    revoked_at  TEXT,
+    max_uses    INTEGER,                   -- registrations it may authorise; NULL: unlimited
+    uses        INTEGER NOT NULL DEFAULT 0,
+    ephemeral   INTEGER NOT NULL DEFAULT 0, -- its nodes are removed once offline long enough
+    scope       TEXT                       -- NULL: a join token; 'read' | 'admin': admin token
 );
 
 CREATE TABLE IF NOT EXISTS nodes (
@@ -30,11 +34,11 @@ CREATE TABLE IF NOT EXISTS nodes (
     subnet          TEXT NOT NULL UNIQUE,
     endpoints       TEXT NOT NULL,         -- JSON list of {"host", "port"}
     tags            TEXT NOT NULL,         -- JSON list, from the join token
-    credential_hash TEXT NOT NULL UNIQUE,
     created_at      TEXT NOT NULL,
     last_seen       TEXT,
     updated_rev     INTEGER NOT NULL,
-    online          INTEGER NOT NULL DEFAULT 1  -- 0: containers withdrawn (missed heartbeats)
+    online          INTEGER NOT NULL DEFAULT 1, -- 0: containers withdrawn (missed heartbeats)
+    ephemeral       INTEGER NOT NULL DEFAULT 0  -- removed once offline for the timeout
 );
 CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);
 
@@ -64,3 +68,16 @@ CREATE TABLE IF NOT EXISTS container_tombstones (
 );
 CREATE INDEX IF NOT EXISTS container_tombstones_removed_rev
     ON container_tombstones (removed_rev);
+
+-- Keys of nodes the operator removed: they may not join again (schema 3).
+CREATE TABLE IF NOT EXISTS revoked_keys (
+    public_key TEXT PRIMARY KEY
+);
+
+-- Addresses of removed nodes, quarantined before anyone else gets them (schema 3).
+CREATE TABLE IF NOT EXISTS released (
+    node_id     TEXT PRIMARY KEY,
+    mesh_ip     TEXT NOT NULL,
+    subnet      TEXT NOT NULL,
+    released_at TEXT NOT NULL
+);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,6 +26,7 @@ from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    Released,
     Snapshot,
     TokenRecord,
     Tombstone,
@@ -33,7 +35,7 @@ from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
 T = TypeVar("T")
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
-_UNIQUE_FIELDS = ("name", "public_key", "mesh_ip", "subnet", "credential_hash")
+_UNIQUE_FIELDS = ("name", "public_key", "mesh_ip", "subnet")
 # Container tombstones kept (the server loads at most its change-log length of them); older
 # ones are pruned now and then, so that churning containers do not grow the file forever.
 CONTAINER_TOMBSTONES_KEPT = 20_000
@@ -122,6 +124,11 @@ class SqliteStore:
                     "ORDER BY removed_rev DESC LIMIT ?",
                     (tombstone_limit,),
                 ).fetchall()
+                revoked = db.execute("SELECT public_key FROM revoked_keys").fetchall()
+                released = db.execute(
+                    "SELECT node_id, mesh_ip, subnet, released_at FROM released "
+                    "ORDER BY released_at"
+                ).fetchall()
             finally:
                 db.execute("COMMIT")
             return Snapshot(
@@ -131,6 +138,16 @@ class SqliteStore:
                 containers=containers,
                 container_tombstones=tuple(
                     ContainerTombstone(container_id=g[0], removed_rev=g[1]) for g in gone[::-1]
+                ),
+                revoked_keys=tuple(PublicKey.parse(str(r[0])) for r in revoked),
+                released=tuple(
+                    Released(
+                        node_id=str(r[0]),
+                        mesh_ip=IPv4Address(str(r[1])),
+                        subnet=IPv4Network(str(r[2])),
+                        released_at=_required_dt(str(r[3])),
+                    )
+                    for r in released
                 ),
             )
 
@@ -156,7 +173,7 @@ class SqliteStore:
     async def add_token(self, token: TokenRecord) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.execute(
-                f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES ({', '.join('?' * 13)})",
                 (
                     token.id,
                     token.secret_hash,
@@ -167,6 +184,10 @@ class SqliteStore:
                     _ts(token.used_at),
                     token.used_by,
                     _ts(token.revoked_at),
+                    token.max_uses,
+                    token.uses,
+                    int(token.ephemeral),
+                    token.scope,
                 ),
             )
 
@@ -206,11 +227,12 @@ class SqliteStore:
         def run(db: sqlite3.Connection) -> int:
             with self._write(db):
                 if consume_token is not None:
-                    # The guard and the write are one statement: of two agents racing with one
-                    # single-use token exactly one sees rowcount 1.
+                    # The guard and the write are one statement: of two agents racing for a
+                    # token's last use exactly one sees rowcount 1.
                     cur = db.execute(
-                        "UPDATE tokens SET used_at = ?, used_by = ? WHERE id = ? "
-                        "AND used_at IS NULL AND revoked_at IS NULL "
+                        "UPDATE tokens SET uses = uses + 1, used_at = COALESCE(used_at, ?), "
+                        "used_by = COALESCE(used_by, ?) WHERE id = ? "
+                        "AND (max_uses IS NULL OR uses < max_uses) AND revoked_at IS NULL "
                         "AND (expires_at IS NULL OR expires_at > ?)",
                         (when, node.id, consume_token, when),
                     )
@@ -223,7 +245,7 @@ class SqliteStore:
                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                         "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
                         "subnet = excluded.subnet, endpoints = excluded.endpoints, "
-                        "tags = excluded.tags, credential_hash = excluded.credential_hash, "
+                        "tags = excluded.tags, ephemeral = excluded.ephemeral, "
                         "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev",
                         _node_row(node, rev),
                     )
@@ -235,12 +257,27 @@ class SqliteStore:
 
         return await self._run(run)
 
-    async def remove_node(self, node_id: str) -> int | None:
+    async def remove_node(
+        self, node_id: str, *, revoke_key: bool = False, at: datetime | None = None
+    ) -> int | None:
+        when = _ts(at or datetime.now(UTC))
+
         def run(db: sqlite3.Connection) -> int | None:
             with self._write(db):
-                cur = db.execute("DELETE FROM nodes WHERE id = ?", (node_id,))
-                if cur.rowcount != 1:
+                row = db.execute(
+                    "DELETE FROM nodes WHERE id = ? RETURNING public_key, mesh_ip, subnet",
+                    (node_id,),
+                ).fetchone()
+                if row is None:
                     return None
+                key, mesh_ip, subnet = row
+                if revoke_key:
+                    db.execute("INSERT OR IGNORE INTO revoked_keys (public_key) VALUES (?)", (key,))
+                db.execute(
+                    "INSERT OR REPLACE INTO released (node_id, mesh_ip, subnet, released_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (node_id, mesh_ip, subnet, when),
+                )
                 rev = self._bump(db)
                 db.execute(
                     "INSERT INTO tombstones (node_id, removed_rev) VALUES (?, ?) "
@@ -318,6 +355,18 @@ class SqliteStore:
 
         await self._run(run)
 
+    async def unrevoke_key(self, key: PublicKey) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM revoked_keys WHERE public_key = ?", (str(key),))
+
+        await self._run(run)
+
+    async def drop_released(self, node_ids: Sequence[str]) -> None:
+        def run(db: sqlite3.Connection) -> None:
+            db.executemany("DELETE FROM released WHERE node_id = ?", [(n,) for n in node_ids])
+
+        await self._run(run)
+
     async def close(self) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.close()
@@ -326,11 +375,12 @@ class SqliteStore:
 
 
 _TOKEN_COLS = (
-    "id, secret_hash, reusable, tags, created_at, expires_at, used_at, used_by, revoked_at"
+    "id, secret_hash, reusable, tags, created_at, expires_at, used_at, used_by, revoked_at, "
+    "max_uses, uses, ephemeral, scope"
 )
 _NODE_COLS = (
-    "id, name, public_key, mesh_ip, subnet, endpoints, tags, credential_hash, created_at, "
-    "last_seen, updated_rev, online"
+    "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
+    "last_seen, updated_rev, online, ephemeral"
 )
 _CONTAINER_COLS = "id, node_id, name, ip, project, service, ports, health, updated_rev"
 
@@ -340,7 +390,34 @@ def _migrate(db: sqlite3.Connection) -> None:
     columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
     if "online" not in columns:  # schema 1 → 2: containers (new tables) and node liveness
         db.execute("ALTER TABLE nodes ADD COLUMN online INTEGER NOT NULL DEFAULT 1")
-    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version' AND value = '1'")
+        columns.add("online")
+    if "credential_hash" in columns:
+        # Schema 2 → 3: nodes prove their key on every call, bearer credentials are gone.
+        # SQLite cannot drop a UNIQUE column: rebuild the table.
+        create = re.search(r"CREATE TABLE IF NOT EXISTS nodes \(.*?\n\);", schema_sql(), re.S)
+        assert create is not None, "schema.sql defines the nodes table"
+        db.executescript(
+            "BEGIN IMMEDIATE;"
+            "ALTER TABLE nodes RENAME TO nodes_v2;"
+            "DROP INDEX IF EXISTS nodes_updated_rev;"
+            f"{create.group(0)}"
+            f"INSERT INTO nodes ({_NODE_COLS}) SELECT id, name, public_key, mesh_ip, subnet, "
+            "endpoints, tags, created_at, last_seen, updated_rev, online, 0 FROM nodes_v2;"
+            "DROP TABLE nodes_v2;"
+            "CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);"
+            "COMMIT;"
+        )
+    tokens = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
+    if "max_uses" not in tokens:  # schema 2 → 3: use limits and ephemeral nodes
+        db.execute("ALTER TABLE tokens ADD COLUMN max_uses INTEGER")
+        db.execute("ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE tokens ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0")
+        db.execute("ALTER TABLE tokens ADD COLUMN scope TEXT")
+        db.execute(
+            "UPDATE tokens SET max_uses = CASE WHEN reusable THEN NULL ELSE 1 END, "
+            "uses = CASE WHEN used_at IS NULL THEN 0 ELSE 1 END"
+        )
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
 
 
 def _bury(db: sqlite3.Connection, container_ids: Sequence[str], rev: int) -> None:
@@ -359,7 +436,8 @@ def _bury(db: sqlite3.Connection, container_ids: Sequence[str], rev: int) -> Non
 
 
 def _token(row: tuple[object, ...]) -> TokenRecord:
-    (tid, secret_hash, reusable, tags, created, expires, used, used_by, revoked) = row
+    (tid, secret_hash, reusable, tags, created, expires, used, used_by, revoked) = row[:9]
+    max_uses, uses, ephemeral, scope = row[9:]
     return TokenRecord(
         id=str(tid),
         secret_hash=str(secret_hash),
@@ -370,6 +448,10 @@ def _token(row: tuple[object, ...]) -> TokenRecord:
         used_at=_dt(used if isinstance(used, str) else None),
         used_by=used_by if isinstance(used_by, str) else None,
         revoked_at=_dt(revoked if isinstance(revoked, str) else None),
+        max_uses=None if max_uses is None else int(str(max_uses)),
+        uses=int(str(uses)),
+        ephemeral=bool(ephemeral),
+        scope=scope if isinstance(scope, str) else None,
     )
 
 
@@ -382,16 +464,16 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         str(node.subnet),
         json.dumps([e.model_dump(mode="json") for e in node.endpoints]),
         json.dumps(list(node.tags)),
-        node.credential_hash,
         _ts(node.created_at),
         _ts(node.last_seen),
         rev,
         int(node.online),
+        int(node.ephemeral),
     )
 
 
 def _node(row: tuple[object, ...]) -> NodeRecord:
-    (nid, name, key, ip, subnet, endpoints, tags, cred, created, seen, rev, online) = row
+    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row
     return NodeRecord(
         id=str(nid),
         name=str(name),
@@ -400,11 +482,11 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         subnet=IPv4Network(str(subnet)),
         endpoints=tuple(Endpoint.model_validate(e) for e in json.loads(str(endpoints))),
         tags=tuple(json.loads(str(tags))),
-        credential_hash=str(cred),
         created_at=_required_dt(str(created)),
         last_seen=_dt(seen if isinstance(seen, str) else None),
         updated_rev=int(str(rev)),
         online=bool(online),
+        ephemeral=bool(ephemeral),
     )
 
 

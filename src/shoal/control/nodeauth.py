@@ -1,0 +1,98 @@
+"""The server's side of node signatures (see `shoal.model.nodeauth` for the scheme).
+
+`NodeVerifier.verify` checks that a request was signed by the holder of the private key of
+the public key it names, within the time window, and not before: it never looks the key up
+among the nodes (the caller decides what that key may do). It keeps the derived MAC key per
+public key (one X25519 per node per server start instead of one per request) and the MACs it
+accepted within the window, so that a captured request cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.control.ca import write_private
+from shoal.control.errors import SignatureInvalid
+from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
+from shoal.model.nodeauth import (
+    MalformedSignature,
+    Signature,
+    mac_matches,
+    parse_header,
+    shared_key,
+)
+
+AUTH_KEY_FILE = "node-auth.key"
+# Seconds a signed request stays valid either side of the server's clock. The client corrects
+# its clock from the server's Date header, so this only has to cover one request's flight.
+WINDOW_SECONDS = 300
+MAX_KEYS = 100_000  # derived MAC keys cached; beyond, the cache starts over (a bound, not a goal)
+
+
+def load_or_create_auth_key(data_dir: Path) -> PrivateKey:
+    """The server's static X25519 key for node signatures (0600 in the data dir)."""
+    path = data_dir / AUTH_KEY_FILE
+    if path.exists():
+        return PrivateKey.parse(path.read_text())
+    key = PrivateKey.generate()
+    write_private(path, f"{key.to_base64()}\n".encode())
+    return key
+
+
+class NodeVerifier:
+    def __init__(self, key: PrivateKey, *, now: Callable[[], float] = time.time) -> None:
+        self.public_key = key.public_key()
+        self._key = key
+        self._now = now
+        self._keys: dict[PublicKey, bytes] = {}
+        self._seen: dict[bytes, int] = {}  # accepted MAC → its timestamp
+        self._pruned_at = 0
+
+    def verify(self, header: str | None, method: str, target: str, body: bytes) -> PublicKey:
+        """The public key whose private key signed this request; `SignatureInvalid` otherwise."""
+        if header is None:
+            raise SignatureInvalid(
+                "missing node signature (Authorization: Shoal-Node ...); this call needs the "
+                "node's key"
+            )
+        try:
+            sig = parse_header(header)
+        except MalformedSignature as exc:
+            raise SignatureInvalid(str(exc)) from exc
+        now = int(self._now())
+        if abs(now - sig.timestamp) > WINDOW_SECONDS:
+            raise SignatureInvalid(
+                f"signed request is {now - sig.timestamp:+d}s off the server's clock (window "
+                f"±{WINDOW_SECONDS}s); check this host's clock"
+            )
+        if not mac_matches(sig, self._mac_key(sig), method, target, body):
+            raise SignatureInvalid("node signature does not match (not signed with this key)")
+        self._remember(sig, now)
+        return sig.public_key
+
+    def _mac_key(self, sig: Signature) -> bytes:
+        key = self._keys.get(sig.public_key)
+        if key is None:
+            try:
+                key = shared_key(self._key, sig.public_key, sig.public_key, self.public_key)
+            except InvalidKey as exc:
+                raise SignatureInvalid(f"unusable node key: {exc}") from exc
+            if len(self._keys) >= MAX_KEYS:
+                self._keys.clear()
+            self._keys[sig.public_key] = key
+        return key
+
+    def _remember(self, sig: Signature, now: int) -> None:
+        if sig.mac in self._seen:
+            raise SignatureInvalid("replayed request (this signature was already used)")
+        if now - self._pruned_at > WINDOW_SECONDS // 10:
+            oldest = now - WINDOW_SECONDS
+            self._seen = {m: ts for m, ts in self._seen.items() if ts >= oldest}
+            self._pruned_at = now
+        self._seen[sig.mac] = sig.timestamp
+
+    def forget(self, key: PublicKey) -> None:
+        """Drop the cached MAC key of a removed node's key."""
+        self._keys.pop(key, None)

@@ -1,0 +1,198 @@
+"""The server's API described as OpenAPI 3.1, generated from the models that parse it.
+
+`ROUTES` names every route with its auth, body and reply model; `document()` renders it, with
+every model's JSON schema from pydantic (what the server validates is what it publishes). A
+test keeps `ROUTES` and the aiohttp router equal, so the document cannot drift from the API.
+Served at `GET /v1/openapi.json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from shoal.model.api import (
+    API_VERSION,
+    AdminTokenCreated,
+    AdminTokenCreateRequest,
+    AdminTokenInfo,
+    ContainersReport,
+    ErrorBody,
+    NodeInfo,
+    RegisterRequest,
+    RegisterResponse,
+    ServerKey,
+    ServiceInfo,
+    TokenCreated,
+    TokenCreateRequest,
+    TokenInfo,
+)
+from shoal.model.netmap import MapUpdate
+
+Auth = Literal["none", "node", "admin"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: str
+    path: str
+    summary: str
+    auth: Auth
+    body: type[BaseModel] | None = None
+    reply: type[BaseModel] | None = None
+    many: bool = False  # the reply is a list of `reply`
+    status: int = 200
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/openapi.json", "This document", "none"),
+    Route("GET", "/v1/ca", "The CA certificate (PEM) that join tokens pin", "none"),
+    Route("GET", "/v1/key", "The key node signatures are keyed with", "none", reply=ServerKey),
+    Route(
+        "POST",
+        "/v1/register",
+        "Join (a new key, with a join token) or join again (a known key)",
+        "node",
+        RegisterRequest,
+        RegisterResponse,
+    ),
+    Route(
+        "GET",
+        "/v1/netmap",
+        "Long-poll the network map: full, a delta from `since`, or none after `wait` s",
+        "node",
+        reply=MapUpdate,
+        query=(
+            ("since", {"type": "integer", "minimum": 0}),
+            ("wait", {"type": "number", "minimum": 0}),
+        ),
+    ),
+    Route(
+        "POST",
+        "/v1/containers",
+        "Report this host's complete set of containers",
+        "node",
+        ContainersReport,
+        status=204,
+    ),
+    Route("POST", "/v1/leave", "Remove this node from the mesh", "node", status=204),
+    Route(
+        "POST",
+        "/v1/admin/tokens",
+        "Create a join token",
+        "admin",
+        TokenCreateRequest,
+        TokenCreated,
+        status=201,
+    ),
+    Route("GET", "/v1/admin/tokens", "List join tokens", "admin", reply=TokenInfo, many=True),
+    Route("DELETE", "/v1/admin/tokens/{id}", "Revoke a join token", "admin", status=204),
+    Route("GET", "/v1/admin/nodes", "List nodes", "admin", reply=NodeInfo, many=True),
+    Route(
+        "GET", "/v1/admin/services", "The service catalog", "admin", reply=ServiceInfo, many=True
+    ),
+    Route(
+        "DELETE",
+        "/v1/admin/nodes/{name}",
+        "Remove a node and revoke its key (unless allow_rejoin=1)",
+        "admin",
+        status=204,
+        query=(("allow_rejoin", {"type": "string", "enum": ["0", "1", "true"]}),),
+    ),
+    Route(
+        "POST",
+        "/v1/admin/admin-tokens",
+        "Create a scoped admin token",
+        "admin",
+        AdminTokenCreateRequest,
+        AdminTokenCreated,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/v1/admin/admin-tokens",
+        "List admin tokens",
+        "admin",
+        reply=AdminTokenInfo,
+        many=True,
+    ),
+    Route("DELETE", "/v1/admin/admin-tokens/{id}", "Revoke an admin token", "admin", status=204),
+)
+
+_SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
+    "none": [],
+    "node": [{"nodeSignature": []}],
+    "admin": [{"adminToken": []}],
+}
+_REF = "#/components/schemas/{model}"
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `ROUTES`."""
+    wanted: list[tuple[type[BaseModel], JsonSchemaMode]] = [(ErrorBody, "serialization")]
+    for route in ROUTES:
+        if route.body is not None:
+            wanted.append((route.body, "validation"))
+        if route.reply is not None:
+            wanted.append((route.reply, "serialization"))
+    refs, defs = models_json_schema(list(dict.fromkeys(wanted)), ref_template=_REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, refs)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "shoal control server", "version": str(API_VERSION)},
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "nodeSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "Shoal-Node <public key>.<unix time>.<nonce>.<mac>: see "
+                    "shoal.model.nodeauth",
+                },
+                "adminToken": {"type": "http", "scheme": "bearer"},
+            },
+        },
+    }
+
+
+def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
+    error = {"application/json": {"schema": refs[(ErrorBody, "serialization")]}}
+    responses: dict[str, Any] = {"4XX": {"description": "refused", "content": error}}
+    if route.reply is not None:
+        schema = refs[(route.reply, "serialization")]
+        if route.many:
+            schema = {"type": "array", "items": schema}
+        content = {"application/json": {"schema": schema}}
+        responses[str(route.status)] = {"description": "OK", "content": content}
+    else:
+        responses[str(route.status)] = {"description": "OK"}
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "security": _SECURITY[route.auth],
+        "responses": responses,
+    }
+    params = [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in route.query
+    ]
+    params += [
+        {"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string"}}
+        for part in route.path.split("/")
+        if part.startswith("{")
+    ]
+    if params:
+        op["parameters"] = params
+    if route.body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(route.body, "validation")]}},
+        }
+    return op
