@@ -21,11 +21,8 @@ CFG = FirewallConfig(
 )
 
 SHOAL_FORWARD = [
-    "-A SHOAL-FORWARD -i shoal0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-    "-A SHOAL-FORWARD -o shoal0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-    "-A SHOAL-FORWARD -d 10.42.1.0/24 -i shoal0 -o shoal-br0 -j ACCEPT",
-    "-A SHOAL-FORWARD -d 10.42.0.0/16 -i shoal-br0 -o shoal0 -j ACCEPT",
-    "-A SHOAL-FORWARD -d 100.64.0.0/10 -i shoal-br0 -o shoal0 -j ACCEPT",
+    "-A SHOAL-FORWARD -i shoal0 -o shoal-br0 -j ACCEPT",
+    "-A SHOAL-FORWARD -i shoal-br0 -o shoal0 -j ACCEPT",
 ]
 SHOAL_POSTROUTING = [
     "-A SHOAL-POSTROUTING -s 10.42.1.0/24 -d 10.42.0.0/16 -j RETURN",
@@ -36,6 +33,7 @@ SHOAL_DNS = [
     "-A SHOAL-DNS -i shoal-br0 -p udp -m udp --dport 53 -j DNAT --to-destination 100.64.0.1:53",
     "-A SHOAL-DNS -i shoal-br0 -p tcp -m tcp --dport 53 -j DNAT --to-destination 100.64.0.1:53",
 ]
+# What shoal up to November 2026 left in mangle; the MSS clamp now lives in the nft table.
 SHOAL_MSS = [
     "-A SHOAL-MSS -o shoal0 -p tcp -m tcp --tcp-flags SYN,RST SYN -j TCPMSS --clamp-mss-to-pmtu",
 ]
@@ -57,11 +55,6 @@ def test_render() -> None:
         ":SHOAL-DNS - [0:0]",
         "-F SHOAL-DNS",
         *SHOAL_DNS,
-        "COMMIT",
-        "*mangle",
-        ":SHOAL-MSS - [0:0]",
-        "-F SHOAL-MSS",
-        *SHOAL_MSS,
         "COMMIT",
     ]
 
@@ -126,16 +119,6 @@ def test_apply_converges_and_keeps_dockers_rules(ns: Netns) -> None:
             *SHOAL_DNS,
             *SHOAL_POSTROUTING,
         ],
-        "mangle": [
-            ":PREROUTING ACCEPT",
-            ":INPUT ACCEPT",
-            ":FORWARD ACCEPT",
-            ":OUTPUT ACCEPT",
-            ":POSTROUTING ACCEPT",
-            ":SHOAL-MSS -",
-            "-A FORWARD -j SHOAL-MSS",
-            *SHOAL_MSS,
-        ],
     }
     before = dump(ns)
     assert ns.run(lambda: firewall.apply(CFG)) is False
@@ -145,7 +128,7 @@ def test_apply_converges_and_keeps_dockers_rules(ns: Netns) -> None:
     moved = CFG.model_copy(update={"local_subnet": IPv4Network("10.42.7.0/24")})
     assert ns.run(lambda: firewall.apply(moved)) is True
     after = dump(ns)
-    assert "-A SHOAL-FORWARD -d 10.42.7.0/24 -i shoal0 -o shoal-br0 -j ACCEPT" in after["filter"]
+    assert "-A SHOAL-POSTROUTING -s 10.42.7.0/24 -d 10.42.0.0/16 -j RETURN" in after["nat"]
     assert not any("10.42.1.0/24" in rule for rules in after.values() for rule in rules)
     assert after["filter"].count("-A DOCKER-USER -j SHOAL-FORWARD") == 1
 
@@ -153,6 +136,16 @@ def test_apply_converges_and_keeps_dockers_rules(ns: Netns) -> None:
     ns.sh("iptables", "-F", "SHOAL-FORWARD")
     assert ns.run(lambda: firewall.apply(moved)) is True
     assert dump(ns) == after
+
+
+def test_apply_retires_the_old_mss_chain(ns: Netns) -> None:
+    """An upgraded host: the mangle chain an older shoal made goes, with its jump."""
+    ns.sh("iptables", "-t", "mangle", "-N", "SHOAL-MSS")
+    ns.sh("iptables", "-t", "mangle", "-A", "FORWARD", "-j", "SHOAL-MSS")
+    ns.sh("iptables", "-t", "mangle", *SHOAL_MSS[0].split())
+    assert ns.run(lambda: firewall.apply(CFG)) is True
+    assert "mangle" not in dump(ns)
+    assert ns.run(lambda: firewall.apply(CFG)) is False
 
 
 def test_apply_without_docker_creates_docker_user(netns: NetnsFactory) -> None:

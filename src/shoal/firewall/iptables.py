@@ -49,12 +49,12 @@ async def _run(argv: list[str], stdin: str | None = None) -> str:
 
 
 async def live_ruleset() -> Ruleset:
-    """shoal's view of the current ruleset (filter, nat and mangle tables)."""
+    """shoal's view of the current iptables ruleset (filter, nat and mangle tables)."""
     return parse_save(await _run([SAVE]))
 
 
 async def apply(cfg: FirewallConfig) -> bool:
-    """Converge shoal's chains and jumps to `cfg`; False when they already matched."""
+    """Converge shoal's iptables chains and jumps to `cfg`; False when they already matched."""
     live = await live_ruleset()
     script = apply_script(cfg, live)
     if script is None:
@@ -72,5 +72,5 @@ async def teardown() -> bool:
     if script is None:
         return False
     await _run([RESTORE, "-w", "--noflush"], script)
-    log.info("firewall: shoal chains and jumps removed")
+    log.info("firewall: shoal iptables chains and jumps removed")
     return True

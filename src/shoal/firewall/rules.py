@@ -1,4 +1,6 @@
-"""shoal's forwarding, NAT and MSS rules as pure text, in iptables-save's own canonical form.
+"""shoal's iptables part as pure text, in iptables-save's own canonical form: the exemption
+from Docker's FORWARD policy and the NAT. Who may reach the mesh is decided in shoal's own
+nftables table (`nft`), whose drops hold whatever these chains accept.
 
 Docker owns iptables on a Docker host (FORWARD policy DROP, its DOCKER-USER chain, MASQUERADE
 rules it inserts at the top of nat POSTROUTING). shoal keeps to three chains of its own, each
@@ -7,12 +9,17 @@ reached by one jump:
     filter DOCKER-USER (position 1) -> SHOAL-FORWARD    accept mesh <-> bridge forwarding
     nat    POSTROUTING (position 1) -> SHOAL-POSTROUTING no NAT inside the mesh, else masquerade
     nat    PREROUTING  (position 1) -> SHOAL-DNS         containers' DNS to the agent's resolver
-    mangle FORWARD     (position 1) -> SHOAL-MSS         clamp TCP MSS to the path MTU
+
+SHOAL-FORWARD is two interface matches and no conntrack: the routes make anything between
+shoal0 and the bridge mesh traffic, and the nft table already dropped what may not pass, so
+a packet of an established flow costs two rules here and skips Docker's isolation chains.
+The nat chains only see the first packet of each connection.
 
 The Docker network is created with masquerading off, so shoal's own MASQUERADE is the only one
 for its subnet and the order against Docker's rules does not matter. Rules are rendered exactly
 as `iptables-save` prints them, so comparing the live dump to `desired()` decides whether
-anything has to change.
+anything has to change. `RETIRED` chains (the MSS clamp, now in the nft table) are removed
+wherever an older shoal left them.
 """
 
 from __future__ import annotations
@@ -23,40 +30,31 @@ from shoal.plan.hostconfig import FirewallConfig
 
 FORWARD_CHAIN = "SHOAL-FORWARD"
 NAT_CHAIN = "SHOAL-POSTROUTING"
-MSS_CHAIN = "SHOAL-MSS"
 DNS_CHAIN = "SHOAL-DNS"
 DOCKER_USER = "DOCKER-USER"
 
-TABLES = ("filter", "nat", "mangle")
 # (table, chain shoal owns, built-in or Docker chain that jumps to it)
 CHAINS = (
     ("filter", FORWARD_CHAIN, DOCKER_USER),
     ("nat", NAT_CHAIN, "POSTROUTING"),
     ("nat", DNS_CHAIN, "PREROUTING"),
-    ("mangle", MSS_CHAIN, "FORWARD"),
 )
+# Chains older versions made that this one no longer needs; removed by apply and teardown.
+RETIRED = (("mangle", "SHOAL-MSS", "FORWARD"),)
 
 
 def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
     """The rules of each shoal chain, by chain name, as `-A CHAIN ...` lines."""
     mesh, bridge, local = cfg.mesh_interface, cfg.bridge, cfg.local_subnet
     pools = (cfg.container_pool, cfg.mesh_pool)
-    ct = "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
     forward = (
-        f"-A {FORWARD_CHAIN} -i {mesh} {ct}",
-        f"-A {FORWARD_CHAIN} -o {mesh} {ct}",
-        f"-A {FORWARD_CHAIN} -d {local} -i {mesh} -o {bridge} -j ACCEPT",
-        *(f"-A {FORWARD_CHAIN} -d {pool} -i {bridge} -o {mesh} -j ACCEPT" for pool in pools),
+        f"-A {FORWARD_CHAIN} -i {mesh} -o {bridge} -j ACCEPT",
+        f"-A {FORWARD_CHAIN} -i {bridge} -o {mesh} -j ACCEPT",
     )
     nat = (
         # Inside the mesh source IPs stay real: peers check them against AllowedIPs.
         *(f"-A {NAT_CHAIN} -s {local} -d {pool} -j RETURN" for pool in pools),
         f"-A {NAT_CHAIN} -s {local} ! -o {bridge} -j MASQUERADE",
-    )
-    # Outgoing SYNs are enough: each host clamps its own side of every connection.
-    mss = (
-        f"-A {MSS_CHAIN} -o {mesh} -p tcp -m tcp --tcp-flags SYN,RST SYN "
-        "-j TCPMSS --clamp-mss-to-pmtu",
     )
     # Whatever resolver a container (or Docker's embedded DNS on its behalf) asks, the query
     # leaves through the bridge: send it to the agent, which forwards what is not its own.
@@ -66,7 +64,7 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
         for proto in ("udp", "tcp")
         if cfg.dns_address is not None
     )
-    return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, DNS_CHAIN: dns, MSS_CHAIN: mss}
+    return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, DNS_CHAIN: dns}
 
 
 def render(cfg: FirewallConfig) -> str:
@@ -136,6 +134,9 @@ def changes(cfg: FirewallConfig, live: Ruleset) -> list[str]:
             lines.append(f"firewall: {chain} reordered")
         if f"-A {parent} -j {chain}" not in _parent_rules(live, table, parent):
             lines.append(f"firewall: {table} {parent} -> {chain} jump added")
+    for table, chain, _parent in RETIRED:
+        if live.has_chain(table, chain):
+            lines.append(f"firewall: {table} chain {chain} retired")
     return lines
 
 
@@ -154,6 +155,8 @@ def _script(cfg: FirewallConfig, live: Ruleset | None) -> str:
         if live is not None and f"-A {parent} -j {chain}" not in _parent_rules(live, table, parent):
             out.append(f"-I {parent} 1 -j {chain}")
         out.append("COMMIT")
+    if live is not None:
+        out += _removal(live, RETIRED)
     return "\n".join(out) + "\n"
 
 
@@ -166,13 +169,20 @@ def apply_script(cfg: FirewallConfig, live: Ruleset) -> str | None:
         and f"-A {parent} -j {chain}" in _parent_rules(live, table, parent)
         for table, chain, parent in CHAINS
     ) and live.has_chain("filter", DOCKER_USER)
+    in_place &= not any(live.has_chain(table, chain) for table, chain, _p in RETIRED)
     return None if in_place else _script(cfg, live)
 
 
 def teardown_script(live: Ruleset) -> str | None:
     """Restore input removing shoal's jumps and chains, or None when none are left."""
+    out = _removal(live, CHAINS + RETIRED)
+    return "\n".join(out) + "\n" if out else None
+
+
+def _removal(live: Ruleset, chains: tuple[tuple[str, str, str], ...]) -> list[str]:
+    """Restore lines removing each of `chains` and its jumps that `live` still has."""
     out: list[str] = []
-    for table, chain, parent in CHAINS:
+    for table, chain, parent in chains:
         jumps = _parent_rules(live, table, parent).count(f"-A {parent} -j {chain}")
         if not jumps and not live.has_chain(table, chain):
             continue
@@ -181,4 +191,4 @@ def teardown_script(live: Ruleset) -> str | None:
         if live.has_chain(table, chain):
             out += [f"-F {chain}", f"-X {chain}"]
         out.append("COMMIT")
-    return "\n".join(out) + "\n" if out else None
+    return out

@@ -65,8 +65,16 @@ class DockerNetworkConfig(Frozen):
     mtu: int
 
 
+def gateway_of(subnet: IPv4Network) -> IPv4Address:
+    """The host's own address on the Docker bridge of `subnet`: its first host address."""
+    return next(subnet.hosts())
+
+
 class FirewallConfig(Frozen):
-    """Forwarding between the mesh interface and the Docker bridge, without NAT inside the mesh."""
+    """Who may reach the mesh and how it is forwarded: only WireGuard (`mesh_interface`) and
+    this host's own bridge and stack reach the pools, the host's services are closed to the
+    mesh, and there is no NAT inside the mesh. The bridge's gateway is `gateway_of(local_subnet)`.
+    """
 
     mesh_interface: str
     bridge: str
@@ -149,7 +157,7 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         name=DOCKER_NETWORK,
         bridge=BRIDGE,
         subnet=me.subnet,
-        gateway=next(me.subnet.hosts()),
+        gateway=gateway_of(me.subnet),
         mtu=settings.mtu,
     )
     firewall = FirewallConfig(

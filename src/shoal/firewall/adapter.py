@@ -1,0 +1,25 @@
+"""The firewall adapter: shoal's nftables table (who may reach the mesh) and its iptables
+chains (Docker's FORWARD exemption, NAT), converged together.
+
+Order matters only while they are half applied: the table's drops go in before the iptables
+accepts and come out after them, so there is never a moment with the accepts and no guard.
+"""
+
+from __future__ import annotations
+
+from shoal.firewall import iptables, nftables
+from shoal.plan.hostconfig import FirewallConfig
+
+
+async def apply(cfg: FirewallConfig) -> bool:
+    """Converge both to `cfg`; False when both already matched."""
+    changed = await nftables.apply(cfg)
+    changed |= await iptables.apply(cfg)
+    return changed
+
+
+async def teardown() -> bool:
+    """Remove both; False when neither had anything left."""
+    removed = await iptables.teardown()
+    removed |= await nftables.teardown()
+    return removed

@@ -1,0 +1,129 @@
+"""shoal's own nftables table, `inet shoal`, as pure text in the form `nft list table` prints.
+
+Who may reach the mesh is decided here; the iptables side (`rules`) only exempts mesh traffic
+from Docker's FORWARD policy DROP and does the NAT. Every base chain at a hook runs whatever
+the others decided, and a drop anywhere is final: so these drops hold whatever order they
+take against Docker's iptables(-nft) chains, and an accept here never opens anything Docker
+closes.
+
+    prerouting (priority raw, before conntrack and Docker's DNAT, so the destination is the
+    one the sender chose and a dropped packet never costs a conntrack entry):
+        shoal0     accept: WireGuard already bound the source to the peer's key
+        lo         accept: this host's own stack talking to itself
+        shoal-br0  goto from_containers: a container may only send from this host's
+                   container range (subnet-level anti-spoofing: the netmap knows which
+                   addresses run here, not which veth each sits behind)
+        any other  a destination in the container or mesh pool is dropped: the underlay
+                   (or another Docker bridge) never reaches the mesh in plaintext
+    input: traffic to this host from shoal0 takes replies and ICMP only; the host's own
+        services (a server on 0.0.0.0, the DNS responder) are closed to the mesh
+    forward: established flows end the chain at the first rule; from shoal0 a packet may
+        only go into the shoal bridge (not to Docker-published ports of other bridges, not
+        back out); outgoing SYNs to shoal0 get their MSS clamped to the route's MTU
+
+Per-packet cost (issue 14): an established container flow evaluates one vmap lookup in
+prerouting (plus the range check when it comes from the bridge) and one conntrack-state match
+in forward; underlay packets a vmap miss and one interval-set lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from ipaddress import IPv4Address
+
+from shoal.plan.hostconfig import FirewallConfig, gateway_of
+
+FAMILY = "inet"
+TABLE = "shoal"
+POOLS_SET = "pools"
+
+
+def container_sources(cfg: FirewallConfig) -> tuple[IPv4Address, IPv4Address]:
+    """The addresses a container on the bridge may send from: the local subnet's hosts after
+    the gateway (the host's own address on the bridge, which no container may claim)."""
+    subnet = cfg.local_subnet
+    return gateway_of(subnet) + 1, subnet.broadcast_address - 1
+
+
+def render(cfg: FirewallConfig) -> str:
+    """The table, exactly as `nft list table inet shoal` prints it once loaded."""
+    mesh, bridge = cfg.mesh_interface, cfg.bridge
+    first, last = container_sources(cfg)
+    pools = ", ".join(str(p) for p in sorted((cfg.container_pool, cfg.mesh_pool)))
+    lines = [
+        f"table {FAMILY} {TABLE} {{",
+        '\tcomment "managed by shoal: only WireGuard carries the mesh"',
+        f"\tset {POOLS_SET} {{",
+        "\t\ttype ipv4_addr",
+        "\t\tflags interval",
+        f"\t\telements = {{ {pools} }}",
+        "\t}",
+        "",
+        "\tchain prerouting {",
+        "\t\ttype filter hook prerouting priority raw; policy accept;",
+        f'\t\tiifname vmap {{ "lo" : accept, "{mesh}" : accept,'
+        f' "{bridge}" : goto from_containers }}',
+        f"\t\tip daddr @{POOLS_SET} drop",
+        "\t}",
+        "",
+        "\tchain from_containers {",
+        f"\t\tip saddr != {first}-{last} drop",
+        "\t}",
+        "",
+        "\tchain input {",
+        "\t\ttype filter hook input priority filter; policy accept;",
+        f'\t\tiifname "{mesh}" jump from_mesh',
+        "\t}",
+        "",
+        "\tchain from_mesh {",
+        "\t\tct state established,related accept",
+        "\t\tmeta l4proto icmp accept",
+        "\t\tdrop",
+        "\t}",
+        "",
+        "\tchain forward {",
+        "\t\ttype filter hook forward priority filter; policy accept;",
+        "\t\tct state established,related accept",
+        f'\t\tiifname "{mesh}" oifname != "{bridge}" drop',
+        # Outgoing SYNs are enough: each host clamps its own side of every connection.
+        f'\t\toifname "{mesh}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
+        "\t}",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def load_script(cfg: FirewallConfig) -> str:
+    """`nft -f` input replacing the table whole in one transaction (created first, so the
+    delete never fails on a host that has none yet)."""
+    return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{render(cfg)}"
+
+
+DELETE_SCRIPT = f"delete table {FAMILY} {TABLE}\n"
+
+_ELEMENTS = re.compile(r"\{ ([^{}]*) \}")
+
+
+def canonical(listing: str) -> list[str]:
+    """`listing`'s lines with the members of every `{ ... }` sorted: the kernel lists hashed
+    sets and maps in bucket order, which changes each time the table is loaded."""
+    return [
+        _ELEMENTS.sub(lambda m: "{ " + ", ".join(sorted(m.group(1).split(", "))) + " }", line)
+        for line in listing.splitlines()
+        if line.strip()
+    ]
+
+
+def changes(cfg: FirewallConfig, live: str | None) -> list[str]:
+    """What loading `render(cfg)` changes in `live` (the current listing, None: no table), as
+    readable lines; empty when nothing."""
+    if live is None:
+        return [f"firewall: table {FAMILY} {TABLE} created"]
+    have, want = canonical(live), canonical(render(cfg))
+    removed = [line.strip() for line in have if line not in want]
+    added = [line.strip() for line in want if line not in have]
+    lines = [f"firewall: {FAMILY} {TABLE} - {line}" for line in removed]
+    lines += [f"firewall: {FAMILY} {TABLE} + {line}" for line in added]
+    if not lines and have != want:
+        lines.append(f"firewall: table {FAMILY} {TABLE} reordered")
+    return lines

@@ -1,0 +1,96 @@
+"""shoal's nftables table: the rendered text against a golden file, and real nft inside a
+throwaway network namespace (loads, lists back as rendered, converges, repairs, goes away)."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+from shoal import firewall
+from shoal.firewall import nft
+from tests.firewall.test_rules import CFG
+from tests.hostnet.netns import Netns, NetnsFactory
+
+GOLDEN = Path(__file__).parent / "golden" / "inet-shoal.nft"
+
+
+def test_render_matches_the_golden_file() -> None:
+    assert nft.render(CFG) == GOLDEN.read_text()
+
+
+def test_render_follows_the_config() -> None:
+    other = CFG.model_copy(
+        update={
+            "mesh_interface": "wg9",
+            "bridge": "br-x",
+            "local_subnet": IPv4Network("10.9.3.0/24"),
+            "container_pool": IPv4Network("10.9.0.0/16"),
+            "mesh_pool": IPv4Network("100.100.0.0/16"),
+        }
+    )
+    text = nft.render(other)
+    assert "elements = { 10.9.0.0/16, 100.100.0.0/16 }" in text
+    assert '"wg9" : accept, "br-x" : goto from_containers' in text
+    assert "ip saddr != 10.9.3.2-10.9.3.254 drop" in text
+    assert 'iifname "wg9" oifname != "br-x" drop' in text
+    assert "shoal0" not in text and "10.42." not in text
+
+
+def test_container_sources_exclude_gateway_and_broadcast() -> None:
+    assert nft.container_sources(CFG) == (IPv4Address("10.42.1.2"), IPv4Address("10.42.1.254"))
+
+
+def test_canonical_ignores_the_order_of_set_members() -> None:
+    a = '\t\tiifname vmap { "shoal0" : accept, "lo" : accept }\n'
+    b = '\t\tiifname vmap { "lo" : accept, "shoal0" : accept }\n\n'
+    assert nft.canonical(a) == nft.canonical(b)
+
+
+def test_changes_explain_a_moved_subnet() -> None:
+    moved = CFG.model_copy(update={"local_subnet": IPv4Network("10.42.7.0/24")})
+    assert nft.changes(moved, nft.render(CFG)) == [
+        "firewall: inet shoal - ip saddr != 10.42.1.2-10.42.1.254 drop",
+        "firewall: inet shoal + ip saddr != 10.42.7.2-10.42.7.254 drop",
+    ]
+    assert nft.changes(CFG, None) == ["firewall: table inet shoal created"]
+    assert nft.changes(CFG, nft.render(CFG)) == []
+
+
+def listing(ns: Netns) -> str:
+    return ns.sh("nft", "list", "table", "inet", "shoal").stdout
+
+
+def has_table(ns: Netns) -> bool:
+    return ns.sh("nft", "list", "table", "inet", "shoal", check=False).returncode == 0
+
+
+def test_apply_loads_converges_and_repairs(netns: NetnsFactory) -> None:
+    ns = netns.new("nft")
+    assert ns.run(lambda: firewall.apply(CFG)) is True
+    # The kernel lists the table back as rendered (modulo hashed-set order): the next apply
+    # is a no-op, not a reload every resync.
+    assert nft.canonical(listing(ns)) == nft.canonical(GOLDEN.read_text())
+    assert ns.run(lambda: firewall.apply(CFG)) is False
+
+    # Someone flushed a chain, then the whole ruleset: each time the next apply restores it.
+    ns.sh("nft", "flush", "chain", "inet", "shoal", "prerouting")
+    assert ns.run(lambda: firewall.apply(CFG)) is True
+    assert nft.canonical(listing(ns)) == nft.canonical(GOLDEN.read_text())
+    ns.sh("nft", "flush", "ruleset")
+    assert ns.run(lambda: firewall.apply(CFG)) is True
+    assert nft.canonical(listing(ns)) == nft.canonical(GOLDEN.read_text())
+
+    moved = CFG.model_copy(update={"local_subnet": IPv4Network("10.42.7.0/24")})
+    assert ns.run(lambda: firewall.apply(moved)) is True
+    assert "10.42.7.2-10.42.7.254" in listing(ns) and "10.42.1.2" not in listing(ns)
+
+
+def test_teardown_removes_the_table(netns: NetnsFactory) -> None:
+    ns = netns.new("nft-down")
+    assert ns.run(firewall.teardown) is False
+    assert ns.run(lambda: firewall.apply(CFG)) is True
+    assert has_table(ns)
+    assert ns.run(firewall.teardown) is True
+    assert not has_table(ns)
+    assert ns.sh("iptables-save").stdout.count("SHOAL") == 0
+    assert ns.run(firewall.teardown) is False
