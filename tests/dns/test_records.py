@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from ipaddress import IPv4Address
 
+import dns.name
 import pytest
 
 from shoal.dns.records import TTL, ARecord, Outcome, RecordTable, SoaRecord, SrvRecord
@@ -171,3 +172,66 @@ def test_building_is_linear_enough_for_a_big_mesh() -> None:
     table = RecordTable.from_netmap(mesh(*many))
     assert len(table.resolve("s7.p.shoal", "A").answer) == 100
     assert len(table.resolve("c4999", "A").answer) == 1
+
+
+def test_node_name_never_answers_a_container_of_that_name() -> None:
+    """A host naming a container like another node cannot take over `<node>.shoal`."""
+    impostor = container("h2", 3, 7)
+    service = container("x", 3, 8, project="p", service="h1")
+    table = RecordTable.from_netmap(mesh(impostor, service))
+    assert table.resolve("h2.shoal", "A").addresses == (IPv4Address("100.64.0.2"),)
+    assert table.resolve("h1.shoal", "A").addresses == (IPv4Address("100.64.0.1"),)
+    # The container stays reachable by its own unambiguous name.
+    assert table.resolve("h2.h3.shoal", "A").addresses == (impostor.ip,)
+
+
+def test_name_on_node_is_never_a_compose_project_of_that_name() -> None:
+    """`<name>.<node>.shoal` names one host's container; a project named like the node (on
+    another host) does not join the answer."""
+    real = container("db", 2, 5)
+    forged = container("h2-db-1", 3, 5, project="h2", service="db")
+    table = RecordTable.from_netmap(mesh(real, forged))
+    assert table.resolve("db.h2.shoal", "A").addresses == (real.ip,)
+    assert table.resolve("db.h1.shoal", "A").outcome is Outcome.NXDOMAIN
+    assert table.resolve("_5432._tcp.db.h2.shoal", "SRV").outcome is Outcome.NXDOMAIN
+
+
+def test_names_that_are_not_labels_are_skipped_and_the_rest_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    long = "x" * 64
+    good = container("app-api-1", 1, 2, "app", "api", ports=((80, "tcp"),))
+    bad = container(long, 2, 2, "app", "api", ports=((80, "tcp"),))
+    odd = container("bad!name", 3, 2, "app", "api", ports=((80, "tcp"),))
+    table = RecordTable.from_netmap(mesh(good, bad, odd))
+    srv = table.resolve("_80._tcp.api.app.shoal", "SRV")
+    assert [r.target for r in srv.answer] == ["app-api-1.h1.shoal."]  # type: ignore[union-attr]
+    assert table.resolve("api.app.shoal", "A").addresses == (good.ip,)
+    assert sorted(table.skipped) == [
+        "container 'bad!name' on 'h3': not a DNS label",
+        f"container {long!r} on 'h2': not a DNS label",
+    ]
+    assert "2 name(s) left out of DNS" in caplog.text
+
+
+def test_srv_targets_must_fit_a_dns_name() -> None:
+    # `<63 a>.h1.<zone>.` is 68 + len(zone) bytes as text, one more in wire form (<= 255).
+    ok = container("a" * 63, 1, 2, ports=((80, "tcp"),))
+    fits = ".".join(["z" * 60] * 3) + ".zzz"  # 186 bytes: a 255-byte target
+    table = RecordTable.from_netmap(mesh(ok), zone=fits)
+    assert table.skipped == ()
+    srv = table.resolve(f"_80._tcp.{'a' * 63}.{fits}", "SRV")
+    target = srv.answer[0].target  # type: ignore[union-attr]
+    assert len(dns.name.from_text(target).to_wire()) == 255
+    table = RecordTable.from_netmap(mesh(ok), zone=fits + "z")
+    assert table.skipped == (f"container {'a' * 63!r} on 'h1': name too long",)
+
+
+def test_only_this_host_and_its_containers_may_ask(table: RecordTable) -> None:
+    admitted = ("127.0.0.1", "127.0.0.53", "100.64.0.1", "10.42.1.1", "10.42.1.77")
+    refused = ("100.64.0.2", "10.42.2.5", "192.0.2.12", "10.42.0.1")
+    assert all(table.admits(IPv4Address(a)) for a in admitted)
+    assert not any(table.admits(IPv4Address(a)) for a in refused)
+    assert not table.admits(None)
+    assert RecordTable.empty().admits(IPv4Address("127.0.0.1"))
+    assert not RecordTable.empty().admits(IPv4Address("10.42.1.5"))

@@ -234,3 +234,56 @@ def test_upstreams_from_resolv_conf(tmp_path: Path) -> None:
         ("fe80::1%eth0", 53),
     ]
     assert upstreams_from_resolv_conf(tmp_path / "missing") == []
+
+
+class Strangers:
+    """The seed mesh's table as seen by a source it does not admit (the test client is on
+    127.0.0.1, which the real table always admits)."""
+
+    def __init__(self) -> None:
+        self.table = RecordTable.from_netmap(SEED)
+
+    def admits(self, source: IPv4Address | None) -> bool:
+        return False
+
+    def resolve(self, qname: str, qtype: object, source: IPv4Address | None = None) -> object:
+        raise AssertionError("a refused query must not be resolved")
+
+
+async def test_strangers_are_refused_with_no_amplification(upstream: Upstream) -> None:
+    server = DnsServer(Strangers, [upstream.address])  # type: ignore[arg-type]
+    await server.start([("127.0.0.1", 0)])
+    try:
+        for query in (q("www.example.test"), q("web.app.shoal", "ANY"), q("db", want_dnssec=True)):
+            for ask in (udp, tcp):
+                r = await ask(server, query)
+                assert r.rcode() == dns.rcode.REFUSED and not r.answer
+                assert len(r.to_wire()) <= len(query.to_wire())
+        assert upstream.udp_queries == upstream.tcp_queries == 0
+        assert server.stats.refused == 6 and server.stats.forwarded == 0
+    finally:
+        await server.close()
+
+
+async def test_other_classes_are_refused_not_forwarded(
+    server: DnsServer, upstream: Upstream
+) -> None:
+    for name, rdtype in (("version.bind", "TXT"), ("db.shoal", "A")):
+        query = dns.message.make_query(name, rdtype, rdclass="CH")
+        r = await udp(server, query)
+        assert r.rcode() == dns.rcode.REFUSED and not r.answer
+    assert upstream.udp_queries == 0
+
+
+async def test_an_srv_answer_survives_a_replica_whose_name_is_no_label() -> None:
+    good = container("app-api-1", 1, 2, "app", "api", ports=((80, "tcp"),))
+    bad = container("y" * 70, 2, 2, "app", "api", ports=((80, "tcp"),))
+    table = RecordTable.from_netmap(mesh(good, bad))
+    server = DnsServer(lambda: table, [])
+    await server.start([("127.0.0.1", 0)])
+    try:
+        r = await udp(server, q("_80._tcp.api.app.shoal", "SRV"))
+        assert r.rcode() == dns.rcode.NOERROR
+        assert [str(rd.target) for rrset in r.answer for rd in rrset] == ["app-api-1.h1.shoal."]
+    finally:
+        await server.close()

@@ -10,12 +10,12 @@ Names (case-insensitive, a trailing dot or none; `shoal` is the default zone):
                                  the serving replicas of compose service <name> (see "project
                                  scoping" below); nothing matches -> NOT_OURS (forwarded, since
                                  Docker sends us every single-label name)
-    <name>.shoal                 the same set; when it is empty and unknown, the node <name>
-    <container>.<node>.shoal     container <container> running on node <node>
+    <node>.shoal                 that node's mesh IP (this node and its peers), always: a
+                                 container or service of the same name never shadows it
+    <name>.shoal                 otherwise the same set as the single label <name>
+    <container>.<node>.shoal     container <container> running on node <node>, and only that:
+                                 a compose project named like a node never joins the answer
     <service>.<project>.shoal    serving replicas of compose service <service> of <project>
-                                 (and a container <service> on a node <project>, should both
-                                 exist: a name means everything it names)
-    <node>.shoal                 that node's mesh IP (this node and its peers)
     _<port>._tcp.<NAME>          SRV: one record per container of <NAME> (any in-zone name
     _<port>._udp.<NAME>          above that names containers) exposing <port>/<proto>; target
                                  `<container>.<node>.shoal` with its A in the additional section
@@ -32,9 +32,17 @@ Choices:
 - Project scoping: a single-label `<service>` asked from a container of compose project P
   (identified by the query's source IP, which Docker's embedded DNS preserves) answers P's
   replicas when P has such a service, as compose users expect; otherwise every project's.
-- Container names win over node names for `<name>.shoal`; single-label node names are not
+- Node names win over container and service names for `<name>.shoal`: what a host reports
+  about its containers never redirects another host's name. Single-label node names are not
   ours (they usually mean the machine's own host names, which upstream resolves).
-- Container names holding a dot are not published: they cannot be told from the name forms.
+- Two hosts running containers of the same name: `<name>` and `<name>.shoal` answer both,
+  `<name>.<node>.shoal` each one.
+- Names that cannot be DNS names are left out (and listed in `skipped`): container names
+  holding a dot (they cannot be told from the name forms), and container or node names that
+  are not a DNS label (longer than 63 bytes, empty, characters outside letters, digits, `-`
+  and `_`) or whose `<container>.<node>.<zone>.` exceeds 255 bytes. The rest still answer.
+- Who may ask: `admits(source)` is true for this host (loopback, its mesh IP) and its own
+  containers (its container subnet); the responder refuses everyone else.
 - SRV names use the numeric port (`_6379._tcp.cache.app.shoal`): Docker labels give ports, not
   service names. Priority 0, weight 1 for all.
 - TTL 2 s everywhere: convergence beats caching.
@@ -43,11 +51,13 @@ Choices:
 from __future__ import annotations
 
 import enum
+import logging
 import random
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol
 
 import dns.rdatatype
@@ -57,6 +67,12 @@ from shoal.model.netmap import Container, NetworkMap
 
 TTL = 2  # seconds, for every record and for negative answers (SOA minimum)
 DEFAULT_ZONE = "shoal"
+MAX_LABEL = 63  # bytes (RFC 1035)
+MAX_NAME = 255  # bytes in wire form; the length of the text with the final dot, plus one
+# Docker allows [a-zA-Z0-9][a-zA-Z0-9_.-]* for container names; dots are handled apart.
+_LABEL = re.compile(r"[a-z0-9_-]+")
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(enum.Enum):
@@ -122,6 +138,10 @@ class Resolver(Protocol):
         self, qname: str, qtype: QType, source: IPv4Address | None = None
     ) -> Resolution: ...
 
+    def admits(self, source: IPv4Address | None) -> bool:
+        """Whether a query from `source` (None: not IPv4) gets an answer at all."""
+        ...
+
 
 _PROTOCOLS = {"_tcp": "tcp", "_udp": "udp"}
 
@@ -140,6 +160,9 @@ class _Index:
     nodes: dict[str, IPv4Address] = field(default_factory=dict)
     node_names: dict[str, str] = field(default_factory=dict)  # node id -> lower-case name
     by_ip: dict[IPv4Address, Container] = field(default_factory=dict)
+    # Who may ask: this host's own addresses and its container subnet (loopback always).
+    local: tuple[IPv4Address | IPv4Network, ...] = ()
+    skipped: list[str] = field(default_factory=list)  # names left out, with the reason
 
 
 class RecordTable:
@@ -163,23 +186,47 @@ class RecordTable:
         cls, netmap: NetworkMap, zone: str = DEFAULT_ZONE, rng: random.Random | None = None
     ) -> RecordTable:
         """Index `netmap`'s nodes and containers. `rng` shuffles answers (tests seed it)."""
-        ix = _Index()
-        for node in (netmap.self_node, *netmap.peers):
+        me = netmap.self_node
+        ix = _Index(local=(me.mesh_ip, me.subnet))
+        zone_length = len(zone.strip(".")) + 2  # its labels, the dot before it, the final one
+        for node in (me, *netmap.peers):
             name = node.name.lower()
-            ix.nodes[name] = node.mesh_ip
             ix.node_names[node.id] = name
+            if not _is_label(name):
+                ix.skipped.append(f"node {node.name!r}: not a DNS label")
+                continue
+            ix.nodes[name] = node.mesh_ip
         for c in netmap.containers:
             name = c.name.lower()
             ix.by_ip[c.ip] = c
             if "." in name:
                 continue
+            node = ix.node_names.get(c.node_id, c.node_id.lower())
+            if not _is_label(name):
+                ix.skipped.append(f"container {c.name!r} on {node!r}: not a DNS label")
+                continue
+            if node not in ix.nodes:
+                ix.skipped.append(f"container {c.name!r}: its node {node!r} is not in DNS")
+                continue
+            # The SRV target <name>.<node>.<zone>. must fit, in wire form (one byte more).
+            if len(name) + 1 + len(node) + zone_length + 1 > MAX_NAME:
+                ix.skipped.append(f"container {c.name!r} on {node!r}: name too long")
+                continue
             ix.by_name[name].append(c)
-            ix.by_name_node[(name, ix.node_names.get(c.node_id, c.node_id.lower()))].append(c)
+            ix.by_name_node[(name, node)].append(c)
             if c.service and c.project:
                 key = (c.service.lower(), c.project.lower())
                 ix.services[key[0]].add(key[1])
                 if c.serves_traffic():
                     ix.serving[key].append(c)
+        if ix.skipped:
+            # Logged per table: the operator renames the container, the warning stops.
+            log.warning(
+                "dns: %d name(s) left out of DNS: %s%s",
+                len(ix.skipped),
+                "; ".join(ix.skipped[:5]),
+                " ..." if len(ix.skipped) > 5 else "",
+            )
         return cls(ix, zone, netmap.revision, rng or random.Random())
 
     @classmethod
@@ -187,7 +234,23 @@ class RecordTable:
         """A table with no names (before the first netmap): our zone is NXDOMAIN throughout."""
         return cls(_Index(), zone, 0, random.Random())
 
+    @property
+    def skipped(self) -> tuple[str, ...]:
+        """The node and container names left out of DNS, each with the reason."""
+        return tuple(self._ix.skipped)
+
     # -- queries ----------------------------------------------------------------------------
+
+    def admits(self, source: IPv4Address | None) -> bool:
+        """True for this host (loopback, its mesh IP) and its own containers."""
+        if source is None:
+            return False
+        if source.is_loopback:
+            return True
+        return any(
+            source == entry if isinstance(entry, IPv4Address) else source in entry
+            for entry in self._ix.local
+        )
 
     def resolve(
         self,
@@ -215,13 +278,13 @@ class RecordTable:
             return self._negative(Outcome.NODATA)
         if rel[0].startswith("_"):
             return self._srv(labels, rel, rdtype, source)
-        found = self._containers(rel, source)
-        if found is not None:
-            return self._a_answer(labels, found, rdtype)
         if len(rel) == 1 and (ip := self._ix.nodes.get(rel[0])) is not None:
             if rdtype in (RdataType.A, RdataType.ANY):
                 return Resolution(Outcome.ANSWER, answer=(ARecord(_absolute(labels), ip),))
             return self._negative(Outcome.NODATA)
+        found = self._containers(rel, source)
+        if found is not None:
+            return self._a_answer(labels, found, rdtype)
         return self._negative(Outcome.NXDOMAIN)
 
     # -- internals --------------------------------------------------------------------------
@@ -250,6 +313,9 @@ class RecordTable:
         if len(rel) == 2:
             key = (rel[0], rel[1])
             on_node = self._ix.by_name_node.get(key)
+            if rel[1] in self._ix.nodes:
+                # <name>.<node>: that node's own container only, whatever projects say.
+                return list(on_node) if on_node is not None else None
             known = rel[1] in self._ix.services.get(rel[0], ())
             if on_node is None and not known:
                 return None
@@ -302,6 +368,11 @@ class RecordTable:
 
     def _negative(self, outcome: Outcome) -> Resolution:
         return Resolution(outcome, authority=(self._soa,))
+
+
+def _is_label(name: str) -> bool:
+    """Whether `name` fits as one DNS label of the names we hand out."""
+    return 0 < len(name.encode()) <= MAX_LABEL and _LABEL.fullmatch(name) is not None
 
 
 def _absolute(labels: Iterable[str]) -> str:

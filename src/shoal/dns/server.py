@@ -11,6 +11,12 @@ then over TCP if the answer came back truncated; the next upstream after `forwar
 a refusal; SERVFAIL when none answers. The upstream's answer is relayed byte for byte with the
 client's id (and cut to an empty TC answer when it exceeds what the client takes over UDP).
 
+Not an open resolver: a query from a source the table does not admit (`Resolver.admits`: the
+host and its own containers) is answered REFUSED and never forwarded, a response no bigger than
+the query. Only class IN is answered or forwarded (CHAOS and the others: REFUSED). Over UDP
+every answer fits what the client takes (512 bytes, or its EDNS size up to 1,232) or goes out
+empty with TC.
+
 Bad packets never stop the responder: each packet is handled inside its own try; FORMERR (or
 NOTIMP for other opcodes) when a header can be read, silence otherwise; logged at debug level
 and counted in `stats`. Nothing here blocks the event loop.
@@ -61,6 +67,7 @@ class DnsStats:
     malformed: int = 0  # FORMERR / NOTIMP / BADVERS sent
     dropped: int = 0  # not answered at all (no header, a response, overload)
     truncated: int = 0  # answered with TC over UDP
+    refused: int = 0  # REFUSED: a source not admitted, or a class other than IN
     errors: int = 0  # bugs: a packet whose handling raised
 
 
@@ -198,10 +205,15 @@ class DnsServer:
             log.debug("dns: bad query from %s:%s: %s", *peer, parsed.reason)
             return parsed.wire
         self.stats.queries += 1
-        if parsed.rdclass not in (dns.rdataclass.IN, dns.rdataclass.ANY):
-            return parsed  # CHAOS and friends: not ours to answer
         source = _ipv4(peer[0])
-        resolution = self._table().resolve(wire.qname_text(parsed), parsed.rdtype, source)
+        table = self._table()
+        if not table.admits(source) or parsed.rdclass != dns.rdataclass.IN:
+            # Neither answered nor forwarded: the firewall keeps strangers out already, this
+            # holds if it does not (and CHAOS is nobody's business).
+            self.stats.refused += 1
+            log.debug("dns: refused %s from %s:%s", wire.qname_text(parsed), *peer)
+            return self._finish(parsed, wire.status(parsed, dns.rcode.REFUSED), udp)
+        resolution = table.resolve(wire.qname_text(parsed), parsed.rdtype, source)
         if resolution.outcome is Outcome.NOT_OURS:
             return parsed
         self.stats.answered += 1

@@ -36,6 +36,10 @@ class StaticZone:
             serial=1,
         )
 
+    def admits(self, source: IPv4Address | None) -> bool:
+        """Everyone: this stands for the internet's resolvers, which the whole lab may ask."""
+        return True
+
     def resolve(self, qname: str, qtype: QType, source: IPv4Address | None = None) -> Resolution:
         name = qname.lower().strip(".")
         ip = self._records.get(name)
