@@ -201,19 +201,19 @@ class RecordTable:
             ix.by_ip[c.ip] = c
             if "." in name:
                 continue
-            node = ix.node_names.get(c.node_id, c.node_id.lower())
+            host = ix.node_names.get(c.node_id, c.node_id.lower())
             if not _is_label(name):
-                ix.skipped.append(f"container {c.name!r} on {node!r}: not a DNS label")
+                ix.skipped.append(f"container {c.name!r} on {host!r}: not a DNS label")
                 continue
-            if node not in ix.nodes:
-                ix.skipped.append(f"container {c.name!r}: its node {node!r} is not in DNS")
+            if host not in ix.nodes:
+                ix.skipped.append(f"container {c.name!r}: its node {host!r} is not in DNS")
                 continue
             # The SRV target <name>.<node>.<zone>. must fit, in wire form (one byte more).
-            if len(name) + 1 + len(node) + zone_length + 1 > MAX_NAME:
-                ix.skipped.append(f"container {c.name!r} on {node!r}: name too long")
+            if len(name) + 1 + len(host) + zone_length + 1 > MAX_NAME:
+                ix.skipped.append(f"container {c.name!r} on {host!r}: name too long")
                 continue
             ix.by_name[name].append(c)
-            ix.by_name_node[(name, node)].append(c)
+            ix.by_name_node[(name, host)].append(c)
             if c.service and c.project:
                 key = (c.service.lower(), c.project.lower())
                 ix.services[key[0]].add(key[1])
