@@ -9,7 +9,7 @@ lab.destroy()
 
 from shoal.lab.errors import LabCommandFailed, LabError, LabNotFound
 from shoal.lab.image import IMAGE
-from shoal.lab.lab import DEFAULT_ROOT, SERVER_IP, SERVER_PORT, Lab, LabHost, sweep
+from shoal.lab.lab import DEFAULT_ROOT, SERVER_IP, SERVER_PORT, Lab, LabHost, LabOutsider, sweep
 
 __all__ = [
     "DEFAULT_ROOT",
@@ -21,5 +21,6 @@ __all__ = [
     "LabError",
     "LabHost",
     "LabNotFound",
+    "LabOutsider",
     "sweep",
 ]

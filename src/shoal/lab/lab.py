@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from shoal.lab.state import STATE_FILE, HostRecord, LabState, ProcRecord
 DEFAULT_ROOT = Path("/run/shoal-lab")
 SERVER_IP = IPv4Address("192.0.2.2")
 HOST_IP_BASE = IPv4Address("192.0.2.10")  # host i is at .10 + i
+OUTSIDER_IP = IPv4Address("192.0.2.250")  # a machine on the underlay that is no mesh member
 SERVER_PORT = 8443
 DNS_PORT = 53  # the lab's upstream resolver (shoal.lab.upstream_dns) on SERVER_IP
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -282,6 +283,29 @@ class LabHost:
         )
 
 
+class LabOutsider:
+    """A machine on the underlay that is not in the mesh (see `Lab.add_outsider`): a network
+    namespace with an underlay address and no shoal, dockerd or WireGuard."""
+
+    def __init__(self, netns: str, ip: IPv4Address) -> None:
+        self.netns = netns
+        self.ip = ip
+
+    def __repr__(self) -> str:
+        return f"LabOutsider({self.ip}, netns={self.netns!r})"
+
+    def exec(
+        self, argv: Sequence[str], check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the outsider's network namespace (the machine's filesystem)."""
+        return run(
+            ["nsenter", f"--net={procs.NETNS_DIR / self.netns}", *argv],
+            check=check,
+            timeout=timeout,
+            shown=["outsider:", *argv],
+        )
+
+
 class Lab:
     """A lab: create with `Lab.create`, find from another process with `Lab.load`."""
 
@@ -411,6 +435,18 @@ class Lab:
 
     def add_hosts(self, count: int) -> list[LabHost]:
         return self._add_hosts(count)
+
+    def add_outsider(self, via: LabHost, routes: Sequence[IPv4Network]) -> LabOutsider:
+        """A non-member on the underlay (at OUTSIDER_IP) that routes `routes` (say both of the
+        mesh's pools) via `via`'s underlay address: what an attacker on the hosts' network
+        does to reach the mesh without a key. Removed by `destroy` with the rest."""
+        ns = f"sl-{self.name}-out"
+        if (procs.NETNS_DIR / ns).exists():
+            raise LabError(f"lab {self.name} already has an outsider ({ns})")
+        self._add_netns_host(ns, "vout", OUTSIDER_IP)
+        for prefix in routes:
+            run(["ip", "-n", ns, "route", "add", str(prefix), "via", str(via.underlay_ip)])
+        return LabOutsider(ns, OUTSIDER_IP)
 
     def destroy(self) -> None:
         """Remove everything the lab made; works on a partial state. Idempotent."""

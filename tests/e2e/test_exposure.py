@@ -1,0 +1,217 @@
+"""What the mesh exposes, tried the way an attacker or a careless neighbour would: only
+WireGuard carries the mesh, hosts' own services are closed to it (ICMP aside), the DNS
+responder answers only its own host and containers, and a container cannot forge its source.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from shoal.lab import IMAGE, Lab, LabHost, LabOutsider
+from shoal.lab.lab import listening
+from tests.e2e.runbook import host_ping, ping, shoal, start_web, status, up, wait_until, whoami
+
+pytestmark = pytest.mark.e2e
+
+# The lab server's pools (its defaults).
+POOLS = (IPv4Network("10.42.0.0/16"), IPv4Network("100.64.0.0/10"))
+HOST_PORT = 9090  # a host service on 0.0.0.0, as a careless operator would leave it
+
+# Prints "open" or "closed: <reason>" for a TCP connect to argv[1]:argv[2].
+_TCP_PROBE = textwrap.dedent(
+    """
+    import socket, sys
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()
+        print("open")
+    except OSError as exc:
+        print("closed:", exc)
+    """
+)
+# Prints the rcode of an A query for argv[3] to argv[1] over argv[2] (udp|tcp), or "silent".
+_DNS_PROBE = textwrap.dedent(
+    """
+    import sys
+    import dns.exception, dns.message, dns.query, dns.rcode
+    query = dns.message.make_query(sys.argv[3], "A")
+    ask = dns.query.udp if sys.argv[2] == "udp" else dns.query.tcp
+    try:
+        print(dns.rcode.to_text(ask(query, sys.argv[1], timeout=2).rcode()))
+    except (dns.exception.Timeout, OSError) as exc:
+        print("silent:", exc)
+    """
+)
+
+Run = Callable[[list[str]], str]
+
+
+def on_host(host: LabHost) -> Run:
+    return lambda argv: host.exec(argv, check=False, timeout=30).stdout.strip()
+
+
+def on_outsider(outsider: LabOutsider) -> Run:
+    return lambda argv: outsider.exec(argv, check=False, timeout=30).stdout.strip()
+
+
+def tcp_open(run: Run, ip: IPv4Address, port: int) -> bool:
+    return run([sys.executable, "-c", _TCP_PROBE, str(ip), str(port)]) == "open"
+
+
+def dns_rcode(run: Run, ip: IPv4Address, transport: str, name: str = "h1.shoal") -> str:
+    return run([sys.executable, "-c", _DNS_PROBE, str(ip), transport, name])
+
+
+def container_tcp_open(host: LabHost, container: str, ip: IPv4Address, port: int) -> bool:
+    """busybox nc from inside `container`: exit 0 when the connection opens within 2 s."""
+    argv = ["nc", "-w", "2", str(ip), str(port)]
+    return host.container_exec(container, argv, check=False, timeout=15).returncode == 0
+
+
+def mesh_ip(host: LabHost) -> IPv4Address:
+    return IPv4Address(status(host)["mesh_ip"])
+
+
+@pytest.fixture(scope="module")
+def hosts(lab: Lab, join_token: str) -> Iterator[tuple[LabHost, LabHost]]:
+    """h1 and h2 in the mesh, each with a web container (`exp-<host>`, port 8080) and a
+    server on 0.0.0.0:9090 of the host itself."""
+    h1, h2 = lab.hosts[:2]
+    servers: list[subprocess.Popen[bytes]] = []
+    for host in (h1, h2):
+        up(lab, host, join_token)  # "already running" when another module joined it
+        start_web(host, f"exp-{host.name}")
+        server = host.popen(
+            [sys.executable, "-m", "http.server", str(HOST_PORT), "--bind", "0.0.0.0"],
+            log=host.dir / "exposure-http.log",
+        )
+        servers.append(server)
+        wait_until(f"{host.name}:{HOST_PORT}", lambda s=server: listening(s.pid, HOST_PORT))
+    try:
+        yield h1, h2
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+        for host in (h1, h2):
+            host.docker("rm", "-f", f"exp-{host.name}", check=False)
+
+
+@pytest.fixture(scope="module")
+def outsider(lab: Lab, hosts: tuple[LabHost, LabHost]) -> LabOutsider:
+    """A machine on the underlay, not in the mesh, routing both pools via h1."""
+    return lab.add_outsider(via=hosts[0], routes=POOLS)
+
+
+def test_a_non_member_on_the_underlay_reaches_nothing_on_the_mesh(
+    hosts: tuple[LabHost, LabHost], outsider: LabOutsider
+) -> None:
+    h1, _ = hosts
+    run = on_outsider(outsider)
+    web, mesh = h1.container_ip(f"exp-{h1.name}"), mesh_ip(h1)
+    # The underlay itself works: h1 answers on its underlay address, its 0.0.0.0 server too.
+    alive = outsider.exec(["busybox", "ping", "-c", "1", "-W", "1", str(h1.underlay_ip)])
+    assert alive.returncode == 0
+    assert tcp_open(run, h1.underlay_ip, HOST_PORT)
+    # Through h1's underlay address, nothing of the mesh: no container, no mesh IP.
+    for target in (web, mesh):
+        result = outsider.exec(["busybox", "ping", "-c", "2", "-W", "1", str(target)], check=False)
+        assert result.returncode != 0, f"{target} answered a ping from the underlay"
+    assert not tcp_open(run, web, 8080)
+    assert not tcp_open(run, mesh, HOST_PORT)
+    for transport in ("udp", "tcp"):
+        assert dns_rcode(run, mesh, transport).startswith("silent"), transport
+
+
+def test_host_services_are_closed_to_the_mesh_but_containers_are_not(
+    hosts: tuple[LabHost, LabHost],
+) -> None:
+    h1, h2 = hosts
+    c1, c2 = f"exp-{h1.name}", f"exp-{h2.name}"
+    web2, mesh2 = h2.container_ip(c2), mesh_ip(h2)
+    # Containers keep reaching containers on other hosts, with their real source address.
+    wait_until("h1's container to reach h2's", lambda: ping(h1, c1, web2))
+    assert whoami(h1, c1, web2) == str(h1.container_ip(c1))
+    assert container_tcp_open(h1, c1, web2, 8080)
+    # h2's server on 0.0.0.0 is closed over the mesh, to containers and to other hosts.
+    assert not container_tcp_open(h1, c1, mesh2, HOST_PORT)
+    assert not tcp_open(on_host(h1), mesh2, HOST_PORT)
+    # ... while h2 itself and its own containers still reach it.
+    assert tcp_open(on_host(h2), mesh2, HOST_PORT)
+    assert container_tcp_open(h2, c2, mesh2, HOST_PORT)
+    # ICMP stays open: containers, hosts and `shoal ping` reach the other host's mesh IP.
+    assert ping(h1, c1, mesh2)
+    assert host_ping(h1, str(mesh2))
+    assert shoal(h1, "ping", h2.name, "--state-dir", str(h1.state_dir), check=False).returncode == 0
+
+
+def test_the_dns_responder_answers_only_its_own_host_and_containers(
+    hosts: tuple[LabHost, LabHost],
+) -> None:
+    h1, h2 = hosts
+    mesh2 = mesh_ip(h2)
+    assert dns_rcode(on_host(h2), mesh2, "udp") == "NOERROR"  # h2 asks itself
+    for transport in ("udp", "tcp"):  # h1 asks h2's responder over the mesh
+        assert dns_rcode(on_host(h1), mesh2, transport).startswith("silent"), transport
+    # h2's containers still get names (their queries are redirected to h2's own responder).
+    found = h2.container_exec(f"exp-{h2.name}", ["nslookup", "-type=a", "h1.shoal"], check=False)
+    assert str(mesh_ip(h1)) in found.stdout
+
+
+def test_a_container_cannot_send_from_a_forged_address(
+    lab: Lab, hosts: tuple[LabHost, LabHost]
+) -> None:
+    """Forged sources that h1's WireGuard peers would accept from h1 (its mesh IP, its bridge
+    gateway) are dropped on h1's bridge before they reach shoal0."""
+    h1, h2 = hosts
+    web2 = h2.container_ip(f"exp-{h2.name}")
+    gateway = IPv4Network(status(h1)["subnet"]).network_address + 1
+    name = "exp-forger"
+    h1.run_container(name, network="shoal", image=IMAGE, options=("--cap-add", "NET_ADMIN"))
+    try:
+        own = h1.container_ip(name)
+        for forged in (mesh_ip(h1), gateway):
+            h1.container_exec(name, ["ip", "addr", "add", f"{forged}/32", "dev", "eth0"])
+        seen = captured_sources(
+            h2,
+            lambda: [
+                h1.container_exec(
+                    name, ["ping", "-c", "2", "-W", "1", "-I", str(src), str(web2)], check=False
+                )
+                for src in (own, mesh_ip(h1), gateway)
+            ],
+        )
+        assert own in seen  # the capture works: the honest ping arrived
+        assert mesh_ip(h1) not in seen and gateway not in seen, seen
+    finally:
+        h1.docker("rm", "-f", name, check=False)
+
+
+def captured_sources(host: LabHost, action: Callable[[], object]) -> set[IPv4Address]:
+    """Source addresses of the ICMP echo requests arriving on `host`'s shoal0 while
+    `action` runs."""
+    capture = subprocess.Popen(
+        host.command(["tcpdump", "-l", "-n", "-i", "shoal0", "icmp[icmptype] == icmp-echo"]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=host.environ(),
+    )
+    try:
+        assert capture.stderr is not None
+        banner = ""
+        while "listening on" not in banner:  # tcpdump says so once it captures
+            line = capture.stderr.readline()
+            assert line, f"tcpdump exited: {banner}"
+            banner += line
+        action()
+    finally:
+        capture.terminate()
+        out, _ = capture.communicate(timeout=10)
+    # "12:00:00.000000 IP 10.42.1.5 > 10.42.2.3: ICMP echo request, ..."
+    return {IPv4Address(line.split()[2]) for line in out.splitlines() if " IP " in line}
