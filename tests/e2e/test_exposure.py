@@ -164,43 +164,59 @@ def test_the_dns_responder_answers_only_its_own_host_and_containers(
 
 
 def test_a_container_cannot_send_from_a_forged_address(
-    lab: Lab, hosts: tuple[LabHost, LabHost]
+    hosts: tuple[LabHost, LabHost], outsider: LabOutsider
 ) -> None:
-    """Forged sources that h1's WireGuard peers would accept from h1 (its mesh IP, its bridge
-    gateway) are dropped on h1's bridge before they reach shoal0."""
+    """A container with NET_ADMIN gives itself other addresses and pings from them: a peer's
+    container subnet, an address outside every pool. None of it leaves h1 (the underlay would
+    get it unmasqueraded, since only the host's own subnet is NATed), while its own address
+    still does. h1's own addresses (mesh IP, bridge gateway), which peers would accept from
+    h1, never leave either: the kernel drops a local source arriving on the bridge."""
     h1, h2 = hosts
     web2 = h2.container_ip(f"exp-{h2.name}")
-    gateway = IPv4Network(status(h1)["subnet"]).network_address + 1
+    forged = (IPv4Address("198.51.100.7"), IPv4Address("10.42.250.7"))
+    local = (mesh_ip(h1), IPv4Network(status(h1)["subnet"]).network_address + 1)
     name = "exp-forger"
     h1.run_container(name, network="shoal", image=IMAGE, options=("--cap-add", "NET_ADMIN"))
     try:
         own = h1.container_ip(name)
-        for forged in (mesh_ip(h1), gateway):
-            h1.container_exec(name, ["ip", "addr", "add", f"{forged}/32", "dev", "eth0"])
-        seen = captured_sources(
-            h2,
-            lambda: [
-                h1.container_exec(
-                    name, ["ping", "-c", "2", "-W", "1", "-I", str(src), str(web2)], check=False
-                )
-                for src in (own, mesh_ip(h1), gateway)
-            ],
-        )
-        assert own in seen  # the capture works: the honest ping arrived
-        assert mesh_ip(h1) not in seen and gateway not in seen, seen
+        for src in (*forged, *local):
+            h1.container_exec(name, ["ip", "addr", "add", f"{src}/32", "dev", "eth0"])
+
+        def pings(dst: IPv4Address, sources: tuple[IPv4Address, ...]) -> Callable[[], None]:
+            def send() -> None:
+                for src in sources:
+                    argv = ["ping", "-c", "2", "-W", "1", "-I", str(src), str(dst)]
+                    h1.container_exec(name, argv, check=False)
+
+            return send
+
+        on_underlay = captured_sources(outsider.netns, "eth0", pings(outsider.ip, (own, *forged)))
+        assert h1.underlay_ip in on_underlay  # the honest ping arrived (masqueraded)
+        assert not set(forged) & on_underlay, on_underlay
+        on_h2 = captured_sources(h2.netns, "shoal0", pings(web2, (own, *forged, *local)))
+        assert own in on_h2
+        assert not (set(forged) | set(local)) & on_h2, on_h2
     finally:
         h1.docker("rm", "-f", name, check=False)
 
 
-def captured_sources(host: LabHost, action: Callable[[], object]) -> set[IPv4Address]:
-    """Source addresses of the ICMP echo requests arriving on `host`'s shoal0 while
-    `action` runs."""
+def captured_sources(netns: str, interface: str, action: Callable[[], object]) -> set[IPv4Address]:
+    """Source addresses of the ICMP echo requests arriving on `interface` of network
+    namespace `netns` while `action` runs."""
     capture = subprocess.Popen(
-        host.command(["tcpdump", "-l", "-n", "-i", "shoal0", "icmp[icmptype] == icmp-echo"]),
+        [
+            "nsenter",
+            f"--net=/var/run/netns/{netns}",
+            "tcpdump",
+            "-l",
+            "-n",
+            "-i",
+            interface,
+            "icmp[icmptype] == icmp-echo",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=host.environ(),
     )
     try:
         assert capture.stderr is not None

@@ -207,6 +207,7 @@ def test_down_keeps_a_network_in_use_and_leave_removes_the_node(
     assert "kept Docker network 'shoal'" in out and web(h4) in out
     assert h4.exec(["ip", "link", "show", "shoal0"], check=False).returncode != 0
     assert "SHOAL" not in h4.exec(["iptables-save"]).stdout
+    assert "shoal" not in h4.exec(["nft", "list", "tables"]).stdout
     h4.docker("rm", "-f", web(h4))
     # The agent is gone now: `down --leave` works from the state dir alone.
     out = shoal(h4, "down", "--leave", "--state-dir", str(h4.state_dir)).stdout
