@@ -231,3 +231,21 @@ def captured_sources(netns: str, interface: str, action: Callable[[], object]) -
         out, _ = capture.communicate(timeout=10)
     # "12:00:00.000000 IP 10.42.1.5 > 10.42.2.3: ICMP echo request, ..."
     return {IPv4Address(line.split()[2]) for line in out.splitlines() if " IP " in line}
+
+
+def test_the_agent_restores_a_flushed_firewall(
+    hosts: tuple[LabHost, LabHost], outsider: LabOutsider
+) -> None:
+    """Someone deletes shoal's table and flushes its iptables chain on h1: the agent's periodic
+    resync (30 s) puts both back, and the mesh is closed to the underlay again."""
+    h1, h2 = hosts
+    c1, web2 = f"exp-{h1.name}", h2.container_ip(f"exp-{h2.name}")
+    h1.exec(["nft", "delete", "table", "inet", "shoal"])
+    h1.exec(["iptables", "-F", "SHOAL-FORWARD"])
+
+    def restored() -> bool:
+        table = h1.exec(["nft", "list", "table", "inet", "shoal"], check=False)
+        return table.returncode == 0 and ping(h1, c1, web2)
+
+    wait_until("the agent to restore h1's firewall", restored, timeout=45)
+    assert not tcp_open(on_outsider(outsider), mesh_ip(h1), HOST_PORT)
