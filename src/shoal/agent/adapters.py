@@ -44,7 +44,7 @@ class HostRouting:
 
 
 class IptablesFirewall:
-    """shoal's chains in iptables (`shoal.firewall`)."""
+    """shoal's nftables table and iptables chains (`shoal.firewall`)."""
 
     async def apply(self, cfg: FirewallConfig) -> bool:
         return await firewall.apply(cfg)
