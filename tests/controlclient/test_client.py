@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from shoal.control.app import RunningServer
 from shoal.control.ca import load_or_create_ca
+from shoal.controlclient import client as client_module
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
     ControlProtocolError,
@@ -129,3 +131,16 @@ async def test_a_garbled_reply_is_a_protocol_error_not_unreachable(
         with pytest.raises(ControlProtocolError, match=what) as err:
             await call(client)
     assert not isinstance(err.value, ControlUnreachable)
+
+
+async def test_a_host_clock_off_by_an_hour_still_signs_in_the_servers_window(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Signatures carry a timestamp: the client follows the server's Date, before its first
+    signed call and again when its clock jumps between calls."""
+    node = await join(server, "alpha")
+    monkeypatch.setattr(client_module, "wall_clock", lambda: time.time() + 3600)
+    async with ControlClient(server.url, server.ca.ca_pem, node_key=node.key) as client:
+        assert (await client.poll(since=0, wait=0)).kind == "full"
+        monkeypatch.setattr(client_module, "wall_clock", lambda: time.time() - 7200)
+        assert (await client.poll(since=0, wait=0)).kind == "full"  # one 401, then corrected

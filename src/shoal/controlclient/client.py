@@ -204,10 +204,24 @@ class ControlClient:
             data = body.model_dump_json().encode()
         # The query is part of what is signed: build it here, byte for byte as sent.
         target = path + ("?" + urlencode(params) if params else "")
-        if self._node_key is not None and signed:
+        sign_it = self._node_key is not None and signed
+        if sign_it:
             headers["Authorization"] = await self._signature(method, target, data)
         elif self.credential is not None:
             headers["Authorization"] = f"Bearer {self.credential}"
+        offset = self._clock_offset
+        status, raw = await self._send(method, target, data, headers, timeout)
+        if status == 401 and sign_it and self._clock_offset != offset:
+            # Our clock jumped since the last reply: the server's Date corrected it, sign again.
+            headers["Authorization"] = await self._signature(method, target, data)
+            status, raw = await self._send(method, target, data, headers, timeout)
+        return self._reply(path, status, raw)
+
+    async def _send(
+        self, method: str, target: str, data: bytes, headers: dict[str, str], timeout: float
+    ) -> tuple[int, bytes]:
+        if self._session is None:
+            raise RuntimeError("ControlClient used outside `async with`")
         url = URL(self.server_url + target, encoded=True)
         try:
             async with self._session.request(
@@ -229,6 +243,9 @@ class ControlClient:
             raise ControlUnreachable(
                 f"cannot reach server at {self.server_url}: {_describe(exc)}"
             ) from exc
+        return status, raw
+
+    def _reply(self, path: str, status: int, raw: bytes) -> Any:
         if status >= 500:
             raise ControlUnreachable(
                 f"server at {self.server_url} failed: HTTP {status} {_error_text(raw)}"
@@ -264,7 +281,7 @@ class ControlClient:
                 raise ControlUnreachable(
                     f"server at {self.server_url} sent an unusable /v1/key reply: {exc}"
                 ) from exc
-        now = int(time.time() + self._clock_offset)
+        now = int(wall_clock() + self._clock_offset)
         return sign(self._mac_key, self._node_key.public_key(), method, target, body, now).header()
 
     def _follow_clock(self, date: str | None) -> None:
@@ -275,8 +292,13 @@ class ControlClient:
             server = email.utils.parsedate_to_datetime(date).timestamp()
         except (TypeError, ValueError):
             return
-        offset = server - time.time()
+        offset = server - wall_clock()
         self._clock_offset = offset if abs(offset) > CLOCK_SLACK else 0.0
+
+
+def wall_clock() -> float:
+    """This host's clock, unix seconds (one place, so that tests can set it off)."""
+    return time.time()
 
 
 def _error_text(raw: bytes) -> str:
