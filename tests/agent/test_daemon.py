@@ -19,6 +19,7 @@ from shoal.agent.config import AgentConfig
 from shoal.agent.daemon import Agent
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
+from shoal.control.ca import rotate_ca
 from shoal.docker import DockerHost
 from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
@@ -189,3 +190,17 @@ async def test_down_removes_everything_and_leaves(tmp_path: Path, server: Runnin
     rig.agent.reconciler.offer(rig.agent.cached.netmap.model_copy(update={"revision": 7}))
     assert await rig.agent.reconciler.step() is False
     assert rig.host.tunnel.dump() == ""
+
+
+async def test_the_agent_takes_the_trust_bundle_of_a_ca_being_introduced(tmp_path: Path) -> None:
+    data = tmp_path / "server"
+    data.mkdir()
+    rotate_ca(data, "introduce")  # the server will hold a next CA besides its own
+    async with running_server(data) as server:
+        rig = await joined(tmp_path, server)  # pinned the current CA only
+        async with rig.agent.client:
+            await rig.agent.refresh_trust()
+            assert (await rig.agent.client.poll(since=0, wait=0)).kind == "full"
+        saved = rig.state.identity()
+        assert saved is not None and saved.ca_pem.count("BEGIN CERTIFICATE") == 2
+        assert "ca-expiring" not in {w.code for w in (await rig.agent.status()).health}

@@ -208,3 +208,13 @@ def test_a_read_only_admin_token_from_anywhere(server_dir: Path) -> None:
     assert refused.stderr.strip().count("\n") == 0 and "read-only" in refused.stderr
     listed = shoal("admin", "token", "list", *d).stdout
     assert "read" in listed and "active" in listed
+
+
+def test_rotate_ca_steps_on_the_command_line(server_dir: Path) -> None:
+    wrong = shoal("server", "rotate-ca", "--finish", "--data-dir", str(server_dir))
+    assert wrong.returncode != 0 and wrong.stderr.count("\n") == 1
+    assert "shoal server rotate-ca" in wrong.stderr
+    step1 = shoal("server", "--data-dir", str(server_dir), "rotate-ca")
+    assert step1.returncode == 0, step1.stderr
+    assert "introduced CA" in step1.stdout and "--finish" in step1.stdout
+    assert (server_dir / "ca.next.pem").exists()

@@ -26,6 +26,7 @@ from yarl import URL
 from shoal.control import openapi
 from shoal.control.api import build_app
 from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.ca import CertAuthority
 from shoal.control.nodeauth import NodeVerifier
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import ssl_context
@@ -52,7 +53,8 @@ def test_the_document_is_valid_openapi_and_names_every_route() -> None:
 
 def _router_routes() -> list[Any]:
     service: Any = object()  # routing only: no handler runs
-    return list(build_app(service, b"", NodeVerifier(PrivateKey.generate())).router.routes())
+    ca = CertAuthority(b"", "", Path(), Path())
+    return list(build_app(service, ca, NodeVerifier(PrivateKey.generate())).router.routes())
 
 
 # -- a strategy per JSON schema (the subset pydantic emits for shoal's models) --------------

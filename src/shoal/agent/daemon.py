@@ -21,6 +21,8 @@ import asyncio
 import logging
 import os
 import signal
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 from shoal.agent.adapters import host_adapters
@@ -29,6 +31,7 @@ from shoal.agent.config import AgentConfig
 from shoal.agent.errors import NotJoined, NotRoot, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
 from shoal.agent.health import (
+    CA_EXPIRING,
     CONTAINERS_REJECTED,
     CONTROL_PROTOCOL,
     CONTROL_UNREACHABLE,
@@ -43,12 +46,13 @@ from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
+    ControlError,
     ControlProtocolError,
     ControlRejected,
     ControlUnreachable,
     CredentialRejected,
 )
-from shoal.controlclient.tls import fetch_pinned_ca
+from shoal.controlclient.tls import fetch_pinned_ca, trust_bundle
 from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.docker import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
@@ -62,6 +66,8 @@ from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, HostConfig, plan_ho
 log = logging.getLogger("shoal.agent")
 
 RETRY_SECONDS = (1.0, 2.0, 5.0)
+TRUST_REFRESH_SECONDS = 6 * 3600.0  # and after every control outage (a server restart)
+CA_WARNING = timedelta(days=30)
 
 
 def rejoin_command(state_dir: Path, server_url: str) -> str:
@@ -103,6 +109,7 @@ class Agent:
         self._containers: list[ContainerReport] | None = None  # newest set not yet reported
         self._containers_changed = asyncio.Event()
         self._stop = asyncio.Event()
+        self._trust_checked_at: float | None = None  # monotonic; None: not yet
 
     def _plan(self, netmap: NetworkMap) -> HostConfig:
         return plan_host(netmap, self.private_key, self.config.listen_port)
@@ -185,6 +192,8 @@ class Agent:
             if failures:
                 # The server may have restarted or withdrawn us: tell it our containers again.
                 self._containers_changed.set()
+            if failures or self._trust_due():
+                await self.refresh_trust()
             failures = 0
             self.health.clear(CONTROL_UNREACHABLE)
             self.health.clear(CONTROL_PROTOCOL)
@@ -200,6 +209,35 @@ class Agent:
                 len(newer.containers),
             )
             self.reconciler.offer(newer)
+
+    def _trust_due(self) -> bool:
+        checked = self._trust_checked_at
+        return checked is None or self.clock.monotonic() - checked >= TRUST_REFRESH_SECONDS
+
+    async def refresh_trust(self) -> None:
+        """Take the server's trust bundle (fetched over the channel the current one verifies):
+        a CA being introduced is trusted before the server switches to it, so a CA rotation
+        needs no host to join again. Warns when every trusted CA expires within 30 days."""
+        self._trust_checked_at = self.clock.monotonic()
+        try:
+            bundle, expiries = trust_bundle(await self.client.trust_bundle())
+        except (ControlError, ValueError) as exc:
+            log.warning("could not refresh the trust bundle: %s", exc)
+            return
+        if bundle.decode() != self.identity.ca_pem:
+            self.identity = replace(self.identity, ca_pem=bundle.decode())
+            self.state.save_identity(self.identity)
+            await self.client.set_trust(bundle)
+            log.info("trust bundle updated: %d CA(s)", len(expiries))
+        last = max(expiries)
+        if last - self.clock.now() < CA_WARNING:
+            self.health.warn(
+                CA_EXPIRING,
+                f"every CA this node trusts expires by {last:%Y-%m-%d}; rotate the CA on the "
+                "server (shoal server rotate-ca)",
+            )
+        else:
+            self.health.clear(CA_EXPIRING)
 
     def remember(self, netmap: NetworkMap) -> None:
         """Keep `netmap` as the newest, and on disk for the next start if the disk lets us."""

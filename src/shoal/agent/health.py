@@ -15,6 +15,7 @@ CONTROL_UNREACHABLE = "control-unreachable"
 CONTROL_PROTOCOL = "control-protocol"  # the server answered nonsense: a bug on one side
 CONTAINERS_REJECTED = "containers-rejected"
 NETMAP_CACHE = "netmap-cache-failed"  # the last netmap could not be written to disk
+CA_EXPIRING = "ca-expiring"  # every CA this node trusts expires within 30 days
 STATE_FILE_RESET = "state-file-reset"  # a corrupt state file was set aside and rebuilt
 
 

@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline time after which a node joined with an --ephemeral token is removed (30m)",
     )
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
+    server_sub = p.add_subparsers(dest="server_cmd", required=False, metavar="[SUBCOMMAND]")
+    rotate = server_sub.add_parser(
+        "rotate-ca", help="rotate the server's CA without re-joining hosts (three steps)"
+    )
+    step = rotate.add_mutually_exclusive_group()
+    step.add_argument("--finish", action="store_true", help="step 2: sign with the new CA")
+    step.add_argument(
+        "--drop-previous", action="store_true", help="step 3: stop trusting the old CA"
+    )
+    # SUPPRESS: `shoal server --data-dir D rotate-ca` keeps D (a subparser default would win).
+    rotate.add_argument("--data-dir", default=argparse.SUPPRESS)
+    rotate.set_defaults(run=_handler("server_cmds", "cmd_rotate_ca"))
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
         dest="token_cmd", required=True

@@ -14,6 +14,7 @@ import gc
 import json
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from typing import TypeVar
 
 from shoal.cli.render import json_list, table
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, load_config, serve
+from shoal.control.ca import EXPIRY_WARNING, rotate_ca
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca
@@ -29,6 +31,7 @@ from shoal.model.api import (
     DEFAULT_ADMIN_TOKEN_SECONDS,
     DEFAULT_TOKEN_SECONDS,
     AdminTokenCreateRequest,
+    CertStatus,
     NodeInfo,
     ServiceInfo,
     TokenCreateRequest,
@@ -140,6 +143,33 @@ def _expires(text: str | None, default: int) -> int | None:
     return default if lifetime is None else int(lifetime.total_seconds())
 
 
+def cmd_rotate_ca(args: argparse.Namespace) -> int:
+    """One step of a CA rotation in the server's data dir (see shoal.control.ca)."""
+    step = "finish" if args.finish else "drop-previous" if args.drop_previous else "introduce"
+    print(f"shoal: {rotate_ca(Path(args.data_dir), step)}")
+    nxt = {
+        "introduce": "then, once `shoal nodes` shows every host online: shoal server rotate-ca "
+        "--finish",
+        "finish": "later, when no host can still be on the old bundle: shoal server rotate-ca "
+        "--drop-previous",
+        "drop-previous": "",
+    }[step]
+    if nxt:
+        print(f"shoal: {nxt}")
+    return 0
+
+
+def _expiry_warnings(certs: list[CertStatus], now: datetime) -> list[str]:
+    """One line per CA or server certificate that expires within EXPIRY_WARNING."""
+    return [
+        f"warning: the server's {c.kind} certificate {c.fingerprint[:16]}… expires "
+        f"{c.not_after:%Y-%m-%d}"
+        + (" (rotate it: shoal server rotate-ca)" if c.kind == "ca" else " (restart the server)")
+        for c in certs
+        if c.kind in ("ca", "server") and c.not_after - now < EXPIRY_WARNING
+    ]
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     expires = _expires(args.expires, DEFAULT_TOKEN_SECONDS)
     if args.uses is not None and not 1 <= args.uses <= 1_000_000:
@@ -222,7 +252,12 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
-    nodes: list[NodeInfo] = _with_admin(args, lambda c: c.list_nodes())
+    async def both(c: ControlClient) -> tuple[list[NodeInfo], list[CertStatus]]:
+        return await c.list_nodes(), await c.list_certs()
+
+    nodes, certs = _with_admin(args, both)
+    for line in _expiry_warnings(certs, datetime.now(UTC)):
+        print(line, file=sys.stderr)
     if args.json:
         print(json_list(nodes))
         return 0

@@ -2,6 +2,7 @@
 
     GET    /v1/openapi.json             this list as OpenAPI 3.1, from the models (control.openapi)
     GET    /v1/ca                       the CA certificate (PEM); no auth, clients pin it
+    GET    /v1/trust                    the trust bundle (PEM: current, next, previous CA)
     GET    /v1/key                      → ServerKey: what node signatures are keyed with
     POST   /v1/register                 RegisterRequest → RegisterResponse (signed by the key
                                         it registers; join token in body for a new node)
@@ -14,6 +15,7 @@
     GET    /v1/admin/nodes              → [NodeInfo]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
+    GET    /v1/admin/certs              → [CertStatus]: CAs and server certificate, expiry
     POST   /v1/admin/admin-tokens       AdminTokenCreateRequest → AdminTokenCreated
     GET    /v1/admin/admin-tokens       → [AdminTokenInfo]
     DELETE /v1/admin/admin-tokens/{id}  → 204
@@ -37,6 +39,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shoal.control import openapi
+from shoal.control.ca import CertAuthority
 from shoal.control.encoding import MapEncoder
 from shoal.control.errors import (
     AdminUnauthorized,
@@ -53,6 +56,7 @@ from shoal.control.service import ControlService
 from shoal.model.api import (
     AdminTokenCreateRequest,
     AdminTokenInfo,
+    CertStatus,
     ContainersReport,
     ErrorBody,
     NodeInfo,
@@ -76,7 +80,7 @@ DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 
 
 SERVICE = web.AppKey("service", ControlService)
-CA_PEM = web.AppKey("ca_pem", bytes)
+CA = web.AppKey("ca", CertAuthority)
 ENCODER = web.AppKey("encoder", MapEncoder)
 VERIFIER = web.AppKey("verifier", NodeVerifier)
 
@@ -84,16 +88,20 @@ _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
 _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
+_CERT_LIST = TypeAdapter(list[CertStatus])
 
 
-def build_app(service: ControlService, ca_pem: bytes, verifier: NodeVerifier) -> web.Application:
+def build_app(
+    service: ControlService, ca: CertAuthority, verifier: NodeVerifier
+) -> web.Application:
     app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
     app[SERVICE] = service
-    app[CA_PEM] = ca_pem
+    app[CA] = ca
     app[ENCODER] = MapEncoder()
     app[VERIFIER] = verifier
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/ca", get_ca)
+    app.router.add_get("/v1/trust", get_trust)
     app.router.add_get("/v1/key", get_key)
     app.router.add_post("/v1/register", register)
     app.router.add_get("/v1/netmap", netmap)
@@ -105,6 +113,7 @@ def build_app(service: ControlService, ca_pem: bytes, verifier: NodeVerifier) ->
     app.router.add_get("/v1/admin/nodes", list_nodes)
     app.router.add_get("/v1/admin/services", list_services)
     app.router.add_delete("/v1/admin/nodes/{name}", remove_node)
+    app.router.add_get("/v1/admin/certs", list_certs)
     app.router.add_post("/v1/admin/admin-tokens", create_admin_token)
     app.router.add_get("/v1/admin/admin-tokens", list_admin_tokens)
     app.router.add_delete("/v1/admin/admin-tokens/{id}", revoke_admin_token)
@@ -222,7 +231,20 @@ async def _admin(request: web.Request) -> ControlService:
 
 
 async def get_ca(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[CA_PEM], content_type="application/x-pem-file")
+    return web.Response(body=request.app[CA].ca_pem, content_type="application/x-pem-file")
+
+
+async def get_trust(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[CA].trust_pem, content_type="application/x-pem-file")
+
+
+async def list_certs(request: web.Request) -> web.Response:
+    await _admin(request)
+    certs = [
+        CertStatus(kind=c.kind, fingerprint=c.fingerprint, not_after=c.not_after)
+        for c in request.app[CA].certs
+    ]
+    return web.Response(body=_CERT_LIST.dump_json(certs), content_type="application/json")
 
 
 async def get_openapi(request: web.Request) -> web.Response:

@@ -277,7 +277,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         )
         verifier = NodeVerifier(load_or_create_auth_key(data_dir))
         runner = web.AppRunner(
-            build_app(service, ca.ca_pem, verifier),
+            build_app(service, ca, verifier),
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,
         )

@@ -19,6 +19,7 @@ from shoal.model.api import (
     AdminTokenCreated,
     AdminTokenCreateRequest,
     AdminTokenInfo,
+    CertStatus,
     ContainersReport,
     ErrorBody,
     NodeInfo,
@@ -51,6 +52,7 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", "This document", "none"),
     Route("GET", "/v1/ca", "The CA certificate (PEM) that join tokens pin", "none"),
+    Route("GET", "/v1/trust", "The trust bundle (PEM): current, next and previous CA", "none"),
     Route("GET", "/v1/key", "The key node signatures are keyed with", "none", reply=ServerKey),
     Route(
         "POST",
@@ -102,6 +104,14 @@ ROUTES: tuple[Route, ...] = (
         "admin",
         status=204,
         query=(("allow_rejoin", {"type": "string", "enum": ["0", "1", "true"]}),),
+    ),
+    Route(
+        "GET",
+        "/v1/admin/certs",
+        "The CAs and the server certificate, with their expiry",
+        "admin",
+        reply=CertStatus,
+        many=True,
     ),
     Route(
         "POST",

@@ -30,6 +30,7 @@ from shoal.model.api import (
     AdminTokenCreated,
     AdminTokenCreateRequest,
     AdminTokenInfo,
+    CertStatus,
     ContainersReport,
     ErrorBody,
     NodeInfo,
@@ -60,6 +61,7 @@ _TOKENS = TypeAdapter(list[TokenInfo])
 _NODES = TypeAdapter(list[NodeInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
+_CERTS = TypeAdapter(list[CertStatus])
 
 
 class ControlClient:
@@ -86,11 +88,14 @@ class ControlClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ControlClient:
-        connector = aiohttp.TCPConnector(ssl=self._ssl)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-        )
+        self._session = self._new_session()
         return self
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self._ssl),
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT),
+        )
 
     async def __aexit__(
         self,
@@ -147,6 +152,20 @@ class ControlClient:
     async def list_services(self) -> list[ServiceInfo]:
         """The service catalog: services, their instances, hosts and health."""
         return _SERVICES.validate_python(await self._call_json("GET", "/v1/admin/services"))
+
+    async def trust_bundle(self) -> bytes:
+        """The server's trust bundle (PEM), over this client's verified channel."""
+        return await self._call_raw("/v1/trust")
+
+    async def set_trust(self, ca_pem: bytes) -> None:
+        """Trust `ca_pem` (a bundle) from now on; open connections are closed."""
+        self._ssl = ssl_context(ca_pem)
+        if self._session is not None:
+            await self._session.close()
+            self._session = self._new_session()
+
+    async def list_certs(self) -> list[CertStatus]:
+        return _CERTS.validate_python(await self._call_json("GET", "/v1/admin/certs"))
 
     async def create_admin_token(self, request: AdminTokenCreateRequest) -> AdminTokenCreated:
         return await self._call("POST", "/v1/admin/admin-tokens", AdminTokenCreated, body=request)
@@ -216,6 +235,14 @@ class ControlClient:
             headers["Authorization"] = await self._signature(method, target, data)
             status, raw = await self._send(method, target, data, headers, timeout)
         return self._reply(path, status, raw)
+
+    async def _call_raw(self, path: str) -> bytes:
+        """GET a non-JSON document (a PEM bundle); errors as for every call."""
+        status, raw = await self._send("GET", path, b"", {}, REQUEST_TIMEOUT)
+        if status != 200:
+            self._reply(path, status, raw)  # raises for an error status
+            raise ControlProtocolError(f"server at {self.server_url} answered {path}: {status}")
+        return raw
 
     async def _send(
         self, method: str, target: str, data: bytes, headers: dict[str, str], timeout: float

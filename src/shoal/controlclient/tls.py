@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import hmac
 import ssl
+from datetime import datetime
 
 import aiohttp
 from cryptography import x509
@@ -66,6 +67,24 @@ async def fetch_pinned_ca(server_url: str, fingerprint: str) -> bytes:
             f"{fingerprint[:16]}…: wrong server URL, or a token from another server"
         )
     return body
+
+
+def trust_bundle(pem: bytes) -> tuple[bytes, tuple[datetime, ...]]:
+    """A PEM bundle of CA certificates normalised (one PEM each, in order) and their expiry
+    times; `ValueError` if it holds no certificate or something else."""
+    certs = x509.load_pem_x509_certificates(pem)
+    if not certs or any(not _is_ca(c) for c in certs):
+        raise ValueError("not a bundle of CA certificates")
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs), tuple(
+        c.not_valid_after_utc for c in certs
+    )
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
 
 
 def ssl_context(ca_pem: bytes) -> ssl.SSLContext:

@@ -98,6 +98,17 @@ class AdminTokenCreated(Frozen):
     token: str  # SHOAL-ADMIN-1-<ca fingerprint>-<secret>; shown once, stored hashed
 
 
+CertKind = Literal["ca", "ca-next", "ca-previous", "server"]
+
+
+class CertStatus(Frozen):
+    """A certificate the server holds (`GET /v1/admin/certs`), for expiry warnings."""
+
+    kind: CertKind
+    fingerprint: str
+    not_after: datetime
+
+
 class NodeInfo(Frozen):
     """A node as the admin sees it (`shoal nodes`)."""
 
