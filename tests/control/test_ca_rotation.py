@@ -54,9 +54,8 @@ async def test_a_ca_rotation_keeps_every_node(tmp_path: Path) -> None:
         await join(server, "beta", token=fresh)
 
     rotate_ca(data, "drop-previous")
-    async with running_server(data) as server:
-        async with admin_client(server) as admin:
-            assert {c.kind for c in await admin.list_certs()} == {"ca", "server"}
+    async with running_server(data) as server, admin_client(server) as admin:
+        assert {c.kind for c in await admin.list_certs()} == {"ca", "server"}
 
 
 def test_expiry_warnings_name_what_expires_within_30_days() -> None:
