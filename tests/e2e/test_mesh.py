@@ -183,11 +183,11 @@ def test_a_fourth_host_joins_while_traffic_runs(
     said = up(lab, h4, join_token).stdout  # "shoal: h4 is up: mesh IP 100.64.0.4, ..."
     joined = time.monotonic() - started
     mesh_ip4 = said.split("mesh IP ")[1].split(",")[0]
-    wait_until("h1 -> h4 over the mesh", lambda: host_ping(h1, mesh_ip4), 10)
+    wait_until("h1 -> h4 over the mesh", lambda: host_ping(h1, mesh_ip4), 30)
     first_packet = time.monotonic() - started
     ip4 = start_web(h4, web(h4))
     seconds = {
-        h.name: wait_until(f"{h.name} -> h4", lambda h=h: ping(h, web(h), ip4), 10)
+        h.name: wait_until(f"{h.name} -> h4", lambda h=h: ping(h, web(h), ip4), 30)
         for h in lab.hosts[:3]
     }
     print(
