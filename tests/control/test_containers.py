@@ -76,7 +76,7 @@ async def test_removal_and_health_changes_are_deltas(server: RunningServer) -> N
     await report(server, alpha, web, db)
     first = await poll(server, beta, since=beta.netmap.revision)
     netmap = beta.netmap.apply(first)
-    assert names(netmap.containers) == ["web", "db"]  # sorted by id
+    assert names(netmap.containers) == ["web", "db"]  # sorted by (node, id)
 
     healthy = db.model_copy(update={"health": "healthy"})
     await report(server, alpha, web, healthy)
@@ -87,7 +87,10 @@ async def test_removal_and_health_changes_are_deltas(server: RunningServer) -> N
 
     await report(server, alpha, healthy)  # web stopped
     removed = await poll(server, beta, since=netmap.revision)
-    assert removed.containers_removed == (cid(1),) and removed.containers_changed == ()
+    assert (
+        removed.containers_removed == ((alpha.node_id, cid(1)),)
+        and removed.containers_changed == ()
+    )
     netmap = netmap.apply(removed)
     assert names(netmap.containers) == ["db"]
 
@@ -103,9 +106,14 @@ async def test_removal_and_health_changes_are_deltas(server: RunningServer) -> N
     [
         ({"ip": IPv4Address("10.42.1.5")}, "not a host address of node alpha's subnet"),
         ({"ip": IPv4Address("10.42.0.0")}, "not a host address of node alpha's subnet"),
-        ({"name": "bad name"}, "name 'bad name' is not a valid Docker name"),
-        ({"service": "a/b"}, "service 'a/b' is not a valid Docker name"),
-        ({"id": "xyz"}, "is not a Docker container id"),
+        ({"name": "bad name"}, "containers.0.name: String should match pattern"),
+        ({"service": "a/b"}, "containers.0.service: String should match pattern"),
+        ({"id": "xyz"}, "containers.0.id: String should match pattern"),
+        ({"name": "x" * 129}, "containers.0.name: String should have at most 128 characters"),
+        (
+            {"ports": tuple(PortSpec(port=p) for p in range(1, 34))},
+            "containers.0.ports: Tuple should have at most 32 items",
+        ),
     ],
 )
 async def test_a_bad_report_is_refused_and_changes_nothing(
@@ -138,7 +146,7 @@ async def test_a_silent_node_is_withdrawn_and_returns(
     await report(server, alpha, box(alpha, 1, "web", 2), box(alpha, 2, "db", 3))
     await report(server, beta, box(beta, 3, "cache", 2))
     netmap = beta.netmap.apply(await poll(server, beta, since=beta.netmap.revision))
-    assert names(netmap.containers) == ["web", "db", "cache"]
+    assert sorted(names(netmap.containers)) == ["cache", "db", "web"]
 
     clock.advance(10)  # beta keeps polling, alpha says nothing
     netmap = netmap.apply(await poll(server, beta, since=netmap.revision))
@@ -147,7 +155,7 @@ async def test_a_silent_node_is_withdrawn_and_returns(
     clock.advance(6)  # alpha: 16 s of silence; beta: 6 s
     await server.service.sweep()
     gone = await poll(server, beta, since=netmap.revision)
-    assert set(gone.containers_removed) == {cid(1), cid(2)}
+    assert set(gone.containers_removed) == {(alpha.node_id, cid(1)), (alpha.node_id, cid(2))}
     netmap = netmap.apply(gone)
     assert names(netmap.containers) == ["cache"]
     assert netmap.peer(alpha.node_id) is not None  # the data plane keeps its peer
@@ -160,7 +168,7 @@ async def test_a_silent_node_is_withdrawn_and_returns(
     await poll(server, alpha, since=0)  # alpha is back: any request will do
     back = await poll(server, beta, since=netmap.revision)
     assert names(back.containers_changed) == ["web", "db"]
-    assert names(netmap.apply(back).containers) == ["web", "db", "cache"]
+    assert sorted(names(netmap.apply(back).containers)) == ["cache", "db", "web"]
 
 
 async def test_every_node_request_is_a_heartbeat(server: RunningServer, clock: FakeClock) -> None:
@@ -222,7 +230,9 @@ async def test_removing_a_node_removes_its_containers(server: RunningServer) -> 
         await admin.remove_node("alpha")
         assert await admin.list_services() == []
     update = await poll(server, beta, since=netmap.revision)
-    assert update.peers_removed == (alpha.node_id,) and update.containers_removed == (cid(1),)
+    assert update.peers_removed == (alpha.node_id,) and update.containers_removed == (
+        (alpha.node_id, cid(1)),
+    )
     assert netmap.apply(update).containers == ()
 
 
@@ -272,3 +282,33 @@ async def test_catalog_orders_services_of_one_name_lone_container_first(
         ("web.shop", None, None),
         ("web.shop", "shop", "web"),
     ]
+
+
+async def test_a_node_reporting_another_hosts_container_id_cannot_take_it_over(
+    server: RunningServer,
+) -> None:
+    """Issue 7, finding 2: container identity is (node, container id). beta reporting alpha's
+    container id gets a container of its own; alpha's stays alpha's, and beta withdrawing
+    the id withdraws only its own."""
+    alpha = await join(server, "alpha")
+    beta = await join(server, "beta")
+    await report(server, alpha, box(alpha, 1, "web", 2))
+    await report(server, beta, box(beta, 1, "web", 2))  # alpha's id, on beta's subnet
+    netmap = (await poll(server, alpha, since=0)).full
+    assert netmap is not None
+    assert [(c.node_id, c.id, c.name) for c in netmap.containers] == sorted(
+        [(alpha.node_id, cid(1), "web"), (beta.node_id, cid(1), "web")]
+    )
+    async with admin_client(server) as admin:
+        [web] = await admin.list_services()
+    assert sorted(i.node for i in web.instances) == ["alpha", "beta"]
+
+    since = netmap.revision
+    await report(server, beta)  # beta withdraws "its" web
+    update = await poll(server, alpha, since=since)
+    assert update.containers_removed == ((beta.node_id, cid(1)),)
+    after = netmap.apply(update)
+    assert [(c.node_id, c.ip) for c in after.containers] == [
+        (alpha.node_id, IPv4Address("10.42.0.2"))
+    ]
+    assert after == (await poll(server, alpha, since=0)).full

@@ -151,7 +151,7 @@ async def test_container_changes_are_one_revision_each_report() -> None:
     await reg.save_containers("n1", [box(1, 1, health="unhealthy")], [box(2, 1).id])
     delta = await reg.map_update("n2", since=3, wait=0)
     assert [(c.name, c.health) for c in delta.containers_changed] == [("c1", "unhealthy")]
-    assert delta.containers_removed == (box(2, 1).id,)
+    assert delta.containers_removed == (box(2, 1).key,)
     full = reg.full_map("n2")
     assert [c.name for c in full.containers] == ["c1"]
 
@@ -185,7 +185,7 @@ async def test_sweep_withdraws_silent_nodes_and_seen_brings_them_back() -> None:
     assert not reg.online("n1") and reg.online("n2")
     assert await reg.sweep() == []  # once
     delta = await reg.map_update("n2", since=4, wait=0)
-    assert delta.containers_removed == (box(1, 1).id,) and delta.containers_changed == ()
+    assert delta.containers_removed == (box(1, 1).key,) and delta.containers_changed == ()
     assert [c.name for c in reg.full_map("n2").containers] == ["c2"]
     assert [p.id for p in reg.full_map("n2").peers] == ["n1"]  # the peer stays
     assert (await store.load(10)).nodes[0].online is False
@@ -220,14 +220,21 @@ async def test_a_poll_wakes_on_a_container_change_at_once() -> None:
     assert all(p.result().containers_changed == (box(1, 1),) for p in polls)
 
 
-async def test_a_container_moving_to_another_node() -> None:
+async def test_a_node_reporting_another_nodes_container_id_gets_its_own_container() -> None:
+    """Container identity is (node, container id): n2 claiming n1's id neither moves n1's
+    container nor shadows it, and each node's removal touches only its own."""
     reg = await registry_with(1, 2)
-    await reg.save_containers("n1", [box(1, 1)], [])
-    moved = box(1, 2)
-    await reg.save_containers("n2", [moved], [])
-    assert dict(reg.containers_of("n1")) == {} and reg.containers_of("n2") == {moved.id: moved}
-    await reg.save_containers("n1", [], [moved.id])  # n1's stale removal does not touch it
-    assert reg.containers() == [moved]
+    mine = box(1, 1)
+    await reg.save_containers("n1", [mine], [])
+    claim = box(1, 2)
+    await reg.save_containers("n2", [claim], [])
+    assert reg.containers_of("n1") == {mine.id: mine}
+    assert reg.containers_of("n2") == {claim.id: claim}
+    assert reg.containers() == [mine, claim]
+    await reg.save_containers("n2", [], [claim.id])
+    assert reg.containers() == [mine]
+    delta = await reg.map_update("n1", since=reg.revision - 1, wait=0)
+    assert delta.containers_removed == (("n2", claim.id),) and delta.containers_changed == ()
 
 
 async def test_container_log_trimming_gives_a_full_map() -> None:

@@ -69,7 +69,7 @@ def test_delta_adds_and_withdraws_containers() -> None:
             kind="delta",
             revision=2,
             containers_changed=(c("b", "unhealthy"), c("c")),
-            containers_removed=("a",),
+            containers_removed=(("n2", "a"),),
         )
     )
     assert [(x.id, x.health) for x in after.containers] == [("b", "unhealthy"), ("c", "none")]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,7 @@ from shoal.store import (
     open_store,
 )
 from shoal.store.memory import MemoryStore
-from shoal.store.sqlite import SqliteStore
+from shoal.store.sqlite import SqliteStore, schema_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -170,7 +172,7 @@ async def test_containers_take_one_revision_per_save_and_leave_tombstones(store:
     snap = await store.load(100)
     assert snap.revision == 5
     assert snap.containers == (ContainerRecord(box(2, health="healthy"), 4),)
-    assert snap.container_tombstones == (ContainerTombstone(web.id, 4),)
+    assert snap.container_tombstones == (ContainerTombstone("n1", web.id, 4),)
     assert await store.save_containers("n1", [web], []) == 6  # back: no tombstone
     assert (await store.load(100)).container_tombstones == ()
 
@@ -250,7 +252,7 @@ def test_sqlite_upgrades_a_schema_1_database(tmp_path: Path) -> None:
         store = SqliteStore(path)
         snap = await store.load(10)
         assert [(n.id, n.online, n.ephemeral) for n in snap.nodes] == [("n1", True, False)]
-        assert await store.get_setting("schema_version") == "3"
+        assert await store.get_setting("schema_version") == "4"
         tokens = {t.id: (t.uses, t.max_uses) for t in await store.list_tokens()}
         assert tokens == {"once": (1, 1), "many": (0, None)}
         await store.save_containers("n1", [box(1)], [])
@@ -258,3 +260,89 @@ def test_sqlite_upgrades_a_schema_1_database(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(check())
+
+
+async def test_containers_of_two_nodes_with_one_id_are_two_containers(store: Store) -> None:
+    await store.save_node(node(1))
+    await store.save_node(node(2))
+    mine, theirs = box(1), box(1, node_id="n2", health="healthy")
+    await store.save_containers("n1", [mine], [])
+    await store.save_containers("n2", [theirs], [])
+    assert [r.container for r in (await store.load(100)).containers] == [mine, theirs]
+    await store.save_containers("n2", [], [theirs.id])
+    snap = await store.load(100)
+    assert [r.container for r in snap.containers] == [mine]
+    assert snap.container_tombstones == (ContainerTombstone("n2", theirs.id, 5),)
+    with pytest.raises(ValueError, match="another node's container"):
+        await store.save_containers("n2", [mine], [])
+
+
+def test_sqlite_upgrades_a_schema_3_database_to_containers_keyed_by_node(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "shoal.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        schema_sql().split("-- Containers on each host")[0]
+        + """
+        CREATE TABLE containers (
+            id TEXT PRIMARY KEY, node_id TEXT NOT NULL, name TEXT NOT NULL, ip TEXT NOT NULL,
+            project TEXT, service TEXT, ports TEXT NOT NULL, health TEXT NOT NULL,
+            updated_rev INTEGER NOT NULL);
+        CREATE INDEX containers_node_id ON containers (node_id);
+        CREATE TABLE container_tombstones (
+            container_id TEXT PRIMARY KEY, removed_rev INTEGER NOT NULL);
+        INSERT INTO containers VALUES ('"""
+        + box(1).id
+        + """', 'n1', 'c1', '10.42.1.2', NULL, NULL, '[]', 'none', 1);
+        INSERT INTO container_tombstones VALUES ('dead', 1);
+        UPDATE meta SET value = '3' WHERE key = 'schema_version';
+        """
+    )
+    db.commit()
+    db.close()
+
+    async def check() -> None:
+        store = SqliteStore(path)
+        snap = await store.load(10)
+        assert snap.containers == (ContainerRecord(box(1), 1),)
+        assert snap.container_tombstones == ()
+        assert await store.get_setting("schema_version") == "4"
+        await store.save_node(node(2))
+        await store.save_containers("n2", [box(1, node_id="n2")], [])
+        assert len((await store.load(10)).containers) == 2
+        await store.close()
+
+    asyncio.run(check())
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def test_sqlite_is_synchronous_full_and_private(tmp_path: Path) -> None:
+    """Issue 7 finding 9: shoal.db, -wal and -shm were 0644 and synchronous=NORMAL could roll
+    back a registration whose credential the agent already held."""
+    path = tmp_path / "shoal.db"
+    store = SqliteStore(path)
+    await store.save_node(node(1))
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert {p.name: _mode(p) for p in tmp_path.iterdir()} == {
+        "shoal.db": 0o600,
+        "shoal.db-wal": 0o600,
+        "shoal.db-shm": 0o600,
+    }
+    await store.close()
+
+
+async def test_sqlite_tightens_files_an_older_version_left_open(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    first = SqliteStore(path)
+    await first.save_node(node(1))
+    await first.close()
+    for p in tmp_path.iterdir():
+        os.chmod(p, 0o644)
+    again = SqliteStore(path)
+    await again.save_node(node(2))
+    assert {_mode(p) for p in tmp_path.iterdir()} == {0o600}
+    await again.close()

@@ -15,7 +15,8 @@ of an object's keys may differ from pydantic's own `model_dump_json`.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from operator import attrgetter
 from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -27,9 +28,6 @@ MIN_RECORDS_KEPT = 4096  # per kind; grows to twice the largest map encoded
 
 
 class Record(Protocol):
-    @property
-    def id(self) -> str: ...
-
     def model_dump_json(self) -> str: ...
 
 
@@ -37,20 +35,21 @@ R = TypeVar("R", bound=Record)
 
 
 class RecordPieces(Generic[R]):
-    """The JSON of records by id, reused while the registry hands out the same object.
+    """The JSON of records by key, reused while the registry hands out the same object.
 
     Two generations bound the memory: records asked for go into the young one; when it is
     full it becomes the old one and the records still in use move back on their next use, so
     records of removed nodes and stopped containers are dropped after two generations.
     """
 
-    def __init__(self) -> None:
-        self._young: dict[str, tuple[R, bytes]] = {}
-        self._old: dict[str, tuple[R, bytes]] = {}
+    def __init__(self, key: Callable[[R], Hashable]) -> None:
+        self._key = key
+        self._young: dict[Hashable, tuple[R, bytes]] = {}
+        self._old: dict[Hashable, tuple[R, bytes]] = {}
         self._limit = MIN_RECORDS_KEPT
 
     def encode(self, record: R) -> bytes:
-        key = record.id
+        key = self._key(record)
         hit = self._young.get(key) or self._old.get(key)
         if hit is None or hit[0] is not record:
             hit = (record, record.model_dump_json().encode())
@@ -67,8 +66,8 @@ class RecordPieces(Generic[R]):
 
 class MapEncoder:
     def __init__(self, updates_kept: int = 16) -> None:
-        self._nodes: RecordPieces[Node] = RecordPieces()
-        self._containers: RecordPieces[Container] = RecordPieces()
+        self._nodes: RecordPieces[Node] = RecordPieces(attrgetter("id"))
+        self._containers: RecordPieces[Container] = RecordPieces(attrgetter("key"))
         self._updates_kept = updates_kept
         # Keyed by id(); holding the update keeps its id from being reused while cached.
         self._updates: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()

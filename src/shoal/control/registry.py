@@ -31,12 +31,19 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from operator import itemgetter
 
 from shoal.control.errors import CredentialInvalid, PoolExhausted
 from shoal.control.ipam import Allocation, Ledger, Pools
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Container, MapUpdate, MeshSettings, NetworkMap, Node
+from shoal.model.netmap import (
+    Container,
+    ContainerKey,
+    MapUpdate,
+    MeshSettings,
+    NetworkMap,
+    Node,
+)
 from shoal.store.base import NodeRecord, Released, Snapshot, Store
 
 Clock = Callable[[], datetime]
@@ -49,10 +56,9 @@ DEFAULT_HEARTBEAT_TIMEOUT = timedelta(seconds=15)
 DEFAULT_QUARANTINE = timedelta(hours=24)
 SEEN_PERSIST_INTERVAL = timedelta(seconds=10)  # last_seen is written at most this often
 
-# What a change-log entry is about.
-NODE: Final = 0
-CONTAINER: Final = 1
-Entry = tuple[int, int, str]  # (revision, NODE | CONTAINER, id)
+# What a change-log entry is about: a node (its id) or a container ((node id, container id)).
+Subject = str | ContainerKey
+Entry = tuple[int, Subject]  # (revision, subject)
 
 
 def utcnow() -> datetime:
@@ -103,10 +109,16 @@ class Registry:
         self._seen: dict[str, datetime] = {}
         self._seen_persisted: dict[str, datetime] = {}
         self._offline: set[str] = set()
-        self._containers: dict[str, Container] = {}
+        # Keyed by (node id, container id): a node's report only ever touches its own.
+        self._containers: dict[ContainerKey, Container] = {}
         self._hosted: dict[str, dict[str, Container]] = {}  # node id → its containers by id
         self._write = asyncio.Lock()
-        self._changed = asyncio.Event()
+        # One live long-poll per node: a node's new poll replaces its old one, which returns
+        # at once (a client that lost its connection, or one holding 2,000 polls with one
+        # credential, holds one). `_poll_owner` names the live poll of each node, `_waiting`
+        # holds the future it sleeps on; a change resolves them all.
+        self._poll_owner: dict[str, object] = {}
+        self._waiting: dict[str, asyncio.Future[None]] = {}
         self._wake_pending: asyncio.TimerHandle | None = None
         self._closed = False
         # Caches valid for one revision: the sorted full-map parts and the shared deltas.
@@ -130,13 +142,13 @@ class Registry:
         # The log restarts from what the store remembers: each node's and container's last
         # change and the recent removals. Removals older than the retained tombstones are
         # unknown, so a client behind them gets a full map.
-        entries: list[Entry] = [(n.updated_rev, NODE, n.id) for n in snapshot.nodes]
-        entries += [(t.removed_rev, NODE, t.node_id) for t in snapshot.tombstones]
-        entries += [(c.updated_rev, CONTAINER, c.container.id) for c in snapshot.containers]
+        entries: list[Entry] = [(n.updated_rev, n.id) for n in snapshot.nodes]
+        entries += [(t.removed_rev, t.node_id) for t in snapshot.tombstones]
+        entries += [(c.updated_rev, c.container.key) for c in snapshot.containers]
         entries += [
-            (t.removed_rev, CONTAINER, t.container_id) for t in snapshot.container_tombstones
+            (t.removed_rev, (t.node_id, t.container_id)) for t in snapshot.container_tombstones
         ]
-        entries.sort()
+        entries.sort(key=itemgetter(0))  # by revision: subjects of two kinds do not compare
         self._log: list[Entry] = entries
         self._log_revs = [e[0] for e in entries]
         self._floor = 0
@@ -218,7 +230,7 @@ class Registry:
         return self._hosted.get(node_id, {})
 
     def containers(self) -> list[Container]:
-        """Every known container, of offline nodes too, sorted by id."""
+        """Every known container, of offline nodes too, sorted by (node id, container id)."""
         return [self._containers[k] for k in sorted(self._containers)]
 
     def last_seen(self, node_id: str) -> datetime | None:
@@ -247,7 +259,7 @@ class Registry:
             self._index(saved)
             if saved.last_seen is not None:
                 self._seen[saved.id] = self._seen_persisted[saved.id] = saved.last_seen
-            self._record(rev, [(NODE, node.id)])
+            self._record(rev, [node.id])
         return saved
 
     async def remove(self, node_id: str, *, revoke_key: bool = False) -> bool:
@@ -266,12 +278,12 @@ class Registry:
             self._seen.pop(node_id, None)
             self._seen_persisted.pop(node_id, None)
             self._offline.discard(node_id)
-            gone = list(self._hosted.pop(node_id, {}))
-            for container_id in gone:
-                del self._containers[container_id]
+            gone = [(node_id, cid) for cid in self._hosted.pop(node_id, {})]
+            for key in gone:
+                del self._containers[key]
             if rev is None:
                 return node is not None
-            self._record(rev, [(NODE, node_id)] + [(CONTAINER, c) for c in gone])
+            self._record(rev, [node_id, *gone])
         return True
 
     async def unrevoke(self, key: PublicKey) -> None:
@@ -281,7 +293,8 @@ class Registry:
     async def save_containers(
         self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
     ) -> int:
-        """Persist a node's container changes at one new revision and tell the long-polls."""
+        """Persist changes to `node_id`'s own containers (`changed` must all belong to it,
+        `removed` are ids of its containers) at one new revision and tell the long-polls."""
         async with self._write:
             self.require(node_id)
             rev = await self.store.save_containers(node_id, changed, removed)
@@ -290,9 +303,10 @@ class Registry:
             mine = self._hosted.get(node_id, {})
             for container_id in removed:
                 if mine.pop(container_id, None) is not None:
-                    del self._containers[container_id]
+                    del self._containers[(node_id, container_id)]
             self._record(
-                rev, [(CONTAINER, c.id) for c in changed] + [(CONTAINER, c) for c in removed]
+                rev,
+                [c.key for c in changed] + [(node_id, c) for c in removed],
             )
         return rev
 
@@ -360,12 +374,29 @@ class Registry:
         """What `node_id`, holding the map at revision `since`, should receive next."""
         self.require(node_id)
         if since == self.revision and wait > 0 and not self._closed:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    # A wake can be for a change this node already has (the coalesced wake of
-                    # the very change it was just given): only a newer revision ends the wait.
-                    while since == self.revision and not self._closed:
-                        await self._changed.wait()
+            ticket = object()
+            self._poll_owner[node_id] = ticket
+            older = self._waiting.pop(node_id, None)
+            if older is not None and not older.done():
+                older.set_result(None)  # the node's previous poll returns now
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        # A wake can be for a change this node already has (the coalesced
+                        # wake of the very change it was just given): only a newer revision
+                        # ends the wait.
+                        while (
+                            since == self.revision
+                            and not self._closed
+                            and self._poll_owner.get(node_id) is ticket
+                        ):
+                            woken = asyncio.get_running_loop().create_future()
+                            self._waiting[node_id] = woken
+                            await woken
+            finally:
+                if self._poll_owner.get(node_id) is ticket:
+                    del self._poll_owner[node_id]
+                    self._waiting.pop(node_id, None)
             self.require(node_id)  # removed while waiting → its credential is now invalid
         return self._update_since(node_id, since)
 
@@ -394,16 +425,19 @@ class Registry:
     def _delta_since(self, since: int) -> _Delta:
         start = bisect.bisect_right(self._log_revs, since)
         nodes: dict[str, None] = {}
-        containers: dict[str, None] = {}
-        for _, kind, key in self._log[start:]:
-            (nodes if kind == NODE else containers)[key] = None
+        containers: dict[ContainerKey, None] = {}
+        for _, key in self._log[start:]:
+            if isinstance(key, str):
+                nodes[key] = None
+            else:
+                containers[key] = None
         changed = {k: self._models[k] for k in sorted(nodes) if k in self._models}
         visible = [
             c
             for k in sorted(containers)
             if (c := self._containers.get(k)) is not None and c.node_id not in self._offline
         ]
-        shown = {c.id for c in visible}
+        shown = {c.key for c in visible}
         update = MapUpdate(
             kind="delta",
             revision=self.revision,
@@ -443,7 +477,7 @@ class Registry:
                     self._offline.discard(nid)
                 else:
                     self._offline.add(nid)
-            changes = [(CONTAINER, c) for nid in flip for c in self._hosted.get(nid, {})]
+            changes: list[Subject] = [(nid, c) for nid in flip for c in self._hosted.get(nid, {})]
             # A host with no containers going off- or online changes nobody's map: waking
             # every long-poll for it made mass flips (a restarted fleet) cost N² replies.
             if rev is not None and changes:
@@ -451,10 +485,7 @@ class Registry:
         return flip
 
     def _put_container(self, container: Container) -> None:
-        old = self._containers.get(container.id)
-        if old is not None and old.node_id != container.node_id:
-            self._hosted.get(old.node_id, {}).pop(container.id, None)
-        self._containers[container.id] = container
+        self._containers[container.key] = container
         self._hosted.setdefault(container.node_id, {})[container.id] = container
 
     def _index(self, node: NodeRecord) -> None:
@@ -483,9 +514,9 @@ class Registry:
             self._all_nodes = self._visible = None
             self._deltas.clear()
 
-    def _record(self, rev: int, changes: Sequence[tuple[int, str]]) -> None:
+    def _record(self, rev: int, changes: Sequence[Subject]) -> None:
         self.revision = max(self.revision, rev)
-        self._log.extend((rev, kind, key) for kind, key in changes)
+        self._log.extend((rev, subject) for subject in changes)
         self._log_revs.extend(rev for _ in changes)
         if len(self._log) > 2 * self._log_limit:
             drop = len(self._log) - self._log_limit
@@ -505,6 +536,8 @@ class Registry:
         if self._wake_pending is not None:
             self._wake_pending.cancel()
             self._wake_pending = None
-        # Swap, then set: waiters of this change wake; later polls wait on the new event.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        # Swap, then resolve: waiters of this change wake; later polls wait anew.
+        waiting, self._waiting = self._waiting, {}
+        for woken in waiting.values():
+            if not woken.done():
+                woken.set_result(None)

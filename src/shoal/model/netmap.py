@@ -9,11 +9,12 @@ O(size of the update + peers), so a burst of changes costs each node what it nee
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from operator import attrgetter
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shoal.model.keys import PublicKey
 
@@ -35,6 +36,26 @@ class Endpoint(Frozen):
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+def _unicast(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """Refuses any endpoint peers could not send to (private, LAN, addresses are fine)."""
+    for e in endpoints:
+        host = e.host
+        if host.is_unspecified or host.is_loopback or host.is_multicast or host.is_link_local:
+            raise ValueError(f"{e} is not a unicast address another host can reach")
+        if host.is_reserved:  # 240.0.0.0/4, the broadcast address 255.255.255.255 among them
+            raise ValueError(f"{e} is a reserved or broadcast address, not a unicast one")
+    return endpoints
+
+
+MAX_ENDPOINTS = 16  # per node: a LAN address, a public one, a few more; peers try each one
+
+# The endpoints a node advertises, checked where they enter the server: an endpoint of
+# 127.0.0.1, 0.0.0.0 or 224.0.0.1 would be installed as a WireGuard endpoint on every peer.
+AdvertisedEndpoints = Annotated[
+    tuple[Endpoint, ...], Field(max_length=MAX_ENDPOINTS), AfterValidator(_unicast)
+]
 
 
 class Node(Frozen):
@@ -60,6 +81,12 @@ class PortSpec(Frozen):
     protocol: Literal["tcp", "udp"] = "tcp"
 
 
+# A container is identified by its host and its Docker id, (node id, container id): what one
+# host reports can never replace or withdraw a container of another host, even one that claims
+# the same Docker id.
+ContainerKey = tuple[str, str]
+
+
 class Container(Frozen):
     """A container attached to some host's `shoal` network, as service discovery sees it."""
 
@@ -71,6 +98,11 @@ class Container(Frozen):
     service: str | None = None  # label com.docker.compose.service
     ports: tuple[PortSpec, ...] = ()  # exposed ports, for SRV records
     health: Health = "none"  # Docker's health check state; "none" when it has none
+
+    @property
+    def key(self) -> ContainerKey:
+        """Its identity in the mesh: (node id, container id)."""
+        return (self.node_id, self.id)
 
     def serves_traffic(self) -> bool:
         """Whether DNS hands this replica out: a failing or not yet passing check says no."""
@@ -95,7 +127,8 @@ class NetworkMap(Frozen):
     settings: MeshSettings
     self_node: Node
     peers: tuple[Node, ...] = ()  # sorted by id
-    # Every container on every reachable host (this one included), sorted by id. Containers of
+    # Every container on every reachable host (this one included), sorted by key (node id,
+    # container id). Containers of
     # a host the server has not heard from within the heartbeat timeout are withdrawn.
     containers: tuple[Container, ...] = ()
 
@@ -114,23 +147,31 @@ class NetworkMap(Frozen):
             update={
                 "revision": update.revision,
                 "self_node": update.self_node or self.self_node,
-                "peers": _patched(self.peers, update.peers_changed, update.peers_removed),
+                "peers": _patched(self.peers, update.peers_changed, update.peers_removed, _by_id),
                 "containers": _patched(
-                    self.containers, update.containers_changed, update.containers_removed
+                    self.containers,
+                    update.containers_changed,
+                    update.containers_removed,
+                    _by_key,
                 ),
             }
         )
 
 
 R = TypeVar("R", Node, Container)
+K = TypeVar("K", str, ContainerKey)
 _by_id = attrgetter("id")
+_by_key = attrgetter("key")
 FEW_CHANGES = 32  # up to this many records are placed one by one; more, and the lot is sorted
 
 
 def _patched(
-    records: tuple[R, ...], changed: tuple[R, ...], removed: tuple[str, ...]
+    records: tuple[R, ...],
+    changed: tuple[R, ...],
+    removed: tuple[K, ...],
+    key: Callable[[R], K],
 ) -> tuple[R, ...]:
-    """`records` (sorted by id) with `changed` put in and the `removed` ids taken out.
+    """`records` (sorted by `key`) with `changed` put in and the `removed` keys taken out.
 
     Most deltas touch peers or containers, not both, and only a few of them: the untouched
     part is kept as it is and a few records are placed by bisection, since rebuilding and
@@ -138,20 +179,21 @@ def _patched(
     if not changed and not removed:
         return records
     if len(changed) + len(removed) > FEW_CHANGES:
-        by_id = {r.id: r for r in records}
-        for record_id in removed:
-            by_id.pop(record_id, None)
+        by_key = {key(r): r for r in records}
+        for gone in removed:
+            by_key.pop(gone, None)
         for record in changed:
-            by_id[record.id] = record
-        return tuple(sorted(by_id.values(), key=_by_id))
+            by_key[key(record)] = record
+        return tuple(sorted(by_key.values(), key=key))
     patched = list(records)
-    for record_id in removed:
-        i = bisect_left(patched, record_id, key=_by_id)
-        if i < len(patched) and patched[i].id == record_id:
+    for gone in removed:
+        i = bisect_left(patched, gone, key=key)
+        if i < len(patched) and key(patched[i]) == gone:
             del patched[i]
     for record in changed:
-        i = bisect_left(patched, record.id, key=_by_id)
-        if i < len(patched) and patched[i].id == record.id:
+        k = key(record)
+        i = bisect_left(patched, k, key=key)
+        if i < len(patched) and key(patched[i]) == k:
             patched[i] = record
         else:
             patched.insert(i, record)
@@ -168,4 +210,4 @@ class MapUpdate(Frozen):
     peers_changed: tuple[Node, ...] = ()
     peers_removed: tuple[str, ...] = ()
     containers_changed: tuple[Container, ...] = ()  # added or modified (health, IP, ...)
-    containers_removed: tuple[str, ...] = ()  # container ids
+    containers_removed: tuple[ContainerKey, ...] = ()  # (node id, container id)

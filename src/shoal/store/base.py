@@ -87,6 +87,7 @@ class ContainerRecord:
 
 @dataclass(frozen=True, slots=True)
 class ContainerTombstone:
+    node_id: str
     container_id: str
     removed_rev: int
 
@@ -110,7 +111,7 @@ class Snapshot:
     revision: int
     nodes: tuple[NodeRecord, ...]
     tombstones: tuple[Tombstone, ...]  # the most recent ones, oldest first
-    containers: tuple[ContainerRecord, ...] = ()  # sorted by id
+    containers: tuple[ContainerRecord, ...] = ()  # sorted by key (node id, container id)
     container_tombstones: tuple[ContainerTombstone, ...] = ()  # most recent, oldest first
     revoked_keys: tuple[PublicKey, ...] = ()  # keys of removed nodes: they may not rejoin
     released: tuple[Released, ...] = ()  # oldest first
@@ -164,8 +165,10 @@ class Store(Protocol):
     async def save_containers(
         self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
     ) -> int:
-        """Upsert `changed` (by id, whatever node had them) and delete `removed` (only if they
-        still belong to `node_id`, leaving tombstones), all at one new revision, returned."""
+        """Upsert `node_id`'s containers `changed` (each must belong to `node_id`) and delete
+        its containers with the ids `removed` (leaving tombstones), all at one new revision,
+        returned. A container is keyed by (node id, container id): another node's container
+        of the same id is never touched."""
         ...
 
     async def set_online(self, node_ids: Sequence[str], online: bool) -> int | None:

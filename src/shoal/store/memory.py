@@ -7,7 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Container
+from shoal.model.netmap import Container, ContainerKey
 from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
@@ -29,8 +29,8 @@ class MemoryStore:
         self.tokens: dict[str, TokenRecord] = {}
         self.nodes: dict[str, NodeRecord] = {}
         self.tombstones: dict[str, int] = {}
-        self.containers: dict[str, ContainerRecord] = {}
-        self.container_tombstones: dict[str, int] = {}
+        self.containers: dict[ContainerKey, ContainerRecord] = {}
+        self.container_tombstones: dict[ContainerKey, int] = {}
         self.revoked_keys: set[PublicKey] = set()
         self.released: dict[str, Released] = {}
 
@@ -43,8 +43,8 @@ class MemoryStore:
             tombstones=tuple(Tombstone(node_id=n, removed_rev=r) for n, r in stones),
             containers=tuple(self.containers[k] for k in sorted(self.containers)),
             container_tombstones=tuple(
-                ContainerTombstone(container_id=c, removed_rev=r)
-                for c, r in gone[-tombstone_limit:]
+                ContainerTombstone(node_id=n, container_id=c, removed_rev=r)
+                for (n, c), r in gone[-tombstone_limit:]
             ),
             revoked_keys=tuple(sorted(self.revoked_keys, key=str)),
             released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
@@ -120,35 +120,35 @@ class MemoryStore:
         )
         self.revision += 1
         self.tombstones[node_id] = self.revision
-        for cid in [c for c, r in self.containers.items() if r.container.node_id == node_id]:
-            del self.containers[cid]
-            self.container_tombstones[cid] = self.revision
+        for key in [k for k in self.containers if k[0] == node_id]:
+            del self.containers[key]
+            self.container_tombstones[key] = self.revision
         return self.revision
 
     async def save_containers(
         self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
     ) -> int:
+        if any(c.node_id != node_id for c in changed):
+            raise ValueError(f"save_containers({node_id!r}) given another node's container")
         self.revision += 1
         for container in changed:
-            self.containers[container.id] = ContainerRecord(container, self.revision)
-            self.container_tombstones.pop(container.id, None)
+            self.containers[container.key] = ContainerRecord(container, self.revision)
+            self.container_tombstones.pop(container.key, None)
         for cid in removed:
-            record = self.containers.get(cid)
-            if record is not None and record.container.node_id == node_id:
-                del self.containers[cid]
-                self.container_tombstones[cid] = self.revision
+            if self.containers.pop((node_id, cid), None) is not None:
+                self.container_tombstones[(node_id, cid)] = self.revision
         return self.revision
 
     async def set_online(self, node_ids: Sequence[str], online: bool) -> int | None:
         wanted = set(node_ids)
         for nid in wanted & self.nodes.keys():
             self.nodes[nid] = replace(self.nodes[nid], online=online)
-        affected = [c for c, r in self.containers.items() if r.container.node_id in wanted]
+        affected = [k for k in self.containers if k[0] in wanted]
         if not affected:
             return None
         self.revision += 1
-        for cid in affected:
-            self.containers[cid] = replace(self.containers[cid], updated_rev=self.revision)
+        for key in affected:
+            self.containers[key] = replace(self.containers[key], updated_rev=self.revision)
         return self.revision
 
     async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 -- The global revision: bumped by every change other nodes must see.
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', '0');
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '3');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '4');
 
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,          -- first 12 hex of sha256(secret)
@@ -49,22 +49,26 @@ CREATE TABLE IF NOT EXISTS tombstones (
 CREATE INDEX IF NOT EXISTS tombstones_removed_rev ON tombstones (removed_rev);
 
 -- Containers on each host's `shoal` network, as its agent last reported them (schema 2).
+-- Keyed by (node_id, id) since schema 4: a host reporting another host's container id gets a
+-- row of its own and never takes over the other host's.
 CREATE TABLE IF NOT EXISTS containers (
-    id          TEXT PRIMARY KEY,              -- Docker's full container id
     node_id     TEXT NOT NULL,                 -- deleted with its node (by the store)
+    id          TEXT NOT NULL,                 -- Docker's full container id
     name        TEXT NOT NULL,
     ip          TEXT NOT NULL,
     project     TEXT,
     service     TEXT,
     ports       TEXT NOT NULL,                 -- JSON list of {"port", "protocol"}
     health      TEXT NOT NULL,
-    updated_rev INTEGER NOT NULL               -- also bumped when its node goes on/offline
+    updated_rev INTEGER NOT NULL,              -- also bumped when its node goes on/offline
+    PRIMARY KEY (node_id, id)
 );
-CREATE INDEX IF NOT EXISTS containers_node_id ON containers (node_id);
 
 CREATE TABLE IF NOT EXISTS container_tombstones (
-    container_id TEXT PRIMARY KEY,
-    removed_rev  INTEGER NOT NULL
+    node_id      TEXT NOT NULL,
+    container_id TEXT NOT NULL,
+    removed_rev  INTEGER NOT NULL,
+    PRIMARY KEY (node_id, container_id)
 );
 CREATE INDEX IF NOT EXISTS container_tombstones_removed_rev
     ON container_tombstones (removed_rev);

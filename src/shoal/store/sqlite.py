@@ -8,7 +8,9 @@ processes sharing the file serialise on the write lock instead of failing at com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -65,14 +67,25 @@ class SqliteStore:
         self.path = path
         self._lock = threading.Lock()
         try:
+            # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the mode of
+            # the database, and all three hold every node's key, address and endpoints.
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(path, 0o600)
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=10.0
             )
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: a commit is on disk before the reply that follows it leaves (a power loss
+            # under NORMAL could roll back a registration whose credential an agent holds).
+            self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(schema_sql())
             _migrate(self._db)
+            for suffix in ("-wal", "-shm"):  # left by an older version with another mode
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(f"{path}{suffix}", 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open database {path}: {exc.strerror}") from exc
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
 
@@ -117,10 +130,12 @@ class SqliteStore:
                 ).fetchall()
                 containers = tuple(
                     _container(row)
-                    for row in db.execute(f"SELECT {_CONTAINER_COLS} FROM containers ORDER BY id")
+                    for row in db.execute(
+                        f"SELECT {_CONTAINER_COLS} FROM containers ORDER BY node_id, id"
+                    )
                 )
                 gone = db.execute(
-                    "SELECT container_id, removed_rev FROM container_tombstones "
+                    "SELECT node_id, container_id, removed_rev FROM container_tombstones "
                     "ORDER BY removed_rev DESC LIMIT ?",
                     (tombstone_limit,),
                 ).fetchall()
@@ -137,7 +152,8 @@ class SqliteStore:
                 tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones[::-1]),
                 containers=containers,
                 container_tombstones=tuple(
-                    ContainerTombstone(container_id=g[0], removed_rev=g[1]) for g in gone[::-1]
+                    ContainerTombstone(node_id=g[0], container_id=g[1], removed_rev=g[2])
+                    for g in gone[::-1]
                 ),
                 revoked_keys=tuple(PublicKey.parse(str(r[0])) for r in revoked),
                 released=tuple(
@@ -287,7 +303,7 @@ class SqliteStore:
                 gone = db.execute(
                     "DELETE FROM containers WHERE node_id = ? RETURNING id", (node_id,)
                 ).fetchall()
-                _bury(db, [str(g[0]) for g in gone], rev)
+                _bury(db, node_id, [str(g[0]) for g in gone], rev)
                 return rev
 
         return await self._run(run)
@@ -295,30 +311,33 @@ class SqliteStore:
     async def save_containers(
         self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
     ) -> int:
+        if any(c.node_id != node_id for c in changed):
+            raise ValueError(f"save_containers({node_id!r}) given another node's container")
+
         def run(db: sqlite3.Connection) -> int:
             with self._write(db):
                 rev = self._bump(db)
                 db.executemany(
                     f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT (id) DO UPDATE SET node_id = excluded.node_id, "
+                    "ON CONFLICT (node_id, id) DO UPDATE SET "
                     "name = excluded.name, ip = excluded.ip, project = excluded.project, "
                     "service = excluded.service, ports = excluded.ports, "
                     "health = excluded.health, updated_rev = excluded.updated_rev",
                     [_container_row(c, rev) for c in changed],
                 )
                 db.executemany(
-                    "DELETE FROM container_tombstones WHERE container_id = ?",
-                    [(c.id,) for c in changed],
+                    "DELETE FROM container_tombstones WHERE node_id = ? AND container_id = ?",
+                    [(node_id, c.id) for c in changed],
                 )
                 gone = [
                     cid
                     for cid in removed
                     if db.execute(
-                        "DELETE FROM containers WHERE id = ? AND node_id = ?", (cid, node_id)
+                        "DELETE FROM containers WHERE node_id = ? AND id = ?", (node_id, cid)
                     ).rowcount
                     == 1
                 ]
-                _bury(db, gone, rev)
+                _bury(db, node_id, gone, rev)
                 return rev
 
         return await self._run(run)
@@ -382,11 +401,11 @@ _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
     "last_seen, updated_rev, online, ephemeral"
 )
-_CONTAINER_COLS = "id, node_id, name, ip, project, service, ports, health, updated_rev"
+_CONTAINER_COLS = "node_id, id, name, ip, project, service, ports, health, updated_rev"
 
 
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring a database of an older schema up to this one (schema.sql only adds tables)."""
+    """Bring a database of an older schema up to this one."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
     if "online" not in columns:  # schema 1 → 2: containers (new tables) and node liveness
         db.execute("ALTER TABLE nodes ADD COLUMN online INTEGER NOT NULL DEFAULT 1")
@@ -417,15 +436,38 @@ def _migrate(db: sqlite3.Connection) -> None:
             "UPDATE tokens SET max_uses = CASE WHEN reusable THEN NULL ELSE 1 END, "
             "uses = CASE WHEN used_at IS NULL THEN 0 ELSE 1 END"
         )
-    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    stone_columns = {row[1] for row in db.execute("PRAGMA table_info(container_tombstones)")}
+    if "node_id" not in stone_columns:
+        # Schema 3 → 4: containers keyed by (node_id, id). Schema 3 kept one row per id, so
+        # the rows carry over as they are; its tombstones do not know their node and are
+        # dropped (a client behind them gets a full map).
+        tables = [
+            re.search(rf"CREATE TABLE IF NOT EXISTS {name} \(.*?\n\);", schema_sql(), re.S)
+            for name in ("containers", "container_tombstones")
+        ]
+        assert all(tables), "schema.sql defines the container tables"
+        db.executescript(
+            "BEGIN IMMEDIATE;"
+            "ALTER TABLE containers RENAME TO containers_v3;"
+            "DROP INDEX IF EXISTS containers_node_id;"
+            "DROP TABLE container_tombstones;"
+            + "".join(t.group(0) for t in tables if t is not None)
+            + f"INSERT INTO containers ({_CONTAINER_COLS}) "
+            f"SELECT {_CONTAINER_COLS} FROM containers_v3;"
+            "DROP TABLE containers_v3;"
+            "CREATE INDEX IF NOT EXISTS container_tombstones_removed_rev "
+            "ON container_tombstones (removed_rev);"
+            "COMMIT;"
+        )
+    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
 
 
-def _bury(db: sqlite3.Connection, container_ids: Sequence[str], rev: int) -> None:
-    """Tombstones for removed containers; prunes the oldest now and then."""
+def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], rev: int) -> None:
+    """Tombstones for `node_id`'s removed containers; prunes the oldest now and then."""
     db.executemany(
-        "INSERT INTO container_tombstones (container_id, removed_rev) VALUES (?, ?) "
-        "ON CONFLICT (container_id) DO UPDATE SET removed_rev = excluded.removed_rev",
-        [(cid, rev) for cid in container_ids],
+        "INSERT INTO container_tombstones (node_id, container_id, removed_rev) VALUES (?, ?, ?) "
+        "ON CONFLICT (node_id, container_id) DO UPDATE SET removed_rev = excluded.removed_rev",
+        [(node_id, cid, rev) for cid in container_ids],
     )
     if container_ids and rev % PRUNE_EVERY == 0:
         db.execute(
@@ -492,8 +534,8 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
 
 def _container_row(c: Container, rev: int) -> tuple[object, ...]:
     return (
-        c.id,
         c.node_id,
+        c.id,
         c.name,
         str(c.ip),
         c.project,
@@ -505,7 +547,7 @@ def _container_row(c: Container, rev: int) -> tuple[object, ...]:
 
 
 def _container(row: tuple[object, ...]) -> ContainerRecord:
-    (cid, node_id, name, ip, project, service, ports, health, rev) = row
+    (node_id, cid, name, ip, project, service, ports, health, rev) = row
     container = Container(
         id=str(cid),
         node_id=str(node_id),
