@@ -24,7 +24,10 @@ ShoalError
     │   ├── NameTaken              name_taken: another key has this name
     │   ├── PoolConflict           pool_conflict: the host's routes overlap a pool
     │   └── PoolExhausted          pool_exhausted: no mesh IP or subnet left
+    ├── RequestTimeout             408 request_timeout: the body came too slowly
     ├── PayloadTooLarge            413 payload_too_large
+    ├── TooManyRequests            429 too_many_requests: this source is throttled; the reply
+    │                              says when to retry (Retry-After)
     └── Internal                   500 internal: a bug or a store failure
 """
 
@@ -37,10 +40,21 @@ class ServerConfigError(ShoalError):
     """The server cannot start with this configuration or data dir."""
 
 
+# Longest message an error carries: messages quote what the client sent (a name, a path, a
+# route), and a reply or log line must never echo a megabyte of input back.
+MAX_MESSAGE = 300
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` cut to at most `limit` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class ApiError(ShoalError):
     code = "error"
 
     def __init__(self, message: str) -> None:
+        message = clip(message)
         super().__init__(message)
         self.message = message
 
@@ -125,8 +139,20 @@ class PoolExhausted(Conflict):
     code = "pool_exhausted"
 
 
+class RequestTimeout(ApiError):
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ApiError):
     code = "payload_too_large"
+
+
+class TooManyRequests(ApiError):
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until a retry can succeed
 
 
 class Internal(ApiError):
@@ -141,7 +167,9 @@ HTTP_STATUS: dict[type[ApiError], int] = {
     NotFound: 404,
     MethodNotAllowed: 405,
     Conflict: 409,
+    RequestTimeout: 408,
     PayloadTooLarge: 413,
+    TooManyRequests: 429,
     Internal: 500,
 }
 

@@ -4,15 +4,40 @@ from __future__ import annotations
 
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Endpoint, Frozen, Health, NetworkMap, PortSpec
+from shoal.model.netmap import (
+    AdvertisedEndpoints,
+    Endpoint,
+    Frozen,
+    Health,
+    NetworkMap,
+    PortSpec,
+)
 
 API_VERSION = 1
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
+
+# Bounds on what one node may report. Every report is diffed and any change goes as a delta
+# to every node: a 3 MB report of 200k ports once held the event loop 1-4 s and sent a 7.2 MB
+# delta to each node. With these bounds a node's whole container set encodes to at most
+# 512 x (~250 B of fixed fields + 3 x 128 B of names + 32 x 28 B of ports) ~ 0.8 MB, the
+# worst a report can make every node download; real hosts are far below (a /24 container
+# subnet holds 253 containers, images expose a handful of ports).
+MAX_CONTAINERS = 512  # per node
+MAX_PORTS = 32  # per container, served as SRV records
+MAX_LABEL = 128  # characters of a container, compose project or compose service name
+MAX_HOST_PREFIXES = 1024  # routes and networks a joining host reports for the overlap check
+
+# What Docker accepts as a container name; compose project and service labels are narrower.
+# Anything else in a report is an agent bug, refused rather than served as a DNS name.
+DockerName = Annotated[
+    str, StringConstraints(max_length=MAX_LABEL, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+]
+ContainerId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{12,64}$")]
 
 
 # Token lifetimes: a day unless the admin says otherwise (`--expires never` is explicit).
@@ -27,10 +52,10 @@ class RegisterRequest(Frozen):
     token: str | None = Field(default=None, max_length=200)
     name: str = Field(pattern=NAME_PATTERN)
     public_key: PublicKey
-    endpoints: tuple[Endpoint, ...] = ()
+    endpoints: AdvertisedEndpoints = ()
     # Routes and Docker networks already on the host; the server refuses to join a host whose
     # routes overlap the mesh's pools instead of creating a conflict there.
-    host_prefixes: tuple[IPv4Network, ...] = ()
+    host_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_HOST_PREFIXES)
 
 
 class RegisterResponse(Frozen):
@@ -134,12 +159,12 @@ class ErrorBody(Frozen):
 class ContainerReport(Frozen):
     """One container as the agent reports it; the server adds the node id."""
 
-    id: str
-    name: str
+    id: ContainerId
+    name: DockerName
     ip: IPv4Address
-    project: str | None = None
-    service: str | None = None
-    ports: tuple[PortSpec, ...] = ()
+    project: DockerName | None = None
+    service: DockerName | None = None
+    ports: tuple[PortSpec, ...] = Field(default=(), max_length=MAX_PORTS)
     health: Health = "none"
 
 
@@ -147,7 +172,7 @@ class ContainersReport(Frozen):
     """The complete set of this host's containers on the `shoal` network (not a delta: the
     server diffs it against what it has, so a lost report is healed by the next one)."""
 
-    containers: tuple[ContainerReport, ...]
+    containers: tuple[ContainerReport, ...] = Field(max_length=MAX_CONTAINERS)
 
 
 class ServiceInstance(Frozen):
