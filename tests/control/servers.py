@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.limits import RateLimits
+from shoal.control.listener import ConnectionLimits
 from shoal.controlclient.client import ControlClient
 from shoal.model.api import RegisterRequest, RegisterResponse, TokenCreateRequest
 from shoal.model.keys import PrivateKey
@@ -28,10 +30,20 @@ class FakeClock:
 
 @asynccontextmanager
 async def running_server(
-    data_dir: Path, clock: FakeClock | None = None, heartbeat_timeout: float | None = None
+    data_dir: Path,
+    clock: FakeClock | None = None,
+    heartbeat_timeout: float | None = None,
+    connections: ConnectionLimits | None = None,
+    rates: RateLimits | None = None,
 ) -> AsyncIterator[RunningServer]:
+    """A started server; `connections` and `rates` replace the defaults (short timeouts)."""
     config = load_config(
         listen="127.0.0.1:0", data_dir=data_dir, heartbeat_timeout=heartbeat_timeout
+    )
+    config = replace(
+        config,
+        connections=connections or config.connections,
+        rates=rates or config.rates,
     )
     server = await start_server(config, clock=clock or FakeClock())
     try:

@@ -254,3 +254,24 @@ async def test_state_survives_a_restart(tmp_path: Path) -> None:
         async with node_client(server, alpha.key) as a:
             update = await a.poll(since=alpha.netmap.revision, wait=0)
         assert update.kind == "none"
+
+
+async def test_the_data_dir_is_private_even_when_it_was_not(tmp_path: Path) -> None:
+    """Issue 7 finding 9: a pre-created data dir stayed 0755 and shoal.db was 0644. Every
+    file the server writes is 0600 in a 0700 dir, also after a start over looser modes."""
+    import os
+    import stat
+
+    data = tmp_path / "server"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    async with running_server(data) as server:
+        await join(server, "alpha")
+    for p in data.iterdir():
+        os.chmod(p, 0o644)
+    async with running_server(data) as server:
+        await join(server, "beta")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir()}
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert {"shoal.db", "ca.key", "server.key", "admin.token", "server.json"} <= set(modes)
+        assert set(modes.values()) == {0o600}, modes

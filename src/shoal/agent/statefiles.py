@@ -95,7 +95,14 @@ class StateDir:
         return self.path / "agent.pid"
 
     def ensure(self) -> None:
+        """The state dir at mode 0700 and every file in it at 0600, also when they existed
+        before with looser modes (a pre-made dir, an older version): they hold the node's
+        key, its identity and the mesh's map."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.path, 0o700)
+        for entry in self.path.iterdir():
+            if entry.is_file() and not entry.is_symlink():
+                os.chmod(entry, 0o600)
 
     def private_key(self) -> PrivateKey:
         """This node's key, made on first use."""

@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="offline time after which a node joined with an --ephemeral token is removed (30m)",
     )
+    p.add_argument(
+        "--no-limits-from",
+        default=None,
+        metavar="CIDR[,CIDR...]",
+        help="sources exempt from the per-address connection and rate limits (a NAT in front "
+        "of many hosts, a benchmark fleet); server-wide caps and timeouts still apply",
+    )
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
     server_sub = p.add_subparsers(dest="server_cmd", required=False, metavar="[SUBCOMMAND]")
     rotate = server_sub.add_parser(

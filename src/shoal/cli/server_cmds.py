@@ -74,6 +74,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         mtu=args.mtu,
         address_quarantine=_duration("--address-quarantine", args.address_quarantine),
         ephemeral_timeout=_duration("--ephemeral-timeout", args.ephemeral_timeout),
+        no_limits_from=args.no_limits_from,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

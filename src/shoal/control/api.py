@@ -31,7 +31,9 @@ node counts as a heartbeat of that node.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -49,8 +51,14 @@ from shoal.control.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+    Unauthorized,
+    clip,
     http_status,
 )
+from shoal.control.limits import RateLimits, SourceLimits
+from shoal.control.listener import ConnectionLimits, Connections
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.service import ControlService
 from shoal.model.api import (
@@ -74,8 +82,14 @@ log = logging.getLogger("shoal.control.api")
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-MAX_BODY = 64 * 1024  # bytes; a registration is well under 4 KiB
-MAX_REPORT = 4 * 1024 * 1024  # bytes; a container report is ~250 bytes per container
+# Request body limits per route, in bytes. Each is a few times the largest valid body, so
+# that nothing larger is ever read into memory or parsed.
+MAX_BODY = 64 * 1024  # a registration: up to 1,024 host prefixes of ~25 bytes, 16 endpoints
+MAX_SMALL_BODY = 4 * 1024  # a token request, an admin token request
+# A container report: at most model.api.MAX_CONTAINERS containers, each ~1.6 KB at most
+# (see the bounds there); a real host's report of 50 containers is ~15 KB.
+MAX_REPORT = 1024 * 1024
+BODY_TIMEOUT = 10.0  # seconds a client may take to send a body once its headers are in
 DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 
 
@@ -83,6 +97,8 @@ SERVICE = web.AppKey("service", ControlService)
 CA = web.AppKey("ca", CertAuthority)
 ENCODER = web.AppKey("encoder", MapEncoder)
 VERIFIER = web.AppKey("verifier", NodeVerifier)
+CONNECTIONS = web.AppKey("connections", Connections)
+RATES = web.AppKey("rates", SourceLimits)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
@@ -92,13 +108,22 @@ _CERT_LIST = TypeAdapter(list[CertStatus])
 
 
 def build_app(
-    service: ControlService, ca: CertAuthority, verifier: NodeVerifier
+    service: ControlService,
+    ca: CertAuthority,
+    verifier: NodeVerifier,
+    *,
+    connections: Connections | None = None,
+    rates: RateLimits | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+    """The API; `connections` is the guard of the listener serving it (None: no deadlines
+    are tracked per connection, as when served by a test client)."""
+    app = web.Application(middlewares=[_errors, _throttle], client_max_size=MAX_BODY)
     app[SERVICE] = service
     app[CA] = ca
     app[ENCODER] = MapEncoder()
     app[VERIFIER] = verifier
+    app[CONNECTIONS] = connections or Connections(ConnectionLimits())
+    app[RATES] = SourceLimits(rates or RateLimits())
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_get("/v1/trust", get_trust)
@@ -122,29 +147,40 @@ def build_app(
 
 def error_response(error: ApiError) -> web.Response:
     body = ErrorBody(code=error.code, message=error.message)
+    headers = {}
+    if isinstance(error, TooManyRequests):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     return web.Response(
-        status=http_status(error), body=body.model_dump_json(), content_type="application/json"
+        status=http_status(error),
+        body=body.model_dump_json(),
+        content_type="application/json",
+        headers=headers,
     )
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # The request's headers are in: the connection's header deadline no longer applies, and
+    # once the handler is done the connection idles until its next request.
+    guard = request.app[CONNECTIONS].guard(request.transport)
+    if guard is not None:
+        guard.request_started()
     try:
         return await handler(request)
     except ApiError as exc:
-        return error_response(exc)
+        return _refused(request, exc)
     except web.HTTPRequestEntityTooLarge:
-        return error_response(PayloadTooLarge(f"request body larger than {MAX_BODY} bytes"))
+        return _refused(request, PayloadTooLarge(f"request body larger than {MAX_BODY} bytes"))
     except web.HTTPNotFound:
-        return error_response(NotFound(f"no such API route: {request.method} {request.path}"))
+        return _refused(request, NotFound(f"no such API route: {request.method} {request.path}"))
     except web.HTTPMethodNotAllowed:
-        return error_response(
-            MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+        return _refused(
+            request, MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         )
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        err = ErrorBody(code=f"http_{exc.status}", message=exc.reason)
+        err = ErrorBody(code=f"http_{exc.status}", message=clip(exc.reason))
         return web.Response(
             status=exc.status, body=err.model_dump_json(), content_type="application/json"
         )
@@ -152,8 +188,58 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.error("%s %s: store failure: %s", request.method, request.path, exc)
         return error_response(Internal(f"server store failure: {exc}"))
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", request.method, clip(request.path, 64))
         return error_response(Internal("internal server error (see the server log)"))
+    finally:
+        if guard is not None:
+            guard.request_finished()
+
+
+@web.middleware
+async def _throttle(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """429 for a source out of failed authentications (checked before any work) or, on
+    POST /v1/register, out of registrations; every 401 costs its source one token."""
+    rates = request.app[RATES]
+    source = request.remote or "unknown"
+    if request.app[CONNECTIONS].exempt(request.remote):
+        return await handler(request)
+    wait = rates.failed_auth.retry_after(source)
+    if wait > 0:
+        raise TooManyRequests(
+            f"too many failed authentications from {source}; retry in {math.ceil(wait)} s",
+            retry_after=wait,
+        )
+    if request.method == "POST" and request.path == "/v1/register":
+        wait = rates.register.charge(source)
+        if wait > 0:
+            raise TooManyRequests(
+                f"too many registrations from {source}; retry in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
+    try:
+        return await handler(request)
+    except Unauthorized:
+        rates.failed_auth.charge(source)
+        raise
+
+
+def _refused(request: web.Request, error: ApiError) -> web.Response:
+    """The error reply, and for a client's fault (4xx) one short log line; the message is
+    clipped (ApiError), the path too, so no input of any size is echoed in full. A throttled
+    source is logged once a minute, not once a request."""
+    status = http_status(error)
+    throttled = isinstance(error, TooManyRequests)
+    if status < 500 and (not throttled or request.app[RATES].should_log(request.remote)):
+        log.info(
+            "%s %s from %s: %d %s: %s",
+            request.method,
+            clip(request.path, 64),
+            request.remote,
+            status,
+            error.code,
+            error.message,
+        )
+    return error_response(error)
 
 
 def _json(model: BaseModel, status: int = 200) -> web.Response:
@@ -167,10 +253,13 @@ async def _parse(request: web.Request, model: type[M], limit: int = MAX_BODY) ->
 
 
 async def _body(request: web.Request, limit: int = MAX_BODY) -> bytes:
-    return await request.read() if limit <= MAX_BODY else await _read(request, limit)
+    """The body, up to `limit` bytes sent within BODY_TIMEOUT seconds, else 413 or 408."""
+    return await _read(request, limit)
 
 
 def _model(raw: bytes, model: type[M]) -> M:
+    """`raw` parsed as `model`; a body that does not validate is a 400 naming the first
+    problem (clipped: never an echo of the input)."""
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
@@ -178,16 +267,20 @@ def _model(raw: bytes, model: type[M]) -> M:
 
 
 async def _read(request: web.Request, limit: int) -> bytes:
-    """The body, up to `limit` bytes (routes allowed more than the app's MAX_BODY)."""
+    """The body, up to `limit` bytes, sent within BODY_TIMEOUT seconds."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            async for chunk in request.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"request body not sent within {BODY_TIMEOUT:g} s") from exc
     return b"".join(chunks)
 
 
@@ -196,7 +289,8 @@ def _summarize(exc: ValidationError) -> str:
     if not errors:
         return "invalid request body"
     first = errors[0]
-    where = ".".join(str(p) for p in first["loc"])
+    # A location may hold a key the client sent (an extra field): clipped like the message.
+    where = clip(".".join(str(p) for p in first["loc"]), 80)
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"invalid request body: {where + ': ' if where else ''}{first['msg']}{more}"
 
@@ -277,9 +371,20 @@ async def netmap(request: web.Request) -> web.Response:
     return web.Response(body=request.app[ENCODER].update(update), content_type="application/json")
 
 
+def _charge_write(request: web.Request, node_id: str) -> None:
+    """429 when this node changed its containers too often (before the body is parsed: a
+    throttled report costs no validation)."""
+    wait = request.app[RATES].node_writes.charge(node_id)
+    if wait > 0:
+        raise TooManyRequests(
+            f"too many updates from this node; retry in {math.ceil(wait)} s", retry_after=wait
+        )
+
+
 async def containers(request: web.Request) -> web.Response:
     raw = await _body(request, MAX_REPORT)
     node_id = _node_id(request, raw)
+    _charge_write(request, node_id)
     await request.app[SERVICE].report_containers(node_id, _model(raw, ContainersReport))
     return web.Response(status=204)
 
@@ -292,7 +397,7 @@ async def leave(request: web.Request) -> web.Response:
 
 async def create_token(request: web.Request) -> web.Response:
     service = await _admin(request)
-    req = await _parse(request, TokenCreateRequest)
+    req = await _parse(request, TokenCreateRequest, limit=MAX_SMALL_BODY)
     return _json(await service.create_token(req), status=201)
 
 
@@ -329,7 +434,7 @@ async def list_services(request: web.Request) -> web.Response:
 
 async def create_admin_token(request: web.Request) -> web.Response:
     service = await _admin(request)
-    req = await _parse(request, AdminTokenCreateRequest)
+    req = await _parse(request, AdminTokenCreateRequest, limit=MAX_SMALL_BODY)
     return _json(await service.create_admin_token(req), status=201)
 
 

@@ -16,9 +16,9 @@ import json
 import logging
 import os
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 
 from aiohttp import web
@@ -27,6 +27,16 @@ from shoal.control import ipam
 from shoal.control.api import build_app
 from shoal.control.ca import CertAuthority, load_or_create_ca, write_private
 from shoal.control.errors import ServerConfigError
+from shoal.control.limits import RateLimits
+from shoal.control.listener import (
+    FD_RESERVE,
+    ConnectionLimits,
+    Connections,
+    GuardedSite,
+    listening_socket,
+    quiet_accept_errors,
+    raise_fd_limit,
+)
 from shoal.control.nodeauth import NodeVerifier, load_or_create_auth_key
 from shoal.control.registry import (
     DEFAULT_HEARTBEAT_TIMEOUT,
@@ -66,6 +76,8 @@ class ServerConfig:
     # the old node's traffic to a newcomer).
     address_quarantine: timedelta = DEFAULT_QUARANTINE
     ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
+    rates: RateLimits = field(default_factory=RateLimits)
 
 
 def load_config(
@@ -80,6 +92,7 @@ def load_config(
     mtu: int | None = None,
     address_quarantine: timedelta | None = None,
     ephemeral_timeout: timedelta | None = None,
+    no_limits_from: str | None = None,
 ) -> ServerConfig:
     """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
     host, sep, port_text = listen.rpartition(":")
@@ -103,7 +116,15 @@ def load_config(
         raise ServerConfigError(
             f"--mtu {mtu}: expected {MIN_MTU} to {MAX_MTU} (the underlay's MTU minus 80)"
         )
+    exempt: list[IPv4Network | IPv6Network] = []
+    for text in (no_limits_from or "").split(","):
+        if text.strip():
+            try:
+                exempt.append(ip_network(text.strip(), strict=True))
+            except ValueError as exc:
+                raise ServerConfigError(f"--no-limits-from {text.strip()!r}: {exc}") from exc
     return ServerConfig(
+        connections=ConnectionLimits(exempt=tuple(exempt)),
         mtu=mtu,
         listen_host=host or "0.0.0.0",
         listen_port=int(port_text),
@@ -245,7 +266,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
     asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
     data_dir = config.data_dir
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        secure_data_dir(data_dir)
     except OSError as exc:
         raise ServerConfigError(f"cannot create data dir {data_dir}: {exc}") from exc
     store = open_store(config.store_url, data_dir)
@@ -276,25 +297,39 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             ephemeral_timeout=config.ephemeral_timeout,
         )
         verifier = NodeVerifier(load_or_create_auth_key(data_dir))
-        runner = web.AppRunner(
-            build_app(service, ca, verifier),
-            access_log=None,
-            shutdown_timeout=SHUTDOWN_GRACE,
-        )
-        await runner.setup()
-        site = web.TCPSite(
-            runner,
-            config.listen_host,
-            config.listen_port,
-            ssl_context=ca.server_ssl_context(),
-        )
+        limits = config.connections
+        fds = raise_fd_limit()
+        if limits.max_connections > fds - FD_RESERVE:
+            limits = replace(limits, max_connections=max(fds - FD_RESERVE, 1))
+            log.warning(
+                "fd limit %d: at most %d connections (raise LimitNOFILE for more hosts)",
+                fds,
+                limits.max_connections,
+            )
+        connections = Connections(limits)
         try:
-            await site.start()
+            sock = listening_socket(config.listen_host, config.listen_port, connections)
         except OSError as exc:
-            await runner.cleanup()
             raise ServerConfigError(
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
             ) from exc
+        runner = web.AppRunner(
+            build_app(service, ca, verifier, connections=connections, rates=config.rates),
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_GRACE,
+            keepalive_timeout=limits.idle_timeout,
+        )
+        await runner.setup()
+        quiet_accept_errors(asyncio.get_running_loop())
+        site = GuardedSite(
+            runner, sock, ssl_context=ca.server_ssl_context(), connections=connections
+        )
+        try:
+            await site.start()
+        except BaseException:
+            sock.close()
+            await runner.cleanup()
+            raise
     except BaseException:
         await store.close()
         raise
@@ -349,9 +384,18 @@ def _bound_port(runner: web.AppRunner, requested: int) -> int:
 
 def _write_server_json(data_dir: Path, url: str, fingerprint: str) -> None:
     doc = {"url": url, "ca_fingerprint": fingerprint, "pid": os.getpid()}
-    tmp = data_dir / (SERVER_JSON + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    tmp.replace(data_dir / SERVER_JSON)
+    write_private(data_dir / SERVER_JSON, (json.dumps(doc, indent=2) + "\n").encode())
+
+
+def secure_data_dir(data_dir: Path) -> None:
+    """The data dir at 0700 and every file in it at 0600, also when they existed before with
+    looser modes (a pre-made dir, an older version): it holds the CA and server keys, the
+    admin token and the database with every node's key and address."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    for entry in data_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            os.chmod(entry, 0o600)
 
 
 async def serve(config: ServerConfig) -> None:

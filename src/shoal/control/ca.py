@@ -66,12 +66,14 @@ class CertAuthority:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file with mode 0600 from the start (never briefly world-readable)."""
+    """Write a file atomically with mode 0600 from the start (never briefly world-readable),
+    on disk before it replaces the old one."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # a stale .tmp keeps its mode through O_CREAT
         os.write(fd, data)
-        os.fchmod(fd, 0o600)
+        os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
@@ -179,7 +181,7 @@ def _write_pair(
     data_dir: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey
 ) -> None:
     write_private(data_dir / f"{stem}.key", _key_pem(key))
-    (data_dir / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(data_dir / f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM))
 
 
 class RotationError(ServerConfigError):
@@ -242,7 +244,7 @@ def load_or_create_ca(data_dir: Path, listen_host: str) -> CertAuthority:
         cert, key = _server_cert(ca, ca_key, server_hosts(listen_host), now)
         cert_file, key_file = data_dir / "server.pem", data_dir / "server.key"
         write_private(key_file, _key_pem(key))
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_private(cert_file, cert.public_bytes(serialization.Encoding.PEM))
         infos = [_info("ca", ca), _info("server", cert)]
         trust = [ca]
         rotating: tuple[tuple[str, CertKind], ...] = (
