@@ -22,7 +22,6 @@ What differs from a real fleet, and why:
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import time
 from collections import Counter
@@ -283,9 +282,8 @@ class Fleet:
             if watch.kind == "node":
                 found = any(p.name == watch.key for p in netmap.peers)
             else:
-                ids = [c.id for c in netmap.containers]
-                i = bisect.bisect_left(ids, watch.key)
-                found = i < len(ids) and ids[i] == watch.key
+                # Containers are sorted by (node id, container id), not by id alone.
+                found = any(c.id == watch.key for c in netmap.containers)
             count += found
         return count
 

@@ -92,6 +92,9 @@ async def start_server(data_dir: Path, log_path: Path) -> Server:
         # what is measured.
         "--heartbeat-timeout",
         "3600",
+        # Every simulated agent connects from 127.0.0.1: one fleet, not one attacker.
+        "--no-limits-from",
+        "127.0.0.0/8",
     ]
     log = log_path.open("wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
