@@ -14,7 +14,7 @@ polls once a second (the per-source registration rate allows that). Attacks come
   idle       --idle TLS connections from 8 addresses, reopened when the server closes them
   slowloris  --slowloris connections sending one byte every 5 s
   badtokens  as many wrong join tokens as 16 concurrent requests can send
-  node       an attacker holding a node credential: 2,000 long-polls, the largest valid
+  node       an attacker holding a node's key: 2,000 long-polls, the largest valid
              container reports (alternating, so each is a change every node receives) and
              3 MB reports, in a loop
   all        all of the above at once
@@ -49,7 +49,8 @@ import aiohttp
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import RegisterRequest, TokenCreateRequest
-from shoal.model.keys import PrivateKey
+from shoal.model.keys import PrivateKey, PublicKey
+from shoal.model.nodeauth import shared_key, sign
 
 PHASES = ("baseline", "idle", "slowloris", "badtokens", "node", "all")
 
@@ -61,6 +62,21 @@ class Target:
     ca_pem: bytes
     admin: str
     token: str  # reusable join token
+    server_key: str  # what node signatures are keyed with (GET /v1/key)
+
+
+class Signer:
+    """Signs requests as the holder of `key` (an attacker can make as many keys as it likes)."""
+
+    def __init__(self, target: Target, key: PrivateKey) -> None:
+        server = PublicKey.parse(target.server_key)
+        self.key = key
+        self._mac_key = shared_key(key, server, key.public_key(), server)
+
+    def headers(self, method: str, target: str, body: bytes = b"") -> dict[str, str]:
+        now = int(time.time())
+        signature = sign(self._mac_key, self.key.public_key(), method, target, body, now)
+        return {"Authorization": signature.header(), "Content-Type": "application/json"}
 
 
 # The attacker (a separate process).
@@ -138,10 +154,13 @@ async def slowloris(target: Target, ctx: ssl.SSLContext, source: str, stats: Cou
 
 
 async def bad_tokens(target: Target, ctx: ssl.SSLContext, stats: Counter[str]) -> None:
+    """Wrong join tokens in properly signed registrations: the most work per request an
+    attacker without a token can ask of the server."""
     wrong = target.token[:-8] + "00000000"
+    signer = Signer(target, PrivateKey.generate())
     body = json.dumps(
-        {"token": wrong, "name": "evil", "public_key": str(PrivateKey.generate().public_key())}
-    )
+        {"token": wrong, "name": "evil", "public_key": str(signer.key.public_key())}
+    ).encode()
     connector = aiohttp.TCPConnector(ssl=ctx, local_addr=("127.0.2.1", 0), limit=16)
     async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -151,7 +170,7 @@ async def bad_tokens(target: Target, ctx: ssl.SSLContext, stats: Counter[str]) -
                     async with session.post(
                         target.url + "/v1/register",
                         data=body,
-                        headers={"Content-Type": "application/json"},
+                        headers=signer.headers("POST", "/v1/register", body),
                     ) as resp:
                         await resp.read()
                         stats[f"badtokens {resp.status}"] += 1
@@ -162,16 +181,16 @@ async def bad_tokens(target: Target, ctx: ssl.SSLContext, stats: Counter[str]) -
 
 
 async def node_attack(target: Target, long_polls: int, stats: Counter[str]) -> None:
-    """What one node credential can do: many long-polls, the largest valid reports, 3 MB."""
-    async with ControlClient(target.url, target.ca_pem) as anon:
-        me = await anon.register(
+    """What one node's key can do: many long-polls, the largest valid reports, 3 MB ones."""
+    signer = Signer(target, PrivateKey.generate())
+    async with ControlClient(target.url, target.ca_pem, node_key=signer.key) as client:
+        me = await client.register(
             RegisterRequest(
                 token=target.token,
                 name="evil-" + secrets.token_hex(3),
-                public_key=PrivateKey.generate().public_key(),
+                public_key=signer.key.public_key(),
             )
         )
-    headers = {"Authorization": f"Bearer {me.credential}", "Content-Type": "application/json"}
     subnet = me.netmap.self_node.subnet
     hosts = list(subnet.hosts())[1:]
 
@@ -206,17 +225,16 @@ async def node_attack(target: Target, long_polls: int, stats: Counter[str]) -> N
 
         async def long_poll() -> None:
             while True:
+                path = f"/v1/netmap?since={me.netmap.revision}&wait=30"
                 try:
                     async with session.get(
-                        target.url + "/v1/netmap",
-                        params={"since": str(me.netmap.revision), "wait": "30"},
-                        headers=headers,
+                        target.url + path, headers=signer.headers("GET", path)
                     ) as resp:
                         await resp.read()
                         stats[f"long-poll returned {resp.status}"] += 1
                 except aiohttp.ClientError:
                     stats["long-poll error"] += 1
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(1.0)
 
         async def reporter() -> None:
             n = 0
@@ -225,7 +243,9 @@ async def node_attack(target: Target, long_polls: int, stats: Counter[str]) -> N
                 body = huge if n % 5 == 0 else reports[n % 2]
                 try:
                     async with reports_session.post(
-                        target.url + "/v1/containers", data=body, headers=headers
+                        target.url + "/v1/containers",
+                        data=body,
+                        headers=signer.headers("POST", "/v1/containers", body),
                     ) as resp:
                         await resp.read()
                         stats[f"report {len(body) // 1024} KiB {resp.status}"] += 1
@@ -239,24 +259,26 @@ async def node_attack(target: Target, long_polls: int, stats: Counter[str]) -> N
 
 
 async def measure(target: Target, seconds: float) -> tuple[list[float], list[float], int]:
-    """Register a new node and poll with it once a second; latencies (s), failures."""
+    """Register a new node and poll with it once a second, each on a new connection as a
+    starting agent has; latencies (s), failures."""
     registrations: list[float] = []
     polls: list[float] = []
     failures = 0
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         started = time.monotonic()
+        key = PrivateKey.generate()
         try:
-            async with ControlClient(target.url, target.ca_pem) as client:
+            async with ControlClient(target.url, target.ca_pem, node_key=key) as client:
                 reply = await client.register(
                     RegisterRequest(
                         token=target.token,
                         name="agent-" + secrets.token_hex(4),
-                        public_key=PrivateKey.generate().public_key(),
+                        public_key=key.public_key(),
                     )
                 )
             registrations.append(time.monotonic() - started)
-            async with ControlClient(target.url, target.ca_pem, reply.credential) as node:
+            async with ControlClient(target.url, target.ca_pem, node_key=key) as node:
                 started = time.monotonic()
                 await node.poll(since=reply.netmap.revision, wait=0)
                 polls.append(time.monotonic() - started)
@@ -310,8 +332,19 @@ async def main(args: argparse.Namespace) -> int:
         admin = (data / "admin.token").read_text().strip()
         async with ControlClient(url, ca_pem, admin) as client:
             token = (await client.create_token(TokenCreateRequest(reusable=True))).token
+        connector = aiohttp.TCPConnector(ssl=ssl_context(ca_pem))
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(url + "/v1/key") as resp,
+        ):
+            server_key = (await resp.json())["public_key"]
         target = Target(
-            url=url, port=int(url.rsplit(":", 1)[1]), ca_pem=ca_pem, admin=admin, token=token
+            url=url,
+            port=int(url.rsplit(":", 1)[1]),
+            ca_pem=ca_pem,
+            admin=admin,
+            token=token,
+            server_key=server_key,
         )
         print(
             f"server pid {proc.pid} at {url}, fd limit {args.fd_limit} "
