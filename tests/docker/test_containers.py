@@ -80,14 +80,14 @@ def test_report_uses_the_networks_address_and_the_compose_labels() -> None:
 
 def test_report_from_an_inspect_alone() -> None:
     attrs = {
-        "Id": "c2",
+        "Id": "c2" * 32,
         "Name": "/cache",
         "State": {"Status": "running", "Health": {"Status": "healthy"}},
         "Config": {"Labels": {}, "ExposedPorts": {"6379/tcp": {}}},
         "NetworkSettings": {"Networks": {"shoal": {"IPAddress": "10.42.1.9"}}},
     }
     assert report_from_inspect(attrs, "shoal") == ContainerReport(
-        id="c2",
+        id="c2" * 32,
         name="cache",
         ip=IPv4Address("10.42.1.9"),
         ports=(PortSpec(port=6379),),
@@ -115,8 +115,28 @@ def test_event_parsing_and_since() -> None:
 
 
 def test_changes_are_logged_as_a_diff() -> None:
-    a = ContainerReport(id="a", name="web", ip=IPv4Address("10.42.1.2"), health="starting")
-    b = ContainerReport(id="b", name="db", ip=IPv4Address("10.42.1.3"))
+    a = ContainerReport(id="a" * 64, name="web", ip=IPv4Address("10.42.1.2"), health="starting")
+    b = ContainerReport(id="b" * 64, name="db", ip=IPv4Address("10.42.1.3"))
     assert describe_change(None, [a]) == "+web 10.42.1.2 (starting)"
     healthy = a.model_copy(update={"health": "healthy"})
     assert describe_change([a, b], [healthy]) == "~web health starting => healthy, -db"
+
+
+def test_reports_stay_within_the_servers_bounds() -> None:
+    """The server refuses a whole report past its bounds (shoal.model.api): the agent trims
+    ports, drops labels that are not names and leaves out a container it cannot name."""
+    attrs = {
+        "Id": "c3" * 32,
+        "Name": "/media",
+        "State": {"Status": "running"},
+        "Config": {
+            "Labels": {"com.docker.compose.project": "a/b", "com.docker.compose.service": "rtp"},
+            "ExposedPorts": {f"{p}/udp": {} for p in range(10000, 10040)},
+        },
+        "NetworkSettings": {"Networks": {"shoal": {"IPAddress": "10.42.1.9"}}},
+    }
+    report = report_from_inspect(attrs, "shoal")
+    assert report is not None
+    assert [p.port for p in report.ports] == list(range(10000, 10032))
+    assert (report.project, report.service) == (None, "rtp")
+    assert report_from_inspect(attrs | {"Name": "/" + "x" * 129}, "shoal") is None

@@ -18,12 +18,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from shoal.model.api import ContainerReport
+from shoal.model.api import CONTAINER_ID, DOCKER_NAME, MAX_LABEL, MAX_PORTS, ContainerReport
 from shoal.model.netmap import Health, PortSpec
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 _HEALTH_HINT = re.compile(r"\((health: starting|healthy|unhealthy)\)\s*$")
+_NAME = re.compile(DOCKER_NAME)
+_ID = re.compile(CONTAINER_ID)
 _HEALTHS: dict[str, Health] = {
     "starting": "starting",
     "healthy": "healthy",
@@ -81,18 +83,26 @@ def parse_inspect(attrs: dict[str, Any]) -> Inspected:
 def _report(
     cid: str, name: str | None, ip: IPv4Address | None, labels: Any, inspected: Inspected
 ) -> ContainerReport | None:
-    if name is None or ip is None:
+    # Within the server's bounds (shoal.model.api), or the whole report would be refused:
+    # a container whose name is not one is left out, compose labels that are not names are
+    # dropped, and only the lowest MAX_PORTS ports are served as SRV records.
+    if name is None or ip is None or not _valid(name) or not _ID.match(cid):
         return None
     labels = labels or {}
+    project, service = labels.get(COMPOSE_PROJECT), labels.get(COMPOSE_SERVICE)
     return ContainerReport(
         id=cid,
         name=name,
         ip=ip,
-        project=labels.get(COMPOSE_PROJECT) or None,
-        service=labels.get(COMPOSE_SERVICE) or None,
-        ports=inspected.ports,
+        project=project if _valid(project) else None,
+        service=service if _valid(service) else None,
+        ports=inspected.ports[:MAX_PORTS],
         health=inspected.health,
     )
+
+
+def _valid(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= MAX_LABEL and _NAME.match(text) is not None
 
 
 def make_report(

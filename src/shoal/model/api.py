@@ -34,10 +34,10 @@ MAX_HOST_PREFIXES = 1024  # routes and networks a joining host reports for the o
 
 # What Docker accepts as a container name; compose project and service labels are narrower.
 # Anything else in a report is an agent bug, refused rather than served as a DNS name.
-DockerName = Annotated[
-    str, StringConstraints(max_length=MAX_LABEL, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-]
-ContainerId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{12,64}$")]
+DOCKER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$"
+CONTAINER_ID = r"^[0-9a-f]{12,64}$"
+DockerName = Annotated[str, StringConstraints(max_length=MAX_LABEL, pattern=DOCKER_NAME)]
+ContainerId = Annotated[str, StringConstraints(pattern=CONTAINER_ID)]
 
 
 # Token lifetimes: a day unless the admin says otherwise (`--expires never` is explicit).
