@@ -25,8 +25,14 @@ scoped one; GETs need scope read, everything else scope admin.
 
 Node calls carry `Authorization: Shoal-Node ...`, a signature made with the node's private
 key (see shoal.model.nodeauth): nothing but that key authorises them. Every error is an
-`ErrorBody` JSON with the status from control.errors.HTTP_STATUS. Every signed request of a
-node counts as a heartbeat of that node.
+`ErrorBody` JSON with the status from control.errors.HTTP_STATUS, its message clipped, and
+each refusal (4xx) is one short log line. Every signed request of a node counts as a
+heartbeat of that node.
+
+Bounds: each route reads at most its body limit (MAX_BODY, MAX_SMALL_BODY, MAX_REPORT) within
+BODY_TIMEOUT; a source gets 429 with Retry-After once out of registrations or failed
+authentications (control.limits), a node once it reports its containers too often; the
+listener bounds connections and their deadlines (control.listener).
 """
 
 from __future__ import annotations
