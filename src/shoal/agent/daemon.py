@@ -28,6 +28,7 @@ from pathlib import Path
 from shoal.agent.adapters import host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import AgentConfig
+from shoal.agent.doctor_probe import diagnose
 from shoal.agent.errors import NotJoined, NotRoot, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
 from shoal.agent.health import (
@@ -57,6 +58,7 @@ from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.docker import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
 from shoal.model.catalog import build_catalog
+from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, NetworkMap
 from shoal.model.status import AgentStatus, DownReport, PeerStatus
@@ -131,7 +133,9 @@ class Agent:
     # -- the tasks -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        runner = await serve(self.state.socket, self.status, self.down, self.services)
+        runner = await serve(
+            self.state.socket, self.status, self.down, self.services, doctor=self.doctor
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -330,6 +334,10 @@ class Agent:
         return build_catalog(
             netmap.containers, {n.id: n.name for n in nodes}, online=[n.id for n in nodes]
         )
+
+    async def doctor(self, target: str | None) -> DoctorReport:
+        """`shoal doctor [TARGET]`: the checks of `shoal.agent.doctor` on this host."""
+        return await diagnose(self, target)
 
     async def down(self, leave: bool) -> DownReport:
         """`shoal down`: remove everything from the host, optionally leave, then exit."""

@@ -1,4 +1,4 @@
-"""The agent's local API on a unix socket in its state dir: status, services and down.
+"""The agent's local API on a unix socket in its state dir: status, services, doctor and down.
 
 The CLI's client is `localclient` (stdlib only).
 
@@ -15,16 +15,22 @@ from aiohttp import web
 from pydantic import TypeAdapter
 
 from shoal.model.api import ServiceInfo
+from shoal.model.doctor import DoctorReport, UnknownTarget
 from shoal.model.status import AgentStatus, DownReport
 
 StatusFn = Callable[[], Awaitable[AgentStatus]]
 DownFn = Callable[[bool], Awaitable[DownReport]]
 ServicesFn = Callable[[], Awaitable[list[ServiceInfo]]]
+DoctorFn = Callable[[str | None], Awaitable[DoctorReport]]
 _SERVICES = TypeAdapter(list[ServiceInfo])
 
 
 async def serve(
-    socket_path: Path, status: StatusFn, down: DownFn, services: ServicesFn
+    socket_path: Path,
+    status: StatusFn,
+    down: DownFn,
+    services: ServicesFn,
+    doctor: DoctorFn | None = None,
 ) -> web.AppRunner:
     async def get_status(_: web.Request) -> web.Response:
         return web.json_response(text=(await status()).model_dump_json())
@@ -36,7 +42,17 @@ async def serve(
         leave = request.query.get("leave") == "1"
         return web.json_response(text=(await down(leave)).model_dump_json())
 
+    async def get_doctor(request: web.Request) -> web.Response:
+        assert doctor is not None
+        try:
+            report = await doctor(request.query.get("target") or None)
+        except UnknownTarget as exc:
+            return web.json_response({"error": str(exc)}, status=404)
+        return web.json_response(text=report.model_dump_json())
+
     app = web.Application()
+    if doctor is not None:
+        app.router.add_get("/doctor", get_doctor)
     app.router.add_get("/status", get_status)
     app.router.add_get("/services", get_services)
     app.router.add_post("/down", post_down)

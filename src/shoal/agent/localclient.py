@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import TypeAdapter
 
 from shoal.agent.errors import AgentNotRunning
 from shoal.model.api import ServiceInfo
+from shoal.model.doctor import DoctorReport, UnknownTarget
 from shoal.model.status import AgentStatus, DownReport
 
 
@@ -56,3 +58,13 @@ def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> DownR
     return DownReport.model_validate(
         _call(socket_path, "POST", f"/down?leave={int(leave)}", timeout)
     )
+
+
+def fetch_doctor(socket_path: Path, target: str | None, timeout: float = 90.0) -> DoctorReport:
+    """Run the agent's checks (all peers, or the target's); UnknownTarget for a name the
+    netmap does not know."""
+    query = "?" + urllib.parse.urlencode({"target": target}) if target else ""
+    body = _call(socket_path, "GET", f"/doctor{query}", timeout)
+    if isinstance(body, dict) and set(body) == {"error"}:
+        raise UnknownTarget(str(body["error"]))
+    return DoctorReport.model_validate(body)

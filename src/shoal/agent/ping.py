@@ -1,7 +1,9 @@
-"""ICMP echo over the mesh for `shoal ping` (the host may have no ping binary)."""
+"""ICMP echo over the mesh for `shoal ping` and `shoal doctor`'s path-MTU probes (the host may
+have no ping binary)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -11,6 +13,10 @@ from ipaddress import IPv4Address
 
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
+HEADERS = 28  # IPv4 (20) + ICMP (8): an echo of `size` bytes carries size - 28 of payload
+# Linux's <linux/in.h>; Python's socket module does not export them.
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DO = 2  # set DF, never fragment locally: EMSGSIZE above the route's MTU
 
 
 def _checksum(data: bytes) -> int:
@@ -28,9 +34,24 @@ class PingResult:
     rtt_ms: float | None  # None: no reply within the timeout
 
 
-def ping_once(dst: IPv4Address, seq: int, timeout: float = 1.0) -> PingResult:
+class TooBigForRoute(Exception):
+    """The packet exceeds the MTU of this host's own route to the destination (EMSGSIZE)."""
+
+
+def ping_once(
+    dst: IPv4Address,
+    seq: int,
+    timeout: float = 1.0,
+    size: int | None = None,
+    dont_fragment: bool = False,
+) -> PingResult:
+    """One echo to `dst`. `size`: the whole IP packet in bytes (at least 46); `dont_fragment`
+    sets DF, so a packet too big for some hop is lost (or refused here: TooBigForRoute)
+    instead of fragmented."""
     ident = os.getpid() & 0xFFFF
     payload = b"shoal-ping" + struct.pack("!d", time.monotonic())
+    if size is not None:
+        payload = payload.ljust(max(size - HEADERS, len(payload)), b"\0")
     header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
     packet = (
         struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq)
@@ -38,8 +59,15 @@ def ping_once(dst: IPv4Address, seq: int, timeout: float = 1.0) -> PingResult:
     )
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         sock.settimeout(timeout)
+        if dont_fragment:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         start = time.monotonic()
-        sock.sendto(packet, (str(dst), 0))
+        try:
+            sock.sendto(packet, (str(dst), 0))
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                raise TooBigForRoute(str(exc)) from exc
+            raise
         deadline = start + timeout
         while (remaining := deadline - time.monotonic()) > 0:
             sock.settimeout(remaining)

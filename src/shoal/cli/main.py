@@ -169,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("agent_cmds", "cmd_ping"))
 
+    p = sub.add_parser("doctor", help="check this host and its paths; name what is broken")
+    p.add_argument("target", nargs="?", help="node, container, service, or IP[:PORT]")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("doctor_cmds", "cmd_doctor"))
+
     p = sub.add_parser("services", help="the service catalog: services, instances, hosts, health")
     p.add_argument("--json", action="store_true")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="ask this host's agent")

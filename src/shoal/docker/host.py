@@ -182,6 +182,14 @@ class DockerHost:
         )  # fmt: skip
         return True
 
+    async def network_drift(self, cfg: DockerNetworkConfig) -> str | None:
+        """How network `cfg.name` differs from `cfg` ("missing", or what it has); None when it
+        matches. Read only (`shoal doctor`)."""
+        attrs = await self._inspect(cfg.name)
+        if attrs is None:
+            return "missing"
+        return None if _matches(attrs, cfg) else f"has {_describe(attrs)}"
+
     async def remove_network(self, name: str) -> RemoveResult:
         """Remove network `name` unless containers are attached (then say which)."""
         attrs = await self._inspect(name)

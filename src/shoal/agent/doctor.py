@@ -1,0 +1,807 @@
+"""`shoal doctor` in the agent: look at the host and every path, and name what is broken.
+
+    run_doctor(view, probe, target)   gathers what it needs through a `HostProbe` (the real
+                                      host in `doctor_probe`, a fake in tests) and returns a
+                                      `DoctorReport`, one `Check` per line.
+    check_*                           pure: facts in, verdict out, with the cause and the fix.
+
+The agent runs it because it has what the answer depends on: the netmap, the plan it applies
+(`HostConfig`), the reconciler's per-subsystem state and the live WireGuard counters. Every
+check compares the live host with the plan, so a check cannot disagree with what the agent
+would apply.
+
+A path to a peer is judged by what crosses it now, not by counters alone: an ICMP echo to the
+peer's mesh IP through the tunnel (with the bytes received from the peer before and after),
+then DF echoes of the configured MTU: a packet that fits the MTU but never arrives, while small
+ones do, is a black hole (a hop on the underlay drops big packets without an ICMP error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from ipaddress import IPv4Address, IPv4Network
+from typing import Protocol, TypeVar
+
+from shoal.agent.health import NEEDS_JOIN
+from shoal.agent.ping import TooBigForRoute
+from shoal.agent.reconciler import SubsystemState
+from shoal.controlclient.probe import ServerProbe
+from shoal.dataplane import PeerStats
+from shoal.dns.probe import DnsAnswer
+from shoal.firewall.drift import Drift
+from shoal.hostnet.inspect import LinkState
+from shoal.model.doctor import Check, DoctorReport, UnknownTarget, Verdict
+from shoal.model.errors import ShoalError
+from shoal.model.netmap import NetworkMap, Node
+from shoal.model.status import AgentState, HealthWarning
+from shoal.plan.hostconfig import DockerNetworkConfig, FirewallConfig, HostConfig
+
+HOST = "this host"
+# WireGuard re-handshakes every 120 s while packets flow and keepalives (25 s) keep them
+# flowing; a handshake older than 120 s + 5 attempts' timeouts means the peer stopped answering.
+HANDSHAKE_STALE = timedelta(seconds=180)
+CERT_WARN = timedelta(days=30)
+CLOCK_WARN_SECONDS = 5.0  # the client corrects a larger offset per call, after one 401
+CLOCK_FAIL_SECONDS = 120.0  # signatures and certificates stop making sense
+WIREGUARD_OVERHEAD = 80  # outer IPv6 (40) + UDP (8) + WireGuard (32); 60 over IPv4
+MTU_FLOOR = 576  # smallest packet every IPv4 path must carry
+MTU_STEP = 8  # the bisection stops this close to the largest size that passes
+ECHO_TIMEOUT = 1.0
+MTU_ECHO_TIMEOUT = 0.5
+# Names the responder answers for itself whatever the netmap: <node>.shoal.
+SELF_NAME = "{name}.shoal"
+UPSTREAM_PROBE_NAME = "."
+
+
+class HostProbe(Protocol):
+    """What doctor reads from the host. Methods raise ShoalError when they cannot read."""
+
+    async def link(self, name: str) -> LinkState | None: ...
+
+    async def routes(self, dev: str) -> Mapping[IPv4Network, int | None]: ...
+
+    async def ip_forward(self) -> bool: ...
+
+    async def docker_network(self, cfg: DockerNetworkConfig) -> str | None: ...
+
+    async def firewall(self, cfg: FirewallConfig) -> Drift: ...
+
+    async def dns(self, server: str, port: int, name: str) -> DnsAnswer: ...
+
+    def dns_upstreams(self, exclude: IPv4Address) -> Sequence[tuple[str, int]]: ...
+
+    async def server(self) -> ServerProbe: ...
+
+    async def peer_stats(self) -> Sequence[PeerStats]: ...
+
+    async def echo(
+        self, dst: IPv4Address, size: int | None, timeout: float, dont_fragment: bool
+    ) -> float | None:
+        """RTT in ms, None when no reply; TooBigForRoute when this host refuses the size."""
+        ...
+
+    async def tcp(self, dst: IPv4Address, port: int, timeout: float) -> str | None:
+        """None when a connection opened, else why not."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """The agent's own state, as doctor needs it."""
+
+    name: str
+    state: AgentState
+    warnings: tuple[HealthWarning, ...]
+    subsystems: tuple[SubsystemState, ...]
+    netmap: NetworkMap
+    netmap_received_at: datetime
+    plan: HostConfig
+    dataplane: str  # "kernel" | "wireguard-go"
+    dns_port: int
+    server_url: str
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reach:
+    """One peer's path now: an echo through the tunnel and the bytes it sent us meanwhile."""
+
+    rtt_ms: float | None
+    rx_delta: int  # bytes received from the peer while probing
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtu:
+    largest: int | None  # largest packet (bytes, IP header included) that passed with DF
+    refused_here: bool = False  # this host's own route refused the configured size
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What `shoal doctor TARGET` resolved to."""
+
+    label: str
+    nodes: tuple[Node, ...]  # the hosts it lives on (this one included when local)
+    ip: IPv4Address | None = None
+    port: int | None = None
+
+
+def _ago(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _at(when: datetime) -> str:
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# -- the agent and the server ---------------------------------------------------------------
+
+
+def check_agent(view: AgentView) -> Check:
+    failing = [s for s in view.subsystems if s.last_error is not None]
+    applied = [s.last_applied_at for s in view.subsystems if s.last_applied_at is not None]
+    if view.state is AgentState.RUNNING and not failing:
+        last = f", last applied {_ago(view.now - max(applied))}" if applied else ""
+        return Check(
+            code="agent",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary=f"RUNNING, converged to netmap r{view.netmap.revision} "
+            f"({len(view.subsystems)} subsystems{last})",
+        )
+    since = min((w.since for w in view.warnings), default=view.now)
+    causes = [f"{w.code}: {w.message}" for w in view.warnings]
+    causes += [
+        f"{s.name}: {s.last_error}"
+        for s in failing
+        if not any(w.code.startswith(s.name) for w in view.warnings)
+    ]
+    needs_join = next((w for w in view.warnings if w.code == NEEDS_JOIN), None)
+    fix = (
+        needs_join.message
+        if needs_join is not None
+        else "the agent retries by itself; the failing checks below name the broken part"
+    )
+    return Check(
+        code="agent",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=f"{view.state}: not converged since {_at(since)} ({_ago(view.now - since)})",
+        cause="; ".join(causes) or f"state {view.state}",
+        fix=fix,
+    )
+
+
+def check_server(url: str, probe: ServerProbe) -> Check:
+    if probe.error is not None:
+        return Check(
+            code="server",
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=f"{url} unreachable",
+            cause=probe.error,
+            fix="check that `shoal server` runs there and that TCP to it is allowed from this "
+            "host; the mesh keeps working on the last netmap meanwhile",
+        )
+    rtt = f" in {probe.rtt_ms:.1f} ms" if probe.rtt_ms is not None else ""
+    return Check(code="server", subject=HOST, verdict=Verdict.OK, summary=f"{url} answered{rtt}")
+
+
+def check_certificate(probe: ServerProbe, now: datetime) -> Check:
+    if probe.error is not None and probe.ca_not_after is None:
+        return Check(
+            code="certificate",
+            subject=HOST,
+            verdict=Verdict.SKIP,
+            summary="not checked: the server is unreachable",
+        )
+    expiring = [
+        (what, when)
+        for what, when in (("server certificate", probe.cert_not_after), ("CA", probe.ca_not_after))
+        if when is not None
+    ]
+    expired = [(w, t) for w, t in expiring if t <= now]
+    soon = [(w, t) for w, t in expiring if now < t <= now + CERT_WARN]
+    text = ", ".join(f"{w} valid until {t:%Y-%m-%d}" for w, t in expiring) or "no expiry seen"
+    if expired:
+        what, when = expired[0]
+        return Check(
+            code="certificate",
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=text,
+            cause=f"the {what} expired on {_at(when)}",
+            fix="renew it on the server (restart `shoal server` re-issues its certificate); "
+            "check this host's clock too",
+        )
+    if soon:
+        what, when = soon[0]
+        return Check(
+            code="certificate",
+            subject=HOST,
+            verdict=Verdict.WARN,
+            summary=text,
+            cause=f"the {what} expires in {(when - now).days} days ({_at(when)})",
+            fix="renew it on the server before then",
+        )
+    return Check(code="certificate", subject=HOST, verdict=Verdict.OK, summary=text)
+
+
+def check_clock(probe: ServerProbe) -> Check:
+    if probe.server_time is None or probe.local_time is None:
+        return Check(
+            code="clock",
+            subject=HOST,
+            verdict=Verdict.SKIP,
+            summary="not checked: no Date from the server",
+        )
+    skew = (probe.local_time - probe.server_time).total_seconds()
+    # The Date header has 1 s resolution: less than that is no skew at all.
+    text = f"{abs(skew):.0f}s {'ahead of' if skew > 0 else 'behind'} the server"
+    if abs(skew) <= CLOCK_WARN_SECONDS:
+        return Check(code="clock", subject=HOST, verdict=Verdict.OK, summary=f"within 5s ({text})")
+    cause = f"this host's clock is {text}"
+    fix = "run NTP (chrony, systemd-timesyncd) on this host and on the server"
+    if abs(skew) <= CLOCK_FAIL_SECONDS:
+        return Check(
+            code="clock",
+            subject=HOST,
+            verdict=Verdict.WARN,
+            summary=text,
+            cause=cause + ": each signed call is corrected only after a refusal",
+            fix=fix,
+        )
+    return Check(
+        code="clock",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=text,
+        cause=cause + ": signed calls and certificate validity depend on it",
+        fix=fix,
+    )
+
+
+# -- this host ------------------------------------------------------------------------------
+
+_WHY_USERSPACE = (
+    "userspace (wireguard-go): this kernel has no WireGuard module, or the interface already "
+    "ran on wireguard-go when the agent started"
+)
+_WHY_KERNEL = "kernel WireGuard (the module works here)"
+
+
+def check_wireguard(view: AgentView, link: LinkState | None) -> Check:
+    iface = view.plan.tunnel.interface
+    why = _WHY_KERNEL if view.dataplane == "kernel" else _WHY_USERSPACE
+    if link is None:
+        return Check(
+            code="wireguard",
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=f"{iface.name} missing",
+            cause=f"no interface {iface.name} ({why}); without it no peer is reachable",
+            fix="the agent recreates it on its next resync (30 s); if not, see `shoal status` "
+            "and the agent's log (wireguard-go crashed?)",
+        )
+    problems = []
+    if not link.up:
+        problems.append("is down")
+    if link.mtu != iface.mtu:
+        problems.append(f"has MTU {link.mtu}, the mesh uses {iface.mtu}")
+    summary = f"{iface.name} {'up' if link.up else 'down'}, MTU {link.mtu}, {why}"
+    if problems:
+        return Check(
+            code="wireguard",
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=summary,
+            cause=f"{iface.name} " + " and ".join(problems),
+            fix=f"the agent restores it on its next resync; `ip link set {iface.name} up mtu "
+            f"{iface.mtu}` does it now",
+        )
+    return Check(code="wireguard", subject=HOST, verdict=Verdict.OK, summary=summary)
+
+
+def check_forwarding(on: bool) -> Check:
+    if on:
+        return Check(
+            code="forwarding", subject=HOST, verdict=Verdict.OK, summary="IPv4 forwarding on"
+        )
+    return Check(
+        code="forwarding",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary="IPv4 forwarding off",
+        cause="net.ipv4.ip_forward is 0: containers are unreachable from the mesh and back",
+        fix="`sysctl -w net.ipv4.ip_forward=1` (the agent sets it on its next resync)",
+    )
+
+
+def check_routes(view: AgentView, live: Mapping[IPv4Network, int | None]) -> Check:
+    routing = view.plan.routing
+    owner = {peer.subnet: peer.name for peer in view.netmap.peers}
+    missing = [r for r in routing.routes if r.dst not in live]
+    wrong = [r for r in routing.routes if r.dst in live and live[r.dst] != r.mtu]
+    count = f"{len(routing.routes)} container subnet route(s) on {routing.device}"
+    if not missing and not wrong:
+        return Check(code="routes", subject=HOST, verdict=Verdict.OK, summary=f"{count} present")
+    causes = [f"{r.dst} ({owner.get(r.dst, '?')}) missing" for r in missing]
+    causes += [f"{r.dst} has MTU {live[r.dst]}, want {r.mtu}" for r in wrong]
+    first = (missing or wrong)[0]
+    return Check(
+        code="routes",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=f"{count}: {len(missing)} missing, {len(wrong)} wrong",
+        cause="; ".join(causes) + ": containers there are unreachable from here",
+        fix="the agent restores routes on its next resync (30 s); now: `ip route replace "
+        f"{first.dst} dev {first.dev} src {first.src} mtu {first.mtu}`",
+    )
+
+
+def check_docker_network(cfg: DockerNetworkConfig, drift: str | None) -> Check:
+    want = f"subnet {cfg.subnet}, MTU {cfg.mtu}, bridge {cfg.bridge}"
+    if drift is None:
+        return Check(
+            code="docker-network",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary=f"network {cfg.name}: {want}",
+        )
+    return Check(
+        code="docker-network",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=f"network {cfg.name} {drift}",
+        cause=f"shoal needs {want}",
+        fix=f"the agent recreates it when no container is attached; else `docker network "
+        f"disconnect` them from {cfg.name}, or see the docker-network-failed warning",
+    )
+
+
+def check_firewall(drift: Drift) -> tuple[Check, Check]:
+    table = (
+        Check(
+            code="firewall-table",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary="nftables table inet shoal present and as planned",
+        )
+        if not drift.table
+        else Check(
+            code="firewall-table",
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=f"nftables table inet shoal differs from the plan ({len(drift.table)} lines)",
+            cause="; ".join(drift.table[:4])
+            + (" ..." if len(drift.table) > 4 else "")
+            + ": anti-spoofing and the mesh's closed host ports are off",
+            fix="the agent reloads it on its next resync (30 s); someone or something (a "
+            "firewall manager running `nft flush ruleset`?) changed it",
+        )
+    )
+    docker = (
+        Check(
+            code="firewall-docker",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary="DOCKER-USER jump, NAT exemption and DNS redirect present",
+        )
+        if not drift.docker
+        else Check(
+            code="firewall-docker",
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=f"iptables chains differ from the plan ({len(drift.docker)} lines)",
+            cause="; ".join(drift.docker[:4]) + (" ..." if len(drift.docker) > 4 else ""),
+            fix="the agent restores its chains on its next resync (30 s); a restarted dockerd "
+            "or `iptables -F` removes them",
+        )
+    )
+    return table, docker
+
+
+def check_dns_responder(address: IPv4Address, port: int, name: str, answer: DnsAnswer) -> Check:
+    where = f"{address}:{port}"
+    if answer.rcode == "NOERROR":
+        return Check(
+            code="dns-responder",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary=f"{where} answers ({name} NOERROR)",
+        )
+    cause = (
+        f"no answer from {where}: {answer.error}"
+        if answer.rcode is None
+        else f"{where} answered {answer.rcode} for {name}"
+    )
+    return Check(
+        code="dns-responder",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=f"{where} {'silent' if answer.rcode is None else answer.rcode}",
+        cause=cause + ": containers cannot resolve mesh names",
+        fix="see the dns-failed warning in `shoal status`; a firewall rule on this host "
+        "dropping port 53 to the mesh IP, or another process bound to it",
+    )
+
+
+def check_dns_upstream(answers: Sequence[tuple[str, DnsAnswer]]) -> Check:
+    if not answers:
+        return Check(
+            code="dns-upstream",
+            subject=HOST,
+            verdict=Verdict.WARN,
+            summary="no upstream resolver",
+            cause="/etc/resolv.conf names no resolver but the agent's own: names outside the "
+            "mesh do not resolve",
+            fix="add a `nameserver` to /etc/resolv.conf and restart the agent",
+        )
+    working = [up for up, a in answers if a.rcode is not None]
+    listed = ", ".join(up for up, _ in answers)
+    if working:
+        return Check(
+            code="dns-upstream",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary=f"upstream {', '.join(working)} answers",
+        )
+    return Check(
+        code="dns-upstream",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=f"no upstream answers ({listed})",
+        cause="; ".join(f"{up}: {a.error}" for up, a in answers)
+        + ": names outside the mesh fail (SERVFAIL)",
+        fix="check the resolvers in /etc/resolv.conf (reachable from this host?)",
+    )
+
+
+# -- peers ----------------------------------------------------------------------------------
+
+
+def check_peer(peer: Node, stats: PeerStats | None, reach: Reach, now: datetime) -> Check:
+    endpoint = (stats.endpoint if stats else None) or (
+        str(peer.endpoints[0]) if peer.endpoints else None
+    )
+    handshake = stats.last_handshake if stats else None
+    seen = f"handshake {_ago(now - handshake)}" if handshake else "no handshake yet"
+    where = f"endpoint {endpoint}" if endpoint else "no endpoint"
+    if reach.rtt_ms is not None:
+        stale = handshake is not None and now - handshake > HANDSHAKE_STALE
+        return Check(
+            code="peer",
+            subject=peer.name,
+            verdict=Verdict.WARN if stale else Verdict.OK,
+            summary=f"{seen}, {where} (direct), {peer.mesh_ip} answers in {reach.rtt_ms:.1f} ms",
+            cause="the handshake is older than 180 s although traffic flows" if stale else None,
+            fix="check the peer's clock and `wg show` on both hosts" if stale else None,
+        )
+    port = endpoint.rpartition(":")[2] if endpoint else "51820"
+    if endpoint is None:
+        cause = f"{peer.name} advertises no endpoint: nothing to send WireGuard packets to"
+        fix = f"start {peer.name}'s agent with --advertise-addr IP"
+    elif handshake is None or now - handshake > HANDSHAKE_STALE:
+        cause = (
+            f"no WireGuard handshake with {peer.name} ({seen}): UDP {port} to {endpoint} gets "
+            "no answer: blocked by a firewall on either host or between them, a wrong "
+            f"advertised address, or {peer.name}'s interface is down"
+        )
+        fix = (
+            f"allow UDP {port} both ways between this host and {endpoint}; run "
+            f"`shoal doctor` on {peer.name}"
+        )
+    else:
+        got = "nothing" if reach.rx_delta == 0 else f"{reach.rx_delta} bytes"
+        cause = (
+            f"the tunnel to {peer.name} worked ({seen}) but an echo to {peer.mesh_ip} got no "
+            f"reply and {got} came back from {endpoint}: UDP {port} between the hosts is "
+            f"blocked now (a firewall on either host or between them), or {peer.name} stopped"
+        )
+        fix = (
+            f"allow UDP {port} both ways between this host and {endpoint}; run "
+            f"`shoal doctor` on {peer.name}"
+        )
+    return Check(
+        code="peer",
+        subject=peer.name,
+        verdict=Verdict.FAIL,
+        summary=f"{seen}, {where}, {peer.mesh_ip} does not answer",
+        cause=cause,
+        fix=fix,
+    )
+
+
+def check_path_mtu(peer: Node, mtu: int, result: PathMtu | None) -> Check:
+    if result is None:
+        return Check(
+            code="path-mtu",
+            subject=peer.name,
+            verdict=Verdict.SKIP,
+            summary="not measured: the peer does not answer",
+        )
+    if result.largest is not None and result.largest >= mtu:
+        return Check(
+            code="path-mtu",
+            subject=peer.name,
+            verdict=Verdict.OK,
+            summary=f"{mtu}-byte packets pass with DF (the mesh MTU)",
+        )
+    if result.refused_here:
+        return Check(
+            code="path-mtu",
+            subject=peer.name,
+            verdict=Verdict.FAIL,
+            summary=f"this host refuses {mtu}-byte packets to {peer.mesh_ip}",
+            cause=f"the route to {peer.mesh_ip} has a smaller MTU than the mesh's {mtu}",
+            fix="`ip route get` it; the agent restores shoal0's MTU and routes on its resync",
+        )
+    largest = result.largest
+    passes = f"up to {largest} bytes pass" if largest else f"not even {MTU_FLOOR} bytes pass"
+    underlay = f"{largest + WIREGUARD_OVERHEAD}" if largest else "?"
+    return Check(
+        code="path-mtu",
+        subject=peer.name,
+        verdict=Verdict.FAIL,
+        summary=f"MTU black hole: {mtu}-byte packets with DF vanish, {passes}",
+        cause=f"a hop between this host and {peer.name} carries less than {mtu} + "
+        f"{WIREGUARD_OVERHEAD} bytes and drops bigger packets without an ICMP error "
+        f"(about {underlay} fit): big transfers hang while pings work",
+        fix=f"raise the underlay MTU to {mtu + WIREGUARD_OVERHEAD} on every hop, or start the "
+        f"server with --mtu {largest or MTU_FLOOR} (mesh-wide)",
+    )
+
+
+# -- the target -----------------------------------------------------------------------------
+
+
+def resolve_target(netmap: NetworkMap, text: str) -> Target:
+    """A node, container or service name, or IP[:PORT] (an IP in the mesh or a subnet)."""
+    nodes = (netmap.self_node, *netmap.peers)
+    host, sep, port_text = text.rpartition(":")
+    candidate = host if sep else text
+    try:
+        ip = IPv4Address(candidate)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        port = None
+        if sep:
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise UnknownTarget(f"bad port in {text!r}: expected IP[:PORT], PORT 1-65535")
+            port = int(port_text)
+        owners = tuple(n for n in nodes if n.mesh_ip == ip or ip in n.subnet)
+        if not owners:
+            raise UnknownTarget(f"{ip} is no mesh IP and in no host's container subnet")
+        return Target(label=text, nodes=owners, ip=ip, port=port)
+    by_name = [n for n in nodes if n.name == text]
+    if by_name:
+        return Target(label=f"node {text}", nodes=(by_name[0],), ip=by_name[0].mesh_ip)
+    node_by_id = {n.id: n for n in nodes}
+    container = next((c for c in netmap.containers if c.name == text), None)
+    if container is not None and container.node_id in node_by_id:
+        return Target(
+            label=f"container {text}", nodes=(node_by_id[container.node_id],), ip=container.ip
+        )
+    replicas = [c for c in netmap.containers if c.service == text and c.node_id in node_by_id]
+    if replicas:
+        hosts = tuple(sorted({node_by_id[c.node_id] for c in replicas}, key=lambda n: n.name))
+        return Target(label=f"service {text}", nodes=hosts)
+    raise UnknownTarget(
+        f"no node, container or service named {text!r} in the netmap, and not an IP[:PORT]"
+    )
+
+
+def check_target(target: Target, rtt_ms: float | None, tcp_error: str | None) -> Check:
+    if target.ip is None:
+        hosts = ", ".join(n.name for n in target.nodes)
+        return Check(
+            code="target",
+            subject=target.label,
+            verdict=Verdict.OK,
+            summary=f"replicas on {hosts}: see their peer checks",
+        )
+    if target.port is not None:
+        if tcp_error is None:
+            return Check(
+                code="target",
+                subject=target.label,
+                verdict=Verdict.OK,
+                summary=f"TCP {target.ip}:{target.port} opens",
+            )
+        return Check(
+            code="target",
+            subject=target.label,
+            verdict=Verdict.FAIL,
+            summary=f"TCP {target.ip}:{target.port}: {tcp_error}",
+            cause="the host answers but nothing accepts on that port"
+            if "refused" in tcp_error
+            else "the path or a firewall drops it (see the checks above)",
+            fix="check that the service listens on that port (`docker ps`, `ss -ltn` in it)",
+        )
+    if rtt_ms is not None:
+        return Check(
+            code="target",
+            subject=target.label,
+            verdict=Verdict.OK,
+            summary=f"{target.ip} answers in {rtt_ms:.1f} ms",
+        )
+    return Check(
+        code="target",
+        subject=target.label,
+        verdict=Verdict.FAIL,
+        summary=f"{target.ip} does not answer ICMP echo",
+        cause="the container is stopped, or the path to it is broken (see the checks above)",
+        fix="`docker ps` on its host; `shoal doctor` there",
+    )
+
+
+# -- running them ---------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+async def _guarded(code: str, what: str, work: Awaitable[T]) -> T | Check:
+    """The result, or a FAIL check saying the host could not be read."""
+    try:
+        return await work
+    except ShoalError as exc:
+        return Check(
+            code=code,
+            subject=HOST,
+            verdict=Verdict.FAIL,
+            summary=f"cannot read {what}",
+            cause=str(exc),
+            fix="run doctor as root on the host itself",
+        )
+
+
+async def measure_path_mtu(
+    echo: Callable[[int, float], Awaitable[float | None]], mtu: int
+) -> PathMtu:
+    """The largest DF echo (bytes) that passes, by bisection below `mtu`; `echo(size, timeout)`
+    raises TooBigForRoute when this host refuses the size. Two tries at `mtu` first: one lost
+    packet must not read as a black hole."""
+    try:
+        for _ in range(2):
+            if await echo(mtu, MTU_ECHO_TIMEOUT) is not None:
+                return PathMtu(largest=mtu)
+    except TooBigForRoute:
+        return PathMtu(largest=None, refused_here=True)
+    # Invariant: `lo` passed, everything above `hi` failed.
+    lo, hi = MTU_FLOOR, mtu - 1
+    if not await _passes(echo, lo):
+        return PathMtu(largest=None)
+    while hi - lo > MTU_STEP:
+        mid = (lo + hi + 1) // 2
+        if await _passes(echo, mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return PathMtu(largest=lo)
+
+
+async def _passes(echo: Callable[[int, float], Awaitable[float | None]], size: int) -> bool:
+    try:
+        return await echo(size, MTU_ECHO_TIMEOUT) is not None
+    except TooBigForRoute:
+        return False
+
+
+async def _probe_peer(
+    view: AgentView, probe: HostProbe, peer: Node, before: Mapping[str, PeerStats]
+) -> tuple[Check, Check]:
+    rtt = None
+    try:
+        for _ in range(2):
+            rtt = await probe.echo(peer.mesh_ip, None, ECHO_TIMEOUT, False)
+            if rtt is not None:
+                break
+    except ShoalError as exc:
+        failed = Check(
+            code="peer",
+            subject=peer.name,
+            verdict=Verdict.FAIL,
+            summary=f"cannot probe {peer.mesh_ip}",
+            cause=str(exc),
+            fix="run doctor as root on the host itself",
+        )
+        return failed, check_path_mtu(peer, view.netmap.settings.mtu, None)
+    after = {str(s.public_key): s for s in await _stats(probe)}
+    key = str(peer.public_key)
+    old, new = before.get(key), after.get(key)
+    rx_delta = (new.rx_bytes - old.rx_bytes) if (old and new) else 0
+    peer_check = check_peer(peer, new or old, Reach(rtt, rx_delta), view.now)
+    mtu = view.netmap.settings.mtu
+    if rtt is None:
+        return peer_check, check_path_mtu(peer, mtu, None)
+
+    async def echo(size: int, timeout: float) -> float | None:
+        return await probe.echo(peer.mesh_ip, size, timeout, True)
+
+    try:
+        measured: PathMtu | None = await measure_path_mtu(echo, mtu)
+    except ShoalError:
+        measured = None
+    return peer_check, check_path_mtu(peer, mtu, measured)
+
+
+async def run_doctor(view: AgentView, probe: HostProbe, target_text: str | None) -> DoctorReport:
+    """Every check of this host, then each peer (all, or the target's hosts) and the target.
+
+    Raises UnknownTarget when `target_text` names nothing in the netmap."""
+    target = resolve_target(view.netmap, target_text) if target_text else None
+    me = view.netmap.self_node
+    peers = view.netmap.peers if target is None else tuple(n for n in target.nodes if n.id != me.id)
+    self_name = SELF_NAME.format(name=me.name)
+    upstreams = list(probe.dns_upstreams(me.mesh_ip))
+
+    async def upstream(up: tuple[str, int]) -> tuple[str, DnsAnswer]:
+        return f"{up[0]}:{up[1]}", await probe.dns(up[0], up[1], UPSTREAM_PROBE_NAME)
+
+    before = {str(s.public_key): s for s in await _stats(probe)}
+
+    async def upstream_answers() -> list[tuple[str, DnsAnswer]]:
+        return list(await asyncio.gather(*(upstream(up) for up in upstreams)))
+
+    async def peer_checks() -> list[tuple[Check, Check]]:
+        return list(await asyncio.gather(*(_probe_peer(view, probe, p, before) for p in peers)))
+
+    # The slow parts (timeouts on a broken path) run at once.
+    async with asyncio.TaskGroup() as tasks:
+        server_task = tasks.create_task(probe.server())
+        responder_task = tasks.create_task(probe.dns(str(me.mesh_ip), view.dns_port, self_name))
+        upstream_task = tasks.create_task(upstream_answers())
+        peers_task = tasks.create_task(peer_checks())
+    server, responder = server_task.result(), responder_task.result()
+    checks: list[Check] = [
+        check_agent(view),
+        check_server(view.server_url, server),
+        check_certificate(server, view.now),
+        check_clock(server),
+    ]
+    ifname = view.plan.tunnel.interface.name
+    link = await _guarded("wireguard", "the WireGuard interface", probe.link(ifname))
+    checks.append(link if isinstance(link, Check) else check_wireguard(view, link))
+    forward = await _guarded("forwarding", "net.ipv4.ip_forward", probe.ip_forward())
+    checks.append(forward if isinstance(forward, Check) else check_forwarding(forward))
+    routes = await _guarded("routes", "the routing table", probe.routes(view.plan.routing.device))
+    checks.append(routes if isinstance(routes, Check) else check_routes(view, routes))
+    network = view.plan.docker_network
+    drift = await _guarded("docker-network", "Docker's networks", probe.docker_network(network))
+    checks.append(drift if isinstance(drift, Check) else check_docker_network(network, drift))
+    firewall = await _guarded("firewall-table", "the firewall", probe.firewall(view.plan.firewall))
+    if isinstance(firewall, Check):
+        checks.append(firewall)
+    else:
+        checks.extend(check_firewall(firewall))
+    checks.append(check_dns_responder(me.mesh_ip, view.dns_port, self_name, responder))
+    checks.append(check_dns_upstream(upstream_task.result()))
+    for peer_check, mtu_check in peers_task.result():
+        checks += [peer_check, mtu_check]
+    if target is not None:
+        checks.append(await _check_target(probe, target))
+    return DoctorReport(host=view.name, target=target_text, checks=tuple(checks))
+
+
+async def _stats(probe: HostProbe) -> Sequence[PeerStats]:
+    try:
+        return await probe.peer_stats()
+    except ShoalError:
+        return []  # no interface: the wireguard check says so
+
+
+async def _check_target(probe: HostProbe, target: Target) -> Check:
+    if target.ip is None:
+        return check_target(target, None, None)
+    if target.port is not None:
+        return check_target(target, None, await probe.tcp(target.ip, target.port, 3.0))
+    return check_target(target, await probe.echo(target.ip, None, ECHO_TIMEOUT, False), None)
