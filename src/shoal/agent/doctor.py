@@ -46,7 +46,7 @@ HANDSHAKE_STALE = timedelta(seconds=180)
 CERT_WARN = timedelta(days=30)
 CLOCK_WARN_SECONDS = 5.0  # the client corrects a larger offset per call, after one 401
 CLOCK_FAIL_SECONDS = 120.0  # signatures and certificates stop making sense
-WIREGUARD_OVERHEAD = 80  # outer IPv6 (40) + UDP (8) + WireGuard (32); 60 over IPv4
+WIREGUARD_OVERHEAD = 60  # outer IPv4 (20) + UDP (8) + WireGuard (32): endpoints are IPv4
 MTU_FLOOR = 576  # smallest packet every IPv4 path must carry
 MTU_STEP = 8  # the bisection stops this close to the largest size that passes
 ECHO_TIMEOUT = 1.0
@@ -367,6 +367,10 @@ def check_docker_network(cfg: DockerNetworkConfig, drift: str | None) -> Check:
     )
 
 
+def _lines(lines: Sequence[str]) -> str:
+    return f"{len(lines)} line{'s' if len(lines) != 1 else ''}"
+
+
 def check_firewall(drift: Drift) -> tuple[Check, Check]:
     table = (
         Check(
@@ -380,7 +384,7 @@ def check_firewall(drift: Drift) -> tuple[Check, Check]:
             code="firewall-table",
             subject=HOST,
             verdict=Verdict.FAIL,
-            summary=f"nftables table inet shoal differs from the plan ({len(drift.table)} lines)",
+            summary=f"nftables table inet shoal differs from the plan ({_lines(drift.table)})",
             cause="; ".join(drift.table[:4])
             + (" ..." if len(drift.table) > 4 else "")
             + ": anti-spoofing and the mesh's closed host ports are off",
@@ -400,7 +404,7 @@ def check_firewall(drift: Drift) -> tuple[Check, Check]:
             code="firewall-docker",
             subject=HOST,
             verdict=Verdict.FAIL,
-            summary=f"iptables chains differ from the plan ({len(drift.docker)} lines)",
+            summary=f"iptables chains differ from the plan ({_lines(drift.docker)})",
             cause="; ".join(drift.docker[:4]) + (" ..." if len(drift.docker) > 4 else ""),
             fix="the agent restores its chains on its next resync (30 s); a restarted dockerd "
             "or `iptables -F` removes them",
@@ -639,7 +643,7 @@ def check_target(target: Target, rtt_ms: float | None, tcp_error: str | None) ->
         subject=target.label,
         verdict=Verdict.FAIL,
         summary=f"{target.ip} does not answer ICMP echo",
-        cause="the container is stopped, or the path to it is broken (see the checks above)",
+        cause="it is down or stopped, or the path to it is broken (see the checks above)",
         fix="`docker ps` on its host; `shoal doctor` there",
     )
 

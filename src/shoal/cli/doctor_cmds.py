@@ -39,7 +39,9 @@ def not_running(exc: AgentNotRunning, target: str | None, state_dir: Path) -> Do
         fix=f"`shoal up --state-dir {state_dir}` (or start its service) and look at "
         f"{state_dir / 'agent.log'} for why it stopped",
     )
-    return DoctorReport(host=os.uname().nodename, target=target, checks=(check,))
+    identity = StateDir(state_dir).identity()
+    host = identity.name if identity is not None else os.uname().nodename
+    return DoctorReport(host=host, target=target, checks=(check,))
 
 
 def render_doctor(report: DoctorReport) -> str:
