@@ -13,7 +13,7 @@ from ipaddress import IPv4Address
 from shoal import firewall, hostnet
 from shoal.agent.reconciler import Adapters
 from shoal.dataplane import DataPlane
-from shoal.dns import DnsServer, RecordTable, upstreams_from_resolv_conf
+from shoal.dns import DnsServer, DnsStats, RecordTable, upstreams_from_resolv_conf
 from shoal.docker import DockerHost
 from shoal.plan.hostconfig import (
     BRIDGE,
@@ -90,6 +90,11 @@ class MeshDns:
         self._table: RecordTable | None = None
         self._server: DnsServer | None = None
         self._address: IPv4Address | None = None
+
+    @property
+    def stats(self) -> DnsStats | None:
+        """The responder's counters since it last (re)bound; None while it does not run."""
+        return self._server.stats if self._server is not None else None
 
     def _resolver(self) -> RecordTable:
         assert self._table is not None, "the server starts after the first table"

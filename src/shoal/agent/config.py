@@ -6,6 +6,10 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 
+from shoal.agent.errors import AgentError
+
+DEFAULT_METRICS_PORT = 9469
+
 
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
@@ -20,3 +24,37 @@ class AgentConfig:
     poll_wait_seconds: float = 25.0
     # Converge from drift (someone deleted a route) even when no netmap arrives.
     resync_seconds: float = 30.0
+    # Where /metrics listens: (loopback address or "mesh", port); None: no metrics.
+    metrics_listen: tuple[str, int] | None = None
+
+
+class MetricsListenRefused(AgentError):
+    """--metrics-listen names an address the agent will not expose its counters on."""
+
+
+MESH = "mesh"  # --metrics-listen mesh[:PORT]: this node's mesh IP, whatever it is
+
+
+def parse_metrics_listen(text: str) -> tuple[str, int]:
+    """ADDR[:PORT] (port 9469 by default), ADDR a loopback address or `mesh` (this node's mesh
+    IP, known once joined). Raises MetricsListenRefused for anything else."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        host, port_text = text, str(DEFAULT_METRICS_PORT)
+    usage = (
+        f"expected ADDR[:PORT] with ADDR 127.0.0.1 or {MESH}, e.g. 127.0.0.1:{DEFAULT_METRICS_PORT}"
+    )
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise MetricsListenRefused(f"--metrics-listen {text!r}: {usage}")
+    if host == MESH:
+        return MESH, int(port_text)
+    try:
+        address = IPv4Address(host)
+    except ValueError as exc:
+        raise MetricsListenRefused(f"--metrics-listen {text!r}: {usage}") from exc
+    if not address.is_loopback:
+        raise MetricsListenRefused(
+            f"--metrics-listen {address}: only loopback or `{MESH}` (this node's mesh IP); "
+            "the underlay must not see who talks to whom"
+        )
+    return str(address), int(port_text)

@@ -25,9 +25,11 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-from shoal.agent.adapters import host_adapters
+from aiohttp import web
+
+from shoal.agent.adapters import MeshDns, host_adapters
 from shoal.agent.clock import Clock, SystemClock
-from shoal.agent.config import AgentConfig
+from shoal.agent.config import MESH, AgentConfig
 from shoal.agent.doctor_probe import diagnose
 from shoal.agent.errors import NotJoined, NotRoot, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
@@ -43,6 +45,7 @@ from shoal.agent.health import (
     control_unreachable,
 )
 from shoal.agent.localapi import serve
+from shoal.agent.metrics import AgentSnapshot, serve_metrics
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.controlclient.client import ControlClient
@@ -136,6 +139,7 @@ class Agent:
         runner = await serve(
             self.state.socket, self.status, self.down, self.services, doctor=self.doctor
         )
+        metrics = await self._serve_metrics()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -157,6 +161,8 @@ class Agent:
             # After `shoal down` this does nothing; on SIGTERM it drops the DNS redirect.
             await self.reconciler.stop()
             await runner.cleanup()
+            if metrics is not None:
+                await metrics.cleanup()
             self.state.socket.unlink(missing_ok=True)
             self.state.pidfile.unlink(missing_ok=True)
             log.info("agent stopped")
@@ -333,6 +339,25 @@ class Agent:
         # Containers of silent hosts are already withdrawn from the netmap by the server.
         return build_catalog(
             netmap.containers, {n.id: n.name for n in nodes}, online=[n.id for n in nodes]
+        )
+
+    async def _serve_metrics(self) -> web.AppRunner | None:
+        if self.config.metrics_listen is None:
+            return None
+        host, port = self.config.metrics_listen
+        if host == MESH:
+            host = str(self.cached.netmap.self_node.mesh_ip)
+        runner = await serve_metrics(host, port, self.metrics)
+        log.info("metrics on http://%s:%d/metrics", host, port)
+        return runner
+
+    async def metrics(self) -> AgentSnapshot:
+        dns = self.adapters.dns
+        return AgentSnapshot(
+            status=await self.status(),
+            subsystems=self.reconciler.subsystems(),
+            dns=dns.stats if isinstance(dns, MeshDns) else None,
+            now=self.clock.now(),
         )
 
     async def doctor(self, target: str | None) -> DoctorReport:

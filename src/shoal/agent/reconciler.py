@@ -89,6 +89,8 @@ class SubsystemState:
     last_applied_at: datetime | None
     last_error: str | None
     failures: int  # in a row; 0 once an apply succeeded
+    applies_total: int = 0  # since start, failed ones included (metrics)
+    failures_total: int = 0  # since start
 
 
 class _Slot:
@@ -112,6 +114,8 @@ class _Slot:
         self.failures = 0
         self.last_error: str | None = None
         self.last_applied_at: datetime | None = None
+        self.applies_total = 0
+        self.failures_total = 0
 
     def due(self, cfg: HostConfig, now: float, force: bool) -> bool:
         part = self.part(cfg)
@@ -123,7 +127,14 @@ class _Slot:
         return not (part == self.failed and self.retry_at is not None and now < self.retry_at)
 
     def state(self) -> SubsystemState:
-        return SubsystemState(self.name, self.last_applied_at, self.last_error, self.failures)
+        return SubsystemState(
+            self.name,
+            self.last_applied_at,
+            self.last_error,
+            self.failures,
+            self.applies_total,
+            self.failures_total,
+        )
 
 
 class Reconciler:
@@ -214,6 +225,7 @@ class Reconciler:
         for slot in self._slots:
             if not slot.due(cfg, now, force):
                 continue
+            slot.applies_total += 1
             try:
                 changed |= await slot.apply(cfg)
             except Exception as exc:
@@ -244,6 +256,7 @@ class Reconciler:
         slot.applied, slot.failed = None, slot.part(cfg)
         slot.retry_at = self._clock.monotonic() + delay
         slot.failures += 1
+        slot.failures_total += 1
         slot.last_error = str(exc) or type(exc).__name__
         self._health.warn(
             subsystem_failed(slot.name),

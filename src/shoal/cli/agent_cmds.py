@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
-from shoal.agent.config import AgentConfig
+from shoal.agent.config import AgentConfig, parse_metrics_listen
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import fetch_services, fetch_status, request_down
 from shoal.agent.ping import ping_once
@@ -113,6 +113,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         advertise_addr=advertise,
         listen_port=args.listen_port,
         docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
+        metrics_listen=parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None,
     )
 
 

@@ -156,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
     p.add_argument("--foreground", action="store_true", help="run the agent in this process")
+    p.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="ADDR[:PORT]",
+        help="serve Prometheus /metrics on 127.0.0.1[:9469] or mesh[:9469] (default: off)",
+    )
     p.set_defaults(run=_handler("agent_cmds", "cmd_up"))
 
     p = sub.add_parser("status", help="this host, its peers, handshakes and traffic")
