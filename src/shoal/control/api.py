@@ -19,6 +19,7 @@
     POST   /v1/admin/admin-tokens       AdminTokenCreateRequest → AdminTokenCreated
     GET    /v1/admin/admin-tokens       → [AdminTokenInfo]
     DELETE /v1/admin/admin-tokens/{id}  → 204
+    GET    /metrics                     Prometheus text (admin token, scope read; control.metrics)
 
 Admin calls carry an admin token: the server host's own (admin.token, every scope) or a
 scoped one; GETs need scope read, everything else scope admin.
@@ -65,6 +66,7 @@ from shoal.control.errors import (
 )
 from shoal.control.limits import RateLimits, SourceLimits
 from shoal.control.listener import ConnectionLimits, Connections
+from shoal.control.metrics import ServerMetrics
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.service import ControlService
 from shoal.model.api import (
@@ -81,6 +83,7 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.keys import PublicKey
+from shoal.model.prometheus import CONTENT_TYPE
 from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control.api")
@@ -105,6 +108,7 @@ ENCODER = web.AppKey("encoder", MapEncoder)
 VERIFIER = web.AppKey("verifier", NodeVerifier)
 CONNECTIONS = web.AppKey("connections", Connections)
 RATES = web.AppKey("rates", SourceLimits)
+METRICS = web.AppKey("metrics", ServerMetrics)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
@@ -123,7 +127,12 @@ def build_app(
 ) -> web.Application:
     """The API; `connections` is the guard of the listener serving it (None: no deadlines
     are tracked per connection, as when served by a test client)."""
-    app = web.Application(middlewares=[_errors, _throttle], client_max_size=MAX_BODY)
+    metrics = ServerMetrics()
+    # Metrics outermost: they count every answer the client gets, throttled ones included.
+    app = web.Application(
+        middlewares=[metrics.middleware, _errors, _throttle], client_max_size=MAX_BODY
+    )
+    app[METRICS] = metrics
     app[SERVICE] = service
     app[CA] = ca
     app[ENCODER] = MapEncoder()
@@ -148,6 +157,7 @@ def build_app(
     app.router.add_post("/v1/admin/admin-tokens", create_admin_token)
     app.router.add_get("/v1/admin/admin-tokens", list_admin_tokens)
     app.router.add_delete("/v1/admin/admin-tokens/{id}", revoke_admin_token)
+    app.router.add_get("/metrics", get_metrics)
     return app
 
 
@@ -454,3 +464,9 @@ async def revoke_admin_token(request: web.Request) -> web.Response:
     service = await _admin(request)
     await service.revoke_admin_token(request.match_info["id"])
     return web.Response(status=204)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    text = request.app[METRICS].render(service)
+    return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})

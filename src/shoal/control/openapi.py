@@ -131,6 +131,7 @@ ROUTES: tuple[Route, ...] = (
         many=True,
     ),
     Route("DELETE", "/v1/admin/admin-tokens/{id}", "Revoke an admin token", "admin", status=204),
+    Route("GET", "/metrics", "Prometheus metrics, text format (scope read)", "admin"),
 )
 
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
