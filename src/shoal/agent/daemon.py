@@ -136,10 +136,11 @@ class Agent:
     # -- the tasks -------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Metrics first: a port in use fails the start before anything else listens.
+        metrics = await self._serve_metrics()
         runner = await serve(
             self.state.socket, self.status, self.down, self.services, doctor=self.doctor
         )
-        metrics = await self._serve_metrics()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)

@@ -158,7 +158,7 @@ def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
         return 0
 
     argv = [sys.executable, "-m", "shoal.cli.main", "up", "--foreground"]
-    for flag in ("server", "name", "advertise_addr", "docker_host"):
+    for flag in ("server", "name", "advertise_addr", "docker_host", "metrics_listen"):
         value = getattr(args, flag)
         if value:
             argv += [f"--{flag.replace('_', '-')}", str(value)]
