@@ -8,6 +8,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 import pytest
 
 from shoal import hostnet
+from shoal.hostnet.inspect import LinkState, ip_forward_on, link_state, routes_on
 from shoal.plan.hostconfig import RouteConfig
 from tests.hostnet.netns import Netns, NetnsFactory
 
@@ -112,3 +113,23 @@ def test_ensure_ip_forward(ns: Netns) -> None:
     assert ns.run(hostnet.ensure_ip_forward) is True
     assert ns.run(hostnet.ensure_ip_forward) is False
     assert ns.sh("cat", "/proc/sys/net/ipv4/ip_forward").stdout.strip() == "1"
+
+
+def test_inspect_reads_link_routes_and_forwarding(ns: Netns) -> None:
+    route = RouteConfig(dst=IPv4Network("10.42.3.0/24"), dev="m0", src=SRC, mtu=1380)
+
+    async def configure() -> None:
+        await hostnet.ensure_address("m0", IPv4Interface("100.64.0.1/10"))
+        await hostnet.ensure_link_up("m0", 1420)
+        await hostnet.sync_routes("m0", [route])
+
+    ns.run(configure)
+    assert ns.run(lambda: link_state("m0")) == LinkState("veth", 1420, True)
+    assert ns.run(lambda: link_state("nope")) is None
+    # The connected route of the address is the kernel's, not shoal's: not listed.
+    assert ns.run(lambda: routes_on("m0")) == {IPv4Network("10.42.3.0/24"): 1380}
+    assert ns.run(lambda: routes_on("nope")) == {}
+    ns.sh("sysctl", "-qw", "net.ipv4.ip_forward=0")
+    assert ns.run(ip_forward_on) is False
+    ns.sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    assert ns.run(ip_forward_on) is True

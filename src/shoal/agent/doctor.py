@@ -405,7 +405,9 @@ def check_firewall(drift: Drift) -> tuple[Check, Check]:
             subject=HOST,
             verdict=Verdict.FAIL,
             summary=f"iptables chains differ from the plan ({_lines(drift.docker)})",
-            cause="; ".join(drift.docker[:4]) + (" ..." if len(drift.docker) > 4 else ""),
+            cause="the next apply would change: "
+            + "; ".join(drift.docker[:4])
+            + (" ..." if len(drift.docker) > 4 else ""),
             fix="the agent restores its chains on its next resync (30 s); a restarted dockerd "
             "or `iptables -F` removes them",
         )

@@ -63,5 +63,6 @@ def render_doctor(report: DoctorReport) -> str:
     failed = len(report.failed)
     about = f" {report.target}" if report.target else ""
     verdict = f"{failed} failed" if failed else "all passed"
-    lines.append(f"doctor{about} on {report.host}: {len(report.checks)} checks, {verdict}")
+    count = f"{len(report.checks)} check{'s' if len(report.checks) != 1 else ''}"
+    lines.append(f"doctor{about} on {report.host}: {count}, {verdict}")
     return "\n".join(lines)
