@@ -32,12 +32,12 @@ class ServerProbe:
     server_time: datetime | None = None  # the Date header (1 s resolution)
     local_time: datetime | None = None  # our clock halfway through the request
     cert_not_after: datetime | None = None  # the server's certificate
-    ca_not_after: datetime | None = None  # the pinned CA
+    ca_not_after: datetime | None = None  # the last of the trusted CAs (a bundle mid-rotation)
 
 
 def _ca_not_after(ca_pem: bytes) -> datetime | None:
     try:
-        return x509.load_pem_x509_certificate(ca_pem).not_valid_after_utc
+        return max(c.not_valid_after_utc for c in x509.load_pem_x509_certificates(ca_pem))
     except ValueError:
         return None
 
