@@ -666,7 +666,7 @@ async def _guarded(code: str, what: str, work: Awaitable[T]) -> T | Check:
             verdict=Verdict.FAIL,
             summary=f"cannot read {what}",
             cause=str(exc),
-            fix="run doctor as root on the host itself",
+            fix="the agent's own applies read the same: see `shoal status` and its log",
         )
 
 
