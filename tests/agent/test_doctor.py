@@ -259,6 +259,20 @@ async def test_a_failing_subsystem_makes_the_agent_check_say_since_when() -> Non
     assert "firewall-failed: firewall: iptables-restore failed (exit 4)" in (check.cause or "")
 
 
+async def test_warnings_on_a_converged_host_are_a_warning_not_a_failure() -> None:
+    r = await rig()
+    r.health.warn("control-unreachable", "control unreachable (timed out); using netmap r1")
+    r.probe.server_probe = ServerProbe(error="cannot reach 192.0.2.2:8443: timed out")
+    report = await r.doctor()
+    agent = report.checks[0]
+    assert (agent.verdict, agent.summary) == (
+        Verdict.WARN,
+        f"DEGRADED since {NOW:%Y-%m-%d %H:%M:%S} UTC (0s ago): converged to netmap r1, "
+        "1 warning(s)",
+    )
+    assert only_failure(report, "server").summary == "https://192.0.2.2:8443 unreachable"
+
+
 async def test_an_unreachable_server_skips_what_depends_on_it() -> None:
     r = await rig()
     r.probe.server_probe = ServerProbe(error="cannot reach 192.0.2.2:8443: timed out")
