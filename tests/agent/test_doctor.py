@@ -19,6 +19,7 @@ from shoal.agent.doctor import (
     measure_path_mtu,
     resolve_target,
     run_doctor,
+    why_dataplane,
 )
 from shoal.agent.health import Health
 from shoal.agent.ping import TooBigForRoute
@@ -155,6 +156,12 @@ async def test_a_docker_network_with_another_subnet_is_named() -> None:
     check = only_failure(await r.doctor(), "docker-network")
     assert check.summary == "network shoal has subnet 10.42.1.0/24 mtu 1500"
     assert check.cause == "shoal needs subnet 10.42.1.0/24, MTU 1420, bridge shoal-br0"
+
+
+def test_why_kernel_or_userspace() -> None:
+    assert why_dataplane("kernel", True) == "kernel WireGuard (the module works here)"
+    assert "no WireGuard module" in why_dataplane("wireguard-go", False)
+    assert "already ran on wireguard-go" in why_dataplane("wireguard-go", True)
 
 
 async def test_a_missing_or_wrong_interface_is_named() -> None:

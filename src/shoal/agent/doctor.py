@@ -61,6 +61,10 @@ class HostProbe(Protocol):
 
     async def link(self, name: str) -> LinkState | None: ...
 
+    def wireguard_module(self) -> bool:
+        """Whether the kernel's WireGuard module is loaded."""
+        ...
+
     async def routes(self, dev: str) -> Mapping[IPv4Network, int | None]: ...
 
     async def ip_forward(self) -> bool: ...
@@ -284,16 +288,23 @@ def check_clock(probe: ServerProbe) -> Check:
 
 # -- this host ------------------------------------------------------------------------------
 
-_WHY_USERSPACE = (
-    "userspace (wireguard-go): this kernel has no WireGuard module, or the interface already "
-    "ran on wireguard-go when the agent started"
-)
-_WHY_KERNEL = "kernel WireGuard (the module works here)"
+
+def why_dataplane(dataplane: str, module_loaded: bool) -> str:
+    """Which WireGuard runs and why (the agent picks the kernel's when it can; a running
+    interface is never switched: that would drop every session)."""
+    if dataplane == "kernel":
+        return "kernel WireGuard (the module works here)"
+    if module_loaded:
+        return (
+            "userspace (wireguard-go): the interface already ran on wireguard-go when the agent "
+            "started; `shoal down` and `shoal up` move it to the kernel's"
+        )
+    return "userspace (wireguard-go): this kernel has no WireGuard module"
 
 
-def check_wireguard(view: AgentView, link: LinkState | None) -> Check:
+def check_wireguard(view: AgentView, link: LinkState | None, module_loaded: bool) -> Check:
     iface = view.plan.tunnel.interface
-    why = _WHY_KERNEL if view.dataplane == "kernel" else _WHY_USERSPACE
+    why = why_dataplane(view.dataplane, module_loaded)
     if link is None:
         return Check(
             code="wireguard",
@@ -789,7 +800,8 @@ async def run_doctor(view: AgentView, probe: HostProbe, target_text: str | None)
     ]
     ifname = view.plan.tunnel.interface.name
     link = await _guarded("wireguard", "the WireGuard interface", probe.link(ifname))
-    checks.append(link if isinstance(link, Check) else check_wireguard(view, link))
+    module = probe.wireguard_module()
+    checks.append(link if isinstance(link, Check) else check_wireguard(view, link, module))
     forward = await _guarded("forwarding", "net.ipv4.ip_forward", probe.ip_forward())
     checks.append(forward if isinstance(forward, Check) else check_forwarding(forward))
     routes = await _guarded("routes", "the routing table", probe.routes(view.plan.routing.device))

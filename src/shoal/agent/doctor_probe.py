@@ -11,6 +11,7 @@ import itertools
 import secrets
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shoal.agent.adapters import DNS_PORT
@@ -26,6 +27,8 @@ from shoal.hostnet import HostNetError
 from shoal.hostnet.inspect import LinkState, ip_forward_on, link_state, routes_on
 from shoal.model.doctor import DoctorReport
 from shoal.plan.hostconfig import DockerNetworkConfig, FirewallConfig, plan_host
+
+WIREGUARD_MODULE = Path("/sys/module/wireguard")
 
 if TYPE_CHECKING:
     from shoal.agent.daemon import Agent
@@ -69,6 +72,10 @@ class HostDoctorProbe:
 
     async def link(self, name: str) -> LinkState | None:
         return await link_state(name)
+
+    def wireguard_module(self) -> bool:
+        # /sys/module is the kernel's, the same in every network namespace.
+        return WIREGUARD_MODULE.exists()
 
     async def routes(self, dev: str) -> Mapping[IPv4Network, int | None]:
         return await routes_on(dev)

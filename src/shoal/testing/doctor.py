@@ -76,6 +76,9 @@ class FakeDoctorProbe:
         kind = "wireguard" if self.host.tunnel.wireguard.flavour == "kernel" else "tun"
         return LinkState(kind=kind, mtu=device.mtu, up=device.up)
 
+    def wireguard_module(self) -> bool:
+        return self.host.tunnel.wireguard.flavour == "kernel"
+
     async def routes(self, dev: str) -> Mapping[IPv4Network, int | None]:
         return {dst: r.mtu for dst, r in self.host.routing.routes.items() if r.dev == dev}
 
