@@ -143,14 +143,19 @@ async def test_600_wrong_tokens_are_throttled_per_source(
     }
     statuses: list[int] = []
     retry_after: set[str] = set()
+    started = time.monotonic()
     for _ in range(60):
         status, headers, _ = await call(server, "POST", "/v1/register", bad, source="127.0.0.9")
         statuses.append(status)
         if status == 429:
             retry_after.add(headers["Retry-After"])
-    assert statuses[:20] == [401] * 20 and set(statuses[20:]) == {429}
+    # The bucket refills one failure per 2 s: a slow (loaded) run earns that many more 401s.
+    refills = int((time.monotonic() - started) / 2)
+    assert statuses[:20] == [401] * 20 and set(statuses[20:]) <= {401, 429}
+    assert statuses[20:].count(401) <= refills and statuses.count(429) >= 40 - refills
     assert retry_after and all(int(s) >= 1 for s in retry_after)
-    assert len([r for r in caplog.records if r.name == "shoal.control.api"]) == 21
+    logged = len([r for r in caplog.records if r.name == "shoal.control.api"])
+    assert 21 <= logged <= 21 + 2 * refills
     status, _, _ = await call(server, "GET", "/v1/admin/nodes", token=server.admin_token)
     assert status == 200  # 127.0.0.1: its own bucket
     # A signature of a key that is no node's counts too, on any route.
