@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -48,6 +49,7 @@ from shoal.agent.localapi import serve
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
+from shoal.agent.stopwatch import Stopwatch
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
     ControlError,
@@ -135,7 +137,9 @@ class Agent:
 
     # -- the tasks -------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve the local API and follow the netmap until stopped; `ready` is called once
+        `shoal status` can answer (how a starting `shoal up` learns it may return)."""
         # Metrics first: a port in use fails the start before anything else listens.
         metrics = await self._serve_metrics()
         runner = await serve(
@@ -146,6 +150,8 @@ class Agent:
             loop.add_signal_handler(sig, self._stop.set)
         self.state.pidfile.write_text(f"{os.getpid()}\n")
         log.info("agent running: %s", self.identity.name)
+        if ready is not None:
+            ready()
         watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
         try:
             async with self.client, asyncio.TaskGroup() as tasks:
@@ -416,20 +422,23 @@ async def _fetch_netmap(identity: NodeIdentity, private_key: PrivateKey) -> Netw
 async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     """Preflight, join or resume, and configure the host once; raise with nothing left behind."""
     clock = clock or SystemClock()
+    watch = Stopwatch()
     if os.geteuid() != 0:
         raise NotRoot()
     state = StateDir(config.state_dir)
     state.ensure()
     docker = DockerHost(config.docker_host)
     await docker.ping()
+    watch.lap("docker")
     dataplane = await select_dataplane(state.path)
     private_key = state.private_key()
+    watch.lap("dataplane")
 
     identity = state.identity()
     cached = state.cached_netmap()
     fresh_join = identity is None
     if identity is None:
-        identity, netmap = await _join(config, private_key, docker)
+        identity, netmap = await _join(config, private_key, docker, watch)
         cached = CachedNetmap(netmap=netmap, received_at=clock.now())
         state.save_netmap(cached)
         state.save_identity(identity)
@@ -452,12 +461,15 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     )
     if state.set_aside:
         agent.health.warn(STATE_FILE_RESET, "; ".join(state.set_aside) + "; rebuilt")
+    watch.lap("state")
     await agent.configure(fresh_join)
+    watch.lap("first-apply")
+    log.info("%s", watch)
     return agent
 
 
 async def _join(
-    config: AgentConfig, private_key: PrivateKey, docker: DockerHost
+    config: AgentConfig, private_key: PrivateKey, docker: DockerHost, watch: Stopwatch
 ) -> tuple[NodeIdentity, NetworkMap]:
     if not config.server_url or not config.token:
         raise NotJoined(
@@ -466,6 +478,7 @@ async def _join(
         )
     token = parse_join_token(config.token)
     ca_pem = await fetch_pinned_ca(config.server_url, token.fingerprint)
+    watch.lap("ca")
     advertise = config.advertise_addr or guess_advertise_addr()
     endpoints = (Endpoint(host=advertise, port=config.listen_port),) if advertise else ()
     name = config.name or os.uname().nodename.split(".")[0].lower()
@@ -476,8 +489,10 @@ async def _join(
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
     )
+    watch.lap("facts")
     async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:
         response = await client.register(request)
+    watch.lap("register")
     log.info(
         "joined %s as %s: mesh IP %s, subnet %s",
         config.server_url,

@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import logging
 import os
-import subprocess
+import select
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
@@ -128,25 +130,34 @@ def cmd_up(args: argparse.Namespace) -> int:
             read = _token_pipe(config.token)
             argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
             os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        _log_to_stderr()
         asyncio.run(_run_foreground(config))
         return 0
-    return _start_background(args, config)
+    return _start_background(config)
 
 
-async def _run_foreground(config: AgentConfig) -> None:
-    # Imported here: the daemon's imports (Docker SDK, pyroute2, ...) cost about a second,
-    # which `shoal up` in the foreground pays once and the starting parent not at all.
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _run_foreground(config: AgentConfig, ready: Callable[[], None] | None = None) -> None:
+    # Imported here: the daemon's imports (Docker SDK, pyroute2, aiohttp, ...) cost about a
+    # second, which only the process that runs the agent pays.
     from shoal.agent.daemon import start
 
     agent = await start(config)
-    await agent.run()
+    await agent.run(ready)
 
 
-def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
-    """Start the daemon detached and return once the host is connected (or say why not)."""
+def _start_background(config: AgentConfig) -> int:
+    """Start the agent detached and return once the host is connected (or say why not).
+
+    The agent is a fork of this process, not a new interpreter: it starts with this process's
+    imports, and the token reaches it in memory (never in an argv or environment). A second
+    interpreter cost a start and the CLI's imports again on the way to the first packet.
+    """
     state = StateDir(config.state_dir)
     state.ensure()
     try:
@@ -156,49 +167,66 @@ def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
     else:
         print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
         return 0
-
-    argv = [sys.executable, "-m", "shoal.cli.main", "up", "--foreground"]
-    for flag in ("server", "name", "advertise_addr", "docker_host", "metrics_listen"):
-        value = getattr(args, flag)
-        if value:
-            argv += [f"--{flag.replace('_', '-')}", str(value)]
-    argv += ["--state-dir", str(config.state_dir), "--listen-port", str(config.listen_port)]
-    fds: tuple[int, ...] = ()
-    if config.token is not None:
-        fds = (_token_pipe(config.token),)
-        argv += ["--token-fd", str(fds[0])]
     print(f"shoal: starting agent (log: {state.log})", file=sys.stderr)
-    with state.log.open("ab") as log:
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            pass_fds=fds,
-            env=_clean_env(),
+    read, write = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the agent; it never returns into the CLI
+        os.close(read)
+        os._exit(_agent_child(config, state.log, write))
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        readable, _, _ = select.select([pipe], [], [], START_TIMEOUT_SECONDS)
+        signal_byte = pipe.read(1) if readable else None
+    if signal_byte is None:
+        raise AgentStartFailed(
+            f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
         )
-    for fd in fds:
-        os.close(fd)
-    started = time.monotonic()
-    while time.monotonic() - started < START_TIMEOUT_SECONDS:
-        if child.poll() is not None:
-            raise AgentStartFailed(_last_error(state.log) or f"agent exited ({child.returncode})")
-        try:
-            status = fetch_status(state.socket, timeout=2.0)
-        except AgentNotRunning:
-            time.sleep(0.1)
-            continue
-        if status.state in (AgentState.RUNNING, AgentState.DEGRADED):
-            print(
-                f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
-                f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
-            )
-            return 0
-        time.sleep(0.1)
-    raise AgentStartFailed(
-        f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
+    if signal_byte != READY:  # end of file: the agent exited before it was ready
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        raise AgentStartFailed(_last_error(state.log) or f"agent exited ({code})")
+    status = fetch_status(state.socket)
+    print(
+        f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
+        f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
     )
+    return 0
+
+
+READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers
+
+
+def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int) -> int:
+    """The forked agent: its own session, stdin from /dev/null, stdout and stderr to its log;
+    runs until stopped. Returns the exit code (a fatal error as one 'shoal: ...' line, which
+    the parent reports)."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+
+    def ready() -> None:
+        os.write(ready_fd, READY)
+        os.close(ready_fd)
+
+    code = 0
+    try:
+        _log_to_stderr()
+        asyncio.run(_run_foreground(config, ready))
+    except ShoalError as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        code = 1
+    except BaseException:  # a bug: the traceback goes to the log
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
 
 
 def _last_error(log: Path) -> str | None:
