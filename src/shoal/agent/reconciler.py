@@ -6,7 +6,9 @@
                     gives each adapter its part and skips a part equal to the one it last applied.
                     A failed part is retried with backoff, re-planned from the newest netmap:
                     never the config it failed with once a newer one exists. A failure in one
-                    subsystem never holds back the others.
+                    subsystem never holds back the others, and subsystems that share nothing
+                    (the tunnel with its routes and resolver; Docker's network; the firewall)
+                    are applied side by side.
     first_apply()   the start-up round: raises when an essential subsystem fails, so the caller
                     can undo a fresh join.
     stop()          SIGTERM: the mesh stays as it is, only the containers' DNS redirect goes (the
@@ -154,14 +156,24 @@ class Reconciler:
         self._health = health
         self._clock = clock
         self.resync_seconds = resync_seconds
-        # Field order of HostConfig: routes after peers, DNS after the tunnel, firewall last.
-        self._slots: tuple[_Slot, ...] = (
-            _slot("tunnel", lambda c: c.tunnel, adapters.tunnel),
-            _slot("routing", lambda c: c.routing, adapters.routing),
-            _slot("docker-network", lambda c: c.docker_network, adapters.docker_network),
-            # Names are a feature, the mesh is the job: no DNS is a warning, never fatal.
-            _slot("dns", lambda c: c.dns, adapters.dns, essential=False),
-            _slot("firewall", lambda c: c.firewall, adapters.firewall),
+        tunnel = _slot("tunnel", lambda c: c.tunnel, adapters.tunnel)
+        routing = _slot("routing", lambda c: c.routing, adapters.routing)
+        network = _slot("docker-network", lambda c: c.docker_network, adapters.docker_network)
+        # Names are a feature, the mesh is the job: no DNS is a warning, never fatal.
+        dns = _slot("dns", lambda c: c.dns, adapters.dns, essential=False)
+        firewall = _slot("firewall", lambda c: c.firewall, adapters.firewall)
+        # Field order of HostConfig (teardown goes in reverse).
+        self._slots: tuple[_Slot, ...] = (tunnel, routing, network, dns, firewall)
+        # Chains that share nothing run concurrently: a join waits for the slowest chain, not
+        # for the sum (measured at a join: tunnel 80 ms, Docker network 90-110 ms, firewall
+        # 75-85 ms, the rest ~15 ms). Within a chain, routes need the interface and the
+        # resolver its address. The firewall names interfaces, which need not exist yet;
+        # Docker's network creation and shoal's iptables-restore -w serialise on the xtables
+        # lock, and --noflush touches only shoal's chains.
+        self._chains: tuple[tuple[_Slot, ...], ...] = (
+            (tunnel, routing, dns),
+            (network,),
+            (firewall,),
         )
         self._netmap: NetworkMap | None = None
         self._planned: HostConfig | None = None  # the newest config a round worked towards
@@ -236,26 +248,37 @@ class Reconciler:
         """Apply what is due; `timings` (if given) receives each applied part's seconds."""
         cfg = self._planned = self._plan(netmap)
         now = self._clock.monotonic()
-        changed = False
-        first_error: BaseException | None = None
-        for slot in self._slots:
-            if not slot.due(cfg, now, force):
-                continue
-            slot.applies_total += 1
-            started = time.perf_counter()
-            try:
-                changed |= await slot.apply(cfg)
-            except Exception as exc:
-                self._failed(slot, cfg, exc)
-                if raise_essential and slot.essential and first_error is None:
-                    first_error = exc
-                continue
-            finally:
-                if timings is not None:
-                    timings[slot.name] = time.perf_counter() - started
-            self._succeeded(slot, cfg)
-        if first_error is not None:
-            raise first_error
+        errors: dict[str, Exception] = {}
+
+        async def run_chain(chain: tuple[_Slot, ...]) -> bool:
+            changed = False
+            for slot in chain:
+                if not slot.due(cfg, now, force):
+                    continue
+                slot.applies_total += 1
+                started = time.perf_counter()
+                try:
+                    changed |= await slot.apply(cfg)
+                except Exception as exc:
+                    self._failed(slot, cfg, exc)
+                    errors[slot.name] = exc
+                    continue
+                finally:
+                    if timings is not None:
+                        timings[slot.name] = time.perf_counter() - started
+                self._succeeded(slot, cfg)
+            return changed
+
+        async with asyncio.TaskGroup() as group:
+            chains = [
+                group.create_task(run_chain(chain), name=f"apply-{chain[0].name}")
+                for chain in self._chains
+            ]
+        changed = any(chain.result() for chain in chains)
+        if raise_essential:
+            for slot in self._slots:  # the first essential failure, in apply order
+                if slot.essential and slot.name in errors:
+                    raise errors[slot.name]
         if changed:
             log.info("host reconciled to netmap r%d", netmap.revision)
         return changed
