@@ -3,8 +3,11 @@
 Both systems run the same steps in labs of the same shape, measured by the same probes:
 
 - **join**: from the join command on a new host (`shoal up` / `docker swarm join`) to the first
-  reply of a container there to a container on another host. The join command's own duration
-  is reported beside it.
+  reply of a container there to a container on another host; the median of several joins. The
+  join command's own duration is reported beside it, and for shoal where the time went: the
+  agent logs its start-up stages (`startup:` — the process before the daemon started, i.e.
+  interpreter and imports, Docker, data plane, CA, facts, registration, first apply) and the
+  first apply per subsystem (`first apply:`), read here from the new host's agent log.
 - **DNS convergence**: containers started one by one on h1; from `docker run -d` returning to
   the name resolving inside a container on the last host, then from `docker stop` returning to
   the name being gone. The probe is a resolver loop running in the probing container's
@@ -19,6 +22,7 @@ Units: seconds in the results, milliseconds in the report.
 from __future__ import annotations
 
 import asyncio
+import re
 import statistics
 import subprocess
 import sys
@@ -113,23 +117,59 @@ class DnsConvergence(Frozen):
     vanish_s: Percentiles  # `docker stop` returned → the name is gone
 
 
+class Stage(Frozen):
+    name: str
+    seconds: float
+
+
 class JoinRun(Frozen):
     command_s: float  # the join command's own duration
     first_packet_s: float  # join command started → first reply of a container there
+    # shoal only: the agent's start-up stages, then its first apply per subsystem (the
+    # subsystems overlap: their sum can exceed the stage "first-apply").
+    stages: tuple[Stage, ...] = ()
 
 
 class JoinSummary(Frozen):
     runs: tuple[JoinRun, ...]
     command_s: float  # medians of the runs
     first_packet_s: float
+    stages: tuple[Stage, ...] = ()  # median of each stage over the runs that logged it
 
     @classmethod
     def of(cls, runs: Sequence[JoinRun]) -> JoinSummary:
+        names = list(dict.fromkeys(stage.name for run in runs for stage in run.stages))
         return cls(
             runs=tuple(runs),
             command_s=statistics.median(r.command_s for r in runs),
             first_packet_s=statistics.median(r.first_packet_s for r in runs),
+            stages=tuple(
+                Stage(
+                    name=name,
+                    seconds=statistics.median(
+                        s.seconds for run in runs for s in run.stages if s.name == name
+                    ),
+                )
+                for name in names
+            ),
         )
+
+
+_STAGE = re.compile(r"([\w-]+) (\d+) ms")
+
+
+def agent_stages(log: Path) -> tuple[Stage, ...]:
+    """The newest `startup:` and `first apply:` lines of an agent log as stages (the first
+    apply's subsystems prefixed `apply/`); () when the log has none."""
+    startup = apply = ""
+    for line in log.read_text(errors="replace").splitlines():
+        if " startup: " in line:
+            startup = line.split(" startup: ", 1)[1].split(": ", 1)[-1]
+        elif " first apply: " in line:
+            apply = line.split(" first apply: ", 1)[1]
+    stages = [Stage(name=n, seconds=int(ms) / 1000) for n, ms in _STAGE.findall(startup)]
+    stages += [Stage(name=f"apply/{n}", seconds=int(ms) / 1000) for n, ms in _STAGE.findall(apply)]
+    return tuple(stages)
 
 
 class SystemResult(Frozen):
@@ -235,7 +275,13 @@ def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
             joined = time.monotonic()
             h3.run_container(f"newcomer{rep}", network="shoal", image=IMAGE)
             first = _first_reply(h3, f"newcomer{rep}", anchor)
-            joins.append(JoinRun(command_s=joined - started, first_packet_s=first - started))
+            joins.append(
+                JoinRun(
+                    command_s=joined - started,
+                    first_packet_s=first - started,
+                    stages=agent_stages(h3.state_dir / "agent.log"),
+                )
+            )
             h3.docker("rm", "-f", f"newcomer{rep}")
             h3.exec([SHOAL, "down", "--leave", "--state-dir", str(h3.state_dir)], timeout=120)
         _shoal_up(lab, h3, token)
@@ -285,7 +331,7 @@ def bench_swarm(name: str, reps: int, containers: int) -> SystemResult:
 def run_controlplane(quick: bool) -> ControlplaneResult:
     """Both systems, one after the other, each in a fresh 3-host lab (joining a third host
     needs three)."""
-    reps, containers = (1, 10) if quick else (3, 50)
+    reps, containers = (3, 10) if quick else (7, 50)
     tag = str(int(time.time()) % 100000)
     shoal = bench_shoal(f"cps{tag}", reps, containers)
     swarm = bench_swarm(f"cpw{tag}", reps, containers)
@@ -361,4 +407,12 @@ def render_markdown(result: ControlplaneResult) -> str:
         f"| Docker Swarm (`docker swarm join`) | {ms(swarm.join.command_s)} |"
         f" {ms(swarm.join.first_packet_s)} |",
     ]
+    if shoal.join.stages:
+        lines += [
+            "",
+            "Where shoal's join goes (medians; from the new host's agent log): "
+            + ", ".join(f"{s.name} {ms(s.seconds)}" for s in shoal.join.stages)
+            + ". `process` is the agent process before its start-up ran (interpreter and"
+            " imports); the `apply/` subsystems run side by side within `first-apply`.",
+        ]
     return "\n".join(lines) + "\n"

@@ -438,10 +438,7 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     cached = state.cached_netmap()
     fresh_join = identity is None
     if identity is None:
-        identity, netmap = await _join(config, private_key, docker, watch)
-        cached = CachedNetmap(netmap=netmap, received_at=clock.now())
-        state.save_netmap(cached)
-        state.save_identity(identity)
+        identity, cached = await _join_and_save(config, state, private_key, docker, clock, watch)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
         cached = CachedNetmap(
@@ -466,6 +463,38 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     watch.lap("first-apply")
     log.info("%s", watch)
     return agent
+
+
+async def join(config: AgentConfig, clock: Clock | None = None) -> None:
+    """Join the mesh and keep the identity and netmap in the state dir, configuring nothing
+    on the host: an agent started later (the systemd unit) resumes from there, so the join
+    token stays in this process. Does nothing when the state dir already holds an identity."""
+    if os.geteuid() != 0:
+        raise NotRoot()
+    state = StateDir(config.state_dir)
+    state.ensure()
+    if state.identity() is not None:
+        return
+    docker = DockerHost(config.docker_host)
+    await docker.ping()
+    await _join_and_save(
+        config, state, state.private_key(), docker, clock or SystemClock(), Stopwatch()
+    )
+
+
+async def _join_and_save(
+    config: AgentConfig,
+    state: StateDir,
+    private_key: PrivateKey,
+    docker: DockerHost,
+    clock: Clock,
+    watch: Stopwatch,
+) -> tuple[NodeIdentity, CachedNetmap]:
+    identity, netmap = await _join(config, private_key, docker, watch)
+    cached = CachedNetmap(netmap=netmap, received_at=clock.now())
+    state.save_netmap(cached)
+    state.save_identity(identity)
+    return identity, cached
 
 
 async def _join(

@@ -20,6 +20,7 @@ from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import fetch_services, fetch_status, request_down
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
+from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli.render import json_list, table
 from shoal.model.errors import ShoalError
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning
@@ -151,12 +152,14 @@ async def _run_foreground(config: AgentConfig, ready: Callable[[], None] | None 
     await agent.run(ready)
 
 
-def _start_background(config: AgentConfig) -> int:
+def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> int:
     """Start the agent detached and return once the host is connected (or say why not).
 
-    The agent is a fork of this process, not a new interpreter: it starts with this process's
-    imports, and the token reaches it in memory (never in an argv or environment). A second
-    interpreter cost a start and the CLI's imports again on the way to the first packet.
+    Where systemd runs, the agent is its unit (restarted on exit, started at boot; see
+    `shoal.agent.systemd`). Elsewhere it is a fork of this process, not a new interpreter: it
+    starts with this process's imports, and the token reaches it in memory (never in an argv
+    or environment). A second interpreter cost a start and the CLI's imports again on the way
+    to the first packet.
     """
     state = StateDir(config.state_dir)
     state.ensure()
@@ -167,6 +170,9 @@ def _start_background(config: AgentConfig) -> int:
     else:
         print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
         return 0
+    systemd = systemd or Systemd()
+    if systemd.running():
+        return _start_unit(config, state, systemd)
     print(f"shoal: starting agent (log: {state.log})", file=sys.stderr)
     read, write = os.pipe()
     sys.stdout.flush()
@@ -192,6 +198,39 @@ def _start_background(config: AgentConfig) -> int:
         f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
     )
     return 0
+
+
+def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
+    """Join in this process (the token goes no further), then hand the agent to systemd;
+    the unit's agent resumes from the state dir."""
+    from shoal.agent.daemon import join  # the daemon's imports, only on this path
+
+    asyncio.run(join(config))
+    unit = AgentUnit(
+        state_dir=config.state_dir, listen_port=config.listen_port, docker_host=config.docker_host
+    )
+    path = systemd.install(unit)
+    print(
+        f"shoal: started systemd unit {unit.name} ({path}; log: journalctl -u {unit.name})",
+        file=sys.stderr,
+    )
+    started = time.monotonic()
+    while time.monotonic() - started < START_TIMEOUT_SECONDS:
+        try:
+            status = fetch_status(state.socket, timeout=2.0)
+        except AgentNotRunning:
+            time.sleep(0.1)
+            continue
+        if status.state in (AgentState.RUNNING, AgentState.DEGRADED):
+            print(
+                f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
+                f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
+            )
+            return 0
+        time.sleep(0.1)
+    raise AgentStartFailed(
+        f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see journalctl -u {unit.name}"
+    )
 
 
 READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers
@@ -338,6 +377,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRoot()
     state = StateDir(Path(args.state_dir))
+    # First the unit: stopped, the agent leaves the host as it is, and systemd no longer
+    # restarts it while the host is undone below.
+    unit = Systemd().remove(state.path)
+    if unit is not None:
+        print(f"shoal: stopped and removed systemd unit {unit}")
     try:
         report = request_down(state.socket, args.leave)
     except AgentNotRunning:
