@@ -248,6 +248,10 @@ def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int) -> int:
     os.dup2(log_fd, 2)
     os.close(null)
     os.close(log_fd)
+    # Python's streams may not be the descriptors (a test harness replaced them): the agent's
+    # output goes to its log either way.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives as long as the process)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
     def ready() -> None:
         os.write(ready_fd, READY)
