@@ -249,8 +249,8 @@ def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int) -> int:
     os.close(null)
     os.close(log_fd)
     # Python's streams may not be the descriptors (a test harness replaced them): the agent's
-    # output goes to its log either way.
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (lives as long as the process)
+    # output goes to its log either way. They live as long as the process.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
     def ready() -> None:
