@@ -19,13 +19,12 @@ from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
     _start_background,
-    _token_in_sight,
-    _without_token,
     cmd_down,
     read_token,
     render_down,
     render_status,
 )
+from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
 from shoal.model.tokens import MalformedToken
 from shoal.testing.systemctl import fake_systemd
@@ -177,3 +176,20 @@ def test_a_forked_agent_that_fails_to_start_is_reported_in_one_line(tmp_path: Pa
         _start_background(config, no_systemd)  # forks the agent; it cannot reach Docker
     assert "\n" not in str(failed.value) and "nonexistent.sock" in str(failed.value)
     assert list((tmp_path / "systemd" / "units").iterdir()) == []
+
+
+def test_a_token_in_argv_is_moved_to_a_pipe_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOAL_TOKEN", "stale")
+    monkeypatch.setattr("sys.argv", ["shoal", "up", "--server", "https://s", "--token", TOKEN])
+    started: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr("os.execve", lambda _path, argv, env: started.append((argv, env)))
+    hide_token(args(token=TOKEN))
+    [(argv, env)] = started
+    assert argv[-4:] == ["--server", "https://s", "--token-fd", argv[-1]]
+    assert TOKEN not in " ".join(argv) and "SHOAL_TOKEN" not in env
+    with os.fdopen(int(argv[-1]), "rb") as pipe:
+        assert pipe.read().decode() == TOKEN
+    hide_token(args(token="-"))  # stdin: never in sight, nothing to do
+    assert len(started) == 1

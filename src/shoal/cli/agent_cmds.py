@@ -22,12 +22,12 @@ from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
 from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli.render import json_list, table
+from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning
 from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
-TOKEN_ENV = "SHOAL_TOKEN"
 MAX_TOKEN_BYTES = 1024  # a join token is 106 characters
 
 
@@ -63,42 +63,6 @@ def read_token(args: argparse.Namespace) -> str | None:
     return text
 
 
-def _token_in_sight(args: argparse.Namespace) -> bool:
-    """The token came in argv or the environment, where `ps` and /proc show it for the life
-    of the process."""
-    return (args.token not in (None, "-")) or (
-        args.token is None and args.token_file is None and args.token_fd is None
-        and bool(os.environ.get(TOKEN_ENV, "").strip())
-    )  # fmt: skip
-
-
-def _token_pipe(token: str) -> int:
-    """A pipe holding the token, its read end inheritable: how the token reaches the agent
-    process without appearing in its argv or environment."""
-    read, write = os.pipe()
-    os.write(write, token.encode())
-    os.close(write)
-    os.set_inheritable(read, True)
-    return read
-
-
-def _without_token(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--token", "--token-file", "--token-fd"):
-            skip = True
-        elif not arg.startswith(("--token=", "--token-file=", "--token-fd=")):
-            out.append(arg)
-    return out
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-
-
 def _config(args: argparse.Namespace) -> AgentConfig:
     advertise = None
     if args.advertise_addr:
@@ -123,14 +87,8 @@ def _config(args: argparse.Namespace) -> AgentConfig:
 def cmd_up(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRoot()
-    config = _config(args)
+    config = _config(args)  # `main` already moved a token in argv or env out of sight
     if args.foreground:
-        if config.token is not None and _token_in_sight(args):
-            # Start again with the token in a pipe: the agent runs for months and its argv
-            # and environment are there for anyone to read all along.
-            read = _token_pipe(config.token)
-            argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
-            os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
         _log_to_stderr()
         asyncio.run(_run_foreground(config))
         return 0

@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "up":
+        from shoal.cli.tokenpass import hide_token
+
+        hide_token(args)  # may start this command again, the token out of argv and env
     try:
         code: int = args.run(args)
     except ShoalError as exc:
