@@ -150,12 +150,7 @@ def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> in
     if signal_byte != READY:  # end of file: the agent exited before it was ready
         code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
         raise AgentStartFailed(_last_error(state.log) or f"agent exited ({code})")
-    status = fetch_status(state.socket)
-    print(
-        f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
-        f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
-    )
-    return 0
+    return _say_up(fetch_status(state.socket))
 
 
 def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
@@ -180,15 +175,19 @@ def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
             time.sleep(0.1)
             continue
         if status.state in (AgentState.RUNNING, AgentState.DEGRADED):
-            print(
-                f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
-                f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
-            )
-            return 0
+            return _say_up(status)
         time.sleep(0.1)
     raise AgentStartFailed(
         f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see journalctl -u {unit.name}"
     )
+
+
+def _say_up(status: AgentStatus) -> int:
+    print(
+        f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
+        f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
+    )
+    return 0
 
 
 READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers
