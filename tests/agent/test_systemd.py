@@ -32,11 +32,13 @@ def test_the_unit_restarts_the_agent_always_and_starts_at_boot() -> None:
 
 
 def test_odd_paths_are_quoted_and_specifiers_escaped() -> None:
-    unit = AgentUnit(Path("/srv/my agent/100%"), 51821, "unix:///run/d $x.sock", python="/py")
-    assert unit.argv()[-2:] == ["--docker-host", "unix:///run/d $x.sock"]
+    unit = AgentUnit(
+        Path("/srv/my agent/100%"), 51821, "unix:///run/d $x.sock", ("mesh", 9469), python="/py"
+    )
+    assert unit.argv()[-4:-2] == ["--docker-host", "unix:///run/d $x.sock"]
     assert (
         'ExecStart=/py -m shoal.cli.main up --foreground --state-dir "/srv/my agent/100%%" '
-        '--listen-port 51821 --docker-host "unix:///run/d $$x.sock"\n'
+        '--listen-port 51821 --docker-host "unix:///run/d $$x.sock" --metrics-listen mesh:9469\n'
     ) in unit.render()
 
 

@@ -60,6 +60,7 @@ class AgentUnit:
     state_dir: Path
     listen_port: int = 51820
     docker_host: str | None = None
+    metrics_listen: tuple[str, int] | None = None  # as parsed from --metrics-listen
     python: str = sys.executable
 
     @property
@@ -71,6 +72,9 @@ class AgentUnit:
         argv += ["--state-dir", str(self.state_dir), "--listen-port", str(self.listen_port)]
         if self.docker_host:
             argv += ["--docker-host", self.docker_host]
+        if self.metrics_listen is not None:
+            host, port = self.metrics_listen
+            argv += ["--metrics-listen", f"{host}:{port}"]
         return argv
 
     def render(self) -> str:

@@ -160,7 +160,10 @@ def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
 
     asyncio.run(join(config))
     unit = AgentUnit(
-        state_dir=config.state_dir, listen_port=config.listen_port, docker_host=config.docker_host
+        state_dir=config.state_dir,
+        listen_port=config.listen_port,
+        docker_host=config.docker_host,
+        metrics_listen=config.metrics_listen,
     )
     path = systemd.install(unit)
     print(
