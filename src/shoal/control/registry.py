@@ -44,7 +44,8 @@ from shoal.model.netmap import (
     NetworkMap,
     Node,
 )
-from shoal.store.base import NodeRecord, Released, Snapshot, Store
+from shoal.model.policy import Policy, parse
+from shoal.store.base import NodeRecord, PolicyRecord, Released, Snapshot, Store
 
 Clock = Callable[[], datetime]
 LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full map
@@ -134,6 +135,10 @@ class Registry:
                 self._offline.add(node.id)
         for record in snapshot.containers:
             self._put_container(record.container)
+        # The access-control policy: no change-log entry, a delta carries it when it changed
+        # after `since` (its own revision says so).
+        self.policy_record = snapshot.policy
+        self.policy = None if snapshot.policy is None else _policy(snapshot.policy)
         taken = {(n.mesh_ip, n.subnet) for n in snapshot.nodes}
         for released in snapshot.released:
             # A quarantined allocation since handed out again (the pool ran short) is over.
@@ -310,6 +315,16 @@ class Registry:
             )
         return rev
 
+    async def save_policy(self, policy: Policy, source: str) -> PolicyRecord:
+        """Persist a validated policy (its text as given) at a new revision; it reaches every
+        node's next poll in the delta."""
+        async with self._write:
+            record = await self.store.save_policy(policy.file, source, self._clock())
+            self.policy_record = record
+            self.policy = policy.model_copy(update={"revision": record.revision})
+            self._record(record.updated_rev, [])
+        return record
+
     async def seen(self, node_id: str) -> None:
         """The node made an authenticated request: it is alive. Brings an offline node (and
         its containers) back at once; last_seen reaches the store with the next sweep."""
@@ -368,6 +383,7 @@ class Registry:
             self_node=self._models[me.id],
             peers=tuple(n for n in self._all_nodes if n.id != node_id),
             containers=self._visible,
+            policy=self.policy,
         )
 
     async def map_update(self, node_id: str, since: int, wait: float) -> MapUpdate:
@@ -445,6 +461,11 @@ class Registry:
             peers_removed=tuple(k for k in sorted(nodes) if k not in self._models),
             containers_changed=tuple(visible),
             containers_removed=tuple(k for k in sorted(containers) if k not in shown),
+            policy=(
+                self.policy
+                if self.policy_record is not None and self.policy_record.updated_rev > since
+                else None
+            ),
         )
         return _Delta(nodes_changed=changed, update=update)
 
@@ -541,3 +562,8 @@ class Registry:
         for woken in waiting.values():
             if not woken.done():
                 woken.set_result(None)
+
+
+def _policy(record: PolicyRecord) -> Policy:
+    """A stored policy, parsed again (it was validated before it was stored)."""
+    return parse(record.source, record.file).model_copy(update={"revision": record.revision})

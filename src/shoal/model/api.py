@@ -6,7 +6,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import (
@@ -19,6 +19,8 @@ from shoal.model.netmap import (
 )
 
 API_VERSION = 1
+LABEL_PREFIX = "shoal."  # the container labels an agent reports
+MAX_LABELS = 16
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
 
 # Bounds on what one node may report. Every report is diffed and any change goes as a delta
@@ -166,6 +168,19 @@ class ContainerReport(Frozen):
     service: DockerName | None = None
     ports: tuple[PortSpec, ...] = Field(default=(), max_length=MAX_PORTS)
     health: Health = "none"
+    # Its `shoal.*` labels (policies select containers by them), sorted; bounded like the rest.
+    labels: tuple[tuple[str, str], ...] = Field(default=(), max_length=MAX_LABELS)
+
+    @field_validator("labels")
+    @classmethod
+    def _shoal_labels(cls, labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for key, value in labels:
+            if not key.startswith(LABEL_PREFIX) or len(key) > 64 or len(value) > 256:
+                raise ValueError(
+                    f"label {key[:64]!r}: only {LABEL_PREFIX}* labels, keys up to 64 and "
+                    "values up to 256 characters"
+                )
+        return tuple(sorted(labels))
 
 
 class ContainersReport(Frozen):

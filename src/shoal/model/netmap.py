@@ -17,6 +17,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from shoal.model.keys import PublicKey
+from shoal.model.policy import Policy
 
 WIREGUARD_PORT = 51820
 # WireGuard over IPv4 costs 60 bytes per packet (20 IP + 8 UDP + 32 WireGuard); 1420 is what
@@ -67,6 +68,7 @@ class Node(Frozen):
     mesh_ip: IPv4Address
     subnet: IPv4Network  # the host's container subnet (its Docker `shoal` network)
     endpoints: tuple[Endpoint, ...] = ()
+    tags: tuple[str, ...] = ()  # from the join token; what policies select with `tag:`
 
     def allowed_ips(self) -> tuple[IPv4Network, ...]:
         """What this node may send from, and what is routed to it: its mesh IP and its subnet."""
@@ -98,6 +100,7 @@ class Container(Frozen):
     service: str | None = None  # label com.docker.compose.service
     ports: tuple[PortSpec, ...] = ()  # exposed ports, for SRV records
     health: Health = "none"  # Docker's health check state; "none" when it has none
+    labels: tuple[tuple[str, str], ...] = ()  # its `shoal.*` labels, sorted; policies select them
 
     @property
     def key(self) -> ContainerKey:
@@ -131,6 +134,7 @@ class NetworkMap(Frozen):
     # container id). Containers of
     # a host the server has not heard from within the heartbeat timeout are withdrawn.
     containers: tuple[Container, ...] = ()
+    policy: Policy | None = None  # the access-control policy; None: shoal's defaults
 
     def peer(self, node_id: str) -> Node | None:
         return next((p for p in self.peers if p.id == node_id), None)
@@ -154,6 +158,7 @@ class NetworkMap(Frozen):
                     update.containers_removed,
                     _by_key,
                 ),
+                "policy": update.policy or self.policy,
             }
         )
 
@@ -211,3 +216,4 @@ class MapUpdate(Frozen):
     peers_removed: tuple[str, ...] = ()
     containers_changed: tuple[Container, ...] = ()  # added or modified (health, IP, ...)
     containers_removed: tuple[ContainerKey, ...] = ()  # (node id, container id)
+    policy: Policy | None = None  # set in a delta when the policy changed

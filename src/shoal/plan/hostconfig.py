@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.model.netmap import Frozen, NetworkMap
+from shoal.plan.policy import HostPolicy, compile_for, publishable
 
 INTERFACE = "shoal0"
 DOCKER_NETWORK = "shoal"
@@ -85,6 +86,9 @@ class FirewallConfig(Frozen):
     # resolver Docker gave them; their port-53 traffic is redirected here, so names work with
     # no per-container flag and no change to the daemon's configuration.
     dns_address: IPv4Address | None = None
+    # The access-control policy as this host enforces it on traffic from the mesh; None: no
+    # policy (containers reach containers, the host's services stay closed but ICMP).
+    policy: HostPolicy | None = None
 
 
 class DnsConfig(Frozen):
@@ -167,11 +171,13 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         container_pool=settings.container_pool,
         mesh_pool=settings.mesh_pool,
         dns_address=me.mesh_ip,
+        policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
         routing=RoutingConfig(device=INTERFACE, routes=routes),
         docker_network=docker_network,
-        dns=DnsConfig(address=me.mesh_ip, netmap=netmap),
+        # Names a host may not publish (the policy's `publish` claims) are not served.
+        dns=DnsConfig(address=me.mesh_ip, netmap=publishable(netmap)),
         firewall=firewall,
     )

@@ -67,6 +67,7 @@ class NodeRecord:
             mesh_ip=self.mesh_ip,
             subnet=self.subnet,
             endpoints=self.endpoints,
+            tags=self.tags,
         )
 
 
@@ -105,6 +106,17 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """The access-control policy as the admin set it (its text, comments and all)."""
+
+    revision: int  # the policy's own number: 1 for the first one set, then 2, ...
+    file: str  # the name it was set from, for `file:line` in errors and verdicts
+    source: str
+    set_at: datetime
+    updated_rev: int = 0  # the global revision at which it reached the maps
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the server loads at start."""
 
@@ -115,6 +127,7 @@ class Snapshot:
     container_tombstones: tuple[ContainerTombstone, ...] = ()  # most recent, oldest first
     revoked_keys: tuple[PublicKey, ...] = ()  # keys of removed nodes: they may not rejoin
     released: tuple[Released, ...] = ()  # oldest first
+    policy: PolicyRecord | None = None  # the newest policy; None: none was ever set
 
 
 class Store(Protocol):
@@ -179,6 +192,11 @@ class Store(Protocol):
     async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
         """Record each node's `last_seen` (one transaction for all; unknown ids are ignored);
         not a change peers see, so no new revision."""
+        ...
+
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        """Store a new policy (the previous one's revision + 1) at a new global revision;
+        earlier policies are kept for the record."""
         ...
 
     async def close(self) -> None: ...

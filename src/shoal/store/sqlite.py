@@ -28,6 +28,7 @@ from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    PolicyRecord,
     Released,
     Snapshot,
     TokenRecord,
@@ -144,6 +145,10 @@ class SqliteStore:
                     "SELECT node_id, mesh_ip, subnet, released_at FROM released "
                     "ORDER BY released_at"
                 ).fetchall()
+                policy = db.execute(
+                    "SELECT revision, file, source, set_at, updated_rev FROM policies "
+                    "ORDER BY revision DESC LIMIT 1"
+                ).fetchone()
             finally:
                 db.execute("COMMIT")
             return Snapshot(
@@ -165,6 +170,7 @@ class SqliteStore:
                     )
                     for r in released
                 ),
+                policy=None if policy is None else _policy(policy),
             )
 
         return await self._run(run)
@@ -318,11 +324,12 @@ class SqliteStore:
             with self._write(db):
                 rev = self._bump(db)
                 db.executemany(
-                    f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (node_id, id) DO UPDATE SET "
                     "name = excluded.name, ip = excluded.ip, project = excluded.project, "
                     "service = excluded.service, ports = excluded.ports, "
-                    "health = excluded.health, updated_rev = excluded.updated_rev",
+                    "health = excluded.health, updated_rev = excluded.updated_rev, "
+                    "labels = excluded.labels",
                     [_container_row(c, rev) for c in changed],
                 )
                 db.executemany(
@@ -386,6 +393,20 @@ class SqliteStore:
 
         await self._run(run)
 
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        def run(db: sqlite3.Connection) -> PolicyRecord:
+            with self._write(db):
+                rev = self._bump(db)
+                row = db.execute(
+                    "INSERT INTO policies (revision, file, source, set_at, updated_rev) "
+                    "SELECT COALESCE(MAX(revision), 0) + 1, ?, ?, ?, ? FROM policies "
+                    "RETURNING revision, file, source, set_at, updated_rev",
+                    (file, source, _ts(at), rev),
+                ).fetchone()
+                return _policy(row)
+
+        return await self._run(run)
+
     async def close(self) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.close()
@@ -401,7 +422,9 @@ _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
     "last_seen, updated_rev, online, ephemeral"
 )
-_CONTAINER_COLS = "node_id, id, name, ip, project, service, ports, health, updated_rev"
+# The containers columns of schema 4, which the 3 → 4 rebuild copies.
+_CONTAINER_COLS_V4 = "node_id, id, name, ip, project, service, ports, health, updated_rev"
+_CONTAINER_COLS = f"{_CONTAINER_COLS_V4}, labels"
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -459,7 +482,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             "ON container_tombstones (removed_rev);"
             "COMMIT;"
         )
-    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
 
 
 def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], rev: int) -> None:
@@ -543,11 +566,12 @@ def _container_row(c: Container, rev: int) -> tuple[object, ...]:
         json.dumps([p.model_dump(mode="json") for p in c.ports]),
         c.health,
         rev,
+        json.dumps([list(kv) for kv in c.labels]),
     )
 
 
 def _container(row: tuple[object, ...]) -> ContainerRecord:
-    (node_id, cid, name, ip, project, service, ports, health, rev) = row
+    (node_id, cid, name, ip, project, service, ports, health, rev, labels) = row
     container = Container(
         id=str(cid),
         node_id=str(node_id),
@@ -557,5 +581,17 @@ def _container(row: tuple[object, ...]) -> ContainerRecord:
         service=service if isinstance(service, str) else None,
         ports=tuple(PortSpec.model_validate(p) for p in json.loads(str(ports))),
         health=str(health),  # validated by the model
+        labels=tuple((str(k), str(v)) for k, v in json.loads(str(labels))),
     )
     return ContainerRecord(container=container, updated_rev=int(str(rev)))
+
+
+def _policy(row: tuple[object, ...]) -> PolicyRecord:
+    revision, file, source, set_at, rev = row
+    return PolicyRecord(
+        revision=int(str(revision)),
+        file=str(file),
+        source=str(source),
+        set_at=_required_dt(str(set_at)),
+        updated_rev=int(str(rev)),
+    )
