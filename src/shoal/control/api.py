@@ -13,6 +13,9 @@
     GET    /v1/admin/tokens             → [TokenInfo]
     DELETE /v1/admin/tokens/{id}        → 204
     GET    /v1/admin/nodes              → [NodeInfo]
+    PUT    /v1/admin/policy             PolicySetRequest → PolicyInfo (validated, inline tests)
+    GET    /v1/admin/policy             → PolicyInfo (404: none set)
+    GET    /v1/admin/policy/test?src=A&dst=B&proto=tcp&port=N → [PolicyVerdict]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
     GET    /v1/admin/certs              → [CertStatus]: CAs and server certificate, expiry
@@ -76,6 +79,8 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     ServerKey,
     ServiceInfo,
@@ -115,6 +120,8 @@ _NODE_LIST = TypeAdapter(list[NodeInfo])
 _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 _CERT_LIST = TypeAdapter(list[CertStatus])
+_VERDICT_LIST = TypeAdapter(list[PolicyVerdict])
+MAX_POLICY_BODY = 3 * 1024 * 1024  # bytes; a policy is at most 1 MiB, escaped in JSON
 
 
 def build_app(
@@ -158,6 +165,9 @@ def build_app(
     app.router.add_get("/v1/admin/admin-tokens", list_admin_tokens)
     app.router.add_delete("/v1/admin/admin-tokens/{id}", revoke_admin_token)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_put("/v1/admin/policy", set_policy)
+    app.router.add_get("/v1/admin/policy", get_policy)
+    app.router.add_get("/v1/admin/policy/test", test_policy)
     return app
 
 
@@ -470,3 +480,32 @@ async def get_metrics(request: web.Request) -> web.Response:
     service = await _admin(request)
     text = request.app[METRICS].render(service)
     return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def set_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = _model(await _body(request, MAX_POLICY_BODY), PolicySetRequest)
+    return _json(await service.set_policy(req))
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    return _json(service.get_policy())
+
+
+async def test_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    q = request.query
+    src, dst, proto = q.get("src", ""), q.get("dst", ""), q.get("proto", "tcp")
+    if not src or not dst:
+        raise BadRequest("src and dst are required (node, container or service names)")
+    if proto not in ("tcp", "udp", "icmp"):
+        raise BadRequest(f"proto must be tcp, udp or icmp, not {proto!r}")
+    port: int | None = None
+    if proto != "icmp":
+        text = q.get("port", "")
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise BadRequest(f"a {proto} test needs port 1-65535, not {text!r}")
+        port = int(text)
+    verdicts = service.test_policy(src, dst, proto, port)  # type: ignore[arg-type]
+    return web.Response(body=_VERDICT_LIST.dump_json(verdicts), content_type="application/json")

@@ -23,6 +23,9 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    PolicyInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
     ServerKey,
@@ -132,6 +135,29 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("DELETE", "/v1/admin/admin-tokens/{id}", "Revoke an admin token", "admin", status=204),
     Route("GET", "/metrics", "Prometheus metrics, text format (scope read)", "admin"),
+    Route(
+        "PUT",
+        "/v1/admin/policy",
+        "Set the access-control policy (refused unless it parses and its inline tests pass)",
+        "admin",
+        PolicySetRequest,
+        PolicyInfo,
+    ),
+    Route("GET", "/v1/admin/policy", "The policy in force", "admin", reply=PolicyInfo),
+    Route(
+        "GET",
+        "/v1/admin/policy/test",
+        "The verdict the destination's firewall gives a new flow, and the rule that decided",
+        "admin",
+        reply=PolicyVerdict,
+        many=True,
+        query=(
+            ("src", {"type": "string"}),
+            ("dst", {"type": "string"}),
+            ("proto", {"type": "string", "enum": ["tcp", "udp", "icmp"]}),
+            ("port", {"type": "integer", "minimum": 1, "maximum": 65535}),
+        ),
+    ),
 )
 
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {

@@ -15,6 +15,7 @@ import logging
 import secrets
 from collections.abc import Iterable
 from datetime import timedelta
+from ipaddress import IPv4Address
 
 from shoal.control import ipam
 from shoal.control.errors import (
@@ -25,6 +26,7 @@ from shoal.control.errors import (
     KeyRevoked,
     NameTaken,
     NotFound,
+    PolicyInvalid,
     PoolConflict,
     ScopeTooNarrow,
     SignatureInvalid,
@@ -50,6 +52,9 @@ from shoal.model.api import (
     ContainerReport,
     ContainersReport,
     NodeInfo,
+    PolicyInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
     ServiceInfo,
@@ -60,7 +65,9 @@ from shoal.model.api import (
 from shoal.model.catalog import build_catalog
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, MapUpdate
+from shoal.model.policy import PolicyError, Proto, parse, run_tests
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
+from shoal.plan.policy import compile_for, explain, refused_names
 from shoal.store.base import NodeRecord, Store, TokenRecord
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
@@ -261,6 +268,27 @@ class ControlService:
             diff += [f"-{have[cid].name}" for cid in removed]
             rev = await self.registry.save_containers(node_id, changed, removed)
         log.info("node %s containers r%d: %s", node.name, rev, _summary(diff))
+        self._warn_unpublishable(changed)
+
+    def _warn_unpublishable(self, containers: Iterable[Container]) -> None:
+        """Log each container whose host may not publish its names: the agents leave it out
+        of DNS (see shoal.plan.policy.publishable); its host's `shoal status` warns too."""
+        policy = self.registry.policy
+        if policy is None or not policy.publish:
+            return
+        for c in containers:
+            node = self.registry.get(c.node_id)
+            refused = refused_names(policy, node.tags if node else (), c)
+            if refused:
+                log.warning(
+                    "node %s may not publish %s (policy %s r%d publish claims): container "
+                    "%s is reported but not in DNS",
+                    node.name if node else c.node_id,
+                    ", ".join(refused),
+                    policy.file,
+                    policy.revision,
+                    c.name,
+                )
 
     def _validate(self, node: NodeRecord, reports: Iterable[ContainerReport]) -> list[Container]:
         containers: list[Container] = []
@@ -363,6 +391,89 @@ class ControlService:
             raise NotFound(f"no admin token with id {tid!r} (see shoal admin token list)")
         await self.store.revoke_token(tid, self._clock())
         log.info("revoked admin token %s", tid)
+
+    async def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
+        """Accept a policy that parses and passes its own inline tests; it reaches every node
+        with its next poll. Anything wrong: PolicyInvalid, and the old policy stays."""
+        try:
+            policy = parse(req.source, req.file)
+        except PolicyError as exc:
+            raise PolicyInvalid(str(exc)) from exc
+        failed = run_tests(policy)
+        if failed:
+            raise PolicyInvalid(
+                f"{len(failed)} inline test(s) fail, policy not set: " + "; ".join(failed)
+            )
+        async with self._lock:
+            record = await self.registry.save_policy(policy, req.source)
+        log.info(
+            "policy %s r%d set: %d rules, %d publish claims, %d tests pass",
+            record.file,
+            record.revision,
+            len(policy.rules),
+            len(policy.publish),
+            len(policy.tests),
+        )
+        self._warn_unpublishable(self.registry.containers())
+        return self.get_policy()
+
+    def get_policy(self) -> PolicyInfo:
+        record, policy = self.registry.policy_record, self.registry.policy
+        if record is None or policy is None:
+            raise NotFound(
+                "no policy is set (shoal's defaults apply); set one: shoal policy set FILE"
+            )
+        return PolicyInfo(
+            revision=record.revision,
+            file=record.file,
+            source=record.source,
+            set_at=record.set_at,
+            rules=len(policy.rules),
+        )
+
+    def _endpoints(self, name: str, role: str) -> list[tuple[IPv4Address, NodeRecord, str]]:
+        """What a name in `policy test` stands for: a node (its mesh IP), a container, or
+        every replica of a service (`web` or `web.app`)."""
+        found: list[tuple[IPv4Address, NodeRecord, str]] = []
+        node = self.registry.by_name(name)
+        if node is not None:
+            found.append((node.mesh_ip, node, f"{node.name} (host {node.mesh_ip})"))
+        for c in self.registry.containers():
+            named = c.name == name or (
+                c.service is not None and name in (c.service, f"{c.service}.{c.project}")
+            )
+            host = self.registry.get(c.node_id)
+            if named and host is not None:
+                found.append((c.ip, host, f"{c.name} ({c.ip} on {host.name})"))
+        if not found:
+            raise NotFound(f"{role} {name!r}: no node, container or service has this name")
+        return found
+
+    def test_policy(
+        self, src: str, dst: str, proto: Proto, port: int | None
+    ) -> list[PolicyVerdict]:
+        """The verdict of the destination host's compiled policy (what its kernel enforces)
+        for each source and destination address the names stand for."""
+        policy = self.registry.policy
+        verdicts = []
+        for dst_ip, host, dst_text in self._endpoints(dst, "destination"):
+            compiled = (
+                None if policy is None else compile_for(policy, self.registry.full_map(host.id))
+            )
+            for src_ip, _node, src_text in self._endpoints(src, "source"):
+                verdict = explain(compiled, host.mesh_ip, src_ip, dst_ip, proto, port)
+                verdicts.append(
+                    PolicyVerdict(
+                        src=src_text,
+                        dst=dst_text,
+                        proto=proto,
+                        port=port,
+                        allow=verdict.allow,
+                        reason=verdict.reason,
+                        policy_revision=None if policy is None else policy.revision,
+                    )
+                )
+        return verdicts
 
     def list_nodes(self) -> list[NodeInfo]:
         return [

@@ -34,6 +34,9 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    PolicyInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
     ServerKey,
@@ -62,6 +65,7 @@ _NODES = TypeAdapter(list[NodeInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
 _CERTS = TypeAdapter(list[CertStatus])
+_VERDICTS = TypeAdapter(list[PolicyVerdict])
 
 
 class ControlClient:
@@ -182,6 +186,21 @@ class ControlClient:
             f"/v1/admin/nodes/{quote(name, safe='')}",
             params={"allow_rejoin": "1"} if allow_rejoin else None,
         )
+
+    async def set_policy(self, request: PolicySetRequest) -> PolicyInfo:
+        return await self._call("PUT", "/v1/admin/policy", PolicyInfo, body=request)
+
+    async def get_policy(self) -> PolicyInfo:
+        return await self._call("GET", "/v1/admin/policy", PolicyInfo)
+
+    async def test_policy(
+        self, src: str, dst: str, proto: str, port: int | None
+    ) -> list[PolicyVerdict]:
+        params = {"src": src, "dst": dst, "proto": proto}
+        if port is not None:
+            params["port"] = str(port)
+        data = await self._call_json("GET", "/v1/admin/policy/test", params=params)
+        return _VERDICTS.validate_python(data)
 
     # Plumbing.
 

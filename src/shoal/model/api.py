@@ -17,6 +17,7 @@ from shoal.model.netmap import (
     NetworkMap,
     PortSpec,
 )
+from shoal.model.policy import MAX_POLICY_BYTES, Proto
 
 API_VERSION = 1
 LABEL_PREFIX = "shoal."  # the container labels an agent reports
@@ -188,6 +189,38 @@ class ContainersReport(Frozen):
     server diffs it against what it has, so a lost report is healed by the next one)."""
 
     containers: tuple[ContainerReport, ...] = Field(max_length=MAX_CONTAINERS)
+
+
+POLICY_FILE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # named in nft comments and error lines
+
+
+class PolicySetRequest(Frozen):
+    """`shoal policy set FILE`: the policy's text as written and the file's name."""
+
+    file: str = Field(pattern=POLICY_FILE_PATTERN)
+    source: str = Field(max_length=MAX_POLICY_BYTES)
+
+
+class PolicyInfo(Frozen):
+    """The policy in force (`shoal policy get`)."""
+
+    revision: int
+    file: str
+    source: str
+    set_at: datetime
+    rules: int
+
+
+class PolicyVerdict(Frozen):
+    """`shoal policy test`: what the destination host's firewall does with a new flow."""
+
+    src: str  # "web (10.42.1.3 on h1)"
+    dst: str
+    proto: Proto
+    port: int | None = None
+    allow: bool
+    reason: str  # the rule (file:line) or default that decided
+    policy_revision: int | None = None  # None: no policy
 
 
 class ServiceInstance(Frozen):

@@ -266,7 +266,7 @@ class _Parser:
 
     def scalars(self, node: yaml.Node, what: str) -> list[tuple[yaml.Node, str]]:
         nodes = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        out = []
+        out: list[tuple[yaml.Node, str]] = []
         for n in nodes:
             if not isinstance(n, yaml.ScalarNode) or n.value == "":
                 raise self.fail(n, f"{what} must be a string or a list of strings")
@@ -302,7 +302,7 @@ class _Parser:
             value = str(net)
         if kind == "label" and "=" not in value:
             raise self.fail(node, f"label selector {text!r} needs KEY=VALUE")
-        return Selector(kind=kind, value=value)  # type: ignore[arg-type]
+        return Selector.model_validate({"kind": kind, "value": value})
 
     def selectors(self, node: yaml.Node, what: str) -> tuple[Selector, ...]:
         return tuple(self.selector(n, text) for n, text in self.scalars(node, what))
