@@ -27,6 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from shoal.agent import exposure
 from shoal.agent.adapters import MeshDns, host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
@@ -38,6 +39,7 @@ from shoal.agent.health import (
     CONTAINERS_REJECTED,
     CONTROL_PROTOCOL,
     CONTROL_UNREACHABLE,
+    NAME_NOT_PUBLISHABLE,
     NEEDS_JOIN,
     NETMAP_CACHE,
     STATE_FILE_RESET,
@@ -66,7 +68,14 @@ from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, NetworkMap
 from shoal.model.status import AgentStatus, DownReport, PeerStatus
 from shoal.model.tokens import parse_join_token
-from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, HostConfig, plan_host
+from shoal.plan.hostconfig import (
+    DOCKER_NETWORK,
+    INTERFACE,
+    FirewallConfig,
+    HostConfig,
+    plan_host,
+)
+from shoal.plan.policy import refused_names
 
 log = logging.getLogger("shoal.agent")
 
@@ -293,8 +302,38 @@ class Agent:
 
     # -- the local API ---------------------------------------------------------------------
 
+    def _host_checks(self, netmap: NetworkMap) -> None:
+        """Warnings that are facts of this host, checked when `shoal status` asks: the Docker
+        API or Swarm listening beyond loopback, names the policy does not let it publish."""
+        found = exposure.check()
+        for code in (exposure.DOCKER_API_EXPOSED, exposure.SWARM_EXPOSED):
+            if code in found:
+                self.health.warn(code, found[code])
+            else:
+                self.health.clear(code)
+        me, policy = netmap.self_node, netmap.policy
+        refused = sorted(
+            f"{c.name} ({', '.join(names)})"
+            for c in netmap.containers
+            if c.node_id == me.id
+            and policy is not None
+            and (names := refused_names(policy, me.tags, c))
+        )
+        if refused and policy is not None:
+            self.health.warn(
+                NAME_NOT_PUBLISHABLE,
+                f"policy {policy.file} r{policy.revision} does not let this host (tags "
+                f"{', '.join(me.tags) or 'none'}) publish: {'; '.join(refused)}; reported but "
+                "not in DNS",
+            )
+        else:
+            self.health.clear(NAME_NOT_PUBLISHABLE)
+
     async def status(self) -> AgentStatus:
         netmap = self.cached.netmap
+        self._host_checks(netmap)
+        firewall = self.reconciler.applied("firewall")
+        policy = firewall.policy if isinstance(firewall, FirewallConfig) else None
         try:
             live = await self.adapters.tunnel.stats()
         except DataPlaneError:
@@ -331,6 +370,7 @@ class Agent:
             listen_port=self.config.listen_port,
             netmap_revision=netmap.revision,
             netmap_received_at=self.cached.received_at,
+            policy_revision=None if policy is None else policy.revision,
             peers=tuple(peers),
         )
 

@@ -181,6 +181,10 @@ class Reconciler:
     def subsystems(self) -> tuple[SubsystemState, ...]:
         return tuple(slot.state() for slot in self._slots)
 
+    def applied(self, name: str) -> BaseModel | None:
+        """The part subsystem `name` last applied successfully (None: none in force)."""
+        return next((s.applied for s in self._slots if s.name == name), None)
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:

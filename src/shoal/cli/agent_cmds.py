@@ -250,6 +250,8 @@ def render_status(s: AgentStatus) -> str:
         f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
         f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
         f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
+        "  policy "
+        + ("none (defaults)" if s.policy_revision is None else f"r{s.policy_revision} enforced"),
         *(_warning(h) for h in s.health),
     ]
     if s.peers:

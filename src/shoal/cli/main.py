@@ -145,6 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_node_remove"))
 
+    policy = sub.add_parser("policy", help="the access-control policy").add_subparsers(
+        dest="policy_cmd", required=True
+    )
+    p = policy.add_parser("set", help="validate (inline tests too) and set the policy")
+    p.add_argument("file")
+    admin_flags(p)
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_set"))
+    p = policy.add_parser("get", help="print the policy in force")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_get"))
+    p = policy.add_parser("check", help="parse a policy file and run its tests (offline)")
+    p.add_argument("file")
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_check"))
+    p = policy.add_parser("test", help="allow or deny, and the rule that decided")
+    p.add_argument("--from", dest="src", required=True, help="container, service or node")
+    p.add_argument("--to", required=True, metavar="NAME:PORT", help="container, service or node")
+    p.add_argument("--proto", default="tcp", choices=("tcp", "udp", "icmp"))
+    admin_flags(p)
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_test"))
+
     p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
     p.add_argument("--token", help="join token SHOAL-1-..., or - to read it from stdin")

@@ -56,6 +56,7 @@ class AgentStatus(Frozen):
     listen_port: int | None = None
     netmap_revision: int | None = None
     netmap_received_at: datetime | None = None
+    policy_revision: int | None = None  # the policy this host's firewall enforces; None: none
     peers: tuple[PeerStatus, ...] = ()
 
 
