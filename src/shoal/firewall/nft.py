@@ -20,6 +20,9 @@ closes.
     forward: established flows end the chain at the first rule; from shoal0 a packet may
         only go into the shoal bridge (not to Docker-published ports of other bridges, not
         back out); outgoing SYNs to shoal0 get their MSS clamped to the route's MTU
+    mesh_policy (only with a policy): new flows from shoal0 to this host or its containers,
+        one statement per rule matching two address sets (`p<N>_src`, `p<N>_dst`), then
+        drop; flows a policy change denies are cut in conntrack (`firewall.conntrack`)
 
 Per-packet cost (issue 14): an established container flow evaluates one vmap lookup in
 prerouting (plus the range check when it comes from the bridge) and one conntrack-state match
@@ -89,7 +92,17 @@ def render(cfg: FirewallConfig) -> str:
         "\t\ttype filter hook forward priority filter; policy accept;",
         "\t\tct state established,related accept",
         f'\t\tiifname "{mesh}" oifname != "{bridge}" drop',
-        *((f'\t\tiifname "{mesh}" jump {POLICY_CHAIN}',) if cfg.policy is not None else ()),
+        *(
+            (
+                f'\t\tiifname "{mesh}" jump {POLICY_CHAIN}',
+                # A flow the policy cut must not come back from the other side: a mid-stream
+                # packet of the server would track it anew, outbound, and the client's next
+                # packets would pass as its replies. New TCP flows start with a SYN.
+                f'\t\toifname "{mesh}" tcp flags != syn / syn,ack drop',
+            )
+            if cfg.policy is not None
+            else ()
+        ),
         # Outgoing SYNs are enough: each host clamps its own side of every connection.
         f'\t\toifname "{mesh}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "\t}",
