@@ -56,8 +56,10 @@ tests:
   - {from: node:h1, to: mesh-host:h2, port: 9191, expect: allow}
 """
 # v2: the cache is closed (its established echo flow must die), db opens 8080 too.
-POLICY_V2 = POLICY_V1.replace("ports: 5432\n", "ports: [5432, 8080]\n", 1).replace(
-    "ports: [6379, 7000]", "ports: [6379]"
+POLICY_V2 = (
+    POLICY_V1.replace("ports: 5432\n", "ports: [5432, 8080]\n", 1)
+    .replace("ports: [6379, 7000]", "ports: [6379]")
+    .replace("port: 8080, expect: deny", "port: 8080, expect: allow")
 )
 ALLOW_ALL = (
     "# the defaults' verdicts: containers reach containers, hosts closed\n"
