@@ -13,6 +13,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -138,10 +139,12 @@ def in_container(host: LabHost, name: str, script: str, *args: str) -> list[str]
 
 
 def set_policy(lab: Lab, text: str, path: Path) -> float:
-    """`shoal policy set`; the wall time it returned (the server accepted the policy)."""
+    """`shoal policy set`; the wall time the server accepted it (its `set_at`: the CLI's own
+    start and exit take longer than what is measured here)."""
     path.write_text(text)
     admin(lab, "policy", "set", str(path))
-    return time.time()
+    info = json.loads(admin(lab, "policy", "get", "--json").stdout)
+    return datetime.fromisoformat(info["set_at"]).timestamp()
 
 
 def enforced(host: LabHost, revision: int) -> bool:
@@ -296,7 +299,7 @@ def test_a_policy_change_takes_effect_within_a_second(
     print(f"new flow opened {opened_after:.3f} s, established flow died {died_after:.3f} s after")
     assert opened_after < 1.0, f"a newly allowed flow took {opened_after:.2f} s"
     assert died_after < 1.0, f"a now denied flow lived on for {died_after:.2f} s"
-    # (its last echo may be lost a little before the CLI returns, not long before)
-    assert died_after > -0.5, f"the echo flow died {-died_after:.2f} s before the change"
+    # (the byte that got no echo may have left one round, 20 ms, before the change)
+    assert died_after > -0.1, f"the echo flow died {-died_after:.2f} s before the change"
     assert not tcp_opens(h1, "pol-web1", cache, ECHO_PORT)  # and stays closed
     assert tcp_opens(h1, "pol-web1", cache, 6379)
