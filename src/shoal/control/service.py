@@ -561,7 +561,7 @@ def _describe(old: Container | None, new: Container) -> str:
         return f"+{new.name} {new.ip}" + ("" if new.health == "none" else f" ({new.health})")
     fields = [
         f"{field} {getattr(old, field)} => {getattr(new, field)}"
-        for field in ("name", "ip", "project", "service", "ports", "health")
+        for field in ("name", "ip", "project", "service", "ports", "health", "labels")
         if getattr(old, field) != getattr(new, field)
     ]
     return f"~{old.name} " + "; ".join(fields)
