@@ -125,12 +125,14 @@ async def test_policy_test_explains_with_the_destination_hosts_compiled_form(
         (no,) = await admin.test_policy("web", "db", "tcp", 5433)
         (host,) = await admin.test_policy("web", "h2", "tcp", 22)
         (ping,) = await admin.test_policy("web", "h2", "icmp", None)
+        (local,) = await admin.test_policy("web", "h1", "tcp", 22)
         with pytest.raises(ControlRejected) as unknown:
             await admin.test_policy("web", "nothing", "tcp", 1)
     assert (ok.allow, ok.reason) == (True, "allowed by p.yaml:2")
     assert ok.src == "app-web-1 (10.42.0.2 on h1)" and ok.dst == "app-db-1 (10.42.1.2 on h2)"
     assert (no.allow, no.reason, no.policy_revision) == (False, "no rule of p.yaml r1 allows it", 1)
     assert not host.allow and ping.allow
+    assert local.allow and local.reason.startswith("same host")
     assert unknown.value.code == "not_found"
 
 

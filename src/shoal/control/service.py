@@ -67,7 +67,7 @@ from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, MapUpdate
 from shoal.model.policy import PolicyError, Proto, parse, run_tests
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
-from shoal.plan.policy import compile_for, explain, refused_names
+from shoal.plan.policy import Verdict, compile_for, explain, refused_names
 from shoal.store.base import NodeRecord, Store, TokenRecord
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
@@ -75,6 +75,9 @@ log = logging.getLogger("shoal.control")
 
 MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the heartbeat timeout)
 DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephemeral node goes
+SAME_HOST = Verdict(
+    allow=True, reason="same host: this traffic does not cross the mesh and is not filtered"
+)
 
 
 class ControlService:
@@ -460,8 +463,12 @@ class ControlService:
             compiled = (
                 None if policy is None else compile_for(policy, self.registry.full_map(host.id))
             )
-            for src_ip, _node, src_text in self._endpoints(src, "source"):
-                verdict = explain(compiled, host.mesh_ip, src_ip, dst_ip, proto, port)
+            for src_ip, src_host, src_text in self._endpoints(src, "source"):
+                verdict = (
+                    SAME_HOST
+                    if src_host.id == host.id
+                    else explain(compiled, host.mesh_ip, src_ip, dst_ip, proto, port)
+                )
                 verdicts.append(
                     PolicyVerdict(
                         src=src_text,
