@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ from shoal.control.ca import rotate_ca
 from shoal.docker import DockerHost
 from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import NetworkMap
+from shoal.model.netmap import Container, NetworkMap
+from shoal.model.policy import parse
 from shoal.model.status import AgentState
 from shoal.testing.clock import ManualClock
 from shoal.testing.fakes import FakeHost
@@ -204,3 +206,33 @@ async def test_the_agent_takes_the_trust_bundle_of_a_ca_being_introduced(tmp_pat
         saved = rig.state.identity()
         assert saved is not None and saved.ca_pem.count("BEGIN CERTIFICATE") == 2
         assert "ca-expiring" not in {w.code for w in (await rig.agent.status()).health}
+
+
+async def test_status_shows_the_enforced_policy_and_names_it_may_not_publish(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    response = await join(server, "h1", key=KEY)
+    policy = parse("publish:\n  - {tags: [db], names: [db]}\n", "p.yaml")
+    me = response.netmap.self_node
+    impostor = Container(
+        id="ab" * 32,
+        node_id=me.id,
+        name="app-db-1",
+        ip=IPv4Address(int(me.subnet.network_address) + 5),
+        project="app",
+        service="db",
+    )
+    nm = response.netmap.model_copy(
+        update={"policy": policy.model_copy(update={"revision": 4}), "containers": (impostor,)}
+    )
+    rig = Rig(tmp_path, server.url, server.ca.ca_pem, nm)
+    await rig.agent.configure(fresh_join=False)
+    status = await rig.agent.status()
+    assert status.policy_revision == 4
+    (warning,) = [w for w in status.health if w.code == "name-not-publishable"]
+    assert warning.message == (
+        "policy p.yaml r4 does not let this host (tags none) publish: app-db-1 (db); reported "
+        "but not in DNS"
+    )
+    # ... and its DNS part leaves the container out.
+    assert rig.host.dns.dump().endswith("(1 nodes, 0 containers)")
