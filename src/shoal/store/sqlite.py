@@ -475,13 +475,16 @@ def _migrate(db: sqlite3.Connection) -> None:
             "DROP INDEX IF EXISTS containers_node_id;"
             "DROP TABLE container_tombstones;"
             + "".join(t.group(0) for t in tables if t is not None)
-            + f"INSERT INTO containers ({_CONTAINER_COLS}) "
-            f"SELECT {_CONTAINER_COLS} FROM containers_v3;"
+            + f"INSERT INTO containers ({_CONTAINER_COLS_V4}) "
+            f"SELECT {_CONTAINER_COLS_V4} FROM containers_v3;"
             "DROP TABLE containers_v3;"
             "CREATE INDEX IF NOT EXISTS container_tombstones_removed_rev "
             "ON container_tombstones (removed_rev);"
             "COMMIT;"
         )
+    containers = {row[1] for row in db.execute("PRAGMA table_info(containers)")}
+    if "labels" not in containers:  # schema 4 → 5: container labels (policies), policies
+        db.execute("ALTER TABLE containers ADD COLUMN labels TEXT NOT NULL DEFAULT '[]'")
     db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
 
 
