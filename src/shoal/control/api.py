@@ -33,8 +33,8 @@ key (see shoal.model.nodeauth): nothing but that key authorises them. Every erro
 each refusal (4xx) is one short log line. Every signed request of a node counts as a
 heartbeat of that node.
 
-Bounds: each route reads at most its body limit (MAX_BODY, MAX_SMALL_BODY, MAX_REPORT) within
-BODY_TIMEOUT; a source gets 429 with Retry-After once out of registrations or failed
+Bounds: each route reads at most its body limit (MAX_BODY, MAX_SMALL_BODY, MAX_REPORT,
+MAX_POLICY_BODY) within BODY_TIMEOUT; a source gets 429 with Retry-After once out of registrations or failed
 authentications (control.limits), a node once it reports its containers too often; the
 listener bounds connections and their deadlines (control.listener).
 """
@@ -88,6 +88,7 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.keys import PublicKey
+from shoal.model.policy import Proto
 from shoal.model.prometheus import CONTENT_TYPE
 from shoal.store.errors import StoreError
 
@@ -103,6 +104,8 @@ MAX_SMALL_BODY = 4 * 1024  # a token request, an admin token request
 # A container report: at most model.api.MAX_CONTAINERS containers, each ~1.6 KB at most
 # (see the bounds there); a real host's report of 50 containers is ~15 KB.
 MAX_REPORT = 1024 * 1024
+MAX_POLICY_BODY = 3 * 1024 * 1024  # a policy is at most 1 MiB of text, escaped in JSON
+_PROTOS: dict[str, Proto] = {"tcp": "tcp", "udp": "udp", "icmp": "icmp"}
 BODY_TIMEOUT = 10.0  # seconds a client may take to send a body once its headers are in
 DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 
@@ -121,7 +124,6 @@ _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 _CERT_LIST = TypeAdapter(list[CertStatus])
 _VERDICT_LIST = TypeAdapter(list[PolicyVerdict])
-MAX_POLICY_BODY = 3 * 1024 * 1024  # bytes; a policy is at most 1 MiB, escaped in JSON
 
 
 def build_app(
@@ -496,16 +498,16 @@ async def get_policy(request: web.Request) -> web.Response:
 async def test_policy(request: web.Request) -> web.Response:
     service = await _admin(request)
     q = request.query
-    src, dst, proto = q.get("src", ""), q.get("dst", ""), q.get("proto", "tcp")
+    src, dst, proto = q.get("src", ""), q.get("dst", ""), _PROTOS.get(q.get("proto", "tcp"))
     if not src or not dst:
         raise BadRequest("src and dst are required (node, container or service names)")
-    if proto not in ("tcp", "udp", "icmp"):
-        raise BadRequest(f"proto must be tcp, udp or icmp, not {proto!r}")
+    if proto is None:
+        raise BadRequest(f"proto must be tcp, udp or icmp, not {q.get('proto')!r}")
     port: int | None = None
     if proto != "icmp":
         text = q.get("port", "")
         if not text.isdigit() or not 1 <= int(text) <= 65535:
             raise BadRequest(f"a {proto} test needs port 1-65535, not {text!r}")
         port = int(text)
-    verdicts = service.test_policy(src, dst, proto, port)  # type: ignore[arg-type]
+    verdicts = service.test_policy(src, dst, proto, port)
     return web.Response(body=_VERDICT_LIST.dump_json(verdicts), content_type="application/json")
