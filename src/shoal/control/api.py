@@ -34,9 +34,9 @@ each refusal (4xx) is one short log line. Every signed request of a node counts 
 heartbeat of that node.
 
 Bounds: each route reads at most its body limit (MAX_BODY, MAX_SMALL_BODY, MAX_REPORT,
-MAX_POLICY_BODY) within BODY_TIMEOUT; a source gets 429 with Retry-After once out of registrations or failed
-authentications (control.limits), a node once it reports its containers too often; the
-listener bounds connections and their deadlines (control.listener).
+MAX_POLICY_BODY) within BODY_TIMEOUT; a source gets 429 with Retry-After once out of
+registrations or failed authentications (control.limits), a node once it reports its
+containers too often; the listener bounds connections and their deadlines (control.listener).
 """
 
 from __future__ import annotations
