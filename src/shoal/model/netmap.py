@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from operator import attrgetter
 from typing import Annotated, Literal, TypeVar
@@ -22,6 +23,14 @@ WIREGUARD_PORT = 51820
 # WireGuard over IPv4 costs 60 bytes per packet (20 IP + 8 UDP + 32 WireGuard); 1420 is what
 # wg-quick uses and leaves room for an IPv6 underlay too.
 DEFAULT_MTU = 1420
+# A key rotation switches the rotating node at `Node.switch_at` and its peers this much later.
+# The order matters, and this gap is what makes a rotation lossless: once the rotating host
+# has set its new key its packets wait in WireGuard's staged queue (128 per peer) until a
+# session with the new key exists, and none can exist before the peer has the new key, so
+# nothing is sent that a peer would drop. A peer that switched first would instead drop
+# everything still arriving on the old key's session. The gap must cover the clock skew and
+# apply time between hosts, and stay well under 128 packets of staged traffic.
+PEER_SWITCH_LAG = timedelta(milliseconds=500)
 
 
 class Frozen(BaseModel):
@@ -67,6 +76,18 @@ class Node(Frozen):
     mesh_ip: IPv4Address
     subnet: IPv4Network  # the host's container subnet (its Docker `shoal` network)
     endpoints: tuple[Endpoint, ...] = ()
+    # A key rotation in progress: the node's next WireGuard key and when it switches to it
+    # (UTC); its peers switch PEER_SWITCH_LAG later. Both None when no rotation is pending.
+    next_key: PublicKey | None = None
+    switch_at: datetime | None = None
+
+    def key_at(self, now: datetime, *, lag: timedelta = timedelta(0)) -> PublicKey:
+        """The key this node carries traffic with at `now`, for an observer that switches
+        `lag` after the node itself (0: the node itself; PEER_SWITCH_LAG: its peers)."""
+        if self.next_key is not None and self.switch_at is not None:
+            if now >= self.switch_at + lag:
+                return self.next_key
+        return self.public_key
 
     def allowed_ips(self) -> tuple[IPv4Network, ...]:
         """What this node may send from, and what is routed to it: its mesh IP and its subnet."""
