@@ -26,6 +26,9 @@ class AgentConfig:
     resync_seconds: float = 30.0
     # Where /metrics listens: (loopback address or "mesh", port); None: no metrics.
     metrics_listen: tuple[str, int] | None = None
+    # Rotate the WireGuard key once private.key is older than this (seconds; None: never).
+    # Checked at start and then every KEY_AGE_CHECK_SECONDS.
+    key_max_age_seconds: float | None = 90 * 24 * 3600.0
 
 
 class MetricsListenRefused(AgentError):

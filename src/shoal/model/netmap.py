@@ -84,10 +84,13 @@ class Node(Frozen):
     def key_at(self, now: datetime, *, lag: timedelta = timedelta(0)) -> PublicKey:
         """The key this node carries traffic with at `now`, for an observer that switches
         `lag` after the node itself (0: the node itself; PEER_SWITCH_LAG: its peers)."""
-        if self.next_key is not None and self.switch_at is not None:
-            if now >= self.switch_at + lag:
-                return self.next_key
+        if self.next_key is not None and self.switch_at is not None and now >= self.switch_at + lag:
+            return self.next_key
         return self.public_key
+
+    def switches_at(self, *, lag: timedelta = timedelta(0)) -> datetime | None:
+        """When an observer `lag` behind switches to the next key; None: no rotation pending."""
+        return None if self.switch_at is None or self.next_key is None else self.switch_at + lag
 
     def allowed_ips(self) -> tuple[IPv4Network, ...]:
         """What this node may send from, and what is routed to it: its mesh IP and its subnet."""
