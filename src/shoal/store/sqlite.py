@@ -434,7 +434,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             "COMMIT;"
         )
     if "next_key" not in {row[1] for row in db.execute("PRAGMA table_info(nodes)")}:
-        # Still schema 3: key rotation only adds two nullable columns.
+        # Key rotation only adds two nullable columns (no schema version of its own).
         db.execute("ALTER TABLE nodes ADD COLUMN next_key TEXT")
         db.execute("ALTER TABLE nodes ADD COLUMN switch_at TEXT")
     tokens = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
