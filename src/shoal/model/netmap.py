@@ -30,7 +30,7 @@ DEFAULT_MTU = 1420
 # nothing is sent that a peer would drop. A peer that switched first would instead drop
 # everything still arriving on the old key's session. The gap must cover the clock skew and
 # apply time between hosts, and stay well under 128 packets of staged traffic.
-PEER_SWITCH_LAG = timedelta(milliseconds=500)
+PEER_SWITCH_LAG = timedelta(milliseconds=50)
 
 
 class Frozen(BaseModel):
