@@ -105,6 +105,7 @@ class Agent:
         # The next key of a key rotation (private.key.next): the netmap says when to switch.
         self.next_key = next_key
         self._rotating = asyncio.Lock()  # one `rotate-key` at a time
+        self._announced: KeyRotation | None = None  # until the netmap shows it
         self._rotation_changed = asyncio.Event()
         self.adapters = adapters
         self.docker = docker
@@ -315,6 +316,7 @@ class Agent:
                     "else run shoal node rotate-key again"
                 ) from exc
             self.next_key = new
+            self._announced = KeyRotation(next_key=reply.new_public_key, switch_at=reply.switch_at)
             self._rotation_changed.set()
             log.info(
                 "key rotation announced: %s => %s at %s",
@@ -322,7 +324,16 @@ class Agent:
                 new.public_key().short(),
                 reply.switch_at.isoformat(),
             )
-            return KeyRotation(next_key=reply.new_public_key, switch_at=reply.switch_at)
+            return self._announced
+
+    def _announcement(self) -> KeyRotation | None:
+        """The rotation this agent announced, while it holds its key and the netmap does not
+        show it yet."""
+        held = self.next_key
+        announced = self._announced
+        if held is None or announced is None or announced.next_key != held.public_key():
+            return None
+        return announced
 
     def _own_rotation(self, me: Node) -> KeyRotation | None:
         """The rotation of this host the netmap announces, if this host holds its key."""
@@ -452,7 +463,7 @@ class Agent:
             netmap_revision=netmap.revision,
             netmap_received_at=self.cached.received_at,
             peers=tuple(peers),
-            rotation=_rotation(me),
+            rotation=_rotation(me) or self._announcement(),
         )
 
     async def services(self) -> list[ServiceInfo]:

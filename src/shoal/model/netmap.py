@@ -24,12 +24,16 @@ WIREGUARD_PORT = 51820
 # wg-quick uses and leaves room for an IPv6 underlay too.
 DEFAULT_MTU = 1420
 # A key rotation switches the rotating node at `Node.switch_at` and its peers this much later.
-# The order matters, and this gap is what makes a rotation lossless: once the rotating host
-# has set its new key its packets wait in WireGuard's staged queue (128 per peer) until a
-# session with the new key exists, and none can exist before the peer has the new key, so
-# nothing is sent that a peer would drop. A peer that switched first would instead drop
-# everything still arriving on the old key's session. The gap must cover the clock skew and
-# apply time between hosts, and stay well under 128 packets of staged traffic.
+# The order is what makes a rotation lossless. Once the rotating host has set its new key, its
+# packets wait in WireGuard's staged queue (128 per peer) while it handshakes with the new key,
+# and the handshake cannot succeed before the peer knows that key (the peer drops it), so
+# nothing is sent that the peer would drop; the peer's own switch then starts a handshake at
+# once (a new peer entry with a keepalive sends one) and the queue drains. A peer switching
+# first would drop every packet still coming on the old key's session. The gap is kept short
+# because everything the rotating host sends meanwhile arrives in one burst: busybox ping's
+# 7 KB socket buffer overflowed with a 500 ms gap (45 replies at once, ~35 lost per rotation),
+# not with 50 ms. The gap must exceed the rotating host's apply delay minus the peer's (measured
+# on a loaded 2-core lab: 2-60 ms vs 5-105 ms) plus the clock skew between them.
 PEER_SWITCH_LAG = timedelta(milliseconds=50)
 
 
