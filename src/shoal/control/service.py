@@ -318,9 +318,10 @@ class ControlService:
         async with self._lock:
             node = self.registry.require(node.id)
             if signer != node.public_key:
+                # Signed with the pending next key: the host already switched to it.
                 raise Conflict(
-                    f"a key rotation of node {node.name} is already pending: sign with its "
-                    "current key"
+                    f"node {node.name}'s previous key rotation is not final yet (about "
+                    f"{ROTATION_FINAL_AFTER.total_seconds():.0f}s after its switch); try again"
                 )
             if node.next_key is not None and node.switch_at is not None:
                 if node.next_key == new_key:
