@@ -395,3 +395,49 @@ def test_sqlite_adds_labels_to_a_schema_4_containers_table(tmp_path: Path) -> No
         await store.close()
 
     asyncio.run(check())
+
+
+async def test_a_pending_key_rotation_roundtrips_and_clears(store: Store) -> None:
+    new = PrivateKey(b"\x63" * 32).public_key()
+    rotating = node(1, next_key=new, switch_at=T0 + timedelta(seconds=3))
+    await store.save_node(rotating)
+    (got,) = (await store.load(10)).nodes
+    assert (got.next_key, got.switch_at) == (new, T0 + timedelta(seconds=3))
+    await store.save_node(replace(rotating, public_key=new, next_key=None, switch_at=None))
+    (got,) = (await store.load(10)).nodes
+    assert (got.public_key, got.next_key, got.switch_at) == (new, None, None)
+
+
+async def test_removing_a_rotating_node_revokes_both_its_keys(store: Store) -> None:
+    new = PrivateKey(b"\x63" * 32).public_key()
+    await store.save_node(node(1, next_key=new, switch_at=T0))
+    await store.remove_node("n1", revoke_key=True)
+    revoked = set((await store.load(10)).revoked_keys)
+    assert revoked == {node(1).public_key, new}
+
+
+def test_sqlite_adds_the_rotation_columns_to_an_older_database(tmp_path: Path) -> None:
+    """A database from before key rotation gains next_key and switch_at (NULL)."""
+    path = tmp_path / "shoal.db"
+    asyncio.run(_save_and_close(SqliteStore(path), node(1)))
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE nodes DROP COLUMN next_key")
+    db.execute("ALTER TABLE nodes DROP COLUMN switch_at")
+    db.commit()
+    db.close()
+
+    async def check() -> None:
+        store = SqliteStore(path)
+        (got,) = (await store.load(10)).nodes
+        assert (got.id, got.next_key, got.switch_at) == ("n1", None, None)
+        await store.save_node(replace(got, next_key=node(2).public_key, switch_at=T0))
+        (got,) = (await store.load(10)).nodes
+        assert got.next_key == node(2).public_key
+        await store.close()
+
+    asyncio.run(check())
+
+
+async def _save_and_close(store: Store, record: NodeRecord) -> None:
+    await store.save_node(record)
+    await store.close()

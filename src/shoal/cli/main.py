@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_node_remove"))
+    p = node.add_parser(
+        "rotate-key",
+        help="on a host: replace this node's WireGuard key (every peer switches, no packet lost)",
+    )
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("agent_cmds", "cmd_rotate_key"))
 
     policy = sub.add_parser("policy", help="the access-control policy").add_subparsers(
         dest="policy_cmd", required=True
@@ -176,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
+    p.add_argument(
+        "--key-max-age",
+        default=None,
+        help="rotate the WireGuard key once it is this old, e.g. 30d, or never (default 90d)",
+    )
     p.add_argument("--foreground", action="store_true", help="run the agent in this process")
     p.add_argument(
         "--metrics-listen",

@@ -73,6 +73,7 @@ from shoal.control.metrics import ServerMetrics
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.service import ControlService
 from shoal.model.api import (
+    ROTATE_PROOF_TARGET,
     AdminTokenCreateRequest,
     AdminTokenInfo,
     CertStatus,
@@ -82,10 +83,12 @@ from shoal.model.api import (
     PolicySetRequest,
     PolicyVerdict,
     RegisterRequest,
+    RotateKeyRequest,
     ServerKey,
     ServiceInfo,
     TokenCreateRequest,
     TokenInfo,
+    rotate_proof_body,
 )
 from shoal.model.keys import PublicKey
 from shoal.model.policy import Proto
@@ -156,6 +159,7 @@ def build_app(
     app.router.add_get("/v1/netmap", netmap)
     app.router.add_post("/v1/containers", containers)
     app.router.add_post("/v1/leave", leave)
+    app.router.add_post("/v1/rotate", rotate)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_get("/v1/admin/tokens", list_tokens)
     app.router.add_delete("/v1/admin/tokens/{id}", revoke_token)
@@ -421,6 +425,18 @@ async def leave(request: web.Request) -> web.Response:
     node_id = _node_id(request)
     await request.app[SERVICE].leave(node_id)
     return web.Response(status=204)
+
+
+async def rotate(request: web.Request) -> web.Response:
+    raw = await _body(request)
+    signer = _signer(request, raw)
+    req = _model(raw, RotateKeyRequest)
+    # The proof is a second signature, by the new key, over both keys (see RotateKeyRequest).
+    proved_by = request.app[VERIFIER].verify(
+        req.proof, "POST", ROTATE_PROOF_TARGET, rotate_proof_body(signer, req.new_public_key)
+    )
+    reply = await request.app[SERVICE].rotate_key(signer, req.new_public_key, proved_by)
+    return _json(reply)
 
 
 async def create_token(request: web.Request) -> web.Response:

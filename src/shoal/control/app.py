@@ -45,7 +45,11 @@ from shoal.control.registry import (
     Registry,
     utcnow,
 )
-from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, ControlService
+from shoal.control.service import (
+    DEFAULT_EPHEMERAL_TIMEOUT,
+    DEFAULT_ROTATION_LEAD,
+    ControlService,
+)
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
@@ -78,6 +82,8 @@ class ServerConfig:
     ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     rates: RateLimits = field(default_factory=RateLimits)
+    # How long before a key rotation's switch the server announces it to every peer.
+    rotation_lead: timedelta = DEFAULT_ROTATION_LEAD
 
 
 def load_config(
@@ -295,6 +301,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             admin_token_hash=admin_hash,
             clock=clock,
             ephemeral_timeout=config.ephemeral_timeout,
+            rotation_lead=config.rotation_lead,
         )
         verifier = NodeVerifier(load_or_create_auth_key(data_dir))
         limits = config.connections

@@ -28,6 +28,8 @@ from shoal.model.api import (
     PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RotateKeyReply,
+    RotateKeyRequest,
     ServerKey,
     ServiceInfo,
     TokenCreated,
@@ -85,6 +87,15 @@ ROUTES: tuple[Route, ...] = (
         status=204,
     ),
     Route("POST", "/v1/leave", "Remove this node from the mesh", "node", status=204),
+    Route(
+        "POST",
+        "/v1/rotate",
+        "Announce this node's next WireGuard key (signed with the current one, proven with "
+        "the new one); every host switches at the reply's time",
+        "node",
+        RotateKeyRequest,
+        RotateKeyReply,
+    ),
     Route(
         "POST",
         "/v1/admin/tokens",

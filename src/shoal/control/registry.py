@@ -195,6 +195,7 @@ class Registry:
         return node
 
     def by_public_key(self, key: PublicKey) -> NodeRecord | None:
+        """The node with this key, or with this next key during a key rotation."""
         node_id = self._by_key.get(key)
         return None if node_id is None else self._nodes[node_id]
 
@@ -280,6 +281,8 @@ class Registry:
                 self._release(Released(node_id, node.mesh_ip, node.subnet, now))
                 if revoke_key:
                     self._revoked.add(node.public_key)
+                    if node.next_key is not None:
+                        self._revoked.add(node.next_key)
             self._seen.pop(node_id, None)
             self._seen_persisted.pop(node_id, None)
             self._offline.discard(node_id)
@@ -513,6 +516,8 @@ class Registry:
         self._nodes[node.id] = node
         self._models[node.id] = node.node()
         self._by_key[node.public_key] = node.id
+        if node.next_key is not None:
+            self._by_key[node.next_key] = node.id
         self._by_name[node.name] = node.id
         self._ledger.add(node.id, Allocation(mesh_ip=node.mesh_ip, subnet=node.subnet))
 
@@ -520,6 +525,8 @@ class Registry:
         self._nodes.pop(node.id, None)
         self._models.pop(node.id, None)
         self._by_key.pop(node.public_key, None)
+        if node.next_key is not None:
+            self._by_key.pop(node.next_key, None)
         self._by_name.pop(node.name, None)
 
     def _release(self, released: Released) -> None:

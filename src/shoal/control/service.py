@@ -14,6 +14,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
 from ipaddress import IPv4Address
 
@@ -57,6 +58,7 @@ from shoal.model.api import (
     PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RotateKeyReply,
     ServiceInfo,
     TokenCreated,
     TokenCreateRequest,
@@ -64,7 +66,7 @@ from shoal.model.api import (
 )
 from shoal.model.catalog import build_catalog
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Container, MapUpdate
+from shoal.model.netmap import PEER_SWITCH_LAG, Container, MapUpdate
 from shoal.model.policy import PolicyError, Proto, parse, run_tests
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
 from shoal.plan.policy import Verdict, compile_for, explain, refused_names
@@ -78,6 +80,14 @@ DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephem
 SAME_HOST = Verdict(
     allow=True, reason="same host: this traffic does not cross the mesh and is not filtered"
 )
+# A key rotation is announced this long before the switch: the delta must reach every peer's
+# long-poll first (it takes tens of ms; a peer that learns late switches late, and the rotating
+# host's packets to it wait in WireGuard's staged queue meanwhile).
+DEFAULT_ROTATION_LEAD = timedelta(seconds=3)
+# The server makes a rotation final (the old key stops working) this long after the peers'
+# switch: a peer that gets the final record switches on receipt, and must not do so before
+# the rotating host has.
+ROTATION_FINAL_AFTER = PEER_SWITCH_LAG + timedelta(seconds=1)
 
 
 class ControlService:
@@ -91,8 +101,10 @@ class ControlService:
         admin_token_hash: str,
         clock: Clock = utcnow,
         ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT,
+        rotation_lead: timedelta = DEFAULT_ROTATION_LEAD,
     ) -> None:
         self.ephemeral_timeout = ephemeral_timeout
+        self.rotation_lead = rotation_lead
         self.store = store
         self.registry = registry
         self.pools = pools
@@ -203,6 +215,9 @@ class ControlService:
             ephemeral=existing.ephemeral if existing else bool(record and record.ephemeral),
             last_seen=now,
         )
+        if existing is not None and existing.public_key == req.public_key:
+            # Joining again mid-rotation keeps the rotation (the host holds the next key).
+            node = replace(node, next_key=existing.next_key, switch_at=existing.switch_at)
         try:
             saved = await self.registry.save(node, consume_token=consume)
         except TokenUnavailable as exc:
@@ -317,9 +332,94 @@ class ControlService:
             containers.append(Container(node_id=node.id, **c.model_dump()))
         return containers
 
+    async def rotate_key(
+        self, signer: PublicKey, new_key: PublicKey, proved_by: PublicKey
+    ) -> RotateKeyReply:
+        """Announce the signer's node's next key: it and its peers switch at `switch_at`.
+
+        `signer` signed the request and must be the node's current key; `proved_by` signed the
+        request's proof (over both keys) and must be `new_key`. Announcing the pending key
+        again returns the same switch time (a retry after a lost reply is safe)."""
+        if proved_by != new_key:
+            raise SignatureInvalid(
+                f"the rotation proof is signed with key {proved_by.short()}…, not with the new "
+                f"key {new_key.short()}…"
+            )
+        node = self.authenticate_node(signer)
+        async with self._lock:
+            node = self.registry.require(node.id)
+            if signer != node.public_key:
+                # Signed with the pending next key: the host already switched to it.
+                raise Conflict(
+                    f"node {node.name}'s previous key rotation is not final yet (about "
+                    f"{ROTATION_FINAL_AFTER.total_seconds():.0f}s after its switch); try again"
+                )
+            if node.next_key is not None and node.switch_at is not None:
+                if node.next_key == new_key:
+                    return RotateKeyReply(new_public_key=new_key, switch_at=node.switch_at)
+                raise Conflict(
+                    f"node {node.name} is already switching to key {node.next_key.short()}… at "
+                    f"{node.switch_at:%H:%M:%S} UTC; rotate again after that"
+                )
+            if new_key == node.public_key:
+                raise BadRequest("the new key is the node's current key")
+            if self.registry.is_revoked(new_key):
+                raise KeyRevoked(f"key {new_key.short()}… was revoked; generate another")
+            if self.registry.by_public_key(new_key) is not None:
+                raise Conflict(f"key {new_key.short()}… belongs to another node")
+            switch_at = self._clock() + self.rotation_lead
+            await self.registry.save(
+                replace(
+                    node,
+                    next_key=new_key,
+                    switch_at=switch_at,
+                    last_seen=self.registry.last_seen(node.id) or node.last_seen,
+                )
+            )
+        log.info(
+            "node %s (%s) rotates key %s => %s at %s",
+            node.name,
+            node.id,
+            node.public_key.short(),
+            new_key.short(),
+            f"{switch_at:%H:%M:%S.%f}"[:-3],
+        )
+        return RotateKeyReply(new_public_key=new_key, switch_at=switch_at)
+
+    async def finish_rotations(self) -> None:
+        """Make due key rotations final: the next key becomes the key, the old one is refused
+        from then on."""
+        now = self._clock()
+        for node in self.registry.nodes():
+            if node.next_key is None or node.switch_at is None:
+                continue
+            if now < node.switch_at + ROTATION_FINAL_AFTER:
+                continue
+            async with self._lock:
+                current = self.registry.get(node.id)
+                if current is None or current.next_key != node.next_key:
+                    continue
+                await self.registry.save(
+                    replace(
+                        current,
+                        public_key=node.next_key,
+                        next_key=None,
+                        switch_at=None,
+                        last_seen=self.registry.last_seen(node.id) or current.last_seen,
+                    )
+                )
+            log.info(
+                "node %s (%s) key rotation done: %s => %s",
+                node.name,
+                node.id,
+                node.public_key.short(),
+                node.next_key.short(),
+            )
+
     async def sweep(self) -> None:
         """Withdraw the containers of nodes silent past the heartbeat timeout; remove
-        ephemeral nodes silent past the ephemeral timeout."""
+        ephemeral nodes silent past the ephemeral timeout; finish due key rotations."""
+        await self.finish_rotations()
         now = self._clock()
         for gone in self.registry.nodes():
             silent = self.registry.silent_for(gone.id, now)
@@ -495,6 +595,8 @@ class ControlService:
                 last_seen=self.registry.last_seen(n.id),
                 online=self.registry.online(n.id),
                 ephemeral=n.ephemeral,
+                next_key=n.next_key,
+                switch_at=n.switch_at,
             )
             for n in self.registry.nodes()
         ]

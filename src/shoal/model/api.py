@@ -72,6 +72,35 @@ class ServerKey(Frozen):
     public_key: PublicKey
 
 
+class RotateKeyRequest(Frozen):
+    """Announce this node's next WireGuard key (`POST /v1/rotate`, signed with the current one).
+
+    `proof` is a node signature header (see `shoal.model.nodeauth`) made with the NEW key over
+    method "POST", target ROTATE_PROOF_TARGET and body current key raw || new key raw: together
+    with the request's own signature it shows the caller holds both private keys, and it binds
+    the new key to this node's current one (it cannot be replayed for another node).
+    """
+
+    new_public_key: PublicKey
+    proof: str = Field(max_length=200)
+
+
+ROTATE_PROOF_TARGET = "/v1/rotate#proof"
+
+
+def rotate_proof_body(current: PublicKey, new: PublicKey) -> bytes:
+    """What the proof of a key rotation signs."""
+    return current.raw + new.raw
+
+
+class RotateKeyReply(Frozen):
+    """The announced rotation: the node and every peer switch to `new_public_key` at
+    `switch_at` (UTC; peers PEER_SWITCH_LAG later)."""
+
+    new_public_key: PublicKey
+    switch_at: datetime
+
+
 class TokenCreateRequest(Frozen):
     reusable: bool = False
     uses: int | None = Field(default=None, ge=1, le=1_000_000)  # None: 1, or unlimited if reusable
@@ -150,6 +179,8 @@ class NodeInfo(Frozen):
     last_seen: datetime | None = None
     online: bool = False
     ephemeral: bool = False
+    next_key: PublicKey | None = None  # a key rotation in progress: the key it switches to
+    switch_at: datetime | None = None  # ... at this time (UTC)
 
 
 class ErrorBody(Frozen):

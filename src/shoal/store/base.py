@@ -58,6 +58,10 @@ class NodeRecord:
     # False once the server withdrew its containers (missed heartbeats); changed only by
     # `Store.set_online`, never by `save_node`.
     online: bool = True
+    # A key rotation in progress (see `Node.next_key`); the node is found by either key until
+    # the server finalises it.
+    next_key: PublicKey | None = None
+    switch_at: datetime | None = None
 
     def node(self) -> Node:
         return Node(
@@ -68,6 +72,8 @@ class NodeRecord:
             subnet=self.subnet,
             endpoints=self.endpoints,
             tags=self.tags,
+            next_key=self.next_key,
+            switch_at=self.switch_at,
         )
 
 
@@ -163,7 +169,8 @@ class Store(Protocol):
         self, node_id: str, *, revoke_key: bool = False, at: datetime | None = None
     ) -> int | None:
         """Delete the node and its containers, leave tombstones for all of them, and release
-        its addresses into quarantine (at `at`); with `revoke_key`, record its key as revoked.
+        its addresses into quarantine (at `at`); with `revoke_key`, record its key (and its
+        next key, during a rotation) as revoked.
         The new revision, or None if it did not exist."""
         ...
 

@@ -118,6 +118,8 @@ class MemoryStore:
             return None
         if revoke_key:
             self.revoked_keys.add(node.public_key)
+            if node.next_key is not None:
+                self.revoked_keys.add(node.next_key)
         self.released[node_id] = Released(
             node_id, node.mesh_ip, node.subnet, at or datetime.now(UTC)
         )

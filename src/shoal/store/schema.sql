@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seen       TEXT,
     updated_rev     INTEGER NOT NULL,
     online          INTEGER NOT NULL DEFAULT 1, -- 0: containers withdrawn (missed heartbeats)
-    ephemeral       INTEGER NOT NULL DEFAULT 0  -- removed once offline for the timeout
+    ephemeral       INTEGER NOT NULL DEFAULT 0, -- removed once offline for the timeout
+    next_key        TEXT,                  -- a key rotation in progress: the next key ...
+    switch_at       TEXT                   -- ... and when the node switches to it
 );
 CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);
 

@@ -263,12 +263,13 @@ class SqliteStore:
                 rev = self._bump(db)
                 try:
                     db.execute(
-                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                         "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
                         "subnet = excluded.subnet, endpoints = excluded.endpoints, "
                         "tags = excluded.tags, ephemeral = excluded.ephemeral, "
-                        "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev",
+                        "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev, "
+                        "next_key = excluded.next_key, switch_at = excluded.switch_at",
                         _node_row(node, rev),
                     )
                 except sqlite3.IntegrityError as exc:
@@ -287,14 +288,18 @@ class SqliteStore:
         def run(db: sqlite3.Connection) -> int | None:
             with self._write(db):
                 row = db.execute(
-                    "DELETE FROM nodes WHERE id = ? RETURNING public_key, mesh_ip, subnet",
+                    "DELETE FROM nodes WHERE id = ? RETURNING public_key, mesh_ip, subnet, "
+                    "next_key",
                     (node_id,),
                 ).fetchone()
                 if row is None:
                     return None
-                key, mesh_ip, subnet = row
+                key, mesh_ip, subnet, next_key = row
                 if revoke_key:
-                    db.execute("INSERT OR IGNORE INTO revoked_keys (public_key) VALUES (?)", (key,))
+                    db.executemany(
+                        "INSERT OR IGNORE INTO revoked_keys (public_key) VALUES (?)",
+                        [(k,) for k in (key, next_key) if k is not None],
+                    )
                 db.execute(
                     "INSERT OR REPLACE INTO released (node_id, mesh_ip, subnet, released_at) "
                     "VALUES (?, ?, ?, ?)",
@@ -420,7 +425,7 @@ _TOKEN_COLS = (
 )
 _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
-    "last_seen, updated_rev, online, ephemeral"
+    "last_seen, updated_rev, online, ephemeral, next_key, switch_at"
 )
 # The containers columns of schema 4, which the 3 → 4 rebuild copies.
 _CONTAINER_COLS_V4 = "node_id, id, name, ip, project, service, ports, health, updated_rev"
@@ -443,12 +448,18 @@ def _migrate(db: sqlite3.Connection) -> None:
             "ALTER TABLE nodes RENAME TO nodes_v2;"
             "DROP INDEX IF EXISTS nodes_updated_rev;"
             f"{create.group(0)}"
-            f"INSERT INTO nodes ({_NODE_COLS}) SELECT id, name, public_key, mesh_ip, subnet, "
-            "endpoints, tags, created_at, last_seen, updated_rev, online, 0 FROM nodes_v2;"
+            "INSERT INTO nodes (id, name, public_key, mesh_ip, subnet, endpoints, tags, "
+            "created_at, last_seen, updated_rev, online, ephemeral) SELECT id, name, public_key, "
+            "mesh_ip, subnet, endpoints, tags, created_at, last_seen, updated_rev, online, 0 "
+            "FROM nodes_v2;"
             "DROP TABLE nodes_v2;"
             "CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);"
             "COMMIT;"
         )
+    if "next_key" not in {row[1] for row in db.execute("PRAGMA table_info(nodes)")}:
+        # Key rotation only adds two nullable columns (no schema version of its own).
+        db.execute("ALTER TABLE nodes ADD COLUMN next_key TEXT")
+        db.execute("ALTER TABLE nodes ADD COLUMN switch_at TEXT")
     tokens = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
     if "max_uses" not in tokens:  # schema 2 → 3: use limits and ephemeral nodes
         db.execute("ALTER TABLE tokens ADD COLUMN max_uses INTEGER")
@@ -537,11 +548,14 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         rev,
         int(node.online),
         int(node.ephemeral),
+        None if node.next_key is None else str(node.next_key),
+        _ts(node.switch_at),
     )
 
 
 def _node(row: tuple[object, ...]) -> NodeRecord:
-    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row
+    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row[:12]
+    next_key, switch_at = row[12:]
     return NodeRecord(
         id=str(nid),
         name=str(name),
@@ -555,6 +569,8 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         updated_rev=int(str(rev)),
         online=bool(online),
         ephemeral=bool(ephemeral),
+        next_key=PublicKey.parse(next_key) if isinstance(next_key, str) else None,
+        switch_at=_dt(switch_at if isinstance(switch_at, str) else None),
     )
 
 
