@@ -7,7 +7,8 @@ ShoalError
     ├── AgentNotRunning    a local command needs the daemon (status, ping)
     ├── AgentStartFailed   `shoal up` started a daemon that exited; carries its last error
     ├── StateWriteFailed   a file in the state dir could not be written (disk full, read-only)
-    └── SupervisorError    systemd refused the agent's unit (writing, enabling or stopping it)
+    ├── SupervisorError    systemd refused the agent's unit (writing, enabling or stopping it)
+    └── RotationFailed     `shoal node rotate-key`: the server refused or could not be asked
 """
 
 from shoal.model.errors import ShoalError
@@ -40,3 +41,8 @@ class StateWriteFailed(AgentError):
 
 class SupervisorError(AgentError):
     """The host's service manager (systemd) could not install, start or remove the unit."""
+
+
+class RotationFailed(AgentError):
+    """The key rotation was not announced (the server refused it, or could not be reached);
+    the node keeps its current key."""

@@ -15,6 +15,9 @@
                     resolver dies with the agent; containers fall back to Docker's upstream).
     teardown()      `shoal down`: remove everything; nothing is applied after it.
 
+A plan can name a time it changes at with no new netmap (`HostConfig.replan_at`, a key
+rotation's switch): the loop wakes then and plans again.
+
 Every `resync_seconds` a round re-applies every part even when unchanged: that converges drift
 (someone deleted a route) without re-reading WireGuard, netlink, Docker and iptables on every
 netmap.
@@ -194,6 +197,10 @@ class Reconciler:
     def subsystems(self) -> tuple[SubsystemState, ...]:
         return tuple(slot.state() for slot in self._slots)
 
+    def applied(self, name: str) -> BaseModel | None:
+        """The part subsystem `name` last applied successfully (None: none in force)."""
+        return next((s.applied for s in self._slots if s.name == name), None)
+
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -204,8 +211,13 @@ class Reconciler:
             await self.step()
 
     def _until_next(self) -> float:
+        now = self._clock.monotonic()
         deadlines = [self._resync_at, *(s.retry_at for s in self._slots if s.retry_at is not None)]
-        return max(0.0, min(deadlines) - self._clock.monotonic())
+        replan_at = self._planned.replan_at if self._planned is not None else None
+        if replan_at is not None:
+            # The plan changes at a wall-clock time (a key rotation's switch): wake then.
+            deadlines.append(now + (replan_at - self._clock.now()).total_seconds())
+        return max(0.0, min(deadlines) - now)
 
     async def step(self) -> bool:
         """One round over what is due now; True when the host changed."""

@@ -15,16 +15,27 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
-from shoal.agent.config import AgentConfig, parse_metrics_listen
+from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
-from shoal.agent.localclient import fetch_services, fetch_status, request_down
+from shoal.agent.localclient import (
+    fetch_services,
+    fetch_status,
+    request_down,
+    request_rotate_key,
+)
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
 from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli.render import json_list, table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
-from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning
+from shoal.model.status import (
+    AgentState,
+    AgentStatus,
+    DownReport,
+    HealthWarning,
+    KeyRotation,
+)
 from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
@@ -73,6 +84,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
                 f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
             ) from exc
     return AgentConfig(
+        key_max_age_seconds=_key_max_age(args.key_max_age),
         state_dir=Path(args.state_dir),
         server_url=args.server.rstrip("/") if args.server else None,
         token=read_token(args),
@@ -82,6 +94,24 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
         metrics_listen=parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None,
     )
+
+
+def _key_max_age(text: str | None) -> float | None:
+    """--key-max-age: seconds, None for `never`; the default when not given."""
+    if text is None:
+        return DEFAULT_KEY_MAX_AGE_SECONDS
+    if text == "never":
+        return None
+    # Imported here: only `up` parses durations, and the parser lives with the tokens'.
+    from shoal.control.tokens import parse_duration
+
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise BadArgument(f"--key-max-age {text!r}: {exc}") from exc
+    if seconds < 3600:
+        raise BadArgument(f"--key-max-age {text!r}: at least 1h (or never)")
+    return seconds
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -274,6 +304,13 @@ def _warning(h: HealthWarning) -> str:
     return f"  ! {h.code}: {h.message} (since {_ago(h.since)})"
 
 
+def _rotating(who: str, rotation: KeyRotation) -> str:
+    return (
+        f"  key rotation: {who} switches to {rotation.next_key.short()}… at "
+        f"{rotation.switch_at:%H:%M:%S} UTC"
+    )
+
+
 def render_status(s: AgentStatus) -> str:
     if s.name is None:
         return "\n".join([f"{s.state}", *(_warning(h) for h in s.health)])
@@ -281,8 +318,13 @@ def render_status(s: AgentStatus) -> str:
         f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
         f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
         f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
+        "  policy "
+        + ("none (defaults)" if s.policy_revision is None else f"r{s.policy_revision} enforced"),
         *(_warning(h) for h in s.health),
     ]
+    if s.rotation is not None:
+        lines.append(_rotating("this host", s.rotation))
+    lines += [_rotating(f"peer {p.name}", p.rotation) for p in s.peers if p.rotation]
     if s.peers:
         rows = [
             (
@@ -303,6 +345,19 @@ def render_status(s: AgentStatus) -> str:
     else:
         lines.append("  no peers yet")
     return "\n".join(lines)
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """`shoal node rotate-key`: the running agent announces a new key; it and every peer
+    switch to it at the time printed."""
+    if os.geteuid() != 0:
+        raise NotRoot()
+    rotation = request_rotate_key(StateDir(Path(args.state_dir)).socket)
+    print(
+        f"shoal: new key {rotation.next_key.short()}…; this host and its peers switch at "
+        f"{rotation.switch_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    return 0
 
 
 def cmd_ping(args: argparse.Namespace) -> int:

@@ -282,7 +282,12 @@ def cmd_nodes(args: argparse.Namespace) -> int:
             str(n.mesh_ip),
             str(n.subnet),
             ",".join(map(str, n.endpoints)) or "-",
-            "online" if n.online else "offline",
+            ("online" if n.online else "offline")
+            + (
+                f", key rotating to {n.next_key.short()}… at {n.switch_at:%H:%M:%S}"
+                if n.next_key is not None and n.switch_at is not None
+                else ""
+            ),
             _when(n.last_seen) if n.last_seen else "never",
             n.id,
         )

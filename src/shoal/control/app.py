@@ -195,6 +195,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             admin_token_hash=admin_hash,
             clock=clock,
             ephemeral_timeout=config.ephemeral_timeout,
+            rotation_lead=config.rotation_lead,
         )
         verifier = NodeVerifier(load_or_create_auth_key(data_dir))
         limits = config.connections

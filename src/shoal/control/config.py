@@ -13,7 +13,7 @@ from shoal.control.errors import ServerConfigError
 from shoal.control.limits import RateLimits
 from shoal.control.listener import ConnectionLimits
 from shoal.control.registry import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_QUARANTINE
-from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT
+from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, DEFAULT_ROTATION_LEAD
 
 # WireGuard over IPv6 costs 80 bytes per packet: the smallest IPv6 MTU is 1280, the largest
 # IPv4 packet 65535.
@@ -39,6 +39,8 @@ class ServerConfig:
     ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT
     connections: ConnectionLimits = field(default_factory=ConnectionLimits)
     rates: RateLimits = field(default_factory=RateLimits)
+    # How long before a key rotation's switch the server announces it to every peer.
+    rotation_lead: timedelta = DEFAULT_ROTATION_LEAD
 
 
 def load_config(
