@@ -1,6 +1,6 @@
 from ipaddress import IPv4Network
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.model.keys import PrivateKey, PublicKey
@@ -80,6 +80,7 @@ def peer(i: int, version: int = 0) -> Node:
     return node(i).model_copy(update={"name": f"h{i}v{version}"})
 
 
+@settings(deadline=None)  # a property, not a timing
 @given(
     have=st.sets(st.integers(1, 200), max_size=60),
     change=st.lists(st.tuples(st.integers(1, 200), st.integers(0, 3)), max_size=50),

@@ -23,12 +23,15 @@ def hide_token(args: argparse.Namespace) -> None:
 
     Several sources at once are left to `read_token`, which refuses them."""
     given = [args.token is not None, args.token_file is not None, args.token_fd is not None]
-    if sum(given) > 1 or not _token_in_sight(args):
-        return
+    if sum(given) > 1 or not _token_in_sight(args) or os.geteuid() != 0:
+        return  # not root: `up` refuses at once, no long-lived process holds the token
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
     read = _token_pipe(token.strip())
     argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
-    os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
+    try:
+        os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
+    except OSError:
+        os.close(read)  # cannot start again (no exec right): go on, the command still works
 
 
 def _token_in_sight(args: argparse.Namespace) -> bool:
