@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network
+from pathlib import Path
 
 import pytest
 
@@ -45,10 +46,10 @@ class WgDevice:
     peers: dict[str, WgPeer]
 
 
-def sh(*argv: str, input: str | None = None) -> str:
-    return subprocess.run(
-        argv, capture_output=True, text=True, check=True, input=input, timeout=30
-    ).stdout
+def sh(*argv: str) -> str:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, f"{' '.join(argv)}: exit {proc.returncode}: {proc.stderr}"
+    return proc.stdout
 
 
 def wg_dump(ifname: str = IFNAME) -> WgDevice:
@@ -178,7 +179,7 @@ async def test_set_peers_adds_changes_and_removes_only_what_differs(
 
 
 async def test_stats_report_a_handshake_between_two_namespaces(
-    plane: KernelWireGuard, peer_ns: str
+    plane: KernelWireGuard, peer_ns: str, tmp_path: Path
 ) -> None:
     here = interface()
     there_key = PrivateKey.generate()
@@ -186,9 +187,12 @@ async def test_stats_report_a_handshake_between_two_namespaces(
     await plane.set_peers([peer(there_key.public_key(), f"{THERE}:51821", "10.99.0.2/32")])
     ns = ["ip", "netns", "exec", peer_ns]
     sh(*ns, "ip", "link", "add", "wg1", "type", "wireguard")
-    sh(*ns, "wg", "set", "wg1", "private-key", "/dev/stdin", "listen-port", "51821",
+    key_file = tmp_path / "there.key"
+    key_file.write_text(there_key.to_base64() + "\n")
+    key_file.chmod(0o600)
+    sh(*ns, "wg", "set", "wg1", "private-key", str(key_file), "listen-port", "51821",
        "peer", str(here.private_key.public_key()), "endpoint", f"{HERE}:51820",
-       "allowed-ips", "10.99.0.1/32", input=there_key.to_base64())  # fmt: skip
+       "allowed-ips", "10.99.0.1/32")  # fmt: skip
     sh(*ns, "ip", "addr", "add", "10.99.0.2/24", "dev", "wg1")
     sh(*ns, "ip", "link", "set", "wg1", "up")
 
