@@ -36,5 +36,6 @@ fi
 echo "$rc" > /vmio/rc
 echo "shoal-vm: exit $rc"
 sync
+# Should this shell exit before the power is off, the kernel panics and reboots: qemu runs
+# with -no-reboot and exits either way.
 echo o > /proc/sysrq-trigger
-sleep 10
