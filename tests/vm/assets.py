@@ -389,7 +389,19 @@ def build(directory: Path) -> dict[str, object]:
         _remove(work)
         raise
     progress(f"built in {manifest['build_seconds']} s: {directory}")
+    _prune(keep=3)
     return manifest
+
+
+def _prune(keep: int) -> None:
+    """Remove all but the `keep` newest builds (~1 GB each; other worktrees may use the others,
+    so not only the current one stays)."""
+    builds = sorted(
+        (d for d in CACHE.iterdir() if ready(d)), key=lambda d: d.stat().st_mtime, reverse=True
+    )
+    for old in builds[keep:]:
+        progress(f"removing the old build {old}")
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _remove(work: Path) -> None:
