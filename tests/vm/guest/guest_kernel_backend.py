@@ -1,4 +1,6 @@
-"""`KernelWireGuard` against the real wireguard module (runs inside the VM, as root).
+"""`KernelWireGuard` against the real wireguard module (runs inside the VM, as root): the
+tunnel adapter's `apply` (link, device and peer diff), `stats` and `teardown` on the kernel
+backend.
 
 State is read back with the real tools (`wg show dump`, `ip -j link`), not through the backend:
 the backend must agree with what the kernel holds. The second device, for the handshake, lives
@@ -20,7 +22,7 @@ import pytest
 from shoal.dataplane.errors import DataPlaneError
 from shoal.dataplane.kernel import KernelWireGuard
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.plan.hostconfig import InterfaceConfig, PeerConfig
+from shoal.plan.hostconfig import InterfaceConfig, PeerConfig, TunnelConfig
 
 IFNAME = "shoalk0"
 PEER_NS = "kwg-peer"
@@ -96,11 +98,15 @@ def peer(key: PublicKey, endpoint: str | None, *ips: str, keepalive: int = 25) -
     )
 
 
+def tunnel(cfg: InterfaceConfig, *peers: PeerConfig) -> TunnelConfig:
+    return TunnelConfig(interface=cfg, peers=tuple(sorted(peers, key=lambda p: str(p.public_key))))
+
+
 @pytest.fixture
 async def plane() -> AsyncIterator[KernelWireGuard]:
-    backend = KernelWireGuard()
+    backend = KernelWireGuard(IFNAME)
     yield backend
-    await backend.teardown(IFNAME)
+    await backend.teardown()
 
 
 @pytest.fixture
@@ -120,11 +126,12 @@ def peer_ns() -> Iterator[str]:
         subprocess.run(["ip", "link", "del", "kv0"], capture_output=True, check=False)
 
 
-async def test_ensure_interface_creates_a_kernel_link_once_and_reconfigures_it(
+async def test_apply_creates_a_kernel_link_once_and_reconfigures_it(
     plane: KernelWireGuard,
 ) -> None:
     cfg = interface()
-    assert await plane.ensure_interface(cfg) is True
+    assert plane.name == "kernel"
+    assert await plane.apply(tunnel(cfg)) is True
     assert link_kind(IFNAME) == "wireguard"
     device = wg_dump()
     assert (device.private_key, device.listen_port) == (cfg.private_key.to_base64(), 51820)
@@ -132,50 +139,49 @@ async def test_ensure_interface_creates_a_kernel_link_once_and_reconfigures_it(
     assert addrs["mtu"] == 1420 and "UP" in addrs["flags"]
     assert [(a["local"], a["prefixlen"]) for a in addrs["addr_info"]] == [("10.99.0.1", 24)]
 
-    assert await plane.ensure_interface(cfg) is False  # nothing to do: nothing done
+    assert await plane.apply(tunnel(cfg)) is False  # nothing to do: nothing done
 
     moved = interface(port=51999, key=cfg.private_key)
-    assert await plane.ensure_interface(moved) is True
+    assert await plane.apply(tunnel(moved)) is True
     assert wg_dump().listen_port == 51999
     rekeyed = interface(port=51999)
-    assert await plane.ensure_interface(rekeyed) is True
+    assert await plane.apply(tunnel(rekeyed)) is True
     assert wg_dump().private_key == rekeyed.private_key.to_base64()
-    assert await plane.ensure_interface(rekeyed) is False
+    assert await plane.apply(tunnel(rekeyed)) is False
 
 
-async def test_set_peers_adds_changes_and_removes_only_what_differs(
+async def test_apply_adds_changes_and_removes_only_the_peers_that_differ(
     plane: KernelWireGuard,
 ) -> None:
-    await plane.ensure_interface(interface())
+    cfg = interface()
     a, b = PrivateKey.generate().public_key(), PrivateKey.generate().public_key()
-    want = [
+    want = tunnel(
+        cfg,
         peer(a, "192.0.2.11:51820", "10.42.1.0/24", "100.64.0.2/32"),
         peer(b, "192.0.2.12:51820", "10.42.2.0/24"),
-    ]
-    assert await plane.set_peers(want) is True
+    )
+    assert await plane.apply(want) is True
     peers = wg_dump().peers
     assert peers[str(a)].endpoint == "192.0.2.11:51820"
     assert peers[str(a)].allowed_ips == ("10.42.1.0/24", "100.64.0.2/32")
     assert peers[str(a)].keepalive == 25
     assert peers[str(b)].allowed_ips == ("10.42.2.0/24",)
-    assert await plane.set_peers(want) is False
+    assert await plane.apply(want) is False
 
     # a's subnet grows, b moves and slows its keepalive.
-    changed = [
-        peer(a, "192.0.2.11:51820", "10.42.1.0/24", "10.42.9.0/24", "100.64.0.2/32"),
-        peer(b, "192.0.2.99:51820", "10.42.2.0/24", keepalive=10),
-    ]
-    assert await plane.set_peers(changed) is True
+    a_grown = peer(a, "192.0.2.11:51820", "10.42.1.0/24", "10.42.9.0/24", "100.64.0.2/32")
+    changed = tunnel(cfg, a_grown, peer(b, "192.0.2.99:51820", "10.42.2.0/24", keepalive=10))
+    assert await plane.apply(changed) is True
     peers = wg_dump().peers
     assert peers[str(a)].allowed_ips == ("10.42.1.0/24", "10.42.9.0/24", "100.64.0.2/32")
     assert (peers[str(b)].endpoint, peers[str(b)].keepalive) == ("192.0.2.99:51820", 10)
-    assert await plane.set_peers(changed) is False
+    assert await plane.apply(changed) is False
 
-    assert await plane.set_peers(changed[:1]) is True  # b leaves
+    assert await plane.apply(tunnel(cfg, a_grown)) is True  # b leaves
     assert set(wg_dump().peers) == {str(a)}
-    assert await plane.set_peers([]) is True
+    assert await plane.apply(tunnel(cfg)) is True
     assert wg_dump().peers == {}
-    assert await plane.set_peers([]) is False
+    assert await plane.apply(tunnel(cfg)) is False
 
 
 async def test_stats_report_a_handshake_between_two_namespaces(
@@ -183,8 +189,7 @@ async def test_stats_report_a_handshake_between_two_namespaces(
 ) -> None:
     here = interface()
     there_key = PrivateKey.generate()
-    await plane.ensure_interface(here)
-    await plane.set_peers([peer(there_key.public_key(), f"{THERE}:51821", "10.99.0.2/32")])
+    await plane.apply(tunnel(here, peer(there_key.public_key(), f"{THERE}:51821", "10.99.0.2/32")))
     ns = ["ip", "netns", "exec", peer_ns]
     sh(*ns, "ip", "link", "add", "wg1", "type", "wireguard")
     key_file = tmp_path / "there.key"
@@ -209,9 +214,9 @@ async def test_stats_report_a_handshake_between_two_namespaces(
 
 
 async def test_teardown_removes_the_link_once(plane: KernelWireGuard) -> None:
-    await plane.ensure_interface(interface())
-    assert await plane.teardown(IFNAME) is True
+    await plane.apply(tunnel(interface()))
+    assert await plane.teardown() is True
     assert link_kind(IFNAME) is None
-    assert await plane.teardown(IFNAME) is False
-    with pytest.raises(DataPlaneError, match="not set up"):
-        await plane.set_peers([])
+    assert await plane.teardown() is False
+    with pytest.raises(DataPlaneError, match=IFNAME):
+        await plane.stats()
