@@ -28,7 +28,7 @@ _EXIT = re.compile(r"^shoal-vm: exit (\d+)\s*$")
 # process under emulation. `guest_*.py` keeps these files out of the host's collection.
 GUEST_PYTEST = (
     f"{assets.VENV}/bin/python -m pytest"
-    " -p no:cacheprovider --color=no -o python_files='guest_*.py' -v -s -rfE --durations=0"
+    " -p no:cacheprovider --color=no -o python_files='guest_*.py' -v -s -rA --durations=0"
     " tests/vm/guest"
 )
 
