@@ -22,7 +22,7 @@ _RESULT = re.compile(r"^(PASSED|FAILED|ERROR) |^=+ .* in [0-9.]+s.* =+$|^shoal-v
 
 def test_the_guest_suite_passes_on_kernel_wireguard() -> None:
     try:
-        result = vm.run_guest_suite(timeout=720)
+        result = vm.run_guest_suite(timeout=1200)
     except vm.VmError as exc:
         pytest.fail(f"the kernel-WireGuard VM could not run: {exc}", pytrace=False)
     lines = result.output.splitlines()

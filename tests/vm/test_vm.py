@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ def fake_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]
     qemu, with the i/o folder (holding the command) as its last argument."""
     monkeypatch.setattr(assets, "asset_dir", lambda: tmp_path)
     monkeypatch.setattr(assets, "ready", lambda directory: True)
-    monkeypatch.setattr(vm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     script: list[list[str]] = []
     monkeypatch.setattr(vm, "qemu_argv", lambda d, io, m, c: [*script[0], str(io)])
     return script
@@ -25,13 +26,13 @@ def test_missing_assets_fail_with_the_command_that_builds_them(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(assets, "asset_dir", lambda: tmp_path / "nothing")
-    monkeypatch.setattr(vm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     with pytest.raises(vm.VmError, match="make vm-assets"):
         vm.run("true", timeout=5)
 
 
 def test_missing_qemu_fails_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(vm.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(vm.VmError, match="qemu-system-x86_64 not found"):
         vm.run("true", timeout=5)
 

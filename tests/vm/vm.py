@@ -9,6 +9,7 @@ tests/vm/guest/init.sh); whatever happens, qemu is killed before `run` returns.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from tests.vm import assets
 
 QEMU = "qemu-system-x86_64"
+CONSOLE_DIR = Path("/var/tmp/shoal-vm")  # every run's whole console, the 10 newest kept
 _EXIT = re.compile(r"^shoal-vm: exit (\d+)\s*$")
 # The guest runs ONE pytest process: importing shoal, pydantic and pyroute2 takes 15-20 s per
 # process under emulation. `guest_*.py` keeps these files out of the host's collection.
@@ -97,6 +99,7 @@ def run(
             f"VM assets for this recipe are not built ({directory}): run `make vm-assets`"
         )
     lines: list[str] = []
+    console = _console_file()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="shoal-vmio-") as io_name:
         io_dir = Path(io_name)
@@ -108,12 +111,14 @@ def run(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        reader = threading.Thread(target=_read, args=(proc, lines, echo), daemon=True)
+        reader = threading.Thread(target=_read, args=(proc, lines, console, echo), daemon=True)
         reader.start()
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise VmError(f"the VM did not finish within {timeout:g} s:\n{_tail(lines)}") from None
+            raise VmError(
+                f"the VM did not finish within {timeout:g} s (console: {console}):\n{_tail(lines)}"
+            ) from None
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -124,7 +129,7 @@ def run(
     if code is None:
         raise VmError(
             f"the VM stopped (qemu exit {proc.returncode}) without reporting the command's exit"
-            f" status:\n{_tail(lines)}"
+            f" status (console: {console}):\n{_tail(lines)}"
         )
     return VmRun(code, "\n".join(lines), seconds)
 
@@ -134,15 +139,28 @@ def run_guest_suite(timeout: float = 600, echo: Callable[[str], None] | None = N
     return run(GUEST_PYTEST, timeout=timeout, echo=echo)
 
 
+def _console_file() -> Path:
+    CONSOLE_DIR.mkdir(parents=True, exist_ok=True)
+    for old in sorted(CONSOLE_DIR.glob("console-*.log"), key=lambda p: p.stat().st_mtime)[:-9]:
+        old.unlink(missing_ok=True)
+    return CONSOLE_DIR / f"console-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+
+
 def _read(
-    proc: subprocess.Popen[bytes], lines: list[str], echo: Callable[[str], None] | None
+    proc: subprocess.Popen[bytes],
+    lines: list[str],
+    console: Path,
+    echo: Callable[[str], None] | None,
 ) -> None:
     assert proc.stdout is not None
-    for raw in proc.stdout:
-        line = raw.decode(errors="replace").rstrip("\r\n")
-        lines.append(line)
-        if echo is not None:
-            echo(line)
+    with console.open("w") as out:
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            lines.append(line)
+            out.write(line + "\n")
+            out.flush()
+            if echo is not None:
+                echo(line)
 
 
 def _tail(lines: list[str], count: int = 40) -> str:
