@@ -16,6 +16,7 @@ def fake_qemu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]
     qemu, with the i/o folder (holding the command) as its last argument."""
     monkeypatch.setattr(assets, "asset_dir", lambda: tmp_path)
     monkeypatch.setattr(assets, "ready", lambda directory: True)
+    monkeypatch.setattr(vm, "CONSOLE_DIR", tmp_path / "console")
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     script: list[list[str]] = []
     monkeypatch.setattr(vm, "qemu_argv", lambda d, io, m, c: [*script[0], str(io)])
@@ -37,13 +38,17 @@ def test_missing_qemu_fails_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None
         vm.run("true", timeout=5)
 
 
-def test_the_guest_commands_exit_status_and_console_come_back(fake_qemu: list[list[str]]) -> None:
+def test_the_guest_commands_exit_status_and_console_come_back(
+    fake_qemu: list[list[str]], tmp_path: Path
+) -> None:
     fake_qemu.append(["sh", "-c", 'cat "$0/cmd"; echo "[ 1.0] noise"; echo "shoal-vm: exit 3"'])
     seen: list[str] = []
     result = vm.run("pytest -q", timeout=30, echo=seen.append)
     assert result.returncode == 3
     assert seen == ["pytest -q", "[ 1.0] noise", "shoal-vm: exit 3"]
     assert result.output.splitlines() == seen
+    [console] = (tmp_path / "console").iterdir()
+    assert console.read_text().splitlines() == seen
 
 
 def test_a_vm_that_stops_without_a_result_fails_with_its_console(
