@@ -14,7 +14,8 @@ from shoal.lab import Lab
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
     """2 hosts (netns + dockerd each) and a started `shoal server`; removed at the end."""
-    lab = Lab.create(f"k{os.getpid()}", hosts=2)
+    # Emulation: a Python daemon needs 15-20 s to import, more on a busy machine.
+    lab = Lab.create(f"k{os.getpid()}", hosts=2, patience=4)
     try:
         lab.start_server(timeout=120)
         yield lab
