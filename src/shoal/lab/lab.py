@@ -191,7 +191,7 @@ class LabHost:
         return run(
             self.command(argv),
             check=check,
-            timeout=timeout,
+            timeout=timeout * self._lab._patience,
             env=self.environ(env),
             input=input,
             shown=[f"{self.name}:", *argv],
@@ -225,7 +225,7 @@ class LabHost:
         return run(
             ["docker", "-H", self.docker_host, *args],
             check=check,
-            timeout=timeout,
+            timeout=timeout * self._lab._patience,
             shown=[f"{self.name}: docker", *args],
         )
 
@@ -386,8 +386,8 @@ class Lab:
         """Make the underlay, the server host and `hosts` hosts with a running dockerd each.
 
         `persistent` labs (made by `shoal lab up`) outlive their creator and are not swept.
-        `patience` multiplies how long the daemons the lab starts may take to answer (an
-        emulated VM needs several times longer than this machine).
+        `patience` multiplies how long the daemons the lab starts may take to answer and the
+        timeouts of commands on its hosts (an emulated VM needs several times longer).
         Fails with LabError, having removed whatever it made."""
         _preflight(name, hosts)
         directory = root / name

@@ -20,6 +20,11 @@ mount -t tmpfs -o mode=1777 tmpfs /tmp
 mkdir -p /run/shoal-rw/upper /run/shoal-rw/work
 mount -t overlay overlay \
   -o lowerdir=/shoal,upperdir=/run/shoal-rw/upper,workdir=/run/shoal-rw/work /shoal
+# dockerd gives its containerd 15 s to start; paging ~190 MB of Go binaries in over 9p under
+# emulation on a busy machine took longer. A chown makes overlayfs copy each into the tmpfs
+# layer once, so every later exec (and each docker CLI call) reads RAM.
+chown 0:0 /usr/sbin/dockerd /usr/bin/containerd /usr/bin/containerd-shim-runc-v2 \
+  /usr/sbin/runc /usr/bin/docker /usr/sbin/docker-proxy
 hostname shoal-vm
 ip link set lo up
 # Loaded here so a missing one fails loudly at boot; the rest (nft, xt_*, conntrack, nat)
