@@ -2,10 +2,15 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install check test unit e2e demo bench lab-down fmt
+.PHONY: install vm-assets check test unit e2e demo bench lab-down fmt
 
 install:
 	@scripts/install-deps.sh
+
+# The VM that tests kernel WireGuard (this machine's kernel has none): Debian's kernel and a
+# bookworm root, cached in /var/cache/shoal-vm/<recipe hash>; a few minutes once, then instant.
+vm-assets: install
+	$(BIN)/python -m tests.vm.assets build
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks
@@ -16,11 +21,11 @@ check: install
 unit: install
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: install
+e2e: install vm-assets
 	$(BIN)/pytest -q -m e2e
 
 # Every test, the end-to-end ones in a real lab included; the code checks first.
-test: check
+test: check vm-assets
 	$(BIN)/pytest -q
 
 demo: install

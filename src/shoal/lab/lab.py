@@ -191,7 +191,7 @@ class LabHost:
         return run(
             self.command(argv),
             check=check,
-            timeout=timeout,
+            timeout=timeout * self._lab._patience,
             env=self.environ(env),
             input=input,
             shown=[f"{self.name}:", *argv],
@@ -225,7 +225,7 @@ class LabHost:
         return run(
             ["docker", "-H", self.docker_host, *args],
             check=check,
-            timeout=timeout,
+            timeout=timeout * self._lab._patience,
             shown=[f"{self.name}: docker", *args],
         )
 
@@ -311,6 +311,7 @@ class Lab:
 
     def __init__(self, state: LabState) -> None:
         self._state = state
+        self._patience = 1.0  # see `create`
         self.name = state.name
         self.root = Path(state.root)
         self.dir = self.root / state.name
@@ -374,11 +375,19 @@ class Lab:
 
     @classmethod
     def create(
-        cls, name: str, hosts: int, root: Path = DEFAULT_ROOT, *, persistent: bool = False
+        cls,
+        name: str,
+        hosts: int,
+        root: Path = DEFAULT_ROOT,
+        *,
+        persistent: bool = False,
+        patience: float = 1.0,
     ) -> Lab:
         """Make the underlay, the server host and `hosts` hosts with a running dockerd each.
 
         `persistent` labs (made by `shoal lab up`) outlive their creator and are not swept.
+        `patience` multiplies how long the daemons the lab starts may take to answer and the
+        timeouts of commands on its hosts (an emulated VM needs several times longer).
         Fails with LabError, having removed whatever it made."""
         _preflight(name, hosts)
         directory = root / name
@@ -395,6 +404,7 @@ class Lab:
         )
         state.save(directory)
         lab = cls(state)
+        lab._patience = patience
         started = time.monotonic()
         try:
             progress(f"creating lab {name} with {hosts} hosts in {directory}")
@@ -540,7 +550,7 @@ class Lab:
         start = next((p.start for p in self._state.procs if p.pid == pid), None)
         return pid is not None and procs.is_alive(pid, start)
 
-    def _start_upstream_dns(self, timeout: float = 15) -> None:
+    def _start_upstream_dns(self) -> None:
         """Run the lab's upstream resolver on the server host; wait until it listens."""
         progress(f"starting the lab's upstream DNS on {SERVER_IP}:{DNS_PORT}")
         argv = [
@@ -553,7 +563,7 @@ class Lab:
         proc = self._start_in_netns(self.server_netns, argv, self.upstream_dns_log)
         self._state.upstream_dns_pid = proc.pid
         self._record_proc(proc.pid, "upstream-dns", "shoal.lab.upstream_dns")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 15 * self._patience
         # It prints its banner once bound (a port check could see the machine's own :53 while
         # nsenter has not switched namespaces yet).
         while "upstream-dns: zone" not in _tail(self.upstream_dns_log, 5):
@@ -746,7 +756,8 @@ class Lab:
         return proc
 
     def _ready_host(self, host: LabHost, dockerd: subprocess.Popen[bytes], tar: Path) -> None:
-        deadline = time.monotonic() + 60
+        timeout = 60 * self._patience
+        deadline = time.monotonic() + timeout
         while True:
             if dockerd.poll() is not None:
                 raise LabError(
@@ -758,7 +769,7 @@ class Lab:
                 break
             if time.monotonic() > deadline:
                 raise LabError(
-                    f"dockerd on {host.name} did not answer within 60 s; "
+                    f"dockerd on {host.name} did not answer within {timeout:g} s; "
                     f"log {host.dockerd_log}:\n{_tail(host.dockerd_log)}"
                 )
             time.sleep(0.2)
