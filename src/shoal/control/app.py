@@ -46,6 +46,7 @@ from shoal.control.registry import (
     utcnow,
 )
 from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, ControlService
+from shoal.control.stun import start_responders
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
@@ -236,8 +237,11 @@ class RunningServer:
     store: Store
     runner: web.AppRunner
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
+    probes: list[asyncio.DatagramTransport] = field(default_factory=list, repr=False)
 
     async def close(self) -> None:
+        for transport in self.probes:
+            transport.close()
         if self.sweeper is not None:
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -296,7 +300,8 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             clock=clock,
             ephemeral_timeout=config.ephemeral_timeout,
         )
-        verifier = NodeVerifier(load_or_create_auth_key(data_dir))
+        auth_key = load_or_create_auth_key(data_dir)
+        verifier = NodeVerifier(auth_key)
         limits = config.connections
         fds = raise_fd_limit()
         if limits.max_connections > fds - FD_RESERVE:
@@ -333,6 +338,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
     except BaseException:
         await store.close()
         raise
+    probes = await start_responders(
+        config.listen_host, auth_key, lambda key: registry.by_public_key(key) is not None
+    )
     port = _bound_port(runner, config.listen_port)
     url = local_url(config.listen_host, port)
     admin_text = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
@@ -361,6 +369,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         store=store,
         runner=runner,
         sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
+        probes=probes,
     )
 
 

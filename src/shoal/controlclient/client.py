@@ -297,6 +297,15 @@ class ControlClient:
     async def _signature(self, method: str, target: str, body: bytes) -> str:
         if self._node_key is None:
             raise RuntimeError("signing without a node key")
+        key = await self.mac_key()
+        now = int(wall_clock() + self._clock_offset)
+        return sign(key, self._node_key.public_key(), method, target, body, now).header()
+
+    async def mac_key(self) -> bytes:
+        """The key this node shares with the server (`shoal.model.nodeauth.shared_key`); it
+        also MACs the node's endpoint probes. Fetches the server's key on first use."""
+        if self._node_key is None:
+            raise RuntimeError("a MAC key without a node key")
         if self._mac_key is None:
             reply = await self._call_json("GET", "/v1/key", signed=False)
             try:
@@ -308,8 +317,7 @@ class ControlClient:
                 raise ControlUnreachable(
                     f"server at {self.server_url} sent an unusable /v1/key reply: {exc}"
                 ) from exc
-        now = int(wall_clock() + self._clock_offset)
-        return sign(self._mac_key, self._node_key.public_key(), method, target, body, now).header()
+        return self._mac_key
 
     def _follow_clock(self, date: str | None) -> None:
         """Take the server's clock when ours is off: signatures are checked against it."""

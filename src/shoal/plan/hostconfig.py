@@ -8,10 +8,11 @@ whose part equals the one it last applied.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.model.netmap import Frozen, NetworkMap
+from shoal.model.netmap import Frozen, NetworkMap, Node
 
 INTERFACE = "shoal0"
 DOCKER_NETWORK = "shoal"
@@ -29,7 +30,7 @@ class InterfaceConfig(Frozen):
 
 class PeerConfig(Frozen):
     public_key: PublicKey
-    endpoint: str | None  # "ip:port"; the first advertised endpoint
+    endpoint: str | None  # "ip:port": the chosen candidate, or the first advertised endpoint
     allowed_ips: tuple[IPv4Network, ...]
     keepalive: int = KEEPALIVE_SECONDS
 
@@ -118,8 +119,16 @@ class HostConfig(Frozen):
     firewall: FirewallConfig
 
 
-def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> HostConfig:
-    """The host configuration `netmap` asks for; pure and deterministic (peers, routes sorted)."""
+def plan_host(
+    netmap: NetworkMap,
+    private_key: PrivateKey,
+    listen_port: int,
+    endpoints: Mapping[PublicKey, str | None] | None = None,
+) -> HostConfig:
+    """The host configuration `netmap` asks for; pure and deterministic (peers, routes sorted).
+
+    `endpoints` is the agent's choice among each peer's candidates (`shoal.agent.paths`);
+    a peer it does not name gets its first advertised endpoint."""
     settings = netmap.settings
     me = netmap.self_node
     interface = InterfaceConfig(
@@ -134,7 +143,7 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
             (
                 PeerConfig(
                     public_key=peer.public_key,
-                    endpoint=str(peer.endpoints[0]) if peer.endpoints else None,
+                    endpoint=_endpoint(peer, endpoints or {}),
                     allowed_ips=peer.allowed_ips(),
                 )
                 for peer in netmap.peers
@@ -175,3 +184,9 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         dns=DnsConfig(address=me.mesh_ip, netmap=netmap),
         firewall=firewall,
     )
+
+
+def _endpoint(peer: Node, chosen: Mapping[PublicKey, str | None]) -> str | None:
+    if peer.public_key in chosen:
+        return chosen[peer.public_key]
+    return str(peer.endpoints[0]) if peer.endpoints else None
