@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, cast
 
 from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
 from shoal.model.nodeauth import shared_key
@@ -45,8 +45,8 @@ class ProbeResponder(asyncio.DatagramProtocol):
         self.dropped = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # A datagram endpoint's transport (asyncio's selector class does not subclass it).
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         reply = self.answer(data, IPv4Address(addr[0]), addr[1])

@@ -1,0 +1,123 @@
+"""NAT traversal in the lab: hosts behind easy (full-cone), shared, symmetric NATs and on the
+public underlay learn their endpoints and find a direct path wherever one exists; where none
+does (symmetric on both sides, no relay yet) `shoal status` says so.
+
+Lab (its own; the session lab has no NATs): h1 public, h2 and h3 behind one easy NAT "home",
+h4 behind its own easy NAT, h5 and h6 each behind a symmetric ("hard") NAT.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shoal.lab import Lab, LabHost, sweep
+from shoal.lab.nat import parse_nat
+from tests.e2e.runbook import admin, host_ping, status, up, wait_until
+
+pytestmark = pytest.mark.e2e
+
+WG_PORT = 51820
+
+
+@pytest.fixture(scope="module")
+def natlab() -> Iterator[Lab]:
+    sweep()
+    nat = parse_nat("h2=easy:home,h3=easy:home,h4=easy,h5=hard,h6=hard")
+    lab = Lab.create(f"x{os.getpid()}", hosts=6, nat=nat)
+    try:
+        lab.start_server()
+        token = lab.create_token(reusable=True)
+        for host in lab.hosts:
+            up(lab, host, token)
+        yield lab
+    finally:
+        lab.destroy()
+
+
+def nodes(lab: Lab) -> dict[str, dict[str, Any]]:
+    out = admin(lab, "nodes", "--json").stdout
+    return {n["name"]: n for n in json.loads(out)}
+
+
+def endpoints(lab: Lab, name: str) -> set[tuple[str, str | None]]:
+    return {(f"{e['host']}:{e['port']}", e.get("kind")) for e in nodes(lab)[name]["endpoints"]}
+
+
+def peer(host: LabHost, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(p for p in status(host)["peers"] if p["name"] == name)
+    return found
+
+
+def public_of(lab: Lab, name: str) -> str:
+    return next(ep for ep, kind in endpoints(lab, name) if kind in ("public", "symmetric"))
+
+
+def test_each_host_learns_its_endpoints_from_its_wireguard_port(natlab: Lab) -> None:
+    h1, h4 = natlab.host("h1"), natlab.host("h4")
+    wait_until("h1 and h4 reported", lambda: len(endpoints(natlab, "h4")) == 2, timeout=60)
+    assert endpoints(natlab, "h1") == {(f"{h1.underlay_ip}:{WG_PORT}", "public")}
+    # An easy NAT keeps the port: its outside mapping is the router's address, same port.
+    assert endpoints(natlab, "h4") == {
+        (f"{h4.underlay_ip}:{WG_PORT}", "lan"),
+        (f"{h4.public_ip}:{WG_PORT}", "public"),
+    }
+    # Behind one NAT, both hosts share its address, and only one keeps port 51820.
+    wait_until("h2, h3 reported", lambda: all(len(endpoints(natlab, h)) == 2 for h in ("h2", "h3")))
+    shared = {public_of(natlab, h) for h in ("h2", "h3")}
+    assert {ep.split(":")[0] for ep in shared} == {str(natlab.host("h2").public_ip)}
+    assert len(shared) == 2
+    wait_until("h5 reported", lambda: len(endpoints(natlab, "h5")) == 2, timeout=60)
+    assert {kind for _ep, kind in endpoints(natlab, "h5")} == {"lan", "symmetric"}
+
+
+def wait_path(host: LabHost, name: str, path: str, timeout: float = 60) -> dict[str, Any]:
+    wait_until(
+        f"{host.name} -> {name} path {path}",
+        lambda: peer(host, name)["path"] == path and host_ping(host, peer(host, name)["mesh_ip"]),
+        timeout=timeout,
+    )
+    return peer(host, name)
+
+
+def test_easy_to_easy_goes_direct_through_both_nats(natlab: Lab) -> None:
+    h2, h4 = natlab.host("h2"), natlab.host("h4")
+    p = wait_path(h2, "h4", "public")
+    assert p["endpoint"] == public_of(natlab, "h4")
+    p = wait_path(h4, "h2", "public")
+    assert p["endpoint"] == public_of(natlab, "h2")
+
+
+def test_two_hosts_behind_one_nat_find_each_other_on_the_inside(natlab: Lab) -> None:
+    h2, h3 = natlab.host("h2"), natlab.host("h3")
+    assert wait_path(h2, "h3", "lan")["endpoint"] == f"{h3.underlay_ip}:{WG_PORT}"
+    assert wait_path(h3, "h2", "lan")["endpoint"] == f"{h2.underlay_ip}:{WG_PORT}"
+
+
+def test_easy_to_public_goes_direct_on_the_mapping_the_probe_saw(natlab: Lab) -> None:
+    h1, h4 = natlab.host("h1"), natlab.host("h4")
+    wait_path(h4, "h1", "direct")
+    p = wait_path(h1, "h4", "public")
+    # WireGuard on h1 sees h4's packets come from exactly the mapping h4's probe reported:
+    # the probe from WireGuard's port shares WireGuard's NAT mapping.
+    assert p["endpoint"] == public_of(natlab, "h4") == f"{h4.public_ip}:{WG_PORT}"
+
+
+def test_public_to_hard_goes_direct_once_the_hard_side_reaches_out(natlab: Lab) -> None:
+    h1, h5 = natlab.host("h1"), natlab.host("h5")
+    wait_path(h5, "h1", "direct")
+    p = wait_path(h1, "h5", "public")
+    # h1 follows h5's packets to the port h5's NAT gave this destination.
+    assert p["endpoint"].split(":")[0] == str(h5.public_ip)
+
+
+def test_hard_to_hard_has_no_path_and_says_why(natlab: Lab) -> None:
+    h5, h6 = natlab.host("h5"), natlab.host("h6")
+    reason = "no path: symmetric NAT on both sides, relay not available"
+    wait_until("h5 explains h6", lambda: peer(h5, "h6")["path"] == reason, timeout=60)
+    assert peer(h6, "h5")["path"] == reason
+    assert not host_ping(h5, peer(h5, "h6")["mesh_ip"])
