@@ -90,3 +90,13 @@ def test_a_changed_netmap_starts_over_and_a_removed_peer_is_forgotten() -> None:
     paths.update(EASY_A, [], None, now=12.0)
     assert paths.endpoints() == {}
     assert paths.path(EASY_C.public_key).description == "unknown"
+
+
+def test_a_single_candidate_without_handshake_ends_as_no_path() -> None:
+    paths = PathSelector(switch_seconds=6)
+    key = BLOCKED.public_key
+    paths.update(PUBLIC, [BLOCKED], None, now=0.0)
+    assert not paths.update(PUBLIC, [BLOCKED], {key: None}, now=7.0)  # nothing else to try
+    assert paths.path(key).description == (
+        "no path: no handshake over any candidate (lan 192.168.7.7:51820), relay not available"
+    )

@@ -3,7 +3,8 @@ public underlay learn their endpoints and find a direct path wherever one exists
 does (symmetric on both sides, no relay yet) `shoal status` says so.
 
 Lab (its own; the session lab has no NATs): h1 public, h2 and h3 behind one easy NAT "home",
-h4 behind its own easy NAT, h5 and h6 each behind a symmetric ("hard") NAT.
+h4 behind its own easy NAT, h5 and h6 each behind a symmetric ("hard") NAT, h7 behind a
+firewall that passes only TCP to web ports (and the lab server's control port).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from shoal.lab import Lab, LabHost, sweep
 from shoal.lab.nat import parse_nat
-from tests.e2e.runbook import admin, host_ping, status, up, wait_until
+from tests.e2e.runbook import admin, host_ping, shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +28,8 @@ WG_PORT = 51820
 @pytest.fixture(scope="module")
 def natlab() -> Iterator[Lab]:
     sweep()
-    nat = parse_nat("h2=easy:home,h3=easy:home,h4=easy,h5=hard,h6=hard")
-    lab = Lab.create(f"x{os.getpid()}", hosts=6, nat=nat)
+    nat = parse_nat("h2=easy:home,h3=easy:home,h4=easy,h5=hard,h6=hard,h7=udp-blocked")
+    lab = Lab.create(f"x{os.getpid()}", hosts=7, nat=nat)
     try:
         lab.start_server()
         token = lab.create_token(reusable=True)
@@ -121,3 +122,38 @@ def test_hard_to_hard_has_no_path_and_says_why(natlab: Lab) -> None:
     wait_until("h5 explains h6", lambda: peer(h5, "h6")["path"] == reason, timeout=60)
     assert peer(h6, "h5")["path"] == reason
     assert not host_ping(h5, peer(h5, "h6")["mesh_ip"])
+
+
+def test_udp_blocked_has_no_path_and_says_why(natlab: Lab) -> None:
+    h1, h7 = natlab.host("h1"), natlab.host("h7")
+    # Its probes never come back: it reports its own (private) address, unverified.
+    assert endpoints(natlab, "h7") == {(f"{h7.underlay_ip}:{WG_PORT}", None)}
+    reason = (
+        f"no path: no handshake over any candidate (direct {h7.underlay_ip}:{WG_PORT}), "
+        "relay not available"
+    )
+    wait_until("h1 explains h7", lambda: peer(h1, "h7")["path"] == reason, timeout=60)
+    assert not host_ping(h1, peer(h1, "h7")["mesh_ip"])
+
+
+def netcheck(host: LabHost) -> dict[str, Any]:
+    out = shoal(host, "netcheck", "--json", "--state-dir", str(host.state_dir), check=False)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
+    kinds = {name: netcheck(natlab.host(name)) for name in ("h1", "h4", "h5", "h7")}
+    assert {name: r["nat"] for name, r in kinds.items()} == {
+        "h1": "none",
+        "h4": "easy",
+        "h5": "hard",
+        "h7": "udp-blocked",
+    }
+    assert [r["udp"] for r in kinds.values()] == [True, True, True, False]
+    # TCP to the server host's 443 passes every NAT (nothing listens there: refused = open).
+    assert all(r["tcp_443"]["open"] and r["control"]["open"] for r in kinds.values())
+    h4 = kinds["h4"]
+    assert h4["mapped"] == [f"{natlab.host('h4').public_ip}:{WG_PORT}"] * 2
+    text = shoal(natlab.host("h5"), "netcheck", "--state-dir", str(natlab.host("h5").state_dir))
+    assert text.stdout.splitlines()[0].startswith("nat:       hard (symmetric")

@@ -122,12 +122,13 @@ class PathSelector:
                 continue
             last = handshakes.get(peer.public_key)
             st.up = last is not None and now - last < HANDSHAKE_FRESH_SECONDS
-            if st.up or len(st.cands) < 2 or now - st.since < self.switch_seconds:
+            if st.up or not st.cands or now - st.since < self.switch_seconds:
                 continue
             st.tried.add(st.index)
-            st.index = (st.index + 1) % len(st.cands)
             st.since = now
-            changed = True
+            if len(st.cands) > 1:
+                st.index = (st.index + 1) % len(st.cands)
+                changed = True
         for key in set(self._peers) - seen:
             del self._peers[key]
         return changed

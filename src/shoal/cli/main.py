@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("agent_cmds", "cmd_status"))
 
+    p = sub.add_parser("netcheck", help="this host's NAT kind, UDP and TCP/443 reachability")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("netcheck_cmds", "cmd_netcheck"))
+
     p = sub.add_parser("ping", help="check reachability of a node over the mesh")
     p.add_argument("target", metavar="NODE|IP")
     p.add_argument("--count", "-c", type=int, default=3)
