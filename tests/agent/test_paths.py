@@ -54,11 +54,13 @@ def test_across_nats_the_public_mapping_comes_first_then_the_lan() -> None:
 
 
 def test_no_path_is_explained() -> None:
-    assert candidates(HARD_A, HARD_B) == (
-        (),
-        "symmetric NAT on both sides, relay not available",
+    assert candidates(HARD_A, HARD_B) == ((), "symmetric NAT on both sides")
+    assert candidates(PUBLIC, node("h9")) == ((), "h9 has no endpoint yet")
+    paths = PathSelector()
+    paths.update(HARD_A, [HARD_B], None, now=0.0)
+    assert paths.path(HARD_B.public_key).description == (
+        "no path: symmetric NAT on both sides, relay not available"
     )
-    assert candidates(PUBLIC, node("h9")) == ((), "h9 has no endpoint yet, relay not available")
     # UDP blocked: only a LAN address another network cannot reach; tried, last.
     assert order(PUBLIC, BLOCKED) == [("192.168.7.7:51820", "lan")]
 
@@ -100,3 +102,30 @@ def test_a_single_candidate_without_handshake_ends_as_no_path() -> None:
     assert paths.path(key).description == (
         "no path: no handshake over any candidate (lan 192.168.7.7:51820), relay not available"
     )
+
+
+def test_a_relay_is_asked_for_when_nothing_direct_is_left_and_used_last() -> None:
+    paths = PathSelector(switch_seconds=6)
+    hard, blocked = HARD_B.public_key, BLOCKED.public_key
+    paths.update(HARD_A, [HARD_B], None, now=0.0)
+    assert paths.needs_relay(hard)
+    paths.set_relay(hard, ep("192.0.2.2:40000", None))
+    assert not paths.needs_relay(hard)
+    assert paths.update(HARD_A, [HARD_B], None, now=1.0)
+    assert paths.endpoint(hard) == "192.0.2.2:40000"
+    paths.update(HARD_A, [HARD_B], {hard: 2.0}, now=3.0)
+    assert paths.path(hard).description == (
+        "relayed via 192.0.2.2:40000 (symmetric NAT on both sides)"
+    )
+    # A peer with a direct candidate gets the relay only once that one failed.
+    paths.update(PUBLIC, [BLOCKED], None, now=0.0)
+    assert not paths.needs_relay(blocked)
+    paths.update(PUBLIC, [BLOCKED], {blocked: None}, now=7.0)
+    assert paths.needs_relay(blocked)
+    paths.set_relay(blocked, ep("192.0.2.2:40002", None))
+    paths.update(PUBLIC, [BLOCKED], None, now=8.0)
+    assert paths.endpoint(blocked) == "192.168.7.7:51820"  # starts over, relay last
+    paths.update(PUBLIC, [BLOCKED], {blocked: None}, now=14.0)
+    assert paths.endpoint(blocked) == "192.0.2.2:40002"
+    paths.update(PUBLIC, [BLOCKED], {blocked: None}, now=20.0)
+    assert paths.path(blocked).description.endswith("relayed 192.0.2.2:40002), relay tried")

@@ -125,6 +125,7 @@ class Agent:
             node_key=private_key.public_key(),
             mac_key=self.client.mac_key,
             report=self._report_endpoints,
+            relay=self.client.relay,
             netmap=lambda: self.cached.netmap,
             replan=lambda: self.reconciler.offer(self.cached.netmap),
             tunnel=adapters.tunnel,

@@ -11,7 +11,9 @@ Candidates per peer, best first (`candidates`):
      NATs: the hole punch);
   3. its LAN endpoints otherwise, last (a private network the two may share without NAT).
 Both sides symmetric (each NAT gives every destination a new port) or a peer with no usable
-endpoint: "no path: <why>" (there is no relay yet).
+endpoint: no direct candidate. When no direct candidate is left to try, the agent asks the
+server for a relay port (`shoal.control.relay`) and adds it as the last candidate: "relayed via
+<server:port> (<why>)"; without one, "no path: <why>, relay not available".
 
 A candidate is kept while handshakes complete; one that has not given a handshake within
 `SWITCH_SECONDS` of being chosen is replaced by the next (round robin), so a pair converges in
@@ -60,7 +62,7 @@ def candidates(me: Node, peer: Node) -> tuple[tuple[Candidate, ...], str | None]
         and mine.kind == "symmetric"
         and not same_nat
     ):
-        return tuple(out), f"symmetric NAT on both sides, {NO_RELAY}"
+        return tuple(out), "symmetric NAT on both sides"
     if theirs is not None and not same_nat:
         why = "public" if lan or theirs.kind == "symmetric" else "direct"
         out.append(Candidate(theirs, why))
@@ -68,7 +70,7 @@ def candidates(me: Node, peer: Node) -> tuple[tuple[Candidate, ...], str | None]
     if not same_nat:
         out += [Candidate(e, "lan") for e in lan]
     if not out:
-        return (), f"{peer.name} has no endpoint yet, {NO_RELAY}"
+        return (), f"{peer.name} has no endpoint yet"
     return tuple(out), None
 
 
@@ -96,6 +98,18 @@ class PathSelector:
     def __init__(self, switch_seconds: float = SWITCH_SECONDS) -> None:
         self.switch_seconds = switch_seconds
         self._peers: dict[PublicKey, _State] = {}
+        self._relays: dict[PublicKey, Endpoint] = {}  # granted by the server, last resort
+
+    def set_relay(self, key: PublicKey, endpoint: Endpoint) -> None:
+        """Add the server's relay port for peer `key` as its last candidate (next update)."""
+        self._relays[key] = endpoint
+
+    def needs_relay(self, key: PublicKey) -> bool:
+        """No direct candidate is left to try for `key` and no relay was granted yet."""
+        st = self._peers.get(key)
+        if st is None or key in self._relays:
+            return False
+        return not st.cands or len(st.tried) >= len(st.cands)
 
     def update(
         self,
@@ -112,6 +126,9 @@ class PathSelector:
         for peer in peers:
             seen.add(peer.public_key)
             cands, reason = candidates(me, peer)
+            relay = self._relays.get(peer.public_key)
+            if relay is not None:
+                cands = (*cands, Candidate(relay, "relayed"))
             st = self._peers.get(peer.public_key)
             if st is None or st.cands != cands or st.reason != reason:
                 before = self.endpoint(peer.public_key)
@@ -131,6 +148,7 @@ class PathSelector:
                 changed = True
         for key in set(self._peers) - seen:
             del self._peers[key]
+            self._relays.pop(key, None)
         return changed
 
     def endpoint(self, key: PublicKey) -> str | None:
@@ -148,13 +166,17 @@ class PathSelector:
         if st is None:
             return PeerPath(None, "unknown")
         if not st.cands:
-            return PeerPath(None, f"no path: {st.reason}")
+            return PeerPath(None, f"no path: {st.reason}, {NO_RELAY}")
         cand = st.cands[st.index]
         if st.up:
+            if cand.why == "relayed":
+                why = st.reason or "no direct handshake"
+                return PeerPath(cand.endpoint, f"relayed via {cand.endpoint} ({why})")
             return PeerPath(cand.endpoint, cand.why)
         if len(st.tried) >= len(st.cands):
             names = ", ".join(f"{c.why} {c.endpoint}" for c in st.cands)
+            relay = "relay tried" if key in self._relays else NO_RELAY
             return PeerPath(
-                cand.endpoint, f"no path: no handshake over any candidate ({names}), {NO_RELAY}"
+                cand.endpoint, f"no path: no handshake over any candidate ({names}), {relay}"
             )
         return PeerPath(cand.endpoint, f"trying {cand.why} ({st.index + 1}/{len(st.cands)})")

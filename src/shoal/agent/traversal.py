@@ -29,6 +29,7 @@ from shoal.agent.paths import PathSelector
 from shoal.controlclient.errors import ControlError
 from shoal.dataplane import DataPlaneError
 from shoal.dataplane.base import DataPlane
+from shoal.model.api import RelayGrant
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Endpoint, NetworkMap
 
@@ -61,6 +62,7 @@ class Traversal:
         node_key: PublicKey,
         mac_key: Callable[[], Awaitable[bytes]],
         report: Callable[[tuple[Endpoint, ...]], Awaitable[None]],
+        relay: Callable[[str], Awaitable[RelayGrant]],
         netmap: Callable[[], NetworkMap],
         replan: Callable[[], None],
         tunnel: DataPlane,
@@ -73,6 +75,7 @@ class Traversal:
         self._node_key = node_key
         self._mac_key = mac_key
         self._report = report
+        self._relay = relay
         self._netmap = netmap
         self._replan = replan
         self._tunnel = tunnel
@@ -126,7 +129,25 @@ class Traversal:
             s.public_key: (s.last_handshake.timestamp() if s.last_handshake else None)
             for s in stats
         }
-        if self.paths.update(
-            netmap.self_node, netmap.peers, handshakes, self._clock.now().timestamp()
-        ):
+        now = self._clock.now().timestamp()
+        changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)
+        for peer in netmap.peers:
+            if self.paths.needs_relay(peer.public_key):
+                changed |= await self._ask_relay(peer.id, peer.public_key)
+        if changed:
+            self.paths.update(netmap.self_node, netmap.peers, None, now)
             self._replan()
+
+    async def _ask_relay(self, peer_id: str, key: PublicKey) -> bool:
+        """Ask the server for a relay port to `peer_id`; False if there is none to be had."""
+        server = await asyncio.to_thread(server_address, self._server_url)
+        if server is None:
+            return False
+        try:
+            grant = await self._relay(peer_id)
+        except ControlError as exc:
+            log.warning("no relay to %s: %s", peer_id, exc)
+            return False
+        log.info("relay to %s granted: %s:%d", peer_id, server, grant.port)
+        self.paths.set_relay(key, Endpoint(host=server, port=grant.port))
+        return True

@@ -45,6 +45,7 @@ from shoal.control.registry import (
     Registry,
     utcnow,
 )
+from shoal.control.relay import Relay
 from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, ControlService
 from shoal.control.stun import start_responders
 from shoal.control.tokens import new_admin_token, secret_hash
@@ -238,10 +239,13 @@ class RunningServer:
     runner: web.AppRunner
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
     probes: list[asyncio.DatagramTransport] = field(default_factory=list, repr=False)
+    relay: Relay | None = field(default=None, repr=False)
 
     async def close(self) -> None:
         for transport in self.probes:
             transport.close()
+        if self.relay is not None:
+            self.relay.close()
         if self.sweeper is not None:
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -301,6 +305,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             ephemeral_timeout=config.ephemeral_timeout,
         )
         auth_key = load_or_create_auth_key(data_dir)
+        relay = Relay(config.listen_host)
         verifier = NodeVerifier(auth_key)
         limits = config.connections
         fds = raise_fd_limit()
@@ -319,7 +324,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
             ) from exc
         runner = web.AppRunner(
-            build_app(service, ca, verifier, connections=connections, rates=config.rates),
+            build_app(
+                service, ca, verifier, connections=connections, rates=config.rates, relay=relay
+            ),
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,
             keepalive_timeout=limits.idle_timeout,
@@ -370,6 +377,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         runner=runner,
         sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
         probes=probes,
+        relay=relay,
     )
 
 

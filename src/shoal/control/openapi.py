@@ -25,6 +25,8 @@ from shoal.model.api import (
     NodeInfo,
     RegisterRequest,
     RegisterResponse,
+    RelayGrant,
+    RelayRequest,
     ServerKey,
     ServiceInfo,
     TokenCreated,
@@ -61,6 +63,14 @@ ROUTES: tuple[Route, ...] = (
         "node",
         RegisterRequest,
         RegisterResponse,
+    ),
+    Route(
+        "POST",
+        "/v1/relay",
+        "A relay port for this node's WireGuard traffic to a peer it has no direct path to",
+        "node",
+        RelayRequest,
+        RelayGrant,
     ),
     Route(
         "GET",

@@ -36,6 +36,8 @@ from shoal.model.api import (
     NodeInfo,
     RegisterRequest,
     RegisterResponse,
+    RelayGrant,
+    RelayRequest,
     ServerKey,
     ServiceInfo,
     TokenCreated,
@@ -130,6 +132,10 @@ class ControlClient:
         """Tell the server the complete set of this host's containers on the `shoal` network;
         it diffs it against the last report and updates every node's netmap."""
         await self._call_json("POST", "/v1/containers", body=report)
+
+    async def relay(self, peer_id: str) -> RelayGrant:
+        """A port on the server relaying this node's WireGuard traffic to `peer_id`."""
+        return await self._call("POST", "/v1/relay", RelayGrant, body=RelayRequest(peer=peer_id))
 
     async def leave(self) -> None:
         """Remove this node from the mesh."""
