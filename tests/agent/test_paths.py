@@ -108,9 +108,9 @@ def test_a_relay_is_asked_for_when_nothing_direct_is_left_and_used_last() -> Non
     paths = PathSelector(switch_seconds=6)
     hard, blocked = HARD_B.public_key, BLOCKED.public_key
     paths.update(HARD_A, [HARD_B], None, now=0.0)
-    assert paths.needs_relay(hard)
-    paths.set_relay(hard, ep("192.0.2.2:40000", None))
-    assert not paths.needs_relay(hard)
+    assert paths.needs_relay(hard, now=0.0)
+    paths.set_relay(hard, ep("192.0.2.2:40000", None), now=0.0)
+    assert not paths.needs_relay(hard, now=0.5)
     assert paths.update(HARD_A, [HARD_B], None, now=1.0)
     assert paths.endpoint(hard) == "192.0.2.2:40000"
     paths.update(HARD_A, [HARD_B], {hard: 2.0}, now=3.0)
@@ -119,13 +119,16 @@ def test_a_relay_is_asked_for_when_nothing_direct_is_left_and_used_last() -> Non
     )
     # A peer with a direct candidate gets the relay only once that one failed.
     paths.update(PUBLIC, [BLOCKED], None, now=0.0)
-    assert not paths.needs_relay(blocked)
+    assert not paths.needs_relay(blocked, now=0.0)
     paths.update(PUBLIC, [BLOCKED], {blocked: None}, now=7.0)
-    assert paths.needs_relay(blocked)
-    paths.set_relay(blocked, ep("192.0.2.2:40002", None))
+    assert paths.needs_relay(blocked, now=7.0)
+    paths.set_relay(blocked, ep("192.0.2.2:40002", None), now=7.0)
     paths.update(PUBLIC, [BLOCKED], None, now=8.0)
     assert paths.endpoint(blocked) == "192.168.7.7:51820"  # starts over, relay last
     paths.update(PUBLIC, [BLOCKED], {blocked: None}, now=14.0)
     assert paths.endpoint(blocked) == "192.0.2.2:40002"
     paths.update(PUBLIC, [BLOCKED], {blocked: None}, now=20.0)
     assert paths.path(blocked).description.endswith("relayed 192.0.2.2:40002), relay tried")
+    # A relay that failed too is asked for again a minute later (new ports after a restart).
+    assert not paths.needs_relay(blocked, now=30.0)
+    assert paths.needs_relay(blocked, now=67.0)

@@ -34,6 +34,7 @@ SWITCH_SECONDS = 6.0
 # A session lives 180 s past its handshake (REJECT_AFTER_TIME); older means no session.
 HANDSHAKE_FRESH_SECONDS = 180.0
 NO_RELAY = "relay not available"
+RELAY_RETRY_SECONDS = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,18 +99,21 @@ class PathSelector:
     def __init__(self, switch_seconds: float = SWITCH_SECONDS) -> None:
         self.switch_seconds = switch_seconds
         self._peers: dict[PublicKey, _State] = {}
-        self._relays: dict[PublicKey, Endpoint] = {}  # granted by the server, last resort
+        self._relays: dict[PublicKey, tuple[Endpoint, float]] = {}  # with when granted
 
-    def set_relay(self, key: PublicKey, endpoint: Endpoint) -> None:
+    def set_relay(self, key: PublicKey, endpoint: Endpoint, now: float) -> None:
         """Add the server's relay port for peer `key` as its last candidate (next update)."""
-        self._relays[key] = endpoint
+        self._relays[key] = (endpoint, now)
 
-    def needs_relay(self, key: PublicKey) -> bool:
-        """No direct candidate is left to try for `key` and no relay was granted yet."""
+    def needs_relay(self, key: PublicKey, now: float) -> bool:
+        """Every candidate of `key` was tried without a handshake (or there is none), and no
+        relay was granted, or the granted one failed too and was granted RELAY_RETRY_SECONDS
+        ago (the server may have restarted and given the pair new ports)."""
         st = self._peers.get(key)
-        if st is None or key in self._relays:
+        if st is None or not (not st.cands or len(st.tried) >= len(st.cands)):
             return False
-        return not st.cands or len(st.tried) >= len(st.cands)
+        granted = self._relays.get(key)
+        return granted is None or now - granted[1] >= RELAY_RETRY_SECONDS
 
     def update(
         self,
@@ -128,7 +132,7 @@ class PathSelector:
             cands, reason = candidates(me, peer)
             relay = self._relays.get(peer.public_key)
             if relay is not None:
-                cands = (*cands, Candidate(relay, "relayed"))
+                cands = (*cands, Candidate(relay[0], "relayed"))
             st = self._peers.get(peer.public_key)
             if st is None or st.cands != cands or st.reason != reason:
                 before = self.endpoint(peer.public_key)

@@ -132,13 +132,13 @@ class Traversal:
         now = self._clock.now().timestamp()
         changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)
         for peer in netmap.peers:
-            if self.paths.needs_relay(peer.public_key):
-                changed |= await self._ask_relay(peer.id, peer.public_key)
+            if self.paths.needs_relay(peer.public_key, now):
+                changed |= await self._ask_relay(peer.id, peer.public_key, now)
         if changed:
             self.paths.update(netmap.self_node, netmap.peers, None, now)
             self._replan()
 
-    async def _ask_relay(self, peer_id: str, key: PublicKey) -> bool:
+    async def _ask_relay(self, peer_id: str, key: PublicKey, now: float) -> bool:
         """Ask the server for a relay port to `peer_id`; False if there is none to be had."""
         server = await asyncio.to_thread(server_address, self._server_url)
         if server is None:
@@ -149,5 +149,5 @@ class Traversal:
             log.warning("no relay to %s: %s", peer_id, exc)
             return False
         log.info("relay to %s granted: %s:%d", peer_id, server, grant.port)
-        self.paths.set_relay(key, Endpoint(host=server, port=grant.port))
+        self.paths.set_relay(key, Endpoint(host=server, port=grant.port), now)
         return True
