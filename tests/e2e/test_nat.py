@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +22,7 @@ import pytest
 
 from shoal.lab import Lab, LabHost, sweep
 from shoal.lab.nat import parse_nat
+from shoal.lab.procs import NETNS_DIR
 from tests.e2e.runbook import admin, host_ping, shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -131,6 +135,41 @@ def test_hard_to_hard_goes_through_the_servers_relay_and_says_why(natlab: Lab) -
     assert host_ping(h6, peer(h6, "h5")["mesh_ip"])
     # The endpoint each side uses is a port on the server: WireGuard stays on it.
     assert peer(h5, "h6")["endpoint"].startswith("192.0.2.2:")
+
+
+def test_the_relay_moves_only_ciphertext(natlab: Lab) -> None:
+    h5 = natlab.host("h5")
+    wait_until("h5 -> h6 relayed", lambda: str(peer(h5, "h6")["path"]).startswith("relayed"))
+    relay_port = str(peer(h5, "h6")["endpoint"]).split(":")[1]
+    dst = peer(h5, "h6")["mesh_ip"]
+    pcap = natlab.dir / "relay.pcap"
+    capture = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / natlab.server_netns}", "tcpdump", "-i", "eth0", "-U",
+         "-n", "-w", str(pcap), "udp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    marker = f"shoal-relay-marker-{os.getpid()}"
+    send = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for _ in range(5): s.sendto(b'{marker}', ('{dst}', 9))"
+    )
+    try:
+        wait_until("tcpdump to start", lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        h5.exec([sys.executable, "-c", send])
+        assert host_ping(h5, dst)
+
+        def relayed_packets() -> int:
+            out = subprocess.run(
+                ["tcpdump", "-n", "-r", str(pcap), f"udp port {relay_port}"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            return len(out.splitlines())
+
+        wait_until("the relayed packets in the capture", lambda: relayed_packets() >= 7, 10)
+    finally:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(10)
+    assert marker.encode() not in pcap.read_bytes()
 
 
 def test_udp_blocked_has_no_path_and_says_why(natlab: Lab) -> None:
