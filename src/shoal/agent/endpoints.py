@@ -16,6 +16,7 @@ UDP blocked on the way (or a server without the responder).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import select
@@ -53,6 +54,32 @@ def parse_ipv4_udp(packet: bytes) -> tuple[IPv4Address, int, int, bytes] | None:
         return None
     src_port, dst_port, length, _sum = struct.unpack("!HHHH", packet[ihl : ihl + 8])
     return IPv4Address(packet[12:16]), src_port, dst_port, packet[ihl + 8 : ihl + length]
+
+
+SO_ATTACH_FILTER = 26  # linux/socket.h; not in Python's socket module
+
+
+def source_port_filter(ports: tuple[int, ...]) -> bytes:
+    """A classic BPF program passing only IPv4/UDP datagrams from one of `ports`: the raw
+    socket gets a copy of every UDP datagram the host receives (WireGuard's traffic
+    included), and the kernel should drop those before they cost a copy into Python."""
+
+    def insn(code: int, jt: int, jf: int, k: int) -> bytes:
+        return struct.pack("HBBI", code, jt, jf, k)
+
+    prog = [insn(0xB1, 0, 0, 0), insn(0x48, 0, 0, 0)]  # X = IP header length; A = source port
+    for i, port in enumerate(ports):
+        # Equal: jump over the comparisons left and the "ja" to "accept".
+        prog.append(insn(0x15, len(ports) - i, 0, port))
+    # No port matched: "ja +1" skips "accept" and lands on "drop".
+    prog += [insn(0x05, 0, 0, 1), insn(0x06, 0, 0, 0xFFFF), insn(0x06, 0, 0, 0)]
+    return b"".join(prog)
+
+
+def attach_filter(sock: socket.socket, program: bytes) -> None:
+    buffer = ctypes.create_string_buffer(program)
+    fprog = struct.pack("HL", len(program) // 8, ctypes.addressof(buffer))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +123,7 @@ def _probe_blocking(
     nonces = {port: os.urandom(16) for port in PROBE_PORTS}
     found: dict[int, tuple[IPv4Address, int]] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP) as raw:
+        attach_filter(raw, source_port_filter(PROBE_PORTS))
         raw.setblocking(False)
         now = int(time.time())
         for port, nonce in nonces.items():
