@@ -132,3 +132,12 @@ def test_a_relay_is_asked_for_when_nothing_direct_is_left_and_used_last() -> Non
     # A relay that failed too is asked for again a minute later (new ports after a restart).
     assert not paths.needs_relay(blocked, now=30.0)
     assert paths.needs_relay(blocked, now=67.0)
+
+
+def test_a_symmetric_peer_gets_no_endpoint_so_wireguard_follows_its_handshakes() -> None:
+    paths = PathSelector(switch_seconds=6)
+    key = HARD_A.public_key
+    paths.update(PUBLIC, [HARD_A], None, now=0.0)
+    assert paths.endpoint(key) is None  # the server's port would be wrong for us
+    paths.update(PUBLIC, [HARD_A], {key: 1.0}, now=2.0)
+    assert paths.path(key).description == "public"

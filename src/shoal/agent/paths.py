@@ -8,7 +8,8 @@ Candidates per peer, best first (`candidates`):
   1. its LAN endpoints when both hosts sit behind the same NAT (same public address): "lan";
   2. its public endpoint: "direct" when that is the peer's own address (no NAT there), else
      "public" (its NAT's mapping; both sides send, so WireGuard's own handshakes open both
-     NATs: the hole punch);
+     NATs: the hole punch). Behind a symmetric NAT the port differs per destination: no
+     endpoint is configured, the peer's handshakes reach us and WireGuard follows them;
   3. its LAN endpoints otherwise, last (a private network the two may share without NAT).
 Both sides symmetric (each NAT gives every destination a new port) or a peer with no usable
 endpoint: no direct candidate. When no direct candidate is left to try, the agent asks the
@@ -40,7 +41,11 @@ RELAY_RETRY_SECONDS = 60.0
 @dataclass(frozen=True, slots=True)
 class Candidate:
     endpoint: Endpoint
-    why: str  # "lan" | "public" | "direct"
+    why: str  # "lan" | "public" | "direct" | "relayed"
+    # A symmetric NAT's port is per destination: the one the server saw is wrong for us.
+    # Configure no endpoint and let the peer's handshakes (it has ours) open the path:
+    # WireGuard follows them, and setting the server's port would undo that.
+    passive: bool = False
 
 
 def _public(node: Node) -> Endpoint | None:
@@ -66,7 +71,7 @@ def candidates(me: Node, peer: Node) -> tuple[tuple[Candidate, ...], str | None]
         return tuple(out), "symmetric NAT on both sides"
     if theirs is not None and not same_nat:
         why = "public" if lan or theirs.kind == "symmetric" else "direct"
-        out.append(Candidate(theirs, why))
+        out.append(Candidate(theirs, why, passive=theirs.kind == "symmetric"))
     out += [Candidate(e, "direct") for e in unchecked]
     if not same_nat:
         out += [Candidate(e, "lan") for e in lan]
@@ -158,7 +163,7 @@ class PathSelector:
     def endpoint(self, key: PublicKey) -> str | None:
         """The endpoint to configure for peer `key` ("ip:port"), None for none."""
         st = self._peers.get(key)
-        if st is None or not st.cands:
+        if st is None or not st.cands or st.cands[st.index].passive:
             return None
         return str(st.cands[st.index].endpoint)
 
