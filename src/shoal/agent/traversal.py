@@ -59,7 +59,7 @@ class Traversal:
         server_url: str,
         listen_port: int,
         local: Callable[[], Endpoint | None],
-        node_key: PublicKey,
+        node_key: Callable[[], PublicKey],  # the current one: keys rotate
         mac_key: Callable[[], Awaitable[bytes]],
         report: Callable[[tuple[Endpoint, ...]], Awaitable[None]],
         relay: Callable[[str], Awaitable[RelayGrant]],
@@ -103,7 +103,7 @@ class Traversal:
             log.warning("endpoint discovery: no key from the server yet (%s)", exc)
             return
         local = await asyncio.to_thread(self._local)
-        found = await discover(server, self._listen_port, local, key, self._node_key)
+        found = await discover(server, self._listen_port, local, key, self._node_key())
         if found != self.last:
             log.info(
                 "endpoint discovery: NAT %s, endpoints %s",
@@ -125,9 +125,17 @@ class Traversal:
             stats = await self._tunnel.stats()
         except DataPlaneError:
             return
-        handshakes = {
+        seen = {
             s.public_key: (s.last_handshake.timestamp() if s.last_handshake else None)
             for s in stats
+        }
+        # By the peer's current key; during its key rotation WireGuard may know it by the next.
+        handshakes = {
+            p.public_key: max(
+                (t for t in (seen.get(p.public_key), seen.get(p.next_key or p.public_key)) if t),
+                default=None,
+            )
+            for p in netmap.peers
         }
         now = self._clock.now().timestamp()
         changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)

@@ -58,6 +58,10 @@ class NodeRecord:
     # False once the server withdrew its containers (missed heartbeats); changed only by
     # `Store.set_online`, never by `save_node`.
     online: bool = True
+    # A key rotation in progress (see `Node.next_key`); the node is found by either key until
+    # the server finalises it.
+    next_key: PublicKey | None = None
+    switch_at: datetime | None = None
 
     def node(self) -> Node:
         return Node(
@@ -67,6 +71,9 @@ class NodeRecord:
             mesh_ip=self.mesh_ip,
             subnet=self.subnet,
             endpoints=self.endpoints,
+            tags=self.tags,
+            next_key=self.next_key,
+            switch_at=self.switch_at,
         )
 
 
@@ -105,6 +112,17 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """The access-control policy as the admin set it (its text, comments and all)."""
+
+    revision: int  # the policy's own number: 1 for the first one set, then 2, ...
+    file: str  # the name it was set from, for `file:line` in errors and verdicts
+    source: str
+    set_at: datetime
+    updated_rev: int = 0  # the global revision at which it reached the maps
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the server loads at start."""
 
@@ -115,6 +133,7 @@ class Snapshot:
     container_tombstones: tuple[ContainerTombstone, ...] = ()  # most recent, oldest first
     revoked_keys: tuple[PublicKey, ...] = ()  # keys of removed nodes: they may not rejoin
     released: tuple[Released, ...] = ()  # oldest first
+    policy: PolicyRecord | None = None  # the newest policy; None: none was ever set
 
 
 class Store(Protocol):
@@ -150,7 +169,8 @@ class Store(Protocol):
         self, node_id: str, *, revoke_key: bool = False, at: datetime | None = None
     ) -> int | None:
         """Delete the node and its containers, leave tombstones for all of them, and release
-        its addresses into quarantine (at `at`); with `revoke_key`, record its key as revoked.
+        its addresses into quarantine (at `at`); with `revoke_key`, record its key (and its
+        next key, during a rotation) as revoked.
         The new revision, or None if it did not exist."""
         ...
 
@@ -179,6 +199,11 @@ class Store(Protocol):
     async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
         """Record each node's `last_seen` (one transaction for all; unknown ids are ignored);
         not a change peers see, so no new revision."""
+        ...
+
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        """Store a new policy (the previous one's revision + 1) at a new global revision;
+        earlier policies are kept for the record."""
         ...
 
     async def close(self) -> None: ...

@@ -12,6 +12,7 @@ from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    PolicyRecord,
     Released,
     Snapshot,
     TokenRecord,
@@ -33,6 +34,7 @@ class MemoryStore:
         self.container_tombstones: dict[ContainerKey, int] = {}
         self.revoked_keys: set[PublicKey] = set()
         self.released: dict[str, Released] = {}
+        self.policies: list[PolicyRecord] = []
 
     async def load(self, tombstone_limit: int) -> Snapshot:
         stones = sorted(self.tombstones.items(), key=lambda s: s[1])[-tombstone_limit:]
@@ -48,6 +50,7 @@ class MemoryStore:
             ),
             revoked_keys=tuple(sorted(self.revoked_keys, key=str)),
             released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
+            policy=self.policies[-1] if self.policies else None,
         )
 
     async def get_setting(self, key: str) -> str | None:
@@ -115,6 +118,8 @@ class MemoryStore:
             return None
         if revoke_key:
             self.revoked_keys.add(node.public_key)
+            if node.next_key is not None:
+                self.revoked_keys.add(node.next_key)
         self.released[node_id] = Released(
             node_id, node.mesh_ip, node.subnet, at or datetime.now(UTC)
         )
@@ -163,6 +168,12 @@ class MemoryStore:
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         for node_id in node_ids:
             self.released.pop(node_id, None)
+
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        self.revision += 1
+        record = PolicyRecord(len(self.policies) + 1, file, source, at, self.revision)
+        self.policies.append(record)
+        return record
 
     async def close(self) -> None:
         return None
