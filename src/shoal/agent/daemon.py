@@ -49,9 +49,11 @@ from shoal.agent.health import (
 )
 from shoal.agent.localapi import serve
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
+from shoal.agent.paths import PathSelector
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.agent.stopwatch import Stopwatch
+from shoal.agent.traversal import Traversal
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
     ControlError,
@@ -133,13 +135,46 @@ class Agent:
         self._containers_changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._trust_checked_at: float | None = None  # monotonic; None: not yet
+        self.paths = PathSelector()
+        self.traversal = Traversal(
+            server_url=identity.server_url,
+            listen_port=config.listen_port,
+            local=lambda: _local_endpoint(config),
+            node_key=lambda: self.private_key.public_key(),
+            mac_key=self.client.mac_key,
+            report=self._report_endpoints,
+            relay=self.client.relay,
+            netmap=lambda: self.cached.netmap,
+            replan=lambda: self.reconciler.offer(self.cached.netmap),
+            tunnel=adapters.tunnel,
+            clock=clock,
+            paths=self.paths,
+        )
 
     def keys(self) -> tuple[PrivateKey, ...]:
         """The private keys this host holds: current first, then the next one if rotating."""
         return (self.private_key,) if self.next_key is None else (self.private_key, self.next_key)
 
     def _plan(self, netmap: NetworkMap) -> HostConfig:
-        return plan_host(netmap, self.keys(), self.config.listen_port, self.clock.now())
+        self.paths.update(netmap.self_node, netmap.peers, None, self.clock.now().timestamp())
+        return plan_host(
+            netmap,
+            self.keys(),
+            self.config.listen_port,
+            self.clock.now(),
+            endpoints=self.paths.endpoints(),
+        )
+
+    async def _report_endpoints(self, endpoints: tuple[Endpoint, ...]) -> None:
+        """Tell the server this node's endpoints: a registration again (no token needed)."""
+        await self.client.register(
+            RegisterRequest(
+                name=self.identity.name,
+                public_key=self.private_key.public_key(),
+                endpoints=endpoints,
+                host_prefixes=await occupied_prefixes(self.docker),
+            )
+        )
 
     async def configure(self, fresh_join: bool) -> None:
         """The first apply. If it fails, a fresh join leaves nothing behind: this host's
@@ -185,6 +220,7 @@ class Agent:
                     tasks.create_task(self.reconciler.run(), name="reconcile"),
                     tasks.create_task(watcher.run(), name="docker-watch"),
                     tasks.create_task(self._report_containers(), name="container-report"),
+                    tasks.create_task(self.traversal.run(), name="nat-traversal"),
                     tasks.create_task(self.follow_rotation(), name="key-rotation"),
                     tasks.create_task(self._rotate_when_old(), name="key-age"),
                 ]
@@ -486,6 +522,7 @@ class Agent:
                     subnet=node.subnet,
                     endpoint=(s.endpoint if s and s.endpoint else None)
                     or (str(node.endpoints[0]) if node.endpoints else None),
+                    path=self.paths.path(node.public_key).description,
                     last_handshake=s.last_handshake if s else None,
                     rx_bytes=s.rx_bytes if s else 0,
                     tx_bytes=s.tx_bytes if s else 0,
@@ -644,6 +681,12 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     return agent
 
 
+def _local_endpoint(config: AgentConfig) -> Endpoint | None:
+    """This host's own address (advertised or guessed) and WireGuard port."""
+    advertise = config.advertise_addr or guess_advertise_addr()
+    return Endpoint(host=advertise, port=config.listen_port) if advertise else None
+
+
 async def join(config: AgentConfig, clock: Clock | None = None) -> None:
     """Join the mesh and keep the identity and netmap in the state dir, configuring nothing
     on the host: an agent started later (the systemd unit) resumes from there, so the join
@@ -687,8 +730,8 @@ async def _join(
     token = parse_join_token(config.token)
     ca_pem = await fetch_pinned_ca(config.server_url, token.fingerprint)
     watch.lap("ca")
-    advertise = config.advertise_addr or guess_advertise_addr()
-    endpoints = (Endpoint(host=advertise, port=config.listen_port),) if advertise else ()
+    local = _local_endpoint(config)
+    endpoints = (local,) if local else ()
     name = config.name or os.uname().nodename.split(".")[0].lower()
     request = RegisterRequest(
         token=config.token,

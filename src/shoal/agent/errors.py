@@ -31,6 +31,10 @@ class AgentNotRunning(AgentError):
     pass
 
 
+class NetcheckFailed(AgentError):
+    """`shoal netcheck` could not measure: no server address or no answer from it."""
+
+
 class AgentStartFailed(AgentError):
     pass
 

@@ -332,6 +332,7 @@ def render_status(s: AgentStatus) -> str:
                 str(p.mesh_ip),
                 str(p.subnet),
                 p.endpoint or "-",
+                p.path or "-",
                 _ago(p.last_handshake),
                 _bytes(p.rx_bytes),
                 _bytes(p.tx_bytes),
@@ -340,7 +341,10 @@ def render_status(s: AgentStatus) -> str:
         ]
         lines.append("")
         lines.append(
-            table(("PEER", "MESH IP", "CONTAINERS", "ENDPOINT", "HANDSHAKE", "RX", "TX"), rows)
+            table(
+                ("PEER", "MESH IP", "CONTAINERS", "ENDPOINT", "PATH", "HANDSHAKE", "RX", "TX"),
+                rows,
+            )
         )
     else:
         lines.append("  no peers yet")

@@ -8,13 +8,15 @@ import subprocess
 import sys
 
 from shoal.lab import Lab, LabError, LabNotFound
+from shoal.lab.nat import parse_nat
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:
     """Create the lab (kept until `shoal lab down`), start its server, make a reusable token."""
     if Lab.exists(args.name):
         raise LabError(f"lab {args.name} is already up: `shoal lab down --name {args.name}` first")
-    lab = Lab.create(args.name, args.hosts, persistent=True)
+    nat = parse_nat(args.nat)
+    lab = Lab.create(args.name, args.hosts, persistent=True, nat=nat)
     try:
         url = lab.start_server()
         token = lab.create_token(reusable=True)
@@ -78,5 +80,8 @@ def _print_summary(lab: Lab) -> None:
     print(f"  server  {server['ip']:<13} {server['url'] or '-'} ({state}, netns {server['netns']})")
     for h in st["hosts"]:
         dockerd = "" if h["dockerd_running"] else "  (dockerd not running)"
-        print(f"  {h['name']:<7} {h['underlay_ip']:<13} DOCKER_HOST={h['docker_host']}{dockerd}")
+        nat = f"  behind {h['nat']} NAT at {h['public_ip']}" if h["nat"] else ""
+        print(
+            f"  {h['name']:<7} {h['underlay_ip']:<13} DOCKER_HOST={h['docker_host']}{dockerd}{nat}"
+        )
     print(f"  token   {st['token'] or '-'}")

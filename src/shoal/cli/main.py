@@ -201,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("agent_cmds", "cmd_status"))
 
+    p = sub.add_parser("netcheck", help="this host's NAT kind, UDP and TCP/443 reachability")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("netcheck_cmds", "cmd_netcheck"))
+
     p = sub.add_parser("ping", help="check reachability of a node over the mesh")
     p.add_argument("target", metavar="NODE|IP")
     p.add_argument("--count", "-c", type=int, default=3)
@@ -232,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = lab.add_parser("up", help="create N hosts (netns + dockerd each) and a server")
     p.add_argument("--hosts", type=int, default=3)
     p.add_argument("--name", default="lab", help="lab name (several labs can coexist)")
+    p.add_argument(
+        "--nat",
+        default="",
+        metavar="HOST=KIND[:ROUTER],...",
+        help="put hosts behind NAT routers; KIND: easy, hard, udp-blocked; hosts naming the "
+        "same ROUTER share it (e.g. h2=easy,h3=hard,h4=easy:home,h5=easy:home)",
+    )
     p.set_defaults(run=_handler("lab_cmds", "cmd_lab_up"))
     p = lab.add_parser("down", help="remove the lab and everything in it")
     p.add_argument("--name", default="lab")

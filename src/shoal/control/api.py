@@ -9,6 +9,8 @@
     GET    /v1/netmap?since=N&wait=S    → MapUpdate; long-poll (node signature)
     POST   /v1/containers               ContainersReport → 204 (node signature; all of them)
     POST   /v1/leave                    → 204 (node signature)
+    POST   /v1/relay                    RelayRequest → RelayGrant: a relay port to a peer
+                                        (node signature; control.relay)
     POST   /v1/admin/tokens             TokenCreateRequest → TokenCreated (admin token)
     GET    /v1/admin/tokens             → [TokenInfo]
     DELETE /v1/admin/tokens/{id}        → 204
@@ -61,6 +63,7 @@ from shoal.control.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    RelayUnavailable,
     RequestTimeout,
     TooManyRequests,
     Unauthorized,
@@ -71,6 +74,7 @@ from shoal.control.limits import RateLimits, SourceLimits
 from shoal.control.listener import ConnectionLimits, Connections
 from shoal.control.metrics import ServerMetrics
 from shoal.control.nodeauth import NodeVerifier
+from shoal.control.relay import Relay
 from shoal.control.service import ControlService
 from shoal.model.api import (
     ROTATE_PROOF_TARGET,
@@ -83,6 +87,8 @@ from shoal.model.api import (
     PolicySetRequest,
     PolicyVerdict,
     RegisterRequest,
+    RelayGrant,
+    RelayRequest,
     RotateKeyRequest,
     ServerKey,
     ServiceInfo,
@@ -120,6 +126,7 @@ VERIFIER = web.AppKey("verifier", NodeVerifier)
 CONNECTIONS = web.AppKey("connections", Connections)
 RATES = web.AppKey("rates", SourceLimits)
 METRICS = web.AppKey("metrics", ServerMetrics)
+RELAY = web.AppKey("relay", Relay)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
@@ -136,6 +143,7 @@ def build_app(
     *,
     connections: Connections | None = None,
     rates: RateLimits | None = None,
+    relay: Relay | None = None,
 ) -> web.Application:
     """The API; `connections` is the guard of the listener serving it (None: no deadlines
     are tracked per connection, as when served by a test client)."""
@@ -151,6 +159,7 @@ def build_app(
     app[VERIFIER] = verifier
     app[CONNECTIONS] = connections or Connections(ConnectionLimits())
     app[RATES] = SourceLimits(rates or RateLimits())
+    app[RELAY] = relay or Relay("0.0.0.0")
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_get("/v1/trust", get_trust)
@@ -159,6 +168,7 @@ def build_app(
     app.router.add_get("/v1/netmap", netmap)
     app.router.add_post("/v1/containers", containers)
     app.router.add_post("/v1/leave", leave)
+    app.router.add_post("/v1/relay", relay_port)
     app.router.add_post("/v1/rotate", rotate)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_get("/v1/admin/tokens", list_tokens)
@@ -419,6 +429,26 @@ async def containers(request: web.Request) -> web.Response:
     _charge_write(request, node_id)
     await request.app[SERVICE].report_containers(node_id, _model(raw, ContainersReport))
     return web.Response(status=204)
+
+
+async def relay_port(request: web.Request) -> web.Response:
+    """Both nodes of a pair ask; each gets the port it sends to (see control/relay.py)."""
+    raw = await _body(request)
+    node_id = _node_id(request, raw)
+    _charge_write(request, node_id)
+    req = _model(raw, RelayRequest)
+    registry = request.app[SERVICE].registry
+    if req.peer == node_id or registry.get(req.peer) is None:
+        raise NotFound(f"no peer node {req.peer!r} to relay to")
+    allowed = {
+        n: frozenset(e.host for e in registry.require(n).endpoints if e.kind != "lan")
+        for n in (node_id, req.peer)
+    }
+    try:
+        port, _pair = await request.app[RELAY].grant(node_id, req.peer, allowed)
+    except OSError as exc:
+        raise RelayUnavailable(f"the relay cannot take this pair: {exc}") from exc
+    return _json(RelayGrant(peer=req.peer, port=port))
 
 
 async def leave(request: web.Request) -> web.Response:

@@ -40,7 +40,9 @@ from shoal.control.registry import (
     Registry,
     utcnow,
 )
+from shoal.control.relay import Relay
 from shoal.control.service import ControlService
+from shoal.control.stun import start_responders
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
@@ -147,8 +149,14 @@ class RunningServer:
     store: Store
     runner: web.AppRunner
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
+    probes: list[asyncio.DatagramTransport] = field(default_factory=list, repr=False)
+    relay: Relay | None = field(default=None, repr=False)
 
     async def close(self) -> None:
+        for transport in self.probes:
+            transport.close()
+        if self.relay is not None:
+            self.relay.close()
         if self.sweeper is not None:
             self.sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -197,7 +205,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             ephemeral_timeout=config.ephemeral_timeout,
             rotation_lead=config.rotation_lead,
         )
-        verifier = NodeVerifier(load_or_create_auth_key(data_dir))
+        auth_key = load_or_create_auth_key(data_dir)
+        relay = Relay(config.listen_host)
+        verifier = NodeVerifier(auth_key)
         limits = config.connections
         fds = raise_fd_limit()
         if limits.max_connections > fds - FD_RESERVE:
@@ -215,7 +225,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
                 f"cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror}"
             ) from exc
         runner = web.AppRunner(
-            build_app(service, ca, verifier, connections=connections, rates=config.rates),
+            build_app(
+                service, ca, verifier, connections=connections, rates=config.rates, relay=relay
+            ),
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,
             keepalive_timeout=limits.idle_timeout,
@@ -234,6 +246,9 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
     except BaseException:
         await store.close()
         raise
+    probes = await start_responders(
+        config.listen_host, auth_key, lambda key: registry.by_public_key(key) is not None
+    )
     port = _bound_port(runner, config.listen_port)
     url = local_url(config.listen_host, port)
     admin_text = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
@@ -262,6 +277,8 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         store=store,
         runner=runner,
         sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
+        probes=probes,
+        relay=relay,
     )
 
 

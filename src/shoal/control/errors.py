@@ -25,7 +25,8 @@ ShoalError
     ├── Conflict                   409
     │   ├── NameTaken              name_taken: another key has this name
     │   ├── PoolConflict           pool_conflict: the host's routes overlap a pool
-    │   └── PoolExhausted          pool_exhausted: no mesh IP or subnet left
+    │   ├── PoolExhausted          pool_exhausted: no mesh IP or subnet left
+    │   └── RelayUnavailable       relay_unavailable: the relay is full or cannot bind
     ├── RequestTimeout             408 request_timeout: the body came too slowly
     ├── PayloadTooLarge            413 payload_too_large
     ├── TooManyRequests            429 too_many_requests: this source is throttled; the reply
@@ -143,6 +144,10 @@ class PoolConflict(Conflict):
 
 class PoolExhausted(Conflict):
     code = "pool_exhausted"
+
+
+class RelayUnavailable(Conflict):
+    code = "relay_unavailable"
 
 
 class RequestTimeout(ApiError):

@@ -28,6 +28,8 @@ from shoal.model.api import (
     PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RelayGrant,
+    RelayRequest,
     RotateKeyReply,
     RotateKeyRequest,
     ServerKey,
@@ -66,6 +68,14 @@ ROUTES: tuple[Route, ...] = (
         "node",
         RegisterRequest,
         RegisterResponse,
+    ),
+    Route(
+        "POST",
+        "/v1/relay",
+        "A relay port for this node's WireGuard traffic to a peer it has no direct path to",
+        "node",
+        RelayRequest,
+        RelayGrant,
     ),
     Route(
         "GET",

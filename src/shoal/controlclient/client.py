@@ -40,6 +40,8 @@ from shoal.model.api import (
     PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RelayGrant,
+    RelayRequest,
     RotateKeyReply,
     RotateKeyRequest,
     ServerKey,
@@ -139,6 +141,10 @@ class ControlClient:
         """Tell the server the complete set of this host's containers on the `shoal` network;
         it diffs it against the last report and updates every node's netmap."""
         await self._call_json("POST", "/v1/containers", body=report)
+
+    async def relay(self, peer_id: str) -> RelayGrant:
+        """A port on the server relaying this node's WireGuard traffic to `peer_id`."""
+        return await self._call("POST", "/v1/relay", RelayGrant, body=RelayRequest(peer=peer_id))
 
     async def leave(self) -> None:
         """Remove this node from the mesh."""
@@ -340,10 +346,18 @@ class ControlClient:
     async def _signature(self, method: str, target: str, body: bytes) -> str:
         if self._node_key is None:
             raise RuntimeError("signing without a node key")
+        key = await self.mac_key()
+        now = int(wall_clock() + self._clock_offset)
+        return sign(key, self._node_key.public_key(), method, target, body, now).header()
+
+    async def mac_key(self) -> bytes:
+        """The key this node shares with the server (`shoal.model.nodeauth.shared_key`); it
+        also MACs the node's endpoint probes. Fetches the server's key on first use."""
+        if self._node_key is None:
+            raise RuntimeError("a MAC key without a node key")
         if self._mac_key is None:
             self._mac_key = await self._derive(self._node_key)
-        now = int(wall_clock() + self._clock_offset)
-        return sign(self._mac_key, self._node_key.public_key(), method, target, body, now).header()
+        return self._mac_key
 
     async def _derive(self, key: PrivateKey) -> bytes:
         """The MAC key of `key` with this server (whose key is asked for once)."""

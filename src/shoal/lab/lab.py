@@ -29,6 +29,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from shoal.lab import nat as natlab
 from shoal.lab import procs
 from shoal.lab.errors import LabCommandFailed, LabError, LabNotFound
 from shoal.lab.image import IMAGE, busybox_tar
@@ -127,7 +128,11 @@ class LabHost:
         self.name = record.name
         self.index = record.index
         self.netns = record.netns
-        self.underlay_ip = IPv4Address(record.underlay_ip)
+        self.underlay_ip = IPv4Address(record.underlay_ip)  # its own address (LAN if NATed)
+        self.nat = record.nat  # None: on the underlay ("public"); else its NAT's kind
+        self.router = record.router
+        # Where the underlay sees it: its NAT router's address, or its own.
+        self.public_ip = IPv4Address(record.public_ip or record.underlay_ip)
         self.dir = lab.dir / record.name
         self.docker_sock = self.dir / "docker.sock"
         self.docker_host = f"unix://{self.docker_sock}"
@@ -382,14 +387,20 @@ class Lab:
         *,
         persistent: bool = False,
         patience: float = 1.0,
+        nat: Mapping[str, natlab.NatSpec] | None = None,
     ) -> Lab:
         """Make the underlay, the server host and `hosts` hosts with a running dockerd each.
 
+        `nat` puts hosts (by name, h1..) behind NAT routers (see `shoal.lab.nat`).
         `persistent` labs (made by `shoal lab up`) outlive their creator and are not swept.
         `patience` multiplies how long the daemons the lab starts may take to answer and the
         timeouts of commands on its hosts (an emulated VM needs several times longer).
         Fails with LabError, having removed whatever it made."""
         _preflight(name, hosts)
+        nat = dict(nat or {})
+        unknown = sorted(set(nat) - {f"h{i}" for i in range(1, hosts + 1)})
+        if unknown:
+            raise LabError(f"--nat names hosts the lab will not have: {', '.join(unknown)}")
         directory = root / name
         if directory.exists() or (procs.NETNS_DIR / f"sl-{name}-ul").exists():
             raise LabError(f"lab {name} already exists: run `shoal lab down --name {name}`")
@@ -412,7 +423,7 @@ class Lab:
             lab._make_underlay()
             lab._add_netns_host(lab.server_netns, "vsrv", SERVER_IP)
             lab._start_upstream_dns()
-            lab._add_hosts(hosts)
+            lab._add_hosts(hosts, nat)
         except BaseException as exc:
             progress(f"create failed, removing lab {name}")
             lab.destroy()
@@ -625,6 +636,8 @@ class Lab:
                     "name": h.name,
                     "netns": h.netns,
                     "underlay_ip": str(h.underlay_ip),
+                    "nat": h.nat,
+                    "public_ip": str(h.public_ip),
                     "docker_host": h.docker_host,
                     "dockerd_running": h.dockerd_running(),
                     "state_dir": str(h.state_dir),
@@ -693,13 +706,18 @@ class Lab:
         run(["ip", "-n", ns, "addr", "add", f"{ip}/{UNDERLAY_PREFIX}", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
-    def _add_hosts(self, count: int) -> list[LabHost]:
+    def _add_hosts(
+        self, count: int, nat: Mapping[str, natlab.NatSpec] | None = None
+    ) -> list[LabHost]:
+        nat = nat or {}
         first = max((h.index for h in self._state.hosts), default=0) + 1
+        routers = natlab.router_index_of(nat, {f"h{i}": i for i in range(first, first + count)})
         if first + count - 1 > MAX_HOSTS:
             raise LabError(f"a lab holds at most {MAX_HOSTS} hosts")
         tar = busybox_tar(self.root)
         new: list[tuple[LabHost, subprocess.Popen[bytes]]] = []
         for index in range(first, first + count):
+            spec = nat.get(f"h{index}")
             record = HostRecord(
                 name=f"h{index}",
                 index=index,
@@ -707,6 +725,11 @@ class Lab:
                 underlay_ip=str(HOST_IP_BASE + index),
                 veth=f"v{index}",
             )
+            if spec is not None:
+                r = routers[spec.router]
+                record.nat, record.router = spec.kind, spec.router
+                record.public_ip = str(HOST_IP_BASE + r)
+                record.underlay_ip = str(natlab.host_lan_address(r, index).ip)
             self._state.hosts.append(record)
             self._save()
             host = LabHost(self, record)
@@ -714,12 +737,39 @@ class Lab:
             host.state_dir.mkdir(exist_ok=True)
             host.wg_run_dir.mkdir(exist_ok=True)
             host.resolv_conf.write_text(f"nameserver {SERVER_IP}\n")
-            self._add_netns_host(record.netns, record.veth, host.underlay_ip)
+            if spec is None:
+                self._add_netns_host(record.netns, record.veth, host.underlay_ip)
+            else:
+                self._add_nat_host(record, spec, routers[spec.router])
             new.append((host, self._start_dockerd(host)))
         # The dockerds start in parallel; each then gets the image.
         with ThreadPoolExecutor(max_workers=max(1, len(new))) as pool:
             list(pool.map(lambda hp: self._ready_host(hp[0], hp[1], tar), new))
         return [h for h, _ in new]
+
+    def router_netns(self, router: str) -> str:
+        return f"sl-{self.name}-nat-{router}"
+
+    def _add_nat_host(self, record: HostRecord, spec: natlab.NatSpec, r: int) -> None:
+        """The host in router `spec.router`'s LAN (the router made on first use)."""
+        router_ns = self.router_netns(spec.router)
+        if router_ns not in self._state.netns:
+            self._new_netns(router_ns)
+            ul = self.underlay_netns
+            run(["ip", "-n", ul, "link", "add", f"r{r}", "type", "veth", "peer", "name",
+                 natlab.WAN, "netns", router_ns])  # fmt: skip
+            run(["ip", "-n", ul, "link", "set", f"r{r}", "master", "br0", "up"])
+            wan = natlab.wan_address(HOST_IP_BASE, r, UNDERLAY_PREFIX)
+            natlab.build_router(run, str(procs.NETNS_DIR), router_ns, spec.kind, wan, r)
+        self._new_netns(record.netns)
+        run(["ip", "-n", router_ns, "link", "add", record.veth, "type", "veth", "peer", "name",
+             "eth0", "netns", record.netns])  # fmt: skip
+        run(["ip", "-n", router_ns, "link", "set", record.veth, "master", natlab.LAN, "up"])
+        address = natlab.host_lan_address(r, record.index)
+        run(["ip", "-n", record.netns, "addr", "add", str(address), "dev", "eth0"])
+        run(["ip", "-n", record.netns, "link", "set", "eth0", "up"])
+        gateway = natlab.router_lan_address(r).ip
+        run(["ip", "-n", record.netns, "route", "add", "default", "via", str(gateway)])
 
     def _start_in_netns(self, ns: str, argv: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
         with log.open("ab") as out:

@@ -32,7 +32,10 @@ class HostRecord:
     index: int  # 1 -> underlay 192.0.2.11, docker bridge 172.30.1.1/24
     netns: str
     underlay_ip: str
-    veth: str  # its end in the underlay namespace
+    veth: str  # its end in the underlay namespace (or in its NAT router's)
+    nat: str | None = None  # NAT kind (shoal.lab.nat) when the host sits behind a router
+    router: str | None = None  # that router's name
+    public_ip: str | None = None  # that router's underlay address
 
 
 @dataclass

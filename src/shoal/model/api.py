@@ -61,6 +61,19 @@ class RegisterRequest(Frozen):
     host_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_HOST_PREFIXES)
 
 
+class RelayRequest(Frozen):
+    """`POST /v1/relay`: relay this node's WireGuard traffic to `peer` (a node id)."""
+
+    peer: str = Field(min_length=1, max_length=64)
+
+
+class RelayGrant(Frozen):
+    """Send to the server's address at `port` as `peer`'s WireGuard endpoint."""
+
+    peer: str
+    port: int = Field(ge=1, le=65535)
+
+
 class RegisterResponse(Frozen):
     node_id: str
     netmap: NetworkMap

@@ -42,11 +42,21 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+EndpointKind = Literal["lan", "public", "symmetric"]
+
+
 class Endpoint(Frozen):
-    """One UDP address where a node's WireGuard listens."""
+    """One UDP address where a node's WireGuard listens.
+
+    `kind` says how the node knows it (see `shoal.agent.endpoints`): "lan" an address of its
+    own behind a NAT, "public" what the server saw its WireGuard port as (its own address when
+    it has no NAT; its NAT's mapping, the same for every destination, otherwise), "symmetric"
+    the NAT's address with the port one destination saw (others see other ports). None: an
+    advertised address the node could not check (older agents, no probe answer yet)."""
 
     host: IPv4Address
     port: int = Field(ge=1, le=65535)
+    kind: EndpointKind | None = None
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"

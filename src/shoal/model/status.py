@@ -45,6 +45,9 @@ class PeerStatus(Frozen):
     mesh_ip: IPv4Address
     subnet: IPv4Network
     endpoint: str | None = None
+    # How this peer is reached and why: "direct", "lan", "public" (see shoal.agent.paths),
+    # or "no path: <reason>". None: no path selection (an agent before NAT traversal).
+    path: str | None = None
     last_handshake: datetime | None = None
     rx_bytes: int = 0
     tx_bytes: int = 0

@@ -8,7 +8,7 @@ whose part equals the one it last applied.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
@@ -32,7 +32,7 @@ class InterfaceConfig(Frozen):
 
 class PeerConfig(Frozen):
     public_key: PublicKey
-    endpoint: str | None  # "ip:port"; the first advertised endpoint
+    endpoint: str | None  # "ip:port": the chosen candidate, or the first advertised endpoint
     allowed_ips: tuple[IPv4Network, ...]
     keepalive: int = KEEPALIVE_SECONDS
 
@@ -140,6 +140,7 @@ def plan_host(
     keys: PrivateKey | Sequence[PrivateKey],
     listen_port: int,
     now: datetime | None = None,
+    endpoints: Mapping[PublicKey, str | None] | None = None,
 ) -> HostConfig:
     """The host configuration `netmap` asks for at `now` (UTC); pure and deterministic (peers,
     routes sorted).
@@ -149,6 +150,9 @@ def plan_host(
     and each peer's entry to the rotating node's next key PEER_SWITCH_LAG after that node's
     `switch_at` (see PEER_SWITCH_LAG for why this order loses nothing). Without `now`, the
     rotation is taken as not yet switched.
+
+    `endpoints` is the agent's choice among each peer's candidates (`shoal.agent.paths`, by
+    the peer's current key); a peer it does not name gets its first advertised endpoint.
     """
     settings = netmap.settings
     me = netmap.self_node
@@ -168,7 +172,7 @@ def plan_host(
             (
                 PeerConfig(
                     public_key=peer.key_at(at, lag=PEER_SWITCH_LAG),
-                    endpoint=str(peer.endpoints[0]) if peer.endpoints else None,
+                    endpoint=_endpoint(peer, endpoints or {}),
                     allowed_ips=peer.allowed_ips(),
                 )
                 for peer in netmap.peers
@@ -212,3 +216,9 @@ def plan_host(
         firewall=firewall,
         replan_at=min(pending, default=None),
     )
+
+
+def _endpoint(peer: Node, chosen: Mapping[PublicKey, str | None]) -> str | None:
+    if peer.public_key in chosen:
+        return chosen[peer.public_key]
+    return str(peer.endpoints[0]) if peer.endpoints else None

@@ -1,0 +1,161 @@
+"""NAT traversal, the agent's loop: discover this host's endpoints, report them, and keep
+each peer on a candidate that completes handshakes.
+
+    every DISCOVER_SECONDS (and at start): probe the server from WireGuard's port
+        (`shoal.agent.endpoints`); if the endpoints differ from what the netmap says about
+        this node, report them with a (signed, tokenless) registration: the server hands them
+        to every peer in the netmap.
+    every TICK_SECONDS: read the handshake times from the data plane and let the
+        `PathSelector` advance peers whose candidate gives no handshake; when an endpoint to
+        configure changed, the reconciler plans the current netmap again.
+
+The hole punch itself is WireGuard's: both sides are configured with each other's public
+endpoint and a persistent keepalive, so each sends handshakes that open its own NAT's mapping
+towards the other (the netmap reaches both sides within the same long-poll round).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from ipaddress import IPv4Address
+from urllib.parse import urlsplit
+
+from shoal.agent.clock import Clock
+from shoal.agent.endpoints import Discovery, discover
+from shoal.agent.paths import PathSelector
+from shoal.controlclient.errors import ControlError
+from shoal.dataplane import DataPlaneError
+from shoal.dataplane.base import DataPlane
+from shoal.model.api import RelayGrant
+from shoal.model.keys import PublicKey
+from shoal.model.netmap import Endpoint, NetworkMap
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 2.0
+DISCOVER_SECONDS = 30.0
+
+
+def server_address(url: str) -> IPv4Address | None:
+    """The server's IPv4 address from its URL (resolving a name); None if it has none."""
+    host = urlsplit(url).hostname or ""
+    try:
+        return IPv4Address(host)
+    except ValueError:
+        pass
+    try:
+        return IPv4Address(socket.gethostbyname(host))
+    except (OSError, ValueError):
+        return None
+
+
+class Traversal:
+    def __init__(
+        self,
+        *,
+        server_url: str,
+        listen_port: int,
+        local: Callable[[], Endpoint | None],
+        node_key: Callable[[], PublicKey],  # the current one: keys rotate
+        mac_key: Callable[[], Awaitable[bytes]],
+        report: Callable[[tuple[Endpoint, ...]], Awaitable[None]],
+        relay: Callable[[str], Awaitable[RelayGrant]],
+        netmap: Callable[[], NetworkMap],
+        replan: Callable[[], None],
+        tunnel: DataPlane,
+        clock: Clock,
+        paths: PathSelector,
+    ) -> None:
+        self._server_url = server_url
+        self._listen_port = listen_port
+        self._local = local
+        self._node_key = node_key
+        self._mac_key = mac_key
+        self._report = report
+        self._relay = relay
+        self._netmap = netmap
+        self._replan = replan
+        self._tunnel = tunnel
+        self._clock = clock
+        self.paths = paths
+        self.last: Discovery | None = None
+
+    async def run(self) -> None:
+        next_discovery = 0.0
+        while True:
+            now = self._clock.monotonic()
+            if now >= next_discovery:
+                next_discovery = now + DISCOVER_SECONDS
+                await self.discover_and_report()
+            await self.tick()
+            await self._clock.sleep(TICK_SECONDS)
+
+    async def discover_and_report(self) -> None:
+        server = await asyncio.to_thread(server_address, self._server_url)
+        if server is None:
+            return
+        try:
+            key = await self._mac_key()
+        except ControlError as exc:
+            log.warning("endpoint discovery: no key from the server yet (%s)", exc)
+            return
+        local = await asyncio.to_thread(self._local)
+        found = await discover(server, self._listen_port, local, key, self._node_key())
+        if found != self.last:
+            log.info(
+                "endpoint discovery: NAT %s, endpoints %s",
+                found.nat,
+                ", ".join(f"{e} ({e.kind or 'advertised'})" for e in found.endpoints()) or "-",
+            )
+        self.last = found
+        endpoints = found.endpoints()
+        if not endpoints or set(endpoints) == set(self._netmap().self_node.endpoints):
+            return
+        try:
+            await self._report(endpoints)
+        except ControlError as exc:
+            log.warning("could not report endpoints: %s", exc)
+
+    async def tick(self) -> None:
+        netmap = self._netmap()
+        try:
+            stats = await self._tunnel.stats()
+        except DataPlaneError:
+            return
+        seen = {
+            s.public_key: (s.last_handshake.timestamp() if s.last_handshake else None)
+            for s in stats
+        }
+        # By the peer's current key; during its key rotation WireGuard may know it by the next.
+        handshakes = {
+            p.public_key: max(
+                (t for t in (seen.get(p.public_key), seen.get(p.next_key or p.public_key)) if t),
+                default=None,
+            )
+            for p in netmap.peers
+        }
+        now = self._clock.now().timestamp()
+        changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)
+        for peer in netmap.peers:
+            if self.paths.needs_relay(peer.public_key, now):
+                changed |= await self._ask_relay(peer.id, peer.public_key, now)
+        if changed:
+            self.paths.update(netmap.self_node, netmap.peers, None, now)
+            self._replan()
+
+    async def _ask_relay(self, peer_id: str, key: PublicKey, now: float) -> bool:
+        """Ask the server for a relay port to `peer_id`; False if there is none to be had."""
+        server = await asyncio.to_thread(server_address, self._server_url)
+        if server is None:
+            return False
+        try:
+            grant = await self._relay(peer_id)
+        except ControlError as exc:
+            log.warning("no relay to %s: %s", peer_id, exc)
+            return False
+        log.info("relay to %s granted: %s:%d", peer_id, server, grant.port)
+        self.paths.set_relay(key, Endpoint(host=server, port=grant.port), now)
+        return True

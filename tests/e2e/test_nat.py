@@ -1,0 +1,212 @@
+"""NAT traversal in the lab: hosts behind easy (full-cone), shared, symmetric NATs and on the
+public underlay learn their endpoints and find a direct path wherever one exists; symmetric
+NATs on both sides go through the server's UDP relay; a host without UDP has no path (the
+relay over TCP/443 is not built) and `shoal status` says so.
+
+Lab (its own; the session lab has no NATs): h1 public, h2 and h3 behind one easy NAT "home",
+h4 behind its own easy NAT, h5 and h6 each behind a symmetric ("hard") NAT, h7 behind a
+firewall that passes only TCP to web ports (and the lab server's control port).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from shoal.lab import Lab, LabHost, sweep
+from shoal.lab.nat import parse_nat
+from shoal.lab.procs import NETNS_DIR
+from tests.e2e.runbook import admin, host_ping, shoal, status, up, wait_until
+
+pytestmark = pytest.mark.e2e
+
+WG_PORT = 51820
+
+
+@pytest.fixture(scope="module")
+def natlab() -> Iterator[Lab]:
+    sweep()
+    nat = parse_nat("h2=easy:home,h3=easy:home,h4=easy,h5=hard,h6=hard,h7=udp-blocked")
+    lab = Lab.create(f"x{os.getpid()}", hosts=7, nat=nat)
+    try:
+        lab.start_server()
+        token = lab.create_token(reusable=True)
+        for host in lab.hosts:
+            up(lab, host, token)
+        yield lab
+    finally:
+        lab.destroy()
+
+
+def nodes(lab: Lab) -> dict[str, dict[str, Any]]:
+    out = admin(lab, "nodes", "--json").stdout
+    return {n["name"]: n for n in json.loads(out)}
+
+
+def endpoints(lab: Lab, name: str) -> set[tuple[str, str | None]]:
+    return {(f"{e['host']}:{e['port']}", e.get("kind")) for e in nodes(lab)[name]["endpoints"]}
+
+
+def peer(host: LabHost, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(p for p in status(host)["peers"] if p["name"] == name)
+    return found
+
+
+def public_of(lab: Lab, name: str) -> str:
+    return next(ep for ep, kind in endpoints(lab, name) if kind in ("public", "symmetric"))
+
+
+def test_each_host_learns_its_endpoints_from_its_wireguard_port(natlab: Lab) -> None:
+    h1, h4 = natlab.host("h1"), natlab.host("h4")
+    wait_until("h1 and h4 reported", lambda: len(endpoints(natlab, "h4")) == 2, timeout=60)
+    assert endpoints(natlab, "h1") == {(f"{h1.underlay_ip}:{WG_PORT}", "public")}
+    # An easy NAT keeps the port: its outside mapping is the router's address, same port.
+    assert endpoints(natlab, "h4") == {
+        (f"{h4.underlay_ip}:{WG_PORT}", "lan"),
+        (f"{h4.public_ip}:{WG_PORT}", "public"),
+    }
+    # Behind one NAT, both hosts share its address, and only one keeps port 51820.
+    wait_until("h2, h3 reported", lambda: all(len(endpoints(natlab, h)) == 2 for h in ("h2", "h3")))
+    shared = {public_of(natlab, h) for h in ("h2", "h3")}
+    assert {ep.split(":")[0] for ep in shared} == {str(natlab.host("h2").public_ip)}
+    assert len(shared) == 2
+    wait_until("h5 reported", lambda: len(endpoints(natlab, "h5")) == 2, timeout=60)
+    assert {kind for _ep, kind in endpoints(natlab, "h5")} == {"lan", "symmetric"}
+
+
+def wait_path(host: LabHost, name: str, path: str, timeout: float = 60) -> dict[str, Any]:
+    wait_until(
+        f"{host.name} -> {name} path {path}",
+        lambda: peer(host, name)["path"] == path and host_ping(host, peer(host, name)["mesh_ip"]),
+        timeout=timeout,
+    )
+    return peer(host, name)
+
+
+def test_easy_to_easy_goes_direct_through_both_nats(natlab: Lab) -> None:
+    h2, h4 = natlab.host("h2"), natlab.host("h4")
+    p = wait_path(h2, "h4", "public")
+    assert p["endpoint"] == public_of(natlab, "h4")
+    p = wait_path(h4, "h2", "public")
+    assert p["endpoint"] == public_of(natlab, "h2")
+
+
+def test_two_hosts_behind_one_nat_find_each_other_on_the_inside(natlab: Lab) -> None:
+    h2, h3 = natlab.host("h2"), natlab.host("h3")
+    assert wait_path(h2, "h3", "lan")["endpoint"] == f"{h3.underlay_ip}:{WG_PORT}"
+    assert wait_path(h3, "h2", "lan")["endpoint"] == f"{h2.underlay_ip}:{WG_PORT}"
+
+
+def test_easy_to_public_goes_direct_on_the_mapping_the_probe_saw(natlab: Lab) -> None:
+    h1, h4 = natlab.host("h1"), natlab.host("h4")
+    wait_path(h4, "h1", "direct")
+    p = wait_path(h1, "h4", "public")
+    # WireGuard on h1 sees h4's packets come from exactly the mapping h4's probe reported:
+    # the probe from WireGuard's port shares WireGuard's NAT mapping.
+    assert p["endpoint"] == public_of(natlab, "h4") == f"{h4.public_ip}:{WG_PORT}"
+
+
+def test_public_to_hard_goes_direct_once_the_hard_side_reaches_out(natlab: Lab) -> None:
+    h1, h5 = natlab.host("h1"), natlab.host("h5")
+    wait_path(h5, "h1", "direct")
+    p = wait_path(h1, "h5", "public")
+    # h1 follows h5's packets to the port h5's NAT gave this destination.
+    assert p["endpoint"].split(":")[0] == str(h5.public_ip)
+
+
+def test_hard_to_hard_goes_through_the_servers_relay_and_says_why(natlab: Lab) -> None:
+    h5, h6 = natlab.host("h5"), natlab.host("h6")
+
+    def relayed(a: LabHost, b: str) -> bool:
+        path = str(peer(a, b)["path"])
+        return path.startswith("relayed via 192.0.2.2:") and path.endswith(
+            "(symmetric NAT on both sides)"
+        )
+
+    wait_until("h5 <-> h6 relayed", lambda: relayed(h5, "h6") and relayed(h6, "h5"), timeout=60)
+    wait_until("h5 pings h6", lambda: host_ping(h5, peer(h5, "h6")["mesh_ip"]), timeout=30)
+    assert host_ping(h6, peer(h6, "h5")["mesh_ip"])
+    # The endpoint each side uses is a port on the server: WireGuard stays on it.
+    assert peer(h5, "h6")["endpoint"].startswith("192.0.2.2:")
+
+
+def test_the_relay_moves_only_ciphertext(natlab: Lab) -> None:
+    h5 = natlab.host("h5")
+    wait_until("h5 -> h6 relayed", lambda: str(peer(h5, "h6")["path"]).startswith("relayed"))
+    relay_port = str(peer(h5, "h6")["endpoint"]).split(":")[1]
+    dst = peer(h5, "h6")["mesh_ip"]
+    pcap = natlab.dir / "relay.pcap"
+    capture = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / natlab.server_netns}", "tcpdump", "-i", "eth0", "-U",
+         "-n", "-w", str(pcap), "udp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    marker = f"shoal-relay-marker-{os.getpid()}"
+    send = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for _ in range(5): s.sendto(b'{marker}', ('{dst}', 9))"
+    )
+    try:
+        wait_until("tcpdump to start", lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        h5.exec([sys.executable, "-c", send])
+        assert host_ping(h5, dst)
+
+        def relayed_packets() -> int:
+            out = subprocess.run(
+                ["tcpdump", "-n", "-r", str(pcap), f"udp port {relay_port}"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            return len(out.splitlines())
+
+        wait_until("the relayed packets in the capture", lambda: relayed_packets() >= 7, 10)
+    finally:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(10)
+    assert marker.encode() not in pcap.read_bytes()
+
+
+def test_udp_blocked_has_no_path_and_says_why(natlab: Lab) -> None:
+    h1, h7 = natlab.host("h1"), natlab.host("h7")
+    # Its probes never come back: it reports its own (private) address, unverified.
+    assert endpoints(natlab, "h7") == {(f"{h7.underlay_ip}:{WG_PORT}", None)}
+
+    # Neither its address nor a UDP relay gets through (the relay over TCP/443 is not built).
+    def explained() -> bool:
+        path = str(peer(h1, "h7")["path"])
+        return path.startswith(
+            f"no path: no handshake over any candidate (direct {h7.underlay_ip}:{WG_PORT}, "
+            "relayed 192.0.2.2:"
+        ) and path.endswith("relay tried")
+
+    wait_until("h1 explains h7", explained, timeout=90)
+    assert not host_ping(h1, peer(h1, "h7")["mesh_ip"])
+
+
+def netcheck(host: LabHost) -> dict[str, Any]:
+    out = shoal(host, "netcheck", "--json", "--state-dir", str(host.state_dir), check=False)
+    report: dict[str, Any] = json.loads(out.stdout)
+    return report
+
+
+def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
+    kinds = {name: netcheck(natlab.host(name)) for name in ("h1", "h4", "h5", "h7")}
+    assert {name: r["nat"] for name, r in kinds.items()} == {
+        "h1": "none",
+        "h4": "easy",
+        "h5": "hard",
+        "h7": "udp-blocked",
+    }
+    assert [r["udp"] for r in kinds.values()] == [True, True, True, False]
+    # TCP to the server host's 443 passes every NAT (nothing listens there: refused = open).
+    assert all(r["tcp_443"]["open"] and r["control"]["open"] for r in kinds.values())
+    h4 = kinds["h4"]
+    assert h4["mapped"] == [f"{natlab.host('h4').public_ip}:{WG_PORT}"] * 2
+    text = shoal(natlab.host("h5"), "netcheck", "--state-dir", str(natlab.host("h5").state_dir))
+    assert text.stdout.splitlines()[0].startswith("nat:       hard (symmetric")
