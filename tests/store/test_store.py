@@ -1,4 +1,5 @@
-"""The store protocol, against the SQLite backend (a file in tmp_path) and the memory reference."""
+"""The store protocol, against the SQLite backend (a file in tmp_path), PostgreSQL (a schema of
+the run's test database) and the memory reference."""
 
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from shoal.store import (
     NodeRecord,
     Store,
     StoreConflict,
+    StoreError,
     TokenRecord,
     TokenUnavailable,
     open_store,
 )
 from shoal.store.memory import MemoryStore
+from shoal.store.postgresql import SCHEMA_VERSION, PostgresStore, migrate
 from shoal.store.sqlite import SqliteStore, schema_sql
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -58,9 +61,15 @@ def node(i: int, **kw: object) -> NodeRecord:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = SqliteStore(tmp_path / "shoal.db") if request.param == "sqlite" else MemoryStore()
+    s: Store
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "shoal.db")
+    elif request.param == "postgresql":
+        s = PostgresStore(request.getfixturevalue("postgres_url"))
+    else:
+        s = MemoryStore()
     yield s
     await s.close()
 
@@ -346,3 +355,54 @@ async def test_sqlite_tightens_files_an_older_version_left_open(tmp_path: Path) 
     await again.save_node(node(2))
     assert {_mode(p) for p in tmp_path.iterdir()} == {0o600}
     await again.close()
+
+
+async def test_postgresql_replicas_racing_for_tokens_and_addresses(postgres_url: str) -> None:
+    """Two replicas (two pools on one database): a single-use token is used once, a token
+    limited to 3 uses 3 times, and of registrations racing for one mesh IP exactly one wins."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await a.add_token(token("once"))
+    await a.add_token(replace(token("three", reusable=True), max_uses=3))
+    once = await asyncio.gather(
+        *(s.save_node(node(i), consume_token="once", at=T0) for i, s in ((1, a), (2, b))),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in once) == ["TokenUnavailable", "int"]
+    three = await asyncio.gather(
+        *((a, b)[i % 2].save_node(node(i), consume_token="three", at=T0) for i in range(3, 9)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in three) == ["TokenUnavailable"] * 3 + ["int"] * 3
+    same_ip = await asyncio.gather(
+        *(
+            (a, b)[i % 2].save_node(node(i, mesh_ip=IPv4Address("100.64.9.9")))
+            for i in range(10, 16)
+        ),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in same_ip) == ["StoreConflict"] * 5 + ["int"]
+    used = await b.get_token("three")
+    snap = await b.load(10)
+    assert used is not None and used.uses == 3
+    assert len(snap.nodes) == 1 + 3 + 1 and snap.revision == 5  # failures used no revision
+    assert sorted(n.updated_rev for n in snap.nodes) == [1, 2, 3, 4, 5]
+    await a.close()
+    await b.close()
+
+
+async def test_postgresql_migrations_run_once_and_are_recorded(postgres_url: str) -> None:
+    assert await migrate(postgres_url) == [SCHEMA_VERSION]
+    assert await migrate(postgres_url) == []
+    replicas = [PostgresStore(postgres_url) for _ in range(3)]
+    await asyncio.gather(*(r.save_node(node(i + 1)) for i, r in enumerate(replicas)))
+    assert (await replicas[0].load(10)).revision == 3
+    for r in replicas:
+        await r.close()
+
+
+async def test_postgresql_unreachable_is_a_store_error_naming_the_database() -> None:
+    store = PostgresStore("postgresql://nobody:secret@127.0.0.1:1/shoal")
+    with pytest.raises(StoreError, match=r"database postgresql://nobody@127.0.0.1/shoal: ") as err:
+        await store.load(10)
+    assert "secret" not in str(err.value)
+    await store.close()

@@ -1,8 +1,8 @@
 """The server's persistent state behind one `Store` protocol; the server logic never sees SQL.
 
 `open_store(url, data_dir)` picks the backend from a URL: none or `sqlite:///path` → SQLite
-(default `<data dir>/shoal.db`), `memory:` → in-memory (tests). PostgreSQL is planned behind the
-same protocol.
+(default `<data dir>/shoal.db`), `postgresql://...` → PostgreSQL (several replicas share it;
+migrated on first use), `memory:` → in-memory (tests).
 """
 
 from __future__ import annotations
@@ -49,5 +49,7 @@ def open_store(url: str | None, data_dir: Path) -> Store:
 
         return MemoryStore()
     if url.startswith(("postgres://", "postgresql://")):
-        raise StoreError("the PostgreSQL store is not implemented yet; use the default SQLite")
-    raise StoreError(f"unknown store URL {url!r}; expected sqlite:///PATH")
+        from shoal.store.postgresql import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(f"unknown store URL {url!r}; expected sqlite:///PATH or postgresql://...")
