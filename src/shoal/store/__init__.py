@@ -1,8 +1,8 @@
 """The server's persistent state behind one `Store` protocol; the server logic never sees SQL.
 
-`open_store(url, data_dir)` picks the backend from a URL: none or `sqlite:///path` → SQLite
-(default `<data dir>/shoal.db`), `postgresql://...` → PostgreSQL (several replicas share it;
-migrated on first use), `memory:` → in-memory (tests).
+`open_store(url, data_dir)` picks the backend from a URL: none, `sqlite:PATH` or
+`sqlite:///path` → SQLite (default `<data dir>/shoal.db`), `postgresql://...` → PostgreSQL
+(several replicas share it; migrated on first use), `memory:` → in-memory (tests).
 """
 
 from __future__ import annotations
@@ -40,10 +40,13 @@ def open_store(url: str | None, data_dir: Path) -> Store:
         from shoal.store.sqlite import SqliteStore
 
         return SqliteStore(data_dir / "shoal.db")
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:"):  # sqlite:///abs/path or sqlite:PATH
         from shoal.store.sqlite import SqliteStore
 
-        return SqliteStore(Path(url.removeprefix("sqlite://")))
+        path = url.removeprefix("sqlite://") if url.startswith("sqlite:///") else url[7:]
+        if not path:
+            raise StoreError(f"store URL {url!r} names no file; expected sqlite:PATH")
+        return SqliteStore(Path(path))
     if url == "memory:":
         from shoal.store.memory import MemoryStore
 

@@ -56,6 +56,9 @@ class MemoryStore:
     async def put_setting(self, key: str, value: str) -> None:
         self.settings[key] = value
 
+    async def list_settings(self) -> dict[str, str]:
+        return dict(self.settings)
+
     async def add_token(self, token: TokenRecord) -> None:
         if token.id in self.tokens:
             raise StoreConflict("token id")

@@ -327,6 +327,12 @@ class PostgresStore:
 
         await self._run(run)
 
+    async def list_settings(self) -> dict[str, str]:
+        async def run(conn: Conn) -> dict[str, str]:
+            return {str(k): str(v) for k, v in await _all(conn, "SELECT key, value FROM settings")}
+
+        return await self._run(run)
+
     async def add_token(self, token: TokenRecord) -> None:
         async def run(conn: Conn) -> None:
             await conn.execute(
@@ -515,6 +521,74 @@ class PostgresStore:
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         async def run(conn: Conn) -> None:
             await conn.execute("DELETE FROM released WHERE node_id = ANY(%s)", (list(node_ids),))
+
+        await self._run(run)
+
+    async def import_state(
+        self, snapshot: Snapshot, tokens: Sequence[TokenRecord], settings: Mapping[str, str]
+    ) -> None:
+        """Write another store's whole state as it is (revisions included, so agents keep
+        their netmap revision and get deltas), in one transaction, into an empty database;
+        `StoreError` if it already holds a mesh."""
+
+        async def run(conn: Conn) -> None:
+            rev = await _one(conn, "SELECT value FROM revision FOR UPDATE")
+            used = await _all(conn, "SELECT 1 FROM nodes UNION ALL SELECT 1 FROM tokens LIMIT 1")
+            if rev != 0 or used:
+                raise StoreError(
+                    f"database {redact(self.url)} already holds a mesh (revision {rev}); "
+                    "migrate into an empty database"
+                )
+            async with conn.cursor() as cur:
+                rows: list[tuple[str, Sequence[tuple[object, ...]]]] = [
+                    (
+                        "INSERT INTO settings (key, value) VALUES (%s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        list(settings.items()),
+                    ),
+                    (
+                        f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES ({', '.join(['%s'] * 13)})",
+                        [_token_row(t) for t in tokens],
+                    ),
+                    (
+                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES ({', '.join(['%s'] * 12)})",
+                        [_node_row(n, n.updated_rev) for n in snapshot.nodes],
+                    ),
+                    (
+                        "INSERT INTO tombstones (node_id, removed_rev) VALUES (%s, %s)",
+                        [(t.node_id, t.removed_rev) for t in snapshot.tombstones],
+                    ),
+                    (
+                        f"INSERT INTO containers ({_CONTAINER_COLS}) "
+                        f"VALUES ({', '.join(['%s'] * 9)})",
+                        [_container_row(c.container, c.updated_rev) for c in snapshot.containers],
+                    ),
+                    (
+                        "INSERT INTO container_tombstones (node_id, container_id, removed_rev) "
+                        "VALUES (%s, %s, %s)",
+                        [
+                            (t.node_id, t.container_id, t.removed_rev)
+                            for t in snapshot.container_tombstones
+                        ],
+                    ),
+                    (
+                        "INSERT INTO revoked_keys (public_key) VALUES (%s)",
+                        [(str(k),) for k in snapshot.revoked_keys],
+                    ),
+                    (
+                        "INSERT INTO released (node_id, mesh_ip, subnet, released_at) "
+                        "VALUES (%s, %s, %s, %s)",
+                        [
+                            (r.node_id, str(r.mesh_ip), str(r.subnet), r.released_at)
+                            for r in snapshot.released
+                        ],
+                    ),
+                ]
+                for query, params in rows:
+                    if params:
+                        await cur.executemany(query.encode(), params)
+            await conn.execute("UPDATE revision SET value = %s", (snapshot.revision,))
+            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(snapshot.revision)))
 
         await self._run(run)
 

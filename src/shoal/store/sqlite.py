@@ -38,6 +38,8 @@ from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 T = TypeVar("T")
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 _UNIQUE_FIELDS = ("name", "public_key", "mesh_ip", "subnet")
+# The store's own rows in `meta`, not settings of the server.
+_META_KEYS = ("revision", "schema_version")
 # Container tombstones kept (the server loads at most its change-log length of them); older
 # ones are pruned now and then, so that churning containers do not grow the file forever.
 CONTAINER_TOMBSTONES_KEPT = 20_000
@@ -185,6 +187,13 @@ class SqliteStore:
             )
 
         await self._run(run)
+
+    async def list_settings(self) -> dict[str, str]:
+        def run(db: sqlite3.Connection) -> dict[str, str]:
+            rows = db.execute("SELECT key, value FROM meta WHERE key NOT IN (?, ?)", _META_KEYS)
+            return {str(k): str(v) for k, v in rows}
+
+        return await self._run(run)
 
     async def add_token(self, token: TokenRecord) -> None:
         def run(db: sqlite3.Connection) -> None:
