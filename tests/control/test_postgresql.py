@@ -10,6 +10,7 @@ import pytest
 
 from shoal.cli.main import main
 from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.errors import ServerConfigError
 from shoal.model.api import ContainerReport, ContainersReport
 from tests.control.servers import FakeClock, Joined, admin_client, join, node_client
 
@@ -85,3 +86,14 @@ def test_migrate_without_source_applies_the_schema(
     assert "none (up to date)" in capsys.readouterr().out
     assert main(["server", "migrate", "--to", "sqlite:x.db"]) == 1
     assert "expected postgresql://" in capsys.readouterr().err
+
+
+async def test_a_replica_with_another_data_dir_does_not_start(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Replicas share the first server's key material; one with a data dir of its own would
+    refuse every node the others registered, so it refuses to start instead."""
+    first = await _start(tmp_path / "a", postgres_url)
+    await first.close()
+    with pytest.raises(ServerConfigError, match="needs a copy of the first server's data dir"):
+        await _start(tmp_path / "b", postgres_url)

@@ -37,7 +37,11 @@ from shoal.control.listener import (
     quiet_accept_errors,
     raise_fd_limit,
 )
-from shoal.control.nodeauth import NodeVerifier, load_or_create_auth_key
+from shoal.control.nodeauth import (
+    NodeVerifier,
+    ensure_shared_auth_key,
+    load_or_create_auth_key,
+)
 from shoal.control.registry import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_QUARANTINE,
@@ -297,6 +301,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             ephemeral_timeout=config.ephemeral_timeout,
         )
         verifier = NodeVerifier(load_or_create_auth_key(data_dir))
+        await ensure_shared_auth_key(store, verifier.public_key)
         limits = config.connections
         fds = raise_fd_limit()
         if limits.max_connections > fds - FD_RESERVE:
