@@ -406,3 +406,26 @@ async def test_postgresql_unreachable_is_a_store_error_naming_the_database() -> 
         await store.load(10)
     assert "secret" not in str(err.value)
     await store.close()
+
+
+async def test_changes_since_a_revision_for_a_replica_catching_up(store: Store) -> None:
+    for i in (1, 2, 3):
+        await store.save_node(node(i))
+    await store.save_containers("n1", [box(1)], [])
+    await store.remove_node("n2", at=T0)
+    await store.save_node(node(3, endpoints=()))
+    changes = await store.changes_since(1)
+    assert changes.revision == 6
+    assert [(n.id, n.updated_rev) for n in changes.nodes] == [("n3", 6)]
+    assert [(t.node_id, t.removed_rev) for t in changes.tombstones] == [("n2", 5)]
+    assert changes.containers == (ContainerRecord(box(1), 4),)
+    assert [r.node_id for r in changes.released] == ["n2"] and changes.offline == frozenset()
+    # Bounded: what changed at `before` or later waits for the next catch-up.
+    bounded = await store.changes_since(1, before=6)
+    assert bounded.revision == 5 and bounded.nodes == () and len(bounded.tombstones) == 1
+    assert await store.set_online(["n1"], False) == 7
+    later = await store.changes_since(6)
+    assert later.containers == (ContainerRecord(box(1), 7),) and later.offline == {"n1"}
+    assert later.nodes == () and later.tombstones == ()
+    await store.touch_nodes({"n1": T0})
+    assert await store.seen_times(["n1", "n3", "nope"]) == {"n1": T0}

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, ContainerKey
 from shoal.store.base import (
+    Changes,
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
@@ -166,6 +168,52 @@ class MemoryStore:
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         for node_id in node_ids:
             self.released.pop(node_id, None)
+
+    async def changes_since(self, since: int, *, before: int | None = None) -> Changes:
+        upto = self.revision if before is None else before - 1
+
+        def within(rev: int) -> bool:
+            return since < rev <= upto
+
+        return Changes(
+            revision=upto,
+            nodes=tuple(
+                sorted(
+                    (n for n in self.nodes.values() if within(n.updated_rev)),
+                    key=lambda n: (n.updated_rev, n.id),
+                )
+            ),
+            tombstones=tuple(
+                Tombstone(node_id=n, removed_rev=r)
+                for n, r in sorted(self.tombstones.items(), key=lambda s: (s[1], s[0]))
+                if within(r)
+            ),
+            containers=tuple(
+                sorted(
+                    (c for c in self.containers.values() if within(c.updated_rev)),
+                    key=lambda c: (c.updated_rev, c.container.key),
+                )
+            ),
+            container_tombstones=tuple(
+                ContainerTombstone(node_id=k[0], container_id=k[1], removed_rev=r)
+                for k, r in sorted(self.container_tombstones.items(), key=lambda s: (s[1], s[0]))
+                if within(r)
+            ),
+            offline=frozenset(n.id for n in self.nodes.values() if not n.online),
+            revoked_keys=frozenset(self.revoked_keys),
+            released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
+        )
+
+    async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
+        return {
+            nid: seen
+            for nid in node_ids
+            if (node := self.nodes.get(nid)) is not None and (seen := node.last_seen) is not None
+        }
+
+    async def notifications(self) -> AsyncIterator[int]:
+        await asyncio.Event().wait()  # one writer: nothing to hear
+        yield self.revision
 
     async def close(self) -> None:
         return None

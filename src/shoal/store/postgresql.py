@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -34,6 +35,7 @@ from psycopg import errors as pg_errors
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, Endpoint, PortSpec
 from shoal.store.base import (
+    Changes,
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
@@ -45,6 +47,7 @@ from shoal.store.base import (
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger("shoal.store")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 CHANNEL = "shoal_revision"
 # Same retention as the SQLite store: the server loads at most its change-log length.
@@ -54,6 +57,8 @@ PRUNE_EVERY = 256  # revisions
 # event loop busy without holding many server slots on the database.
 POOL_MAX = 4
 CONNECT_TIMEOUT = 5.0  # seconds to get a connection before the call fails with StoreError
+# Seconds between attempts to listen again after the database went away (doubling up to MAX).
+LISTEN_RETRY, LISTEN_RETRY_MAX = 0.5, 10.0
 _MIGRATION_LOCK = 0x5304A1  # advisory lock class id of shoal's migrations
 
 # (version, statements). Append only: a released step is never edited.
@@ -524,6 +529,104 @@ class PostgresStore:
 
         await self._run(run)
 
+    async def changes_since(self, since: int, *, before: int | None = None) -> Changes:
+        async def run(conn: Conn) -> Changes:
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            upto = (
+                int(await _one(conn, "SELECT value FROM revision"))
+                if before is None
+                else (before - 1)
+            )
+            rng = (since, upto)
+            nodes = await _all(
+                conn,
+                f"SELECT {_NODE_COLS} FROM nodes WHERE updated_rev > %s AND updated_rev <= %s "
+                "ORDER BY updated_rev, id",
+                rng,
+            )
+            stones = await _all(
+                conn,
+                "SELECT node_id, removed_rev FROM tombstones "
+                "WHERE removed_rev > %s AND removed_rev <= %s ORDER BY removed_rev, node_id",
+                rng,
+            )
+            containers = await _all(
+                conn,
+                f"SELECT {_CONTAINER_COLS} FROM containers "
+                "WHERE updated_rev > %s AND updated_rev <= %s ORDER BY updated_rev, node_id, id",
+                rng,
+            )
+            gone = await _all(
+                conn,
+                "SELECT node_id, container_id, removed_rev FROM container_tombstones "
+                "WHERE removed_rev > %s AND removed_rev <= %s "
+                "ORDER BY removed_rev, node_id, container_id",
+                rng,
+            )
+            offline = await _all(conn, "SELECT id FROM nodes WHERE NOT online")
+            revoked = await _all(conn, "SELECT public_key FROM revoked_keys")
+            released = await _all(
+                conn,
+                "SELECT node_id, mesh_ip, subnet, released_at FROM released "
+                "ORDER BY released_at, node_id",
+            )
+            return Changes(
+                revision=upto,
+                nodes=tuple(_node(r) for r in nodes),
+                tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones),
+                containers=tuple(_container(r) for r in containers),
+                container_tombstones=tuple(
+                    ContainerTombstone(node_id=g[0], container_id=g[1], removed_rev=g[2])
+                    for g in gone
+                ),
+                offline=frozenset(str(r[0]) for r in offline),
+                revoked_keys=frozenset(PublicKey.parse(str(r[0])) for r in revoked),
+                released=tuple(_released(r) for r in released),
+            )
+
+        return await self._run(run)
+
+    async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
+        async def run(conn: Conn) -> dict[str, datetime]:
+            rows = await _all(
+                conn,
+                "SELECT id, last_seen FROM nodes WHERE id = ANY(%s) AND last_seen IS NOT NULL",
+                (list(node_ids),),
+            )
+            return {str(r[0]): _utc(r[1]) for r in rows}
+
+        return await self._run(run)
+
+    async def notifications(self) -> AsyncIterator[int]:
+        """LISTEN on a connection of its own (not the pool's); reconnects by itself after the
+        database went away, and then yields the current revision first, since NOTIFYs sent
+        meanwhile are lost. Costs nothing while no one writes."""
+        if not self._ready:
+            await self._open()
+        pause = LISTEN_RETRY
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    cur = await conn.execute("SELECT value FROM revision")
+                    row = await cur.fetchone()
+                    pause = LISTEN_RETRY
+                    if row is not None:
+                        yield int(row[0])
+                    async for note in conn.notifies():
+                        yield int(note.payload)
+            except psycopg.Error as exc:
+                log.warning(
+                    "listening for changes on %s: %s (again in %.1f s)",
+                    redact(self.url),
+                    _reason(exc),
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LISTEN_RETRY_MAX)
+
     async def import_state(
         self, snapshot: Snapshot, tokens: Sequence[TokenRecord], settings: Mapping[str, str]
     ) -> None:
@@ -622,6 +725,15 @@ async def _bury(conn: Conn, node_id: str, container_ids: Sequence[str], rev: int
             "container_tombstones ORDER BY removed_rev DESC LIMIT 1 OFFSET %s)",
             (CONTAINER_TOMBSTONES_KEPT,),
         )
+
+
+def _released(row: tuple[Any, ...]) -> Released:
+    return Released(
+        node_id=str(row[0]),
+        mesh_ip=IPv4Address(str(row[1])),
+        subnet=IPv4Network(str(row[2])),
+        released_at=_utc(row[3]),
+    )
 
 
 def _utc(value: datetime) -> datetime:
