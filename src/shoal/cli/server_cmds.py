@@ -163,8 +163,8 @@ def cmd_rotate_ca(args: argparse.Namespace) -> int:
 def cmd_server_migrate(args: argparse.Namespace) -> int:
     """Apply PostgreSQL's schema migrations to --to; with --from, first move that store's
     whole state into it (the target must hold no mesh yet)."""
-    from shoal.store import open_store
-    from shoal.store.postgresql import PostgresStore, is_postgres_url, migrate, redact
+    from shoal.store import is_postgres_url, open_store
+    from shoal.store.postgresql import PostgresStore, migrate, redact
     from shoal.store.transfer import copy_state
 
     if not is_postgres_url(args.target):

@@ -45,6 +45,7 @@ from shoal.control.nodeauth import (
 from shoal.control.registry import (
     DEFAULT_HEARTBEAT_TIMEOUT,
     DEFAULT_QUARANTINE,
+    SEEN_PERSIST_INTERVAL,
     Clock,
     Registry,
     utcnow,
@@ -53,7 +54,7 @@ from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, ControlService
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
-from shoal.store import Store, StoreError, open_store
+from shoal.store import Store, StoreError, is_postgres_url, open_store
 
 log = logging.getLogger("shoal.control")
 
@@ -240,12 +241,14 @@ class RunningServer:
     store: Store
     runner: web.AppRunner
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
+    follower: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def close(self) -> None:
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sweeper
+        for task in (self.sweeper, self.follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.service.registry.close()
         await self.runner.cleanup()
         with contextlib.suppress(StoreError):
@@ -290,6 +293,11 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             clock=clock,
             heartbeat_timeout=config.heartbeat_timeout,
             quarantine=config.address_quarantine,
+            # Replicas judge liveness from each other's last_seen: write it well within the
+            # timeout (one process alone keeps the cheaper default).
+            seen_persist_interval=min(SEEN_PERSIST_INTERVAL, config.heartbeat_timeout / 3)
+            if is_postgres_url(config.store_url or "")
+            else SEEN_PERSIST_INTERVAL,
         )
         service = ControlService(
             store,
@@ -366,6 +374,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         store=store,
         runner=runner,
         sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
+        follower=asyncio.create_task(_follow_forever(registry), name="shoal-control-follower"),
     )
 
 
@@ -378,6 +387,20 @@ async def _sweep_forever(service: ControlService) -> None:
             await service.sweep()
         except StoreError as exc:
             log.error("liveness sweep failed: %s", exc)
+
+
+async def _follow_forever(registry: Registry) -> None:
+    """Take in the revisions other replicas sharing the store commit, as the store announces
+    them (a store with one writer announces none). A failed catch-up is logged; the next
+    announcement, or the store's reconnection, brings it again."""
+    while True:
+        try:
+            async for revision in registry.store.notifications():
+                if revision > registry.revision:
+                    await registry.catch_up()
+        except StoreError as exc:
+            log.error("catching up with other replicas failed: %s", exc)
+        await asyncio.sleep(SWEEP_INTERVAL)
 
 
 def _bound_port(runner: web.AppRunner, requested: int) -> int:

@@ -70,6 +70,15 @@ MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the h
 DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephemeral node goes
 
 
+# Registrations that lose an allocation race to another replica are decided again this often.
+REGISTER_ATTEMPTS = 5
+
+
+class _Stale(Exception):
+    """A registration collided with another replica's on a unique field: retry after a
+    catch-up (never leaves the service)."""
+
+
 class ControlService:
     def __init__(
         self,
@@ -142,11 +151,18 @@ class ControlService:
                 "the request is signed with another key than the one it registers"
             )
         async with self._lock:
-            node = await self._register(req)
+            for attempt in range(REGISTER_ATTEMPTS):
+                try:
+                    node = await self._register(req, last_try=attempt == REGISTER_ATTEMPTS - 1)
+                    break
+                except _Stale:
+                    # Another replica took this address or name meanwhile: learn its
+                    # registrations and decide again (another address, or NameTaken).
+                    await self.registry.catch_up()
         await self.registry.seen(node.id)  # a node joining again after an outage is back
         return RegisterResponse(node_id=node.id, netmap=self.registry.full_map(node.id))
 
-    async def _register(self, req: RegisterRequest) -> NodeRecord:
+    async def _register(self, req: RegisterRequest, *, last_try: bool = True) -> NodeRecord:
         now = self._clock()
         existing = self.registry.by_public_key(req.public_key)
         consume: str | None = None
@@ -202,6 +218,8 @@ class ControlService:
                 check_usable(fresh, self._clock())
             raise TokenUsed(f"join token {exc.token_id} was used up meanwhile") from exc
         except StoreConflict as exc:
+            if not last_try:
+                raise _Stale from exc
             if exc.field == "name":
                 raise NameTaken(f"the name {req.name!r} was taken meanwhile") from exc
             raise Conflict(f"registration conflicted with another node ({exc.field})") from exc

@@ -31,8 +31,14 @@ __all__ = [
     "TokenRecord",
     "TokenUnavailable",
     "Tombstone",
+    "is_postgres_url",
     "open_store",
 ]
+
+
+def is_postgres_url(url: str) -> bool:
+    """A PostgreSQL store: one that several server replicas may share."""
+    return url.startswith(("postgres://", "postgresql://"))
 
 
 def open_store(url: str | None, data_dir: Path) -> Store:
@@ -51,7 +57,7 @@ def open_store(url: str | None, data_dir: Path) -> Store:
         from shoal.store.memory import MemoryStore
 
         return MemoryStore()
-    if url.startswith(("postgres://", "postgresql://")):
+    if is_postgres_url(url):
         from shoal.store.postgresql import PostgresStore
 
         return PostgresStore(url)

@@ -154,10 +154,6 @@ _NODE_COLS = (
 _CONTAINER_COLS = "node_id, id, name, ip, project, service, ports, health, updated_rev"
 
 
-def is_postgres_url(url: str) -> bool:
-    return url.startswith(("postgres://", "postgresql://"))
-
-
 def redact(url: str) -> str:
     """The URL without its password, for messages."""
     try:

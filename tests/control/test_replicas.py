@@ -1,0 +1,122 @@
+"""Two server replicas in one process on one PostgreSQL database: a change accepted by one
+reaches long-polls on the other, allocations and tokens stay right under concurrent
+registrations on both, and liveness is judged from what either replica heard."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from shoal.control.app import RunningServer, load_config, start_server
+from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest
+from shoal.model.keys import PrivateKey
+from tests.control.servers import FakeClock, join, new_token, node_client
+
+Pair = tuple[RunningServer, RunningServer]
+
+
+async def _start(data_dir: Path, url: str, clock: FakeClock) -> RunningServer:
+    config = load_config(
+        listen="127.0.0.1:0", data_dir=data_dir, store=url, no_limits_from="127.0.0.0/8"
+    )
+    return await start_server(config, clock=clock)
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path, postgres_url: str, clock: FakeClock) -> AsyncIterator[Pair]:
+    """Replica A, then B with a copy of A's data dir (its CA, keys and admin token)."""
+    a = await _start(tmp_path / "a", postgres_url, clock)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = await _start(tmp_path / "b", postgres_url, clock)
+    try:
+        yield a, b
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def _converged(pair: Pair) -> None:
+    """Until both registries hold the store's revision (each catches up on NOTIFY)."""
+    async with asyncio.timeout(10):
+        while True:
+            current = (await pair[0].store.changes_since(0)).revision
+            if all(r.service.registry.revision == current for r in pair):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_change_on_one_replica_wakes_a_long_poll_on_the_other(replicas: Pair) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    beta = await join(b, "beta")  # B knows alpha already: it was in the store
+    assert [p.name for p in beta.netmap.peers] == ["alpha"]
+    await _converged(replicas)
+    async with node_client(a, alpha.key) as client:
+        since = a.service.registry.revision
+        waiting = asyncio.create_task(client.poll(since=since, wait=20))
+        async with node_client(b, beta.key) as other:
+            web = ContainerReport(id=f"{7:064x}", name="web", ip=beta.netmap.self_node.subnet[2])
+            await other.report_containers(ContainersReport(containers=(web,)))
+        update = await asyncio.wait_for(waiting, 10)
+    assert update.kind == "delta"
+    assert [c.name for c in update.containers_changed] == ["web"]
+    # A node registered on B polls A and gets its map there: any replica serves any agent.
+    async with node_client(a, beta.key) as client:
+        full = await client.poll(since=0, wait=0)
+    assert full.full is not None and [c.name for c in full.full.containers] == ["web"]
+
+
+async def test_concurrent_registrations_on_both_replicas_stay_unique(replicas: Pair) -> None:
+    a, b = replicas
+    singles = [await new_token(a) for _ in range(12)]
+    limited = await new_token(a, reusable=True, uses=4)
+
+    async def register(server: RunningServer, name: str, token: str) -> object:
+        key = PrivateKey.generate()
+        try:
+            async with node_client(server, key) as client:
+                return await client.register(
+                    RegisterRequest(token=token, name=name, public_key=key.public_key())
+                )
+        except Exception as exc:  # the refusals are what is counted
+            return exc
+
+    attempts = [register((a, b)[i % 2], f"s{i}", t) for i, t in enumerate(singles)]
+    # Each single-use token offered to both replicas at once: one use each.
+    attempts += [register((b, a)[i % 2], f"twice{i}", t) for i, t in enumerate(singles)]
+    attempts += [register((a, b)[i % 2], f"l{i}", limited) for i in range(10)]
+    results = await asyncio.gather(*attempts)
+    joined = [r for r in results if not isinstance(r, Exception)]
+    assert len(joined) == 12 + 4, [str(r) for r in results if isinstance(r, Exception)]
+    await _converged(replicas)
+    for server in replicas:
+        nodes = server.service.registry.nodes()
+        assert len(nodes) == 16
+        assert len({n.mesh_ip for n in nodes}) == 16 and len({n.subnet for n in nodes}) == 16
+    assert [n.mesh_ip for n in a.service.registry.nodes()] == [
+        n.mesh_ip for n in b.service.registry.nodes()
+    ]
+    assert all(n.mesh_ip != IPv4Address("100.64.0.0") for n in a.service.registry.nodes())
+
+
+async def test_a_node_heard_by_one_replica_stays_online_on_the_other(
+    replicas: Pair, clock: FakeClock
+) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    await _converged(replicas)
+    clock.advance(6)
+    async with node_client(a, alpha.key) as client:
+        await client.poll(since=0, wait=0)  # A hears from alpha ...
+    await a.service.sweep()  # ... and writes it down
+    clock.advance(12)  # 18 s after the join, 12 s after A heard from it: within 15 s
+    await b.service.sweep()
+    assert b.service.registry.online(alpha.node_id)
+    clock.advance(20)  # now nobody has heard from it for too long
+    await b.service.sweep()
+    assert not b.service.registry.online(alpha.node_id)
