@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from shoal.control.app import RunningServer, load_config, start_server
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest
 from shoal.model.keys import PrivateKey
 from tests.control.servers import FakeClock, join, new_token, node_client
@@ -120,3 +122,29 @@ async def test_a_node_heard_by_one_replica_stays_online_on_the_other(
     clock.advance(20)  # now nobody has heard from it for too long
     await b.service.sweep()
     assert not b.service.registry.online(alpha.node_id)
+
+
+async def test_an_agent_fails_over_to_the_next_replica_and_resumes_from_its_revision(
+    tmp_path: Path, postgres_url: str, clock: FakeClock
+) -> None:
+    a = await _start(tmp_path / "a", postgres_url, clock)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = await _start(tmp_path / "b", postgres_url, clock)
+    try:
+        alpha = await join(a, "alpha")
+        async with ControlClient(f"{a.url},{b.url}", a.ca.ca_pem, node_key=alpha.key) as client:
+            first = await client.poll(since=0, wait=0)
+            assert client.server_url == a.url
+            await a.close()  # replica A dies
+            assert (await client.poll(since=first.revision, wait=0)).kind == "none"
+            assert client.server_url == b.url  # answered by B, and stays there
+            await join(b, "beta")
+            update = await client.poll(since=first.revision, wait=5)
+            assert update.kind == "delta" and [p.name for p in update.peers_changed] == ["beta"]
+        # A dead first URL costs one refused connection, not the join.
+        dead_first = f"https://127.0.0.1:1,{b.url}"
+        async with ControlClient(dead_first, b.ca.ca_pem, node_key=alpha.key) as client:
+            assert (await client.poll(since=0, wait=0)).kind == "full"
+        assert await fetch_pinned_ca(dead_first, b.ca.fingerprint) == b.ca.ca_pem  # a join
+    finally:
+        await b.close()
