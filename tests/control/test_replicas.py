@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from shoal.control.app import RunningServer, load_config, start_server
@@ -148,3 +149,24 @@ async def test_an_agent_fails_over_to_the_next_replica_and_resumes_from_its_revi
         assert await fetch_pinned_ca(dead_first, b.ca.fingerprint) == b.ca.ca_pem  # a join
     finally:
         await b.close()
+
+
+async def test_replicas_reconnect_after_the_database_dropped_their_connections(
+    replicas: Pair, postgres_url: str
+) -> None:
+    """What a PostgreSQL restart does to the replicas: every connection gone. Writes work
+    again at once and changes still reach the other replica's long-polls."""
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    await _converged(replicas)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    async with node_client(a, alpha.key) as client:
+        since = (await client.poll(since=0, wait=0)).revision
+        waiting = asyncio.create_task(client.poll(since=since, wait=20))
+        await join(b, "beta")
+        update = await asyncio.wait_for(waiting, 15)
+    assert [p.name for p in update.peers_changed] == ["beta"]

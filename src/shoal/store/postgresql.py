@@ -219,6 +219,9 @@ class PostgresStore:
             max_size=pool_max,
             open=False,
             timeout=CONNECT_TIMEOUT,
+            # A connection the database dropped (a restart, a failover) is replaced before
+            # use, so that no request fails for it: one round trip on a local socket.
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
             kwargs={"autocommit": True, "connect_timeout": int(CONNECT_TIMEOUT)},
         )
         self._ready = False
