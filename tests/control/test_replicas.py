@@ -170,3 +170,18 @@ async def test_replicas_reconnect_after_the_database_dropped_their_connections(
         await join(b, "beta")
         update = await asyncio.wait_for(waiting, 15)
     assert [p.name for p in update.peers_changed] == ["beta"]
+
+
+async def test_a_node_just_registered_on_one_replica_is_known_to_the_other_at_once(
+    replicas: Pair,
+) -> None:
+    """Before B has heard the announcement: an unknown key makes B catch up, never refuse."""
+    a, b = replicas
+    assert b.follower is not None
+    b.follower.cancel()  # B hears no announcements from now on
+    alpha = await join(a, "alpha")
+    async with node_client(b, alpha.key) as client:
+        assert (await client.poll(since=0, wait=0)).kind == "full"
+    gamma = await join(a, "gamma")
+    again = await join(b, "gamma", key=gamma.key, with_token=False)  # no token: known key
+    assert again.node_id == gamma.node_id

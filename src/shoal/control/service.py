@@ -102,9 +102,13 @@ class ControlService:
 
     # Authentication (the HTTP layer verified the signature; these say what the key may do).
 
-    def authenticate_node(self, key: PublicKey) -> NodeRecord:
-        """The node whose key signed a request."""
+    async def authenticate_node(self, key: PublicKey) -> NodeRecord:
+        """The node whose key signed a request. A key this replica does not know may be of a
+        node another replica just registered: catch up once before refusing it."""
         node = self.registry.by_public_key(key)
+        if node is None:
+            await self.registry.catch_up()
+            node = self.registry.by_public_key(key)
         if node is None:
             raise CredentialInvalid(
                 f"no node of this mesh has key {key.short()}… (removed?); join again with a "
@@ -165,6 +169,9 @@ class ControlService:
     async def _register(self, req: RegisterRequest, *, last_try: bool = True) -> NodeRecord:
         now = self._clock()
         existing = self.registry.by_public_key(req.public_key)
+        if existing is None:  # joined on another replica a moment ago? Then it needs no token.
+            await self.registry.catch_up()
+            existing = self.registry.by_public_key(req.public_key)
         consume: str | None = None
         record: TokenRecord | None = None
         if existing is None:

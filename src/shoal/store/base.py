@@ -132,6 +132,21 @@ class Changes:
     released: tuple[Released, ...]  # all of them now
 
 
+def no_changes(revision: int) -> Changes:
+    """Nothing after `revision` (the sets are empty: a reader ignores a Changes that brings
+    no newer revision)."""
+    return Changes(
+        revision=revision,
+        nodes=(),
+        tombstones=(),
+        containers=(),
+        container_tombstones=(),
+        offline=frozenset(),
+        revoked_keys=frozenset(),
+        released=(),
+    )
+
+
 class Store(Protocol):
     async def load(self, tombstone_limit: int) -> Snapshot: ...
 

@@ -43,6 +43,7 @@ from shoal.store.base import (
     Snapshot,
     TokenRecord,
     Tombstone,
+    no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
@@ -536,6 +537,8 @@ class PostgresStore:
                 if before is None
                 else (before - 1)
             )
+            if upto <= since:  # nothing new: one cheap read
+                return no_changes(upto)
             rng = (since, upto)
             nodes = await _all(
                 conn,

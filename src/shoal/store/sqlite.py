@@ -33,6 +33,7 @@ from shoal.store.base import (
     Snapshot,
     TokenRecord,
     Tombstone,
+    no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
@@ -394,6 +395,8 @@ class SqliteStore:
             try:
                 current = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
                 upto = int(current[0]) if before is None else before - 1
+                if upto <= since:  # the common case on one server: nothing to read
+                    return no_changes(upto)
                 rng = (since, upto)
                 nodes = db.execute(
                     f"SELECT {_NODE_COLS} FROM nodes WHERE updated_rev > ? AND updated_rev <= ? "
