@@ -9,7 +9,8 @@ The only module importing psycopg. Each call is one transaction on a pooled conn
   then re-checks the condition against the committed row: exactly one wins its last use);
 - unique constraints on name, key, mesh IP and subnet turn a lost allocation race into
   `StoreConflict`, which the caller retries with another allocation;
-- every writing transaction sends NOTIFY on `CHANNEL` with the new revision, delivered at
+- every writing transaction sends NOTIFY on `CHANNEL`:<schema> with the new revision (one
+  channel per schema: meshes in other schemas of the database stay silent), delivered at
   commit to every replica listening (`listen`).
 
 The schema is versioned: `MIGRATIONS` are applied in order on first use, each in its own
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import errors as pg_errors
+from psycopg import sql
 
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, Endpoint, PortSpec
@@ -51,6 +53,9 @@ T = TypeVar("T")
 log = logging.getLogger("shoal.store")
 Conn = psycopg.AsyncConnection[tuple[Any, ...]]
 CHANNEL = "shoal_revision"
+# Channel names are identifiers: at most 63 bytes.
+_CHANNEL_OF_SCHEMA = "left(%s || ':' || current_schema(), 63)"
+_NOTIFY = f"SELECT pg_notify({_CHANNEL_OF_SCHEMA}, %s)"
 # Same retention as the SQLite store: the server loads at most its change-log length.
 CONTAINER_TOMBSTONES_KEPT = 20_000
 PRUNE_EVERY = 256  # revisions
@@ -263,7 +268,7 @@ class PostgresStore:
         assert row is not None, "migration 1 inserts the revision row"
         rev = int(row[0])
         # Delivered at commit, never for a rolled-back change.
-        await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(rev)))
+        await conn.execute(_NOTIFY, (CHANNEL, str(rev)))
         return rev
 
     async def load(self, tombstone_limit: int) -> Snapshot:
@@ -611,7 +616,10 @@ class PostgresStore:
                 async with await psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, connect_timeout=int(CONNECT_TIMEOUT)
                 ) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
+                    cur = await conn.execute(f"SELECT {_CHANNEL_OF_SCHEMA}", (CHANNEL,))
+                    channel = await cur.fetchone()
+                    assert channel is not None, "a SELECT of one value returns a row"
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel[0])))
                     cur = await conn.execute("SELECT value FROM revision")
                     row = await cur.fetchone()
                     pause = LISTEN_RETRY
@@ -693,7 +701,7 @@ class PostgresStore:
                     if params:
                         await cur.executemany(query.encode(), params)
             await conn.execute("UPDATE revision SET value = %s", (snapshot.revision,))
-            await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(snapshot.revision)))
+            await conn.execute(_NOTIFY, (CHANNEL, str(snapshot.revision)))
 
         await self._run(run)
 
