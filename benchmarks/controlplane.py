@@ -3,13 +3,20 @@
 Both systems run the same steps in labs of the same shape, measured by the same probes:
 
 - **join**: from the join command on a new host (`shoal up` / `docker swarm join`) to the first
-  reply of a container there to a container on another host. The join command's own duration
-  is reported beside it.
+  reply of a container there to a container on another host; the median of several joins. The
+  join command's own duration is reported beside it, and for shoal where the time went: the
+  agent logs its start-up stages (`startup:` — the process before the daemon started, i.e.
+  interpreter and imports, Docker, data plane, CA, facts, registration, first apply) and the
+  first apply per subsystem (`first apply:`), read here from the new host's agent log.
 - **DNS convergence**: containers started one by one on h1; from `docker run -d` returning to
   the name resolving inside a container on the last host, then from `docker stop` returning to
   the name being gone. The probe is a resolver loop running in the probing container's
   network namespace (it asks Docker's embedded DNS at 127.0.0.11 every few milliseconds), so
   no `docker exec` start-up time is measured.
+- **DNS recovery after SIGKILL** (shoal only): the agent on h3 is killed with SIGKILL (its
+  DNS redirect stays, pointing at a dead resolver: names stop resolving), then restarted the
+  way a supervisor would (`shoal up --state-dir DIR`, which resumes from the state dir); from
+  the restart issued to a container on h3 resolving a container on h1 again.
 - **the watcher stage** (shoal only): from `docker run -d` returning to the agent's container
   watcher reporting it, on h1's dockerd (`benchmarks.watch`).
 
@@ -19,6 +26,9 @@ Units: seconds in the results, milliseconds in the report.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,23 +123,59 @@ class DnsConvergence(Frozen):
     vanish_s: Percentiles  # `docker stop` returned → the name is gone
 
 
+class Stage(Frozen):
+    name: str
+    seconds: float
+
+
 class JoinRun(Frozen):
     command_s: float  # the join command's own duration
     first_packet_s: float  # join command started → first reply of a container there
+    # shoal only: the agent's start-up stages, then its first apply per subsystem (the
+    # subsystems overlap: their sum can exceed the stage "first-apply").
+    stages: tuple[Stage, ...] = ()
 
 
 class JoinSummary(Frozen):
     runs: tuple[JoinRun, ...]
     command_s: float  # medians of the runs
     first_packet_s: float
+    stages: tuple[Stage, ...] = ()  # median of each stage over the runs that logged it
 
     @classmethod
     def of(cls, runs: Sequence[JoinRun]) -> JoinSummary:
+        names = list(dict.fromkeys(stage.name for run in runs for stage in run.stages))
         return cls(
             runs=tuple(runs),
             command_s=statistics.median(r.command_s for r in runs),
             first_packet_s=statistics.median(r.first_packet_s for r in runs),
+            stages=tuple(
+                Stage(
+                    name=name,
+                    seconds=statistics.median(
+                        s.seconds for run in runs for s in run.stages if s.name == name
+                    ),
+                )
+                for name in names
+            ),
         )
+
+
+_STAGE = re.compile(r"([\w-]+) (\d+) ms")
+
+
+def agent_stages(log: Path) -> tuple[Stage, ...]:
+    """The newest `startup:` and `first apply:` lines of an agent log as stages (the first
+    apply's subsystems prefixed `apply/`); () when the log has none."""
+    startup = apply = ""
+    for line in log.read_text(errors="replace").splitlines():
+        if " startup: " in line:
+            startup = line.split(" startup: ", 1)[1].split(": ", 1)[-1]
+        elif " first apply: " in line:
+            apply = line.split(" first apply: ", 1)[1]
+    stages = [Stage(name=n, seconds=int(ms) / 1000) for n, ms in _STAGE.findall(startup)]
+    stages += [Stage(name=f"apply/{n}", seconds=int(ms) / 1000) for n, ms in _STAGE.findall(apply)]
+    return tuple(stages)
 
 
 class SystemResult(Frozen):
@@ -137,7 +183,13 @@ class SystemResult(Frozen):
     dns: DnsConvergence
 
 
+class DnsRecovery(Frozen):
+    restart_command_s: Percentiles  # `shoal up` (resume) issued → returned
+    resolves_s: Percentiles  # `shoal up` (resume) issued → the mesh name resolves again
+
+
 class ShoalResult(SystemResult):
+    dns_recovery: DnsRecovery | None = None  # None: older runs
     watch: WatchLatency | None = None  # None: not measured (see watch_note; older runs)
     watch_note: str | None = None
 
@@ -218,6 +270,37 @@ def _shoal_up(lab: Lab, host: LabHost, token: str) -> None:
     )  # fmt: skip
 
 
+def _agent_pid(host: LabHost) -> int:
+    return int((host.state_dir / "agent.pid").read_text())
+
+
+def dns_recovery(origin: LabHost, probe_host: LabHost, reps: int) -> DnsRecovery:
+    """SIGKILL `probe_host`'s agent, restart it as a supervisor would, time until a name on
+    `origin` resolves again in a container on `probe_host`; `reps` times."""
+    target, probe = "recovery-target", "recovery-probe"
+    origin.run_container(target, network="shoal", image=IMAGE)
+    probe_host.run_container(probe, network="shoal", image=IMAGE)
+    prober = Prober(probe_host, probe)
+    commands: list[float] = []
+    resolves: list[float] = []
+    try:
+        prober.wait("present", target)
+        for _ in range(reps):
+            os.kill(_agent_pid(probe_host), signal.SIGKILL)
+            prober.wait("absent", target)  # the redirect now points at a dead resolver
+            started = time.monotonic()
+            probe_host.exec([SHOAL, "up", "--state-dir", str(probe_host.state_dir)], timeout=120)
+            commands.append(time.monotonic() - started)
+            resolves.append(prober.wait("present", target) - started)
+    finally:
+        prober.close()
+        origin.docker("rm", "-f", target, check=False)
+        probe_host.docker("rm", "-f", probe, check=False)
+    return DnsRecovery(
+        restart_command_s=Percentiles.of(commands), resolves_s=Percentiles.of(resolves)
+    )
+
+
 def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
     lab = Lab.create(name, hosts=3)
     try:
@@ -235,11 +318,18 @@ def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
             joined = time.monotonic()
             h3.run_container(f"newcomer{rep}", network="shoal", image=IMAGE)
             first = _first_reply(h3, f"newcomer{rep}", anchor)
-            joins.append(JoinRun(command_s=joined - started, first_packet_s=first - started))
+            joins.append(
+                JoinRun(
+                    command_s=joined - started,
+                    first_packet_s=first - started,
+                    stages=agent_stages(h3.state_dir / "agent.log"),
+                )
+            )
             h3.docker("rm", "-f", f"newcomer{rep}")
             h3.exec([SHOAL, "down", "--leave", "--state-dir", str(h3.state_dir)], timeout=120)
         _shoal_up(lab, h3, token)
         dns = dns_convergence(h1, h3, "shoal", containers, "svc")
+        recovery = dns_recovery(h1, h3, reps)
         watch: WatchLatency | None = None
         note: str | None = None
         try:
@@ -249,7 +339,13 @@ def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
         except (WatchError, ShoalError, OSError) as exc:
             # The stage is a detail of the DNS figures: reported as not measured, not fatal.
             note = f"{type(exc).__name__}: {exc}"
-        return ShoalResult(join=JoinSummary.of(joins), dns=dns, watch=watch, watch_note=note)
+        return ShoalResult(
+            join=JoinSummary.of(joins),
+            dns=dns,
+            dns_recovery=recovery,
+            watch=watch,
+            watch_note=note,
+        )
     finally:
         lab.destroy()
 
@@ -285,7 +381,7 @@ def bench_swarm(name: str, reps: int, containers: int) -> SystemResult:
 def run_controlplane(quick: bool) -> ControlplaneResult:
     """Both systems, one after the other, each in a fresh 3-host lab (joining a third host
     needs three)."""
-    reps, containers = (1, 10) if quick else (3, 50)
+    reps, containers = (3, 10) if quick else (7, 50)
     tag = str(int(time.time()) % 100000)
     shoal = bench_shoal(f"cps{tag}", reps, containers)
     swarm = bench_swarm(f"cpw{tag}", reps, containers)
@@ -361,4 +457,23 @@ def render_markdown(result: ControlplaneResult) -> str:
         f"| Docker Swarm (`docker swarm join`) | {ms(swarm.join.command_s)} |"
         f" {ms(swarm.join.first_packet_s)} |",
     ]
+    recovery = shoal.dns_recovery
+    if recovery is not None:
+        lines += [
+            "",
+            f"DNS after SIGKILL of the agent ({recovery.resolves_s.n} runs): restarted as a"
+            " supervisor would (`shoal up --state-dir DIR`, resuming), a container there"
+            f" resolves a mesh name again {ms(recovery.resolves_s.p50)} (p50, max"
+            f" {ms(recovery.resolves_s.max)}) after the restart was issued; the restart command"
+            f" itself took {ms(recovery.restart_command_s.p50)}"
+            " (p50). Target: within 2 s of the restart.",
+        ]
+    if shoal.join.stages:
+        lines += [
+            "",
+            "Where shoal's join goes (medians; from the new host's agent log): "
+            + ", ".join(f"{s.name} {ms(s.seconds)}" for s in shoal.join.stages)
+            + ". `process` is the agent process before its start-up ran (interpreter and"
+            " imports); the `apply/` subsystems run side by side within `first-apply`.",
+        ]
     return "\n".join(lines) + "\n"

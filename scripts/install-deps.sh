@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # `install-deps.sh bench` adds what the benchmarks compare against (Nebula) and chart with.
 extra="${1:-}"
 
-apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables iproute2 iperf3
+apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables conntrack iproute2 iperf3
               busybox-static tcpdump util-linux procps postgresql)
 [ "$extra" = bench ] && apt_packages+=(nebula ethtool)
 missing=()

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator, Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -17,17 +18,19 @@ import pytest
 from shoal.agent import statefiles
 from shoal.agent.config import AgentConfig
 from shoal.agent.daemon import Agent
+from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
 from shoal.control.ca import rotate_ca
 from shoal.docker import DockerHost
 from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import NetworkMap
+from shoal.model.netmap import Container, NetworkMap
+from shoal.model.policy import parse
 from shoal.model.status import AgentState
-from shoal.testing.clock import ManualClock
+from shoal.testing.clock import ManualClock, settle
 from shoal.testing.fakes import FakeHost
-from tests.control.servers import admin_client, join, running_server
+from tests.control.servers import admin_client, join, node_client, running_server
 
 KEY = PrivateKey(b"\x07" * 32)
 
@@ -204,3 +207,72 @@ async def test_the_agent_takes_the_trust_bundle_of_a_ca_being_introduced(tmp_pat
         saved = rig.state.identity()
         assert saved is not None and saved.ca_pem.count("BEGIN CERTIFICATE") == 2
         assert "ca-expiring" not in {w.code for w in (await rig.agent.status()).health}
+
+
+async def test_status_shows_the_enforced_policy_and_names_it_may_not_publish(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    response = await join(server, "h1", key=KEY)
+    policy = parse("publish:\n  - {tags: [db], names: [db]}\n", "p.yaml")
+    me = response.netmap.self_node
+    impostor = Container(
+        id="ab" * 32,
+        node_id=me.id,
+        name="app-db-1",
+        ip=IPv4Address(int(me.subnet.network_address) + 5),
+        project="app",
+        service="db",
+    )
+    nm = response.netmap.model_copy(
+        update={"policy": policy.model_copy(update={"revision": 4}), "containers": (impostor,)}
+    )
+    rig = Rig(tmp_path, server.url, server.ca.ca_pem, nm)
+    await rig.agent.configure(fresh_join=False)
+    status = await rig.agent.status()
+    assert status.policy_revision == 4
+    (warning,) = [w for w in status.health if w.code == "name-not-publishable"]
+    assert warning.message == (
+        "policy p.yaml r4 does not let this host (tags none) publish: app-db-1 (db); reported "
+        "but not in DNS"
+    )
+    # ... and its DNS part leaves the container out.
+    assert rig.host.dns.dump().endswith("(1 nodes, 0 containers)")
+
+
+async def test_rotate_key_keeps_the_next_key_on_disk_first_and_promotes_it_at_the_switch(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    rig = await joined(tmp_path, server)
+    next_file = rig.state.path / "private.key.next"
+    async with rig.agent.client:
+        rotation = await rig.agent.rotate_key()
+        assert next_file.stat().st_mode & 0o777 == 0o600
+        new = PrivateKey.parse(next_file.read_text())
+        assert rotation.next_key == new.public_key()
+        assert await rig.agent.rotate_key() == rotation  # asked again: the same rotation
+        update = await rig.agent.client.poll(since=0, wait=0)
+        assert update.full is not None
+        rig.agent.remember(update.full)
+        before = rig.agent._plan(update.full)
+        async with asyncio.TaskGroup() as tasks:
+            follower = tasks.create_task(rig.agent.follow_rotation(), name="key-rotation")
+            await settle()
+            assert rig.agent.private_key == KEY and next_file.exists()
+            await rig.clock.advance((rotation.switch_at - rig.clock.now()).total_seconds())
+            assert rig.agent.private_key == new and not next_file.exists()
+            follower.cancel()
+        assert PrivateKey.parse((rig.state.path / "private.key").read_text()) == new
+        assert before.tunnel.interface.private_key == KEY
+        assert rig.agent._plan(update.full).tunnel.interface.private_key == new
+        await rig.agent.client.poll(since=0, wait=0)  # signed with the new key: accepted
+
+
+async def test_a_refused_rotation_leaves_no_next_key(tmp_path: Path, server: RunningServer) -> None:
+    rig = await joined(tmp_path, server)
+    async with node_client(server, KEY) as client:
+        await client.rotate(PrivateKey.generate())  # another key is already pending
+    async with rig.agent.client:
+        with pytest.raises(RotationFailed, match="refused"):
+            await rig.agent.rotate_key()
+    assert not (rig.state.path / "private.key.next").exists()
+    assert rig.agent.next_key is None

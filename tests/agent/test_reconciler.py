@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from ipaddress import IPv4Address
 
 import pytest
@@ -15,12 +16,12 @@ from shoal.agent.health import Health
 from shoal.agent.reconciler import Reconciler
 from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.model.netmap import Container, NetworkMap
+from shoal.model.netmap import PEER_SWITCH_LAG, Container, NetworkMap
 from shoal.model.status import AgentState
-from shoal.plan.hostconfig import HostConfig, plan_host
+from shoal.plan.hostconfig import DockerNetworkConfig, FirewallConfig, HostConfig, plan_host
 from shoal.testing.builders import netmap
 from shoal.testing.clock import ManualClock, settle
-from shoal.testing.fakes import Failing, FakeHost
+from shoal.testing.fakes import Failing, FakeDockerNetwork, FakeFirewall, FakeHost
 
 KEY = PrivateKey(b"\x07" * 32)
 RESYNC = 300.0
@@ -301,3 +302,67 @@ async def test_stop_drops_only_the_dns_redirect(rig: Rig) -> None:
     assert rig.host.dump() == want
     rig.reconciler.offer(netmap(1, [2, 3], revision=2))
     assert await rig.reconciler.step() is False
+
+
+class FirewallFirst(FakeDockerNetwork):
+    """A Docker network created only once the firewall is in place: its apply finishes only
+    if the two run side by side (one after the other, the firewall comes last)."""
+
+    def __init__(self, firewall_applied: asyncio.Event) -> None:
+        super().__init__()
+        self.firewall_applied = firewall_applied
+
+    async def apply(self, cfg: DockerNetworkConfig) -> bool:
+        await self.firewall_applied.wait()
+        return await super().apply(cfg)
+
+
+class SignallingFirewall(FakeFirewall):
+    def __init__(self, applied: asyncio.Event) -> None:
+        super().__init__()
+        self.applied = applied
+
+    async def apply(self, cfg: FirewallConfig) -> bool:
+        changed = await super().apply(cfg)
+        self.applied.set()
+        return changed
+
+
+async def test_independent_subsystems_are_applied_side_by_side() -> None:
+    host, firewall_applied = FakeHost(), asyncio.Event()
+    network = FirewallFirst(firewall_applied)
+    adapters = replace(
+        host.adapters, docker_network=network, firewall=SignallingFirewall(firewall_applied)
+    )
+    clock = ManualClock()
+    reconciler = Reconciler(adapters, plan, Health(clock), clock, RESYNC)
+    reconciler.offer(netmap(1, [2]))
+    async with asyncio.timeout(5):  # one after the other, it would wait forever
+        await reconciler.first_apply()
+    assert network.network is not None
+
+
+async def test_the_loop_wakes_at_a_peers_key_switch_with_no_new_netmap() -> None:
+    host, clock = FakeHost("kernel"), ManualClock()
+    health = Health(clock)
+    reconciler = Reconciler(
+        host.adapters, lambda nm: plan_host(nm, KEY, 51820, clock.now()), health, clock, RESYNC
+    )
+    new = PrivateKey(b"\x63" * 32).public_key()
+    switch_at = clock.now() + timedelta(seconds=3)
+    nm = netmap(1, [2, 3])
+    rotating = nm.peers[0].model_copy(update={"next_key": new, "switch_at": switch_at})
+    reconciler.offer(nm.model_copy(update={"peers": (rotating, nm.peers[1])}))
+    async with asyncio.TaskGroup() as tasks:
+        loop = tasks.create_task(reconciler.run(), name="reconcile")
+        await settle()
+        assert f"peer {short(2)} " in host.dump() and new.short() not in host.dump()
+        # The peer entry moves PEER_SWITCH_LAG after the rotating node's own switch.
+        await clock.advance(3 + PEER_SWITCH_LAG.total_seconds() - 0.1)
+        assert f"peer {short(2)} " in host.dump() and new.short() not in host.dump()
+        await clock.advance(0.2)
+        assert f"peer {short(2)} " not in host.dump()
+        assert f"peer {new.short()} endpoint 192.0.2.12:51820 allowed-ips 10.42.2.0/24" in (
+            host.dump()
+        )
+        loop.cancel()

@@ -13,16 +13,21 @@ from pathlib import Path
 
 import pytest
 
+from shoal.agent.config import AgentConfig
+from shoal.agent.errors import AgentNotRunning, AgentStartFailed
+from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
-    _token_in_sight,
-    _without_token,
+    _start_background,
+    cmd_down,
     read_token,
     render_down,
     render_status,
 )
+from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
 from shoal.model.tokens import MalformedToken
+from shoal.testing.systemctl import fake_systemd
 
 TOKEN = "SHOAL-1-" + "ab" * 32 + "-" + "cd" * 16
 
@@ -114,3 +119,77 @@ def test_down_says_what_was_kept_and_what_failed() -> None:
         "shoal: removed interface, routes and firewall rules",
         "shoal: removed Docker network 'shoal'",
     ]
+
+
+RUNNING = AgentStatus(state=AgentState.RUNNING, name="h1")
+
+
+def test_up_hands_the_agent_to_systemd_where_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = fake_systemd(tmp_path / "systemd")
+    joined: list[str | None] = []
+
+    async def join(config: AgentConfig) -> None:  # the real one registers with a server
+        joined.append(config.token)
+
+    answers: list[AgentStatus | None] = [None, RUNNING]  # not yet running; then up
+
+    def fetch_status(socket: Path, timeout: float = 5.0) -> AgentStatus:
+        answer = answers.pop(0)
+        if answer is None:
+            raise AgentNotRunning("no agent")
+        return answer
+
+    monkeypatch.setattr("shoal.agent.daemon.join", join)
+    monkeypatch.setattr("shoal.cli.agent_cmds.fetch_status", fetch_status)
+    config = AgentConfig(state_dir=tmp_path / "state", server_url="https://s", token=TOKEN)
+    assert _start_background(config, fake.systemd) == 0
+    assert joined == [TOKEN]  # joined in `shoal up`'s process ...
+    unit = fake.dir / "units" / unit_name(config.state_dir)
+    assert TOKEN not in unit.read_text()  # ... so the unit never sees the token
+    assert fake.state()["active"] == [unit.name]
+    assert "h1 is up" in capsys.readouterr().out
+
+
+def test_down_stops_and_removes_the_unit_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = fake_systemd(tmp_path / "systemd")
+    state_dir = tmp_path / "state"
+    fake.systemd.install(AgentUnit(state_dir))
+    monkeypatch.setattr("shoal.cli.agent_cmds.Systemd", lambda: fake.systemd)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    reports = iter([DownReport(subsystems=(SubsystemDown(subsystem="tunnel", removed=True),))])
+    monkeypatch.setattr("shoal.cli.agent_cmds.request_down", lambda *_: next(reports))
+    assert cmd_down(argparse.Namespace(state_dir=str(state_dir), leave=False)) == 0
+    assert fake.state()["active"] == [] and list((fake.dir / "units").iterdir()) == []
+    assert capsys.readouterr().out.startswith(
+        f"shoal: stopped and removed systemd unit {unit_name(state_dir)}\n"
+    )
+
+
+def test_a_forked_agent_that_fails_to_start_is_reported_in_one_line(tmp_path: Path) -> None:
+    no_systemd = fake_systemd(tmp_path / "systemd", pid1="sh").systemd
+    config = AgentConfig(state_dir=tmp_path / "state", docker_host="unix:///nonexistent.sock")
+    with pytest.raises(AgentStartFailed) as failed:
+        _start_background(config, no_systemd)  # forks the agent; it cannot reach Docker
+    assert "\n" not in str(failed.value) and "nonexistent.sock" in str(failed.value)
+    assert list((tmp_path / "systemd" / "units").iterdir()) == []
+
+
+def test_a_token_in_argv_is_moved_to_a_pipe_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOAL_TOKEN", "stale")
+    monkeypatch.setattr("sys.argv", ["shoal", "up", "--server", "https://s", "--token", TOKEN])
+    started: list[tuple[list[str], dict[str, str]]] = []
+    monkeypatch.setattr("os.execve", lambda _path, argv, env: started.append((argv, env)))
+    hide_token(args(token=TOKEN))
+    [(argv, env)] = started
+    assert argv[-4:] == ["--server", "https://s", "--token-fd", argv[-1]]
+    assert TOKEN not in " ".join(argv) and "SHOAL_TOKEN" not in env
+    with os.fdopen(int(argv[-1]), "rb") as pipe:
+        assert pipe.read().decode() == TOKEN
+    hide_token(args(token="-"))  # stdin: never in sight, nothing to do
+    assert len(started) == 1

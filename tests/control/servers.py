@@ -8,7 +8,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.app import RunningServer, start_server
+from shoal.control.config import load_config
 from shoal.control.limits import RateLimits
 from shoal.control.listener import ConnectionLimits
 from shoal.controlclient.client import ControlClient

@@ -14,7 +14,8 @@ import aiohttp
 import pytest
 
 from shoal.control.api import VERIFIER
-from shoal.control.app import RunningServer, load_config
+from shoal.control.app import RunningServer
+from shoal.control.config import load_config
 from shoal.control.errors import MAX_MESSAGE, ServerConfigError
 from shoal.control.limits import Rate, RateLimits
 from shoal.controlclient.tls import ssl_context

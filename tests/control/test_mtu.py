@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shoal.control.app import load_config, start_server
+from shoal.control.app import start_server
+from shoal.control.config import load_config
 from shoal.control.errors import ServerConfigError
 from tests.control.servers import FakeClock, join
 

@@ -25,8 +25,9 @@ from yarl import URL
 
 from shoal.control import openapi
 from shoal.control.api import build_app
-from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.app import RunningServer, start_server
 from shoal.control.ca import CertAuthority
+from shoal.control.config import load_config
 from shoal.control.nodeauth import NodeVerifier
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import ssl_context

@@ -10,7 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.app import RunningServer, start_server
+from shoal.control.config import load_config
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, CredentialRejected
 from shoal.controlclient.tls import ssl_context

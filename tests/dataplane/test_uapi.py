@@ -74,12 +74,12 @@ def test_render() -> None:
         ),
         lines=(),
     )
+    # The removal last: an allowed IP moving to another peer is never without one.
     assert render_peers(diff) == (
-        f"set=1\npublic_key={K3.hex()}\nremove=true\n"
-        f"public_key={K1.hex()}\nreplace_allowed_ips=true\n"
+        f"set=1\npublic_key={K1.hex()}\nreplace_allowed_ips=true\n"
         "allowed_ip=10.42.2.0/24\nallowed_ip=100.64.0.2/32\n"
         f"public_key={K2.hex()}\nendpoint=192.0.2.3:51820\npersistent_keepalive_interval=25\n"
-        "replace_allowed_ips=true\n\n"
+        f"replace_allowed_ips=true\npublic_key={K3.hex()}\nremove=true\n\n"
     )
 
 

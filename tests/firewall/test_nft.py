@@ -8,8 +8,11 @@ from pathlib import Path
 
 from shoal import firewall
 from shoal.firewall import nft
+from shoal.plan.hostconfig import FirewallConfig
+from shoal.plan.policy import compile_for
 from tests.firewall.test_rules import CFG
 from tests.hostnet.netns import Netns, NetnsFactory
+from tests.policy.conftest import CONTAINERS, box, example, mesh
 
 GOLDEN = Path(__file__).parent / "golden" / "inet-shoal.nft"
 
@@ -94,3 +97,46 @@ def test_teardown_removes_the_table(netns: NetnsFactory) -> None:
     assert not has_table(ns)
     assert ns.sh("iptables-save").stdout.count("SHOAL") == 0
     assert ns.run(firewall.teardown) is False
+
+
+POLICY_GOLDEN = Path(__file__).parent / "golden" / "inet-shoal-policy.nft"
+
+
+def policy_cfg() -> FirewallConfig:
+    """h2 of tests/policy's mesh, enforcing the README's example policy."""
+    h2 = mesh(2, example())
+    return CFG.model_copy(
+        update={
+            "local_subnet": h2.self_node.subnet,
+            "dns_address": h2.self_node.mesh_ip,
+            "policy": compile_for(example(), h2),
+        }
+    )
+
+
+def test_a_policy_renders_sets_per_rule_and_a_chain_ending_in_drop() -> None:
+    assert nft.render(policy_cfg()) == POLICY_GOLDEN.read_text()
+
+
+def test_the_kernel_loads_the_policy_table_and_lists_it_back(netns: NetnsFactory) -> None:
+    ns = netns.new("nft-policy")
+    cfg = policy_cfg()
+    assert ns.run(lambda: firewall.apply(cfg)) is True
+    assert nft.canonical(listing(ns)) == nft.canonical(POLICY_GOLDEN.read_text())
+    assert ns.run(lambda: firewall.apply(cfg)) is False
+    # A second db replica: one set gains an element, the rules stay as they are.
+    grown = mesh(2, example()).model_copy(
+        update={"containers": (*CONTAINERS, box(9, "app-db-2", 2, "db"))}
+    )
+    bigger = cfg.model_copy(update={"policy": compile_for(example(), grown)})
+    assert nft.changes(bigger, listing(ns)) == [
+        "firewall: inet shoal - elements = { 10.42.2.13 }",
+        "firewall: inet shoal + elements = { 10.42.2.13, 10.42.2.19 }",
+    ]
+    assert ns.run(lambda: firewall.apply(bigger)) is True
+    assert nft.canonical(listing(ns)) == nft.canonical(nft.render(bigger))
+
+
+def test_canonical_joins_element_lists_nft_wrapped() -> None:
+    wrapped = "\t\telements = { 10.42.2.0/24, 10.42.3.5,\n\t\t\t     100.64.0.2 }\n"
+    assert nft.canonical(wrapped) == ["\t\telements = { 10.42.2.0/24, 10.42.3.5, 100.64.0.2 }"]

@@ -1,8 +1,10 @@
+from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Interface, IPv4Network
 
 from shoal.model.keys import PrivateKey
-from shoal.plan.hostconfig import INTERFACE, plan_host
-from shoal.testing.builders import netmap
+from shoal.model.netmap import PEER_SWITCH_LAG, NetworkMap, Node
+from shoal.plan.hostconfig import INTERFACE, HostConfig, plan_host
+from shoal.testing.builders import netmap, node
 
 KEY = PrivateKey(b"\x07" * 32)
 
@@ -44,3 +46,67 @@ def test_plan_is_deterministic_whatever_the_peer_order() -> None:
     a = plan_host(netmap(1, [2, 3, 4]), KEY, 51820)
     b = plan_host(netmap(1, [4, 3, 2]), KEY, 51820)
     assert a == b
+
+
+# Key rotation: the rotating host switches at switch_at, its peers PEER_SWITCH_LAG later.
+
+T = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+NEW = PrivateKey(b"\x63" * 32)
+
+
+def rotating(nm: NetworkMap, node_id: str) -> NetworkMap:
+    """`nm` with node `node_id` announced to switch to NEW at T."""
+
+    def rotate(n: Node) -> Node:
+        if n.id != node_id:
+            return n
+        return n.model_copy(update={"next_key": NEW.public_key(), "switch_at": T})
+
+    return nm.model_copy(
+        update={"self_node": rotate(nm.self_node), "peers": tuple(map(rotate, nm.peers))}
+    )
+
+
+def peer_keys(cfg: HostConfig) -> dict[str, tuple[str, ...]]:
+    return {p.public_key.short(): tuple(map(str, p.allowed_ips)) for p in cfg.tunnel.peers}
+
+
+def test_a_rotating_peer_keeps_its_old_key_until_the_lag_after_its_switch() -> None:
+    nm = rotating(netmap(1, [2, 3]), "n2")
+    old = node(2).public_key.short()
+    for now in (T - timedelta(seconds=3), T, T + PEER_SWITCH_LAG - timedelta(microseconds=1)):
+        cfg = plan_host(nm, KEY, 51820, now)
+        # No entry for the new key yet: a handshake from it must wait for this host's switch,
+        # so the rotating host's packets stay queued instead of arriving at the wrong peer.
+        assert old in peer_keys(cfg) and NEW.public_key().short() not in peer_keys(cfg)
+        assert cfg.replan_at == T + PEER_SWITCH_LAG
+    after = plan_host(nm, KEY, 51820, T + PEER_SWITCH_LAG)
+    assert peer_keys(after)[NEW.public_key().short()] == ("100.64.0.2/32", "10.42.2.0/24")
+    assert old not in peer_keys(after)
+    assert after.replan_at is None
+    # Nothing else about the host changes.
+    before = plan_host(nm, KEY, 51820, T)
+    assert (after.routing, after.firewall) == (before.routing, before.firewall)
+
+
+def test_the_rotating_host_takes_its_next_key_at_the_switch() -> None:
+    nm = rotating(netmap(1, [2]), "n1")
+    keys = (KEY, NEW)
+    before = plan_host(nm, keys, 51820, T - timedelta(milliseconds=1))
+    assert before.tunnel.interface.private_key == KEY
+    assert before.replan_at == T
+    at = plan_host(nm, keys, 51820, T)
+    assert at.tunnel.interface.private_key == NEW
+    assert at.replan_at is None
+    # After the agent promoted private.key.next it holds only the new key: same plan.
+    assert plan_host(nm, NEW, 51820, T) == at
+    # A netmap from before the announcement with only the old key at hand: the old key.
+    assert plan_host(netmap(1, [2]), keys, 51820, T).tunnel.interface.private_key == KEY
+
+
+def test_a_final_record_needs_no_time() -> None:
+    nm = netmap(1, [2])
+    final = nm.model_copy(
+        update={"peers": (node(2).model_copy(update={"public_key": NEW.public_key()}),)}
+    )
+    assert list(peer_keys(plan_host(final, KEY, 51820))) == [NEW.public_key().short()]

@@ -261,7 +261,7 @@ def test_sqlite_upgrades_a_schema_1_database(tmp_path: Path) -> None:
         store = SqliteStore(path)
         snap = await store.load(10)
         assert [(n.id, n.online, n.ephemeral) for n in snap.nodes] == [("n1", True, False)]
-        assert await store.get_setting("schema_version") == "4"
+        assert await store.get_setting("schema_version") == "5"
         tokens = {t.id: (t.uses, t.max_uses) for t in await store.list_tokens()}
         assert tokens == {"once": (1, 1), "many": (0, None)}
         await store.save_containers("n1", [box(1)], [])
@@ -316,7 +316,7 @@ def test_sqlite_upgrades_a_schema_3_database_to_containers_keyed_by_node(
         snap = await store.load(10)
         assert snap.containers == (ContainerRecord(box(1), 1),)
         assert snap.container_tombstones == ()
-        assert await store.get_setting("schema_version") == "4"
+        assert await store.get_setting("schema_version") == "5"
         await store.save_node(node(2))
         await store.save_containers("n2", [box(1, node_id="n2")], [])
         assert len((await store.load(10)).containers) == 2
@@ -429,3 +429,98 @@ async def test_changes_since_a_revision_for_a_replica_catching_up(store: Store) 
     assert later.nodes == () and later.tombstones == ()
     await store.touch_nodes({"n1": T0})
     assert await store.seen_times(["n1", "n3", "nope"]) == {"n1": T0}
+
+
+async def test_policies_are_numbered_and_the_newest_loads(store: Store) -> None:
+    await store.save_node(node(1))
+    assert (await store.load(10)).policy is None
+    first = await store.save_policy("p.yaml", "rules: []\n", T0)
+    assert (first.revision, first.file, first.source, first.set_at) == (
+        1,
+        "p.yaml",
+        "rules: []\n",
+        T0,
+    )
+    assert first.updated_rev == 2  # a global revision: it reaches the maps as a change
+    second = await store.save_policy("q.yaml", "# none\n", T0 + timedelta(seconds=1))
+    assert (second.revision, second.updated_rev) == (2, 3)
+    snap = await store.load(10)
+    assert snap.policy == second and snap.revision == 3
+
+
+async def test_container_labels_round_trip(store: Store) -> None:
+    await store.save_node(node(1))
+    labelled = box(1, labels=(("shoal.tags", "web"), ("shoal.tier", "front")))
+    await store.save_containers("n1", [labelled], [])
+    assert (await store.load(10)).containers == (ContainerRecord(labelled, 2),)
+
+
+def test_sqlite_adds_labels_to_a_schema_4_containers_table(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE containers (node_id TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT "
+        "NULL, ip TEXT NOT NULL, project TEXT, service TEXT, ports TEXT NOT NULL, health TEXT "
+        "NOT NULL, updated_rev INTEGER NOT NULL, PRIMARY KEY (node_id, id));"
+        "CREATE TABLE container_tombstones (node_id TEXT NOT NULL, container_id TEXT NOT "
+        "NULL, removed_rev INTEGER NOT NULL, PRIMARY KEY (node_id, container_id));"
+        f"INSERT INTO containers VALUES ('n1', '{box(1).id}', 'c1', '10.42.1.2', NULL, NULL, "
+        "'[]', 'none', 1);"
+    )
+    db.commit()
+    db.close()
+
+    async def check() -> None:
+        store = SqliteStore(path)
+        snap = await store.load(10)
+        assert [c.container.labels for c in snap.containers] == [()]
+        assert await store.get_setting("schema_version") == "5"
+        await store.close()
+
+    asyncio.run(check())
+
+
+async def test_a_pending_key_rotation_roundtrips_and_clears(store: Store) -> None:
+    new = PrivateKey(b"\x63" * 32).public_key()
+    rotating = node(1, next_key=new, switch_at=T0 + timedelta(seconds=3))
+    await store.save_node(rotating)
+    (got,) = (await store.load(10)).nodes
+    assert (got.next_key, got.switch_at) == (new, T0 + timedelta(seconds=3))
+    await store.save_node(replace(rotating, public_key=new, next_key=None, switch_at=None))
+    (got,) = (await store.load(10)).nodes
+    assert (got.public_key, got.next_key, got.switch_at) == (new, None, None)
+
+
+async def test_removing_a_rotating_node_revokes_both_its_keys(store: Store) -> None:
+    new = PrivateKey(b"\x63" * 32).public_key()
+    await store.save_node(node(1, next_key=new, switch_at=T0))
+    await store.remove_node("n1", revoke_key=True)
+    revoked = set((await store.load(10)).revoked_keys)
+    assert revoked == {node(1).public_key, new}
+
+
+def test_sqlite_adds_the_rotation_columns_to_an_older_database(tmp_path: Path) -> None:
+    """A database from before key rotation gains next_key and switch_at (NULL)."""
+    path = tmp_path / "shoal.db"
+    asyncio.run(_save_and_close(SqliteStore(path), node(1)))
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE nodes DROP COLUMN next_key")
+    db.execute("ALTER TABLE nodes DROP COLUMN switch_at")
+    db.commit()
+    db.close()
+
+    async def check() -> None:
+        store = SqliteStore(path)
+        (got,) = (await store.load(10)).nodes
+        assert (got.id, got.next_key, got.switch_at) == ("n1", None, None)
+        await store.save_node(replace(got, next_key=node(2).public_key, switch_at=T0))
+        (got,) = (await store.load(10)).nodes
+        assert got.next_key == node(2).public_key
+        await store.close()
+
+    asyncio.run(check())
+
+
+async def _save_and_close(store: Store, record: NodeRecord) -> None:
+    await store.save_node(record)
+    await store.close()

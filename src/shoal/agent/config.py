@@ -9,6 +9,7 @@ from pathlib import Path
 from shoal.agent.errors import AgentError
 
 DEFAULT_METRICS_PORT = 9469
+DEFAULT_KEY_MAX_AGE_SECONDS = 90 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,9 @@ class AgentConfig:
     resync_seconds: float = 30.0
     # Where /metrics listens: (loopback address or "mesh", port); None: no metrics.
     metrics_listen: tuple[str, int] | None = None
+    # Rotate the WireGuard key once private.key is older than this (seconds; None: never).
+    # Checked at start and then every KEY_AGE_CHECK_SECONDS.
+    key_max_age_seconds: float | None = DEFAULT_KEY_MAX_AGE_SECONDS
 
 
 class MetricsListenRefused(AgentError):

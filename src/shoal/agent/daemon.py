@@ -21,23 +21,26 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
 
+from shoal.agent import exposure
 from shoal.agent.adapters import MeshDns, host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
 from shoal.agent.doctor_probe import diagnose
-from shoal.agent.errors import NotJoined, NotRoot, StateWriteFailed
+from shoal.agent.errors import NotJoined, NotRoot, RotationFailed, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
 from shoal.agent.health import (
     CA_EXPIRING,
     CONTAINERS_REJECTED,
     CONTROL_PROTOCOL,
     CONTROL_UNREACHABLE,
+    NAME_NOT_PUBLISHABLE,
     NEEDS_JOIN,
     NETMAP_CACHE,
     STATE_FILE_RESET,
@@ -48,6 +51,7 @@ from shoal.agent.localapi import serve
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
+from shoal.agent.stopwatch import Stopwatch
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
     ControlError,
@@ -63,16 +67,24 @@ from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, 
 from shoal.model.catalog import build_catalog
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Endpoint, NetworkMap
-from shoal.model.status import AgentStatus, DownReport, PeerStatus
+from shoal.model.netmap import PEER_SWITCH_LAG, Endpoint, NetworkMap, Node
+from shoal.model.status import AgentStatus, DownReport, KeyRotation, PeerStatus
 from shoal.model.tokens import parse_join_token
-from shoal.plan.hostconfig import DOCKER_NETWORK, INTERFACE, HostConfig, plan_host
+from shoal.plan.hostconfig import (
+    DOCKER_NETWORK,
+    INTERFACE,
+    FirewallConfig,
+    HostConfig,
+    plan_host,
+)
+from shoal.plan.policy import refused_names
 
 log = logging.getLogger("shoal.agent")
 
 RETRY_SECONDS = (1.0, 2.0, 5.0)
 TRUST_REFRESH_SECONDS = 6 * 3600.0  # and after every control outage (a server restart)
 CA_WARNING = timedelta(days=30)
+KEY_AGE_CHECK_SECONDS = 24 * 3600.0  # how often the key's age is held against its maximum
 
 
 def rejoin_command(state_dir: Path, server_url: str) -> str:
@@ -94,12 +106,18 @@ class Agent:
         adapters: Adapters,
         docker: DockerHost,
         clock: Clock,
+        next_key: PrivateKey | None = None,
     ) -> None:
         self.config = config
         self.state = state
         self.identity = identity
         self.cached = cached
         self.private_key = private_key
+        # The next key of a key rotation (private.key.next): the netmap says when to switch.
+        self.next_key = next_key
+        self._rotating = asyncio.Lock()  # one `rotate-key` at a time
+        self._announced: KeyRotation | None = None  # until the netmap shows it
+        self._rotation_changed = asyncio.Event()
         self.adapters = adapters
         self.docker = docker
         self.clock = clock
@@ -116,8 +134,12 @@ class Agent:
         self._stop = asyncio.Event()
         self._trust_checked_at: float | None = None  # monotonic; None: not yet
 
+    def keys(self) -> tuple[PrivateKey, ...]:
+        """The private keys this host holds: current first, then the next one if rotating."""
+        return (self.private_key,) if self.next_key is None else (self.private_key, self.next_key)
+
     def _plan(self, netmap: NetworkMap) -> HostConfig:
-        return plan_host(netmap, self.private_key, self.config.listen_port)
+        return plan_host(netmap, self.keys(), self.config.listen_port, self.clock.now())
 
     async def configure(self, fresh_join: bool) -> None:
         """The first apply. If it fails, a fresh join leaves nothing behind: this host's
@@ -135,17 +157,26 @@ class Agent:
 
     # -- the tasks -------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve the local API and follow the netmap until stopped; `ready` is called once
+        `shoal status` can answer (how a starting `shoal up` learns it may return)."""
         # Metrics first: a port in use fails the start before anything else listens.
         metrics = await self._serve_metrics()
         runner = await serve(
-            self.state.socket, self.status, self.down, self.services, doctor=self.doctor
+            self.state.socket,
+            self.status,
+            self.down,
+            self.services,
+            doctor=self.doctor,
+            rotate=self.rotate_key,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         self.state.pidfile.write_text(f"{os.getpid()}\n")
         log.info("agent running: %s", self.identity.name)
+        if ready is not None:
+            ready()
         watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
         try:
             async with self.client, asyncio.TaskGroup() as tasks:
@@ -154,6 +185,8 @@ class Agent:
                     tasks.create_task(self.reconciler.run(), name="reconcile"),
                     tasks.create_task(watcher.run(), name="docker-watch"),
                     tasks.create_task(self._report_containers(), name="container-report"),
+                    tasks.create_task(self.follow_rotation(), name="key-rotation"),
+                    tasks.create_task(self._rotate_when_old(), name="key-age"),
                 ]
                 await self._stop.wait()
                 for worker in workers:
@@ -253,6 +286,7 @@ class Agent:
     def remember(self, netmap: NetworkMap) -> None:
         """Keep `netmap` as the newest, and on disk for the next start if the disk lets us."""
         self.cached = CachedNetmap(netmap=netmap, received_at=self.clock.now())
+        self._rotation_changed.set()
         try:
             self.state.save_netmap(self.cached)
         except StateWriteFailed as exc:
@@ -261,6 +295,115 @@ class Agent:
             self.health.warn(NETMAP_CACHE, f"{exc}; a restart would start from an older netmap")
             return
         self.health.clear(NETMAP_CACHE)
+
+    # -- key rotation ----------------------------------------------------------------------
+
+    async def rotate_key(self) -> KeyRotation:
+        """`shoal node rotate-key`: announce a new key; this host and its peers switch to it
+        at the time the server answers (the reconciler wakes then, see `plan_host`).
+
+        The key is on disk (private.key.next) before the server hears of it, so a crash
+        cannot leave the mesh expecting a key nobody holds. A refusal deletes it; when the
+        server cannot be reached it is kept (the server may have recorded it) and the next
+        attempt announces the same key again, which the server answers idempotently.
+        """
+        async with self._rotating:
+            me = self.cached.netmap.self_node
+            pending = self._own_rotation(me)
+            if pending is not None:
+                return pending
+            new = self.next_key or PrivateKey.generate()
+            try:
+                self.state.save_next_private_key(new)
+            except StateWriteFailed as exc:
+                raise RotationFailed(f"{exc}; the key was not rotated") from exc
+            try:
+                reply = await self.client.rotate(new)
+            except ControlRejected as exc:
+                self.state.drop_next_private_key()
+                self.next_key = None
+                raise RotationFailed(f"the server refused the new key: {exc}") from exc
+            except (ControlUnreachable, ControlProtocolError) as exc:
+                self.next_key = new  # the server may have recorded it: be ready to switch
+                self._rotation_changed.set()
+                raise RotationFailed(
+                    f"{exc}; if the server recorded the new key this host switches anyway, "
+                    "else run shoal node rotate-key again"
+                ) from exc
+            self.next_key = new
+            self._announced = KeyRotation(next_key=reply.new_public_key, switch_at=reply.switch_at)
+            self._rotation_changed.set()
+            log.info(
+                "key rotation announced: %s => %s at %s",
+                self.private_key.public_key().short(),
+                new.public_key().short(),
+                reply.switch_at.isoformat(),
+            )
+            return self._announced
+
+    def _announcement(self) -> KeyRotation | None:
+        """The rotation this agent announced, while it holds its key and the netmap does not
+        show it yet."""
+        held = self.next_key
+        announced = self._announced
+        if held is None or announced is None or announced.next_key != held.public_key():
+            return None
+        return announced
+
+    def _own_rotation(self, me: Node) -> KeyRotation | None:
+        """The rotation of this host the netmap announces, if this host holds its key."""
+        if self.next_key is None or me.next_key is None or me.switch_at is None:
+            return None
+        if me.next_key != self.next_key.public_key():
+            return None
+        return KeyRotation(next_key=me.next_key, switch_at=me.switch_at)
+
+    async def follow_rotation(self) -> None:
+        """Promote private.key.next to private.key once the netmap says this host carries
+        traffic with it (at the switch, or on a final record received later), and sign the
+        server calls with it from then on."""
+        while True:
+            self._rotation_changed.clear()
+            timeout = KEY_AGE_CHECK_SECONDS
+            if self.next_key is not None:
+                me = self.cached.netmap.self_node
+                if me.key_at(self.clock.now()) == self.next_key.public_key():
+                    self._promote()
+                    continue
+                switch = me.switches_at()
+                if switch is not None and me.next_key == self.next_key.public_key():
+                    timeout = max(0.0, (switch - self.clock.now()).total_seconds())
+            await self.clock.wait(self._rotation_changed, timeout)
+
+    def _promote(self) -> None:
+        assert self.next_key is not None
+        try:
+            self.state.promote_next_private_key()
+        except StateWriteFailed as exc:
+            # The host switched anyway (the plan holds both keys); a restart loads both.
+            log.error("%s; still signing with the new key", exc)
+        old, self.private_key, self.next_key = self.private_key, self.next_key, None
+        self.client.use_key(self.private_key)
+        log.info(
+            "key rotation: now %s (was %s)",
+            self.private_key.public_key().short(),
+            old.public_key().short(),
+        )
+
+    async def _rotate_when_old(self) -> None:
+        """Automatic rotation: once private.key is older than the configured maximum."""
+        max_age = self.config.key_max_age_seconds
+        if max_age is None:
+            return
+        while True:
+            age = self.state.key_age(self.clock.now())
+            if age >= max_age and self.next_key is None:
+                log.info("private.key is %.0f days old: rotating it", age / 86400)
+                try:
+                    await self.rotate_key()
+                except RotationFailed as exc:
+                    log.warning("automatic key rotation failed: %s", exc)
+            await self.clock.sleep(KEY_AGE_CHECK_SECONDS)
 
     async def _on_containers(self, containers: list[ContainerReport]) -> None:
         self._containers = containers
@@ -293,20 +436,52 @@ class Agent:
 
     # -- the local API ---------------------------------------------------------------------
 
+    def _host_checks(self, netmap: NetworkMap) -> None:
+        """Warnings that are facts of this host, checked when `shoal status` asks: the Docker
+        API or Swarm listening beyond loopback, names the policy does not let it publish."""
+        found = exposure.check()
+        for code in (exposure.DOCKER_API_EXPOSED, exposure.SWARM_EXPOSED):
+            if code in found:
+                self.health.warn(code, found[code])
+            else:
+                self.health.clear(code)
+        me, policy = netmap.self_node, netmap.policy
+        refused = sorted(
+            f"{c.name} ({', '.join(names)})"
+            for c in netmap.containers
+            if c.node_id == me.id
+            and policy is not None
+            and (names := refused_names(policy, me.tags, c))
+        )
+        if refused and policy is not None:
+            self.health.warn(
+                NAME_NOT_PUBLISHABLE,
+                f"policy {policy.file} r{policy.revision} does not let this host (tags "
+                f"{', '.join(me.tags) or 'none'}) publish: {'; '.join(refused)}; reported but "
+                "not in DNS",
+            )
+        else:
+            self.health.clear(NAME_NOT_PUBLISHABLE)
+
     async def status(self) -> AgentStatus:
         netmap = self.cached.netmap
+        self._host_checks(netmap)
+        firewall = self.reconciler.applied("firewall")
+        policy = firewall.policy if isinstance(firewall, FirewallConfig) else None
         try:
             live = await self.adapters.tunnel.stats()
         except DataPlaneError:
             live = []  # no interface (being recreated): the health warnings say why
         stats = {str(s.public_key): s for s in live}
+        now = self.clock.now()
         peers = []
         for node in netmap.peers:
-            s = stats.get(str(node.public_key))
+            key = node.key_at(now, lag=PEER_SWITCH_LAG)
+            s = stats.get(str(key))
             peers.append(
                 PeerStatus(
                     name=node.name,
-                    public_key=node.public_key,
+                    public_key=key,
                     mesh_ip=node.mesh_ip,
                     subnet=node.subnet,
                     endpoint=(s.endpoint if s and s.endpoint else None)
@@ -314,6 +489,7 @@ class Agent:
                     last_handshake=s.last_handshake if s else None,
                     rx_bytes=s.rx_bytes if s else 0,
                     tx_bytes=s.tx_bytes if s else 0,
+                    rotation=_rotation(node),
                 )
             )
         me = netmap.self_node
@@ -323,7 +499,7 @@ class Agent:
             name=me.name,
             node_id=me.id,
             server=self.identity.server_url,
-            public_key=me.public_key,
+            public_key=me.key_at(now),
             mesh_ip=me.mesh_ip,
             subnet=me.subnet,
             interface=INTERFACE,
@@ -331,7 +507,9 @@ class Agent:
             listen_port=self.config.listen_port,
             netmap_revision=netmap.revision,
             netmap_received_at=self.cached.received_at,
+            policy_revision=None if policy is None else policy.revision,
             peers=tuple(peers),
+            rotation=_rotation(me) or self._announcement(),
         )
 
     async def services(self) -> list[ServiceInfo]:
@@ -377,6 +555,12 @@ class Agent:
         return DownReport(subsystems=subsystems, left=left)
 
 
+def _rotation(node: Node) -> KeyRotation | None:
+    if node.next_key is None or node.switch_at is None:
+        return None
+    return KeyRotation(next_key=node.next_key, switch_at=node.switch_at)
+
+
 async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
     try:
         async with ControlClient(
@@ -416,23 +600,23 @@ async def _fetch_netmap(identity: NodeIdentity, private_key: PrivateKey) -> Netw
 async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
     """Preflight, join or resume, and configure the host once; raise with nothing left behind."""
     clock = clock or SystemClock()
+    watch = Stopwatch()
     if os.geteuid() != 0:
         raise NotRoot()
     state = StateDir(config.state_dir)
     state.ensure()
     docker = DockerHost(config.docker_host)
     await docker.ping()
+    watch.lap("docker")
     dataplane = await select_dataplane(state.path)
     private_key = state.private_key()
+    watch.lap("dataplane")
 
     identity = state.identity()
     cached = state.cached_netmap()
     fresh_join = identity is None
     if identity is None:
-        identity, netmap = await _join(config, private_key, docker)
-        cached = CachedNetmap(netmap=netmap, received_at=clock.now())
-        state.save_netmap(cached)
-        state.save_identity(identity)
+        identity, cached = await _join_and_save(config, state, private_key, docker, clock, watch)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
         cached = CachedNetmap(
@@ -449,15 +633,51 @@ async def start(config: AgentConfig, clock: Clock | None = None) -> Agent:
         host_adapters(dataplane, docker),
         docker,
         clock,
+        next_key=state.next_private_key(),
     )
     if state.set_aside:
         agent.health.warn(STATE_FILE_RESET, "; ".join(state.set_aside) + "; rebuilt")
+    watch.lap("state")
     await agent.configure(fresh_join)
+    watch.lap("first-apply")
+    log.info("%s", watch)
     return agent
 
 
+async def join(config: AgentConfig, clock: Clock | None = None) -> None:
+    """Join the mesh and keep the identity and netmap in the state dir, configuring nothing
+    on the host: an agent started later (the systemd unit) resumes from there, so the join
+    token stays in this process. Does nothing when the state dir already holds an identity."""
+    if os.geteuid() != 0:
+        raise NotRoot()
+    state = StateDir(config.state_dir)
+    state.ensure()
+    if state.identity() is not None:
+        return
+    docker = DockerHost(config.docker_host)
+    await docker.ping()
+    await _join_and_save(
+        config, state, state.private_key(), docker, clock or SystemClock(), Stopwatch()
+    )
+
+
+async def _join_and_save(
+    config: AgentConfig,
+    state: StateDir,
+    private_key: PrivateKey,
+    docker: DockerHost,
+    clock: Clock,
+    watch: Stopwatch,
+) -> tuple[NodeIdentity, CachedNetmap]:
+    identity, netmap = await _join(config, private_key, docker, watch)
+    cached = CachedNetmap(netmap=netmap, received_at=clock.now())
+    state.save_netmap(cached)
+    state.save_identity(identity)
+    return identity, cached
+
+
 async def _join(
-    config: AgentConfig, private_key: PrivateKey, docker: DockerHost
+    config: AgentConfig, private_key: PrivateKey, docker: DockerHost, watch: Stopwatch
 ) -> tuple[NodeIdentity, NetworkMap]:
     if not config.server_url or not config.token:
         raise NotJoined(
@@ -466,6 +686,7 @@ async def _join(
         )
     token = parse_join_token(config.token)
     ca_pem = await fetch_pinned_ca(config.server_url, token.fingerprint)
+    watch.lap("ca")
     advertise = config.advertise_addr or guess_advertise_addr()
     endpoints = (Endpoint(host=advertise, port=config.listen_port),) if advertise else ()
     name = config.name or os.uname().nodename.split(".")[0].lower()
@@ -476,8 +697,10 @@ async def _join(
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
     )
+    watch.lap("facts")
     async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:
         response = await client.register(request)
+    watch.lap("register")
     log.info(
         "joined %s as %s: mesh IP %s, subnet %s",
         config.server_url,

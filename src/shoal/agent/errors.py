@@ -6,7 +6,9 @@ ShoalError
     ├── NotJoined          no identity in the state dir and no --server/--token given
     ├── AgentNotRunning    a local command needs the daemon (status, ping)
     ├── AgentStartFailed   `shoal up` started a daemon that exited; carries its last error
-    └── StateWriteFailed   a file in the state dir could not be written (disk full, read-only)
+    ├── StateWriteFailed   a file in the state dir could not be written (disk full, read-only)
+    ├── SupervisorError    systemd refused the agent's unit (writing, enabling or stopping it)
+    └── RotationFailed     `shoal node rotate-key`: the server refused or could not be asked
 """
 
 from shoal.model.errors import ShoalError
@@ -35,3 +37,12 @@ class AgentStartFailed(AgentError):
 
 class StateWriteFailed(AgentError):
     """A state file could not be written; the agent keeps running on what it has in memory."""
+
+
+class SupervisorError(AgentError):
+    """The host's service manager (systemd) could not install, start or remove the unit."""
+
+
+class RotationFailed(AgentError):
+    """The key rotation was not announced (the server refused it, or could not be reached);
+    the node keeps its current key."""

@@ -17,6 +17,8 @@ CONTAINERS_REJECTED = "containers-rejected"
 NETMAP_CACHE = "netmap-cache-failed"  # the last netmap could not be written to disk
 CA_EXPIRING = "ca-expiring"  # every CA this node trusts expires within 30 days
 STATE_FILE_RESET = "state-file-reset"  # a corrupt state file was set aside and rebuilt
+# The policy's publish claims refuse names this host's containers carry: not in DNS.
+NAME_NOT_PUBLISHABLE = "name-not-publishable"
 
 
 def subsystem_failed(subsystem: str) -> str:

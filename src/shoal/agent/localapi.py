@@ -1,4 +1,5 @@
-"""The agent's local API on a unix socket in its state dir: status, services, doctor and down.
+"""The agent's local API on a unix socket in its state dir: status, services, doctor,
+down and rotate-key.
 
 The CLI's client is `localclient` (stdlib only).
 
@@ -14,14 +15,16 @@ from pathlib import Path
 from aiohttp import web
 from pydantic import TypeAdapter
 
-from shoal.model.api import ServiceInfo
+from shoal.agent.errors import RotationFailed
+from shoal.model.api import ErrorBody, ServiceInfo
 from shoal.model.doctor import DoctorReport, UnknownTarget
-from shoal.model.status import AgentStatus, DownReport
+from shoal.model.status import AgentStatus, DownReport, KeyRotation
 
 StatusFn = Callable[[], Awaitable[AgentStatus]]
 DownFn = Callable[[bool], Awaitable[DownReport]]
 ServicesFn = Callable[[], Awaitable[list[ServiceInfo]]]
 DoctorFn = Callable[[str | None], Awaitable[DoctorReport]]
+RotateFn = Callable[[], Awaitable[KeyRotation]]
 _SERVICES = TypeAdapter(list[ServiceInfo])
 
 
@@ -31,6 +34,7 @@ async def serve(
     down: DownFn,
     services: ServicesFn,
     doctor: DoctorFn | None = None,
+    rotate: RotateFn | None = None,
 ) -> web.AppRunner:
     async def get_status(_: web.Request) -> web.Response:
         return web.json_response(text=(await status()).model_dump_json())
@@ -50,9 +54,20 @@ async def serve(
             return web.json_response({"error": str(exc)}, status=404)
         return web.json_response(text=report.model_dump_json())
 
+    async def post_rotate_key(_: web.Request) -> web.Response:
+        assert rotate is not None
+        try:
+            rotation = await rotate()
+        except RotationFailed as exc:
+            body = ErrorBody(code="rotation_failed", message=str(exc))
+            return web.json_response(text=body.model_dump_json(), status=409)
+        return web.json_response(text=rotation.model_dump_json())
+
     app = web.Application()
     if doctor is not None:
         app.router.add_get("/doctor", get_doctor)
+    if rotate is not None:
+        app.router.add_post("/rotate-key", post_rotate_key)
     app.router.add_get("/status", get_status)
     app.router.add_get("/services", get_services)
     app.router.add_post("/down", post_down)

@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from shoal.agent.errors import AgentNotRunning
-from shoal.model.api import ServiceInfo
+from shoal.agent.errors import AgentNotRunning, RotationFailed
+from shoal.model.api import ErrorBody, ServiceInfo
 from shoal.model.doctor import DoctorReport, UnknownTarget
-from shoal.model.status import AgentStatus, DownReport
+from shoal.model.status import AgentStatus, DownReport, KeyRotation
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -33,12 +33,17 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 def _call(socket_path: Path, method: str, path: str, timeout: float) -> Any:
+    return _call_status(socket_path, method, path, timeout)[1]
+
+
+def _call_status(socket_path: Path, method: str, path: str, timeout: float) -> tuple[int, Any]:
     if not socket_path.exists():
         raise AgentNotRunning(f"no agent running (no {socket_path}); start it with `shoal up`")
     conn = _UnixConnection(socket_path, timeout)
     try:
         conn.request(method, path)
-        return json.loads(conn.getresponse().read())
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise AgentNotRunning(f"agent at {socket_path} does not answer: {exc}") from exc
     finally:
@@ -68,3 +73,11 @@ def fetch_doctor(socket_path: Path, target: str | None, timeout: float = 90.0) -
     if isinstance(body, dict) and set(body) == {"error"}:
         raise UnknownTarget(str(body["error"]))
     return DoctorReport.model_validate(body)
+
+
+def request_rotate_key(socket_path: Path, timeout: float = 30.0) -> KeyRotation:
+    """Ask the agent to rotate its key; `RotationFailed` when it was not announced."""
+    status, body = _call_status(socket_path, "POST", "/rotate-key", timeout)
+    if status != 200:
+        raise RotationFailed(ErrorBody.model_validate(body).message)
+    return KeyRotation.model_validate(body)

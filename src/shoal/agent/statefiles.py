@@ -1,6 +1,8 @@
 """What the agent keeps in its state dir, and nothing else writes there.
 
 private.key    WireGuard private key, 0600; never leaves the host
+private.key.next  the next key during a key rotation, 0600: written before the server hears
+               of it, promoted to private.key (atomic rename) at the switch
 node.json      server URL, pinned CA, node id and name (the key in private.key is the credential)
 netmap.json    the last netmap received: the mesh keeps working from it with the server away
 agent.sock     the local API (`shoal status`, `shoal down`)
@@ -120,6 +122,46 @@ class StateDir:
         _write_private(path, key.to_base64() + "\n")
         return key
 
+    def key_age(self, now: datetime) -> float:
+        """Seconds since private.key was written (0 when there is none)."""
+        try:
+            written = (self.path / "private.key").stat().st_mtime
+        except FileNotFoundError:
+            return 0.0
+        return max(0.0, now.timestamp() - written)
+
+    def next_private_key(self) -> PrivateKey | None:
+        """The next key of a key rotation in progress; None when there is none (or it is
+        unreadable: then it is set aside, and the rotation cannot complete on this host)."""
+        path = self.path / "private.key.next"
+        if not path.exists():
+            return None
+        try:
+            return PrivateKey.parse(path.read_text())
+        except _UNREADABLE as exc:
+            self._set_aside("private.key.next", exc)
+            return None
+
+    def save_next_private_key(self, key: PrivateKey) -> None:
+        """Keep `key` as the next key (before the server hears of it: it must survive a crash)."""
+        _write_private(self.path / "private.key.next", key.to_base64() + "\n")
+
+    def drop_next_private_key(self) -> None:
+        (self.path / "private.key.next").unlink(missing_ok=True)
+
+    def promote_next_private_key(self) -> None:
+        """private.key.next becomes private.key, atomically (a crash leaves one or the other).
+
+        Raises:
+            StateWriteFailed: the rename failed; both files are as they were.
+        """
+        try:
+            os.replace(self.path / "private.key.next", self.path / "private.key")
+        except OSError as exc:
+            raise StateWriteFailed(
+                f"cannot promote private.key.next: {exc.strerror or exc}"
+            ) from exc
+
     def identity(self) -> NodeIdentity | None:
         path = self.path / "node.json"
         if not path.exists():
@@ -169,7 +211,7 @@ class StateDir:
 
     def forget(self) -> None:
         """Drop the mesh identity (after `shoal down --leave`); the next `up` joins afresh."""
-        for name in ("node.json", "netmap.json", "private.key"):
+        for name in ("node.json", "netmap.json", "private.key", "private.key.next"):
             (self.path / name).unlink(missing_ok=True)
 
 

@@ -6,25 +6,39 @@ import argparse
 import asyncio
 import logging
 import os
-import subprocess
+import select
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, ip_address
 from pathlib import Path
 
-from shoal.agent.config import AgentConfig, parse_metrics_listen
+from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
-from shoal.agent.localclient import fetch_services, fetch_status, request_down
+from shoal.agent.localclient import (
+    fetch_services,
+    fetch_status,
+    request_down,
+    request_rotate_key,
+)
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
+from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli.render import json_list, table
+from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
-from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning
+from shoal.model.status import (
+    AgentState,
+    AgentStatus,
+    DownReport,
+    HealthWarning,
+    KeyRotation,
+)
 from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
-TOKEN_ENV = "SHOAL_TOKEN"
 MAX_TOKEN_BYTES = 1024  # a join token is 106 characters
 
 
@@ -60,42 +74,6 @@ def read_token(args: argparse.Namespace) -> str | None:
     return text
 
 
-def _token_in_sight(args: argparse.Namespace) -> bool:
-    """The token came in argv or the environment, where `ps` and /proc show it for the life
-    of the process."""
-    return (args.token not in (None, "-")) or (
-        args.token is None and args.token_file is None and args.token_fd is None
-        and bool(os.environ.get(TOKEN_ENV, "").strip())
-    )  # fmt: skip
-
-
-def _token_pipe(token: str) -> int:
-    """A pipe holding the token, its read end inheritable: how the token reaches the agent
-    process without appearing in its argv or environment."""
-    read, write = os.pipe()
-    os.write(write, token.encode())
-    os.close(write)
-    os.set_inheritable(read, True)
-    return read
-
-
-def _without_token(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--token", "--token-file", "--token-fd"):
-            skip = True
-        elif not arg.startswith(("--token=", "--token-file=", "--token-fd=")):
-            out.append(arg)
-    return out
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
-
-
 def _config(args: argparse.Namespace) -> AgentConfig:
     advertise = None
     if args.advertise_addr:
@@ -106,6 +84,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
                 f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
             ) from exc
     return AgentConfig(
+        key_max_age_seconds=_key_max_age(args.key_max_age),
         state_dir=Path(args.state_dir),
         server_url=args.server.rstrip("/") if args.server else None,
         token=read_token(args),
@@ -117,36 +96,59 @@ def _config(args: argparse.Namespace) -> AgentConfig:
     )
 
 
+def _key_max_age(text: str | None) -> float | None:
+    """--key-max-age: seconds, None for `never`; the default when not given."""
+    if text is None:
+        return DEFAULT_KEY_MAX_AGE_SECONDS
+    if text == "never":
+        return None
+    # Imported here: only `up` parses durations, and the parser lives with the tokens'.
+    from shoal.control.tokens import parse_duration
+
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise BadArgument(f"--key-max-age {text!r}: {exc}") from exc
+    if seconds < 3600:
+        raise BadArgument(f"--key-max-age {text!r}: at least 1h (or never)")
+    return seconds
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRoot()
-    config = _config(args)
+    config = _config(args)  # `main` already moved a token in argv or env out of sight
     if args.foreground:
-        if config.token is not None and _token_in_sight(args):
-            # Start again with the token in a pipe: the agent runs for months and its argv
-            # and environment are there for anyone to read all along.
-            read = _token_pipe(config.token)
-            argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
-            os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
-        logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        _log_to_stderr()
         asyncio.run(_run_foreground(config))
         return 0
-    return _start_background(args, config)
+    return _start_background(config)
 
 
-async def _run_foreground(config: AgentConfig) -> None:
-    # Imported here: the daemon's imports (Docker SDK, pyroute2, ...) cost about a second,
-    # which `shoal up` in the foreground pays once and the starting parent not at all.
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+async def _run_foreground(config: AgentConfig, ready: Callable[[], None] | None = None) -> None:
+    # Imported here: the daemon's imports (Docker SDK, pyroute2, aiohttp, ...) cost about a
+    # second, which only the process that runs the agent pays.
     from shoal.agent.daemon import start
 
     agent = await start(config)
-    await agent.run()
+    await agent.run(ready)
 
 
-def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
-    """Start the daemon detached and return once the host is connected (or say why not)."""
+def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> int:
+    """Start the agent detached and return once the host is connected (or say why not).
+
+    Where systemd runs, the agent is its unit (restarted on exit, started at boot; see
+    `shoal.agent.systemd`). Elsewhere it is a fork of this process, not a new interpreter: it
+    starts with this process's imports, and the token reaches it in memory (never in an argv
+    or environment). A second interpreter cost a start and the CLI's imports again on the way
+    to the first packet.
+    """
     state = StateDir(config.state_dir)
     state.ensure()
     try:
@@ -156,49 +158,108 @@ def _start_background(args: argparse.Namespace, config: AgentConfig) -> int:
     else:
         print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
         return 0
-
-    argv = [sys.executable, "-m", "shoal.cli.main", "up", "--foreground"]
-    for flag in ("server", "name", "advertise_addr", "docker_host", "metrics_listen"):
-        value = getattr(args, flag)
-        if value:
-            argv += [f"--{flag.replace('_', '-')}", str(value)]
-    argv += ["--state-dir", str(config.state_dir), "--listen-port", str(config.listen_port)]
-    fds: tuple[int, ...] = ()
-    if config.token is not None:
-        fds = (_token_pipe(config.token),)
-        argv += ["--token-fd", str(fds[0])]
+    systemd = systemd or Systemd()
+    if systemd.running():
+        return _start_unit(config, state, systemd)
     print(f"shoal: starting agent (log: {state.log})", file=sys.stderr)
-    with state.log.open("ab") as log:
-        child = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-            pass_fds=fds,
-            env=_clean_env(),
+    read, write = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the agent; it never returns into the CLI
+        os.close(read)
+        os._exit(_agent_child(config, state.log, write))
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        readable, _, _ = select.select([pipe], [], [], START_TIMEOUT_SECONDS)
+        signal_byte = pipe.read(1) if readable else None
+    if signal_byte is None:
+        raise AgentStartFailed(
+            f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
         )
-    for fd in fds:
-        os.close(fd)
+    if signal_byte != READY:  # end of file: the agent exited before it was ready
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        raise AgentStartFailed(_last_error(state.log) or f"agent exited ({code})")
+    return _say_up(fetch_status(state.socket))
+
+
+def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
+    """Join in this process (the token goes no further), then hand the agent to systemd;
+    the unit's agent resumes from the state dir."""
+    from shoal.agent.daemon import join  # the daemon's imports, only on this path
+
+    asyncio.run(join(config))
+    unit = AgentUnit(
+        state_dir=config.state_dir,
+        listen_port=config.listen_port,
+        docker_host=config.docker_host,
+        metrics_listen=config.metrics_listen,
+    )
+    path = systemd.install(unit)
+    print(
+        f"shoal: started systemd unit {unit.name} ({path}; log: journalctl -u {unit.name})",
+        file=sys.stderr,
+    )
     started = time.monotonic()
     while time.monotonic() - started < START_TIMEOUT_SECONDS:
-        if child.poll() is not None:
-            raise AgentStartFailed(_last_error(state.log) or f"agent exited ({child.returncode})")
         try:
             status = fetch_status(state.socket, timeout=2.0)
         except AgentNotRunning:
             time.sleep(0.1)
             continue
         if status.state in (AgentState.RUNNING, AgentState.DEGRADED):
-            print(
-                f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
-                f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
-            )
-            return 0
+            return _say_up(status)
         time.sleep(0.1)
     raise AgentStartFailed(
-        f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
+        f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see journalctl -u {unit.name}"
     )
+
+
+def _say_up(status: AgentStatus) -> int:
+    print(
+        f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
+        f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
+    )
+    return 0
+
+
+READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers
+
+
+def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int) -> int:
+    """The forked agent: its own session, stdin from /dev/null, stdout and stderr to its log;
+    runs until stopped. Returns the exit code (a fatal error as one 'shoal: ...' line, which
+    the parent reports)."""
+    os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(null)
+    os.close(log_fd)
+    # Python's streams may not be the descriptors (a test harness replaced them): the agent's
+    # output goes to its log either way. They live as long as the process.
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+
+    def ready() -> None:
+        os.write(ready_fd, READY)
+        os.close(ready_fd)
+
+    code = 0
+    try:
+        _log_to_stderr()
+        asyncio.run(_run_foreground(config, ready))
+    except ShoalError as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        code = 1
+    except BaseException:  # a bug: the traceback goes to the log
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
 
 
 def _last_error(log: Path) -> str | None:
@@ -243,6 +304,13 @@ def _warning(h: HealthWarning) -> str:
     return f"  ! {h.code}: {h.message} (since {_ago(h.since)})"
 
 
+def _rotating(who: str, rotation: KeyRotation) -> str:
+    return (
+        f"  key rotation: {who} switches to {rotation.next_key.short()}… at "
+        f"{rotation.switch_at:%H:%M:%S} UTC"
+    )
+
+
 def render_status(s: AgentStatus) -> str:
     if s.name is None:
         return "\n".join([f"{s.state}", *(_warning(h) for h in s.health)])
@@ -250,8 +318,13 @@ def render_status(s: AgentStatus) -> str:
         f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
         f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
         f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
+        "  policy "
+        + ("none (defaults)" if s.policy_revision is None else f"r{s.policy_revision} enforced"),
         *(_warning(h) for h in s.health),
     ]
+    if s.rotation is not None:
+        lines.append(_rotating("this host", s.rotation))
+    lines += [_rotating(f"peer {p.name}", p.rotation) for p in s.peers if p.rotation]
     if s.peers:
         rows = [
             (
@@ -272,6 +345,19 @@ def render_status(s: AgentStatus) -> str:
     else:
         lines.append("  no peers yet")
     return "\n".join(lines)
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """`shoal node rotate-key`: the running agent announces a new key; it and every peer
+    switch to it at the time printed."""
+    if os.geteuid() != 0:
+        raise NotRoot()
+    rotation = request_rotate_key(StateDir(Path(args.state_dir)).socket)
+    print(
+        f"shoal: new key {rotation.next_key.short()}…; this host and its peers switch at "
+        f"{rotation.switch_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+    return 0
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -310,6 +396,11 @@ def cmd_down(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRoot()
     state = StateDir(Path(args.state_dir))
+    # First the unit: stopped, the agent leaves the host as it is, and systemd no longer
+    # restarts it while the host is undone below.
+    unit = Systemd().remove(state.path)
+    if unit is not None:
+        print(f"shoal: stopped and removed systemd unit {unit}")
     try:
         report = request_down(state.socket, args.leave)
     except AgentNotRunning:

@@ -152,6 +152,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     admin_flags(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_node_remove"))
+    p = node.add_parser(
+        "rotate-key",
+        help="on a host: replace this node's WireGuard key (every peer switches, no packet lost)",
+    )
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("agent_cmds", "cmd_rotate_key"))
+
+    policy = sub.add_parser("policy", help="the access-control policy").add_subparsers(
+        dest="policy_cmd", required=True
+    )
+    p = policy.add_parser("set", help="validate (inline tests too) and set the policy")
+    p.add_argument("file")
+    admin_flags(p)
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_set"))
+    p = policy.add_parser("get", help="print the policy in force")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_get"))
+    p = policy.add_parser("check", help="parse a policy file and run its tests (offline)")
+    p.add_argument("file")
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_check"))
+    p = policy.add_parser("test", help="allow or deny, and the rule that decided")
+    p.add_argument("--from", dest="src", required=True, help="container, service or node")
+    p.add_argument("--to", required=True, metavar="NAME:PORT", help="container, service or node")
+    p.add_argument("--proto", default="tcp", choices=("tcp", "udp", "icmp"))
+    admin_flags(p)
+    p.set_defaults(run=_handler("policy_cmds", "cmd_policy_test"))
 
     p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
@@ -163,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
+    p.add_argument(
+        "--key-max-age",
+        default=None,
+        help="rotate the WireGuard key once it is this old, e.g. 30d, or never (default 90d)",
+    )
     p.add_argument("--foreground", action="store_true", help="run the agent in this process")
     p.add_argument(
         "--metrics-listen",
@@ -234,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "up":
+        from shoal.cli.tokenpass import hide_token
+
+        hide_token(args)  # may start this command again, the token out of argv and env
     try:
         code: int = args.run(args)
     except ShoalError as exc:

@@ -13,6 +13,9 @@
     GET    /v1/admin/tokens             → [TokenInfo]
     DELETE /v1/admin/tokens/{id}        → 204
     GET    /v1/admin/nodes              → [NodeInfo]
+    PUT    /v1/admin/policy             PolicySetRequest → PolicyInfo (validated, inline tests)
+    GET    /v1/admin/policy             → PolicyInfo (404: none set)
+    GET    /v1/admin/policy/test?src=A&dst=B&proto=tcp&port=N → [PolicyVerdict]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
     GET    /v1/admin/certs              → [CertStatus]: CAs and server certificate, expiry
@@ -30,10 +33,10 @@ key (see shoal.model.nodeauth): nothing but that key authorises them. Every erro
 each refusal (4xx) is one short log line. Every signed request of a node counts as a
 heartbeat of that node.
 
-Bounds: each route reads at most its body limit (MAX_BODY, MAX_SMALL_BODY, MAX_REPORT) within
-BODY_TIMEOUT; a source gets 429 with Retry-After once out of registrations or failed
-authentications (control.limits), a node once it reports its containers too often; the
-listener bounds connections and their deadlines (control.listener).
+Bounds: each route reads at most its body limit (MAX_BODY, MAX_SMALL_BODY, MAX_REPORT,
+MAX_POLICY_BODY) within BODY_TIMEOUT; a source gets 429 with Retry-After once out of
+registrations or failed authentications (control.limits), a node once it reports its
+containers too often; the listener bounds connections and their deadlines (control.listener).
 """
 
 from __future__ import annotations
@@ -70,19 +73,25 @@ from shoal.control.metrics import ServerMetrics
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.service import ControlService
 from shoal.model.api import (
+    ROTATE_PROOF_TARGET,
     AdminTokenCreateRequest,
     AdminTokenInfo,
     CertStatus,
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
+    RotateKeyRequest,
     ServerKey,
     ServiceInfo,
     TokenCreateRequest,
     TokenInfo,
+    rotate_proof_body,
 )
 from shoal.model.keys import PublicKey
+from shoal.model.policy import Proto
 from shoal.model.prometheus import CONTENT_TYPE
 from shoal.store.errors import StoreError
 
@@ -98,6 +107,8 @@ MAX_SMALL_BODY = 4 * 1024  # a token request, an admin token request
 # A container report: at most model.api.MAX_CONTAINERS containers, each ~1.6 KB at most
 # (see the bounds there); a real host's report of 50 containers is ~15 KB.
 MAX_REPORT = 1024 * 1024
+MAX_POLICY_BODY = 3 * 1024 * 1024  # a policy is at most 1 MiB of text, escaped in JSON
+_PROTOS: dict[str, Proto] = {"tcp": "tcp", "udp": "udp", "icmp": "icmp"}
 BODY_TIMEOUT = 10.0  # seconds a client may take to send a body once its headers are in
 DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 
@@ -115,6 +126,7 @@ _NODE_LIST = TypeAdapter(list[NodeInfo])
 _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 _CERT_LIST = TypeAdapter(list[CertStatus])
+_VERDICT_LIST = TypeAdapter(list[PolicyVerdict])
 
 
 def build_app(
@@ -147,6 +159,7 @@ def build_app(
     app.router.add_get("/v1/netmap", netmap)
     app.router.add_post("/v1/containers", containers)
     app.router.add_post("/v1/leave", leave)
+    app.router.add_post("/v1/rotate", rotate)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_get("/v1/admin/tokens", list_tokens)
     app.router.add_delete("/v1/admin/tokens/{id}", revoke_token)
@@ -158,6 +171,9 @@ def build_app(
     app.router.add_get("/v1/admin/admin-tokens", list_admin_tokens)
     app.router.add_delete("/v1/admin/admin-tokens/{id}", revoke_admin_token)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_put("/v1/admin/policy", set_policy)
+    app.router.add_get("/v1/admin/policy", get_policy)
+    app.router.add_get("/v1/admin/policy/test", test_policy)
     return app
 
 
@@ -411,6 +427,18 @@ async def leave(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def rotate(request: web.Request) -> web.Response:
+    raw = await _body(request)
+    signer = _signer(request, raw)
+    req = _model(raw, RotateKeyRequest)
+    # The proof is a second signature, by the new key, over both keys (see RotateKeyRequest).
+    proved_by = request.app[VERIFIER].verify(
+        req.proof, "POST", ROTATE_PROOF_TARGET, rotate_proof_body(signer, req.new_public_key)
+    )
+    reply = await request.app[SERVICE].rotate_key(signer, req.new_public_key, proved_by)
+    return _json(reply)
+
+
 async def create_token(request: web.Request) -> web.Response:
     service = await _admin(request)
     req = await _parse(request, TokenCreateRequest, limit=MAX_SMALL_BODY)
@@ -470,3 +498,32 @@ async def get_metrics(request: web.Request) -> web.Response:
     service = await _admin(request)
     text = request.app[METRICS].render(service)
     return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def set_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = _model(await _body(request, MAX_POLICY_BODY), PolicySetRequest)
+    return _json(await service.set_policy(req))
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    return _json(service.get_policy())
+
+
+async def test_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    q = request.query
+    src, dst, proto = q.get("src", ""), q.get("dst", ""), _PROTOS.get(q.get("proto", "tcp"))
+    if not src or not dst:
+        raise BadRequest("src and dst are required (node, container or service names)")
+    if proto is None:
+        raise BadRequest(f"proto must be tcp, udp or icmp, not {q.get('proto')!r}")
+    port: int | None = None
+    if proto != "icmp":
+        text = q.get("port", "")
+        if not text.isdigit() or not 1 <= int(text) <= 65535:
+            raise BadRequest(f"a {proto} test needs port 1-65535, not {text!r}")
+        port = int(text)
+    verdicts = service.test_policy(src, dst, proto, port)
+    return web.Response(body=_VERDICT_LIST.dump_json(verdicts), content_type="application/json")

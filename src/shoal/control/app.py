@@ -10,15 +10,13 @@ those commands use: 127.0.0.1 when listening on all addresses).
 from __future__ import annotations
 
 import asyncio
-import asyncio.sslproto
 import contextlib
 import json
 import logging
 import os
 import signal
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
-from ipaddress import IPv4Network, IPv6Network, ip_network
+from ipaddress import IPv4Network
 from pathlib import Path
 
 from aiohttp import web
@@ -26,11 +24,10 @@ from aiohttp import web
 from shoal.control import ipam
 from shoal.control.api import build_app
 from shoal.control.ca import CertAuthority, load_or_create_ca, write_private
+from shoal.control.config import ServerConfig
 from shoal.control.errors import ServerConfigError
-from shoal.control.limits import RateLimits
 from shoal.control.listener import (
     FD_RESERVE,
-    ConnectionLimits,
     Connections,
     GuardedSite,
     listening_socket,
@@ -43,14 +40,12 @@ from shoal.control.nodeauth import (
     load_or_create_auth_key,
 )
 from shoal.control.registry import (
-    DEFAULT_HEARTBEAT_TIMEOUT,
-    DEFAULT_QUARANTINE,
     SEEN_PERSIST_INTERVAL,
     Clock,
     Registry,
     utcnow,
 )
-from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, ControlService
+from shoal.control.service import ControlService
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
@@ -62,90 +57,6 @@ SERVER_JSON = "server.json"
 ADMIN_TOKEN_FILE = "admin.token"
 SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get at shutdown (long-polls end at once)
 SWEEP_INTERVAL = 1.0  # seconds between liveness sweeps: withdrawal lags the timeout by ≤ 1 s
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """The server's whole configuration; pools left None come from the store, else defaults."""
-
-    listen_host: str
-    listen_port: int
-    data_dir: Path
-    store_url: str | None = None
-    mesh_pool: IPv4Network | None = None
-    container_pool: IPv4Network | None = None
-    subnet_prefix: int | None = None
-    mtu: int | None = None  # None: what this mesh was created with, else DEFAULT_MTU
-    heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT
-    # A removed node's addresses go to no other node before this (issue: peers would route
-    # the old node's traffic to a newcomer).
-    address_quarantine: timedelta = DEFAULT_QUARANTINE
-    ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT
-    connections: ConnectionLimits = field(default_factory=ConnectionLimits)
-    rates: RateLimits = field(default_factory=RateLimits)
-
-
-def load_config(
-    *,
-    listen: str,
-    data_dir: str | Path,
-    store: str | None = None,
-    mesh_pool: str | None = None,
-    container_pool: str | None = None,
-    subnet_prefix: int | None = None,
-    heartbeat_timeout: float | None = None,
-    mtu: int | None = None,
-    address_quarantine: timedelta | None = None,
-    ephemeral_timeout: timedelta | None = None,
-    no_limits_from: str | None = None,
-) -> ServerConfig:
-    """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
-    host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ServerConfigError(f"--listen {listen!r}: expected ADDR:PORT, e.g. 0.0.0.0:8443")
-
-    def network(flag: str, text: str | None) -> IPv4Network | None:
-        if text is None:
-            return None
-        try:
-            return IPv4Network(text, strict=True)
-        except ValueError as exc:
-            raise ServerConfigError(f"--{flag} {text!r}: {exc}") from exc
-
-    if heartbeat_timeout is not None and not 1.0 <= heartbeat_timeout <= 3600.0:
-        raise ServerConfigError(
-            f"--heartbeat-timeout {heartbeat_timeout:g}: expected 1 to 3600 seconds"
-        )
-    if mtu is not None and not MIN_MTU <= mtu <= MAX_MTU:
-        raise ServerConfigError(
-            f"--mtu {mtu}: expected {MIN_MTU} to {MAX_MTU} (the underlay's MTU minus 80)"
-        )
-    exempt: list[IPv4Network | IPv6Network] = []
-    for text in (no_limits_from or "").split(","):
-        if text.strip():
-            try:
-                exempt.append(ip_network(text.strip(), strict=True))
-            except ValueError as exc:
-                raise ServerConfigError(f"--no-limits-from {text.strip()!r}: {exc}") from exc
-    return ServerConfig(
-        connections=ConnectionLimits(exempt=tuple(exempt)),
-        mtu=mtu,
-        listen_host=host or "0.0.0.0",
-        listen_port=int(port_text),
-        data_dir=Path(data_dir),
-        store_url=store,
-        mesh_pool=network("mesh-pool", mesh_pool),
-        container_pool=network("container-pool", container_pool),
-        subnet_prefix=subnet_prefix,
-        heartbeat_timeout=DEFAULT_HEARTBEAT_TIMEOUT
-        if heartbeat_timeout is None
-        else timedelta(seconds=heartbeat_timeout),
-        address_quarantine=DEFAULT_QUARANTINE if address_quarantine is None else address_quarantine,
-        ephemeral_timeout=DEFAULT_EPHEMERAL_TIMEOUT
-        if ephemeral_timeout is None
-        else ephemeral_timeout,
-    )
 
 
 async def resolve_pools(store: Store, config: ServerConfig, node_count: int) -> ipam.Pools:
@@ -258,19 +169,8 @@ class RunningServer:
             (self.config.data_dir / SERVER_JSON).unlink()
 
 
-# WireGuard over IPv6 costs 80 bytes per packet: the smallest IPv6 MTU is 1280, the largest
-# IPv4 packet 65535.
-MIN_MTU, MAX_MTU = 1280, 65455
-
-# asyncio gives every TLS connection a 256 KiB read buffer; a server holding one long-poll
-# per node paid 0.32 MB per node for it (397 MB at 1,000 nodes, about 2 GB at 5,000). A TLS
-# record is at most 16 KiB, so 32 KiB loses nothing but memory.
-TLS_READ_BUFFER = 32 * 1024
-
-
 async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> RunningServer:
     """Open everything and listen; the caller owns the result and must `close()` it."""
-    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
     data_dir = config.data_dir
     try:
         secure_data_dir(data_dir)
@@ -307,6 +207,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             admin_token_hash=admin_hash,
             clock=clock,
             ephemeral_timeout=config.ephemeral_timeout,
+            rotation_lead=config.rotation_lead,
         )
         verifier = NodeVerifier(load_or_create_auth_key(data_dir))
         await ensure_shared_auth_key(store, verifier.public_key)

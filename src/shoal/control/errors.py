@@ -4,6 +4,8 @@ ShoalError
 ├── ServerConfigError              bad flags or data dir; the server does not start
 └── ApiError                       status from HTTP_STATUS below, `code` stable on the wire
     ├── BadRequest                 400 bad_request: malformed JSON, failed validation
+    │   └── PolicyInvalid          policy_invalid: a policy that does not parse or breaks
+    │                              its own inline tests (nothing changed)
     ├── Unauthorized               401
     │   ├── TokenMalformed         token_malformed: not SHOAL-1-…, or another server's
     │   ├── TokenUnknown           token_unknown
@@ -61,6 +63,10 @@ class ApiError(ShoalError):
 
 class BadRequest(ApiError):
     code = "bad_request"
+
+
+class PolicyInvalid(BadRequest):
+    code = "policy_invalid"
 
 
 class Unauthorized(ApiError):

@@ -23,8 +23,13 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    PolicyInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RotateKeyReply,
+    RotateKeyRequest,
     ServerKey,
     ServiceInfo,
     TokenCreated,
@@ -84,6 +89,15 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/leave", "Remove this node from the mesh", "node", status=204),
     Route(
         "POST",
+        "/v1/rotate",
+        "Announce this node's next WireGuard key (signed with the current one, proven with "
+        "the new one); every host switches at the reply's time",
+        "node",
+        RotateKeyRequest,
+        RotateKeyReply,
+    ),
+    Route(
+        "POST",
         "/v1/admin/tokens",
         "Create a join token",
         "admin",
@@ -132,6 +146,29 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("DELETE", "/v1/admin/admin-tokens/{id}", "Revoke an admin token", "admin", status=204),
     Route("GET", "/metrics", "Prometheus metrics, text format (scope read)", "admin"),
+    Route(
+        "PUT",
+        "/v1/admin/policy",
+        "Set the access-control policy (refused unless it parses and its inline tests pass)",
+        "admin",
+        PolicySetRequest,
+        PolicyInfo,
+    ),
+    Route("GET", "/v1/admin/policy", "The policy in force", "admin", reply=PolicyInfo),
+    Route(
+        "GET",
+        "/v1/admin/policy/test",
+        "The verdict the destination's firewall gives a new flow, and the rule that decided",
+        "admin",
+        reply=PolicyVerdict,
+        many=True,
+        query=(
+            ("src", {"type": "string"}),
+            ("dst", {"type": "string"}),
+            ("proto", {"type": "string", "enum": ["tcp", "udp", "icmp"]}),
+            ("port", {"type": "integer", "minimum": 1, "maximum": 65535}),
+        ),
+    ),
 )
 
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {

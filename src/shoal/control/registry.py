@@ -51,7 +51,8 @@ from shoal.model.netmap import (
     NetworkMap,
     Node,
 )
-from shoal.store.base import NodeRecord, Released, Snapshot, Store
+from shoal.model.policy import Policy, parse
+from shoal.store.base import NodeRecord, PolicyRecord, Released, Snapshot, Store
 
 Clock = Callable[[], datetime]
 LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full map
@@ -143,6 +144,10 @@ class Registry:
                 self._offline.add(node.id)
         for record in snapshot.containers:
             self._put_container(record.container)
+        # The access-control policy: no change-log entry, a delta carries it when it changed
+        # after `since` (its own revision says so).
+        self.policy_record = snapshot.policy
+        self.policy = None if snapshot.policy is None else _policy(snapshot.policy)
         taken = {(n.mesh_ip, n.subnet) for n in snapshot.nodes}
         for released in snapshot.released:
             # A quarantined allocation since handed out again (the pool ran short) is over.
@@ -201,6 +206,7 @@ class Registry:
         return node
 
     def by_public_key(self, key: PublicKey) -> NodeRecord | None:
+        """The node with this key, or with this next key during a key rotation."""
         node_id = self._by_key.get(key)
         return None if node_id is None else self._nodes[node_id]
 
@@ -288,6 +294,8 @@ class Registry:
                 self._release(Released(node_id, node.mesh_ip, node.subnet, now))
                 if revoke_key:
                     self._revoked.add(node.public_key)
+                    if node.next_key is not None:
+                        self._revoked.add(node.next_key)
             self._seen.pop(node_id, None)
             self._seen_persisted.pop(node_id, None)
             self._offline.discard(node_id)
@@ -323,6 +331,16 @@ class Registry:
                 [c.key for c in changed] + [(node_id, c) for c in removed],
             )
         return rev
+
+    async def save_policy(self, policy: Policy, source: str) -> PolicyRecord:
+        """Persist a validated policy (its text as given) at a new revision; it reaches every
+        node's next poll in the delta."""
+        async with self._write:
+            record = await self.store.save_policy(policy.file, source, self._clock())
+            self.policy_record = record
+            self.policy = policy.model_copy(update={"revision": record.revision})
+            self._record(record.updated_rev, [])
+        return record
 
     async def seen(self, node_id: str) -> None:
         """The node made an authenticated request: it is alive. Brings an offline node (and
@@ -444,6 +462,7 @@ class Registry:
             self_node=self._models[me.id],
             peers=tuple(n for n in self._all_nodes if n.id != node_id),
             containers=self._visible,
+            policy=self.policy,
         )
 
     async def map_update(self, node_id: str, since: int, wait: float) -> MapUpdate:
@@ -521,6 +540,11 @@ class Registry:
             peers_removed=tuple(k for k in sorted(nodes) if k not in self._models),
             containers_changed=tuple(visible),
             containers_removed=tuple(k for k in sorted(containers) if k not in shown),
+            policy=(
+                self.policy
+                if self.policy_record is not None and self.policy_record.updated_rev > since
+                else None
+            ),
         )
         return _Delta(nodes_changed=changed, update=update)
 
@@ -569,6 +593,8 @@ class Registry:
         self._nodes[node.id] = node
         self._models[node.id] = node.node()
         self._by_key[node.public_key] = node.id
+        if node.next_key is not None:
+            self._by_key[node.next_key] = node.id
         self._by_name[node.name] = node.id
         self._ledger.add(node.id, Allocation(mesh_ip=node.mesh_ip, subnet=node.subnet))
 
@@ -576,6 +602,8 @@ class Registry:
         self._nodes.pop(node.id, None)
         self._models.pop(node.id, None)
         self._by_key.pop(node.public_key, None)
+        if node.next_key is not None:
+            self._by_key.pop(node.next_key, None)
         self._by_name.pop(node.name, None)
 
     def _release(self, released: Released) -> None:
@@ -618,3 +646,8 @@ class Registry:
         for woken in waiting.values():
             if not woken.done():
                 woken.set_result(None)
+
+
+def _policy(record: PolicyRecord) -> Policy:
+    """A stored policy, parsed again (it was validated before it was stored)."""
+    return parse(record.source, record.file).model_copy(update={"revision": record.revision})

@@ -14,7 +14,9 @@ import hmac
 import logging
 import secrets
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import timedelta
+from ipaddress import IPv4Address
 
 from shoal.control import ipam
 from shoal.control.errors import (
@@ -25,6 +27,7 @@ from shoal.control.errors import (
     KeyRevoked,
     NameTaken,
     NotFound,
+    PolicyInvalid,
     PoolConflict,
     ScopeTooNarrow,
     SignatureInvalid,
@@ -50,8 +53,12 @@ from shoal.model.api import (
     ContainerReport,
     ContainersReport,
     NodeInfo,
+    PolicyInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RotateKeyReply,
     ServiceInfo,
     TokenCreated,
     TokenCreateRequest,
@@ -59,8 +66,10 @@ from shoal.model.api import (
 )
 from shoal.model.catalog import build_catalog
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Container, MapUpdate
+from shoal.model.netmap import PEER_SWITCH_LAG, Container, MapUpdate
+from shoal.model.policy import PolicyError, Proto, parse, run_tests
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
+from shoal.plan.policy import Verdict, compile_for, explain, refused_names
 from shoal.store.base import NodeRecord, Store, TokenRecord
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
@@ -68,6 +77,17 @@ log = logging.getLogger("shoal.control")
 
 MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the heartbeat timeout)
 DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephemeral node goes
+SAME_HOST = Verdict(
+    allow=True, reason="same host: this traffic does not cross the mesh and is not filtered"
+)
+# A key rotation is announced this long before the switch: the delta must reach every peer's
+# long-poll first (it takes tens of ms; a peer that learns late switches late, and the rotating
+# host's packets to it wait in WireGuard's staged queue meanwhile).
+DEFAULT_ROTATION_LEAD = timedelta(seconds=3)
+# The server makes a rotation final (the old key stops working) this long after the peers'
+# switch: a peer that gets the final record switches on receipt, and must not do so before
+# the rotating host has.
+ROTATION_FINAL_AFTER = PEER_SWITCH_LAG + timedelta(seconds=1)
 
 
 # Registrations that lose an allocation race to another replica are decided again this often.
@@ -90,8 +110,10 @@ class ControlService:
         admin_token_hash: str,
         clock: Clock = utcnow,
         ephemeral_timeout: timedelta = DEFAULT_EPHEMERAL_TIMEOUT,
+        rotation_lead: timedelta = DEFAULT_ROTATION_LEAD,
     ) -> None:
         self.ephemeral_timeout = ephemeral_timeout
+        self.rotation_lead = rotation_lead
         self.store = store
         self.registry = registry
         self.pools = pools
@@ -216,6 +238,9 @@ class ControlService:
             ephemeral=existing.ephemeral if existing else bool(record and record.ephemeral),
             last_seen=now,
         )
+        if existing is not None and existing.public_key == req.public_key:
+            # Joining again mid-rotation keeps the rotation (the host holds the next key).
+            node = replace(node, next_key=existing.next_key, switch_at=existing.switch_at)
         try:
             saved = await self.registry.save(node, consume_token=consume)
         except TokenUnavailable as exc:
@@ -286,6 +311,27 @@ class ControlService:
             diff += [f"-{have[cid].name}" for cid in removed]
             rev = await self.registry.save_containers(node_id, changed, removed)
         log.info("node %s containers r%d: %s", node.name, rev, _summary(diff))
+        self._warn_unpublishable(changed)
+
+    def _warn_unpublishable(self, containers: Iterable[Container]) -> None:
+        """Log each container whose host may not publish its names: the agents leave it out
+        of DNS (see shoal.plan.policy.publishable); its host's `shoal status` warns too."""
+        policy = self.registry.policy
+        if policy is None or not policy.publish:
+            return
+        for c in containers:
+            node = self.registry.get(c.node_id)
+            refused = refused_names(policy, node.tags if node else (), c)
+            if refused:
+                log.warning(
+                    "node %s may not publish %s (policy %s r%d publish claims): container "
+                    "%s is reported but not in DNS",
+                    node.name if node else c.node_id,
+                    ", ".join(refused),
+                    policy.file,
+                    policy.revision,
+                    c.name,
+                )
 
     def _validate(self, node: NodeRecord, reports: Iterable[ContainerReport]) -> list[Container]:
         containers: list[Container] = []
@@ -311,9 +357,94 @@ class ControlService:
             containers.append(Container(node_id=node.id, **c.model_dump()))
         return containers
 
+    async def rotate_key(
+        self, signer: PublicKey, new_key: PublicKey, proved_by: PublicKey
+    ) -> RotateKeyReply:
+        """Announce the signer's node's next key: it and its peers switch at `switch_at`.
+
+        `signer` signed the request and must be the node's current key; `proved_by` signed the
+        request's proof (over both keys) and must be `new_key`. Announcing the pending key
+        again returns the same switch time (a retry after a lost reply is safe)."""
+        if proved_by != new_key:
+            raise SignatureInvalid(
+                f"the rotation proof is signed with key {proved_by.short()}…, not with the new "
+                f"key {new_key.short()}…"
+            )
+        node = await self.authenticate_node(signer)
+        async with self._lock:
+            node = self.registry.require(node.id)
+            if signer != node.public_key:
+                # Signed with the pending next key: the host already switched to it.
+                raise Conflict(
+                    f"node {node.name}'s previous key rotation is not final yet (about "
+                    f"{ROTATION_FINAL_AFTER.total_seconds():.0f}s after its switch); try again"
+                )
+            if node.next_key is not None and node.switch_at is not None:
+                if node.next_key == new_key:
+                    return RotateKeyReply(new_public_key=new_key, switch_at=node.switch_at)
+                raise Conflict(
+                    f"node {node.name} is already switching to key {node.next_key.short()}… at "
+                    f"{node.switch_at:%H:%M:%S} UTC; rotate again after that"
+                )
+            if new_key == node.public_key:
+                raise BadRequest("the new key is the node's current key")
+            if self.registry.is_revoked(new_key):
+                raise KeyRevoked(f"key {new_key.short()}… was revoked; generate another")
+            if self.registry.by_public_key(new_key) is not None:
+                raise Conflict(f"key {new_key.short()}… belongs to another node")
+            switch_at = self._clock() + self.rotation_lead
+            await self.registry.save(
+                replace(
+                    node,
+                    next_key=new_key,
+                    switch_at=switch_at,
+                    last_seen=self.registry.last_seen(node.id) or node.last_seen,
+                )
+            )
+        log.info(
+            "node %s (%s) rotates key %s => %s at %s",
+            node.name,
+            node.id,
+            node.public_key.short(),
+            new_key.short(),
+            f"{switch_at:%H:%M:%S.%f}"[:-3],
+        )
+        return RotateKeyReply(new_public_key=new_key, switch_at=switch_at)
+
+    async def finish_rotations(self) -> None:
+        """Make due key rotations final: the next key becomes the key, the old one is refused
+        from then on."""
+        now = self._clock()
+        for node in self.registry.nodes():
+            if node.next_key is None or node.switch_at is None:
+                continue
+            if now < node.switch_at + ROTATION_FINAL_AFTER:
+                continue
+            async with self._lock:
+                current = self.registry.get(node.id)
+                if current is None or current.next_key != node.next_key:
+                    continue
+                await self.registry.save(
+                    replace(
+                        current,
+                        public_key=node.next_key,
+                        next_key=None,
+                        switch_at=None,
+                        last_seen=self.registry.last_seen(node.id) or current.last_seen,
+                    )
+                )
+            log.info(
+                "node %s (%s) key rotation done: %s => %s",
+                node.name,
+                node.id,
+                node.public_key.short(),
+                node.next_key.short(),
+            )
+
     async def sweep(self) -> None:
         """Withdraw the containers of nodes silent past the heartbeat timeout; remove
-        ephemeral nodes silent past the ephemeral timeout."""
+        ephemeral nodes silent past the ephemeral timeout; finish due key rotations."""
+        await self.finish_rotations()
         now = self._clock()
         for gone in self.registry.nodes():
             silent = self.registry.silent_for(gone.id, now)
@@ -389,6 +520,93 @@ class ControlService:
         await self.store.revoke_token(tid, self._clock())
         log.info("revoked admin token %s", tid)
 
+    async def set_policy(self, req: PolicySetRequest) -> PolicyInfo:
+        """Accept a policy that parses and passes its own inline tests; it reaches every node
+        with its next poll. Anything wrong: PolicyInvalid, and the old policy stays."""
+        try:
+            policy = parse(req.source, req.file)
+        except PolicyError as exc:
+            raise PolicyInvalid(str(exc)) from exc
+        failed = run_tests(policy)
+        if failed:
+            raise PolicyInvalid(
+                f"{len(failed)} inline test(s) fail, policy not set: " + "; ".join(failed)
+            )
+        async with self._lock:
+            record = await self.registry.save_policy(policy, req.source)
+        log.info(
+            "policy %s r%d set: %d rules, %d publish claims, %d tests pass",
+            record.file,
+            record.revision,
+            len(policy.rules),
+            len(policy.publish),
+            len(policy.tests),
+        )
+        self._warn_unpublishable(self.registry.containers())
+        return self.get_policy()
+
+    def get_policy(self) -> PolicyInfo:
+        record, policy = self.registry.policy_record, self.registry.policy
+        if record is None or policy is None:
+            raise NotFound(
+                "no policy is set (shoal's defaults apply); set one: shoal policy set FILE"
+            )
+        return PolicyInfo(
+            revision=record.revision,
+            file=record.file,
+            source=record.source,
+            set_at=record.set_at,
+            rules=len(policy.rules),
+        )
+
+    def _endpoints(self, name: str, role: str) -> list[tuple[IPv4Address, NodeRecord, str]]:
+        """What a name in `policy test` stands for: a node (its mesh IP), a container, or
+        every replica of a service (`web` or `web.app`)."""
+        found: list[tuple[IPv4Address, NodeRecord, str]] = []
+        node = self.registry.by_name(name)
+        if node is not None:
+            found.append((node.mesh_ip, node, f"{node.name} (host {node.mesh_ip})"))
+        for c in self.registry.containers():
+            named = c.name == name or (
+                c.service is not None and name in (c.service, f"{c.service}.{c.project}")
+            )
+            host = self.registry.get(c.node_id)
+            if named and host is not None:
+                found.append((c.ip, host, f"{c.name} ({c.ip} on {host.name})"))
+        if not found:
+            raise NotFound(f"{role} {name!r}: no node, container or service has this name")
+        return found
+
+    def test_policy(
+        self, src: str, dst: str, proto: Proto, port: int | None
+    ) -> list[PolicyVerdict]:
+        """The verdict of the destination host's compiled policy (what its kernel enforces)
+        for each source and destination address the names stand for."""
+        policy = self.registry.policy
+        verdicts = []
+        for dst_ip, host, dst_text in self._endpoints(dst, "destination"):
+            compiled = (
+                None if policy is None else compile_for(policy, self.registry.full_map(host.id))
+            )
+            for src_ip, src_host, src_text in self._endpoints(src, "source"):
+                verdict = (
+                    SAME_HOST
+                    if src_host.id == host.id
+                    else explain(compiled, host.mesh_ip, src_ip, dst_ip, proto, port)
+                )
+                verdicts.append(
+                    PolicyVerdict(
+                        src=src_text,
+                        dst=dst_text,
+                        proto=proto,
+                        port=port,
+                        allow=verdict.allow,
+                        reason=verdict.reason,
+                        policy_revision=None if policy is None else policy.revision,
+                    )
+                )
+        return verdicts
+
     def list_nodes(self) -> list[NodeInfo]:
         return [
             NodeInfo(
@@ -402,6 +620,8 @@ class ControlService:
                 last_seen=self.registry.last_seen(n.id),
                 online=self.registry.online(n.id),
                 ephemeral=n.ephemeral,
+                next_key=n.next_key,
+                switch_at=n.switch_at,
             )
             for n in self.registry.nodes()
         ]
@@ -475,7 +695,7 @@ def _describe(old: Container | None, new: Container) -> str:
         return f"+{new.name} {new.ip}" + ("" if new.health == "none" else f" ({new.health})")
     fields = [
         f"{field} {getattr(old, field)} => {getattr(new, field)}"
-        for field in ("name", "ip", "project", "service", "ports", "health")
+        for field in ("name", "ip", "project", "service", "ports", "health", "labels")
         if getattr(old, field) != getattr(new, field)
     ]
     return f"~{old.name} " + "; ".join(fields)

@@ -32,6 +32,7 @@ from shoal.controlclient.errors import (
 )
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import (
+    ROTATE_PROOF_TARGET,
     AdminTokenCreated,
     AdminTokenCreateRequest,
     AdminTokenInfo,
@@ -39,15 +40,21 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    PolicyInfo,
+    PolicySetRequest,
+    PolicyVerdict,
     RegisterRequest,
     RegisterResponse,
+    RotateKeyReply,
+    RotateKeyRequest,
     ServerKey,
     ServiceInfo,
     TokenCreated,
     TokenCreateRequest,
     TokenInfo,
+    rotate_proof_body,
 )
-from shoal.model.keys import InvalidKey, PrivateKey
+from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
 from shoal.model.netmap import MapUpdate
 from shoal.model.nodeauth import shared_key, sign
 
@@ -67,6 +74,7 @@ _NODES = TypeAdapter(list[NodeInfo])
 _SERVICES = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
 _CERTS = TypeAdapter(list[CertStatus])
+_VERDICTS = TypeAdapter(list[PolicyVerdict])
 
 
 def server_urls(text: str) -> tuple[str, ...]:
@@ -94,6 +102,7 @@ class ControlClient:
         self.credential = credential
         self._node_key = node_key
         self._mac_key: bytes | None = None  # derived once the server's key is known
+        self._server_key: PublicKey | None = None
         self._clock_offset = 0.0  # server time minus ours, when they differ by > CLOCK_SLACK
         self._ssl = ssl_context(ca_pem)
         self._session: aiohttp.ClientSession | None = None
@@ -146,6 +155,25 @@ class ControlClient:
         """Remove this node from the mesh."""
         await self._call_json("POST", "/v1/leave")
 
+    async def rotate(self, new_key: PrivateKey) -> RotateKeyReply:
+        """Announce `new_key` as this node's next key (signed with the current key, proven
+        with the new one); the reply says when every host switches. Keep signing with the
+        current key until then (`use_key`)."""
+        if self._node_key is None:
+            raise RuntimeError("rotating without a node key")
+        new = new_key.public_key()
+        now = int(wall_clock() + self._clock_offset)
+        body = rotate_proof_body(self._node_key.public_key(), new)
+        proof = sign(await self._derive(new_key), new, "POST", ROTATE_PROOF_TARGET, body, now)
+        request = RotateKeyRequest(new_public_key=new, proof=proof.header())
+        return await self._call("POST", "/v1/rotate", RotateKeyReply, body=request)
+
+    def use_key(self, key: PrivateKey) -> None:
+        """Sign from now on with `key` (the node's key after a rotation's switch)."""
+        if key != self._node_key:
+            self._node_key = key
+            self._mac_key = None
+
     # Admin calls (credential = admin token).
 
     async def create_token(self, request: TokenCreateRequest) -> TokenCreated:
@@ -193,6 +221,21 @@ class ControlClient:
             f"/v1/admin/nodes/{quote(name, safe='')}",
             params={"allow_rejoin": "1"} if allow_rejoin else None,
         )
+
+    async def set_policy(self, request: PolicySetRequest) -> PolicyInfo:
+        return await self._call("PUT", "/v1/admin/policy", PolicyInfo, body=request)
+
+    async def get_policy(self) -> PolicyInfo:
+        return await self._call("GET", "/v1/admin/policy", PolicyInfo)
+
+    async def test_policy(
+        self, src: str, dst: str, proto: str, port: int | None
+    ) -> list[PolicyVerdict]:
+        params = {"src": src, "dst": dst, "proto": proto}
+        if port is not None:
+            params["port"] = str(port)
+        data = await self._call_json("GET", "/v1/admin/policy/test", params=params)
+        return _VERDICTS.validate_python(data)
 
     # Plumbing.
 
@@ -332,18 +375,26 @@ class ControlClient:
         if self._node_key is None:
             raise RuntimeError("signing without a node key")
         if self._mac_key is None:
+            self._mac_key = await self._derive(self._node_key)
+        now = int(wall_clock() + self._clock_offset)
+        return sign(self._mac_key, self._node_key.public_key(), method, target, body, now).header()
+
+    async def _derive(self, key: PrivateKey) -> bytes:
+        """The MAC key of `key` with this server (whose key is asked for once)."""
+        if self._server_key is None:
             reply = await self._call_json("GET", "/v1/key", signed=False)
             try:
-                server = ServerKey.model_validate(reply).public_key
-                self._mac_key = shared_key(
-                    self._node_key, server, self._node_key.public_key(), server
-                )
-            except (ValidationError, InvalidKey) as exc:
+                self._server_key = ServerKey.model_validate(reply).public_key
+            except ValidationError as exc:
                 raise ControlUnreachable(
                     f"server at {self.server_url} sent an unusable /v1/key reply: {exc}"
                 ) from exc
-        now = int(wall_clock() + self._clock_offset)
-        return sign(self._mac_key, self._node_key.public_key(), method, target, body, now).header()
+        try:
+            return shared_key(key, self._server_key, key.public_key(), self._server_key)
+        except InvalidKey as exc:
+            raise ControlUnreachable(
+                f"server at {self.server_url} sent an unusable /v1/key reply: {exc}"
+            ) from exc
 
     def _follow_clock(self, date: str | None) -> None:
         """Take the server's clock when ours is off: signatures are checked against it."""

@@ -95,9 +95,7 @@ def _set_device(ifname: str, private_key: PrivateKey | None, listen_port: int | 
 
 def _set_peers(ifname: str, diff: PeerDiff) -> None:
     with WireGuard() as wg:
-        # Removals first, then updates and additions; every other peer is left alone.
-        for key in diff.remove:
-            wg.set(ifname, peer={"public_key": _b64(key.raw), "remove": True})
+        # Updates and additions, then removals (see PeerDiff); every other peer is left alone.
         for change in diff.change:
             peer: dict[str, Any] = {"public_key": _b64(change.public_key.raw)}
             if change.endpoint is not None:
@@ -110,6 +108,8 @@ def _set_peers(ifname: str, diff: PeerDiff) -> None:
                 peer["replace_allowed_ips"] = True
                 peer["allowed_ips"] = [str(ip) for ip in change.allowed_ips]
             wg.set(ifname, peer=peer)
+        for key in diff.remove:
+            wg.set(ifname, peer={"public_key": _b64(key.raw), "remove": True})
 
 
 class KernelBackend:

@@ -122,13 +122,12 @@ def render_device(private_key: PrivateKey | None, listen_port: int | None) -> st
 
 
 def render_peers(diff: PeerDiff) -> str:
-    """A `set=1` request applying `diff`: removals, then updates and additions.
+    """A `set=1` request applying `diff`: updates and additions, then removals (see
+    `PeerDiff` for why in that order).
 
     Peers not named are left alone (no `replace_peers`), so their sessions live on.
     """
     lines = ["set=1"]
-    for key in diff.remove:
-        lines += [f"public_key={key.hex()}", "remove=true"]
     for change in diff.change:
         lines.append(f"public_key={change.public_key.hex()}")
         if change.endpoint is not None:
@@ -138,4 +137,6 @@ def render_peers(diff: PeerDiff) -> str:
         if change.allowed_ips is not None:
             lines.append("replace_allowed_ips=true")
             lines += [f"allowed_ip={ip}" for ip in change.allowed_ips]
+    for key in diff.remove:
+        lines += [f"public_key={key.hex()}", "remove=true"]
     return "\n".join(lines) + "\n\n"

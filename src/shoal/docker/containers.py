@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from shoal.model.api import CONTAINER_ID, DOCKER_NAME, MAX_LABEL, MAX_PORTS, ContainerReport
+from shoal.model.api import (
+    CONTAINER_ID,
+    DOCKER_NAME,
+    LABEL_PREFIX,
+    MAX_LABEL,
+    MAX_LABELS,
+    MAX_PORTS,
+    ContainerReport,
+)
 from shoal.model.netmap import Health, PortSpec
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -98,11 +106,23 @@ def _report(
         service=service if _valid(service) else None,
         ports=inspected.ports[:MAX_PORTS],
         health=inspected.health,
+        labels=shoal_labels(labels),
     )
 
 
 def _valid(text: object) -> bool:
     return isinstance(text, str) and len(text) <= MAX_LABEL and _NAME.match(text) is not None
+
+
+def shoal_labels(labels: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The container's `shoal.*` labels, sorted; at most MAX_LABELS, each within the report's
+    bounds (longer ones are left out rather than refusing the whole report)."""
+    mine = sorted(
+        (str(k), str(v))
+        for k, v in labels.items()
+        if str(k).startswith(LABEL_PREFIX) and len(str(k)) <= 64 and len(str(v)) <= 256
+    )
+    return tuple(mine[:MAX_LABELS])
 
 
 def make_report(

@@ -7,7 +7,7 @@ accepts and come out after them, so there is never a moment with the accepts and
 
 from __future__ import annotations
 
-from shoal.firewall import iptables, nftables
+from shoal.firewall import conntrack, iptables, nftables
 from shoal.plan.hostconfig import FirewallConfig
 
 
@@ -15,6 +15,9 @@ async def apply(cfg: FirewallConfig) -> bool:
     """Converge both to `cfg`; False when both already matched."""
     changed = await nftables.apply(cfg)
     changed |= await iptables.apply(cfg)
+    if changed and cfg.policy is not None:
+        # Established flows skip the policy: the ones it denies now are cut here.
+        await conntrack.cut_denied(cfg)
     return changed
 
 

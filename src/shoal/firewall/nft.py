@@ -20,6 +20,9 @@ closes.
     forward: established flows end the chain at the first rule; from shoal0 a packet may
         only go into the shoal bridge (not to Docker-published ports of other bridges, not
         back out); outgoing SYNs to shoal0 get their MSS clamped to the route's MTU
+    mesh_policy (only with a policy): new flows from shoal0 to this host or its containers,
+        one statement per rule matching two address sets (`p<N>_src`, `p<N>_dst`), then
+        drop; flows a policy change denies are cut in conntrack (`firewall.conntrack`)
 
 Per-packet cost (issue 14): an established container flow evaluates one vmap lookup in
 prerouting (plus the range check when it comes from the bridge) and one conntrack-state match
@@ -32,10 +35,12 @@ import re
 from ipaddress import IPv4Address
 
 from shoal.plan.hostconfig import FirewallConfig, gateway_of
+from shoal.plan.policy import HostPolicy, HostRule
 
 FAMILY = "inet"
 TABLE = "shoal"
 POOLS_SET = "pools"
+POLICY_CHAIN = "mesh_policy"
 
 
 def container_sources(cfg: FirewallConfig) -> tuple[IPv4Address, IPv4Address]:
@@ -58,6 +63,7 @@ def render(cfg: FirewallConfig) -> str:
         "\t\tflags interval",
         f"\t\telements = {{ {pools} }}",
         "\t}",
+        *(_policy_sets(cfg.policy) if cfg.policy is not None else ()),
         "",
         "\tchain prerouting {",
         "\t\ttype filter hook prerouting priority raw; policy accept;",
@@ -78,6 +84,7 @@ def render(cfg: FirewallConfig) -> str:
         "\tchain from_mesh {",
         "\t\tct state established,related accept",
         "\t\tmeta l4proto icmp accept",
+        *((f"\t\tjump {POLICY_CHAIN}",) if cfg.policy is not None else ()),
         "\t\tdrop",
         "\t}",
         "",
@@ -85,12 +92,62 @@ def render(cfg: FirewallConfig) -> str:
         "\t\ttype filter hook forward priority filter; policy accept;",
         "\t\tct state established,related accept",
         f'\t\tiifname "{mesh}" oifname != "{bridge}" drop',
+        *(
+            (
+                f'\t\tiifname "{mesh}" jump {POLICY_CHAIN}',
+                # A flow the policy cut must not come back from the other side: a mid-stream
+                # packet of the server would track it anew, outbound, and the client's next
+                # packets would pass as its replies. New TCP flows start with a SYN.
+                f'\t\toifname "{mesh}" tcp flags != syn / syn,ack drop',
+            )
+            if cfg.policy is not None
+            else ()
+        ),
         # Outgoing SYNs are enough: each host clamps its own side of every connection.
         f'\t\toifname "{mesh}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "\t}",
+        *(_policy_chain(cfg.policy) if cfg.policy is not None else ()),
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _policy_sets(policy: HostPolicy) -> list[str]:
+    """Two address sets per rule, `p<N>_src` and `p<N>_dst`: containers coming and going
+    change their elements, never the rules."""
+    lines: list[str] = []
+    for i, rule in enumerate(policy.rules, 1):
+        for side, nets in (("src", rule.sources), ("dst", rule.dests)):
+            lines += ["", f"\tset p{i}_{side} {{", "\t\ttype ipv4_addr", "\t\tflags interval"]
+            if nets:
+                members = ", ".join(
+                    str(n.network_address) if n.prefixlen == 32 else str(n) for n in nets
+                )
+                lines.append(f"\t\telements = {{ {members} }}")
+            lines.append("\t}")
+    return lines
+
+
+def _match(rule: HostRule) -> str:
+    """The protocol and port part of a rule's nft statement."""
+    if not rule.ports:
+        return "" if rule.proto == "any" else f" meta l4proto {rule.proto}"
+    ports = ", ".join(str(p) for p in rule.ports)
+    return f" {rule.proto} dport " + (ports if len(rule.ports) == 1 else f"{{ {ports} }}")
+
+
+def _policy_chain(policy: HostPolicy) -> list[str]:
+    """New flows from the mesh to this host or its containers: one statement per rule (two
+    set lookups each), then drop. Only first packets get here: established flows were
+    accepted at the top of `forward` and `from_mesh`."""
+    lines = ["", f"\tchain {POLICY_CHAIN} {{"]
+    lines += [
+        f"\t\tip saddr @p{i}_src ip daddr @p{i}_dst{_match(rule)} accept"
+        f' comment "{rule.origin} r{policy.revision}"'
+        for i, rule in enumerate(policy.rules, 1)
+    ]
+    lines += ["\t\tdrop", "\t}"]
+    return lines
 
 
 def load_script(cfg: FirewallConfig) -> str:
@@ -104,13 +161,26 @@ DELETE_SCRIPT = f"delete table {FAMILY} {TABLE}\n"
 _ELEMENTS = re.compile(r"\{ ([^{}]*) \}")
 
 
+def _joined(listing: str) -> list[str]:
+    """Non-empty lines, with a `{ ... }` that nft wrapped over several lines (long element
+    lists) joined back into one."""
+    out: list[str] = []
+    for line in listing.splitlines():
+        if not line.strip():
+            continue
+        if out and out[-1].count("{") > out[-1].count("}") and "elements = {" in out[-1]:
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
 def canonical(listing: str) -> list[str]:
     """`listing`'s lines with the members of every `{ ... }` sorted: the kernel lists hashed
     sets and maps in bucket order, which changes each time the table is loaded."""
     return [
         _ELEMENTS.sub(lambda m: "{ " + ", ".join(sorted(m.group(1).split(", "))) + " }", line)
-        for line in listing.splitlines()
-        if line.strip()
+        for line in _joined(listing)
     ]
 
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, field_validator
 
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import (
@@ -17,8 +17,11 @@ from shoal.model.netmap import (
     NetworkMap,
     PortSpec,
 )
+from shoal.model.policy import MAX_POLICY_BYTES, Proto
 
 API_VERSION = 1
+LABEL_PREFIX = "shoal."  # the container labels an agent reports
+MAX_LABELS = 16
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"  # a DNS label: it becomes <node>.shoal
 
 # Bounds on what one node may report. Every report is diffed and any change goes as a delta
@@ -67,6 +70,35 @@ class ServerKey(Frozen):
     """`GET /v1/key`: the server's X25519 key that node signatures are keyed with."""
 
     public_key: PublicKey
+
+
+class RotateKeyRequest(Frozen):
+    """Announce this node's next WireGuard key (`POST /v1/rotate`, signed with the current one).
+
+    `proof` is a node signature header (see `shoal.model.nodeauth`) made with the NEW key over
+    method "POST", target ROTATE_PROOF_TARGET and body current key raw || new key raw: together
+    with the request's own signature it shows the caller holds both private keys, and it binds
+    the new key to this node's current one (it cannot be replayed for another node).
+    """
+
+    new_public_key: PublicKey
+    proof: str = Field(max_length=200)
+
+
+ROTATE_PROOF_TARGET = "/v1/rotate#proof"
+
+
+def rotate_proof_body(current: PublicKey, new: PublicKey) -> bytes:
+    """What the proof of a key rotation signs."""
+    return current.raw + new.raw
+
+
+class RotateKeyReply(Frozen):
+    """The announced rotation: the node and every peer switch to `new_public_key` at
+    `switch_at` (UTC; peers PEER_SWITCH_LAG later)."""
+
+    new_public_key: PublicKey
+    switch_at: datetime
 
 
 class TokenCreateRequest(Frozen):
@@ -147,6 +179,8 @@ class NodeInfo(Frozen):
     last_seen: datetime | None = None
     online: bool = False
     ephemeral: bool = False
+    next_key: PublicKey | None = None  # a key rotation in progress: the key it switches to
+    switch_at: datetime | None = None  # ... at this time (UTC)
 
 
 class ErrorBody(Frozen):
@@ -166,6 +200,19 @@ class ContainerReport(Frozen):
     service: DockerName | None = None
     ports: tuple[PortSpec, ...] = Field(default=(), max_length=MAX_PORTS)
     health: Health = "none"
+    # Its `shoal.*` labels (policies select containers by them), sorted; bounded like the rest.
+    labels: tuple[tuple[str, str], ...] = Field(default=(), max_length=MAX_LABELS)
+
+    @field_validator("labels")
+    @classmethod
+    def _shoal_labels(cls, labels: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        for key, value in labels:
+            if not key.startswith(LABEL_PREFIX) or len(key) > 64 or len(value) > 256:
+                raise ValueError(
+                    f"label {key[:64]!r}: only {LABEL_PREFIX}* labels, keys up to 64 and "
+                    "values up to 256 characters"
+                )
+        return tuple(sorted(labels))
 
 
 class ContainersReport(Frozen):
@@ -173,6 +220,38 @@ class ContainersReport(Frozen):
     server diffs it against what it has, so a lost report is healed by the next one)."""
 
     containers: tuple[ContainerReport, ...] = Field(max_length=MAX_CONTAINERS)
+
+
+POLICY_FILE_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"  # named in nft comments and error lines
+
+
+class PolicySetRequest(Frozen):
+    """`shoal policy set FILE`: the policy's text as written and the file's name."""
+
+    file: str = Field(pattern=POLICY_FILE_PATTERN)
+    source: str = Field(max_length=MAX_POLICY_BYTES)
+
+
+class PolicyInfo(Frozen):
+    """The policy in force (`shoal policy get`)."""
+
+    revision: int
+    file: str
+    source: str
+    set_at: datetime
+    rules: int
+
+
+class PolicyVerdict(Frozen):
+    """`shoal policy test`: what the destination host's firewall does with a new flow."""
+
+    src: str  # "web (10.42.1.3 on h1)"
+    dst: str
+    proto: Proto
+    port: int | None = None
+    allow: bool
+    reason: str  # the rule (file:line) or default that decided
+    policy_revision: int | None = None  # None: no policy
 
 
 class ServiceInstance(Frozen):

@@ -31,6 +31,14 @@ class HealthWarning(Frozen):
     since: datetime
 
 
+class KeyRotation(Frozen):
+    """A key rotation in progress: this host switches to `next_key` at `switch_at` (UTC), its
+    peers shortly after; the answer of `shoal node rotate-key`."""
+
+    next_key: PublicKey
+    switch_at: datetime
+
+
 class PeerStatus(Frozen):
     name: str
     public_key: PublicKey
@@ -40,6 +48,7 @@ class PeerStatus(Frozen):
     last_handshake: datetime | None = None
     rx_bytes: int = 0
     tx_bytes: int = 0
+    rotation: KeyRotation | None = None  # the peer's key rotation in progress
 
 
 class AgentStatus(Frozen):
@@ -56,7 +65,9 @@ class AgentStatus(Frozen):
     listen_port: int | None = None
     netmap_revision: int | None = None
     netmap_received_at: datetime | None = None
+    policy_revision: int | None = None  # the policy this host's firewall enforces; None: none
     peers: tuple[PeerStatus, ...] = ()
+    rotation: KeyRotation | None = None  # this host's key rotation in progress
 
 
 class SubsystemDown(Frozen):

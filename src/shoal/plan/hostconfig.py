@@ -8,10 +8,13 @@ whose part equals the one it last applied.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from shoal.model.keys import PrivateKey, PublicKey
-from shoal.model.netmap import Frozen, NetworkMap
+from shoal.model.netmap import PEER_SWITCH_LAG, Frozen, NetworkMap, Node
+from shoal.plan.policy import HostPolicy, compile_for, publishable
 
 INTERFACE = "shoal0"
 DOCKER_NETWORK = "shoal"
@@ -85,6 +88,9 @@ class FirewallConfig(Frozen):
     # resolver Docker gave them; their port-53 traffic is redirected here, so names work with
     # no per-container flag and no change to the daemon's configuration.
     dns_address: IPv4Address | None = None
+    # The access-control policy as this host enforces it on traffic from the mesh; None: no
+    # policy (containers reach containers, the host's services stay closed but ICMP).
+    policy: HostPolicy | None = None
 
 
 class DnsConfig(Frozen):
@@ -116,15 +122,43 @@ class HostConfig(Frozen):
     docker_network: DockerNetworkConfig
     dns: DnsConfig
     firewall: FirewallConfig
+    # When this plan changes with no new netmap (a key rotation's switch, UTC): the reconciler
+    # plans again then. None: only a new netmap changes it.
+    replan_at: datetime | None = None
 
 
-def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> HostConfig:
-    """The host configuration `netmap` asks for; pure and deterministic (peers, routes sorted)."""
+def own_key(me: Node, keys: Sequence[PrivateKey], now: datetime) -> PrivateKey:
+    """Of the keys this host holds (current first, then a next one during a rotation), the one
+    the netmap says it carries traffic with at `now`; the first when none matches (a netmap
+    from before this host's rotation was announced)."""
+    want = me.key_at(now)
+    return next((k for k in keys if k.public_key() == want), keys[0])
+
+
+def plan_host(
+    netmap: NetworkMap,
+    keys: PrivateKey | Sequence[PrivateKey],
+    listen_port: int,
+    now: datetime | None = None,
+) -> HostConfig:
+    """The host configuration `netmap` asks for at `now` (UTC); pure and deterministic (peers,
+    routes sorted).
+
+    `keys` are this host's private keys: its current one, then its next one while a key
+    rotation is pending. A rotation switches this host to the next key at its `switch_at`
+    and each peer's entry to the rotating node's next key PEER_SWITCH_LAG after that node's
+    `switch_at` (see PEER_SWITCH_LAG for why this order loses nothing). Without `now`, the
+    rotation is taken as not yet switched.
+    """
     settings = netmap.settings
     me = netmap.self_node
+    held = (keys,) if isinstance(keys, PrivateKey) else tuple(keys)
+    at = now if now is not None else datetime.min.replace(tzinfo=UTC)
+    switches = [me.switches_at()] + [p.switches_at(lag=PEER_SWITCH_LAG) for p in netmap.peers]
+    pending = [t for t in switches if t is not None and t > at]
     interface = InterfaceConfig(
         name=INTERFACE,
-        private_key=private_key,
+        private_key=own_key(me, held, at),
         listen_port=listen_port,
         address=settings.mesh_interface(me.mesh_ip),
         mtu=settings.mtu,
@@ -133,7 +167,7 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         sorted(
             (
                 PeerConfig(
-                    public_key=peer.public_key,
+                    public_key=peer.key_at(at, lag=PEER_SWITCH_LAG),
                     endpoint=str(peer.endpoints[0]) if peer.endpoints else None,
                     allowed_ips=peer.allowed_ips(),
                 )
@@ -167,11 +201,14 @@ def plan_host(netmap: NetworkMap, private_key: PrivateKey, listen_port: int) -> 
         container_pool=settings.container_pool,
         mesh_pool=settings.mesh_pool,
         dns_address=me.mesh_ip,
+        policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
         routing=RoutingConfig(device=INTERFACE, routes=routes),
         docker_network=docker_network,
-        dns=DnsConfig(address=me.mesh_ip, netmap=netmap),
+        # Names a host may not publish (the policy's `publish` claims) are not served.
+        dns=DnsConfig(address=me.mesh_ip, netmap=publishable(netmap)),
         firewall=firewall,
+        replan_at=min(pending, default=None),
     )

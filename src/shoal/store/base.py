@@ -58,6 +58,10 @@ class NodeRecord:
     # False once the server withdrew its containers (missed heartbeats); changed only by
     # `Store.set_online`, never by `save_node`.
     online: bool = True
+    # A key rotation in progress (see `Node.next_key`); the node is found by either key until
+    # the server finalises it.
+    next_key: PublicKey | None = None
+    switch_at: datetime | None = None
 
     def node(self) -> Node:
         return Node(
@@ -67,6 +71,9 @@ class NodeRecord:
             mesh_ip=self.mesh_ip,
             subnet=self.subnet,
             endpoints=self.endpoints,
+            tags=self.tags,
+            next_key=self.next_key,
+            switch_at=self.switch_at,
         )
 
 
@@ -105,6 +112,17 @@ class Released:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """The access-control policy as the admin set it (its text, comments and all)."""
+
+    revision: int  # the policy's own number: 1 for the first one set, then 2, ...
+    file: str  # the name it was set from, for `file:line` in errors and verdicts
+    source: str
+    set_at: datetime
+    updated_rev: int = 0  # the global revision at which it reached the maps
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the server loads at start."""
 
@@ -115,6 +133,7 @@ class Snapshot:
     container_tombstones: tuple[ContainerTombstone, ...] = ()  # most recent, oldest first
     revoked_keys: tuple[PublicKey, ...] = ()  # keys of removed nodes: they may not rejoin
     released: tuple[Released, ...] = ()  # oldest first
+    policy: PolicyRecord | None = None  # the newest policy; None: none was ever set
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +149,7 @@ class Changes:
     offline: frozenset[str]  # every node flagged offline now (the flag takes no node revision)
     revoked_keys: frozenset[PublicKey]  # all of them now
     released: tuple[Released, ...]  # all of them now
+    policy: PolicyRecord | None = None  # the newest policy, if it was set in the range
 
 
 def no_changes(revision: int) -> Changes:
@@ -184,7 +204,8 @@ class Store(Protocol):
         self, node_id: str, *, revoke_key: bool = False, at: datetime | None = None
     ) -> int | None:
         """Delete the node and its containers, leave tombstones for all of them, and release
-        its addresses into quarantine (at `at`); with `revoke_key`, record its key as revoked.
+        its addresses into quarantine (at `at`); with `revoke_key`, record its key (and its
+        next key, during a rotation) as revoked.
         The new revision, or None if it did not exist."""
         ...
 
@@ -219,7 +240,7 @@ class Store(Protocol):
         """The rows changed at revisions in (since, before), or after `since` if `before` is
         None, read in one consistent snapshot; `revision` is `before - 1`, or the store's
         revision in that snapshot. A row changed inside the range and again at `before` or
-        later is not returned (its newest change is a later catch-up's)."""
+        later is not returned (its newest change is a later catch-up's); so is a policy."""
         ...
 
     async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
@@ -231,6 +252,11 @@ class Store(Protocol):
         """Revisions committed by any writer, as they commit (and the current one after each
         (re)connection, so nothing missed while away goes unnoticed). A store with a single
         writer (SQLite, memory) has nothing to tell and waits forever, at no cost."""
+        ...
+
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        """Store a new policy (the previous one's revision + 1) at a new global revision;
+        earlier policies are kept for the record."""
         ...
 
     async def close(self) -> None: ...

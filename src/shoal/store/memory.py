@@ -14,6 +14,7 @@ from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    PolicyRecord,
     Released,
     Snapshot,
     TokenRecord,
@@ -35,6 +36,7 @@ class MemoryStore:
         self.container_tombstones: dict[ContainerKey, int] = {}
         self.revoked_keys: set[PublicKey] = set()
         self.released: dict[str, Released] = {}
+        self.policies: list[PolicyRecord] = []
 
     async def load(self, tombstone_limit: int) -> Snapshot:
         stones = sorted(self.tombstones.items(), key=lambda s: s[1])[-tombstone_limit:]
@@ -50,6 +52,7 @@ class MemoryStore:
             ),
             revoked_keys=tuple(sorted(self.revoked_keys, key=str)),
             released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
+            policy=self.policies[-1] if self.policies else None,
         )
 
     async def get_setting(self, key: str) -> str | None:
@@ -120,6 +123,8 @@ class MemoryStore:
             return None
         if revoke_key:
             self.revoked_keys.add(node.public_key)
+            if node.next_key is not None:
+                self.revoked_keys.add(node.next_key)
         self.released[node_id] = Released(
             node_id, node.mesh_ip, node.subnet, at or datetime.now(UTC)
         )
@@ -202,6 +207,9 @@ class MemoryStore:
             offline=frozenset(n.id for n in self.nodes.values() if not n.online),
             revoked_keys=frozenset(self.revoked_keys),
             released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
+            policy=self.policies[-1]
+            if self.policies and within(self.policies[-1].updated_rev)
+            else None,
         )
 
     async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
@@ -214,6 +222,12 @@ class MemoryStore:
     async def notifications(self) -> AsyncIterator[int]:
         await asyncio.Event().wait()  # one writer: nothing to hear
         yield self.revision
+
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        self.revision += 1
+        record = PolicyRecord(len(self.policies) + 1, file, source, at, self.revision)
+        self.policies.append(record)
+        return record
 
     async def close(self) -> None:
         return None

@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 -- The global revision: bumped by every change other nodes must see.
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', '0');
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '4');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '5');
 
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,          -- first 12 hex of sha256(secret)
@@ -38,7 +38,9 @@ CREATE TABLE IF NOT EXISTS nodes (
     last_seen       TEXT,
     updated_rev     INTEGER NOT NULL,
     online          INTEGER NOT NULL DEFAULT 1, -- 0: containers withdrawn (missed heartbeats)
-    ephemeral       INTEGER NOT NULL DEFAULT 0  -- removed once offline for the timeout
+    ephemeral       INTEGER NOT NULL DEFAULT 0, -- removed once offline for the timeout
+    next_key        TEXT,                  -- a key rotation in progress: the next key ...
+    switch_at       TEXT                   -- ... and when the node switches to it
 );
 CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);
 
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS containers (
     ports       TEXT NOT NULL,                 -- JSON list of {"port", "protocol"}
     health      TEXT NOT NULL,
     updated_rev INTEGER NOT NULL,              -- also bumped when its node goes on/offline
+    labels      TEXT NOT NULL DEFAULT '[]',    -- JSON list of [key, value], shoal.* only (schema 5)
     PRIMARY KEY (node_id, id)
 );
 
@@ -84,4 +87,13 @@ CREATE TABLE IF NOT EXISTS released (
     mesh_ip     TEXT NOT NULL,
     subnet      TEXT NOT NULL,
     released_at TEXT NOT NULL
+);
+
+-- Access-control policies as set, the newest one in force (schema 5).
+CREATE TABLE IF NOT EXISTS policies (
+    revision    INTEGER PRIMARY KEY,           -- the policy's own number, 1, 2, ...
+    file        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    set_at      TEXT NOT NULL,
+    updated_rev INTEGER NOT NULL               -- the global revision it reached the maps at
 );

@@ -29,6 +29,7 @@ from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    PolicyRecord,
     Released,
     Snapshot,
     TokenRecord,
@@ -148,6 +149,10 @@ class SqliteStore:
                     "SELECT node_id, mesh_ip, subnet, released_at FROM released "
                     "ORDER BY released_at"
                 ).fetchall()
+                policy = db.execute(
+                    "SELECT revision, file, source, set_at, updated_rev FROM policies "
+                    "ORDER BY revision DESC LIMIT 1"
+                ).fetchone()
             finally:
                 db.execute("COMMIT")
             return Snapshot(
@@ -161,6 +166,7 @@ class SqliteStore:
                 ),
                 revoked_keys=tuple(PublicKey.parse(str(r[0])) for r in revoked),
                 released=tuple(_released(r) for r in released),
+                policy=None if policy is None else _policy(policy),
             )
 
         return await self._run(run)
@@ -260,12 +266,13 @@ class SqliteStore:
                 rev = self._bump(db)
                 try:
                     db.execute(
-                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                         "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
                         "subnet = excluded.subnet, endpoints = excluded.endpoints, "
                         "tags = excluded.tags, ephemeral = excluded.ephemeral, "
-                        "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev",
+                        "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev, "
+                        "next_key = excluded.next_key, switch_at = excluded.switch_at",
                         _node_row(node, rev),
                     )
                 except sqlite3.IntegrityError as exc:
@@ -284,14 +291,18 @@ class SqliteStore:
         def run(db: sqlite3.Connection) -> int | None:
             with self._write(db):
                 row = db.execute(
-                    "DELETE FROM nodes WHERE id = ? RETURNING public_key, mesh_ip, subnet",
+                    "DELETE FROM nodes WHERE id = ? RETURNING public_key, mesh_ip, subnet, "
+                    "next_key",
                     (node_id,),
                 ).fetchone()
                 if row is None:
                     return None
-                key, mesh_ip, subnet = row
+                key, mesh_ip, subnet, next_key = row
                 if revoke_key:
-                    db.execute("INSERT OR IGNORE INTO revoked_keys (public_key) VALUES (?)", (key,))
+                    db.executemany(
+                        "INSERT OR IGNORE INTO revoked_keys (public_key) VALUES (?)",
+                        [(k,) for k in (key, next_key) if k is not None],
+                    )
                 db.execute(
                     "INSERT OR REPLACE INTO released (node_id, mesh_ip, subnet, released_at) "
                     "VALUES (?, ?, ?, ?)",
@@ -321,11 +332,12 @@ class SqliteStore:
             with self._write(db):
                 rev = self._bump(db)
                 db.executemany(
-                    f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                    f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (node_id, id) DO UPDATE SET "
                     "name = excluded.name, ip = excluded.ip, project = excluded.project, "
                     "service = excluded.service, ports = excluded.ports, "
-                    "health = excluded.health, updated_rev = excluded.updated_rev",
+                    "health = excluded.health, updated_rev = excluded.updated_rev, "
+                    "labels = excluded.labels",
                     [_container_row(c, rev) for c in changed],
                 )
                 db.executemany(
@@ -425,6 +437,12 @@ class SqliteStore:
                     "SELECT node_id, mesh_ip, subnet, released_at FROM released "
                     "ORDER BY released_at"
                 ).fetchall()
+                policy = db.execute(
+                    "SELECT revision, file, source, set_at, updated_rev FROM policies "
+                    "WHERE updated_rev > ? AND updated_rev <= ? "
+                    "AND revision = (SELECT MAX(revision) FROM policies)",
+                    rng,
+                ).fetchone()
             finally:
                 db.execute("COMMIT")
             return Changes(
@@ -439,6 +457,7 @@ class SqliteStore:
                 offline=frozenset(str(r[0]) for r in offline),
                 revoked_keys=frozenset(PublicKey.parse(str(r[0])) for r in revoked),
                 released=tuple(_released(r) for r in released),
+                policy=None if policy is None else _policy(policy),
             )
 
         return await self._run(run)
@@ -458,6 +477,20 @@ class SqliteStore:
         await asyncio.Event().wait()  # one server owns the file: nothing to hear
         yield 0
 
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        def run(db: sqlite3.Connection) -> PolicyRecord:
+            with self._write(db):
+                rev = self._bump(db)
+                row = db.execute(
+                    "INSERT INTO policies (revision, file, source, set_at, updated_rev) "
+                    "SELECT COALESCE(MAX(revision), 0) + 1, ?, ?, ?, ? FROM policies "
+                    "RETURNING revision, file, source, set_at, updated_rev",
+                    (file, source, _ts(at), rev),
+                ).fetchone()
+                return _policy(row)
+
+        return await self._run(run)
+
     async def close(self) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.close()
@@ -471,9 +504,11 @@ _TOKEN_COLS = (
 )
 _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
-    "last_seen, updated_rev, online, ephemeral"
+    "last_seen, updated_rev, online, ephemeral, next_key, switch_at"
 )
-_CONTAINER_COLS = "node_id, id, name, ip, project, service, ports, health, updated_rev"
+# The containers columns of schema 4, which the 3 → 4 rebuild copies.
+_CONTAINER_COLS_V4 = "node_id, id, name, ip, project, service, ports, health, updated_rev"
+_CONTAINER_COLS = f"{_CONTAINER_COLS_V4}, labels"
 
 
 def _migrate(db: sqlite3.Connection) -> None:
@@ -492,12 +527,18 @@ def _migrate(db: sqlite3.Connection) -> None:
             "ALTER TABLE nodes RENAME TO nodes_v2;"
             "DROP INDEX IF EXISTS nodes_updated_rev;"
             f"{create.group(0)}"
-            f"INSERT INTO nodes ({_NODE_COLS}) SELECT id, name, public_key, mesh_ip, subnet, "
-            "endpoints, tags, created_at, last_seen, updated_rev, online, 0 FROM nodes_v2;"
+            "INSERT INTO nodes (id, name, public_key, mesh_ip, subnet, endpoints, tags, "
+            "created_at, last_seen, updated_rev, online, ephemeral) SELECT id, name, public_key, "
+            "mesh_ip, subnet, endpoints, tags, created_at, last_seen, updated_rev, online, 0 "
+            "FROM nodes_v2;"
             "DROP TABLE nodes_v2;"
             "CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);"
             "COMMIT;"
         )
+    if "next_key" not in {row[1] for row in db.execute("PRAGMA table_info(nodes)")}:
+        # Key rotation only adds two nullable columns (no schema version of its own).
+        db.execute("ALTER TABLE nodes ADD COLUMN next_key TEXT")
+        db.execute("ALTER TABLE nodes ADD COLUMN switch_at TEXT")
     tokens = {row[1] for row in db.execute("PRAGMA table_info(tokens)")}
     if "max_uses" not in tokens:  # schema 2 → 3: use limits and ephemeral nodes
         db.execute("ALTER TABLE tokens ADD COLUMN max_uses INTEGER")
@@ -524,14 +565,17 @@ def _migrate(db: sqlite3.Connection) -> None:
             "DROP INDEX IF EXISTS containers_node_id;"
             "DROP TABLE container_tombstones;"
             + "".join(t.group(0) for t in tables if t is not None)
-            + f"INSERT INTO containers ({_CONTAINER_COLS}) "
-            f"SELECT {_CONTAINER_COLS} FROM containers_v3;"
+            + f"INSERT INTO containers ({_CONTAINER_COLS_V4}) "
+            f"SELECT {_CONTAINER_COLS_V4} FROM containers_v3;"
             "DROP TABLE containers_v3;"
             "CREATE INDEX IF NOT EXISTS container_tombstones_removed_rev "
             "ON container_tombstones (removed_rev);"
             "COMMIT;"
         )
-    db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    containers = {row[1] for row in db.execute("PRAGMA table_info(containers)")}
+    if "labels" not in containers:  # schema 4 → 5: container labels (policies), policies
+        db.execute("ALTER TABLE containers ADD COLUMN labels TEXT NOT NULL DEFAULT '[]'")
+    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
 
 
 def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], rev: int) -> None:
@@ -592,11 +636,14 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         rev,
         int(node.online),
         int(node.ephemeral),
+        None if node.next_key is None else str(node.next_key),
+        _ts(node.switch_at),
     )
 
 
 def _node(row: tuple[object, ...]) -> NodeRecord:
-    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row
+    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row[:12]
+    next_key, switch_at = row[12:]
     return NodeRecord(
         id=str(nid),
         name=str(name),
@@ -610,6 +657,8 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         updated_rev=int(str(rev)),
         online=bool(online),
         ephemeral=bool(ephemeral),
+        next_key=PublicKey.parse(next_key) if isinstance(next_key, str) else None,
+        switch_at=_dt(switch_at if isinstance(switch_at, str) else None),
     )
 
 
@@ -624,11 +673,12 @@ def _container_row(c: Container, rev: int) -> tuple[object, ...]:
         json.dumps([p.model_dump(mode="json") for p in c.ports]),
         c.health,
         rev,
+        json.dumps([list(kv) for kv in c.labels]),
     )
 
 
 def _container(row: tuple[object, ...]) -> ContainerRecord:
-    (node_id, cid, name, ip, project, service, ports, health, rev) = row
+    (node_id, cid, name, ip, project, service, ports, health, rev, labels) = row
     container = Container(
         id=str(cid),
         node_id=str(node_id),
@@ -638,5 +688,17 @@ def _container(row: tuple[object, ...]) -> ContainerRecord:
         service=service if isinstance(service, str) else None,
         ports=tuple(PortSpec.model_validate(p) for p in json.loads(str(ports))),
         health=str(health),  # validated by the model
+        labels=tuple((str(k), str(v)) for k, v in json.loads(str(labels))),
     )
     return ContainerRecord(container=container, updated_rev=int(str(rev)))
+
+
+def _policy(row: tuple[object, ...]) -> PolicyRecord:
+    revision, file, source, set_at, rev = row
+    return PolicyRecord(
+        revision=int(str(revision)),
+        file=str(file),
+        source=str(source),
+        set_at=_required_dt(str(set_at)),
+        updated_rev=int(str(rev)),
+    )

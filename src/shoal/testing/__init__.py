@@ -4,4 +4,5 @@
     builders   small model values (`netmap(1, [2, 3])`)
     fakes      stateful fakes of every host subsystem, each with a readable `dump()`
     clock      `ManualClock`: time moves only when the test advances it
+    systemctl  a fake `systemctl` keeping systemd's state, for the agent's unit
 """
