@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from shoal.cli.main import main
-from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.app import RunningServer, start_server
+from shoal.control.config import load_config
 from shoal.control.errors import ServerConfigError
 from shoal.model.api import ContainerReport, ContainersReport
 from tests.control.servers import FakeClock, Joined, admin_client, join, node_client

@@ -13,12 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shoal.control.app import RunningServer, load_config, start_server
+from shoal.control.app import RunningServer, start_server
+from shoal.control.config import load_config
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest
+from shoal.model.api import ContainerReport, ContainersReport, PolicySetRequest, RegisterRequest
 from shoal.model.keys import PrivateKey
-from tests.control.servers import FakeClock, join, new_token, node_client
+from tests.control.servers import FakeClock, admin_client, join, new_token, node_client
 
 Pair = tuple[RunningServer, RunningServer]
 
@@ -185,3 +186,26 @@ async def test_a_node_just_registered_on_one_replica_is_known_to_the_other_at_on
     gamma = await join(a, "gamma")
     again = await join(b, "gamma", key=gamma.key, with_token=False)  # no token: known key
     assert again.node_id == gamma.node_id
+
+
+async def test_a_policy_set_through_one_replica_reaches_a_long_poll_on_the_other(
+    replicas: Pair,
+) -> None:
+    a, b = replicas
+    beta = await join(b, "beta")
+    await _converged(replicas)
+    async with node_client(b, beta.key) as client:
+        waiting = asyncio.create_task(client.poll(since=b.service.registry.revision, wait=20))
+        async with admin_client(a) as admin:
+            source = "rules:\n  - {from: service:web, to: service:db, ports: 5432}\n"
+            await admin.set_policy(PolicySetRequest(file="p.yaml", source=source))
+        update = await asyncio.wait_for(waiting, 10)
+    assert update.kind == "delta" and update.policy is not None
+    assert update.policy.revision == 1 and update.policy.file == "p.yaml"
+    # B serves it to a full map too, and numbers the next policy after A's.
+    async with node_client(b, beta.key) as client:
+        full = await client.poll(since=0, wait=0)
+    assert full.full is not None and full.full.policy == update.policy
+    async with admin_client(b) as admin:
+        info = await admin.set_policy(PolicySetRequest(file="q.yaml", source="rules: []\n"))
+    assert info.revision == 2

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from shoal.model.keys import PrivateKey
@@ -29,8 +30,9 @@ from shoal.store import (
     open_store,
 )
 from shoal.store.memory import MemoryStore
-from shoal.store.postgresql import SCHEMA_VERSION, PostgresStore, migrate
+from shoal.store.postgresql import MIGRATIONS, SCHEMA_VERSION, PostgresStore, migrate
 from shoal.store.sqlite import SqliteStore, schema_sql
+from shoal.store.transfer import copy_state
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -391,13 +393,65 @@ async def test_postgresql_replicas_racing_for_tokens_and_addresses(postgres_url:
 
 
 async def test_postgresql_migrations_run_once_and_are_recorded(postgres_url: str) -> None:
-    assert await migrate(postgres_url) == [SCHEMA_VERSION]
+    assert await migrate(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
     assert await migrate(postgres_url) == []
     replicas = [PostgresStore(postgres_url) for _ in range(3)]
     await asyncio.gather(*(r.save_node(node(i + 1)) for i, r in enumerate(replicas)))
     assert (await replicas[0].load(10)).revision == 3
     for r in replicas:
         await r.close()
+
+
+async def test_postgresql_migration_2_keeps_the_rows_of_a_version_1_database(
+    postgres_url: str,
+) -> None:
+    """A database of migration 1 (before key rotation and policies) gains the columns, with
+    no pending rotation and no labels, and the policies table."""
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        await conn.execute(MIGRATIONS[0][1].encode())
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+        await conn.execute(
+            "INSERT INTO nodes (id, name, public_key, mesh_ip, subnet, endpoints, tags, "
+            "created_at, updated_rev) VALUES ('n1', 'h1', %s, '100.64.0.1', '10.42.1.0/24', "
+            "'[]', '[]', %s, 1)",
+            (str(node(1).public_key), T0),
+        )
+        await conn.execute(
+            "INSERT INTO containers (node_id, id, name, ip, ports, health, updated_rev) "
+            "VALUES ('n1', %s, 'c1', '10.42.1.2', '[]', 'none', 1)",
+            (box(1).id,),
+        )
+    assert await migrate(postgres_url) == [2]
+    store = PostgresStore(postgres_url)
+    snap = await store.load(10)
+    assert [(n.id, n.next_key, n.switch_at) for n in snap.nodes] == [("n1", None, None)]
+    assert [c.container.labels for c in snap.containers] == [()] and snap.policy is None
+    assert (await store.save_policy("p.yaml", "rules: []\n", T0)).revision == 1
+    await store.close()
+
+
+async def test_copy_state_moves_rotations_labels_and_the_policy_into_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    source = SqliteStore(tmp_path / "shoal.db")
+    rotating = node(1, next_key=node(9).public_key, switch_at=T0 + timedelta(seconds=5))
+    await source.save_node(rotating)
+    await source.save_containers("n1", [box(1, labels=(("shoal.tags", "web"),))], [])
+    await source.save_policy("p.yaml", "rules: []\n", T0)
+    policy = await source.save_policy("q.yaml", "# none\n", T0)
+    target = PostgresStore(postgres_url)
+    await copy_state(source, target)
+    moved, before = await target.load(10), await source.load(10)
+    assert moved.nodes == before.nodes and moved.containers == before.containers
+    assert moved.policy == policy and moved.revision == policy.updated_rev
+    # The policy numbers go on from the newest one moved.
+    assert (await target.save_policy("r.yaml", "rules: []\n", T0)).revision == 3
+    await source.close()
+    await target.close()
 
 
 async def test_postgresql_unreachable_is_a_store_error_naming_the_database() -> None:
@@ -429,6 +483,20 @@ async def test_changes_since_a_revision_for_a_replica_catching_up(store: Store) 
     assert later.nodes == () and later.tombstones == ()
     await store.touch_nodes({"n1": T0})
     assert await store.seen_times(["n1", "n3", "nope"]) == {"n1": T0}
+
+
+async def test_changes_since_carry_the_policy_set_in_the_range(store: Store) -> None:
+    await store.save_node(node(1))
+    assert (await store.changes_since(0)).policy is None
+    first = await store.save_policy("p.yaml", "rules: []\n", T0)
+    await store.save_node(node(2))
+    assert (await store.changes_since(1)).policy == first
+    assert (await store.changes_since(1, before=first.updated_rev)).policy is None
+    assert (await store.changes_since(first.updated_rev)).policy is None  # not changed since
+    second = await store.save_policy("q.yaml", "# none\n", T0)
+    # Only the newest counts: the first one, in range, was replaced after it.
+    assert (await store.changes_since(1)).policy == second
+    assert (await store.changes_since(1, before=second.updated_rev)).policy is None
 
 
 async def test_policies_are_numbered_and_the_newest_loads(store: Store) -> None:

@@ -337,6 +337,7 @@ class Registry:
         node's next poll in the delta."""
         async with self._write:
             record = await self.store.save_policy(policy.file, source, self._clock())
+            await self._fill_gap(record.updated_rev)
             self.policy_record = record
             self.policy = policy.model_copy(update={"revision": record.revision})
             self._record(record.updated_rev, [])
@@ -427,6 +428,9 @@ class Registry:
             self._put_container(box.container)
             entries.append((box.updated_rev, box.container.key))
         # State, not history: the flags and sets as the store holds them now.
+        if changes.policy is not None:  # set through another replica; no subject of the log
+            self.policy_record = changes.policy
+            self.policy = _policy(changes.policy)
         self._offline = {nid for nid in changes.offline if nid in self._nodes}
         self._revoked = set(changes.revoked_keys)
         for released in changes.released:

@@ -41,6 +41,7 @@ from shoal.store.base import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    PolicyRecord,
     Released,
     Snapshot,
     TokenRecord,
@@ -140,6 +141,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        """
+        -- Key rotation: the next key and when the node switches to it (NULL: none pending).
+        ALTER TABLE nodes ADD COLUMN next_key TEXT;
+        ALTER TABLE nodes ADD COLUMN switch_at TIMESTAMPTZ;
+        -- Access control: containers' shoal.* labels, and the policies as set.
+        ALTER TABLE containers ADD COLUMN labels JSONB NOT NULL DEFAULT '[]';
+        CREATE TABLE policies (
+            revision    INTEGER PRIMARY KEY,  -- the policy's own number, 1, 2, ...
+            file        TEXT NOT NULL,
+            source      TEXT NOT NULL,
+            set_at      TIMESTAMPTZ NOT NULL,
+            updated_rev BIGINT NOT NULL       -- the global revision it reached the maps at
+        );
+        CREATE INDEX policies_updated_rev ON policies (updated_rev);
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -155,9 +174,16 @@ _TOKEN_COLS = (
 )
 _NODE_COLS = (
     "id, name, public_key, mesh_ip, subnet, endpoints, tags, created_at, "
-    "last_seen, updated_rev, online, ephemeral"
+    "last_seen, updated_rev, online, ephemeral, next_key, switch_at"
 )
-_CONTAINER_COLS = "node_id, id, name, ip, project, service, ports, health, updated_rev"
+_CONTAINER_COLS = "node_id, id, name, ip, project, service, ports, health, updated_rev, labels"
+_POLICY_COLS = "revision, file, source, set_at, updated_rev"
+# The newest policy; changes_since adds a range on its updated_rev.
+_NEWEST_POLICY = (
+    f"SELECT {_POLICY_COLS} FROM policies WHERE revision = (SELECT MAX(revision) FROM policies)"
+)
+_NODE_VALUES = ", ".join(["%s"] * len(_NODE_COLS.split(",")))
+_CONTAINER_VALUES = ", ".join(["%s"] * len(_CONTAINER_COLS.split(",")))
 
 
 def redact(url: str) -> str:
@@ -297,6 +323,7 @@ class PostgresStore:
                 "SELECT node_id, mesh_ip, subnet, released_at FROM released "
                 "ORDER BY released_at, node_id",
             )
+            policy = await _all(conn, _NEWEST_POLICY)
             return Snapshot(
                 revision=int(rev),
                 nodes=tuple(_node(r) for r in nodes),
@@ -316,6 +343,7 @@ class PostgresStore:
                     )
                     for r in released
                 ),
+                policy=_policy(policy[0]) if policy else None,
             )
 
         return await self._run(run)
@@ -397,12 +425,13 @@ class PostgresStore:
             rev = await self._bump(conn)
             try:
                 await conn.execute(
-                    f"INSERT INTO nodes ({_NODE_COLS}) VALUES ({', '.join(['%s'] * 12)}) "
+                    f"INSERT INTO nodes ({_NODE_COLS}) VALUES ({_NODE_VALUES}) "
                     "ON CONFLICT (id) DO UPDATE SET name = excluded.name, "
                     "public_key = excluded.public_key, mesh_ip = excluded.mesh_ip, "
                     "subnet = excluded.subnet, endpoints = excluded.endpoints, "
                     "tags = excluded.tags, ephemeral = excluded.ephemeral, "
-                    "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev",
+                    "last_seen = excluded.last_seen, updated_rev = excluded.updated_rev, "
+                    "next_key = excluded.next_key, switch_at = excluded.switch_at",
                     _node_row(node, rev),
                 )
             except pg_errors.UniqueViolation as exc:
@@ -421,16 +450,17 @@ class PostgresStore:
         async def run(conn: Conn) -> int | None:
             rows = await _all(
                 conn,
-                "DELETE FROM nodes WHERE id = %s RETURNING public_key, mesh_ip, subnet",
+                "DELETE FROM nodes WHERE id = %s RETURNING public_key, mesh_ip, subnet, next_key",
                 (node_id,),
             )
             if not rows:
                 return None
-            key, mesh_ip, subnet = rows[0]
-            if revoke_key:
+            key, mesh_ip, subnet, next_key = rows[0]
+            if revoke_key:  # a rotation in progress: its next key may not join either
                 await conn.execute(
-                    "INSERT INTO revoked_keys (public_key) VALUES (%s) ON CONFLICT DO NOTHING",
-                    (key,),
+                    "INSERT INTO revoked_keys (public_key) SELECT unnest(%s::text[]) "
+                    "ON CONFLICT DO NOTHING",
+                    ([k for k in (key, next_key) if k is not None],),
                 )
             await conn.execute(
                 "INSERT INTO released (node_id, mesh_ip, subnet, released_at) "
@@ -464,12 +494,12 @@ class PostgresStore:
             async with conn.cursor() as cur:
                 if changed:
                     await cur.executemany(
-                        f"INSERT INTO containers ({_CONTAINER_COLS}) "
-                        f"VALUES ({', '.join(['%s'] * 9)}) "
+                        f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES ({_CONTAINER_VALUES}) "
                         "ON CONFLICT (node_id, id) DO UPDATE SET "
                         "name = excluded.name, ip = excluded.ip, project = excluded.project, "
                         "service = excluded.service, ports = excluded.ports, "
-                        "health = excluded.health, updated_rev = excluded.updated_rev",
+                        "health = excluded.health, updated_rev = excluded.updated_rev, "
+                        "labels = excluded.labels",
                         [_container_row(c, rev) for c in changed],
                     )
                     await cur.execute(
@@ -577,6 +607,9 @@ class PostgresStore:
                 "SELECT node_id, mesh_ip, subnet, released_at FROM released "
                 "ORDER BY released_at, node_id",
             )
+            policy = await _all(
+                conn, f"{_NEWEST_POLICY} AND updated_rev > %s AND updated_rev <= %s", rng
+            )
             return Changes(
                 revision=upto,
                 nodes=tuple(_node(r) for r in nodes),
@@ -589,6 +622,7 @@ class PostgresStore:
                 offline=frozenset(str(r[0]) for r in offline),
                 revoked_keys=frozenset(PublicKey.parse(str(r[0])) for r in revoked),
                 released=tuple(_released(r) for r in released),
+                policy=_policy(policy[0]) if policy else None,
             )
 
         return await self._run(run)
@@ -601,6 +635,21 @@ class PostgresStore:
                 (list(node_ids),),
             )
             return {str(r[0]): _utc(r[1]) for r in rows}
+
+        return await self._run(run)
+
+    async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
+        async def run(conn: Conn) -> PolicyRecord:
+            # The revision row's lock (taken by the bump) also serialises the policy numbers.
+            rev = await self._bump(conn)
+            rows = await _all(
+                conn,
+                f"INSERT INTO policies ({_POLICY_COLS}) "
+                "SELECT COALESCE(MAX(revision), 0) + 1, %s, %s, %s, %s FROM policies "
+                f"RETURNING {_POLICY_COLS}",
+                (file, source, at, rev),
+            )
+            return _policy(rows[0])
 
         return await self._run(run)
 
@@ -664,7 +713,7 @@ class PostgresStore:
                         [_token_row(t) for t in tokens],
                     ),
                     (
-                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES ({', '.join(['%s'] * 12)})",
+                        f"INSERT INTO nodes ({_NODE_COLS}) VALUES ({_NODE_VALUES})",
                         [_node_row(n, n.updated_rev) for n in snapshot.nodes],
                     ),
                     (
@@ -672,8 +721,7 @@ class PostgresStore:
                         [(t.node_id, t.removed_rev) for t in snapshot.tombstones],
                     ),
                     (
-                        f"INSERT INTO containers ({_CONTAINER_COLS}) "
-                        f"VALUES ({', '.join(['%s'] * 9)})",
+                        f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES ({_CONTAINER_VALUES})",
                         [_container_row(c.container, c.updated_rev) for c in snapshot.containers],
                     ),
                     (
@@ -694,6 +742,14 @@ class PostgresStore:
                         [
                             (r.node_id, str(r.mesh_ip), str(r.subnet), r.released_at)
                             for r in snapshot.released
+                        ],
+                    ),
+                    (
+                        f"INSERT INTO policies ({_POLICY_COLS}) VALUES (%s, %s, %s, %s, %s)",
+                        [
+                            (p.revision, p.file, p.source, p.set_at, p.updated_rev)
+                            for p in (snapshot.policy,)
+                            if p is not None
                         ],
                     ),
                 ]
@@ -806,11 +862,14 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         rev,
         node.online,
         node.ephemeral,
+        None if node.next_key is None else str(node.next_key),
+        node.switch_at,
     )
 
 
 def _node(row: tuple[Any, ...]) -> NodeRecord:
-    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row
+    (nid, name, key, ip, subnet, endpoints, tags, created, seen, rev, online, ephemeral) = row[:12]
+    next_key, switch_at = row[12:]
     return NodeRecord(
         id=nid,
         name=name,
@@ -824,6 +883,8 @@ def _node(row: tuple[Any, ...]) -> NodeRecord:
         updated_rev=int(rev),
         online=online,
         ephemeral=ephemeral,
+        next_key=None if next_key is None else PublicKey.parse(next_key),
+        switch_at=_opt_utc(switch_at),
     )
 
 
@@ -838,11 +899,12 @@ def _container_row(c: Container, rev: int) -> tuple[object, ...]:
         json.dumps([p.model_dump(mode="json") for p in c.ports]),
         c.health,
         rev,
+        json.dumps([list(kv) for kv in c.labels]),
     )
 
 
 def _container(row: tuple[Any, ...]) -> ContainerRecord:
-    (node_id, cid, name, ip, project, service, ports, health, rev) = row
+    (node_id, cid, name, ip, project, service, ports, health, rev, labels) = row
     container = Container(
         id=cid,
         node_id=node_id,
@@ -852,5 +914,17 @@ def _container(row: tuple[Any, ...]) -> ContainerRecord:
         service=service,
         ports=tuple(PortSpec.model_validate(p) for p in ports),
         health=health,
+        labels=tuple((str(k), str(v)) for k, v in labels),
     )
     return ContainerRecord(container=container, updated_rev=int(rev))
+
+
+def _policy(row: tuple[Any, ...]) -> PolicyRecord:
+    revision, file, source, set_at, rev = row
+    return PolicyRecord(
+        revision=int(revision),
+        file=file,
+        source=source,
+        set_at=_utc(set_at),
+        updated_rev=int(rev),
+    )
