@@ -209,3 +209,24 @@ async def test_a_policy_set_through_one_replica_reaches_a_long_poll_on_the_other
     async with admin_client(b) as admin:
         info = await admin.set_policy(PolicySetRequest(file="q.yaml", source="rules: []\n"))
     assert info.revision == 2
+
+
+async def test_a_key_rotation_announced_on_one_replica_reaches_the_other(replicas: Pair) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    beta = await join(b, "beta")
+    await _converged(replicas)
+    new_key = PrivateKey.generate()
+    async with node_client(b, beta.key) as client:
+        waiting = asyncio.create_task(client.poll(since=b.service.registry.revision, wait=20))
+        async with node_client(a, alpha.key) as rotating:
+            rotation = await rotating.rotate(new_key)
+        update = await asyncio.wait_for(waiting, 10)
+    assert update.kind == "delta"
+    (peer,) = update.peers_changed
+    assert (peer.name, peer.next_key) == ("alpha", new_key.public_key())
+    assert peer.switch_at == rotation.switch_at
+    # Once the host switched, B knows it by its next key as well.
+    async with node_client(b, new_key) as client:
+        full = await client.poll(since=0, wait=0)
+    assert full.full is not None and full.full.self_node.name == "alpha"
