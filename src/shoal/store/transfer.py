@@ -1,9 +1,11 @@
 """Moving a mesh's whole state from one store to another (`shoal server migrate`).
 
-Everything the store keeps moves: nodes (with their revisions, liveness and last-seen times),
-tokens with their use counts, containers, tombstones, settings (pools, MTU, the admin token's
-hash), revoked keys and quarantined addresses. The global revision moves too, so an agent that
-held revision r on the old server gets a delta from r on the new one, and joins nothing again.
+Everything a running mesh needs moves: nodes (with their revisions, liveness, last-seen times
+and pending key rotations), tokens with their use counts, containers (with their labels),
+tombstones, settings (pools, MTU, the admin token's hash), revoked keys, quarantined addresses
+and the access-control policy in force, its number kept (earlier policies, kept for the record,
+stay in the source only). The global revision moves too, so an agent that held revision r on
+the old server gets a delta from r on the new one, and joins nothing again.
 The CA and the server's keys are files in the data dir, not store rows: the new server (every
 replica) runs with a copy of that data dir.
 """
