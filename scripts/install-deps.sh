@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 extra="${1:-}"
 
 apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables conntrack iproute2 iperf3
-              busybox-static tcpdump util-linux procps)
+              busybox-static tcpdump util-linux procps postgresql)
 [ "$extra" = bench ] && apt_packages+=(nebula ethtool)
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -22,6 +22,21 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # The distro's docker.io starts a system dockerd we do not need; the lab runs its own per host.
 systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
+
+# PostgreSQL for the PostgreSQL store's tests: Debian's cluster, started without systemd (PID 1
+# here is no init that starts services), and a role that may create the per-run test database.
+# The tests read its URL from SHOAL_TEST_POSTGRES (default: this role on 127.0.0.1:5432).
+if [ -z "${SHOAL_TEST_POSTGRES:-}" ]; then
+  pg_version=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  pg_lsclusters -h | grep -q "^$pg_version main" || pg_createcluster "$pg_version" main >/dev/null
+  pg_lsclusters -h | grep -q "^$pg_version main .* online" || {
+    echo "==> starting PostgreSQL $pg_version (cluster main)"
+    pg_ctlcluster "$pg_version" main start
+  }
+  pg_psql() { (cd / && su postgres -c "psql -qtAc \"$1\"") }
+  pg_psql "SELECT 1 FROM pg_roles WHERE rolname = 'shoal_test'" | grep -q 1 ||
+    pg_psql "CREATE ROLE shoal_test LOGIN CREATEDB PASSWORD 'shoal_test'"
+fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "==> python venv in .venv"

@@ -1,4 +1,5 @@
-"""The store protocol, against the SQLite backend (a file in tmp_path) and the memory reference."""
+"""The store protocol, against the SQLite backend (a file in tmp_path), PostgreSQL (a schema of
+the run's test database) and the memory reference."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from shoal.model.keys import PrivateKey
@@ -22,12 +24,15 @@ from shoal.store import (
     NodeRecord,
     Store,
     StoreConflict,
+    StoreError,
     TokenRecord,
     TokenUnavailable,
     open_store,
 )
 from shoal.store.memory import MemoryStore
+from shoal.store.postgresql import MIGRATIONS, SCHEMA_VERSION, PostgresStore, migrate
 from shoal.store.sqlite import SqliteStore, schema_sql
+from shoal.store.transfer import copy_state
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -58,9 +63,15 @@ def node(i: int, **kw: object) -> NodeRecord:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = SqliteStore(tmp_path / "shoal.db") if request.param == "sqlite" else MemoryStore()
+    s: Store
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "shoal.db")
+    elif request.param == "postgresql":
+        s = PostgresStore(request.getfixturevalue("postgres_url"))
+    else:
+        s = MemoryStore()
     yield s
     await s.close()
 
@@ -346,6 +357,146 @@ async def test_sqlite_tightens_files_an_older_version_left_open(tmp_path: Path) 
     await again.save_node(node(2))
     assert {_mode(p) for p in tmp_path.iterdir()} == {0o600}
     await again.close()
+
+
+async def test_postgresql_replicas_racing_for_tokens_and_addresses(postgres_url: str) -> None:
+    """Two replicas (two pools on one database): a single-use token is used once, a token
+    limited to 3 uses 3 times, and of registrations racing for one mesh IP exactly one wins."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    await a.add_token(token("once"))
+    await a.add_token(replace(token("three", reusable=True), max_uses=3))
+    once = await asyncio.gather(
+        *(s.save_node(node(i), consume_token="once", at=T0) for i, s in ((1, a), (2, b))),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in once) == ["TokenUnavailable", "int"]
+    three = await asyncio.gather(
+        *((a, b)[i % 2].save_node(node(i), consume_token="three", at=T0) for i in range(3, 9)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in three) == ["TokenUnavailable"] * 3 + ["int"] * 3
+    same_ip = await asyncio.gather(
+        *(
+            (a, b)[i % 2].save_node(node(i, mesh_ip=IPv4Address("100.64.9.9")))
+            for i in range(10, 16)
+        ),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in same_ip) == ["StoreConflict"] * 5 + ["int"]
+    used = await b.get_token("three")
+    snap = await b.load(10)
+    assert used is not None and used.uses == 3
+    assert len(snap.nodes) == 1 + 3 + 1 and snap.revision == 5  # failures used no revision
+    assert sorted(n.updated_rev for n in snap.nodes) == [1, 2, 3, 4, 5]
+    await a.close()
+    await b.close()
+
+
+async def test_postgresql_migrations_run_once_and_are_recorded(postgres_url: str) -> None:
+    assert await migrate(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
+    assert await migrate(postgres_url) == []
+    replicas = [PostgresStore(postgres_url) for _ in range(3)]
+    await asyncio.gather(*(r.save_node(node(i + 1)) for i, r in enumerate(replicas)))
+    assert (await replicas[0].load(10)).revision == 3
+    for r in replicas:
+        await r.close()
+
+
+async def test_postgresql_migration_2_keeps_the_rows_of_a_version_1_database(
+    postgres_url: str,
+) -> None:
+    """A database of migration 1 (before key rotation and policies) gains the columns, with
+    no pending rotation and no labels, and the policies table."""
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, "
+            "applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        await conn.execute(MIGRATIONS[0][1].encode())
+        await conn.execute("INSERT INTO schema_migrations (version) VALUES (1)")
+        await conn.execute(
+            "INSERT INTO nodes (id, name, public_key, mesh_ip, subnet, endpoints, tags, "
+            "created_at, updated_rev) VALUES ('n1', 'h1', %s, '100.64.0.1', '10.42.1.0/24', "
+            "'[]', '[]', %s, 1)",
+            (str(node(1).public_key), T0),
+        )
+        await conn.execute(
+            "INSERT INTO containers (node_id, id, name, ip, ports, health, updated_rev) "
+            "VALUES ('n1', %s, 'c1', '10.42.1.2', '[]', 'none', 1)",
+            (box(1).id,),
+        )
+    assert await migrate(postgres_url) == [2]
+    store = PostgresStore(postgres_url)
+    snap = await store.load(10)
+    assert [(n.id, n.next_key, n.switch_at) for n in snap.nodes] == [("n1", None, None)]
+    assert [c.container.labels for c in snap.containers] == [()] and snap.policy is None
+    assert (await store.save_policy("p.yaml", "rules: []\n", T0)).revision == 1
+    await store.close()
+
+
+async def test_copy_state_moves_rotations_labels_and_the_policy_into_postgresql(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    source = SqliteStore(tmp_path / "shoal.db")
+    rotating = node(1, next_key=node(9).public_key, switch_at=T0 + timedelta(seconds=5))
+    await source.save_node(rotating)
+    await source.save_containers("n1", [box(1, labels=(("shoal.tags", "web"),))], [])
+    await source.save_policy("p.yaml", "rules: []\n", T0)
+    policy = await source.save_policy("q.yaml", "# none\n", T0)
+    target = PostgresStore(postgres_url)
+    await copy_state(source, target)
+    moved, before = await target.load(10), await source.load(10)
+    assert moved.nodes == before.nodes and moved.containers == before.containers
+    assert moved.policy == policy and moved.revision == policy.updated_rev
+    # The policy numbers go on from the newest one moved.
+    assert (await target.save_policy("r.yaml", "rules: []\n", T0)).revision == 3
+    await source.close()
+    await target.close()
+
+
+async def test_postgresql_unreachable_is_a_store_error_naming_the_database() -> None:
+    store = PostgresStore("postgresql://nobody:secret@127.0.0.1:1/shoal")
+    with pytest.raises(StoreError, match=r"database postgresql://nobody@127.0.0.1/shoal: ") as err:
+        await store.load(10)
+    assert "secret" not in str(err.value)
+    await store.close()
+
+
+async def test_changes_since_a_revision_for_a_replica_catching_up(store: Store) -> None:
+    for i in (1, 2, 3):
+        await store.save_node(node(i))
+    await store.save_containers("n1", [box(1)], [])
+    await store.remove_node("n2", at=T0)
+    await store.save_node(node(3, endpoints=()))
+    changes = await store.changes_since(1)
+    assert changes.revision == 6
+    assert [(n.id, n.updated_rev) for n in changes.nodes] == [("n3", 6)]
+    assert [(t.node_id, t.removed_rev) for t in changes.tombstones] == [("n2", 5)]
+    assert changes.containers == (ContainerRecord(box(1), 4),)
+    assert [r.node_id for r in changes.released] == ["n2"] and changes.offline == frozenset()
+    # Bounded: what changed at `before` or later waits for the next catch-up.
+    bounded = await store.changes_since(1, before=6)
+    assert bounded.revision == 5 and bounded.nodes == () and len(bounded.tombstones) == 1
+    assert await store.set_online(["n1"], False) == 7
+    later = await store.changes_since(6)
+    assert later.containers == (ContainerRecord(box(1), 7),) and later.offline == {"n1"}
+    assert later.nodes == () and later.tombstones == ()
+    await store.touch_nodes({"n1": T0})
+    assert await store.seen_times(["n1", "n3", "nope"]) == {"n1": T0}
+
+
+async def test_changes_since_carry_the_policy_set_in_the_range(store: Store) -> None:
+    await store.save_node(node(1))
+    assert (await store.changes_since(0)).policy is None
+    first = await store.save_policy("p.yaml", "rules: []\n", T0)
+    await store.save_node(node(2))
+    assert (await store.changes_since(1)).policy == first
+    assert (await store.changes_since(1, before=first.updated_rev)).policy is None
+    assert (await store.changes_since(first.updated_rev)).policy is None  # not changed since
+    second = await store.save_policy("q.yaml", "# none\n", T0)
+    # Only the newest counts: the first one, in range, was replaced after it.
+    assert (await store.changes_since(1)).policy == second
+    assert (await store.changes_since(1, before=second.updated_rev)).policy is None
 
 
 async def test_policies_are_numbered_and_the_newest_loads(store: Store) -> None:

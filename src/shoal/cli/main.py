@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     # SUPPRESS: `shoal server --data-dir D rotate-ca` keeps D (a subparser default would win).
     rotate.add_argument("--data-dir", default=argparse.SUPPRESS)
     rotate.set_defaults(run=_handler("server_cmds", "cmd_rotate_ca"))
+    migrate = server_sub.add_parser(
+        "migrate",
+        help="apply the PostgreSQL schema migrations (--to), or move a mesh's state into an "
+        "empty PostgreSQL database (--from sqlite:PATH --to postgresql://...)",
+    )
+    migrate.add_argument("--from", dest="source", metavar="URL", help="the store to copy")
+    migrate.add_argument("--to", dest="target", metavar="URL", required=True)
+    migrate.set_defaults(run=_handler("server_cmds", "cmd_server_migrate"))
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
         dest="token_cmd", required=True

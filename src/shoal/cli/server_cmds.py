@@ -174,6 +174,47 @@ def cmd_rotate_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server_migrate(args: argparse.Namespace) -> int:
+    """Apply PostgreSQL's schema migrations to --to; with --from, first move that store's
+    whole state into it (the target must hold no mesh yet)."""
+    from shoal.store import is_postgres_url, open_store
+    from shoal.store.postgresql import PostgresStore, migrate, redact
+    from shoal.store.transfer import copy_state
+
+    if not is_postgres_url(args.target):
+        raise UsageError(f"--to {args.target!r}: expected postgresql://USER@HOST/DB")
+    target_name = redact(args.target)
+    if args.source is None:
+        applied = asyncio.run(migrate(args.target))
+        done = ", ".join(map(str, applied)) if applied else "none (up to date)"
+        print(f"shoal: {target_name}: migrations applied: {done}")
+        return 0
+    if not args.source.startswith("sqlite:"):
+        raise UsageError(f"--from {args.source!r}: expected sqlite:PATH (the server's shoal.db)")
+    path = Path(args.source.removeprefix("sqlite://") if "///" in args.source else args.source[7:])
+    if not path.is_file():
+        raise UsageError(f"--from {args.source!r}: no such database file {path}")
+
+    async def run() -> str:
+        source, target = open_store(args.source, path.parent), PostgresStore(args.target)
+        try:
+            moved = await copy_state(source, target)
+        finally:
+            await source.close()
+            await target.close()
+        return (
+            f"moved revision {moved.revision}: {moved.nodes} nodes, {moved.tokens} tokens, "
+            f"{moved.containers} containers, {moved.settings} settings"
+        )
+
+    print(f"shoal: {path} → {target_name}: {asyncio.run(run())}")
+    print(
+        "shoal: now start every replica with --store and a copy of this server's data dir "
+        "(its CA, server keys and admin token): hosts keep their credentials"
+    )
+    return 0
+
+
 def _expiry_warnings(certs: list[CertStatus], now: datetime) -> list[str]:
     """One line per CA or server certificate that expires within EXPIRY_WARNING."""
     return [

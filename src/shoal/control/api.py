@@ -352,8 +352,8 @@ def _signer(request: web.Request, body: bytes) -> PublicKey:
     )
 
 
-def _node_id(request: web.Request, body: bytes = b"") -> str:
-    return request.app[SERVICE].authenticate_node(_signer(request, body)).id
+async def _node_id(request: web.Request, body: bytes = b"") -> str:
+    return (await request.app[SERVICE].authenticate_node(_signer(request, body))).id
 
 
 async def _admin(request: web.Request) -> ControlService:
@@ -401,7 +401,7 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def netmap(request: web.Request) -> web.Response:
-    node_id = _node_id(request)
+    node_id = await _node_id(request)
     try:
         since = int(request.query.get("since", "0"))
         wait = float(request.query.get("wait", str(DEFAULT_WAIT)))
@@ -425,7 +425,7 @@ def _charge_write(request: web.Request, node_id: str) -> None:
 
 async def containers(request: web.Request) -> web.Response:
     raw = await _body(request, MAX_REPORT)
-    node_id = _node_id(request, raw)
+    node_id = await _node_id(request, raw)
     _charge_write(request, node_id)
     await request.app[SERVICE].report_containers(node_id, _model(raw, ContainersReport))
     return web.Response(status=204)
@@ -452,7 +452,7 @@ async def relay_port(request: web.Request) -> web.Response:
 
 
 async def leave(request: web.Request) -> web.Response:
-    node_id = _node_id(request)
+    node_id = await _node_id(request)
     await request.app[SERVICE].leave(node_id)
     return web.Response(status=204)
 

@@ -34,8 +34,13 @@ from shoal.control.listener import (
     quiet_accept_errors,
     raise_fd_limit,
 )
-from shoal.control.nodeauth import NodeVerifier, load_or_create_auth_key
+from shoal.control.nodeauth import (
+    NodeVerifier,
+    ensure_shared_auth_key,
+    load_or_create_auth_key,
+)
 from shoal.control.registry import (
+    SEEN_PERSIST_INTERVAL,
     Clock,
     Registry,
     utcnow,
@@ -46,7 +51,7 @@ from shoal.control.stun import start_responders
 from shoal.control.tokens import new_admin_token, secret_hash
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
-from shoal.store import Store, StoreError, open_store
+from shoal.store import Store, StoreError, is_postgres_url, open_store
 
 log = logging.getLogger("shoal.control")
 
@@ -151,16 +156,18 @@ class RunningServer:
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
     probes: list[asyncio.DatagramTransport] = field(default_factory=list, repr=False)
     relay: Relay | None = field(default=None, repr=False)
+    follower: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def close(self) -> None:
         for transport in self.probes:
             transport.close()
         if self.relay is not None:
             self.relay.close()
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sweeper
+        for task in (self.sweeper, self.follower):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self.service.registry.close()
         await self.runner.cleanup()
         with contextlib.suppress(StoreError):
@@ -194,6 +201,11 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             clock=clock,
             heartbeat_timeout=config.heartbeat_timeout,
             quarantine=config.address_quarantine,
+            # Replicas judge liveness from each other's last_seen: write it well within the
+            # timeout (one process alone keeps the cheaper default).
+            seen_persist_interval=min(SEEN_PERSIST_INTERVAL, config.heartbeat_timeout / 3)
+            if is_postgres_url(config.store_url or "")
+            else SEEN_PERSIST_INTERVAL,
         )
         service = ControlService(
             store,
@@ -208,6 +220,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         auth_key = load_or_create_auth_key(data_dir)
         relay = Relay(config.listen_host)
         verifier = NodeVerifier(auth_key)
+        await ensure_shared_auth_key(store, verifier.public_key)
         limits = config.connections
         fds = raise_fd_limit()
         if limits.max_connections > fds - FD_RESERVE:
@@ -279,6 +292,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
         probes=probes,
         relay=relay,
+        follower=asyncio.create_task(_follow_forever(registry), name="shoal-control-follower"),
     )
 
 
@@ -291,6 +305,20 @@ async def _sweep_forever(service: ControlService) -> None:
             await service.sweep()
         except StoreError as exc:
             log.error("liveness sweep failed: %s", exc)
+
+
+async def _follow_forever(registry: Registry) -> None:
+    """Take in the revisions other replicas sharing the store commit, as the store announces
+    them (a store with one writer announces none). A failed catch-up is logged; the next
+    announcement, or the store's reconnection, brings it again."""
+    while True:
+        try:
+            async for revision in registry.store.notifications():
+                if revision > registry.revision:
+                    await registry.catch_up()
+        except StoreError as exc:
+            log.error("catching up with other replicas failed: %s", exc)
+        await asyncio.sleep(SWEEP_INTERVAL)
 
 
 def _bound_port(runner: web.AppRunner, requested: int) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shoal.control.ca import write_private
-from shoal.control.errors import SignatureInvalid
+from shoal.control.errors import ServerConfigError, SignatureInvalid
 from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
 from shoal.model.nodeauth import (
     MalformedSignature,
@@ -23,6 +23,7 @@ from shoal.model.nodeauth import (
     parse_header,
     shared_key,
 )
+from shoal.store import Store
 
 AUTH_KEY_FILE = "node-auth.key"
 # Seconds a signed request stays valid either side of the server's clock. The client corrects
@@ -39,6 +40,25 @@ def load_or_create_auth_key(data_dir: Path) -> PrivateKey:
     key = PrivateKey.generate()
     write_private(path, f"{key.to_base64()}\n".encode())
     return key
+
+
+AUTH_KEY_SETTING = "node_auth_public_key"
+
+
+async def ensure_shared_auth_key(store: Store, key: PublicKey) -> None:
+    """Check that this server's node-auth key is the mesh's: replicas sharing one store must
+    share the data dir's key material (ca.*, node-auth.key, admin.token), or nodes would be
+    refused by every replica but the one that made their credentials. The first server to
+    start records its public key in the store; a replica with another key does not start."""
+    recorded = await store.get_setting(AUTH_KEY_SETTING)
+    if recorded is None:
+        await store.put_setting(AUTH_KEY_SETTING, str(key))
+    elif recorded != str(key):
+        raise ServerConfigError(
+            f"this data dir's {AUTH_KEY_FILE} is not the one of the mesh in the store: every "
+            "server replica needs a copy of the first server's data dir (ca.pem, ca.key, "
+            f"{AUTH_KEY_FILE}, admin.token)"
+        )
 
 
 class NodeVerifier:

@@ -21,6 +21,12 @@ plane must outlive a control outage. Its next request brings it back online and 
 containers back into the maps. The offline flag is persisted so deltas stay right across a
 server restart; a restart itself counts as having seen every node (a server outage must not
 withdraw the whole mesh).
+
+Several replicas on one store (PostgreSQL): each registry is the writer of its own changes and
+takes in the others' with `catch_up` (on each revision the store announces, and before it
+records a revision of its own that skips some: revisions are gapless in the store, so a gap
+is another replica's work, which must enter the log first to keep it in revision order). The
+sweep asks the store when the others last heard of a node before taking it offline.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from itertools import groupby
 from operator import itemgetter
 
 from shoal.control.errors import CredentialInvalid, PoolExhausted
@@ -89,8 +96,10 @@ class Registry:
         log_limit: int = LOG_LIMIT,
         heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
         quarantine: timedelta = DEFAULT_QUARANTINE,
+        seen_persist_interval: timedelta = SEEN_PERSIST_INTERVAL,
     ) -> None:
         self.store = store
+        self.seen_persist_interval = seen_persist_interval
         self.quarantine = quarantine
         self.settings = settings
         self.revision = snapshot.revision
@@ -171,6 +180,7 @@ class Registry:
         log_limit: int = LOG_LIMIT,
         heartbeat_timeout: timedelta = DEFAULT_HEARTBEAT_TIMEOUT,
         quarantine: timedelta = DEFAULT_QUARANTINE,
+        seen_persist_interval: timedelta = SEEN_PERSIST_INTERVAL,
     ) -> Registry:
         snapshot = await store.load(tombstone_limit=log_limit)
         return cls(
@@ -181,6 +191,7 @@ class Registry:
             log_limit=log_limit,
             heartbeat_timeout=heartbeat_timeout,
             quarantine=quarantine,
+            seen_persist_interval=seen_persist_interval,
         )
 
     # Reading.
@@ -258,6 +269,7 @@ class Registry:
         async with self._write:
             now = self._clock()
             rev = await self.store.save_node(node, consume_token=consume_token, at=now)
+            await self._fill_gap(rev)
             old = self._nodes.get(node.id)
             saved = replace(node, updated_rev=rev, online=node.id not in self._offline)
             if old is not None:
@@ -274,6 +286,7 @@ class Registry:
         async with self._write:
             now = self._clock()
             rev = await self.store.remove_node(node_id, revoke_key=revoke_key, at=now)
+            await self._fill_gap(rev)
             node = self._nodes.get(node_id)
             if node is not None:
                 self._unindex(node)
@@ -306,6 +319,7 @@ class Registry:
         async with self._write:
             self.require(node_id)
             rev = await self.store.save_containers(node_id, changed, removed)
+            await self._fill_gap(rev)
             for container in changed:
                 self._put_container(container)
             mine = self._hosted.get(node_id, {})
@@ -323,6 +337,7 @@ class Registry:
         node's next poll in the delta."""
         async with self._write:
             record = await self.store.save_policy(policy.file, source, self._clock())
+            await self._fill_gap(record.updated_rev)
             self.policy_record = record
             self.policy = policy.model_copy(update={"revision": record.revision})
             self._record(record.updated_rev, [])
@@ -343,7 +358,7 @@ class Registry:
             if nid in self._nodes
             and (
                 (persisted := self._seen_persisted.get(nid)) is None
-                or at - persisted >= SEEN_PERSIST_INTERVAL
+                or at - persisted >= self.seen_persist_interval
             )
         }
         if due:
@@ -360,7 +375,72 @@ class Registry:
         ]
         if not silent:
             return []
+        # Another replica may be hearing from them: its last_seen times decide too.
+        for nid, at in (await self.store.seen_times(silent)).items():
+            if nid not in self._seen or at > self._seen[nid]:
+                self._seen[nid] = self._seen_persisted[nid] = at
+        silent = [nid for nid in silent if self._expired(nid, now)]
+        if not silent:
+            return []
         return await self._set_online(silent, online=False)
+
+    async def catch_up(self) -> None:
+        """Take in what other server replicas sharing the store wrote after this registry's
+        revision, and wake the long-polls if anything came."""
+        async with self._write:
+            await self._catch_up(None)
+
+    async def _fill_gap(self, rev: int | None) -> None:
+        """Before recording our own `rev`: the revisions between ours and it are other
+        replicas' (committed, since the store's revision is gapless); log them first."""
+        if rev is not None and rev > self.revision + 1:
+            await self._catch_up(before=rev)
+
+    async def _catch_up(self, before: int | None) -> None:
+        changes = await self.store.changes_since(self.revision, before=before)
+        if changes.revision <= self.revision:
+            return
+        entries: list[Entry] = []
+        for stone in changes.tombstones:
+            node = self._nodes.get(stone.node_id)
+            if node is not None:
+                self._unindex(node)
+                self._ledger.remove(node.id)
+            self._seen.pop(stone.node_id, None)
+            self._seen_persisted.pop(stone.node_id, None)
+            for cid in self._hosted.pop(stone.node_id, {}):
+                del self._containers[(stone.node_id, cid)]
+            entries.append((stone.removed_rev, stone.node_id))
+        for record in changes.nodes:
+            old = self._nodes.get(record.id)
+            if old is not None:
+                self._unindex(old)
+            self._index(record)
+            heard = self._seen.get(record.id)
+            if record.last_seen is not None and (heard is None or record.last_seen > heard):
+                self._seen[record.id] = self._seen_persisted[record.id] = record.last_seen
+            entries.append((record.updated_rev, record.id))
+        for gone in changes.container_tombstones:
+            if self._hosted.get(gone.node_id, {}).pop(gone.container_id, None) is not None:
+                del self._containers[(gone.node_id, gone.container_id)]
+            entries.append((gone.removed_rev, (gone.node_id, gone.container_id)))
+        for box in changes.containers:
+            self._put_container(box.container)
+            entries.append((box.updated_rev, box.container.key))
+        # State, not history: the flags and sets as the store holds them now.
+        if changes.policy is not None:  # set through another replica; no subject of the log
+            self.policy_record = changes.policy
+            self.policy = _policy(changes.policy)
+        self._offline = {nid for nid in changes.offline if nid in self._nodes}
+        self._revoked = set(changes.revoked_keys)
+        for released in changes.released:
+            if released.node_id not in self._released and released.node_id not in self._nodes:
+                self._release(released)
+        entries.sort(key=itemgetter(0))
+        for rev, group in groupby(entries, key=itemgetter(0)):
+            self._record(rev, [subject for _, subject in group])
+        self.revision = max(self.revision, changes.revision)
+        self._notify()
 
     def close(self) -> None:
         """Server shutting down: end every long-poll now, and do not start new waits."""
@@ -496,6 +576,7 @@ class Registry:
             if not flip:
                 return []
             rev = await self.store.set_online(flip, online)
+            await self._fill_gap(rev)
             for nid in flip:
                 if online:
                     self._offline.discard(nid)

@@ -90,6 +90,15 @@ DEFAULT_ROTATION_LEAD = timedelta(seconds=3)
 ROTATION_FINAL_AFTER = PEER_SWITCH_LAG + timedelta(seconds=1)
 
 
+# Registrations that lose an allocation race to another replica are decided again this often.
+REGISTER_ATTEMPTS = 5
+
+
+class _Stale(Exception):
+    """A registration collided with another replica's on a unique field: retry after a
+    catch-up (never leaves the service)."""
+
+
 class ControlService:
     def __init__(
         self,
@@ -115,9 +124,13 @@ class ControlService:
 
     # Authentication (the HTTP layer verified the signature; these say what the key may do).
 
-    def authenticate_node(self, key: PublicKey) -> NodeRecord:
-        """The node whose key signed a request."""
+    async def authenticate_node(self, key: PublicKey) -> NodeRecord:
+        """The node whose key signed a request. A key this replica does not know may be of a
+        node another replica just registered: catch up once before refusing it."""
         node = self.registry.by_public_key(key)
+        if node is None:
+            await self.registry.catch_up()
+            node = self.registry.by_public_key(key)
         if node is None:
             raise CredentialInvalid(
                 f"no node of this mesh has key {key.short()}… (removed?); join again with a "
@@ -164,13 +177,23 @@ class ControlService:
                 "the request is signed with another key than the one it registers"
             )
         async with self._lock:
-            node = await self._register(req)
+            for attempt in range(REGISTER_ATTEMPTS):
+                try:
+                    node = await self._register(req, last_try=attempt == REGISTER_ATTEMPTS - 1)
+                    break
+                except _Stale:
+                    # Another replica took this address or name meanwhile: learn its
+                    # registrations and decide again (another address, or NameTaken).
+                    await self.registry.catch_up()
         await self.registry.seen(node.id)  # a node joining again after an outage is back
         return RegisterResponse(node_id=node.id, netmap=self.registry.full_map(node.id))
 
-    async def _register(self, req: RegisterRequest) -> NodeRecord:
+    async def _register(self, req: RegisterRequest, *, last_try: bool = True) -> NodeRecord:
         now = self._clock()
         existing = self.registry.by_public_key(req.public_key)
+        if existing is None:  # joined on another replica a moment ago? Then it needs no token.
+            await self.registry.catch_up()
+            existing = self.registry.by_public_key(req.public_key)
         consume: str | None = None
         record: TokenRecord | None = None
         if existing is None:
@@ -227,6 +250,8 @@ class ControlService:
                 check_usable(fresh, self._clock())
             raise TokenUsed(f"join token {exc.token_id} was used up meanwhile") from exc
         except StoreConflict as exc:
+            if not last_try:
+                raise _Stale from exc
             if exc.field == "name":
                 raise NameTaken(f"the name {req.name!r} was taken meanwhile") from exc
             raise Conflict(f"registration conflicted with another node ({exc.field})") from exc
@@ -345,7 +370,7 @@ class ControlService:
                 f"the rotation proof is signed with key {proved_by.short()}…, not with the new "
                 f"key {new_key.short()}…"
             )
-        node = self.authenticate_node(signer)
+        node = await self.authenticate_node(signer)
         async with self._lock:
             node = self.registry.require(node.id)
             if signer != node.public_key:

@@ -2,6 +2,11 @@
 
 The only module of the agent side importing aiohttp for the control API. Every aiohttp or
 socket exception is caught here and re-raised as a `ControlError` subclass `from` it.
+
+Several server replicas: the URL may be a comma-separated list (`shoal up --server A,B`). The
+client stays with the replica that last answered; when it cannot be reached, the same request
+(signed the same way: replicas share the server's keys) goes to the next one, in list order,
+and the client stays there. Only reachability moves it: an answer, even an error, is final.
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ _CERTS = TypeAdapter(list[CertStatus])
 _VERDICTS = TypeAdapter(list[PolicyVerdict])
 
 
+def server_urls(text: str) -> tuple[str, ...]:
+    """The URLs of a `--server URL[,URL...]` value, without trailing slashes or blanks."""
+    return tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
+
+
 class ControlClient:
     """An HTTPS session to one control server, trusting only its pinned CA.
 
@@ -89,7 +99,8 @@ class ControlClient:
         *,
         node_key: PrivateKey | None = None,
     ) -> None:
-        self.server_url = server_url.rstrip("/")
+        self.server_urls = server_urls(server_url) or (server_url,)
+        self.server_url = self.server_urls[0]  # the replica in use
         self.credential = credential
         self._node_key = node_key
         self._mac_key: bytes | None = None  # derived once the server's key is known
@@ -296,9 +307,34 @@ class ControlClient:
     async def _send(
         self, method: str, target: str, data: bytes, headers: dict[str, str], timeout: float
     ) -> tuple[int, bytes]:
+        """Send to the replica in use, else to the next reachable one (which stays in use)."""
+        start = self.server_urls.index(self.server_url)
+        order = self.server_urls[start:] + self.server_urls[:start]
+        failures: list[ControlUnreachable] = []
+        for base in order:
+            try:
+                answer = await self._send_to(base, method, target, data, headers, timeout)
+            except ControlUnreachable as exc:
+                failures.append(exc)
+                continue
+            self.server_url = base
+            return answer
+        if len(failures) == 1:
+            raise failures[0]
+        raise ControlUnreachable("; ".join(str(f) for f in failures)) from failures[-1]
+
+    async def _send_to(
+        self,
+        base: str,
+        method: str,
+        target: str,
+        data: bytes,
+        headers: dict[str, str],
+        timeout: float,
+    ) -> tuple[int, bytes]:
         if self._session is None:
             raise RuntimeError("ControlClient used outside `async with`")
-        url = URL(self.server_url + target, encoded=True)
+        url = URL(base + target, encoded=True)
         try:
             async with self._session.request(
                 method,
@@ -312,13 +348,11 @@ class ControlClient:
                 self._follow_clock(resp.headers.get("Date"))
         except aiohttp.ClientConnectorCertificateError as exc:
             raise FingerprintMismatch(
-                f"server at {self.server_url} presented a certificate not signed by the pinned "
+                f"server at {base} presented a certificate not signed by the pinned "
                 f"CA: {exc.certificate_error}"
             ) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ControlUnreachable(
-                f"cannot reach server at {self.server_url}: {_describe(exc)}"
-            ) from exc
+            raise ControlUnreachable(f"cannot reach server at {base}: {_describe(exc)}") from exc
         return status, raw
 
     def _reply(self, path: str, status: int, raw: bytes) -> Any:

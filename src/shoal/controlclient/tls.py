@@ -36,12 +36,23 @@ def ca_fingerprint(ca_pem: bytes) -> str:
 
 
 async def fetch_pinned_ca(server_url: str, fingerprint: str) -> bytes:
-    """GET the server's CA (PEM) and return it if its sha256 matches `fingerprint`.
+    """GET the server's CA (PEM) and return it if its sha256 matches `fingerprint`; with
+    several URLs (`A,B`), from the first replica that answers.
 
-    Raises `ControlUnreachable` if the server cannot be reached and `FingerprintMismatch` if it
+    Raises `ControlUnreachable` if no server can be reached and `FingerprintMismatch` if one
     answers with another CA (a different server, or someone in between).
     """
-    url = server_url.rstrip("/") + "/v1/ca"
+    urls = [u.strip().rstrip("/") for u in server_url.split(",") if u.strip()]
+    for url in urls[:-1]:
+        try:
+            return await _fetch_pinned_ca(url, fingerprint)
+        except ControlUnreachable:
+            continue
+    return await _fetch_pinned_ca(urls[-1] if urls else server_url, fingerprint)
+
+
+async def _fetch_pinned_ca(server_url: str, fingerprint: str) -> bytes:
+    url = server_url + "/v1/ca"
     timeout = aiohttp.ClientTimeout(total=CA_FETCH_TIMEOUT)
     try:
         async with (

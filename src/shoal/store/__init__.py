@@ -1,8 +1,8 @@
 """The server's persistent state behind one `Store` protocol; the server logic never sees SQL.
 
-`open_store(url, data_dir)` picks the backend from a URL: none or `sqlite:///path` → SQLite
-(default `<data dir>/shoal.db`), `memory:` → in-memory (tests). PostgreSQL is planned behind the
-same protocol.
+`open_store(url, data_dir)` picks the backend from a URL: none, `sqlite:PATH` or
+`sqlite:///path` → SQLite (default `<data dir>/shoal.db`), `postgresql://...` → PostgreSQL
+(several replicas share it; migrated on first use), `memory:` → in-memory (tests).
 """
 
 from __future__ import annotations
@@ -31,8 +31,14 @@ __all__ = [
     "TokenRecord",
     "TokenUnavailable",
     "Tombstone",
+    "is_postgres_url",
     "open_store",
 ]
+
+
+def is_postgres_url(url: str) -> bool:
+    """A PostgreSQL store: one that several server replicas may share."""
+    return url.startswith(("postgres://", "postgresql://"))
 
 
 def open_store(url: str | None, data_dir: Path) -> Store:
@@ -40,14 +46,19 @@ def open_store(url: str | None, data_dir: Path) -> Store:
         from shoal.store.sqlite import SqliteStore
 
         return SqliteStore(data_dir / "shoal.db")
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:"):  # sqlite:///abs/path or sqlite:PATH
         from shoal.store.sqlite import SqliteStore
 
-        return SqliteStore(Path(url.removeprefix("sqlite://")))
+        path = url.removeprefix("sqlite://") if url.startswith("sqlite:///") else url[7:]
+        if not path:
+            raise StoreError(f"store URL {url!r} names no file; expected sqlite:PATH")
+        return SqliteStore(Path(path))
     if url == "memory:":
         from shoal.store.memory import MemoryStore
 
         return MemoryStore()
-    if url.startswith(("postgres://", "postgresql://")):
-        raise StoreError("the PostgreSQL store is not implemented yet; use the default SQLite")
-    raise StoreError(f"unknown store URL {url!r}; expected sqlite:///PATH")
+    if is_postgres_url(url):
+        from shoal.store.postgresql import PostgresStore
+
+        return PostgresStore(url)
+    raise StoreError(f"unknown store URL {url!r}; expected sqlite:///PATH or postgresql://...")

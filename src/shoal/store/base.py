@@ -10,7 +10,7 @@ at start and keep answering deltas across a restart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
@@ -136,12 +136,47 @@ class Snapshot:
     policy: PolicyRecord | None = None  # the newest policy; None: none was ever set
 
 
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed in the store after a revision: how a server replica catches up with the
+    writes of the others (see `Store.changes_since`)."""
+
+    revision: int  # the revision these changes bring the reader up to
+    nodes: tuple[NodeRecord, ...]  # saved after `since`, by updated_rev
+    tombstones: tuple[Tombstone, ...]  # removed after `since`, by removed_rev
+    containers: tuple[ContainerRecord, ...]  # by updated_rev
+    container_tombstones: tuple[ContainerTombstone, ...]  # by removed_rev
+    offline: frozenset[str]  # every node flagged offline now (the flag takes no node revision)
+    revoked_keys: frozenset[PublicKey]  # all of them now
+    released: tuple[Released, ...]  # all of them now
+    policy: PolicyRecord | None = None  # the newest policy, if it was set in the range
+
+
+def no_changes(revision: int) -> Changes:
+    """Nothing after `revision` (the sets are empty: a reader ignores a Changes that brings
+    no newer revision)."""
+    return Changes(
+        revision=revision,
+        nodes=(),
+        tombstones=(),
+        containers=(),
+        container_tombstones=(),
+        offline=frozenset(),
+        revoked_keys=frozenset(),
+        released=(),
+    )
+
+
 class Store(Protocol):
     async def load(self, tombstone_limit: int) -> Snapshot: ...
 
     async def get_setting(self, key: str) -> str | None: ...
 
     async def put_setting(self, key: str, value: str) -> None: ...
+
+    async def list_settings(self) -> dict[str, str]:
+        """Every setting (what `shoal server migrate` carries to another store)."""
+        ...
 
     async def add_token(self, token: TokenRecord) -> None: ...
 
@@ -199,6 +234,24 @@ class Store(Protocol):
     async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
         """Record each node's `last_seen` (one transaction for all; unknown ids are ignored);
         not a change peers see, so no new revision."""
+        ...
+
+    async def changes_since(self, since: int, *, before: int | None = None) -> Changes:
+        """The rows changed at revisions in (since, before), or after `since` if `before` is
+        None, read in one consistent snapshot; `revision` is `before - 1`, or the store's
+        revision in that snapshot. A row changed inside the range and again at `before` or
+        later is not returned (its newest change is a later catch-up's); so is a policy."""
+        ...
+
+    async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
+        """The stored last_seen of these nodes (those that have one): what other replicas
+        heard of them."""
+        ...
+
+    def notifications(self) -> AsyncIterator[int]:
+        """Revisions committed by any writer, as they commit (and the current one after each
+        (re)connection, so nothing missed while away goes unnoticed). A store with a single
+        writer (SQLite, memory) has nothing to tell and waits forever, at no cost."""
         ...
 
     async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, ContainerKey
 from shoal.store.base import (
+    Changes,
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
@@ -58,6 +60,9 @@ class MemoryStore:
 
     async def put_setting(self, key: str, value: str) -> None:
         self.settings[key] = value
+
+    async def list_settings(self) -> dict[str, str]:
+        return dict(self.settings)
 
     async def add_token(self, token: TokenRecord) -> None:
         if token.id in self.tokens:
@@ -168,6 +173,55 @@ class MemoryStore:
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         for node_id in node_ids:
             self.released.pop(node_id, None)
+
+    async def changes_since(self, since: int, *, before: int | None = None) -> Changes:
+        upto = self.revision if before is None else before - 1
+
+        def within(rev: int) -> bool:
+            return since < rev <= upto
+
+        return Changes(
+            revision=upto,
+            nodes=tuple(
+                sorted(
+                    (n for n in self.nodes.values() if within(n.updated_rev)),
+                    key=lambda n: (n.updated_rev, n.id),
+                )
+            ),
+            tombstones=tuple(
+                Tombstone(node_id=n, removed_rev=r)
+                for n, r in sorted(self.tombstones.items(), key=lambda s: (s[1], s[0]))
+                if within(r)
+            ),
+            containers=tuple(
+                sorted(
+                    (c for c in self.containers.values() if within(c.updated_rev)),
+                    key=lambda c: (c.updated_rev, c.container.key),
+                )
+            ),
+            container_tombstones=tuple(
+                ContainerTombstone(node_id=k[0], container_id=k[1], removed_rev=r)
+                for k, r in sorted(self.container_tombstones.items(), key=lambda s: (s[1], s[0]))
+                if within(r)
+            ),
+            offline=frozenset(n.id for n in self.nodes.values() if not n.online),
+            revoked_keys=frozenset(self.revoked_keys),
+            released=tuple(sorted(self.released.values(), key=lambda r: r.released_at)),
+            policy=self.policies[-1]
+            if self.policies and within(self.policies[-1].updated_rev)
+            else None,
+        )
+
+    async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
+        return {
+            nid: seen
+            for nid in node_ids
+            if (node := self.nodes.get(nid)) is not None and (seen := node.last_seen) is not None
+        }
+
+    async def notifications(self) -> AsyncIterator[int]:
+        await asyncio.Event().wait()  # one writer: nothing to hear
+        yield self.revision
 
     async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
         self.revision += 1

@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
@@ -25,6 +25,7 @@ from typing import TypeVar
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, Endpoint, PortSpec
 from shoal.store.base import (
+    Changes,
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
@@ -33,12 +34,15 @@ from shoal.store.base import (
     Snapshot,
     TokenRecord,
     Tombstone,
+    no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 
 T = TypeVar("T")
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 _UNIQUE_FIELDS = ("name", "public_key", "mesh_ip", "subnet")
+# The store's own rows in `meta`, not settings of the server.
+_META_KEYS = ("revision", "schema_version")
 # Container tombstones kept (the server loads at most its change-log length of them); older
 # ones are pruned now and then, so that churning containers do not grow the file forever.
 CONTAINER_TOMBSTONES_KEPT = 20_000
@@ -161,15 +165,7 @@ class SqliteStore:
                     for g in gone[::-1]
                 ),
                 revoked_keys=tuple(PublicKey.parse(str(r[0])) for r in revoked),
-                released=tuple(
-                    Released(
-                        node_id=str(r[0]),
-                        mesh_ip=IPv4Address(str(r[1])),
-                        subnet=IPv4Network(str(r[2])),
-                        released_at=_required_dt(str(r[3])),
-                    )
-                    for r in released
-                ),
+                released=tuple(_released(r) for r in released),
                 policy=None if policy is None else _policy(policy),
             )
 
@@ -191,6 +187,13 @@ class SqliteStore:
             )
 
         await self._run(run)
+
+    async def list_settings(self) -> dict[str, str]:
+        def run(db: sqlite3.Connection) -> dict[str, str]:
+            rows = db.execute("SELECT key, value FROM meta WHERE key NOT IN (?, ?)", _META_KEYS)
+            return {str(k): str(v) for k, v in rows}
+
+        return await self._run(run)
 
     async def add_token(self, token: TokenRecord) -> None:
         def run(db: sqlite3.Connection) -> None:
@@ -398,6 +401,82 @@ class SqliteStore:
 
         await self._run(run)
 
+    async def changes_since(self, since: int, *, before: int | None = None) -> Changes:
+        def run(db: sqlite3.Connection) -> Changes:
+            db.execute("BEGIN")  # one snapshot for all the reads
+            try:
+                current = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
+                upto = int(current[0]) if before is None else before - 1
+                if upto <= since:  # the common case on one server: nothing to read
+                    return no_changes(upto)
+                rng = (since, upto)
+                nodes = db.execute(
+                    f"SELECT {_NODE_COLS} FROM nodes WHERE updated_rev > ? AND updated_rev <= ? "
+                    "ORDER BY updated_rev, id",
+                    rng,
+                ).fetchall()
+                stones = db.execute(
+                    "SELECT node_id, removed_rev FROM tombstones "
+                    "WHERE removed_rev > ? AND removed_rev <= ? ORDER BY removed_rev, node_id",
+                    rng,
+                ).fetchall()
+                containers = db.execute(
+                    f"SELECT {_CONTAINER_COLS} FROM containers "
+                    "WHERE updated_rev > ? AND updated_rev <= ? ORDER BY updated_rev, node_id, id",
+                    rng,
+                ).fetchall()
+                gone = db.execute(
+                    "SELECT node_id, container_id, removed_rev FROM container_tombstones "
+                    "WHERE removed_rev > ? AND removed_rev <= ? "
+                    "ORDER BY removed_rev, node_id, container_id",
+                    rng,
+                ).fetchall()
+                offline = db.execute("SELECT id FROM nodes WHERE online = 0").fetchall()
+                revoked = db.execute("SELECT public_key FROM revoked_keys").fetchall()
+                released = db.execute(
+                    "SELECT node_id, mesh_ip, subnet, released_at FROM released "
+                    "ORDER BY released_at"
+                ).fetchall()
+                policy = db.execute(
+                    "SELECT revision, file, source, set_at, updated_rev FROM policies "
+                    "WHERE updated_rev > ? AND updated_rev <= ? "
+                    "AND revision = (SELECT MAX(revision) FROM policies)",
+                    rng,
+                ).fetchone()
+            finally:
+                db.execute("COMMIT")
+            return Changes(
+                revision=upto,
+                nodes=tuple(_node(r) for r in nodes),
+                tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones),
+                containers=tuple(_container(r) for r in containers),
+                container_tombstones=tuple(
+                    ContainerTombstone(node_id=g[0], container_id=g[1], removed_rev=g[2])
+                    for g in gone
+                ),
+                offline=frozenset(str(r[0]) for r in offline),
+                revoked_keys=frozenset(PublicKey.parse(str(r[0])) for r in revoked),
+                released=tuple(_released(r) for r in released),
+                policy=None if policy is None else _policy(policy),
+            )
+
+        return await self._run(run)
+
+    async def seen_times(self, node_ids: Sequence[str]) -> dict[str, datetime]:
+        def run(db: sqlite3.Connection) -> dict[str, datetime]:
+            found: dict[str, datetime] = {}
+            for nid in node_ids:
+                row = db.execute("SELECT last_seen FROM nodes WHERE id = ?", (nid,)).fetchone()
+                if row is not None and row[0] is not None:
+                    found[nid] = _required_dt(str(row[0]))
+            return found
+
+        return await self._run(run)
+
+    async def notifications(self) -> AsyncIterator[int]:
+        await asyncio.Event().wait()  # one server owns the file: nothing to hear
+        yield 0
+
     async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
         def run(db: sqlite3.Connection) -> PolicyRecord:
             with self._write(db):
@@ -512,6 +591,15 @@ def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], re
             "container_tombstones ORDER BY removed_rev DESC LIMIT 1 OFFSET ?)",
             (CONTAINER_TOMBSTONES_KEPT,),
         )
+
+
+def _released(row: tuple[object, ...]) -> Released:
+    return Released(
+        node_id=str(row[0]),
+        mesh_ip=IPv4Address(str(row[1])),
+        subnet=IPv4Network(str(row[2])),
+        released_at=_required_dt(str(row[3])),
+    )
 
 
 def _token(row: tuple[object, ...]) -> TokenRecord:

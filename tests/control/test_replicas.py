@@ -1,0 +1,232 @@
+"""Two server replicas in one process on one PostgreSQL database: a change accepted by one
+reaches long-polls on the other, allocations and tokens stay right under concurrent
+registrations on both, and liveness is judged from what either replica heard."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shoal.control.app import RunningServer, start_server
+from shoal.control.config import load_config
+from shoal.controlclient.client import ControlClient
+from shoal.controlclient.tls import fetch_pinned_ca
+from shoal.model.api import ContainerReport, ContainersReport, PolicySetRequest, RegisterRequest
+from shoal.model.keys import PrivateKey
+from tests.control.servers import FakeClock, admin_client, join, new_token, node_client
+
+Pair = tuple[RunningServer, RunningServer]
+
+
+async def _start(data_dir: Path, url: str, clock: FakeClock) -> RunningServer:
+    config = load_config(
+        listen="127.0.0.1:0", data_dir=data_dir, store=url, no_limits_from="127.0.0.0/8"
+    )
+    return await start_server(config, clock=clock)
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path, postgres_url: str, clock: FakeClock) -> AsyncIterator[Pair]:
+    """Replica A, then B with a copy of A's data dir (its CA, keys and admin token)."""
+    a = await _start(tmp_path / "a", postgres_url, clock)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = await _start(tmp_path / "b", postgres_url, clock)
+    try:
+        yield a, b
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def _converged(pair: Pair) -> None:
+    """Until both registries hold the store's revision (each catches up on NOTIFY)."""
+    async with asyncio.timeout(10):
+        while True:
+            current = (await pair[0].store.changes_since(0)).revision
+            if all(r.service.registry.revision == current for r in pair):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def test_a_change_on_one_replica_wakes_a_long_poll_on_the_other(replicas: Pair) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    beta = await join(b, "beta")  # B knows alpha already: it was in the store
+    assert [p.name for p in beta.netmap.peers] == ["alpha"]
+    await _converged(replicas)
+    async with node_client(a, alpha.key) as client:
+        since = a.service.registry.revision
+        waiting = asyncio.create_task(client.poll(since=since, wait=20))
+        async with node_client(b, beta.key) as other:
+            web = ContainerReport(id=f"{7:064x}", name="web", ip=beta.netmap.self_node.subnet[2])
+            await other.report_containers(ContainersReport(containers=(web,)))
+        update = await asyncio.wait_for(waiting, 10)
+    assert update.kind == "delta"
+    assert [c.name for c in update.containers_changed] == ["web"]
+    # A node registered on B polls A and gets its map there: any replica serves any agent.
+    async with node_client(a, beta.key) as client:
+        full = await client.poll(since=0, wait=0)
+    assert full.full is not None and [c.name for c in full.full.containers] == ["web"]
+
+
+async def test_concurrent_registrations_on_both_replicas_stay_unique(replicas: Pair) -> None:
+    a, b = replicas
+    singles = [await new_token(a) for _ in range(12)]
+    limited = await new_token(a, reusable=True, uses=4)
+
+    async def register(server: RunningServer, name: str, token: str) -> object:
+        key = PrivateKey.generate()
+        try:
+            async with node_client(server, key) as client:
+                return await client.register(
+                    RegisterRequest(token=token, name=name, public_key=key.public_key())
+                )
+        except Exception as exc:  # the refusals are what is counted
+            return exc
+
+    attempts = [register((a, b)[i % 2], f"s{i}", t) for i, t in enumerate(singles)]
+    # Each single-use token offered to both replicas at once: one use each.
+    attempts += [register((b, a)[i % 2], f"twice{i}", t) for i, t in enumerate(singles)]
+    attempts += [register((a, b)[i % 2], f"l{i}", limited) for i in range(10)]
+    results = await asyncio.gather(*attempts)
+    joined = [r for r in results if not isinstance(r, Exception)]
+    assert len(joined) == 12 + 4, [str(r) for r in results if isinstance(r, Exception)]
+    await _converged(replicas)
+    for server in replicas:
+        nodes = server.service.registry.nodes()
+        assert len(nodes) == 16
+        assert len({n.mesh_ip for n in nodes}) == 16 and len({n.subnet for n in nodes}) == 16
+    assert [n.mesh_ip for n in a.service.registry.nodes()] == [
+        n.mesh_ip for n in b.service.registry.nodes()
+    ]
+    assert all(n.mesh_ip != IPv4Address("100.64.0.0") for n in a.service.registry.nodes())
+
+
+async def test_a_node_heard_by_one_replica_stays_online_on_the_other(
+    replicas: Pair, clock: FakeClock
+) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    await _converged(replicas)
+    clock.advance(6)
+    async with node_client(a, alpha.key) as client:
+        await client.poll(since=0, wait=0)  # A hears from alpha ...
+    await a.service.sweep()  # ... and writes it down
+    clock.advance(12)  # 18 s after the join, 12 s after A heard from it: within 15 s
+    await b.service.sweep()
+    assert b.service.registry.online(alpha.node_id)
+    clock.advance(20)  # now nobody has heard from it for too long
+    await b.service.sweep()
+    assert not b.service.registry.online(alpha.node_id)
+
+
+async def test_an_agent_fails_over_to_the_next_replica_and_resumes_from_its_revision(
+    tmp_path: Path, postgres_url: str, clock: FakeClock
+) -> None:
+    a = await _start(tmp_path / "a", postgres_url, clock)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = await _start(tmp_path / "b", postgres_url, clock)
+    try:
+        alpha = await join(a, "alpha")
+        async with ControlClient(f"{a.url},{b.url}", a.ca.ca_pem, node_key=alpha.key) as client:
+            first = await client.poll(since=0, wait=0)
+            assert client.server_url == a.url
+            await a.close()  # replica A dies
+            assert (await client.poll(since=first.revision, wait=0)).kind == "none"
+            assert client.server_url == b.url  # answered by B, and stays there
+            await join(b, "beta")
+            update = await client.poll(since=first.revision, wait=5)
+            assert update.kind == "delta" and [p.name for p in update.peers_changed] == ["beta"]
+        # A dead first URL costs one refused connection, not the join.
+        dead_first = f"https://127.0.0.1:1,{b.url}"
+        async with ControlClient(dead_first, b.ca.ca_pem, node_key=alpha.key) as client:
+            assert (await client.poll(since=0, wait=0)).kind == "full"
+        assert await fetch_pinned_ca(dead_first, b.ca.fingerprint) == b.ca.ca_pem  # a join
+    finally:
+        await b.close()
+
+
+async def test_replicas_reconnect_after_the_database_dropped_their_connections(
+    replicas: Pair, postgres_url: str
+) -> None:
+    """What a PostgreSQL restart does to the replicas: every connection gone. Writes work
+    again at once and changes still reach the other replica's long-polls."""
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    await _converged(replicas)
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    async with node_client(a, alpha.key) as client:
+        since = (await client.poll(since=0, wait=0)).revision
+        waiting = asyncio.create_task(client.poll(since=since, wait=20))
+        await join(b, "beta")
+        update = await asyncio.wait_for(waiting, 15)
+    assert [p.name for p in update.peers_changed] == ["beta"]
+
+
+async def test_a_node_just_registered_on_one_replica_is_known_to_the_other_at_once(
+    replicas: Pair,
+) -> None:
+    """Before B has heard the announcement: an unknown key makes B catch up, never refuse."""
+    a, b = replicas
+    assert b.follower is not None
+    b.follower.cancel()  # B hears no announcements from now on
+    alpha = await join(a, "alpha")
+    async with node_client(b, alpha.key) as client:
+        assert (await client.poll(since=0, wait=0)).kind == "full"
+    gamma = await join(a, "gamma")
+    again = await join(b, "gamma", key=gamma.key, with_token=False)  # no token: known key
+    assert again.node_id == gamma.node_id
+
+
+async def test_a_policy_set_through_one_replica_reaches_a_long_poll_on_the_other(
+    replicas: Pair,
+) -> None:
+    a, b = replicas
+    beta = await join(b, "beta")
+    await _converged(replicas)
+    async with node_client(b, beta.key) as client:
+        waiting = asyncio.create_task(client.poll(since=b.service.registry.revision, wait=20))
+        async with admin_client(a) as admin:
+            source = "rules:\n  - {from: service:web, to: service:db, ports: 5432}\n"
+            await admin.set_policy(PolicySetRequest(file="p.yaml", source=source))
+        update = await asyncio.wait_for(waiting, 10)
+    assert update.kind == "delta" and update.policy is not None
+    assert update.policy.revision == 1 and update.policy.file == "p.yaml"
+    # B serves it to a full map too, and numbers the next policy after A's.
+    async with node_client(b, beta.key) as client:
+        full = await client.poll(since=0, wait=0)
+    assert full.full is not None and full.full.policy == update.policy
+    async with admin_client(b) as admin:
+        info = await admin.set_policy(PolicySetRequest(file="q.yaml", source="rules: []\n"))
+    assert info.revision == 2
+
+
+async def test_a_key_rotation_announced_on_one_replica_reaches_the_other(replicas: Pair) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    beta = await join(b, "beta")
+    await _converged(replicas)
+    new_key = PrivateKey.generate()
+    async with node_client(b, beta.key) as client:
+        waiting = asyncio.create_task(client.poll(since=b.service.registry.revision, wait=20))
+        async with node_client(a, alpha.key) as rotating:
+            rotation = await rotating.rotate(new_key)
+        update = await asyncio.wait_for(waiting, 10)
+    assert update.kind == "delta"
+    (peer,) = update.peers_changed
+    assert (peer.name, peer.next_key) == ("alpha", new_key.public_key())
+    assert peer.switch_at == rotation.switch_at
+    # Once the host switched, B knows it by its next key as well.
+    async with node_client(b, new_key) as client:
+        full = await client.poll(since=0, wait=0)
+    assert full.full is not None and full.full.self_node.name == "alpha"
