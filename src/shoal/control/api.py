@@ -434,7 +434,7 @@ async def containers(request: web.Request) -> web.Response:
 async def relay_port(request: web.Request) -> web.Response:
     """Both nodes of a pair ask; each gets the port it sends to (see control/relay.py)."""
     raw = await _body(request)
-    node_id = _node_id(request, raw)
+    node_id = await _node_id(request, raw)
     _charge_write(request, node_id)
     req = _model(raw, RelayRequest)
     registry = request.app[SERVICE].registry
