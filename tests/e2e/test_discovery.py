@@ -47,8 +47,16 @@ def test_a_container_name_resolves_on_every_host(hosts: tuple[LabHost, ...]) -> 
     for host in (h1, h3):
         wait_until(f"cache on {host.name}", lambda host=host: resolve(host, "cache") == {ip}, 10)
         assert resolve(host, "cache.shoal") == {ip}
-    ping = h1.container_exec(f"probe-{h1.name}", ["ping", "-c", "1", "-W", "2", "cache"])
-    assert ping.returncode == 0
+    wait_until(
+        "h1's probe pings cache by name",
+        lambda: (
+            h1.container_exec(
+                f"probe-{h1.name}", ["ping", "-c", "1", "-W", "2", "cache"], check=False
+            ).returncode
+            == 0
+        ),
+        15,
+    )
 
 
 def test_node_names_resolve_to_mesh_ips(hosts: tuple[LabHost, ...]) -> None:
