@@ -28,7 +28,9 @@ def shoal(host: LabHost, *args: str, check: bool = True) -> subprocess.Completed
     return host.exec([SHOAL, *args], check=check, timeout=120)
 
 
-def up(lab: Lab, host: LabHost, token: str | None) -> subprocess.CompletedProcess[str]:
+def up(
+    lab: Lab, host: LabHost, token: str | None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """`shoal up` on `host`; without a token it resumes from the host's state dir."""
     join = ["--server", str(lab.server_url), "--token", token] if token else []
     return shoal(
@@ -41,6 +43,7 @@ def up(lab: Lab, host: LabHost, token: str | None) -> subprocess.CompletedProces
         str(host.underlay_ip),
         "--state-dir",
         str(host.state_dir),
+        check=check,
     )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -120,7 +119,7 @@ def test_a_removed_hosts_key_is_revoked_and_its_addresses_quarantined(
     shoal(gone, "down", "--state-dir", str(gone.state_dir))
     for name in ("node.json", "netmap.json"):
         (gone.state_dir / name).unlink(missing_ok=True)
-    again = up_raw(lab, gone, join_token)
+    again = up(lab, gone, join_token, check=False)
     assert again.returncode != 0 and "cannot join again" in again.stderr
     # A new host gets neither its mesh IP nor its subnet.
     newcomer = lab.add_host()
@@ -129,21 +128,3 @@ def test_a_removed_hosts_key_is_revoked_and_its_addresses_quarantined(
     assert fresh["mesh_ip"] != before["mesh_ip"] and fresh["subnet"] != before["subnet"]
     nodes = json.loads(admin(lab, "nodes", "--json").stdout)
     assert gone.name not in {n["name"] for n in nodes}
-
-
-def up_raw(lab: Lab, host: LabHost, token: str) -> subprocess.CompletedProcess[str]:
-    return shoal(
-        host,
-        "up",
-        "--server",
-        str(lab.server_url),
-        "--token",
-        token,
-        "--name",
-        host.name,
-        "--advertise-addr",
-        str(host.underlay_ip),
-        "--state-dir",
-        str(host.state_dir),
-        check=False,
-    )
