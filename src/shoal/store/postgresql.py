@@ -49,6 +49,7 @@ from shoal.store.base import (
     no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
+from shoal.store.rows import container_row
 
 T = TypeVar("T")
 log = logging.getLogger("shoal.store")
@@ -500,7 +501,7 @@ class PostgresStore:
                         "service = excluded.service, ports = excluded.ports, "
                         "health = excluded.health, updated_rev = excluded.updated_rev, "
                         "labels = excluded.labels",
-                        [_container_row(c, rev) for c in changed],
+                        [container_row(c, rev) for c in changed],
                     )
                     await cur.execute(
                         "DELETE FROM container_tombstones "
@@ -722,7 +723,7 @@ class PostgresStore:
                     ),
                     (
                         f"INSERT INTO containers ({_CONTAINER_COLS}) VALUES ({_CONTAINER_VALUES})",
-                        [_container_row(c.container, c.updated_rev) for c in snapshot.containers],
+                        [container_row(c.container, c.updated_rev) for c in snapshot.containers],
                     ),
                     (
                         "INSERT INTO container_tombstones (node_id, container_id, removed_rev) "
@@ -885,21 +886,6 @@ def _node(row: tuple[Any, ...]) -> NodeRecord:
         ephemeral=ephemeral,
         next_key=None if next_key is None else PublicKey.parse(next_key),
         switch_at=_opt_utc(switch_at),
-    )
-
-
-def _container_row(c: Container, rev: int) -> tuple[object, ...]:
-    return (
-        c.node_id,
-        c.id,
-        c.name,
-        str(c.ip),
-        c.project,
-        c.service,
-        json.dumps([p.model_dump(mode="json") for p in c.ports]),
-        c.health,
-        rev,
-        json.dumps([list(kv) for kv in c.labels]),
     )
 
 

@@ -37,6 +37,7 @@ from shoal.store.base import (
     no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
+from shoal.store.rows import container_row
 
 T = TypeVar("T")
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -338,7 +339,7 @@ class SqliteStore:
                     "service = excluded.service, ports = excluded.ports, "
                     "health = excluded.health, updated_rev = excluded.updated_rev, "
                     "labels = excluded.labels",
-                    [_container_row(c, rev) for c in changed],
+                    [container_row(c, rev) for c in changed],
                 )
                 db.executemany(
                     "DELETE FROM container_tombstones WHERE node_id = ? AND container_id = ?",
@@ -659,21 +660,6 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         ephemeral=bool(ephemeral),
         next_key=PublicKey.parse(next_key) if isinstance(next_key, str) else None,
         switch_at=_dt(switch_at if isinstance(switch_at, str) else None),
-    )
-
-
-def _container_row(c: Container, rev: int) -> tuple[object, ...]:
-    return (
-        c.node_id,
-        c.id,
-        c.name,
-        str(c.ip),
-        c.project,
-        c.service,
-        json.dumps([p.model_dump(mode="json") for p in c.ports]),
-        c.health,
-        rev,
-        json.dumps([list(kv) for kv in c.labels]),
     )
 
 
