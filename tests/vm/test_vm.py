@@ -65,3 +65,30 @@ def test_a_vm_past_its_timeout_is_killed(fake_qemu: list[list[str]], tmp_path: P
     with pytest.raises(vm.VmError, match=r"(?s)did not finish within 0.5 s.*booting"):
         vm.run("true", timeout=0.5)
     assert not Path(f"/proc/{pid_file.read_text().strip()}").exists()
+
+
+def test_a_guest_kernel_lockup_is_told_apart(fake_qemu: list[list[str]]) -> None:
+    lockup = "[ 128.5] watchdog: BUG: soft lockup - CPU#0 stuck for 44s! [exe:678]"
+    fake_qemu.append(["sh", "-c", f"echo '{lockup}'; echo 'Kernel panic'; exit 0"])
+    with pytest.raises(vm.VmLockedUp, match="soft lockup"):
+        vm.run("true", timeout=30)
+
+
+def test_the_guest_suite_boots_again_after_a_lockup_only(
+    fake_qemu: list[list[str]], tmp_path: Path
+) -> None:
+    boots = tmp_path / "boots"
+    fake_qemu.append(
+        [
+            "sh",
+            "-c",
+            f"echo x >> {boots}; if [ $(wc -l < {boots}) = 1 ];"
+            " then echo 'rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:'; exit 0; fi;"
+            " echo 'shoal-vm: exit 0'",
+        ]
+    )
+    assert vm.run_guest_suite(timeout=30).returncode == 0
+    assert len(boots.read_text().splitlines()) == 2
+    fake_qemu[0] = ["sh", "-c", "echo 'no result'"]
+    with pytest.raises(vm.VmError, match="without reporting"):
+        vm.run_guest_suite(timeout=30)
