@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 
 from benchmarks.typed import Frozen
-from shoal.docker import ContainerWatcher, DockerHost
+from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport
 
 LISTING_RUNS = 20

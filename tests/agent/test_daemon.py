@@ -22,7 +22,7 @@ from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
 from shoal.control.ca import rotate_ca
-from shoal.docker import DockerHost
+from shoal.dockerhost import DockerHost
 from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, NetworkMap

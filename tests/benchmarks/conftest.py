@@ -1,5 +1,5 @@
 """The throwaway dockerd of the docker tests, for the watcher measurement."""
 
-from tests.docker.conftest import Dockerd, dockerd, netns
+from tests.dockerhost.conftest import Dockerd, dockerd, netns
 
 __all__ = ["Dockerd", "dockerd", "netns"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from benchmarks.watch import watch_latency
-from tests.docker.conftest import IMAGE, Dockerd
+from tests.dockerhost.conftest import IMAGE, Dockerd
 
 
 async def test_measures_each_container_and_removes_them(dockerd: Dockerd) -> None:

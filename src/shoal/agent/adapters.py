@@ -14,7 +14,7 @@ from shoal import firewall, hostnet
 from shoal.agent.reconciler import Adapters
 from shoal.dataplane import DataPlane
 from shoal.dns import DnsServer, DnsStats, RecordTable, upstreams_from_resolv_conf
-from shoal.docker import DockerHost
+from shoal.dockerhost import DockerHost
 from shoal.plan.hostconfig import (
     BRIDGE,
     DOCKER_NETWORK,

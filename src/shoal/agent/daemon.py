@@ -64,7 +64,7 @@ from shoal.controlclient.errors import (
 )
 from shoal.controlclient.tls import fetch_pinned_ca, trust_bundle
 from shoal.dataplane import DataPlaneError, select_dataplane
-from shoal.docker import ContainerWatcher, DockerHost
+from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
 from shoal.model.catalog import build_catalog
 from shoal.model.doctor import DoctorReport

@@ -21,7 +21,7 @@ from shoal.controlclient.probe import ServerProbe, probe_server
 from shoal.dataplane import DataPlane, PeerStats
 from shoal.dns import upstreams_from_resolv_conf
 from shoal.dns.probe import DnsAnswer, ask
-from shoal.docker import DockerHost
+from shoal.dockerhost import DockerHost
 from shoal.firewall.drift import Drift, drift
 from shoal.hostnet import HostNetError
 from shoal.hostnet.inspect import LinkState, ip_forward_on, link_state, routes_on

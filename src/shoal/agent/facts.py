@@ -7,7 +7,7 @@ import subprocess
 from ipaddress import IPv4Address, IPv4Network
 
 from shoal import hostnet
-from shoal.docker import DockerHost
+from shoal.dockerhost import DockerHost
 from shoal.plan.hostconfig import BRIDGE, DOCKER_NETWORK, INTERFACE
 
 # Interfaces whose addresses are not how other hosts reach this one.

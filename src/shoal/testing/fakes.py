@@ -30,7 +30,7 @@ from shoal.dataplane.base import (
     WireGuardDataPlane,
 )
 from shoal.dataplane.errors import DataPlaneError, WireGuardGoFailed
-from shoal.docker.errors import NetworkInUse
+from shoal.dockerhost.errors import NetworkInUse
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import (
     INTERFACE,

@@ -11,11 +11,11 @@ import time
 from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
 
-from shoal.docker import ContainerWatcher, DockerHost
-from shoal.docker.events import DockerEvent
+from shoal.dockerhost import ContainerWatcher, DockerHost
+from shoal.dockerhost.events import DockerEvent
 from shoal.model.api import ContainerReport
 from shoal.model.netmap import PortSpec
-from tests.docker.conftest import IMAGE, Dockerd
+from tests.dockerhost.conftest import IMAGE, Dockerd
 
 Reports = dict[str, ContainerReport]  # by name
 

@@ -13,19 +13,19 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, ip_network
 from typing import Any, TypeVar
 
+import docker
 import docker.errors
 import requests.exceptions
 from docker.types import IPAMConfig, IPAMPool
 
-import docker
-from shoal.docker.containers import (
+from shoal.dockerhost.containers import (
     Inspected,
     health_hint,
     hint_of,
     make_report,
     report_from_inspect,
 )
-from shoal.docker.errors import DockerError, DockerUnavailable, NetworkInUse
+from shoal.dockerhost.errors import DockerError, DockerUnavailable, NetworkInUse
 from shoal.model.api import ContainerReport
 from shoal.plan.hostconfig import DockerNetworkConfig
 

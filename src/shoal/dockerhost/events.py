@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.docker.host import FOREIGN_ERRORS, DockerHost
+from shoal.dockerhost.host import FOREIGN_ERRORS, DockerHost
 
 log = logging.getLogger(__name__)
 

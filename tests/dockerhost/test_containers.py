@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 from typing import Any
 
-from shoal.docker.containers import (
+from shoal.dockerhost.containers import (
     Inspected,
     health_hint,
     hint_of,
@@ -13,8 +13,8 @@ from shoal.docker.containers import (
     parse_inspect,
     report_from_inspect,
 )
-from shoal.docker.events import DockerEvent, since_arg
-from shoal.docker.watch import describe_change
+from shoal.dockerhost.events import DockerEvent, since_arg
+from shoal.dockerhost.watch import describe_change
 from shoal.model.api import ContainerReport
 from shoal.model.netmap import PortSpec
 

@@ -7,9 +7,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from shoal.docker import DockerHost, DockerUnavailable, NetworkInUse, RemoveResult
+from shoal.dockerhost import DockerHost, DockerUnavailable, NetworkInUse, RemoveResult
 from shoal.plan.hostconfig import DockerNetworkConfig
-from tests.docker.conftest import Dockerd
+from tests.dockerhost.conftest import Dockerd
 
 CFG = DockerNetworkConfig(
     name="shoal",

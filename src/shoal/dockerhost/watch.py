@@ -16,9 +16,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
 
-from shoal.docker.errors import DockerError
-from shoal.docker.events import DockerEvent, EventStream, since_arg
-from shoal.docker.host import DockerHost
+from shoal.dockerhost.errors import DockerError
+from shoal.dockerhost.events import DockerEvent, EventStream, since_arg
+from shoal.dockerhost.host import DockerHost
 from shoal.model.api import ContainerReport
 
 log = logging.getLogger(__name__)
