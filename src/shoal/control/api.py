@@ -25,6 +25,7 @@
     GET    /v1/admin/admin-tokens       → [AdminTokenInfo]
     DELETE /v1/admin/admin-tokens/{id}  → 204
     GET    /metrics                     Prometheus text (admin token, scope read; control.metrics)
+    GET    /dashboard ...               the web dashboard (control.dashboard)
 
 Admin calls carry an admin token: the server host's own (admin.token, every scope) or a
 scoped one; GETs need scope read, everything else scope admin.
@@ -54,6 +55,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shoal.control import openapi
 from shoal.control.ca import CertAuthority
+from shoal.control.dashboard import web as dashboard
 from shoal.control.encoding import MapEncoder
 from shoal.control.errors import (
     AdminUnauthorized,
@@ -184,6 +186,7 @@ def build_app(
     app.router.add_put("/v1/admin/policy", set_policy)
     app.router.add_get("/v1/admin/policy", get_policy)
     app.router.add_get("/v1/admin/policy/test", test_policy)
+    dashboard.install(app, service, app[RELAY])
     return app
 
 

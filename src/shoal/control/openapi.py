@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from shoal.control.dashboard.web import DashboardLogin, DashboardUpdate
 from shoal.model.api import (
     API_VERSION,
     AdminTokenCreated,
@@ -40,7 +41,8 @@ from shoal.model.api import (
 )
 from shoal.model.netmap import MapUpdate
 
-Auth = Literal["none", "node", "admin"]
+# "dashboard": an admin bearer token, or the session cookie POST /dashboard/login sets.
+Auth = Literal["none", "node", "admin", "dashboard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,12 +181,42 @@ ROUTES: tuple[Route, ...] = (
             ("port", {"type": "integer", "minimum": 1, "maximum": 65535}),
         ),
     ),
+    Route(
+        "GET",
+        "/dashboard",
+        "The web dashboard (HTML); without a session or token, the login form",
+        "dashboard",
+    ),
+    Route(
+        "POST",
+        "/dashboard/login",
+        "Open a dashboard session (cookie) with an admin token of scope read or wider",
+        "none",
+        DashboardLogin,
+        status=204,
+    ),
+    Route("POST", "/dashboard/logout", "End this dashboard session", "none", status=204),
+    Route(
+        "GET",
+        "/dashboard/live",
+        "Long-poll the dashboard's live part: at once when past `since`, else on a change "
+        "or after `wait` s",
+        "dashboard",
+        reply=DashboardUpdate,
+        query=(
+            ("since", {"type": "integer"}),
+            ("wait", {"type": "number", "minimum": 0}),
+        ),
+    ),
+    Route("GET", "/dashboard/app.js", "The dashboard's script", "none"),
+    Route("GET", "/dashboard/app.css", "The dashboard's style sheet", "none"),
 )
 
 _SECURITY: dict[Auth, list[dict[str, list[str]]]] = {
     "none": [],
     "node": [{"nodeSignature": []}],
     "admin": [{"adminToken": []}],
+    "dashboard": [{"adminToken": []}, {"dashboardSession": []}],
 }
 _REF = "#/components/schemas/{model}"
 
@@ -216,6 +248,12 @@ def document() -> dict[str, Any]:
                     "shoal.model.nodeauth",
                 },
                 "adminToken": {"type": "http", "scheme": "bearer"},
+                "dashboardSession": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "shoal_dashboard",
+                    "description": "set by POST /dashboard/login",
+                },
             },
         },
     }

@@ -129,6 +129,11 @@ class Relay:
                 del self._pairs[key]
                 log.info("relay: pair %s <-> %s idle, released", *key)
 
+    def pairs(self) -> list[tuple[str, str]]:
+        """The node-id pairs relayed now, sorted (idle ones released first)."""
+        self._expire()
+        return sorted(self._pairs)
+
     def close(self) -> None:
         for pair in self._pairs.values():
             pair.close()
