@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 extra="${1:-}"
 
 apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables conntrack iproute2 iperf3
-              busybox-static tcpdump util-linux procps postgresql)
+              busybox-static tcpdump util-linux procps postgresql chromium)
 [ "$extra" = bench ] && apt_packages+=(nebula ethtool)
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -20,6 +20,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   # --no-install-recommends: docker.io's recommends pull in things we do not use.
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# chromium: the dashboard's browser test (tests/e2e/test_dashboard_browser.py) drives Debian's
+# build through Playwright (`executable_path`); `playwright install chromium` downloads its own
+# build from a CDN, which this kind of machine cannot reach.
 # The distro's docker.io starts a system dockerd we do not need; the lab runs its own per host.
 systemctl disable --now docker.service docker.socket >/dev/null 2>&1 || true
 

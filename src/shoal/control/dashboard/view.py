@@ -301,7 +301,8 @@ def render_live(view: MeshView, events: Sequence[Event]) -> str:
     up = sum(n.online for n in view.nodes)
     summary = (
         f'<p id="summary">{up} of {len(view.nodes)} hosts online · '
-        f"{len(view.containers)} containers · revision {view.revision} · "
+        f"{len(view.containers)} container{'' if len(view.containers) == 1 else 's'} · "
+        f"revision {view.revision} · "
         f"policy: {_e(view.policy or 'none (everything allowed)')}</p>"
     )
     return (

@@ -143,8 +143,8 @@ class Feed:
         return True
 
     def current(self) -> MeshView:
-        if self.view is None:
-            self.refresh()
+        """The view as of now (a request never shows what the last tick saw)."""
+        self.refresh()
         assert self.view is not None
         return self.view
 
@@ -223,7 +223,8 @@ async def page(request: web.Request) -> web.Response:
     if not await _viewer(request):
         return _html(render_login())
     feed = request.app[FEED]
-    return _html(render_page(feed.current(), tuple(feed.events), feed.version))
+    view = feed.current()
+    return _html(render_page(view, tuple(feed.events), feed.version))
 
 
 async def login(request: web.Request) -> web.Response:
@@ -265,10 +266,10 @@ async def live(request: web.Request) -> web.Response:
         raise BadRequest("since must be an integer and wait a number of seconds") from exc
     if not wait >= 0:
         raise BadRequest("wait must not be negative")
+    feed.refresh()
     await feed.after(since, min(wait, feed.service.max_wait))
-    update = DashboardUpdate(
-        version=feed.version, html=render_live(feed.current(), tuple(feed.events))
-    )
+    view = feed.current()
+    update = DashboardUpdate(version=feed.version, html=render_live(view, tuple(feed.events)))
     return web.Response(
         body=update.model_dump_json(), content_type="application/json", headers=SECURITY_HEADERS
     )

@@ -1,0 +1,186 @@
+"""The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
+Playwright) against a real `shoal server` on 127.0.0.1 with nodes registered and heart-beating
+through the real control client. The page lists the hosts, a host that stops turns red within
+the heartbeat timeout, a container started appears in the services, and a container label
+carrying a script runs nothing.
+
+A browser that cannot start is a failure that says why (never a skip): `make install`
+installs Debian's chromium (Playwright's own browser download needs the internet)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Error, Page, async_playwright, expect
+
+from shoal.control.app import RunningServer, start_server
+from shoal.control.config import load_config
+from shoal.controlclient.client import ControlClient
+from shoal.model.api import (
+    ContainerReport,
+    ContainersReport,
+    RegisterRequest,
+    TokenCreateRequest,
+)
+from shoal.model.keys import PrivateKey
+
+pytestmark = pytest.mark.e2e
+
+HEARTBEAT = 3.0  # seconds: a short timeout keeps the "turns red" wait short
+XSS = "<script>window.__pwned = 1</script>"
+XSS_ATTR = '"><img src=x onerror="window.__pwned = 2">'
+
+
+def chromium_path() -> str:
+    path = os.environ.get("SHOAL_CHROMIUM") or shutil.which("chromium")
+    if path is None:
+        pytest.fail(
+            "no Chromium: install Debian's `chromium` (scripts/install-deps.sh does) or set "
+            "SHOAL_CHROMIUM to a Chromium binary"
+        )
+    return path
+
+
+@contextlib.asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        try:
+            browser = await pw.chromium.launch(executable_path=chromium_path())
+        except Error as exc:
+            pytest.fail(f"headless Chromium did not start: {exc}")
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class Host:
+    """A node as an agent would be: registered, long-polling (its heartbeat) until stopped."""
+
+    def __init__(self, server: RunningServer, name: str) -> None:
+        self.server, self.name = server, name
+        self.key = PrivateKey.generate()
+        self.client = ControlClient(server.url, server.ca.ca_pem, node_key=self.key)
+        self._beat: asyncio.Task[None] | None = None
+        self.subnet = IPv4Network("0.0.0.0/32")  # its container subnet, once joined
+
+    async def join(self, token: str) -> None:
+        await self.client.__aenter__()
+        reply = await self.client.register(
+            RegisterRequest(token=token, name=self.name, public_key=self.key.public_key())
+        )
+        self.subnet = reply.netmap.self_node.subnet
+        self._beat = asyncio.create_task(self._poll(), name=f"heartbeat-{self.name}")
+
+    async def _poll(self) -> None:
+        since = 0
+        while True:
+            update = await self.client.poll(since=since, wait=1.0)
+            since = update.revision if update.revision else since
+
+    async def run_container(self, name: str, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        box = ContainerReport(
+            id=os.urandom(32).hex(),
+            name=name,
+            ip=self.subnet.network_address + 2,
+            labels=labels,
+        )
+        await self.client.report_containers(ContainersReport(containers=(box,)))
+
+    async def stop(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._beat
+            self._beat = None
+
+    async def close(self) -> None:
+        await self.stop()
+        await self.client.aclose()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
+    running = await start_server(
+        load_config(listen="127.0.0.1:0", data_dir=tmp_path / "server", heartbeat_timeout=HEARTBEAT)
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+async def log_in(page: Page, server: RunningServer) -> None:
+    await page.goto(f"{server.url}/dashboard")
+    await page.fill("#token", server.admin_token)
+    await page.click("#login button[type=submit]")
+    await expect(page.locator("#live")).to_be_visible()
+
+
+async def test_the_dashboard_shows_the_mesh_live_in_chromium(server: RunningServer) -> None:
+    async with ControlClient(server.url, server.ca.ca_pem, server.admin_token) as admin:
+        token = (
+            await admin.create_token(TokenCreateRequest(reusable=True, expires_in_seconds=None))
+        ).token
+    hosts = [Host(server, name) for name in ("h1", "h2", "h3")]
+    for host in hosts:
+        await host.join(token)
+    try:
+        async with chromium() as browser:
+            # The server's CA is the mesh's own: this browser has not been told to trust it.
+            context = await browser.new_context(ignore_https_errors=True)
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+            await page.goto(f"{server.url}/dashboard")
+            await expect(page.locator("#login")).to_be_visible()
+            await page.fill("#token", "SHOAL-ADMIN-1-wrong-token")
+            await page.click("#login button[type=submit]")
+            await expect(page.locator("#login-error")).to_contain_text("malformed admin token")
+            await log_in(page, server)
+
+            for host in hosts:
+                row = page.locator(f'tr.node[data-node="{host.name}"]')
+                await expect(row).to_have_class("node online")
+            await expect(page.locator("#conn")).to_have_text("live")
+
+            # A container started on h2 appears, live, with its label shown as text.
+            await hosts[1].run_container(
+                "web", labels=(("shoal.note", XSS), (f"shoal.x{XSS_ATTR}"[:64], "1"))
+            )
+            box = page.locator('tr.container[data-container="web"]')
+            await expect(box).to_be_visible(timeout=5_000)
+            await expect(box).to_contain_text("h2")
+            await expect(box).to_contain_text(XSS)
+            await expect(page.locator("#events")).to_contain_text("container web started on h2")
+
+            # h3 stops: red within the heartbeat timeout (+ the 1 s look and a poll).
+            await hosts[2].stop()
+            stopped = asyncio.get_running_loop().time()
+            red = page.locator('tr.node[data-node="h3"]')
+            await expect(red).to_have_class("node offline", timeout=(HEARTBEAT + 3) * 1000)
+            took = asyncio.get_running_loop().time() - stopped
+            assert took <= HEARTBEAT + 3, took
+            color = await red.locator("td").first.evaluate(
+                "td => getComputedStyle(td).backgroundColor"
+            )
+            assert color == "rgb(253, 236, 236)"  # the offline row's red
+            await expect(page.locator("#events")).to_contain_text("node h3 went offline")
+
+            assert await page.evaluate("window.__pwned") is None  # no injected script ran
+            assert errors == []
+            shot = os.environ.get("SHOAL_DASHBOARD_SCREENSHOT")
+            if shot:
+                await page.screenshot(path=shot, full_page=True)
+            print(f"h3 stopped → red after {took:.1f} s (heartbeat timeout {HEARTBEAT:g} s)")
+    finally:
+        for host in hosts:
+            await host.close()
