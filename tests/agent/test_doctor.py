@@ -16,6 +16,8 @@ from shoal.agent.doctor import (
     AgentView,
     PathMtu,
     check_clock,
+    check_container_dns,
+    container_question,
     measure_path_mtu,
     resolve_target,
     run_doctor,
@@ -25,10 +27,12 @@ from shoal.agent.health import Health
 from shoal.agent.ping import TooBigForRoute
 from shoal.agent.reconciler import Reconciler
 from shoal.controlclient.probe import ServerProbe
+from shoal.dns.probe import DnsAnswer
 from shoal.firewall.errors import FirewallError
 from shoal.model.doctor import Check, DoctorReport, UnknownTarget, Verdict
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, NetworkMap
+from shoal.model.policy import parse
 from shoal.plan.hostconfig import plan_host
 from shoal.testing.builders import netmap, node
 from shoal.testing.clock import ManualClock
@@ -106,14 +110,22 @@ def only_failure(report: DoctorReport, code: str, subject: str = "this host") ->
     return check
 
 
+LOCAL = Container(id="c1", node_id="n1", name="app", ip=IPv4Address("10.42.1.2"))
+REMOTE = Container(id="c2", node_id="n2", name="db", ip=IPv4Address("10.42.2.2"))
+
+
+def with_containers(*containers: Container) -> NetworkMap:
+    return netmap(1, [2, 3]).model_copy(update={"containers": containers})
+
+
 async def test_a_converged_host_with_good_paths_passes_every_check() -> None:
-    r = await rig()
+    r = await rig(with_containers(LOCAL, REMOTE))
     report = await r.doctor()
     assert failed(report) == []
     assert [c.code for c in report.checks] == [
         "agent", "server", "certificate", "clock", "wireguard", "forwarding", "routes",
         "docker-network", "firewall-table", "firewall-docker", "dns-responder", "dns-upstream",
-        "peer", "path-mtu", "peer", "path-mtu",
+        "container-dns", "peer", "path-mtu", "peer", "path-mtu",
     ]  # fmt: skip
     assert set(verdicts(report).values()) == {Verdict.OK}
     peer = next(c for c in report.checks if c.code == "peer")
@@ -353,3 +365,113 @@ async def test_a_target_checks_only_its_hosts_and_probes_its_port() -> None:
     report = await r.doctor("web")
     target = next(c for c in report.checks if c.code == "target")
     assert target.summary == "10.42.2.5 answers in 0.5 ms"
+
+
+# -- DNS inside a container ---------------------------------------------------------------------
+
+
+async def test_a_container_resolves_a_remote_containers_name_through_dockers_resolver() -> None:
+    r = await rig(with_containers(LOCAL, REMOTE))
+    check = next(c for c in (await r.doctor()).checks if c.code == "container-dns")
+    assert (check.verdict, check.summary) == (
+        Verdict.OK, "db resolves to 10.42.2.2 inside container app",
+    )  # fmt: skip
+
+
+async def test_port_53_dropped_from_the_containers_is_named_while_the_responder_answers() -> None:
+    r = await rig(with_containers(LOCAL, REMOTE))
+    r.probe.containers_dns_blocked = True
+    check = only_failure(await r.doctor(), "container-dns")
+    assert check.summary == "db inside container app: no answer (no answer within 2s)"
+    assert check.cause is not None and check.fix is not None
+    assert "the responder answers this host, but Docker's resolver in app" in check.cause
+    assert "UDP 53 from 10.42.1.0/24" in check.fix
+
+
+async def test_a_silent_responder_fails_container_dns_too_and_says_which_comes_first() -> None:
+    r = await rig(with_containers(LOCAL, REMOTE))
+    r.probe.dns_blocked = True
+    report = await r.doctor()
+    assert {c.code for c in failed(report)} == {"dns-responder", "container-dns"}
+    check = next(c for c in report.checks if c.code == "container-dns")
+    assert check.cause == "the responder at 100.64.0.1:53 does not answer (see dns-responder)"
+
+
+async def test_without_a_remote_container_the_hosts_own_name_is_asked() -> None:
+    r = await rig(with_containers(LOCAL))
+    check = next(c for c in (await r.doctor()).checks if c.code == "container-dns")
+    assert check.summary == "h1.shoal resolves to 100.64.0.1 inside container app"
+
+
+async def test_no_container_or_a_stopped_one_is_not_asked() -> None:
+    r = await rig(with_containers(REMOTE))
+    check = next(c for c in (await r.doctor()).checks if c.code == "container-dns")
+    assert check.verdict is Verdict.SKIP
+    r = await rig(with_containers(LOCAL, REMOTE))
+    r.probe.stopped.add("c1")
+    check = next(c for c in (await r.doctor()).checks if c.code == "container-dns")
+    assert (check.verdict, check.summary) == (
+        Verdict.SKIP, "container app is not running: not asked",
+    )  # fmt: skip
+
+
+def test_a_wrong_or_foreign_answer_is_named() -> None:
+    question = container_question(with_containers(LOCAL, REMOTE))
+    assert question is not None
+    mesh = IPv4Address("100.64.0.1")
+    stale = check_container_dns(
+        question, DnsAnswer("NOERROR", addresses=("10.42.2.9",)), mesh, responder_ok=True
+    )
+    assert stale.summary == "db inside container app: NOERROR, 10.42.2.9"
+    assert stale.cause is not None and "the netmap says 10.42.2.2" in stale.cause
+    foreign = check_container_dns(question, DnsAnswer("NXDOMAIN"), mesh, responder_ok=True)
+    assert foreign.cause is not None
+    assert foreign.cause.startswith("Docker's resolver answered NXDOMAIN for db")
+
+
+# -- the policy verdict for a target ------------------------------------------------------------
+
+POLICY = """\
+rules:
+  - from: node:h1
+    to: service:db
+    ports: 5432
+"""
+
+
+def with_policy(*containers: Container) -> NetworkMap:
+    policy = parse(POLICY, "mesh.yaml").model_copy(update={"revision": 2})
+    return with_containers(*containers).model_copy(update={"policy": policy})
+
+
+async def test_a_denied_target_names_the_policy_and_how_to_test_it() -> None:
+    db = REMOTE.model_copy(update={"service": "db", "project": "app"})
+    r = await rig(with_policy(LOCAL, db))
+    report = await r.doctor("10.42.2.2:8080")
+    check = next(c for c in report.checks if c.code == "policy")
+    assert check.verdict is Verdict.FAIL
+    assert check.summary == "tcp 100.64.0.1 → 10.42.2.2:8080: denied by h2's firewall"
+    assert check.cause == "no rule of mesh.yaml r2 allows it: h2 drops new flows no rule allows"
+    assert check.fix is not None
+    assert "`shoal policy test --from h1 --to 10.42.2.2:8080`" in check.fix
+    r.probe.tcp_open.add((IPv4Address("10.42.2.2"), 5432))
+    report = await r.doctor("10.42.2.2:5432")
+    check = next(c for c in report.checks if c.code == "policy")
+    assert (check.verdict, check.summary) == (
+        Verdict.OK, "tcp 100.64.0.1 → 10.42.2.2:5432: allowed by mesh.yaml:2",
+    )  # fmt: skip
+
+
+async def test_without_a_policy_the_default_decides() -> None:
+    r = await rig(with_containers(LOCAL, REMOTE))
+    check = next(c for c in (await r.doctor("db")).checks if c.code == "policy")
+    assert check.summary == "icmp 100.64.0.1 → 10.42.2.2: no policy: containers reach containers"
+    check = next(c for c in (await r.doctor("100.64.0.2:22")).checks if c.code == "policy")
+    assert check.verdict is Verdict.FAIL
+    assert check.cause is not None
+    assert check.cause.startswith("no policy: hosts' own services are closed")
+    check = next(c for c in (await r.doctor("app")).checks if c.code == "policy")
+    assert (
+        check.summary
+        == "icmp 100.64.0.1 → 10.42.1.2: same host, the mesh policy does not filter it"
+    )

@@ -35,9 +35,11 @@ from shoal.firewall.drift import Drift
 from shoal.hostnet.inspect import LinkState
 from shoal.model.doctor import Check, DoctorReport, UnknownTarget, Verdict
 from shoal.model.errors import ShoalError
-from shoal.model.netmap import NetworkMap, Node
+from shoal.model.netmap import Container, NetworkMap, Node
+from shoal.model.policy import Proto
 from shoal.model.status import AgentState, HealthWarning
 from shoal.plan.hostconfig import DockerNetworkConfig, FirewallConfig, HostConfig
+from shoal.plan.policy import compile_for, explain, publishable
 
 HOST = "this host"
 # WireGuard re-handshakes every 120 s while packets flow and keepalives (25 s) keep them
@@ -74,6 +76,11 @@ class HostProbe(Protocol):
     async def firewall(self, cfg: FirewallConfig) -> Drift: ...
 
     async def dns(self, server: str, port: int, name: str) -> DnsAnswer: ...
+
+    async def container_dns(self, container_id: str, name: str) -> DnsAnswer | None:
+        """`name` asked of Docker's resolver from inside the container (the way its own
+        lookups go); None when the container is not running."""
+        ...
 
     def dns_upstreams(self, exclude: IPv4Address) -> Sequence[tuple[str, int]]: ...
 
@@ -495,6 +502,110 @@ def check_dns_upstream(answers: Sequence[tuple[str, DnsAnswer]]) -> Check:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerQuestion:
+    """Which container of this host asks Docker's resolver for which mesh name, and the
+    address the answer must hold."""
+
+    asker: Container
+    name: str
+    expected: IPv4Address
+    subnet: IPv4Network  # this host's container subnet: where the forwarded queries come from
+
+
+def container_question(netmap: NetworkMap) -> ContainerQuestion | None:
+    """A container of this host asks for a container of another host (a name Docker's resolver
+    cannot answer itself: it forwards it, and shoal redirects that to its responder), else for
+    `<this node>.shoal`; None when this host has no container on the `shoal` network."""
+    me = netmap.self_node
+    mine = sorted((c for c in netmap.containers if c.node_id == me.id), key=lambda c: c.name)
+    if not mine:
+        return None
+    # Only names the responder serves: published (policy) and handed out (health).
+    served = publishable(netmap).containers
+    names = [c.name for c in served]
+    remote = sorted(
+        (
+            c
+            for c in served
+            if c.node_id != me.id and c.serves_traffic() and names.count(c.name) == 1
+        ),
+        key=lambda c: c.name,
+    )
+    if remote:
+        return ContainerQuestion(mine[0], remote[0].name, remote[0].ip, me.subnet)
+    return ContainerQuestion(mine[0], SELF_NAME.format(name=me.name), me.mesh_ip, me.subnet)
+
+
+def check_container_dns(
+    question: ContainerQuestion | None,
+    answer: DnsAnswer | None,
+    responder: IPv4Address,
+    responder_ok: bool,
+) -> Check:
+    """What a container of this host gets for a mesh name through Docker's resolver."""
+    if question is None:
+        return Check(
+            code="container-dns",
+            subject=HOST,
+            verdict=Verdict.SKIP,
+            summary="no container of this host on the shoal network to ask from",
+        )
+    asker, name, subnet = question.asker.name, question.name, question.subnet
+    if answer is None:
+        return Check(
+            code="container-dns",
+            subject=HOST,
+            verdict=Verdict.SKIP,
+            summary=f"container {asker} is not running: not asked",
+        )
+    got = ", ".join(answer.addresses) or "no address"
+    if answer.rcode == "NOERROR" and str(question.expected) in answer.addresses:
+        return Check(
+            code="container-dns",
+            subject=HOST,
+            verdict=Verdict.OK,
+            summary=f"{name} resolves to {question.expected} inside container {asker}",
+        )
+    where = f"{responder}:53"
+    if not responder_ok:
+        cause = f"the responder at {where} does not answer (see dns-responder)"
+        fix = "fix the dns-responder line first"
+    elif answer.rcode is None:
+        cause = (
+            f"the responder answers this host, but Docker's resolver in {asker} got no answer "
+            f"for {name} ({answer.error}): Docker forwards names it does not know from the "
+            f"container's own address (in {subnet}) and shoal redirects them to {where}; "
+            f"something drops port 53 from the containers on the way"
+        )
+        fix = (
+            f"look for a firewall rule dropping UDP 53 from {subnet} (`nft list ruleset`, "
+            "`iptables-save`); the firewall-docker line checks shoal's redirect"
+        )
+    elif answer.rcode != "NOERROR":
+        cause = (
+            f"Docker's resolver answered {answer.rcode} for {name}: the query reached a "
+            f"resolver that does not know the mesh's names instead of shoal's at {where} "
+            "(the redirect of the containers' port 53 is missing or bypassed)"
+        )
+        fix = "see the firewall-docker line; `iptables -t nat -S` must redirect port 53 there"
+    else:
+        cause = (
+            f"{name} resolved to {got}, but the netmap says {question.expected}: an answer "
+            "from another resolver, or a cached stale one"
+        )
+        fix = f"compare with `nslookup {name} {responder}` on this host"
+    return Check(
+        code="container-dns",
+        subject=HOST,
+        verdict=Verdict.FAIL,
+        summary=f"{name} inside container {asker}: "
+        + (f"no answer ({answer.error})" if answer.rcode is None else f"{answer.rcode}, {got}"),
+        cause=cause,
+        fix=fix,
+    )
+
+
 # -- peers ----------------------------------------------------------------------------------
 
 
@@ -674,6 +785,52 @@ def check_target(target: Target, rtt_ms: float | None, tcp_error: str | None) ->
     )
 
 
+def _seen_by(netmap: NetworkMap, node: Node) -> NetworkMap:
+    """`netmap` as `node` gets it: the same mesh, with `node` as the self node."""
+    others = tuple(n for n in (netmap.self_node, *netmap.peers) if n.id != node.id)
+    return netmap.model_copy(update={"self_node": node, "peers": others})
+
+
+def check_policy(netmap: NetworkMap, target: Target) -> Check | None:
+    """The verdict the target's host gives the flow doctor's own probe sends (from this host's
+    mesh IP: TCP to the target's port, else an ICMP echo), and the rule or default that
+    decides, as `shoal policy test` explains it. None for a target with no one address."""
+    if target.ip is None:
+        return None
+    me = netmap.self_node
+    owner = target.nodes[0]
+    proto: Proto = "icmp" if target.port is None else "tcp"
+    flow = f"{proto} {me.mesh_ip} → {target.ip}" + (f":{target.port}" if target.port else "")
+    if owner.id == me.id:
+        return Check(
+            code="policy",
+            subject=target.label,
+            verdict=Verdict.OK,
+            summary=f"{flow}: same host, the mesh policy does not filter it",
+        )
+    policy = netmap.policy
+    compiled = None if policy is None else compile_for(policy, _seen_by(netmap, owner))
+    verdict = explain(compiled, owner.mesh_ip, me.mesh_ip, target.ip, proto, target.port)
+    if verdict.allow:
+        return Check(
+            code="policy",
+            subject=target.label,
+            verdict=Verdict.OK,
+            summary=f"{flow}: {verdict.reason}",
+        )
+    port = f":{target.port}" if target.port else ""
+    return Check(
+        code="policy",
+        subject=target.label,
+        verdict=Verdict.FAIL,
+        summary=f"{flow}: denied by {owner.name}'s firewall",
+        cause=f"{verdict.reason}: {owner.name} drops new flows no rule allows",
+        fix=f"add a rule to the policy (`shoal policy get`, edit, `shoal policy set FILE`); "
+        f"`shoal policy test --from {me.name} --to {target.ip}{port}"
+        f"{'' if target.port else ' --proto icmp'}` explains the verdict",
+    )
+
+
 # -- running them ---------------------------------------------------------------------------
 
 T = TypeVar("T")
@@ -785,12 +942,24 @@ async def run_doctor(view: AgentView, probe: HostProbe, target_text: str | None)
     async def peer_checks() -> list[tuple[Check, Check]]:
         return list(await asyncio.gather(*(_probe_peer(view, probe, p, before) for p in peers)))
 
+    question = container_question(view.netmap)
+
+    async def container_answer() -> DnsAnswer | Check | None:
+        if question is None:
+            return None
+        return await _guarded(
+            "container-dns",
+            f"DNS inside container {question.asker.name}",
+            probe.container_dns(question.asker.id, question.name),
+        )
+
     # The slow parts (timeouts on a broken path) run at once.
     async with asyncio.TaskGroup() as tasks:
         server_task = tasks.create_task(probe.server())
         responder_task = tasks.create_task(probe.dns(str(me.mesh_ip), view.dns_port, self_name))
         upstream_task = tasks.create_task(upstream_answers())
         peers_task = tasks.create_task(peer_checks())
+        container_task = tasks.create_task(container_answer())
     server, responder = server_task.result(), responder_task.result()
     checks: list[Check] = [
         check_agent(view),
@@ -816,9 +985,20 @@ async def run_doctor(view: AgentView, probe: HostProbe, target_text: str | None)
         checks.extend(check_firewall(firewall))
     checks.append(check_dns_responder(me.mesh_ip, view.dns_port, self_name, responder))
     checks.append(check_dns_upstream(upstream_task.result()))
+    in_container = container_task.result()
+    checks.append(
+        in_container
+        if isinstance(in_container, Check)
+        else check_container_dns(
+            question, in_container, me.mesh_ip, responder_ok=responder.rcode == "NOERROR"
+        )
+    )
     for peer_check, mtu_check in peers_task.result():
         checks += [peer_check, mtu_check]
     if target is not None:
+        verdict = check_policy(view.netmap, target)
+        if verdict is not None:
+            checks.append(verdict)
         checks.append(await _check_target(probe, target))
     return DoctorReport(host=view.name, target=target_text, checks=tuple(checks))
 

@@ -20,7 +20,7 @@ from shoal.agent.ping import ping_once
 from shoal.controlclient.probe import ServerProbe, probe_server
 from shoal.dataplane import DataPlane, PeerStats
 from shoal.dns import upstreams_from_resolv_conf
-from shoal.dns.probe import DnsAnswer, ask
+from shoal.dns.probe import DnsAnswer, ask, ask_from
 from shoal.dockerhost import DockerHost
 from shoal.firewall.drift import Drift, drift
 from shoal.hostnet import HostNetError
@@ -91,6 +91,10 @@ class HostDoctorProbe:
 
     async def dns(self, server: str, port: int, name: str) -> DnsAnswer:
         return await ask(server, port, name)
+
+    async def container_dns(self, container_id: str, name: str) -> DnsAnswer | None:
+        pid = await self._docker.container_pid(container_id)
+        return None if pid is None else await ask_from(pid, name)
 
     def dns_upstreams(self, exclude: IPv4Address) -> Sequence[tuple[str, int]]:
         return upstreams_from_resolv_conf(exclude=(exclude,))

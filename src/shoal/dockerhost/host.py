@@ -132,6 +132,20 @@ class DockerHost:
         """Raise DockerUnavailable unless dockerd answers."""
         await self._call("ping", lambda c: c.ping())
 
+    async def container_pid(self, container_id: str) -> int | None:
+        """The host PID of a running container's main process; None when it is not running
+        (or gone)."""
+
+        def pid(client: Any) -> int | None:
+            try:
+                state = client.api.inspect_container(container_id)["State"]
+            except docker.errors.NotFound:
+                return None
+            value = int(state.get("Pid") or 0)
+            return value if state.get("Running") and value > 0 else None
+
+        return await self._call(f"inspect container {container_id[:12]}", pid)
+
     async def _inspect(self, name: str) -> dict[str, Any] | None:
         def find(client: Any) -> dict[str, Any] | None:
             for net in client.networks.list(names=[name]):

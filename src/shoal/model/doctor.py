@@ -27,7 +27,7 @@ class Verdict(enum.StrEnum):
 class Check(Frozen):
     code: str  # "agent", "server", "certificate", "clock", "wireguard", "forwarding", "routes",
     #            "docker-network", "firewall-table", "firewall-docker", "dns-responder",
-    #            "dns-upstream", "peer", "path-mtu", "target"
+    #            "dns-upstream", "container-dns", "peer", "path-mtu", "policy", "target"
     subject: str
     verdict: Verdict
     summary: str  # one line: what was seen

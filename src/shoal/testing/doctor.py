@@ -48,6 +48,8 @@ class FakeDoctorProbe:
         self.upstreams: dict[tuple[str, int], bool] = {("192.0.2.2", 53): True}
         self.dns_blocked = False  # the responder does not answer on the mesh IP
         self.tcp_open: set[tuple[IPv4Address, int]] = set()
+        self.containers_dns_blocked = False  # port 53 from this host's containers is dropped
+        self.stopped: set[str] = set()  # ids of containers of the netmap that do not run
 
     # -- shaping the fake -------------------------------------------------------------------
 
@@ -65,6 +67,8 @@ class FakeDoctorProbe:
             f"upstream {h}:{p} {'up' if ok else 'down'}" for (h, p), ok in self.upstreams.items()
         ]
         lines.append(f"dns {'blocked' if self.dns_blocked else 'answers'}")
+        if self.containers_dns_blocked:
+            lines.append("dns from containers blocked")
         return "\n".join(lines)
 
     # -- HostProbe --------------------------------------------------------------------------
@@ -110,6 +114,18 @@ class FakeDoctorProbe:
         if self.dns_blocked or listening is None or str(listening) != server:
             return DnsAnswer(None, "no answer within 2s")
         return DnsAnswer("NOERROR")
+
+    async def container_dns(self, container_id: str, name: str) -> DnsAnswer | None:
+        """Docker's resolver forwards to the responder, which answers from its netmap."""
+        if container_id in self.stopped:
+            return None
+        config = self.host.dns.config
+        if self.dns_blocked or self.containers_dns_blocked or config is None:
+            return DnsAnswer(None, "no answer within 2s")
+        nm = config.netmap
+        found = [str(c.ip) for c in nm.containers if c.name == name]
+        found += [str(n.mesh_ip) for n in (nm.self_node, *nm.peers) if f"{n.name}.shoal" == name]
+        return DnsAnswer("NOERROR", addresses=tuple(found)) if found else DnsAnswer("NXDOMAIN")
 
     def dns_upstreams(self, exclude: IPv4Address) -> Sequence[tuple[str, int]]:
         return [up for up in self.upstreams if up[0] != str(exclude)]
