@@ -453,7 +453,7 @@ async def test_a_denied_target_names_the_policy_and_how_to_test_it() -> None:
     assert check.summary == "tcp 100.64.0.1 → 10.42.2.2:8080: denied by h2's firewall"
     assert check.cause == "no rule of mesh.yaml r2 allows it: h2 drops new flows no rule allows"
     assert check.fix is not None
-    assert "`shoal policy test --from h1 --to 10.42.2.2:8080`" in check.fix
+    assert "`shoal policy test --from h1 --to db:8080` explains the verdict" in check.fix
     r.probe.tcp_open.add((IPv4Address("10.42.2.2"), 5432))
     report = await r.doctor("10.42.2.2:5432")
     check = next(c for c in report.checks if c.code == "policy")

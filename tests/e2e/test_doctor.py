@@ -16,13 +16,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal.lab import Lab, LabHost
-from tests.e2e.runbook import host_ping, shoal, status, up, wait_until
+from tests.e2e.runbook import admin, host_ping, shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -265,3 +266,97 @@ def test_a_blocked_dns_responder_is_named(pair: tuple[LabHost, LabHost]) -> None
         assert f"no answer from {mesh}:53" in check["cause"]
     finally:
         drop_test_table(h1)
+
+
+@pytest.fixture
+def containers(pair: tuple[LabHost, LabHost]) -> Iterator[tuple[LabHost, LabHost]]:
+    """A container on each host of the pair (the `shoal` network), removed after."""
+    h1, h2 = pair
+    h1.run_container("doc-app")
+    h2.run_container("doc-db")
+    try:
+        yield h1, h2
+    finally:
+        h1.docker("rm", "-f", "doc-app", check=False)
+        h2.docker("rm", "-f", "doc-db", check=False)
+
+
+def container_dns(host: LabHost, target: str) -> dict[str, Any]:
+    (check,) = [c for c in doctor(host, target)[1]["checks"] if c["code"] == "container-dns"]
+    return check
+
+
+def test_port_53_dropped_from_the_containers_is_named(
+    containers: tuple[LabHost, LabHost],
+) -> None:
+    """The responder answers the host, but the containers' lookups (Docker's resolver forwards
+    them from the container's own address) are dropped: only container-dns can see it."""
+    h1, h2 = containers
+    db = h2.container_ip("doc-db")
+    wait_until(
+        "doctor to resolve doc-db inside doc-app",
+        lambda: (
+            container_dns(h1, h2.name)["summary"]
+            == f"doc-db resolves to {db} inside container doc-app"
+        ),
+        timeout=30,
+    )
+    subnet = IPv4Network(status(h1)["subnet"])
+    try:
+        check = doctor_names(
+            h1,
+            lambda: drop_in_test_table(h1, f"ip saddr {subnet} udp dport 53 drop"),
+            "container-dns",
+            target=h2.name,
+        )
+        assert check["summary"].startswith("doc-db inside container doc-app: no answer")
+        assert (
+            "the responder answers this host, but Docker's resolver in doc-app" in (check["cause"])
+        )
+        _, report, _ = doctor(h1, h2.name)
+        assert not failing(report, "dns-responder")  # the host's own lookups still work
+    finally:
+        drop_test_table(h1)
+
+
+DENY_8080 = """\
+# doctor's test: the web port is closed, the rest stays as without a policy
+rules:
+  - from: '*'
+    to: '*'
+    proto: icmp
+  - from: '*'
+    to: '*'
+    ports: [1-8079, 8081-65535]
+"""
+ALLOW_ALL = "rules:\n  - {from: '*', to: '*'}\n"
+
+
+def test_a_policy_denial_is_named_with_its_rule(
+    lab: Lab, containers: tuple[LabHost, LabHost], tmp_path: Path
+) -> None:
+    h1, h2 = containers
+    db = h2.container_ip("doc-db")
+    target = f"{db}:8080"
+    policy = tmp_path / "doctor-deny.yaml"
+    policy.write_text(DENY_8080)
+    admin(lab, "policy", "set", str(policy))
+    try:
+        wait_until(
+            "doctor to see the policy",
+            lambda: bool(failing(doctor(h1, target)[1], "policy")),
+            timeout=30,
+        )
+        rc, report, text = doctor(h1, target)
+        print(text)
+        (check,) = failing(report, "policy")
+        assert rc == 1
+        assert check["summary"] == f"tcp {mesh_ip(h1)} → {target}: denied by {h2.name}'s firewall"
+        assert check["cause"].startswith("no rule of doctor-deny.yaml r")
+        assert f"shoal policy test --from {h1.name} --to doc-db:8080" in check["fix"]
+        allowed = doctor(h1, f"{db}:5432")[1]
+        (verdict,) = [c for c in allowed["checks"] if c["code"] == "policy"]
+        assert verdict["verdict"] == "ok" and "allowed by doctor-deny.yaml:6" in verdict["summary"]
+    finally:
+        policy.write_text(ALLOW_ALL)
+        admin(lab, "policy", "set", str(policy))

@@ -818,16 +818,21 @@ def check_policy(netmap: NetworkMap, target: Target) -> Check | None:
             verdict=Verdict.OK,
             summary=f"{flow}: {verdict.reason}",
         )
-    port = f":{target.port}" if target.port else ""
+    fix = "add a rule to the policy (`shoal policy get`, edit, `shoal policy set FILE`)"
+    # `policy test` takes names: the container or node at the target's address.
+    name = next((c.name for c in netmap.containers if c.ip == target.ip), None)
+    if name is None and target.ip == owner.mesh_ip:
+        name = owner.name
+    if name is not None:
+        to = f"{name}:{target.port}" if target.port else f"{name} --proto icmp"
+        fix += f"; `shoal policy test --from {me.name} --to {to}` explains the verdict"
     return Check(
         code="policy",
         subject=target.label,
         verdict=Verdict.FAIL,
         summary=f"{flow}: denied by {owner.name}'s firewall",
         cause=f"{verdict.reason}: {owner.name} drops new flows no rule allows",
-        fix=f"add a rule to the policy (`shoal policy get`, edit, `shoal policy set FILE`); "
-        f"`shoal policy test --from {me.name} --to {target.ip}{port}"
-        f"{'' if target.port else ' --proto icmp'}` explains the verdict",
+        fix=fix,
     )
 
 
