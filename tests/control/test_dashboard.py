@@ -280,6 +280,16 @@ async def test_live_waits_for_a_change_and_names_it(
         assert "node h1 went offline" in page
 
 
+async def test_an_unchanged_mesh_keeps_its_version(server: RunningServer, clock: FakeClock) -> None:
+    await join(server, "h1")
+    feed(server).refresh()
+    version = feed(server).version
+    assert not feed(server).refresh()
+    clock.advance(5)  # within the heartbeat timeout: nothing an operator sees moved
+    assert not feed(server).refresh()
+    assert feed(server).version == version
+
+
 async def test_the_script_and_style_are_served(server: RunningServer) -> None:
     async with browser(server) as b:
         async with b.get("/dashboard/app.js") as resp:

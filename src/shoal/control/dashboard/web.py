@@ -126,9 +126,23 @@ class Feed:
         self.view: MeshView | None = None
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
         self._changed = asyncio.Event()
+        self._seen: tuple[object, ...] | None = None
+
+    def _fingerprint(self) -> tuple[object, ...]:
+        """What moves whenever the view may have: every change of a node, container or the
+        policy takes a revision; going offline (a timeout) and relays do not. A look at 1,000
+        nodes and 5,000 containers took 65-95 ms here, this 1.5 ms: an idle mesh costs no
+        looks (an in-memory registry on the 2-core dev machine)."""
+        registry = self.service.registry
+        online = tuple(n.id for n in registry.nodes() if registry.online(n.id))
+        return (registry.revision, online, tuple(self._relay.pairs()))
 
     def refresh(self) -> bool:
         """Look again; True (and a new version, waiters woken) when something changed."""
+        seen = self._fingerprint()
+        if seen == self._seen:
+            return False
+        self._seen = seen
         view = look(self.service.registry, self._relay)
         if view == self.view:
             return False
