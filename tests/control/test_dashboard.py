@@ -299,6 +299,15 @@ async def test_the_script_and_style_are_served(server: RunningServer) -> None:
             assert resp.status == 200 and resp.content_type == "text/css"
 
 
+async def test_a_login_body_is_bounded(server: RunningServer) -> None:
+    async with browser(server) as b:
+        async with b.post("/dashboard/login", data=b"{" + b" " * 2000 + b"}") as resp:
+            assert resp.status == 413
+        async with b.post("/dashboard/login", data=b"not json") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["message"] == 'expected {"token": "SHOAL-ADMIN-1-..."}'
+
+
 @pytest.mark.parametrize("query", ["since=x", "wait=-1", "wait=nan"])
 async def test_bad_live_queries_are_400(server: RunningServer, query: str) -> None:
     headers = {"Authorization": f"Bearer {server.admin_token}"}

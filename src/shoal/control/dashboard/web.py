@@ -43,7 +43,7 @@ from shoal.control.dashboard.view import (
     render_login,
     render_page,
 )
-from shoal.control.errors import AdminUnauthorized, BadRequest
+from shoal.control.errors import AdminUnauthorized, BadRequest, PayloadTooLarge, RequestTimeout
 from shoal.control.registry import utcnow
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
@@ -54,6 +54,8 @@ log = logging.getLogger("shoal.control")
 COOKIE = "shoal_dashboard"
 SESSION_SECONDS = 12 * 3600
 MAX_SESSIONS = 256  # the oldest is dropped past this: a login flood cannot grow memory
+MAX_LOGIN_BODY = 1024  # bytes: {"token": ...} with a token of ~100 characters
+LOGIN_BODY_TIMEOUT = 10.0  # seconds to send it
 TICK = 1.0  # seconds between looks: a host going offline shows within the timeout + 1 s
 EVENTS_KEPT = 200
 # No inline script or style anywhere: a name that slipped past escaping still cannot run.
@@ -242,7 +244,15 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    raw = await request.content.read(1024)
+    if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
+        raise PayloadTooLarge(f"request body larger than {MAX_LOGIN_BODY} bytes")
+    try:
+        async with asyncio.timeout(LOGIN_BODY_TIMEOUT):
+            raw = await request.content.read(MAX_LOGIN_BODY + 1)
+    except TimeoutError as exc:
+        raise RequestTimeout(f"request body not sent within {LOGIN_BODY_TIMEOUT:g} s") from exc
+    if len(raw) > MAX_LOGIN_BODY:
+        raise PayloadTooLarge(f"request body larger than {MAX_LOGIN_BODY} bytes")
     try:
         token = DashboardLogin.model_validate_json(raw).token.strip()
     except ValueError as exc:
