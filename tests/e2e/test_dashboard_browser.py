@@ -1,8 +1,8 @@
 """The dashboard in a real browser: headless Chromium (Debian's `chromium`, driven by
-Playwright) against a real `shoal server` on 127.0.0.1 with nodes registered and heart-beating
-through the real control client. The page lists the hosts, a host that stops turns red within
-the heartbeat timeout, a container started appears in the services, and a container label
-carrying a script runs nothing.
+Playwright). First against a real `shoal server` on 127.0.0.1 with nodes registered and
+heart-beating through the real control client (a short heartbeat timeout; a label carrying a
+script runs nothing), then against the lab: its hosts listed, a container started with
+`docker run` on a host appears, the host whose agent stops turns red within the timeout.
 
 A browser that cannot start is a failure that says why (never a skip): `make install`
 installs Debian's chromium (Playwright's own browser download needs the internet)."""
@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -20,9 +21,10 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Error, Page, async_playwright, expect
 
-from shoal.control.app import RunningServer, start_server
+from shoal.control.app import ADMIN_TOKEN_FILE, RunningServer, start_server
 from shoal.control.config import load_config
 from shoal.controlclient.client import ControlClient
+from shoal.lab import Lab
 from shoal.model.api import (
     ContainerReport,
     ContainersReport,
@@ -30,6 +32,7 @@ from shoal.model.api import (
     TokenCreateRequest,
 )
 from shoal.model.keys import PrivateKey
+from tests.e2e.runbook import up
 
 pytestmark = pytest.mark.e2e
 
@@ -49,10 +52,10 @@ def chromium_path() -> str:
 
 
 @contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Browser]:
+async def chromium(executable: str | None = None) -> AsyncIterator[Browser]:
     async with async_playwright() as pw:
         try:
-            browser = await pw.chromium.launch(executable_path=chromium_path())
+            browser = await pw.chromium.launch(executable_path=executable or chromium_path())
         except Error as exc:
             pytest.fail(f"headless Chromium did not start: {exc}")
         try:
@@ -117,9 +120,9 @@ async def server(tmp_path: Path) -> AsyncIterator[RunningServer]:
         await running.close()
 
 
-async def log_in(page: Page, server: RunningServer) -> None:
-    await page.goto(f"{server.url}/dashboard")
-    await page.fill("#token", server.admin_token)
+async def log_in(page: Page, url: str, token: str) -> None:
+    await page.goto(f"{url}/dashboard")
+    await page.fill("#token", token)
     await page.click("#login button[type=submit]")
     await expect(page.locator("#live")).to_be_visible()
 
@@ -145,7 +148,7 @@ async def test_the_dashboard_shows_the_mesh_live_in_chromium(server: RunningServ
             await page.fill("#token", "SHOAL-ADMIN-1-wrong-token")
             await page.click("#login button[type=submit]")
             await expect(page.locator("#login-error")).to_contain_text("malformed admin token")
-            await log_in(page, server)
+            await log_in(page, server.url, server.admin_token)
 
             for host in hosts:
                 row = page.locator(f'tr.node[data-node="{host.name}"]')
@@ -184,3 +187,53 @@ async def test_the_dashboard_shows_the_mesh_live_in_chromium(server: RunningServ
     finally:
         for host in hosts:
             await host.close()
+
+
+LAB_HEARTBEAT = 15.0  # seconds: the lab's server runs with the default timeout
+
+
+async def test_the_dashboard_follows_the_lab_in_chromium(
+    lab: Lab, join_token: str, tmp_path: Path
+) -> None:
+    """Chromium runs in the lab server's network namespace (the lab has no route out, and the
+    browser reaches the server as an operator on its LAN would); Playwright drives it over a
+    pipe, which crosses namespaces."""
+    for host in lab.hosts:
+        up(lab, host, join_token)  # "already running" when another module joined it
+    h3 = lab.hosts[2]
+    wrapper = tmp_path / "chromium-in-lab"
+    wrapper.write_text(
+        f'#!/bin/sh\nexec nsenter --net=/var/run/netns/{lab.server_netns} {chromium_path()} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    assert lab.server_url is not None
+    token = (lab.server_data_dir / ADMIN_TOKEN_FILE).read_text().strip()
+    async with chromium(str(wrapper)) as browser:
+        context = await browser.new_context(ignore_https_errors=True)
+        page = await context.new_page()
+        await log_in(page, lab.server_url, token)
+        for host in lab.hosts:
+            await expect(page.locator(f'tr.node[data-node="{host.name}"]')).to_have_class(
+                "node online"
+            )
+        # Blocking lab calls run in a thread: the loop keeps serving Playwright meanwhile.
+        await asyncio.to_thread(h3.run_container, "dash-web")
+        try:
+            box = page.locator('tr.container[data-container="dash-web"]')
+            await expect(box).to_be_visible(timeout=15_000)
+            await expect(box).to_contain_text(h3.name)
+            ip = await asyncio.to_thread(h3.container_ip, "dash-web")
+            await expect(box).to_contain_text(str(ip))
+
+            pid = int((h3.state_dir / "agent.pid").read_text())
+            os.kill(pid, signal.SIGTERM)
+            stopped = asyncio.get_running_loop().time()
+            row = page.locator(f'tr.node[data-node="{h3.name}"]')
+            await expect(row).to_have_class("node offline", timeout=(LAB_HEARTBEAT + 5) * 1000)
+            took = asyncio.get_running_loop().time() - stopped
+            await expect(page.locator("#events")).to_contain_text(f"node {h3.name} went offline")
+            print(f"lab: {h3.name}'s agent stopped → red after {took:.1f} s")
+            assert took <= LAB_HEARTBEAT + 3
+        finally:
+            await asyncio.to_thread(h3.docker, "rm", "-f", "dash-web", check=False)
+            await asyncio.to_thread(up, lab, h3, None)
