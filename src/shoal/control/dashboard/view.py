@@ -131,7 +131,7 @@ def look(registry: Registry, relay: Relay) -> MeshView:
         revision=registry.revision,
         nodes=nodes,
         containers=containers,
-        relayed=tuple(dict.fromkeys(relayed)),
+        relayed=relayed,
         policy=None if record is None else f"{record.file} revision {record.revision}",
         heartbeat_seconds=registry.heartbeat_timeout.total_seconds(),
     )
