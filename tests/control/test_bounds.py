@@ -202,7 +202,7 @@ async def test_a_nodes_new_long_poll_replaces_its_old_one(server: RunningServer)
         assert more, "a replaced long-poll did not return"
         finished += await asyncio.gather(*more)
     assert time.monotonic() - started < 3.0 and set(finished) == {"none"}
-    assert len(server.service.registry._poll_owner) == 2  # alpha's last one and beta's
+    assert server.service.registry.log.live_polls == 2  # alpha's last one and beta's
     assert not others.done()
     await join(server, "gamma")  # a change ends the live ones with a delta
     assert await others == "delta" and await pending.pop() == "delta"

@@ -34,17 +34,13 @@ from shoal.control.listener import (
     quiet_accept_errors,
     raise_fd_limit,
 )
+from shoal.control.liveness import SEEN_PERSIST_INTERVAL, Clock, utcnow
 from shoal.control.nodeauth import (
     NodeVerifier,
     ensure_shared_auth_key,
     load_or_create_auth_key,
 )
-from shoal.control.registry import (
-    SEEN_PERSIST_INTERVAL,
-    Clock,
-    Registry,
-    utcnow,
-)
+from shoal.control.registry import Registry
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
 from shoal.control.stun import start_responders

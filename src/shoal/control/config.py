@@ -12,7 +12,8 @@ from pathlib import Path
 from shoal.control.errors import ServerConfigError
 from shoal.control.limits import RateLimits
 from shoal.control.listener import ConnectionLimits
-from shoal.control.registry import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_QUARANTINE
+from shoal.control.liveness import DEFAULT_HEARTBEAT_TIMEOUT
+from shoal.control.registry import DEFAULT_QUARANTINE
 from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, DEFAULT_ROTATION_LEAD
 
 # WireGuard over IPv6 costs 80 bytes per packet: the smallest IPv6 MTU is 1280, the largest

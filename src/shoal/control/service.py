@@ -37,7 +37,8 @@ from shoal.control.errors import (
     TokenUsed,
     clip,
 )
-from shoal.control.registry import Clock, Registry, utcnow
+from shoal.control.liveness import Clock, utcnow
+from shoal.control.registry import Registry
 from shoal.control.tokens import (
     check_usable,
     new_join_token,

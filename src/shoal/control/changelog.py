@@ -1,0 +1,208 @@
+"""The change log: what changed at which revision, the shared deltas built from it, and the
+coalesced wake-up of the long-polls waiting for the next change.
+
+The log is a list of (revision, subject) entries in revision order; a subject is a node id or
+a container key. `changed_since(since)` bisects it, so a delta's cost grows with the number of
+changes after `since`, not with the size of the mesh. The log keeps the last `limit` entries
+(trimmed in halves, so appending stays amortised O(1)); a `since` older than what it still
+holds (`floor`) cannot be answered with a delta and `covers` says so.
+
+The log does not hold the nodes and containers themselves: the registry builds a delta from
+its index (`ChangeLog.delta(since, build)`), and the log keeps the result for the current
+revision. Every node that is not itself part of the change gets the same delta object, so it
+is built (and encoded) once per `since`.
+
+Long-polls: one live poll per node. A node's new poll ends its previous one at once (a client
+that lost its connection, or one holding 2,000 polls with one credential, holds one). A
+change wakes them COALESCE_SECONDS after the first change of a burst, so a `compose up` of 20
+containers, or many hosts joining at once, costs each node one delta instead of one per
+change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+
+from shoal.model.netmap import ContainerKey, MapUpdate, Node
+from shoal.store.base import Snapshot
+
+LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full map
+# Deltas kept per revision, by `since`. A change wakes every long-poll at one `since` and they
+# all share one delta; nodes catching up each hold another `since` and gain nothing from the
+# cache, which held up to N deltas of up to N peers each after a fleet restart.
+DELTAS_KEPT = 16
+# How long a change waits for others before the long-polls wake (bounded extra latency).
+COALESCE_SECONDS = 0.02
+
+# What a change-log entry is about: a node (its id) or a container ((node id, container id)).
+Subject = str | ContainerKey
+Entry = tuple[int, Subject]  # (revision, subject)
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The subjects changed after some revision, each once, sorted."""
+
+    nodes: tuple[str, ...]
+    containers: tuple[ContainerKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SharedDelta:
+    """The part of a delta from one `since` that is the same for every node."""
+
+    nodes_changed: dict[str, Node]
+    update: MapUpdate  # for a node that is not among `nodes_changed`
+
+
+class ChangeLog:
+    """The revision, the log of changes up to it, the shared deltas of the current revision,
+    and the long-polls waiting for the next one. Not thread-safe; one event loop."""
+
+    def __init__(
+        self, entries: Iterable[Entry], *, revision: int, floor: int = 0, limit: int = LOG_LIMIT
+    ) -> None:
+        """`entries` in any order; `floor`: no `since` below it can get a delta (the log
+        does not reach back that far)."""
+        ordered = sorted(entries, key=itemgetter(0))  # subjects of two kinds do not compare
+        self.revision = revision
+        self._log: list[Entry] = ordered
+        self._revs = [rev for rev, _ in ordered]
+        self._floor = floor
+        self._limit = limit
+        self._deltas: dict[int, SharedDelta] = {}
+        self._deltas_rev = revision
+        # `_poll_owner` names the live poll of each node, `_waiting` holds the future it sleeps
+        # on; a change resolves them all.
+        self._poll_owner: dict[str, object] = {}
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._wake_pending: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot, *, limit: int = LOG_LIMIT) -> ChangeLog:
+        """The log as the store remembers it: each node's and container's last change and the
+        recent removals. Removals older than the retained tombstones (the store keeps `limit`
+        of each kind) are unknown, so a client behind them gets a full map."""
+        entries: list[Entry] = [(n.updated_rev, n.id) for n in snapshot.nodes]
+        entries += [(t.removed_rev, t.node_id) for t in snapshot.tombstones]
+        entries += [(c.updated_rev, c.container.key) for c in snapshot.containers]
+        entries += [
+            (t.removed_rev, (t.node_id, t.container_id)) for t in snapshot.container_tombstones
+        ]
+        floor = 0
+        for stones in (snapshot.tombstones, snapshot.container_tombstones):
+            if stones and len(stones) >= limit:
+                floor = max(floor, stones[0].removed_rev)
+        return cls(entries, revision=snapshot.revision, floor=floor, limit=limit)
+
+    # Writing.
+
+    def record(self, rev: int, subjects: Sequence[Subject]) -> None:
+        """`subjects` changed at revision `rev` (not below any recorded one; none for a change
+        that no subject names, such as the policy); wakes the long-polls."""
+        self.revision = max(self.revision, rev)
+        self._log.extend((rev, subject) for subject in subjects)
+        self._revs.extend(rev for _ in subjects)
+        if len(self._log) > 2 * self._limit:
+            drop = len(self._log) - self._limit
+            self._floor = self._revs[drop - 1]
+            del self._log[:drop]
+            del self._revs[:drop]
+        self.notify()
+
+    def advance(self, rev: int) -> None:
+        """The store is at `rev` (at least), with nothing else to record; no wake-up."""
+        self.revision = max(self.revision, rev)
+
+    # Reading.
+
+    def covers(self, since: int) -> bool:
+        """Whether a delta from `since` can be answered from the log (else: a full map)."""
+        return 0 < since <= self.revision and since >= self._floor
+
+    def changed_since(self, since: int) -> Changed:
+        """The nodes and containers changed after revision `since` (`covers(since)`)."""
+        start = bisect.bisect_right(self._revs, since)
+        nodes: dict[str, None] = {}
+        containers: dict[ContainerKey, None] = {}
+        for _, subject in self._log[start:]:
+            if isinstance(subject, str):
+                nodes[subject] = None
+            else:
+                containers[subject] = None
+        return Changed(nodes=tuple(sorted(nodes)), containers=tuple(sorted(containers)))
+
+    def delta(self, since: int, build: Callable[[Changed], SharedDelta]) -> SharedDelta:
+        """The shared delta from `since` to the current revision: `build(changed_since(since))`,
+        built once per (revision, since) and kept for the last DELTAS_KEPT values of `since`."""
+        if self._deltas_rev != self.revision:
+            self._deltas_rev = self.revision
+            self._deltas.clear()
+        delta = self._deltas.get(since)
+        if delta is None:
+            if len(self._deltas) >= DELTAS_KEPT:
+                del self._deltas[next(iter(self._deltas))]  # the oldest `since`
+            delta = self._deltas[since] = build(self.changed_since(since))
+        return delta
+
+    # Long-polls.
+
+    @property
+    def live_polls(self) -> int:
+        """How many long-polls are waiting (at most one per node)."""
+        return len(self._poll_owner)
+
+    async def wait(self, node_id: str, since: int, timeout: float) -> None:
+        """`node_id`'s long-poll holding revision `since`: returns once the revision is past
+        `since`, after `timeout` seconds, when the log closes, or when the same node starts a
+        newer poll. Returns at once if `since` is not the current revision or `timeout` <= 0."""
+        if since != self.revision or timeout <= 0 or self._closed:
+            return
+        ticket = object()
+        self._poll_owner[node_id] = ticket
+        older = self._waiting.pop(node_id, None)
+        if older is not None and not older.done():
+            older.set_result(None)  # the node's previous poll returns now
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    # A wake can be for a change this node already has (the coalesced wake of
+                    # the very change it was just given): only a newer revision ends the wait.
+                    while (
+                        since == self.revision
+                        and not self._closed
+                        and self._poll_owner.get(node_id) is ticket
+                    ):
+                        woken = asyncio.get_running_loop().create_future()
+                        self._waiting[node_id] = woken
+                        await woken
+        finally:
+            if self._poll_owner.get(node_id) is ticket:
+                del self._poll_owner[node_id]
+                self._waiting.pop(node_id, None)
+
+    def notify(self) -> None:
+        """Wake the waiting long-polls COALESCE_SECONDS after the first change of a burst."""
+        if self._wake_pending is None:
+            self._wake_pending = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self._wake)
+
+    def close(self) -> None:
+        """Server shutting down: end every long-poll now, and do not start new waits."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wake_pending is not None:
+            self._wake_pending.cancel()
+            self._wake_pending = None
+        # Swap, then resolve: waiters of this change wake; later polls wait anew.
+        waiting, self._waiting = self._waiting, {}
+        for woken in waiting.values():
+            if not woken.done():
+                woken.set_result(None)

@@ -1,0 +1,136 @@
+"""The change log: what changed after a revision, the shared deltas it keeps, the long-polls it
+wakes."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shoal.control.changelog import DELTAS_KEPT, Changed, ChangeLog, SharedDelta
+from shoal.model.netmap import MapUpdate
+
+
+def shared(changed: Changed, revision: int) -> SharedDelta:
+    return SharedDelta(nodes_changed={}, update=MapUpdate(kind="delta", revision=revision))
+
+
+async def poll_started(log: ChangeLog, polls: int) -> None:
+    """Until `polls` long-polls wait on the log (each takes a turn of the loop to start)."""
+    while log.live_polls != polls:
+        await asyncio.sleep(0)
+
+
+async def test_changes_after_a_revision_are_named_once_and_sorted() -> None:
+    log = ChangeLog([(2, "n2"), (1, "n1")], revision=2)
+    log.record(3, ["n1", ("n2", "c9"), ("n1", "c1")])
+    log.record(4, ["n3", ("n1", "c1")])
+    assert log.revision == 4
+    assert log.changed_since(1) == Changed(
+        nodes=("n1", "n2", "n3"), containers=(("n1", "c1"), ("n2", "c9"))
+    )
+    assert log.changed_since(3) == Changed(nodes=("n3",), containers=(("n1", "c1"),))
+    assert log.changed_since(4) == Changed(nodes=(), containers=())
+
+
+async def test_a_change_without_subjects_still_takes_its_revision() -> None:
+    log = ChangeLog([], revision=5)
+    log.record(6, [])  # the policy: no subject, a new revision all the same
+    assert log.revision == 6 and log.covers(5)
+    assert log.changed_since(5) == Changed(nodes=(), containers=())
+
+
+async def test_a_since_the_log_does_not_reach_back_to_is_not_covered() -> None:
+    log = ChangeLog([], revision=1, limit=2)
+    assert not log.covers(0) and log.covers(1) and not log.covers(2)  # 0 and the future
+    for rev in range(2, 7):  # 5 entries: past 2 * limit, the log keeps the last `limit`
+        log.record(rev, [f"n{rev}"])
+    # Revisions 5 and 6 are kept: from 4 on, the log still knows every change.
+    assert not log.covers(3) and log.covers(4)
+    assert log.changed_since(4) == Changed(nodes=("n5", "n6"), containers=())
+
+
+async def test_advance_moves_the_revision_without_entries() -> None:
+    log = ChangeLog([], revision=3)
+    log.advance(2)
+    assert log.revision == 3
+    log.advance(7)
+    assert log.revision == 7 and log.changed_since(3) == Changed(nodes=(), containers=())
+
+
+async def test_a_shared_delta_is_built_once_per_revision_and_since() -> None:
+    log = ChangeLog([(1, "n1")], revision=1)
+    log.record(2, ["n2"])
+    built: list[Changed] = []
+
+    def build(changed: Changed) -> SharedDelta:
+        built.append(changed)
+        return shared(changed, log.revision)
+
+    first = log.delta(1, build)
+    assert log.delta(1, build) is first and built == [Changed(nodes=("n2",), containers=())]
+    log.record(3, ["n3"])
+    assert log.delta(1, build) is not first  # a new revision: built anew
+    assert built[-1] == Changed(nodes=("n2", "n3"), containers=())
+
+
+async def test_a_fleet_catching_up_from_many_revisions_keeps_few_deltas() -> None:
+    log = ChangeLog([(rev, f"n{rev}") for rev in range(1, 41)], revision=40)
+    built: list[int] = []
+
+    def delta_from(since: int) -> SharedDelta:
+        def build(changed: Changed) -> SharedDelta:
+            built.append(since)
+            return shared(changed, log.revision)
+
+        return log.delta(since, build)
+
+    for since in range(1, DELTAS_KEPT + 2):  # one more `since` than are kept
+        delta_from(since)
+    newest = delta_from(DELTAS_KEPT + 1)
+    assert built == list(range(1, DELTAS_KEPT + 2))  # the kept ones are not built again
+    delta_from(1)  # the oldest was dropped: built again
+    assert built[-1] == 1
+    assert newest.update.revision == 40
+
+
+async def test_a_long_poll_wakes_on_the_next_change() -> None:
+    log = ChangeLog([], revision=1)
+    poll = asyncio.create_task(log.wait("n1", since=1, timeout=60))
+    await poll_started(log, 1)
+    log.record(2, ["n2"])
+    await asyncio.wait_for(poll, timeout=5)
+    assert log.live_polls == 0
+
+
+async def test_a_poll_behind_or_without_time_returns_at_once() -> None:
+    log = ChangeLog([], revision=3)
+    await log.wait("n1", since=2, timeout=60)  # behind: it has something to get
+    await log.wait("n1", since=3, timeout=0)
+    assert log.live_polls == 0
+
+
+async def test_a_nodes_new_poll_ends_its_old_one() -> None:
+    log = ChangeLog([], revision=1)
+    old = asyncio.create_task(log.wait("n1", since=1, timeout=60))
+    other = asyncio.create_task(log.wait("n2", since=1, timeout=60))
+    await poll_started(log, 2)
+    new = asyncio.create_task(log.wait("n1", since=1, timeout=60))
+    await asyncio.wait_for(old, timeout=5)
+    assert not new.done() and not other.done() and log.live_polls == 2
+    log.close()
+    await asyncio.wait_for(asyncio.gather(new, other), timeout=5)
+
+
+async def test_close_ends_long_polls_and_refuses_new_waits() -> None:
+    log = ChangeLog([], revision=1)
+    poll = asyncio.create_task(log.wait("n1", since=1, timeout=60))
+    await poll_started(log, 1)
+    log.close()
+    await asyncio.wait_for(poll, timeout=5)
+    await asyncio.wait_for(log.wait("n1", since=1, timeout=60), timeout=5)
+    assert log.live_polls == 0
+
+
+async def test_a_poll_ends_at_its_timeout() -> None:
+    log = ChangeLog([], revision=1)
+    await asyncio.wait_for(log.wait("n1", since=1, timeout=0.001), timeout=5)
+    assert log.live_polls == 0

@@ -1,0 +1,117 @@
+"""Liveness: last_seen in memory and in batches to the store, the heartbeat timeout, and the
+sweep's silent nodes (here and as other replicas heard of them)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv4Network
+
+from shoal.control.liveness import Liveness
+from shoal.model.keys import PrivateKey
+from shoal.store.base import NodeRecord
+from shoal.store.memory import MemoryStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+TIMEOUT = timedelta(seconds=15)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def rec(i: int) -> NodeRecord:
+    return NodeRecord(
+        id=f"n{i}",
+        name=f"h{i}",
+        public_key=PrivateKey(bytes([i]) * 32).public_key(),
+        mesh_ip=IPv4Address(f"100.64.0.{i}"),
+        subnet=IPv4Network(f"10.42.{i}.0/24"),
+        endpoints=(),
+        created_at=T0,
+    )
+
+
+async def fleet(clock: Clock, *indexes: int) -> tuple[MemoryStore, Liveness]:
+    store = MemoryStore()
+    for i in indexes:
+        await store.save_node(rec(i), at=T0)
+    known = {f"n{i}" for i in indexes}
+    return store, Liveness(store, known, clock=clock, heartbeat_timeout=TIMEOUT)
+
+
+async def stored(store: MemoryStore) -> dict[str, datetime | None]:
+    return {n.id: n.last_seen for n in (await store.load(10)).nodes}
+
+
+async def test_last_seen_is_written_in_batches_at_most_every_10_s() -> None:
+    clock = Clock()
+    store, live = await fleet(clock, 1, 2)
+    live.heard("n1")
+    await live.flush()
+    assert await stored(store) == {"n1": T0, "n2": None}
+    clock.now = T0 + timedelta(seconds=5)
+    live.heard("n1")
+    live.heard("n2")
+    await live.flush()
+    assert await stored(store) == {"n1": T0, "n2": clock.now}  # n1 was written 5 s ago
+    assert live.last_seen("n1") == clock.now  # memory is always current
+    clock.now = T0 + timedelta(seconds=10)
+    live.heard("n1")
+    await live.silent()  # the sweep flushes first
+    assert (await stored(store))["n1"] == clock.now
+
+
+async def test_a_node_is_silent_after_the_timeout_and_only_while_online() -> None:
+    clock = Clock()
+    _, live = await fleet(clock, 1, 2)
+    live.heard("n1")
+    live.heard("n2")
+    clock.now = T0 + TIMEOUT
+    assert await live.silent() == [] and live.online("n1")  # exactly the timeout: alive
+    live.heard("n2")
+    clock.now = T0 + TIMEOUT + timedelta(seconds=1)
+    assert live.silent_for("n1", clock.now) == TIMEOUT + timedelta(seconds=1)
+    assert await live.silent() == ["n1"] and not live.online("n1") and live.online("n2")
+    assert live.should_flip("n1", online=False, now=clock.now)
+    live.set_online(["n1"], online=False)
+    assert await live.silent() == []  # offline already: named once
+    assert not live.should_flip("n1", online=False, now=clock.now)
+    assert live.heard("n1")  # offline: the registry must bring it back
+    assert live.should_flip("n1", online=True, now=clock.now)
+    live.set_online(["n1"], online=True)
+    assert not live.heard("n1") and live.online("n1")
+
+
+async def test_the_start_counts_as_hearing_from_every_node() -> None:
+    clock = Clock()
+    clock.now = T0 + timedelta(minutes=5)  # the server was down for 5 minutes
+    _, live = await fleet(clock, 1)
+    live.stored("n1", T0)
+    assert await live.silent() == [] and live.last_seen("n1") == T0
+    clock.now += TIMEOUT + timedelta(seconds=1)
+    assert await live.silent() == ["n1"]
+
+
+async def test_a_node_another_replica_heard_of_is_not_silent() -> None:
+    clock = Clock()
+    store, live = await fleet(clock, 1, 2)
+    clock.now = T0 + timedelta(seconds=20)
+    await store.touch_nodes({"n2": clock.now})  # the other replica's sweep wrote it
+    assert await live.silent() == ["n1"]
+    assert live.last_seen("n2") == clock.now
+    live.stored_elsewhere({"n2": T0})  # older than what is known: ignored
+    assert live.last_seen("n2") == clock.now
+
+
+async def test_offline_flags_follow_the_store_and_removals() -> None:
+    clock = Clock()
+    _, live = await fleet(clock, 1, 2)
+    live.replace_offline(["n1", "n2", "gone"])  # a node this registry does not know: dropped
+    assert live.offline == {"n1", "n2"}
+    live.heard("n1")
+    live.forget("n1")
+    assert live.offline == {"n2"} and live.last_seen("n1") is None
