@@ -55,7 +55,9 @@ async def test_a_report_wakes_another_nodes_poll_with_the_container(
     alpha = await join(server, "alpha")
     beta = await join(server, "beta")
     waiting = asyncio.create_task(poll(server, beta, since=beta.netmap.revision, wait=30))
-    await asyncio.sleep(0.05)  # let the poll reach the server and wait there
+    async with asyncio.timeout(5):  # until the poll reached the server and waits there
+        while server.service.registry.log.live_polls != 1:
+            await asyncio.sleep(0.01)
     started = time.monotonic()
     web = box(alpha, 1, "web", 2, ports=(PortSpec(port=80),), project="app", service="web")
     await report(server, alpha, web)

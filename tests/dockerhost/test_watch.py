@@ -11,6 +11,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
 
+import pytest
+
 from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.dockerhost.events import DockerEvent
 from shoal.model.api import ContainerReport
@@ -184,8 +186,16 @@ async def test_periodic_resync_catches_what_the_stream_missed(dockerd: Dockerd) 
         assert watcher.subscriptions >= 2
 
 
-async def test_without_dockerd_it_keeps_retrying_and_stops_when_cancelled() -> None:
+async def test_without_dockerd_it_keeps_retrying_and_stops_when_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     rec = Recorder()
+
+    def retries() -> int:
+        return sum("retrying in" in r.getMessage() for r in caplog.records)
+
     async with watching(ContainerWatcher(DockerHost("unix:///nonexistent/d.sock"), "shoal", rec)):
-        await asyncio.sleep(0.5)
+        async with asyncio.timeout(5):  # backoff 0.1 s, then 0.2 s
+            while retries() < 3:
+                await asyncio.sleep(0.01)
     assert rec.calls == []
