@@ -199,10 +199,21 @@ def test_a_fourth_host_joins_while_traffic_runs(
     assert " 0% packet loss" in out, out
 
 
+@pytest.fixture
+def late_host_up(lab: Lab, mesh: Mesh, join_token: str, late_host: LabHost) -> LabHost:
+    """The late host in the mesh with its web container: joined by the test of its join when
+    that ran first, else here, so that each test also runs alone."""
+    up(lab, late_host, join_token)  # "already running" after the join test
+    running = late_host.docker("ps", "-q", "--filter", f"name=^{web(late_host)}$").stdout
+    if not running.strip():
+        start_web(late_host, web(late_host))
+    return late_host
+
+
 def test_down_keeps_a_network_in_use_and_leave_removes_the_node(
-    lab: Lab, mesh: Mesh, late_host: LabHost
+    lab: Lab, late_host_up: LabHost
 ) -> None:
-    h1, h4 = lab.hosts[0], late_host
+    h1, h4 = lab.hosts[0], late_host_up
     out = shoal(h4, "down", "--state-dir", str(h4.state_dir)).stdout
     assert "kept Docker network 'shoal'" in out and web(h4) in out
     assert h4.exec(["ip", "link", "show", "shoal0"], check=False).returncode != 0
