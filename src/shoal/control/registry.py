@@ -256,10 +256,6 @@ class Registry:
             self.log.record(rev, [node_id, *gone])
         return True
 
-    async def unrevoke(self, key: PublicKey) -> None:
-        await self.store.unrevoke_key(key)
-        self._revoked.discard(key)
-
     async def save_containers(
         self, node_id: str, changed: Sequence[Container], removed: Sequence[str]
     ) -> int:
