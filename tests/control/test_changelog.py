@@ -61,7 +61,7 @@ async def test_a_shared_delta_is_built_once_per_revision_and_since() -> None:
     log.record(2, ["n2"])
     built: list[Changed] = []
 
-    def build(changed: Changed) -> SharedDelta:
+    def build(since: int, changed: Changed) -> SharedDelta:
         built.append(changed)
         return shared(changed, log.revision)
 
@@ -76,11 +76,11 @@ async def test_a_fleet_catching_up_from_many_revisions_keeps_few_deltas() -> Non
     log = ChangeLog([(rev, f"n{rev}") for rev in range(1, 41)], revision=40)
     built: list[int] = []
 
-    def delta_from(since: int) -> SharedDelta:
-        def build(changed: Changed) -> SharedDelta:
-            built.append(since)
-            return shared(changed, log.revision)
+    def build(since: int, changed: Changed) -> SharedDelta:
+        built.append(since)
+        return shared(changed, log.revision)
 
+    def delta_from(since: int) -> SharedDelta:
         return log.delta(since, build)
 
     for since in range(1, DELTAS_KEPT + 2):  # one more `since` than are kept

@@ -138,9 +138,10 @@ class ChangeLog:
                 containers[subject] = None
         return Changed(nodes=tuple(sorted(nodes)), containers=tuple(sorted(containers)))
 
-    def delta(self, since: int, build: Callable[[Changed], SharedDelta]) -> SharedDelta:
-        """The shared delta from `since` to the current revision: `build(changed_since(since))`,
-        built once per (revision, since) and kept for the last DELTAS_KEPT values of `since`."""
+    def delta(self, since: int, build: Callable[[int, Changed], SharedDelta]) -> SharedDelta:
+        """The shared delta from `since` to the current revision: `build(since,
+        changed_since(since))`, built once per (revision, since) and kept for the last
+        DELTAS_KEPT values of `since`."""
         if self._deltas_rev != self.revision:
             self._deltas_rev = self.revision
             self._deltas.clear()
@@ -148,7 +149,7 @@ class ChangeLog:
         if delta is None:
             if len(self._deltas) >= DELTAS_KEPT:
                 del self._deltas[next(iter(self._deltas))]  # the oldest `since`
-            delta = self._deltas[since] = build(self.changed_since(since))
+            delta = self._deltas[since] = build(since, self.changed_since(since))
         return delta
 
     # Long-polls.

@@ -391,13 +391,15 @@ class Registry:
     async def map_update(self, node_id: str, since: int, wait: float) -> MapUpdate:
         """What `node_id`, holding the map at revision `since`, should receive next."""
         self.require(node_id)
-        await self.log.wait(node_id, since, wait)
-        self.require(node_id)  # removed while waiting → its credential is now invalid
-        if since == self.revision:
-            return MapUpdate(kind="none", revision=self.revision)
+        if since == self.log.revision and wait > 0:  # nothing to send yet
+            await self.log.wait(node_id, since, wait)
+            self.require(node_id)  # removed while waiting → its credential is now invalid
+        revision = self.log.revision
+        if since == revision:
+            return MapUpdate(kind="none", revision=revision)
         if not self.log.covers(since):
-            return MapUpdate(kind="full", revision=self.revision, full=self.full_map(node_id))
-        delta = self.log.delta(since, lambda changed: self._shared_delta(since, changed))
+            return MapUpdate(kind="full", revision=revision, full=self.full_map(node_id))
+        delta = self.log.delta(since, self._shared_delta)
         me = delta.nodes_changed.get(node_id)
         if me is None:
             return delta.update
