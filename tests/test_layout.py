@@ -84,7 +84,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # Values of the agent's status and doctor reports: through what builds and renders them.
     "model.status": ("agent/test_daemon.py", "cli/test_agent_cmds.py"),
     "model.doctor": ("agent/test_doctor.py", "cli/test_doctor_cmds.py"),
-    "model.tokens": ("control/test_tokens.py", "cli/test_agent_cmds.py"),
     # The test kit: exercised by the tests that use it.
     "testing.builders": ("model/test_netmap.py",),
     "testing.clock": ("agent/test_reconciler.py",),
