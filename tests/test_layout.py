@@ -46,6 +46,9 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "control.ca": ("control/test_ca_rotation.py", "control/test_trust.py"),
     "control.nodeauth": ("control/test_rotation.py", "control/test_openapi.py"),
     "controlclient.tls": ("control/test_trust.py", "control/test_api.py"),
+    # The web dashboard: its view and routes in one suite, and in a browser against the lab.
+    "control.dashboard.view": ("control/test_dashboard.py",),
+    "control.dashboard.web": ("control/test_dashboard.py", "e2e/test_dashboard_browser.py"),
     # The agent's parts, driven through the daemon with the fakes of shoal.testing.
     "agent.adapters": ("agent/test_daemon.py",),
     "agent.config": ("agent/test_daemon.py", "cli/test_agent_cmds.py"),

@@ -44,7 +44,7 @@ from shoal.control.dashboard.view import (
     render_page,
 )
 from shoal.control.errors import AdminUnauthorized, BadRequest, PayloadTooLarge, RequestTimeout
-from shoal.control.registry import utcnow
+from shoal.control.liveness import utcnow
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
 from shoal.model.netmap import Frozen
