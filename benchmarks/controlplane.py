@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.join import JoinRun, JoinSummary, first_reply, measure_joins, shoal_up
 from benchmarks.swarm import swarm_init, swarm_join_seconds
 from benchmarks.typed import Frozen
 from benchmarks.watch import WatchError, WatchLatency, watch_latency
@@ -123,61 +123,6 @@ class DnsConvergence(Frozen):
     vanish_s: Percentiles  # `docker stop` returned → the name is gone
 
 
-class Stage(Frozen):
-    name: str
-    seconds: float
-
-
-class JoinRun(Frozen):
-    command_s: float  # the join command's own duration
-    first_packet_s: float  # join command started → first reply of a container there
-    # shoal only: the agent's start-up stages, then its first apply per subsystem (the
-    # subsystems overlap: their sum can exceed the stage "first-apply").
-    stages: tuple[Stage, ...] = ()
-
-
-class JoinSummary(Frozen):
-    runs: tuple[JoinRun, ...]
-    command_s: float  # medians of the runs
-    first_packet_s: float
-    stages: tuple[Stage, ...] = ()  # median of each stage over the runs that logged it
-
-    @classmethod
-    def of(cls, runs: Sequence[JoinRun]) -> JoinSummary:
-        names = list(dict.fromkeys(stage.name for run in runs for stage in run.stages))
-        return cls(
-            runs=tuple(runs),
-            command_s=statistics.median(r.command_s for r in runs),
-            first_packet_s=statistics.median(r.first_packet_s for r in runs),
-            stages=tuple(
-                Stage(
-                    name=name,
-                    seconds=statistics.median(
-                        s.seconds for run in runs for s in run.stages if s.name == name
-                    ),
-                )
-                for name in names
-            ),
-        )
-
-
-_STAGE = re.compile(r"([\w-]+) (\d+) ms")
-
-
-def agent_stages(log: Path) -> tuple[Stage, ...]:
-    """The newest `startup:` and `first apply:` lines of an agent log as stages (the first
-    apply's subsystems prefixed `apply/`); () when the log has none."""
-    startup = apply = ""
-    for line in log.read_text(errors="replace").splitlines():
-        if " startup: " in line:
-            startup = line.split(" startup: ", 1)[1].split(": ", 1)[-1]
-        elif " first apply: " in line:
-            apply = line.split(" first apply: ", 1)[1]
-    stages = [Stage(name=n, seconds=int(ms) / 1000) for n, ms in _STAGE.findall(startup)]
-    stages += [Stage(name=f"apply/{n}", seconds=int(ms) / 1000) for n, ms in _STAGE.findall(apply)]
-    return tuple(stages)
-
-
 class SystemResult(Frozen):
     join: JoinSummary
     dns: DnsConvergence
@@ -251,25 +196,6 @@ def dns_convergence(
     )
 
 
-def _first_reply(host: LabHost, container: str, dst: str, timeout: float = 30.0) -> float:
-    """CLOCK_MONOTONIC time of the first ping reply from `container` to `dst`."""
-    pid = str(host.container_pid(container))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ping = ["nsenter", "-t", pid, "-n", "busybox", "ping", "-c", "1", "-W", "1", dst]
-        if subprocess.run(ping, capture_output=True, check=False).returncode == 0:
-            return time.monotonic()
-    raise LabError(f"{host.name}/{container}: no reply from {dst} in {timeout:g} s")
-
-
-def _shoal_up(lab: Lab, host: LabHost, token: str) -> None:
-    host.exec(
-        [SHOAL, "up", "--server", str(lab.server_url), "--token", token, "--name", host.name,
-         "--advertise-addr", str(host.underlay_ip), "--state-dir", str(host.state_dir)],
-        timeout=120,
-    )  # fmt: skip
-
-
 def _agent_pid(host: LabHost) -> int:
     return int((host.state_dir / "agent.pid").read_text())
 
@@ -308,26 +234,11 @@ def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
         token = lab.create_token(reusable=True)
         h1, h2, h3 = lab.hosts
         for host in (h1, h2):
-            _shoal_up(lab, host, token)
+            shoal_up(lab, host, token)
         h1.run_container("anchor", network="shoal", image=IMAGE)
         anchor = str(h1.container_ip("anchor"))
-        joins: list[JoinRun] = []
-        for rep in range(reps):
-            started = time.monotonic()
-            _shoal_up(lab, h3, token)
-            joined = time.monotonic()
-            h3.run_container(f"newcomer{rep}", network="shoal", image=IMAGE)
-            first = _first_reply(h3, f"newcomer{rep}", anchor)
-            joins.append(
-                JoinRun(
-                    command_s=joined - started,
-                    first_packet_s=first - started,
-                    stages=agent_stages(h3.state_dir / "agent.log"),
-                )
-            )
-            h3.docker("rm", "-f", f"newcomer{rep}")
-            h3.exec([SHOAL, "down", "--leave", "--state-dir", str(h3.state_dir)], timeout=120)
-        _shoal_up(lab, h3, token)
+        joins = measure_joins(lab, h3, token, anchor, reps)
+        shoal_up(lab, h3, token)
         dns = dns_convergence(h1, h3, "shoal", containers, "svc")
         recovery = dns_recovery(h1, h3, reps)
         watch: WatchLatency | None = None
@@ -340,7 +251,7 @@ def bench_shoal(name: str, reps: int, containers: int) -> ShoalResult:
             # The stage is a detail of the DNS figures: reported as not measured, not fatal.
             note = f"{type(exc).__name__}: {exc}"
         return ShoalResult(
-            join=JoinSummary.of(joins),
+            join=joins,
             dns=dns,
             dns_recovery=recovery,
             watch=watch,
@@ -365,7 +276,7 @@ def bench_swarm(name: str, reps: int, containers: int) -> SystemResult:
             swarm_join_seconds(h3, h1, token)
             joined = time.monotonic()
             h3.run_container(f"newcomer{rep}", network=SWARM_NETWORK, image=IMAGE)
-            first = _first_reply(h3, f"newcomer{rep}", anchor)
+            first = first_reply(h3, f"newcomer{rep}", anchor)
             joins.append(JoinRun(command_s=joined - started, first_packet_s=first - started))
             h3.docker("rm", "-f", f"newcomer{rep}")
             h3.docker("swarm", "leave", "--force", timeout=60)

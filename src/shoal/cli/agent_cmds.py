@@ -25,6 +25,7 @@ from shoal.agent.localclient import (
 )
 from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
+from shoal.agent.stopwatch import Stopwatch
 from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli.render import json_list, table
 from shoal.cli.tokenpass import TOKEN_ENV
@@ -131,12 +132,16 @@ def _log_to_stderr() -> None:
     )
 
 
-async def _run_foreground(config: AgentConfig, ready: Callable[[], None] | None = None) -> None:
+async def _run_foreground(
+    config: AgentConfig,
+    ready: Callable[[], None] | None = None,
+    watch: Stopwatch | None = None,
+) -> None:
     # Imported here: the daemon's imports (Docker SDK, pyroute2, aiohttp, ...) cost about a
     # second, which only the process that runs the agent pays.
     from shoal.agent.daemon import start
 
-    agent = await start(config)
+    agent = await start(config, watch=watch)
     await agent.run(ready)
 
 
@@ -165,10 +170,12 @@ def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> in
     read, write = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    # The agent's start-up line begins with this process's time so far (the join benchmark).
+    watch = Stopwatch.before_fork()
     pid = os.fork()
     if pid == 0:  # the agent; it never returns into the CLI
         os.close(read)
-        os._exit(_agent_child(config, state.log, write))
+        os._exit(_agent_child(config, state.log, write, watch))
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         readable, _, _ = select.select([pipe], [], [], START_TIMEOUT_SECONDS)
@@ -226,7 +233,7 @@ def _say_up(status: AgentStatus) -> int:
 READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers
 
 
-def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int) -> int:
+def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int, watch: Stopwatch) -> int:
     """The forked agent: its own session, stdin from /dev/null, stdout and stderr to its log;
     runs until stopped. Returns the exit code (a fatal error as one 'shoal: ...' line, which
     the parent reports)."""
@@ -250,7 +257,7 @@ def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int) -> int:
     code = 0
     try:
         _log_to_stderr()
-        asyncio.run(_run_foreground(config, ready))
+        asyncio.run(_run_foreground(config, ready, watch))
     except ShoalError as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         code = 1
