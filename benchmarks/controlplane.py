@@ -3,20 +3,17 @@
 Both systems run the same steps in labs of the same shape, measured by the same probes:
 
 - **join**: from the join command on a new host (`shoal up` / `docker swarm join`) to the first
-  reply of a container there to a container on another host; the median of several joins. The
-  join command's own duration is reported beside it, and for shoal where the time went: the
-  agent logs its start-up stages (`startup:` — the process before the daemon started, i.e.
-  interpreter and imports, Docker, data plane, CA, facts, registration, first apply) and the
-  first apply per subsystem (`first apply:`), read here from the new host's agent log.
+  reply of a container there to a container on another host; the median and p90 of several
+  joins, the join command's own duration beside it, and for shoal where the time went
+  (`benchmarks.join`, which also runs alone: `python -m benchmarks.join`).
 - **DNS convergence**: containers started one by one on h1; from `docker run -d` returning to
   the name resolving inside a container on the last host, then from `docker stop` returning to
   the name being gone. The probe is a resolver loop running in the probing container's
   network namespace (it asks Docker's embedded DNS at 127.0.0.11 every few milliseconds), so
   no `docker exec` start-up time is measured.
-- **DNS recovery after SIGKILL** (shoal only): the agent on h3 is killed with SIGKILL (its
-  DNS redirect stays, pointing at a dead resolver: names stop resolving), then restarted the
-  way a supervisor would (`shoal up --state-dir DIR`, which resumes from the state dir); from
-  the restart issued to a container on h3 resolving a container on h1 again.
+- **DNS recovery after SIGKILL** (shoal only): the agent on h3 is killed with SIGKILL and
+  started again as its systemd unit would be; from the kill to a container on h3 resolving a
+  container on h1 again (`benchmarks.recovery`, also alone: `python -m benchmarks.recovery`).
 - **the watcher stage** (shoal only): from `docker run -d` returning to the agent's container
   watcher reporting it, on h1's dockerd (`benchmarks.watch`).
 
@@ -26,93 +23,21 @@ Units: seconds in the results, milliseconds in the report.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
 
+from benchmarks.dnsprobe import Prober
 from benchmarks.join import JoinRun, JoinSummary, first_reply, measure_joins, shoal_up
+from benchmarks.recovery import DnsRecovery, dns_recovery
+from benchmarks.recovery import render as render_recovery
 from benchmarks.swarm import swarm_init, swarm_join_seconds
-from benchmarks.typed import Frozen
+from benchmarks.typed import Frozen, Percentiles
 from benchmarks.watch import WatchError, WatchLatency, watch_latency
-from shoal.lab import IMAGE, Lab, LabError, LabHost
+from shoal.lab import IMAGE, Lab, LabHost
 from shoal.model.errors import ShoalError
 
-SHOAL = str(Path(sys.executable).with_name("shoal"))
 SWARM_NETWORK = "benchnet"
 
-# Runs inside a container's network namespace: answers "present NAME" / "absent NAME" on stdin
-# with the CLOCK_MONOTONIC time (system-wide) at which the condition first held.
-_PROBE = r"""
-import sys, time
-import dns.message, dns.query, dns.rcode, dns.rdatatype
-def present(name):
-    q = dns.message.make_query(name, dns.rdatatype.A)
-    try:
-        r = dns.query.udp(q, "127.0.0.11", timeout=0.25)
-    except Exception:
-        return None
-    return r.rcode() == dns.rcode.NOERROR and any(a.rdtype == dns.rdatatype.A for a in r.answer)
-for line in sys.stdin:
-    want, name = line.split()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        # Absent = no A answer, whatever the reason (NXDOMAIN, SERVFAIL, silence).
-        if bool(present(name)) == (want == "present"):
-            break
-        time.sleep(0.003)
-    print(f"{time.monotonic() if time.monotonic() < deadline else -1}", flush=True)
-"""
-
-
-class Prober:
-    """The resolver loop in `container`'s network namespace on `host`."""
-
-    def __init__(self, host: LabHost, container: str) -> None:
-        pid = host.container_pid(container)
-        self._proc = subprocess.Popen(
-            ["nsenter", "-t", str(pid), "-n", sys.executable, "-c", _PROBE],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-
-    def wait(self, want: str, name: str) -> float:
-        """Block until `name` is `want` ("present" | "absent"); CLOCK_MONOTONIC seconds."""
-        assert self._proc.stdin is not None and self._proc.stdout is not None
-        self._proc.stdin.write(f"{want} {name}\n")
-        self._proc.stdin.flush()
-        when = float(self._proc.stdout.readline())
-        if when < 0:
-            raise LabError(f"DNS probe: {name} not {want} after 30 s")
-        return when
-
-    def close(self) -> None:
-        if self._proc.stdin is not None:
-            self._proc.stdin.close()
-        self._proc.wait(10)
-
-
 WATCH_CONTAINERS = 10
-
-
-class Percentiles(Frozen):
-    """p50, p99 and max of `n` values, seconds."""
-
-    p50: float
-    p99: float
-    max: float
-    n: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Percentiles:
-        ordered = sorted(values)
-        p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-        return cls(p50=statistics.median(ordered), p99=p99, max=ordered[-1], n=len(ordered))
 
 
 class DnsConvergence(Frozen):
@@ -126,11 +51,6 @@ class DnsConvergence(Frozen):
 class SystemResult(Frozen):
     join: JoinSummary
     dns: DnsConvergence
-
-
-class DnsRecovery(Frozen):
-    restart_command_s: Percentiles  # `shoal up` (resume) issued → returned
-    resolves_s: Percentiles  # `shoal up` (resume) issued → the mesh name resolves again
 
 
 class ShoalResult(SystemResult):
@@ -193,37 +113,6 @@ def dns_convergence(
         appear_s=Percentiles.of(appear),
         appear_from_run_start_s=Percentiles.of(appear_from_start),
         vanish_s=Percentiles.of(vanish),
-    )
-
-
-def _agent_pid(host: LabHost) -> int:
-    return int((host.state_dir / "agent.pid").read_text())
-
-
-def dns_recovery(origin: LabHost, probe_host: LabHost, reps: int) -> DnsRecovery:
-    """SIGKILL `probe_host`'s agent, restart it as a supervisor would, time until a name on
-    `origin` resolves again in a container on `probe_host`; `reps` times."""
-    target, probe = "recovery-target", "recovery-probe"
-    origin.run_container(target, network="shoal", image=IMAGE)
-    probe_host.run_container(probe, network="shoal", image=IMAGE)
-    prober = Prober(probe_host, probe)
-    commands: list[float] = []
-    resolves: list[float] = []
-    try:
-        prober.wait("present", target)
-        for _ in range(reps):
-            os.kill(_agent_pid(probe_host), signal.SIGKILL)
-            prober.wait("absent", target)  # the redirect now points at a dead resolver
-            started = time.monotonic()
-            probe_host.exec([SHOAL, "up", "--state-dir", str(probe_host.state_dir)], timeout=120)
-            commands.append(time.monotonic() - started)
-            resolves.append(prober.wait("present", target) - started)
-    finally:
-        prober.close()
-        origin.docker("rm", "-f", target, check=False)
-        probe_host.docker("rm", "-f", probe, check=False)
-    return DnsRecovery(
-        restart_command_s=Percentiles.of(commands), resolves_s=Percentiles.of(resolves)
     )
 
 
@@ -359,32 +248,30 @@ def render_markdown(result: ControlplaneResult) -> str:
     elif shoal.watch_note is not None:
         lines += [f"The watcher stage was not measured: {shoal.watch_note}", ""]
     lines += [
-        f"Joining a third host ({result.join_reps} runs, medians): from the join command to the"
-        " first reply of a new container there to a container on h1.",
+        f"Joining a third host ({result.join_reps} runs): from the join command to the first"
+        " reply of a new container there to a container on h1. Target: shoal p50 within 1 s.",
         "",
-        "| system | join command | first cross-host packet |",
-        "|---|---|---|",
-        f"| shoal (`shoal up`) | {ms(shoal.join.command_s)} | {ms(shoal.join.first_packet_s)} |",
-        f"| Docker Swarm (`docker swarm join`) | {ms(swarm.join.command_s)} |"
-        f" {ms(swarm.join.first_packet_s)} |",
+        "| system | join command p50 | first cross-host packet p50 | p90 |",
+        "|---|---|---|---|",
+        *(
+            f"| {label} | {ms(r.join.command_s)} | {ms(r.join.first_packet_s)} |"
+            f" {'-' if r.join.first_packet_p90_s is None else ms(r.join.first_packet_p90_s)} |"
+            for label, r in (
+                ("shoal (`shoal up`)", shoal),
+                ("Docker Swarm (`docker swarm join`)", swarm),
+            )
+        ),
     ]
-    recovery = shoal.dns_recovery
-    if recovery is not None:
-        lines += [
-            "",
-            f"DNS after SIGKILL of the agent ({recovery.resolves_s.n} runs): restarted as a"
-            " supervisor would (`shoal up --state-dir DIR`, resuming), a container there"
-            f" resolves a mesh name again {ms(recovery.resolves_s.p50)} (p50, max"
-            f" {ms(recovery.resolves_s.max)}) after the restart was issued; the restart command"
-            f" itself took {ms(recovery.restart_command_s.p50)}"
-            " (p50). Target: within 2 s of the restart.",
-        ]
+    if shoal.dns_recovery is not None:
+        lines += ["", render_recovery(shoal.dns_recovery).rstrip()]
     if shoal.join.stages:
         lines += [
             "",
             "Where shoal's join goes (medians; from the new host's agent log): "
             + ", ".join(f"{s.name} {ms(s.seconds)}" for s in shoal.join.stages)
-            + ". `process` is the agent process before its start-up ran (interpreter and"
-            " imports); the `apply/` subsystems run side by side within `first-apply`.",
+            + ". `cli` is the `shoal up` process until it forked the agent (interpreter"
+            " start, its imports), `imports` the agent's own; the `apply/` subsystems run side"
+            " by side within `first-apply`; `ready→exit` is the agent ready until `shoal up`"
+            " returned, then the benchmark's `docker run` and the first ping.",
         ]
     return "\n".join(lines) + "\n"

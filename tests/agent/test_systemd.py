@@ -25,7 +25,13 @@ def test_the_unit_restarts_the_agent_always_and_starts_at_boot() -> None:
         "ExecStart=/usr/bin/python3 -m shoal.cli.main up --foreground "
         "--state-dir /var/lib/shoal/agent --listen-port 51820\n"
     ) in text
-    for line in ("Restart=always", "StartLimitIntervalSec=0", "KillMode=process"):
+    for line in (
+        "Restart=always",
+        "RestartSec=250ms",  # the containers' DNS is down from the kill to the next agent
+        "RestartMaxDelaySec=15s",  # an agent that keeps failing backs off (systemd >= 254)
+        "StartLimitIntervalSec=0",
+        "KillMode=process",
+    ):
         assert f"\n{line}\n" in text
     assert text.endswith("[Install]\nWantedBy=multi-user.target\n")
     assert "token" not in text.lower()

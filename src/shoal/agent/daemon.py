@@ -657,8 +657,6 @@ async def start(
     state = StateDir(config.state_dir)
     state.ensure()
     docker = DockerHost(config.docker_host)
-    await docker.ping()
-    watch.lap("docker")
     dataplane = await select_dataplane(state.path)
     watch.lap("dataplane")
     private_key = state.private_key()
@@ -668,6 +666,8 @@ async def start(
     cached = state.cached_netmap()
     fresh_join = identity is None
     if identity is None:
+        await docker.ping()  # before registering: the join reports the host's Docker subnets
+        watch.lap("docker")
         identity, cached = await _join_and_save(config, state, private_key, docker, clock, watch)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
@@ -690,6 +690,15 @@ async def start(
     if state.set_aside:
         agent.health.warn(STATE_FILE_RESET, "; ".join(state.set_aside) + "; rebuilt")
     watch.lap("state")
+    if not fresh_join:
+        # Resuming, names first: an agent that was SIGKILLed or crashed left the containers'
+        # DNS redirect in place, pointing at this host's resolver, and no container here
+        # resolves anything until it answers again. From the cached netmap, before the
+        # slower subsystems and even before Docker is asked (benchmarks/recovery.py).
+        await agent.reconciler.apply_early(("dns",))
+        watch.lap("dns")
+        await docker.ping()
+        watch.lap("docker")
     await agent.configure(fresh_join)
     watch.lap("first-apply")
     agent.startup = watch

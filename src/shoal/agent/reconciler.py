@@ -11,6 +11,8 @@
                     are applied side by side.
     first_apply()   the start-up round: raises when an essential subsystem fails, so the caller
                     can undo a fresh join.
+    apply_early()   some subsystems before that round (a resumed agent's DNS: the containers'
+                    redirect outlived the last agent and points at this resolver).
     stop()          SIGTERM: the mesh stays as it is, only the containers' DNS redirect goes (the
                     resolver dies with the agent; containers fall back to Docker's upstream).
     teardown()      `shoal down`: remove everything; nothing is applied after it.
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -250,14 +252,26 @@ class Reconciler:
                     ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()),
                 )
 
+    async def apply_early(self, names: Collection[str]) -> None:
+        """Apply only the subsystems `names` of the offered netmap, now, ahead of `first_apply`
+        (which applies them again: a no-op for an adapter whose config is unchanged). A
+        failure is recorded and retried like any other, never raised."""
+        async with self._lock:
+            if self._netmap is None:
+                raise RuntimeError("apply_early before any netmap was offered")
+            early = tuple(slot for slot in self._slots if slot.name in names)
+            await self._round(self._netmap, force=True, chains=(early,))
+
     async def _round(
         self,
         netmap: NetworkMap,
         force: bool,
         raise_essential: bool = False,
         timings: dict[str, float] | None = None,
+        chains: tuple[tuple[_Slot, ...], ...] | None = None,
     ) -> bool:
-        """Apply what is due; `timings` (if given) receives each applied part's seconds."""
+        """Apply what is due, of `chains` (default: every subsystem); `timings` (if given)
+        receives each applied part's seconds."""
         cfg = self._planned = self._plan(netmap)
         now = self._clock.monotonic()
         errors: dict[str, Exception] = {}
@@ -284,7 +298,8 @@ class Reconciler:
         async with asyncio.TaskGroup() as group:
             chains = [
                 group.create_task(run_chain(chain), name=f"apply-{chain[0].name}")
-                for chain in self._chains
+                for chain in (self._chains if chains is None else chains)
+                if chain
             ]
         changed = any(chain.result() for chain in chains)
         if raise_essential:
