@@ -296,12 +296,12 @@ class Reconciler:
             return changed
 
         async with asyncio.TaskGroup() as group:
-            chains = [
+            tasks = [
                 group.create_task(run_chain(chain), name=f"apply-{chain[0].name}")
                 for chain in (self._chains if chains is None else chains)
                 if chain
             ]
-        changed = any(chain.result() for chain in chains)
+        changed = any(task.result() for task in tasks)
         if raise_essential:
             for slot in self._slots:  # the first essential failure, in apply order
                 if slot.essential and slot.name in errors:
