@@ -366,3 +366,35 @@ async def test_the_loop_wakes_at_a_peers_key_switch_with_no_new_netmap() -> None
             host.dump()
         )
         loop.cancel()
+
+
+async def test_apply_early_applies_only_the_named_subsystems_and_never_raises(rig: Rig) -> None:
+    rig.reconciler.offer(netmap(1, [2], revision=4))
+    await rig.reconciler.apply_early(("dns",))
+    # A resumed agent answers names from its cached netmap before anything else is touched.
+    assert rig.host.dump() == "\n".join(
+        [
+            "forwarding 0",
+            "network none",
+            "dns 100.64.0.1:53 names of netmap r4 (2 nodes, 0 containers)",
+            "firewall none",
+        ]
+    )
+    assert {name: fake.applies for name, fake in fakes(rig.host).items()} == {
+        "tunnel": 0,
+        "routing": 0,
+        "docker-network": 0,
+        "dns": 1,
+        "firewall": 0,
+    }
+    await rig.reconciler.first_apply()
+    assert rig.host.dump() == host_dump([2], 4)
+
+    no_address = make_rig()
+    no_address.host.dns.fail = OSError("cannot assign requested address")  # after a reboot
+    no_address.reconciler.offer(netmap(1, [2]))
+    await no_address.reconciler.apply_early(("dns",))
+    assert [w.code for w in no_address.health.warnings()] == ["dns-failed"]
+    no_address.host.dns.fail = None
+    await no_address.reconciler.first_apply()
+    assert no_address.health.warnings() == ()

@@ -11,8 +11,9 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from shoal.agent.systemd import AgentUnit
 from shoal.lab import IMAGE, SERVER_IP, Lab, LabHost
-from tests.e2e.runbook import shoal, up, wait_until
+from tests.e2e.runbook import shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -163,4 +164,25 @@ def test_a_stopped_agent_hands_container_dns_back_to_docker(
     status = shoal(h1, "status", "--json", "--state-dir", str(h1.state_dir)).stdout
     h1_mesh_ip = IPv4Address(json.loads(status)["mesh_ip"])
     wait_until("mesh names again", lambda: resolve(h3, "h1.shoal") == {h1_mesh_ip}, 10)
+    assert resolve(h3, UPSTREAM_NAME) == {IPv4Address(UPSTREAM_ADDRESS)}
+
+
+def test_a_killed_agent_restarted_by_its_supervisor_answers_names_again(
+    lab: Lab, hosts: tuple[LabHost, ...]
+) -> None:
+    """SIGKILL runs none of the agent's clean-up: the containers' DNS redirect stays, pointing
+    at a resolver that died with the agent, and names are gone until the supervisor (systemd,
+    `Restart=always`) starts the agent again, which answers from its cached netmap before it
+    sets up anything else. The lab has no systemd: the test runs the unit's own command."""
+    h1, _, h3 = hosts
+    h1_mesh_ip = IPv4Address(status(h1)["mesh_ip"])
+    wait_until("mesh names on h3", lambda: resolve(h3, "h1.shoal") == {h1_mesh_ip}, 10)
+    os.kill(int((h3.state_dir / "agent.pid").read_text()), signal.SIGKILL)
+    wait_until("names to die with the agent", lambda: resolve(h3, "h1.shoal") == set(), 15)
+    nat = h3.exec(["iptables-save", "-t", "nat"]).stdout.splitlines()
+    assert any(rule.startswith("-A SHOAL-DNS") for rule in nat), "the redirect outlives it"
+    unit = AgentUnit(state_dir=h3.state_dir, docker_host=h3.docker_host)
+    h3.popen(unit.argv(), log=h3.state_dir / "agent.log")  # Lab.destroy stops it
+    wait_until("mesh names again", lambda: resolve(h3, "h1.shoal") == {h1_mesh_ip}, 30)
+    wait_until("the agent to run", lambda: status(h3)["state"] == "RUNNING", 30)
     assert resolve(h3, UPSTREAM_NAME) == {IPv4Address(UPSTREAM_ADDRESS)}
