@@ -32,7 +32,6 @@ from shoal.agent import exposure
 from shoal.agent.adapters import MeshDns, host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
-from shoal.agent.doctor_probe import diagnose
 from shoal.agent.errors import NotJoined, NotRoot, RotationFailed, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
 from shoal.agent.health import (
@@ -583,6 +582,10 @@ class Agent:
 
     async def doctor(self, target: str | None) -> DoctorReport:
         """`shoal doctor [TARGET]`: the checks of `shoal.agent.doctor` on this host."""
+        # Imported here: the checks and their probes are ~12 ms of CPU that every start of
+        # the agent paid (a join and a restart wait for its imports), for a command rarely run.
+        from shoal.agent.doctor_probe import diagnose
+
         return await diagnose(self, target)
 
     async def down(self, leave: bool) -> DownReport:
