@@ -192,9 +192,10 @@ class Agent:
 
     # -- the tasks -------------------------------------------------------------------------
 
-    async def run(self, ready: Callable[[], None] | None = None) -> None:
-        """Serve the local API and follow the netmap until stopped; `ready` is called once
-        `shoal status` can answer (how a starting `shoal up` learns it may return)."""
+    async def run(self, ready: Callable[[AgentStatus], None] | None = None) -> None:
+        """Serve the local API and follow the netmap until stopped; `ready` is called with the
+        status once `shoal status` can answer, before any task starts (how a starting
+        `shoal up` learns it may return, and what it prints)."""
         # Metrics first: a port in use fails the start before anything else listens.
         metrics = await self._serve_metrics()
         runner = await serve(
@@ -215,7 +216,7 @@ class Agent:
             log.info("%s", self.startup)  # where a join's time goes (the join benchmark)
             self.startup = None
         if ready is not None:
-            ready()
+            ready(await self.status())
         watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
         try:
             async with self.client, asyncio.TaskGroup() as tasks:

@@ -134,7 +134,7 @@ def _log_to_stderr() -> None:
 
 async def _run_foreground(
     config: AgentConfig,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[AgentStatus], None] | None = None,
     watch: Stopwatch | None = None,
 ) -> None:
     # Imported here: the daemon's imports (Docker SDK, pyroute2, aiohttp, ...) cost about a
@@ -180,14 +180,17 @@ def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> in
     with os.fdopen(read, "rb") as pipe:
         readable, _, _ = select.select([pipe], [], [], START_TIMEOUT_SECONDS)
         signal_byte = pipe.read(1) if readable else None
-    if signal_byte is None:
-        raise AgentStartFailed(
-            f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
-        )
-    if signal_byte != READY:  # end of file: the agent exited before it was ready
-        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-        raise AgentStartFailed(_last_error(state.log) or f"agent exited ({code})")
-    return _say_up(fetch_status(state.socket))
+        if signal_byte is None:
+            raise AgentStartFailed(
+                f"agent did not become ready in {START_TIMEOUT_SECONDS:.0f}s; see {state.log}"
+            )
+        if signal_byte != READY:  # end of file: the agent exited before it was ready
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            raise AgentStartFailed(_last_error(state.log) or f"agent exited ({code})")
+        # The status follows, then end of file: no request back to an agent busy starting its
+        # tasks (asked over the local API, 100-200 ms of a join on a loaded machine).
+        status = AgentStatus.model_validate_json(pipe.read())
+    return _say_up(status)
 
 
 def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
@@ -230,7 +233,8 @@ def _say_up(status: AgentStatus) -> int:
     return 0
 
 
-READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers
+READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` answers (then
+# its status as JSON)
 
 
 def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int, watch: Stopwatch) -> int:
@@ -250,9 +254,9 @@ def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int, watch: Stop
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
 
-    def ready() -> None:
-        os.write(ready_fd, READY)
-        os.close(ready_fd)
+    def ready(status: AgentStatus) -> None:
+        with os.fdopen(ready_fd, "wb") as pipe:
+            pipe.write(READY + status.model_dump_json().encode())
 
     code = 0
     try:
