@@ -8,25 +8,22 @@ module only gives them the one shape the reconciler drives, `apply(part) -> chan
 from __future__ import annotations
 
 import logging
-from ipaddress import IPv4Address
 
 from shoal import firewall, hostnet
+from shoal.agent.meshdns import DNS_PORT as DNS_PORT  # the doctor's probe asks it there
+from shoal.agent.meshdns import MeshDns
 from shoal.agent.reconciler import Adapters
 from shoal.dataplane import DataPlane
-from shoal.dns import DnsServer, DnsStats, RecordTable, upstreams_from_resolv_conf
 from shoal.dockerhost import DockerHost
 from shoal.plan.hostconfig import (
     BRIDGE,
     DOCKER_NETWORK,
-    DnsConfig,
     DockerNetworkConfig,
     FirewallConfig,
     RoutingConfig,
 )
 
 log = logging.getLogger(__name__)
-
-DNS_PORT = 53
 
 
 class HostRouting:
@@ -78,53 +75,13 @@ class DockerNetwork:
         return result.removed
 
 
-class MeshDns:
-    """The service-discovery resolver on the mesh IP, answering from the newest netmap.
-
-    The record table is swapped by reference before anything else, so a new name resolves the
-    moment its netmap is applied; the socket is only rebound when the address changes.
-    """
-
-    def __init__(self, port: int = DNS_PORT) -> None:
-        self.port = port
-        self._table: RecordTable | None = None
-        self._server: DnsServer | None = None
-        self._address: IPv4Address | None = None
-
-    @property
-    def stats(self) -> DnsStats | None:
-        """The responder's counters since it last (re)bound; None while it does not run."""
-        return self._server.stats if self._server is not None else None
-
-    def _resolver(self) -> RecordTable:
-        assert self._table is not None, "the server starts after the first table"
-        return self._table
-
-    async def apply(self, cfg: DnsConfig) -> bool:
-        self._table = RecordTable.from_netmap(cfg.netmap)
-        if self._server is not None and self._address == cfg.address:
-            return False
-        await self.teardown()
-        upstreams = upstreams_from_resolv_conf(exclude=(str(cfg.address),))
-        server = DnsServer(self._resolver, upstreams)
-        await server.start([(str(cfg.address), self.port)])
-        self._server, self._address = server, cfg.address
-        return True
-
-    async def teardown(self) -> bool:
-        if self._server is None:
-            return False
-        await self._server.close()
-        self._server, self._address = None, None
-        return True
-
-
-def host_adapters(dataplane: DataPlane, docker: DockerHost) -> Adapters:
-    """The adapters of this host: the data plane picked at start, and the rest."""
+def host_adapters(dataplane: DataPlane, docker: DockerHost, dns: MeshDns | None = None) -> Adapters:
+    """The adapters of this host: the data plane picked at start, the resolver if it already
+    answers (`answer_from_cache`), and the rest."""
     return Adapters(
         tunnel=dataplane,
         routing=HostRouting(),
         docker_network=DockerNetwork(docker),
-        dns=MeshDns(),
+        dns=dns or MeshDns(),
         firewall=IptablesFirewall(),
     )

@@ -29,7 +29,7 @@ from pathlib import Path
 from aiohttp import web
 
 from shoal.agent import exposure
-from shoal.agent.adapters import MeshDns, host_adapters
+from shoal.agent.adapters import host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
 from shoal.agent.errors import NotJoined, NotRoot, RotationFailed, StateWriteFailed
@@ -47,6 +47,7 @@ from shoal.agent.health import (
     control_unreachable,
 )
 from shoal.agent.localapi import serve
+from shoal.agent.meshdns import MeshDns
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
 from shoal.agent.paths import PathSelector
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
@@ -644,13 +645,18 @@ async def _fetch_netmap(identity: NodeIdentity, private_key: PrivateKey) -> Netw
 
 
 async def start(
-    config: AgentConfig, clock: Clock | None = None, watch: Stopwatch | None = None
+    config: AgentConfig,
+    clock: Clock | None = None,
+    watch: Stopwatch | None = None,
+    state: StateDir | None = None,
+    dns: MeshDns | None = None,
 ) -> Agent:
     """Preflight, join or resume, and configure the host once; raise with nothing left behind.
 
     `watch` times the start-up; a caller that timed what came before passes its own (a forked
     agent: the `shoal up` process before the fork), and the time since is the lap `imports`.
-    The line is logged once the agent is ready (`Agent.run`)."""
+    The line is logged once the agent is ready (`Agent.run`). `dns`: the resolver, already
+    answering from the cached netmap in `state` (`answer_from_cache`)."""
     clock = clock or SystemClock()
     if watch is None:
         watch = Stopwatch()
@@ -658,7 +664,7 @@ async def start(
         watch.lap("imports")
     if os.geteuid() != 0:
         raise NotRoot()
-    state = StateDir(config.state_dir)
+    state = state or StateDir(config.state_dir)
     state.ensure()
     docker = DockerHost(config.docker_host)
     dataplane = await select_dataplane(state.path)
@@ -686,7 +692,7 @@ async def start(
         identity,
         cached,
         private_key,
-        host_adapters(dataplane, docker),
+        host_adapters(dataplane, docker, dns),
         docker,
         clock,
         next_key=state.next_private_key(),
@@ -695,10 +701,8 @@ async def start(
         agent.health.warn(STATE_FILE_RESET, "; ".join(state.set_aside) + "; rebuilt")
     watch.lap("state")
     if not fresh_join:
-        # Resuming, names first: an agent that was SIGKILLed or crashed left the containers'
-        # DNS redirect in place, pointing at this host's resolver, and no container here
-        # resolves anything until it answers again. From the cached netmap, before the
-        # slower subsystems and even before Docker is asked (benchmarks/recovery.py).
+        # Resuming, names first (see `answer_from_cache`; a no-op when it answers already):
+        # before the slower subsystems and before Docker is asked (benchmarks/recovery.py).
         await agent.reconciler.apply_early(("dns",))
         watch.lap("dns")
         await docker.ping()
