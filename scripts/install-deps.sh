@@ -55,6 +55,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 # Byte-compiled as a wheel install would be: an editable install leaves src/ to be compiled
-# at every start where PYTHONDONTWRITEBYTECODE is set (as in CI), 82 modules and ~85 ms of CPU
+# at every start where PYTHONDONTWRITEBYTECODE is set (as here), 82 modules and ~85 ms of CPU
 # on each `shoal up` and agent restart. Stale files are recompiled; up-to-date ones skipped.
 .venv/bin/python -m compileall -q src
