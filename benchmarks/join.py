@@ -10,11 +10,16 @@ container pinged), `docker run -d` a container on h3's `shoal` network, then pin
 container from it until the first reply; then `shoal down --leave` for the next run.
 
 The breakdown: the agent logs its start-up stages (`startup:`: `cli` is the `shoal up`
-process until it forked the agent — interpreter start and the CLI's imports —, `imports` the
-forked agent's own imports, then Docker, data plane, key, CA, facts, registration, state and
-the first apply) and the first apply per subsystem (`first apply:`, the subsystems run side
-by side). Around them the benchmark's own stages: `ready→exit` (the agent ready until
-`shoal up` returned), `docker-run` and `first-reply`.
+process until it forked the agent — interpreter start and the CLI's imports —, `cached-dns`
+the names a resumed agent answers from its cached netmap (with their imports; nothing to
+answer on a fresh join), `imports` the agent's remaining imports, then data plane, key,
+Docker, CA, facts, registration, state, the first apply and the local API) and the first
+apply per subsystem (`first apply:`, the subsystems run side by side), and the CPU time all
+that used (`shoal up` before the fork included). Around them the benchmark's own stages:
+`ready→exit` (the agent ready until `shoal up` returned), `docker-run` and `first-reply`.
+
+With `--baseline-src OTHER/src` the joins alternate between this checkout and that code (the
+other half of an A/B comparison: the shared machine's load hits both alike).
 
 Units: seconds in the results, milliseconds when printed.
 """
