@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import select
 import sys
@@ -28,6 +27,8 @@ from shoal.agent.ping import ping_once
 from shoal.agent.statefiles import StateDir
 from shoal.agent.stopwatch import Stopwatch
 from shoal.agent.systemd import AgentUnit, Systemd
+from shoal.cli import logs
+from shoal.cli.logs import LogFormat
 from shoal.cli.render import json_list, table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
@@ -121,16 +122,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise NotRoot()
     config = _config(args)  # `main` already moved a token in argv or env out of sight
     if args.foreground:
-        _log_to_stderr()
+        logs.setup(args.log_format)
         asyncio.run(_run_foreground(config))
         return 0
-    return _start_background(config)
-
-
-def _log_to_stderr() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    return _start_background(config, log_format=args.log_format)
 
 
 async def _run_foreground(
@@ -156,7 +151,9 @@ async def _run_foreground(
     await agent.run(ready)
 
 
-def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> int:
+def _start_background(
+    config: AgentConfig, systemd: Systemd | None = None, log_format: LogFormat = "text"
+) -> int:
     """Start the agent detached and return once the host is connected (or say why not).
 
     Where systemd runs, the agent is its unit (restarted on exit, started at boot; see
@@ -186,7 +183,7 @@ def _start_background(config: AgentConfig, systemd: Systemd | None = None) -> in
     pid = os.fork()
     if pid == 0:  # the agent; it never returns into the CLI
         os.close(read)
-        os._exit(_agent_child(config, state.log, write, watch))
+        os._exit(_agent_child(config, state.log, write, watch, log_format))
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         readable, _, _ = select.select([pipe], [], [], START_TIMEOUT_SECONDS)
@@ -248,7 +245,13 @@ READY = b"1"  # what the agent writes to `shoal up`'s pipe once `shoal status` a
 # its status as JSON)
 
 
-def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int, watch: Stopwatch) -> int:
+def _agent_child(
+    config: AgentConfig,
+    log_path: Path,
+    ready_fd: int,
+    watch: Stopwatch,
+    log_format: LogFormat = "text",
+) -> int:
     """The forked agent: its own session, stdin from /dev/null, stdout and stderr to its log;
     runs until stopped. Returns the exit code (a fatal error as one 'shoal: ...' line, which
     the parent reports)."""
@@ -271,7 +274,7 @@ def _agent_child(config: AgentConfig, log_path: Path, ready_fd: int, watch: Stop
 
     code = 0
     try:
-        _log_to_stderr()
+        logs.setup(log_format)
         asyncio.run(_run_foreground(config, ready, watch))
     except ShoalError as exc:
         print(f"shoal: {exc}", file=sys.stderr)

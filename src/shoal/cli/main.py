@@ -24,6 +24,15 @@ def _handler(module: str, name: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+def log_format_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),  # shoal.cli.logs.LOG_FORMATS, not imported here
+        default="text",
+        help="one line per event: text, or a JSON object (default text)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shoal", description="Encrypted WireGuard mesh for Docker containers across hosts."
@@ -72,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="sources exempt from the per-address connection and rate limits (a NAT in front "
         "of many hosts, a benchmark fleet); server-wide caps and timeouts still apply",
     )
+    log_format_flag(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
     server_sub = p.add_subparsers(dest="server_cmd", required=False, metavar="[SUBCOMMAND]")
     rotate = server_sub.add_parser(
@@ -202,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR[:PORT]",
         help="serve Prometheus /metrics on 127.0.0.1[:9469] or mesh[:9469] (default: off)",
     )
+    log_format_flag(p)
     p.set_defaults(run=_handler("agent_cmds", "cmd_up"))
 
     p = sub.add_parser("status", help="this host, its peers, handshakes and traffic")

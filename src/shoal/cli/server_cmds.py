@@ -13,7 +13,6 @@ import asyncio
 import asyncio.sslproto
 import gc
 import json
-import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -22,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
 
+from shoal.cli import logs
 from shoal.cli.render import json_list, table
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, serve
 from shoal.control.ca import EXPIRY_WARNING, rotate_ca
@@ -82,9 +82,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         ephemeral_timeout=_duration("--ephemeral-timeout", args.ephemeral_timeout),
         no_limits_from=args.no_limits_from,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(args.log_format)
     tune_server_process()
     asyncio.run(serve(config))
     return 0
