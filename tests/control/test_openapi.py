@@ -214,9 +214,15 @@ def request_for(route: openapi.Route) -> Any:
     return st.tuples(path, query, body, st.sampled_from(["none", "node", "admin"]))
 
 
+STREAM_PREFIX = 64 * 1024  # bytes read of an event stream: its first event fits
+STREAM_WAIT = 5.0  # seconds the first event may take
+
+
 async def send(
     live: Live, method: str, path: str, query: dict[str, Any], body: bytes, auth: str
 ) -> tuple[int, bytes]:
+    """The status and body; of an event stream, its beginning up to the first event (the
+    stream itself never ends: the connection is closed after it)."""
     target = path + ("?" + "&".join(f"{k}={_q(v)}" for k, v in query.items()) if query else "")
     headers = {"Content-Type": "application/json"}
     if auth == "node":
@@ -229,7 +235,24 @@ async def send(
     async with live.session.request(
         method, yarl_url(url), data=body or None, headers=headers
     ) as resp:
-        return resp.status, await resp.read()
+        if resp.content_type != "text/event-stream":
+            return resp.status, await resp.read()
+        async with asyncio.timeout(STREAM_WAIT):
+            head = b""
+            while b"\nevent: update\n" not in head or not head.endswith(b"\n\n"):
+                line = await resp.content.readline()
+                assert line, f"the stream ended before its first event: {head[:300]!r}"
+                head += line
+                assert len(head) <= STREAM_PREFIX, f"first event over {STREAM_PREFIX} B"
+        resp.close()
+        return resp.status, head
+
+
+def first_event_data(stream: bytes) -> bytes:
+    """The data of the first `update` event of an event stream's beginning."""
+    event = stream.split(b"\nevent: update\n", 1)[1]
+    (data,) = [x for x in event.split(b"\n") if x.startswith(b"data: ")]
+    return data.removeprefix(b"data: ")
 
 
 def _q(value: Any) -> str:
@@ -258,7 +281,7 @@ def test_fuzz_every_route(live: Live, route: openapi.Route) -> None:
             assert len(raw) <= MAX_ERROR_BODY
             ErrorBody.model_validate_json(raw)
         elif route.reply is not None and status == route.status:
-            data = json.loads(raw)
+            data = json.loads(first_event_data(raw) if route.stream else raw)
             for item in data if route.many else [data]:
                 route.reply.model_validate(item)
         if route.path == "/v1/leave" and status == 204:

@@ -51,6 +51,7 @@ from shoal.agent.meshdns import MeshDns
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
 from shoal.agent.paths import PathSelector
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
+from shoal.agent.report import Reporter
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.agent.stopwatch import Stopwatch
 from shoal.agent.traversal import Traversal
@@ -151,6 +152,12 @@ class Agent:
             clock=clock,
             paths=self.paths,
         )
+        self.reporter = Reporter(
+            self.status,
+            lambda: {p.name: p.id for p in self.cached.netmap.peers},
+            self.client.report,
+            clock,
+        )
 
     def keys(self) -> tuple[PrivateKey, ...]:
         """The private keys this host holds: current first, then the next one if rotating."""
@@ -229,6 +236,7 @@ class Agent:
                     tasks.create_task(self.traversal.run(), name="nat-traversal"),
                     tasks.create_task(self.follow_rotation(), name="key-rotation"),
                     tasks.create_task(self._rotate_when_old(), name="key-age"),
+                    tasks.create_task(self.reporter.run(), name="node-report"),
                 ]
                 await self._stop.wait()
                 for worker in workers:

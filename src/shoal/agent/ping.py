@@ -28,6 +28,25 @@ def _checksum(data: bytes) -> int:
     return int(~total & 0xFFFF)
 
 
+def echo_request(ident: int, seq: int, payload: bytes) -> bytes:
+    """An ICMP echo request (type, code, checksum, identifier, sequence, payload)."""
+    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
+    return (
+        struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq)
+        + payload
+    )
+
+
+def echo_reply(packet: bytes) -> tuple[int, int] | None:
+    """(identifier, sequence) of an ICMP echo reply as a raw socket receives it (with its IPv4
+    header); None for anything else."""
+    ihl = (packet[0] & 0x0F) * 4 if packet else 0
+    if len(packet) < ihl + 8:
+        return None
+    kind, _, _, ident, seq = struct.unpack("!BBHHH", packet[ihl : ihl + 8])
+    return (ident, seq) if kind == ICMP_ECHO_REPLY else None
+
+
 @dataclass(frozen=True, slots=True)
 class PingResult:
     seq: int
@@ -52,11 +71,7 @@ def ping_once(
     payload = b"shoal-ping" + struct.pack("!d", time.monotonic())
     if size is not None:
         payload = payload.ljust(max(size - HEADERS, len(payload)), b"\0")
-    header = struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, 0, ident, seq)
-    packet = (
-        struct.pack("!BBHHH", ICMP_ECHO_REQUEST, 0, _checksum(header + payload), ident, seq)
-        + payload
-    )
+    packet = echo_request(ident, seq, payload)
     with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
         sock.settimeout(timeout)
         if dont_fragment:
@@ -75,8 +90,6 @@ def ping_once(
                 reply, addr = sock.recvfrom(2048)
             except TimeoutError:
                 break
-            ihl = (reply[0] & 0x0F) * 4
-            kind, _, _, r_ident, r_seq = struct.unpack("!BBHHH", reply[ihl : ihl + 8])
-            if addr[0] == str(dst) and kind == ICMP_ECHO_REPLY and (r_ident, r_seq) == (ident, seq):
+            if addr[0] == str(dst) and echo_reply(reply) == (ident, seq):
                 return PingResult(seq, (time.monotonic() - start) * 1000)
     return PingResult(seq, None)

@@ -9,6 +9,8 @@
     GET    /v1/netmap?since=N&wait=S    → MapUpdate; long-poll (node signature)
     POST   /v1/containers               ContainersReport → 204 (node signature; all of them)
     POST   /v1/leave                    → 204 (node signature)
+    POST   /v1/report                   NodeReport → 204: version and paths, for the dashboard
+                                        (node signature; at most every 10 s; dashboard.reports)
     POST   /v1/relay                    RelayRequest → RelayGrant: a relay port to a peer
                                         (node signature; control.relay)
     POST   /v1/admin/tokens             TokenCreateRequest → TokenCreated (admin token)
@@ -86,6 +88,7 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    NodeReport,
     PolicySetRequest,
     PolicyVerdict,
     RegisterRequest,
@@ -115,6 +118,8 @@ MAX_SMALL_BODY = 4 * 1024  # a token request, an admin token request
 # A container report: at most model.api.MAX_CONTAINERS containers, each ~1.6 KB at most
 # (see the bounds there); a real host's report of 50 containers is ~15 KB.
 MAX_REPORT = 1024 * 1024
+# A node's report: at most MAX_REPORT_PEERS peers of ~130 bytes, and its counts.
+MAX_NODE_REPORT = 16 * 1024
 MAX_POLICY_BODY = 3 * 1024 * 1024  # a policy is at most 1 MiB of text, escaped in JSON
 _PROTOS: dict[str, Proto] = {"tcp": "tcp", "udp": "udp", "icmp": "icmp"}
 BODY_TIMEOUT = 10.0  # seconds a client may take to send a body once its headers are in
@@ -170,6 +175,7 @@ def build_app(
     app.router.add_get("/v1/netmap", netmap)
     app.router.add_post("/v1/containers", containers)
     app.router.add_post("/v1/leave", leave)
+    app.router.add_post("/v1/report", node_report)
     app.router.add_post("/v1/relay", relay_port)
     app.router.add_post("/v1/rotate", rotate)
     app.router.add_post("/v1/admin/tokens", create_token)
@@ -431,6 +437,16 @@ async def containers(request: web.Request) -> web.Response:
     node_id = await _node_id(request, raw)
     _charge_write(request, node_id)
     await request.app[SERVICE].report_containers(node_id, _model(raw, ContainersReport))
+    return web.Response(status=204)
+
+
+async def node_report(request: web.Request) -> web.Response:
+    raw = await _body(request, MAX_NODE_REPORT)
+    node_id = await _node_id(request, raw)
+    reports = request.app[dashboard.REPORTS]
+    reports.admit(node_id)
+    registry = request.app[SERVICE].registry
+    reports.take(node_id, _model(raw, NodeReport), lambda peer: registry.get(peer) is not None)
     return web.Response(status=204)
 
 

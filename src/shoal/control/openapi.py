@@ -24,6 +24,7 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    NodeReport,
     PolicyInfo,
     PolicySetRequest,
     PolicyVerdict,
@@ -56,6 +57,8 @@ class Route:
     many: bool = False  # the reply is a list of `reply`
     status: int = 200
     query: tuple[tuple[str, dict[str, Any]], ...] = ()
+    # text/event-stream: the reply is a stream of events, each one's data a `reply`.
+    stream: bool = False
 
 
 ROUTES: tuple[Route, ...] = (
@@ -99,6 +102,15 @@ ROUTES: tuple[Route, ...] = (
         status=204,
     ),
     Route("POST", "/v1/leave", "Remove this node from the mesh", "node", status=204),
+    Route(
+        "POST",
+        "/v1/report",
+        "Report this node's version and paths (handshake age, RTT) for the dashboard; at "
+        "most every 10 s",
+        "node",
+        NodeReport,
+        status=204,
+    ),
     Route(
         "POST",
         "/v1/rotate",
@@ -208,6 +220,16 @@ ROUTES: tuple[Route, ...] = (
             ("wait", {"type": "number", "minimum": 0}),
         ),
     ),
+    Route(
+        "GET",
+        "/dashboard/events",
+        "Server-sent events of the dashboard's live part: `update` events (data: the "
+        "update) at once and on every change, heartbeat comments, `ended` when the session "
+        "or token no longer holds",
+        "dashboard",
+        reply=DashboardUpdate,
+        stream=True,
+    ),
     Route("GET", "/dashboard/app.js", "The dashboard's script", "none"),
     Route("GET", "/dashboard/app.css", "The dashboard's style sheet", "none"),
 )
@@ -267,6 +289,16 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
         if route.many:
             schema = {"type": "array", "items": schema}
         content = {"application/json": {"schema": schema}}
+        if route.stream:
+            # OpenAPI 3.1 cannot type the events: the data schema goes in the description.
+            content = {
+                "text/event-stream": {
+                    "schema": {
+                        "type": "string",
+                        "description": "events whose data is a " + route.reply.__name__,
+                    }
+                }
+            }
         responses[str(route.status)] = {"description": "OK", "content": content}
     else:
         responses[str(route.status)] = {"description": "OK"}

@@ -40,6 +40,7 @@ from shoal.model.api import (
     ContainersReport,
     ErrorBody,
     NodeInfo,
+    NodeReport,
     PolicyInfo,
     PolicySetRequest,
     PolicyVerdict,
@@ -152,6 +153,10 @@ class ControlClient:
         """Tell the server the complete set of this host's containers on the `shoal` network;
         it diffs it against the last report and updates every node's netmap."""
         await self._call_json("POST", "/v1/containers", body=report)
+
+    async def report(self, report: NodeReport) -> None:
+        """Tell the server this node's version and paths (for its dashboard)."""
+        await self._call_json("POST", "/v1/report", body=report)
 
     async def relay(self, peer_id: str) -> RelayGrant:
         """A port on the server relaying this node's WireGuard traffic to `peer_id`."""

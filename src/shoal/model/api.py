@@ -282,3 +282,61 @@ class ServiceInfo(Frozen):
     project: str | None = None
     service: str | None = None
     instances: tuple[ServiceInstance, ...] = ()
+
+
+# -- what an agent tells about its paths (POST /v1/report), for the dashboard ------------------
+
+# Every agent reports every REPORT_SECONDS, so a report's cost is paid N/30 times a second:
+# it carries counts for all peers but details for at most MAX_REPORT_PEERS (all of them in a
+# mesh of up to that many peers, the dashboard's matrix; else the worst paths first). The
+# server keeps only peers that are nodes of the mesh (not the reporter) and caps the counts
+# at the mesh's size: a report can never describe more pairs than the mesh has.
+REPORT_SECONDS = 30.0
+MAX_REPORT_PEERS = 64
+MAX_PEER_COUNT = 1_000_000
+MAX_HANDSHAKE_AGE = 10 * 365 * 24 * 3600.0  # seconds: older than this is "never" anyway
+MAX_RTT_MS = 60_000.0
+VERSION_PATTERN = r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,39}$"  # a PEP 440 or git-describe version
+NODE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+# How a peer's traffic goes: straight to one of its endpoints, through the server's relay,
+# still trying candidates, or no handshake over any.
+PathKind = Literal["direct", "relayed", "trying", "none"]
+PATH_KINDS: tuple[PathKind, ...] = ("direct", "relayed", "trying", "none")
+_Rtt = Annotated[float, Field(ge=0, le=MAX_RTT_MS, allow_inf_nan=False)]
+_Count = Annotated[int, Field(ge=0, le=MAX_PEER_COUNT)]
+
+
+class PeerReport(Frozen):
+    """One peer as this node's WireGuard sees it; ages relative to the report, so the two
+    hosts' clocks never meet."""
+
+    peer: str = Field(pattern=NODE_ID_PATTERN)  # its node id
+    path: PathKind
+    # Seconds since the last WireGuard handshake with the peer; None: none yet.
+    handshake_age_seconds: float | None = Field(
+        default=None, ge=0, le=MAX_HANDSHAKE_AGE, allow_inf_nan=False
+    )
+    # Round trip of one ICMP echo to the peer's mesh IP through the tunnel, in milliseconds;
+    # None: not measured (no fresh handshake) or no reply within the timeout.
+    rtt_ms: _Rtt | None = None
+
+
+class PathCounts(Frozen):
+    """How many of this node's peers go each way, and the RTTs measured to them."""
+
+    direct: _Count = 0
+    relayed: _Count = 0
+    trying: _Count = 0
+    none: _Count = 0
+    rtt_median_ms: _Rtt | None = None
+    rtt_max_ms: _Rtt | None = None
+
+
+class NodeReport(Frozen):
+    """`POST /v1/report`: this node's version and its paths, every REPORT_SECONDS. Nothing in
+    it is routed on: the server only shows it (dashboard)."""
+
+    version: str = Field(pattern=VERSION_PATTERN)
+    counts: PathCounts = PathCounts()
+    peers: tuple[PeerReport, ...] = Field(default=(), max_length=MAX_REPORT_PEERS)

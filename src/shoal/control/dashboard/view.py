@@ -18,8 +18,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from shoal.control.dashboard.reports import NodeReports, capped
 from shoal.control.registry import Registry
 from shoal.control.relay import Relay
+from shoal.model.api import PathCounts, PathKind
 
 # Pairs of nodes: above this many nodes the page lists relayed pairs only, not the whole matrix.
 MATRIX_MAX_NODES = 24
@@ -42,6 +44,10 @@ class NodeRow:
     # Only once offline: an online node is seen with every poll, and an age that moves every
     # second would make every look differ (the page shows "online" instead).
     last_seen: datetime | None
+    # From the node's last report (None: none within reports.STALE_SECONDS): its version and
+    # how its peers go, counts capped at the mesh's other nodes.
+    version: str | None = None
+    counts: PathCounts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,17 @@ class RelayedPath:
 
 
 @dataclass(frozen=True, slots=True)
+class PathCell:
+    """How `a` reaches `b`, as `a` last reported it."""
+
+    a: str  # node names
+    b: str
+    kind: PathKind
+    handshake_at: datetime | None
+    rtt_ms: float | None  # to 0.1 ms
+
+
+@dataclass(frozen=True, slots=True)
 class MeshView:
     revision: int
     nodes: tuple[NodeRow, ...]  # by name
@@ -70,6 +87,9 @@ class MeshView:
     relayed: tuple[RelayedPath, ...]  # sorted
     policy: str | None  # "FILE revision N"
     heartbeat_seconds: float
+    # Reported paths, by (a, b): every pair up to MATRIX_MAX_NODES nodes, else only the pairs
+    # reported with no handshake (agents report their worst paths first).
+    cells: tuple[PathCell, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,11 +99,17 @@ class Event:
     text: str
 
 
-def look(registry: Registry, relay: Relay) -> MeshView:
-    """The mesh as the registry and the relay hold it now."""
+def look(registry: Registry, relay: Relay, reports: NodeReports | None = None) -> MeshView:
+    """The mesh as the registry, the relay and the nodes' reports hold it now."""
     records = registry.nodes()
     names = {n.id: n.name for n in records}
     online = {n.id for n in records if registry.online(n.id)}
+    seen = {
+        n.id: r
+        for n in records
+        if n.id in online and reports is not None and (r := reports.get(n.id)) is not None
+    }
+    others = max(len(records) - 1, 0)
     nodes = tuple(
         NodeRow(
             id=n.id,
@@ -98,8 +124,28 @@ def look(registry: Registry, relay: Relay) -> MeshView:
             ephemeral=n.ephemeral,
             created_at=n.created_at,
             last_seen=None if n.id in online else registry.last_seen(n.id),
+            version=seen[n.id].version if n.id in seen else None,
+            counts=capped(seen[n.id].counts, others) if n.id in seen else None,
         )
         for n in sorted(records, key=lambda r: r.name)
+    )
+    everything = len(records) <= MATRIX_MAX_NODES
+    cells = tuple(
+        sorted(
+            (
+                PathCell(
+                    a=names[a],
+                    b=names[peer],
+                    kind=p.path,
+                    handshake_at=p.handshake_at,
+                    rtt_ms=None if p.rtt_ms is None else round(p.rtt_ms, 1),
+                )
+                for a, report in seen.items()
+                for peer, p in report.peers.items()
+                if peer in names and (everything or p.path == "none")
+            ),
+            key=lambda c: (c.a, c.b),
+        )
     )
     containers = tuple(
         sorted(
@@ -134,6 +180,7 @@ def look(registry: Registry, relay: Relay) -> MeshView:
         relayed=relayed,
         policy=None if record is None else f"{record.file} revision {record.revision}",
         heartbeat_seconds=registry.heartbeat_timeout.total_seconds(),
+        cells=cells,
     )
 
 
@@ -221,33 +268,84 @@ def _nodes(view: MeshView) -> str:
         rows.append(
             f'<tr class="node {"online" if n.online else "offline"}" data-node="{_e(n.name)}">'
             f"<td>{_e(n.name)}</td><td>{_state(n.online)}</td><td>{seen}</td>"
+            f'<td class="version">{_e(n.version or "not reported")}</td>'
+            f'<td class="peers">{_counts(n.counts)}</td>'
             f"<td>{_e(n.mesh_ip)}</td><td>{_e(n.subnet)}</td>"
             f"<td>{'<br>'.join(_e(x) for x in n.endpoints) or 'none'}</td>"
             f"<td><code>{key}</code></td><td>{_e(' '.join(flags))}</td>"
             f"<td>{_time(n.created_at, age=False)}</td></tr>"
         )
     head = (
-        "<tr><th>host</th><th>state</th><th>last seen</th><th>mesh IP</th>"
-        "<th>container subnet</th><th>endpoints</th><th>key</th><th>tags</th><th>joined</th></tr>"
+        "<tr><th>host</th><th>state</th><th>last seen</th><th>version</th><th>peers</th>"
+        "<th>mesh IP</th><th>container subnet</th><th>endpoints</th><th>key</th><th>tags</th>"
+        "<th>joined</th></tr>"
     )
-    body = "".join(rows) or '<tr><td colspan="9">no hosts have joined yet</td></tr>'
+    body = "".join(rows) or '<tr><td colspan="11">no hosts have joined yet</td></tr>'
     return f'<table id="nodes">{head}{body}</table>'
+
+
+def _counts(counts: PathCounts | None) -> str:
+    if counts is None:
+        return "not reported"
+    parts = [
+        f"{n} {kind}"
+        for kind, n in (
+            ("direct", counts.direct),
+            ("relayed", counts.relayed),
+            ("trying", counts.trying),
+            ("no handshake", counts.none),
+        )
+        if n
+    ]
+    rtt = (
+        f"<br>RTT median {counts.rtt_median_ms:.1f} ms, max {counts.rtt_max_ms:.1f} ms"
+        if counts.rtt_median_ms is not None and counts.rtt_max_ms is not None
+        else ""
+    )
+    return _e(", ".join(parts) or "no peers") + rtt
+
+
+_CELL_CLASS = {"direct": "direct", "relayed": "relayed", "trying": "down", "none": "down"}
+_CELL_TEXT = {"direct": "direct", "relayed": "relayed", "trying": "trying", "none": "no handshake"}
+
+
+def _cell(cell: PathCell | None, pair: tuple[str, str], relayed: set[tuple[str, str]]) -> str:
+    """One path of the matrix: as its row's host reported it, else what the server knows."""
+    data = f'data-pair="{_e(pair[0])} {_e(pair[1])}"'
+    if cell is None:
+        kind = "relayed" if pair in relayed else "direct"
+        return f'<td class="path {kind} unreported" {data}>{kind}</td>'
+    details = []
+    if cell.handshake_at is not None:
+        details.append(f"handshake {_time_ago(cell.handshake_at)}")
+    if cell.rtt_ms is not None:
+        details.append(f"RTT {cell.rtt_ms:.1f} ms")
+    more = f'<br><span class="detail">{", ".join(details)}</span>' if details else ""
+    return f'<td class="path {_CELL_CLASS[cell.kind]}" {data}>{_CELL_TEXT[cell.kind]}{more}</td>'
+
+
+def _time_ago(at: datetime) -> str:
+    """ "N s ago", kept current by the page's script."""
+    return f'<time data-age datetime="{_e(at.isoformat())}"></time>'
 
 
 def _paths(view: MeshView) -> str:
     relayed = {(p.a, p.b) for p in view.relayed}
     intro = (
-        "<p>Each pair of hosts talks directly (WireGuard to the endpoints above) unless it "
-        "asked the server's relay; the handshake age and RTT of each path are on the hosts "
-        "themselves (<code>shoal status</code>, <code>shoal doctor</code>).</p>"
+        "<p>Each cell: how the row's host reaches the column's, as it last reported (every "
+        "30 s): direct or through the server's relay, its last WireGuard handshake, and the "
+        "round trip of one ping through the tunnel. Details on the host: "
+        "<code>shoal status</code>, <code>shoal doctor</code>.</p>"
     )
     names = [n.name for n in view.nodes]
     if len(names) < 2:
         return intro + "<p>no pairs yet</p>"
     if len(names) > MATRIX_MAX_NODES:
-        items = "".join(f"<li>{_e(a)} ↔ {_e(b)}: relayed</li>" for a, b in sorted(relayed))
-        return intro + f'<ul id="relayed">{items or "<li>no relayed pairs</li>"}</ul>'
+        items = [f"<li>{_e(a)} ↔ {_e(b)}: relayed</li>" for a, b in sorted(relayed)]
+        items += [f"<li>{_e(c.a)} → {_e(c.b)}: no handshake</li>" for c in view.cells]
+        return intro + f'<ul id="relayed">{"".join(items) or "<li>no relayed pairs</li>"}</ul>'
     online = {n.name: n.online for n in view.nodes}
+    reported = {(c.a, c.b): c for c in view.cells}
     head = "<tr><th></th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>"
     rows = []
     for a in names:
@@ -257,12 +355,13 @@ def _paths(view: MeshView) -> str:
                 cells.append('<td class="self">—</td>')
                 continue
             pair = (a, b) if a < b else (b, a)
-            kind = "relayed" if pair in relayed else "direct"
-            cls = kind if online[a] and online[b] else "down"
-            cells.append(
-                f'<td class="path {cls}" data-pair="{_e(pair[0])} {_e(pair[1])}">'
-                f"{kind if cls != 'down' else 'host offline'}</td>"
-            )
+            if not (online[a] and online[b]):
+                cells.append(
+                    f'<td class="path down" data-pair="{_e(pair[0])} {_e(pair[1])}">'
+                    "host offline</td>"
+                )
+                continue
+            cells.append(_cell(reported.get((a, b)), pair, relayed))
         rows.append(f"<tr><th>{_e(a)}</th>{''.join(cells)}</tr>")
     return intro + f'<table id="paths">{head}{"".join(rows)}</table>'
 

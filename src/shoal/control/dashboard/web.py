@@ -10,6 +10,14 @@
                                  → DashboardUpdate: at once when the view is past version N,
                                  else when it changes or after `wait` s (capped like netmap
                                  long-polls): the page's script keeps itself current with it
+    GET  /dashboard/events       text/event-stream (SSE) of `update` events, each data a
+                                 DashboardUpdate: the current one at once (unless the
+                                 Last-Event-ID header names it), then one per change; a comment
+                                 line every HEARTBEAT_SECONDS; an `ended` event and the end of
+                                 the stream when the session or token no longer holds (checked
+                                 every AUTH_RECHECK_SECONDS). At most MAX_STREAMS_PER_VIEWER
+                                 per session or token and MAX_STREAMS per server (429 beyond).
+                                 What the page's script follows.
     GET  /dashboard/app.js, /dashboard/app.css   the page's script and style (no data)
 
 Sessions live in this process's memory (several replicas: log in on each, or pin the browser
@@ -22,11 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -34,6 +43,7 @@ from importlib import resources
 from aiohttp import web
 from pydantic import Field
 
+from shoal.control.dashboard.reports import NodeReports
 from shoal.control.dashboard.view import (
     Event,
     MeshView,
@@ -43,7 +53,13 @@ from shoal.control.dashboard.view import (
     render_login,
     render_page,
 )
-from shoal.control.errors import AdminUnauthorized, BadRequest, PayloadTooLarge, RequestTimeout
+from shoal.control.errors import (
+    AdminUnauthorized,
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    TooManyRequests,
+)
 from shoal.control.liveness import utcnow
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
@@ -57,7 +73,14 @@ MAX_SESSIONS = 256  # the oldest is dropped past this: a login flood cannot grow
 MAX_LOGIN_BODY = 1024  # bytes: {"token": ...} with a token of ~100 characters
 LOGIN_BODY_TIMEOUT = 10.0  # seconds to send it
 TICK = 1.0  # seconds between looks: a host going offline shows within the timeout + 1 s
+REPORTS_LOOK_SECONDS = 10.0  # new path reports make a new look at most this often
 EVENTS_KEPT = 200
+# Event streams: each holds a connection and wakes on every change, so they are counted.
+MAX_STREAMS = 64
+MAX_STREAMS_PER_VIEWER = 4  # a few tabs of one browser
+HEARTBEAT_SECONDS = 15.0  # below the usual 30-60 s idle timeouts of proxies
+AUTH_RECHECK_SECONDS = 5.0  # a revoked token or a logout ends its streams within this
+RETRY_MS = 2000  # the browser's reconnect delay after a stream broke
 # No inline script or style anywhere: a name that slipped past escaping still cannot run.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -119,11 +142,20 @@ class Feed:
     a version that moves when (and only when) the view did."""
 
     def __init__(
-        self, service: ControlService, relay: Relay, clock: Callable[[], datetime] = utcnow
+        self,
+        service: ControlService,
+        relay: Relay,
+        clock: Callable[[], datetime] = utcnow,
+        reports: NodeReports | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.service = service
         self._relay = relay
         self._clock = clock
+        self.reports = reports if reports is not None else NodeReports()
+        self._monotonic = monotonic
+        self._reports_seen = -1  # the reports' version in the last look
+        self._reports_at = -REPORTS_LOOK_SECONDS
         self.version = 0
         self.view: MeshView | None = None
         self.events: deque[Event] = deque(maxlen=EVENTS_KEPT)
@@ -137,7 +169,13 @@ class Feed:
         looks (an in-memory registry on the 2-core dev machine)."""
         registry = self.service.registry
         online = tuple(n.id for n in registry.nodes() if registry.online(n.id))
-        return (registry.revision, online, tuple(self._relay.pairs()))
+        # Reports arrive all the time (one per node every 30 s) and their RTTs always differ:
+        # they are looked at once every REPORTS_LOOK_SECONDS at most.
+        now = self._monotonic()
+        version = self.reports.version
+        if version != self._reports_seen and now - self._reports_at >= REPORTS_LOOK_SECONDS:
+            self._reports_seen, self._reports_at = version, now
+        return (registry.revision, online, tuple(self._relay.pairs()), self._reports_seen)
 
     def refresh(self) -> bool:
         """Look again; True (and a new version, waiters woken) when something changed."""
@@ -145,7 +183,9 @@ class Feed:
         if seen == self._seen:
             return False
         self._seen = seen
-        view = look(self.service.registry, self._relay)
+        registry = self.service.registry
+        self.reports.prune({n.id for n in registry.nodes()})
+        view = look(registry, self._relay, self.reports)
         if view == self.view:
             return False
         if self.view is not None:
@@ -179,19 +219,58 @@ class Feed:
             await asyncio.sleep(TICK)
 
 
+class Streams:
+    """The event streams open now, per viewer (a session id or a bearer token's hash)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, int] = {}
+        self.total = 0
+
+    @contextlib.contextmanager
+    def hold(self, viewer: str) -> Iterator[None]:
+        """One stream of `viewer` while the block runs; 429 beyond the caps."""
+        if self.total >= MAX_STREAMS:
+            raise TooManyRequests(
+                f"the server already serves {MAX_STREAMS} dashboard streams; retry later",
+                retry_after=HEARTBEAT_SECONDS,
+            )
+        if self._open.get(viewer, 0) >= MAX_STREAMS_PER_VIEWER:
+            raise TooManyRequests(
+                f"at most {MAX_STREAMS_PER_VIEWER} dashboard streams per session; close a tab",
+                retry_after=HEARTBEAT_SECONDS,
+            )
+        self._open[viewer] = self._open.get(viewer, 0) + 1
+        self.total += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            left = self._open[viewer] - 1
+            if left:
+                self._open[viewer] = left
+            else:
+                del self._open[viewer]
+
+
 FEED = web.AppKey("dashboard_feed", Feed)
+STREAMS = web.AppKey("dashboard_streams", Streams)
 SESSIONS = web.AppKey("dashboard_sessions", Sessions)
+REPORTS = web.AppKey("node_reports", NodeReports)
 
 
 def install(app: web.Application, service: ControlService, relay: Relay) -> None:
-    """Add the dashboard's routes to `app`, and its feed, which runs while the app does."""
-    app[FEED] = Feed(service, relay)
+    """Add the dashboard's routes to `app`, and its feed, which runs while the app does; the
+    nodes' reports (`POST /v1/report`, an API route) go to `app[REPORTS]`."""
+    app[REPORTS] = NodeReports()
+    app[FEED] = Feed(service, relay, reports=app[REPORTS])
     app[SESSIONS] = Sessions()
+    app[STREAMS] = Streams()
     app.cleanup_ctx.append(_feed_task)
     app.router.add_get("/dashboard", page)
     app.router.add_post("/dashboard/login", login)
     app.router.add_post("/dashboard/logout", logout)
     app.router.add_get("/dashboard/live", live)
+    app.router.add_get("/dashboard/events", events)
     app.router.add_get("/dashboard/app.js", static)
     app.router.add_get("/dashboard/app.css", static)
 
@@ -213,22 +292,27 @@ async def _viewer(request: web.Request) -> bool:
     """Whether the request may see the mesh: a live session, or an admin bearer token.
     A bearer token that is not accepted is a 401 (scripts get told); no credential at all
     is False (browsers get the login form)."""
+    return await _viewer_id(request) is not None
+
+
+async def _viewer_id(request: web.Request) -> str | None:
+    """`_viewer`, naming who views: "session:<id>" or "bearer:<the token's hash>"."""
     service = request.app[FEED].service
     bearer = _bearer(request)
     if bearer is not None:
         await service.authenticate_admin(bearer, "read")
-        return True
+        return "bearer:" + hashlib.sha256(bearer.encode()).hexdigest()[:32]
     sessions = request.app[SESSIONS]
     sid = request.cookies.get(COOKIE)
     token = sessions.token(sid)
     if token is None:
-        return False
+        return None
     try:
         await service.authenticate_admin(token, "read")
     except AdminUnauthorized:
         sessions.close(sid)  # its token was revoked or expired since
-        return False
-    return True
+        return None
+    return f"session:{sid}"
 
 
 def _html(text: str) -> web.Response:
@@ -297,6 +381,68 @@ async def live(request: web.Request) -> web.Response:
     return web.Response(
         body=update.model_dump_json(), content_type="application/json", headers=SECURITY_HEADERS
     )
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    viewer = await _viewer_id(request)
+    if viewer is None:
+        raise AdminUnauthorized("no dashboard session: log in at /dashboard")
+    try:
+        since = int(request.headers.get("Last-Event-ID", "-1"))
+    except ValueError:
+        since = -1  # not one of ours: send the current view
+    with request.app[STREAMS].hold(viewer):
+        response = web.StreamResponse(
+            headers={
+                **SECURITY_HEADERS,
+                "Content-Type": "text/event-stream",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            await _stream(request, response, viewer, since)
+        return response
+
+
+async def _stream(
+    request: web.Request, response: web.StreamResponse, viewer: str, since: int
+) -> None:
+    """Write updates to `response` until the viewer's credential no longer holds (then an
+    `ended` event) or the client goes (a write raises ConnectionError)."""
+    feed = request.app[FEED]
+    await response.write(f"retry: {RETRY_MS}\n\n".encode())
+    quiet = 0.0  # seconds since the last write
+    while True:
+        feed.refresh()
+        if feed.version != since:
+            since = feed.version
+            update = DashboardUpdate(
+                version=since, html=render_live(feed.current(), tuple(feed.events))
+            )
+            await response.write(
+                f"id: {since}\nevent: update\ndata: {update.model_dump_json()}\n\n".encode()
+            )
+            quiet = 0.0
+        elif quiet >= HEARTBEAT_SECONDS:
+            await response.write(b": heartbeat\n\n")
+            quiet = 0.0
+        started = time.monotonic()
+        await feed.after(since, AUTH_RECHECK_SECONDS)
+        quiet += time.monotonic() - started
+        if await _viewer_id_quiet(request) != viewer:
+            await response.write(
+                b'event: ended\ndata: {"reason": "session ended or token revoked"}\n\n'
+            )
+            return
+
+
+async def _viewer_id_quiet(request: web.Request) -> str | None:
+    """`_viewer_id`, a refused bearer token as None rather than a 401."""
+    try:
+        return await _viewer_id(request)
+    except AdminUnauthorized:
+        return None
 
 
 async def static(request: web.Request) -> web.Response:

@@ -1,5 +1,5 @@
-// shoal dashboard: the login form, then the live part of the page kept current by long-polls
-// of /dashboard/live. The server renders and escapes every name; this only swaps its HTML in.
+// shoal dashboard: the login form, then the live part of the page kept current by the
+// server-sent events of /dashboard/events. The server renders and escapes every name; this only swaps its HTML in.
 "use strict";
 
 (function () {
@@ -64,31 +64,49 @@
     conn.className = "state " + (ok ? "ok" : "bad");
   }
 
-  async function poll() {
-    for (;;) {
+  function show(update) {
+    if (String(update.version) !== version) {
+      live.innerHTML = update.html;
+      version = String(update.version);
+      live.dataset.version = version;
+      ages();
+    }
+  }
+
+  // Server-sent events from /dashboard/events. The browser reconnects by itself after a
+  // broken stream (sending Last-Event-ID); a refused one (401, 429) closes the source, and
+  // /dashboard/live tells which: a 401 means the session ended, so the login form.
+  function follow() {
+    const source = new EventSource("/dashboard/events");
+    source.addEventListener("open", () => connected(true, "live"));
+    source.addEventListener("update", (event) => {
+      show(JSON.parse(event.data));
+      connected(true, "live");
+    });
+    source.addEventListener("ended", () => {
+      source.close();
+      location.reload();
+    });
+    source.addEventListener("error", async () => {
+      if (source.readyState !== EventSource.CLOSED) {
+        connected(false, "disconnected, reconnecting");
+        return;
+      }
+      connected(false, "disconnected, retrying");
       try {
-        const response = await fetch(
-          "/dashboard/live?since=" + encodeURIComponent(version) + "&wait=30",
-          { credentials: "same-origin", cache: "no-store" },
-        );
+        const response = await fetch("/dashboard/live?wait=0", {
+          credentials: "same-origin",
+          cache: "no-store",
+        });
         if (response.status === 401) {
-          location.reload(); // the session ended: the login form
+          location.reload();
           return;
         }
-        if (!response.ok) throw new Error("HTTP " + response.status);
-        const update = await response.json();
-        if (String(update.version) !== version) {
-          live.innerHTML = update.html;
-          version = String(update.version);
-          live.dataset.version = version;
-          ages();
-        }
-        connected(true, "live");
       } catch (err) {
-        connected(false, "disconnected, retrying");
-        await new Promise((resolve) => setTimeout(resolve, 2000));
+        // the server is away: try the stream again below
       }
-    }
+      setTimeout(follow, 5000);
+    });
   }
 
   document.getElementById("logout").addEventListener("click", async () => {
@@ -97,5 +115,5 @@
   });
   ages();
   setInterval(ages, 1000);
-  poll();
+  follow();
 })();
