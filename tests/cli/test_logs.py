@@ -36,8 +36,8 @@ def test_text_is_one_line_per_event_even_with_newlines_in_it() -> None:
     log.warning("container report failed (%s); retrying", "line one\nline two")
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
-    assert " WARNING shoal.test: container report failed (line one\\nline two); retrying" in (
-        lines[0]
+    assert (
+        " WARNING shoal.test: container report failed (line one\\nline two); retrying" in (lines[0])
     )
     assert lines[0].endswith("retrying") and lines[0][:4].isdigit() and "Z " in lines[0]
 

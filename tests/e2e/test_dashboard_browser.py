@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Error, Page, async_playwright, expect
 
+from shoal import __version__
 from shoal.control.app import ADMIN_TOKEN_FILE, RunningServer, start_server
 from shoal.control.config import load_config
 from shoal.controlclient.client import ControlClient
@@ -28,6 +29,9 @@ from shoal.lab import Lab
 from shoal.model.api import (
     ContainerReport,
     ContainersReport,
+    NodeReport,
+    PathCounts,
+    PeerReport,
     RegisterRequest,
     TokenCreateRequest,
 )
@@ -80,6 +84,7 @@ class Host:
             RegisterRequest(token=token, name=self.name, public_key=self.key.public_key())
         )
         self.subnet = reply.netmap.self_node.subnet
+        self.node_id = reply.node_id
         self._beat = asyncio.create_task(self._poll(), name=f"heartbeat-{self.name}")
 
     async def _poll(self) -> None:
@@ -142,6 +147,8 @@ async def test_the_dashboard_shows_the_mesh_live_in_chromium(server: RunningServ
             page = await context.new_page()
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
+            fetched: list[str] = []
+            page.on("request", lambda r: fetched.append(r.url.split("/", 3)[3]))
 
             await page.goto(f"{server.url}/dashboard")
             await expect(page.locator("#login")).to_be_visible()
@@ -154,6 +161,29 @@ async def test_the_dashboard_shows_the_mesh_live_in_chromium(server: RunningServ
                 row = page.locator(f'tr.node[data-node="{host.name}"]')
                 await expect(row).to_have_class("node online")
             await expect(page.locator("#conn")).to_have_text("live")
+
+            # h1 reports its paths: version, handshake age and RTT show in the matrix.
+            h2, h3 = hosts[1].node_id, hosts[2].node_id
+            await hosts[0].client.report(
+                NodeReport(
+                    version="9.8.7",
+                    counts=PathCounts(direct=1, relayed=1, rtt_median_ms=0.6, rtt_max_ms=0.8),
+                    peers=(
+                        PeerReport(peer=h2, path="direct", handshake_age_seconds=4, rtt_ms=0.42),
+                        PeerReport(peer=h3, path="relayed", handshake_age_seconds=70),
+                    ),
+                )
+            )
+            version = page.locator('tr.node[data-node="h1"] td.version')
+            await expect(version).to_have_text("9.8.7", timeout=15_000)  # the 10 s report look
+            h1_row = page.locator("#paths tr").nth(1)
+            await expect(h1_row.locator("td").nth(1)).to_contain_text("direct")
+            await expect(h1_row.locator("td").nth(1)).to_contain_text("RTT 0.4 ms")
+            await expect(h1_row.locator("td").nth(1)).to_contain_text("handshake")
+            await expect(h1_row.locator("td").nth(2)).to_contain_text("relayed")
+            await expect(page.locator('tr.node[data-node="h1"] td.peers')).to_contain_text(
+                "RTT median 0.6 ms, max 0.8 ms"
+            )
 
             # A container started on h2 appears, live, with its label shown as text.
             await hosts[1].run_container(
@@ -180,9 +210,9 @@ async def test_the_dashboard_shows_the_mesh_live_in_chromium(server: RunningServ
 
             assert await page.evaluate("window.__pwned") is None  # no injected script ran
             assert errors == []
-            shot = os.environ.get("SHOAL_DASHBOARD_SCREENSHOT")
-            if shot:
-                await page.screenshot(path=shot, full_page=True)
+            # Live over one event stream, not polls.
+            assert fetched.count("dashboard/events") == 1, fetched
+            assert not [u for u in fetched if u.startswith("dashboard/live")], fetched
             print(f"h3 stopped → red after {took:.1f} s (heartbeat timeout {HEARTBEAT:g} s)")
     finally:
         for host in hosts:
@@ -224,6 +254,18 @@ async def test_the_dashboard_follows_the_lab_in_chromium(
             await expect(box).to_contain_text(h3.name)
             ip = await asyncio.to_thread(h3.container_ip, "dash-web")
             await expect(box).to_contain_text(str(ip))
+
+            # The agents report their version and paths: each pair direct, with the RTT of
+            # a ping through the tunnel (a report every 30 s, looked at every 10 s).
+            for host in lab.hosts:
+                version = page.locator(f'tr.node[data-node="{host.name}"] td.version')
+                await expect(version).to_have_text(__version__, timeout=45_000)
+            cell = page.locator("#paths tr").nth(1).locator("td").nth(1)
+            await expect(cell).to_contain_text("direct", timeout=45_000)
+            await expect(cell).to_contain_text(" ms", timeout=45_000)
+            shot = os.environ.get("SHOAL_DASHBOARD_SCREENSHOT")
+            if shot:
+                await page.screenshot(path=shot, full_page=True)
 
             pid = int((h3.state_dir / "agent.pid").read_text())
             os.kill(pid, signal.SIGTERM)
