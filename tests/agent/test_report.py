@@ -49,6 +49,8 @@ def ids(st: AgentStatus) -> dict[str, str]:
         ("public", 5.0, "direct"),
         ("relayed via 192.0.2.1:40000 (symmetric NAT)", 5.0, "relayed"),
         ("trying lan (1/2)", None, "trying"),
+        ("trying lan (1/2)", 3.0, "direct"),  # the selector has not seen the handshake yet
+        ("no path: x", 3.0, "direct"),
         (
             "no path: no handshake over any candidate (lan 192.0.2.2:51820), relay tried",
             None,
@@ -139,9 +141,10 @@ async def test_the_reporter_pings_fresh_peers_only_and_sends_each_round() -> Non
     reporter = Reporter(get_status, lambda: ids(st), sent, clock, measure, interval=30)
     task = asyncio.create_task(reporter.run())
     try:
-        await clock.advance(0)  # the first round, at once
-        for _ in range(3):
-            await clock.advance(30)
+        await clock.advance(0)  # the first round, at once: unreachable
+        await clock.advance(10)  # the second, 10 s later: refused
+        await clock.advance(30)
+        await clock.advance(30)
         assert len(sent.reports) == 2  # the failed rounds waited for the next
         assert pinged[0] == [IPv4Address("100.64.0.1")]  # h2's session is gone, h3 never had one
         by_peer = {p.peer: p.rtt_ms for p in sent.reports[0].peers}

@@ -13,6 +13,7 @@ server's dashboard reads it; nothing is routed on it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import secrets
 import socket
@@ -48,23 +49,23 @@ log = logging.getLogger("shoal.agent")
 # (REJECT_AFTER_TIME): an older handshake means no working session, so no ping is sent.
 HANDSHAKE_FRESH_SECONDS = 180.0
 RTT_TIMEOUT = 1.0  # seconds the echoes of one round are awaited
+# The server takes a node's report at most every REPORT_SECONDS / 3 (control.dashboard.reports).
+SECOND_REPORT_SECONDS = REPORT_SECONDS / 3
 MAX_PINGED = 1024  # peers pinged per report: a bound on the packets a report costs
 _WORST_FIRST: dict[PathKind, int] = {"none": 0, "trying": 1, "relayed": 2, "direct": 3}
 
 
 def path_kind(description: str | None, handshake_age: float | None) -> PathKind:
-    """What `shoal.agent.paths.PeerPath.description` says, as one of PATH_KINDS; without a
-    path selection (None), a fresh handshake means direct."""
-    if description is None:
-        fresh = handshake_age is not None and handshake_age < HANDSHAKE_FRESH_SECONDS
-        return "direct" if fresh else "none"
-    if description.startswith("relayed"):
+    """What `shoal.agent.paths.PeerPath.description` says, as one of PATH_KINDS. A fresh
+    handshake over an endpoint that is not the relay is a direct path whatever the selector
+    last concluded (it learns of handshakes a few seconds late: "trying" right after start)."""
+    if description is not None and description.startswith("relayed"):
         return "relayed"
-    if description.startswith("trying"):
+    if handshake_age is not None and handshake_age < HANDSHAKE_FRESH_SECONDS:
+        return "direct"
+    if description is not None and description.startswith("trying"):
         return "trying"
-    if description.startswith("no path") or description == "unknown":
-        return "none"
-    return "direct"
+    return "none"
 
 
 def handshake_ages(status: AgentStatus, now: datetime) -> dict[str, float | None]:
@@ -195,7 +196,10 @@ class Reporter:
         return report
 
     async def run(self) -> None:
-        while True:
+        """Report at once (the version), again SECOND_REPORT_SECONDS later (the paths, once
+        the first handshakes are in), then every `interval` seconds."""
+        delays = itertools.chain((SECOND_REPORT_SECONDS,), itertools.repeat(self._interval))
+        for delay in delays:
             try:
                 await self.once()
             except CredentialRejected:
@@ -204,4 +208,4 @@ class Reporter:
                 log.warning("report refused by the server: %s", exc)
             except (ControlUnreachable, ControlProtocolError):
                 pass  # the netmap poll warns (control-unreachable); the next round retries
-            await self._clock.sleep(self._interval)
+            await self._clock.sleep(delay)

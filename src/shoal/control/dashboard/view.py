@@ -312,9 +312,10 @@ _CELL_TEXT = {"direct": "direct", "relayed": "relayed", "trying": "trying", "non
 def _cell(cell: PathCell | None, pair: tuple[str, str], relayed: set[tuple[str, str]]) -> str:
     """One path of the matrix: as its row's host reported it, else what the server knows."""
     data = f'data-pair="{_e(pair[0])} {_e(pair[1])}"'
-    if cell is None:
-        kind = "relayed" if pair in relayed else "direct"
-        return f'<td class="path {kind} unreported" {data}>{kind}</td>'
+    if cell is None:  # the row's host has not reported this peer (yet): the relay knows
+        if pair in relayed:
+            return f'<td class="path relayed unreported" {data}>relayed</td>'
+        return f'<td class="path unreported" {data}>not reported</td>'
     details = []
     if cell.handshake_at is not None:
         details.append(f"handshake {_time_ago(cell.handshake_at)}")
