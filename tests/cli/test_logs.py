@@ -5,8 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
+import signal
+import ssl
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -170,3 +177,41 @@ def test_a_bad_log_format_is_a_one_line_usage_error() -> None:
     assert done.returncode == 2
     assert "invalid choice: 'xml'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_real_server_logs_json_lines_refusals_once_and_no_tracebacks(tmp_path: Path) -> None:
+    """`shoal server --log-format json`: every line an object, a refusal repeated three times
+    written once and counted at exit, nothing but one-line events (no traceback)."""
+    flags = ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path), "--log-format", "json"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "server", *flags],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    try:
+        lines = []
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line, f"the server exited: {lines}"
+            lines.append(line)
+            found = re.search(r"listening on (https://127\.0\.0\.1:\d+)", line)
+            url = found.group(1) if found else None
+        assert url is not None, lines
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        for _ in range(3):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{url}/v1/admin/nodes", context=context, timeout=10)
+            assert refused.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=30)
+    lines += rest.splitlines(keepends=True)
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    refusals = [e for e in events if "GET /v1/admin/nodes" in e["msg"]]
+    assert len(refusals) == 2, refusals
+    assert "repeated" not in refusals[0] and refusals[1]["repeated"] == 2
+    assert events[-1]["msg"] in {"server stopped", refusals[1]["msg"]}
+    assert not any("Traceback" in line for line in lines)
