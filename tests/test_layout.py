@@ -48,7 +48,14 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "controlclient.tls": ("control/test_trust.py", "control/test_api.py"),
     # The web dashboard: its view and routes in one suite, and in a browser against the lab.
     "control.dashboard.view": ("control/test_dashboard.py",),
-    "control.dashboard.web": ("control/test_dashboard.py", "e2e/test_dashboard_browser.py"),
+    "control.dashboard.web": (
+        "control/test_dashboard.py",
+        "control/test_dashboard_live.py",
+        "e2e/test_dashboard_browser.py",
+    ),
+    # The nodes' path reports: the store, POST /v1/report and what the page shows, with the
+    # dashboard's live side.
+    "control.dashboard.reports": ("control/test_dashboard_live.py",),
     # The agent's parts, driven through the daemon with the fakes of shoal.testing.
     "agent.adapters": ("agent/test_daemon.py",),
     "agent.config": ("agent/test_daemon.py", "cli/test_agent_cmds.py"),
