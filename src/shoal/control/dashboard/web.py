@@ -64,6 +64,7 @@ from shoal.control.liveness import utcnow
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
 from shoal.model.netmap import Frozen
+from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control")
 
@@ -409,12 +410,14 @@ async def _stream(
     request: web.Request, response: web.StreamResponse, viewer: str, since: int
 ) -> None:
     """Write updates to `response` until the viewer's credential no longer holds (then an
-    `ended` event) or the client goes (a write raises ConnectionError)."""
+    `ended` event), the store cannot tell (the stream just ends: the browser reconnects and
+    is answered then), or the client goes (a write raises ConnectionError)."""
     feed = request.app[FEED]
     await response.write(f"retry: {RETRY_MS}\n\n".encode())
-    quiet = 0.0  # seconds since the last write
+    written = checked = time.monotonic()
     while True:
         feed.refresh()
+        now = time.monotonic()
         if feed.version != since:
             since = feed.version
             update = DashboardUpdate(
@@ -423,26 +426,25 @@ async def _stream(
             await response.write(
                 f"id: {since}\nevent: update\ndata: {update.model_dump_json()}\n\n".encode()
             )
-            quiet = 0.0
-        elif quiet >= HEARTBEAT_SECONDS:
+            written = now
+        elif now - written >= HEARTBEAT_SECONDS:
             await response.write(b": heartbeat\n\n")
-            quiet = 0.0
-        started = time.monotonic()
-        await feed.after(since, AUTH_RECHECK_SECONDS)
-        quiet += time.monotonic() - started
-        if await _viewer_id_quiet(request) != viewer:
-            await response.write(
-                b'event: ended\ndata: {"reason": "session ended or token revoked"}\n\n'
-            )
-            return
-
-
-async def _viewer_id_quiet(request: web.Request) -> str | None:
-    """`_viewer_id`, a refused bearer token as None rather than a 401."""
-    try:
-        return await _viewer_id(request)
-    except AdminUnauthorized:
-        return None
+            written = now
+        if now - checked >= AUTH_RECHECK_SECONDS:
+            checked = now
+            try:
+                still = await _viewer_id(request) == viewer
+            except AdminUnauthorized:
+                still = False
+            except StoreError as exc:
+                log.warning("dashboard stream ended: store failure: %s", exc)
+                return
+            if not still:
+                await response.write(
+                    b'event: ended\ndata: {"reason": "session ended or token revoked"}\n\n'
+                )
+                return
+        await feed.after(since, min(AUTH_RECHECK_SECONDS, HEARTBEAT_SECONDS))
 
 
 async def static(request: web.Request) -> web.Response:
