@@ -27,8 +27,23 @@ def test_compiled_for_h2_the_database_host() -> None:
     )
     assert ops.sources == nets("10.42.1.0/24", "100.64.0.1/32")  # h1 (tag ops) and its host
     assert ops.dests == nets("10.42.2.14/32", "100.64.0.2/32")  # the api container and h2
-    assert icmp.dests == nets("10.42.2.0/24")
+    # node:h2 is its containers: the subnet without the gateway (the host on the bridge)
+    assert icmp.dests == nets(
+        "10.42.2.0/32", "10.42.2.2/31", "10.42.2.4/30", "10.42.2.8/29",
+        "10.42.2.16/28", "10.42.2.32/27", "10.42.2.64/26", "10.42.2.128/25",
+    )  # fmt: skip
     assert compiled.revision == 3 and compiled.mesh_ip == H2
+
+
+def test_the_bridge_gateway_is_the_host_and_only_mesh_host_opens_it() -> None:
+    policy = parse("rules:\n  - {from: '*', to: ['*', 'cidr:10.42.2.0/30']}\n", "p.yaml")
+    compiled = compile_for(policy, mesh(2, policy))
+    gateway, container = IPv4Address("10.42.2.1"), IPv4Address("10.42.2.13")
+    web = IPv4Address("10.42.1.11")
+    assert explain(compiled, H2, web, container, "tcp", 80).allow
+    assert explain(compiled, H2, web, IPv4Address("10.42.2.2"), "tcp", 80).allow
+    refused = explain(compiled, H2, web, gateway, "tcp", 80)
+    assert not refused.allow and refused.reason == "no rule of p.yaml r0 allows it"
 
 
 def test_rules_that_never_select_this_host_are_left_out_but_empty_sets_stay() -> None:

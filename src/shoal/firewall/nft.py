@@ -32,7 +32,7 @@ in forward; underlay packets a vmap miss and one interval-set lookup.
 from __future__ import annotations
 
 import re
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 
 from shoal.plan.hostconfig import FirewallConfig, gateway_of
 from shoal.plan.policy import HostPolicy, HostRule
@@ -120,12 +120,28 @@ def _policy_sets(policy: HostPolicy) -> list[str]:
         for side, nets in (("src", rule.sources), ("dst", rule.dests)):
             lines += ["", f"\tset p{i}_{side} {{", "\t\ttype ipv4_addr", "\t\tflags interval"]
             if nets:
-                members = ", ".join(
-                    str(n.network_address) if n.prefixlen == 32 else str(n) for n in nets
-                )
-                lines.append(f"\t\telements = {{ {members} }}")
+                lines.append(f"\t\telements = {{ {', '.join(elements(nets))} }}")
             lines.append("\t}")
     return lines
+
+
+def elements(nets: tuple[IPv4Network, ...]) -> list[str]:
+    """Set elements for collapsed, sorted `nets` as nft lists them: each run of adjacent
+    networks one element (an address, a prefix when the run is one, else `first-last`)."""
+    runs: list[list[IPv4Address]] = []
+    for n in nets:
+        if runs and int(runs[-1][1]) + 1 == int(n.network_address):
+            runs[-1][1] = n.broadcast_address
+        else:
+            runs.append([n.network_address, n.broadcast_address])
+    out = []
+    for first, last in runs:
+        if first == last:
+            out.append(str(first))
+            continue
+        prefixes = list(summarize_address_range(first, last))
+        out.append(str(prefixes[0]) if len(prefixes) == 1 else f"{first}-{last}")
+    return out
 
 
 def _match(rule: HostRule) -> str:
@@ -148,6 +164,11 @@ def _policy_chain(policy: HostPolicy) -> list[str]:
     ]
     lines += ["\t\tdrop", "\t}"]
     return lines
+
+
+def enforces_policy(listing: str) -> bool:
+    """Whether a listing of the table has a policy chain."""
+    return f"chain {POLICY_CHAIN} {{" in listing
 
 
 def load_script(cfg: FirewallConfig) -> str:

@@ -88,22 +88,28 @@ def source_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
     return [_host(c.ip) for c in netmap.containers if _container_matches(sel, c)]
 
 
+def _containers_part(subnet: IPv4Network, net: IPv4Network) -> list[IPv4Network]:
+    """The part of `net` inside `subnet` that containers may hold: without the bridge's
+    gateway, which is the host itself (its services are only ever opened by `mesh-host`)."""
+    part = subnet if net.supernet_of(subnet) else net if subnet.supernet_of(net) else None
+    if part is None:
+        return []
+    gateway = _host(next(subnet.hosts()))
+    return list(part.address_exclude(gateway)) if part.supernet_of(gateway) else [part]
+
+
 def dest_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
     """What `sel` selects on this host (`netmap.self_node`): containers, or its mesh IP."""
     me = netmap.self_node
     if sel.kind == "mesh-host":
         return [_host(me.mesh_ip)] if sel.value in (None, me.name) else []
-    if sel.kind == "any":
-        return [me.subnet]
-    if sel.kind == "node":
-        return [me.subnet] if sel.value == me.name else []
-    if sel.kind == "tag":
-        return [me.subnet] if sel.value in me.tags else []
+    every = sel.kind == "any" or (sel.kind == "node" and sel.value == me.name)
+    if every or (sel.kind == "tag" and sel.value in me.tags):
+        return _containers_part(me.subnet, me.subnet)
+    if sel.kind in ("node", "tag"):
+        return []
     if sel.kind == "cidr":
-        net = sel.network()
-        if net.supernet_of(me.subnet):
-            return [me.subnet]
-        return [net] if me.subnet.supernet_of(net) else []
+        return _containers_part(me.subnet, sel.network())
     return [
         _host(c.ip) for c in netmap.containers if c.node_id == me.id and _container_matches(sel, c)
     ]
