@@ -100,6 +100,35 @@ async def test_the_policy_survives_a_restart(tmp_path: Path) -> None:
         assert update.policy is not None and update.policy.rules[0].line == 2
 
 
+async def test_clear_brings_every_node_back_to_the_defaults_and_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    async with running_server(tmp_path) as server:
+        a = await join(server, "alpha")
+        async with admin_client(server) as admin:
+            assert (await admin.clear_policy()).revision is None  # nothing to clear: no-op
+        await set_policy(server, WEB_DB)
+        async with node_client(server, a.key) as client:
+            held = a.netmap.apply(await client.poll(since=a.netmap.revision, wait=0))
+        assert held.policy is not None
+        async with admin_client(server) as admin:
+            assert (await admin.clear_policy()).revision == 2
+            with pytest.raises(ControlRejected) as none:
+                await admin.get_policy()
+            assert none.value.code == "not_found"
+            (verdict,) = await admin.test_policy("alpha", "alpha", "icmp", None)
+            assert verdict.policy_revision is None
+        async with node_client(server, a.key) as client:
+            update = await client.poll(since=held.revision, wait=0)
+        assert update.kind == "delta" and update.policy_cleared and update.policy is None
+        assert held.apply(update).policy is None
+    async with running_server(tmp_path) as server:
+        async with node_client(server, a.key) as client:
+            full = await client.poll(since=0, wait=0)
+        assert full.full is not None and full.full.policy is None
+        assert await set_policy(server, WEB_DB) == 3  # the numbers go on after a removal
+
+
 def report(n: int, name: str, ip: str, service: str) -> ContainerReport:
     return ContainerReport(
         id=f"{n:064x}", name=name, ip=IPv4Address(ip), project="app", service=service

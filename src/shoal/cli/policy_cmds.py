@@ -1,4 +1,4 @@
-"""`shoal policy set|get|check|test`: the access-control policy (parsing and rendering only).
+"""`shoal policy set|get|clear|check|test`: the access-control policy (parsing and rendering only).
 
 `check` runs offline (parse + inline tests, no server); the others talk to the server like
 the other admin commands (`--data-dir` on the server host, or `--server` + SHOAL_ADMIN_TOKEN).
@@ -65,6 +65,15 @@ def cmd_policy_get(args: argparse.Namespace) -> int:
         return 0
     print(f"# policy r{info.revision} from {info.file}, set {info.set_at:%Y-%m-%d %H:%M:%S} UTC")
     sys.stdout.write(info.source if info.source.endswith("\n") else info.source + "\n")
+    return 0
+
+
+def cmd_policy_clear(args: argparse.Namespace) -> int:
+    cleared = _with_admin(args, lambda c: c.clear_policy())
+    if cleared.revision is None:
+        print("no policy was set; shoal's defaults apply")
+    else:
+        print(f"policy r{cleared.revision}: removed; shoal's defaults apply")
     return 0
 
 

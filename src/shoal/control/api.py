@@ -19,6 +19,7 @@
     GET    /v1/admin/nodes              → [NodeInfo]
     PUT    /v1/admin/policy             PolicySetRequest → PolicyInfo (validated, inline tests)
     GET    /v1/admin/policy             → PolicyInfo (404: none set)
+    DELETE /v1/admin/policy             → PolicyCleared: back to shoal's defaults
     GET    /v1/admin/policy/test?src=A&dst=B&proto=tcp&port=N → [PolicyVerdict]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
@@ -191,6 +192,7 @@ def build_app(
     app.router.add_get("/metrics", get_metrics)
     app.router.add_put("/v1/admin/policy", set_policy)
     app.router.add_get("/v1/admin/policy", get_policy)
+    app.router.add_delete("/v1/admin/policy", clear_policy)
     app.router.add_get("/v1/admin/policy/test", test_policy)
     dashboard.install(app, service, app[RELAY])
     return app
@@ -558,6 +560,11 @@ async def set_policy(request: web.Request) -> web.Response:
 async def get_policy(request: web.Request) -> web.Response:
     service = await _admin(request)
     return _json(service.get_policy())
+
+
+async def clear_policy(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    return _json(await service.clear_policy())
 
 
 async def test_policy(request: web.Request) -> web.Response:

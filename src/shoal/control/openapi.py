@@ -25,6 +25,7 @@ from shoal.model.api import (
     ErrorBody,
     NodeInfo,
     NodeReport,
+    PolicyCleared,
     PolicyInfo,
     PolicySetRequest,
     PolicyVerdict,
@@ -179,6 +180,13 @@ ROUTES: tuple[Route, ...] = (
         PolicyInfo,
     ),
     Route("GET", "/v1/admin/policy", "The policy in force", "admin", reply=PolicyInfo),
+    Route(
+        "DELETE",
+        "/v1/admin/policy",
+        "Remove the policy: shoal's defaults apply again",
+        "admin",
+        reply=PolicyCleared,
+    ),
     Route(
         "GET",
         "/v1/admin/policy/test",

@@ -274,14 +274,18 @@ class Registry:
             self.log.record(rev, [c.key for c in changed] + [(node_id, c) for c in removed])
         return rev
 
-    async def save_policy(self, policy: Policy, source: str) -> PolicyRecord:
-        """Persist a validated policy (its text as given) at a new revision; it reaches every
-        node's next poll in the delta."""
+    async def save_policy(self, policy: Policy | None, source: str) -> PolicyRecord:
+        """Persist a validated policy (its text as given) at a new revision, or with None its
+        removal (a record with no file: shoal's defaults again); it reaches every node's next
+        poll in the delta."""
         async with self._write:
-            record = await self.store.save_policy(policy.file, source, self._clock())
+            file = "" if policy is None else policy.file
+            record = await self.store.save_policy(file, source, self._clock())
             await self._fill_gap(record.updated_rev)
             self.policy_record = record
-            self.policy = policy.model_copy(update={"revision": record.revision})
+            self.policy = (
+                None if policy is None else policy.model_copy(update={"revision": record.revision})
+            )
             self.log.record(record.updated_rev, [])
         return record
 
@@ -428,15 +432,16 @@ class Registry:
             peers_removed=tuple(k for k in changed.nodes if k not in self._models),
             containers_changed=tuple(visible),
             containers_removed=tuple(k for k in changed.containers if k not in shown),
-            policy=(
-                self.policy
-                if self.policy_record is not None and self.policy_record.updated_rev > since
-                else None
-            ),
+            policy=self.policy if self._policy_changed(since) else None,
+            policy_cleared=self.policy is None and self._policy_changed(since),
         )
         return SharedDelta(nodes_changed=nodes, update=update)
 
     # Internals.
+
+    def _policy_changed(self, since: int) -> bool:
+        """Whether the policy was set or cleared after revision `since`."""
+        return self.policy_record is not None and self.policy_record.updated_rev > since
 
     async def _set_online(self, node_ids: Iterable[str], *, online: bool) -> list[str]:
         async with self._write:
@@ -488,6 +493,9 @@ class Registry:
         )
 
 
-def _policy(record: PolicyRecord) -> Policy:
-    """A stored policy, parsed again (it was validated before it was stored)."""
+def _policy(record: PolicyRecord) -> Policy | None:
+    """A stored policy, parsed again (it was validated before it was stored); None for a
+    removal."""
+    if record.cleared:
+        return None
     return parse(record.source, record.file).model_copy(update={"revision": record.revision})

@@ -54,6 +54,7 @@ from shoal.model.api import (
     ContainerReport,
     ContainersReport,
     NodeInfo,
+    PolicyCleared,
     PolicyInfo,
     PolicySetRequest,
     PolicyVerdict,
@@ -545,6 +546,16 @@ class ControlService:
         )
         self._warn_unpublishable(self.registry.containers())
         return self.get_policy()
+
+    async def clear_policy(self) -> PolicyCleared:
+        """Remove the policy: every node is back to shoal's defaults with its next poll.
+        Idempotent: with no policy in force nothing is stored (revision None)."""
+        async with self._lock:
+            if self.registry.policy is None:
+                return PolicyCleared(revision=None)
+            record = await self.registry.save_policy(None, "")
+        log.info("policy r%d: removed, shoal's defaults apply", record.revision)
+        return PolicyCleared(revision=record.revision)
 
     def get_policy(self) -> PolicyInfo:
         record, policy = self.registry.policy_record, self.registry.policy

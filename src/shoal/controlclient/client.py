@@ -41,6 +41,7 @@ from shoal.model.api import (
     ErrorBody,
     NodeInfo,
     NodeReport,
+    PolicyCleared,
     PolicyInfo,
     PolicySetRequest,
     PolicyVerdict,
@@ -238,6 +239,9 @@ class ControlClient:
 
     async def get_policy(self) -> PolicyInfo:
         return await self._call("GET", "/v1/admin/policy", PolicyInfo)
+
+    async def clear_policy(self) -> PolicyCleared:
+        return await self._call("DELETE", "/v1/admin/policy", PolicyCleared)
 
     async def test_policy(
         self, src: str, dst: str, proto: str, port: int | None

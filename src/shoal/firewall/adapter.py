@@ -13,10 +13,11 @@ from shoal.plan.hostconfig import FirewallConfig
 
 async def apply(cfg: FirewallConfig) -> bool:
     """Converge both to `cfg`; False when both already matched."""
-    changed = await nftables.apply(cfg)
-    changed |= await iptables.apply(cfg)
-    if changed and cfg.policy is not None:
-        # Established flows skip the policy: the ones it denies now are cut here.
+    loaded = await nftables.apply(cfg)
+    changed = await iptables.apply(cfg) or loaded.changed
+    if loaded.changed and (cfg.policy is not None or loaded.replaced_policy):
+        # Established flows skip the policy: the ones it denies now (a policy removed
+        # included: hosts' services close again) are cut here.
         await conntrack.cut_denied(cfg)
     return changed
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from dataclasses import dataclass
 
 from shoal.firewall import nft
 from shoal.firewall.errors import FirewallError, NftMissing
@@ -49,18 +50,27 @@ async def live_table() -> str | None:
     return out
 
 
-async def apply(cfg: FirewallConfig) -> bool:
-    """Converge the table to `cfg`; False when it already matched."""
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """What `apply` did: whether it loaded the table, and whether the table it replaced
+    enforced a policy (flows it allowed may be denied now, with or without a new policy)."""
+
+    changed: bool
+    replaced_policy: bool
+
+
+async def apply(cfg: FirewallConfig) -> Loaded:
+    """Converge the table to `cfg`; `changed` False when it already matched."""
     live = await live_table()
     if live is not None and nft.canonical(live) == nft.canonical(nft.render(cfg)):
-        return False
+        return Loaded(changed=False, replaced_policy=cfg.policy is not None)
     lines = nft.changes(cfg, live)
     code, _out, err = await _run(["-f", "-"], nft.load_script(cfg))
     if code != 0:
         raise _failed(["-f", "-"], code, err)
     for line in lines:
         log.info("%s", line)
-    return True
+    return Loaded(changed=True, replaced_policy=live is not None and nft.enforces_policy(live))
 
 
 async def teardown() -> bool:

@@ -255,6 +255,12 @@ class PolicyInfo(Frozen):
     rules: int
 
 
+class PolicyCleared(Frozen):
+    """`shoal policy clear`: the policy's removal, after which shoal's defaults apply."""
+
+    revision: int | None  # the removal's policy number; None: no policy was set, nothing changed
+
+
 class PolicyVerdict(Frozen):
     """`shoal policy test`: what the destination host's firewall does with a new flow."""
 

@@ -196,7 +196,7 @@ class NetworkMap(Frozen):
                     update.containers_removed,
                     _by_key,
                 ),
-                "policy": update.policy or self.policy,
+                "policy": None if update.policy_cleared else update.policy or self.policy,
             }
         )
 
@@ -255,3 +255,4 @@ class MapUpdate(Frozen):
     containers_changed: tuple[Container, ...] = ()  # added or modified (health, IP, ...)
     containers_removed: tuple[ContainerKey, ...] = ()  # (node id, container id)
     policy: Policy | None = None  # set in a delta when the policy changed
+    policy_cleared: bool = False  # in a delta: the policy was removed, shoal's defaults apply

@@ -116,10 +116,16 @@ class PolicyRecord:
     """The access-control policy as the admin set it (its text, comments and all)."""
 
     revision: int  # the policy's own number: 1 for the first one set, then 2, ...
-    file: str  # the name it was set from, for `file:line` in errors and verdicts
+    file: str  # the name it was set from, for `file:line` in errors and verdicts; "": cleared
     source: str
     set_at: datetime
     updated_rev: int = 0  # the global revision at which it reached the maps
+
+    @property
+    def cleared(self) -> bool:
+        """Whether this record removed the policy (`shoal policy clear`): shoal's defaults
+        apply again. A set policy always has a file name."""
+        return not self.file
 
 
 @dataclass(frozen=True, slots=True)
