@@ -488,9 +488,11 @@ class Agent:
 
     def _host_checks(self, netmap: NetworkMap) -> None:
         """Warnings that are facts of this host, checked when `shoal status` asks: the Docker
-        API or Swarm listening beyond loopback, names the policy does not let it publish."""
-        found = exposure.check()
-        for code in (exposure.DOCKER_API_EXPOSED, exposure.SWARM_EXPOSED):
+        API or Swarm listening beyond loopback, host services the enforced policy opens to
+        the mesh, names the policy does not let it publish."""
+        firewall = self.reconciler.applied("firewall")
+        found = exposure.check(firewall.policy if isinstance(firewall, FirewallConfig) else None)
+        for code in exposure.CODES:
             if code in found:
                 self.health.warn(code, found[code])
             else:

@@ -25,11 +25,15 @@ class HostRule(Frozen):
     ports: tuple[PortRange, ...] = ()  # empty: every port
 
     def allows(self, src: IPv4Address, dst: IPv4Address, proto: Proto, port: int | None) -> bool:
+        return any(src in n for n in self.sources) and self.opens(dst, proto, port)
+
+    def opens(self, dst: IPv4Address, proto: Proto, port: int | None) -> bool:
+        """Whether some source of the mesh may reach `dst` on `proto`/`port` by this rule."""
         if self.proto != "any" and self.proto != proto:
             return False
         if self.ports and (port is None or not any(port in r for r in self.ports)):
             return False
-        return any(src in n for n in self.sources) and any(dst in n for n in self.dests)
+        return bool(self.sources) and any(dst in n for n in self.dests)
 
 
 class HostPolicy(Frozen):
@@ -45,6 +49,10 @@ class HostPolicy(Frozen):
     ) -> HostRule | None:
         """The first rule allowing the flow, or None (denied)."""
         return next((r for r in self.rules if r.allows(src, dst, proto, port)), None)
+
+    def opening(self, dst: IPv4Address, proto: Proto, port: int | None) -> HostRule | None:
+        """The first rule letting any source of the mesh reach `dst` on `proto`/`port`."""
+        return next((r for r in self.rules if r.opens(dst, proto, port)), None)
 
 
 class Verdict(Frozen):
