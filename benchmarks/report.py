@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import controlplane
+from benchmarks import controlplane, policy
 from benchmarks.dataplane import render as dataplane_render
 from benchmarks.results import Machine, Results
 from benchmarks.scale import render as scale_render
@@ -114,8 +114,9 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
         "## Reproduce",
         "",
         f"`{REPRODUCE}` (as root on Debian 12, from a source checkout; it runs "
-        f"`{REPRODUCE_CLI}`). `--quick` for a smoke test, `--only dataplane|controlplane|scale` "
-        f"for one section. The whole run took {num(results.duration_seconds / 60, 1)} min.",
+        f"`{REPRODUCE_CLI}`). `--quick` for a smoke test, "
+        "`--only dataplane|controlplane|scale|policy` for one section."
+        f" The whole run took {num(results.duration_seconds / 60, 1)} min.",
     ]
     s = results.sections
     out += ["", "## Data plane", ""]
@@ -132,6 +133,10 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
         if "scale" in images:
             out += ["", f"![scale]({images['scale']})"]
     out += _section_end(s.scale.status, s.scale.reason, s.scale.seconds)
+    out += ["", "## Access-control policy", ""]
+    if s.policy.result is not None:
+        out += policy.render_markdown(s.policy.result)
+    out += _section_end(s.policy.status, s.policy.reason, s.policy.seconds)
     return "\n".join(out) + "\n"
 
 

@@ -2,12 +2,13 @@
 
     {"generated": date, "command": "make bench", "argv": [...], "quick": bool, "hosts": int,
      "machine": {...}, "duration_seconds": float,
-     "sections": {"dataplane" | "controlplane" | "scale":
+     "sections": {"dataplane" | "controlplane" | "scale" | "policy":
                   {"status": "ok" | "not run" | "failed" | "skipped", "reason": str | None,
                    "seconds": float | None, "result": the section's own result or None}}}
 
 Each section's result is its own typed model (`DataplaneResult`, `ControlplaneResult`,
-`ScaleResult`); a section that did not run has `result` None and says why in `reason`.
+`ScaleResult`, `PolicyResult`); a section that did not run has `result` None and says why in
+`reason`.
 
 The shape is the one the untyped runs wrote (their files parse: see
 tests/benchmarks/test_report.py), with two deliberate differences: a figure a system lacks is
@@ -22,10 +23,11 @@ from typing import Generic, Literal, TypeVar
 
 from benchmarks.controlplane import ControlplaneResult
 from benchmarks.dataplane.results import DataplaneResult
+from benchmarks.policy import PolicyResult
 from benchmarks.scale.results import ScaleResult
 from benchmarks.typed import Frozen
 
-R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult)
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult)
 Status = Literal["ok", "not run", "failed", "skipped"]
 
 
@@ -55,6 +57,10 @@ class Sections(Frozen):
     dataplane: Section[DataplaneResult]
     controlplane: Section[ControlplaneResult]
     scale: Section[ScaleResult]
+    # Files written before the section existed have no key: it did not run then.
+    policy: Section[PolicyResult] = Section[PolicyResult](
+        status="not run", reason="the run predates this section"
+    )
 
 
 class Results(Frozen):

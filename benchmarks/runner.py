@@ -1,4 +1,5 @@
-"""The benchmark run: the sections in order (dataplane, controlplane, scale), then the report.
+"""The benchmark run: the sections in order (dataplane, controlplane, scale, policy), then the
+report.
 
 Each section runs in its own labs or processes; a section that fails is recorded as "failed"
 with the reason, and the report is written anyway (after every section, so a run stopped later
@@ -21,18 +22,25 @@ from benchmarks.controlplane import ControlplaneResult, run_controlplane
 from benchmarks.dataplane.results import DataplaneResult
 from benchmarks.dataplane.run import run_dataplane
 from benchmarks.log import progress
+from benchmarks.policy import PolicyResult, run_policy
 from benchmarks.results import Results, Section, Sections
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.results import ScaleResult
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
-SECTIONS = ("dataplane", "controlplane", "scale")
+SECTIONS = ("dataplane", "controlplane", "scale", "policy")
 SCALE_NODES_FULL = (100, 1000, 5000)
 SCALE_NODES_QUICK = (100,)
 SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3
 
-R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult)
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult)
+AnySection = (
+    Section[DataplaneResult]
+    | Section[ControlplaneResult]
+    | Section[ScaleResult]
+    | Section[PolicyResult]
+)
 
 
 def _workdir(name: str) -> Path:
@@ -89,7 +97,7 @@ def run_bench(
         quick=quick,
         hosts=hosts,
         machine=report.machine_info(),
-        sections=Sections(dataplane=pending, controlplane=pending, scale=pending),
+        sections=Sections(dataplane=pending, controlplane=pending, scale=pending, policy=pending),
         duration_seconds=0.0,
     )
     chosen = [name for name in SECTIONS if not only or name in only]
@@ -98,13 +106,15 @@ def run_bench(
             skipped = Section(status="skipped", reason="not selected (--only)")
             results = _with(results, name, skipped, started)
             continue
-        section: Section[DataplaneResult] | Section[ControlplaneResult] | Section[ScaleResult]
+        section: AnySection
         if name == "dataplane":
             section = _run_section(name, lambda: run_dataplane(quick=quick))
         elif name == "controlplane":
             section = _run_section(name, lambda: run_controlplane(quick=quick))
-        else:
+        elif name == "scale":
             section = _run_section(name, lambda: _scale(quick))
+        else:
+            section = _run_section(name, lambda: run_policy(quick=quick))
         results = _with(results, name, section, started)
         # Written after every section: a run stopped later still leaves these figures.
         report.write_report(results, out)
@@ -116,7 +126,7 @@ def run_bench(
 def _with(
     results: Results,
     name: str,
-    section: Section[DataplaneResult] | Section[ControlplaneResult] | Section[ScaleResult],
+    section: AnySection,
     started: float,
 ) -> Results:
     sections = results.sections.model_copy(update={name: section})
@@ -135,6 +145,7 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
         ("dataplane", sections.dataplane.status, sections.dataplane.reason),
         ("controlplane", sections.controlplane.status, sections.controlplane.reason),
         ("scale", sections.scale.status, sections.scale.reason),
+        ("policy", sections.policy.status, sections.policy.reason),
     )
     for name, status, reason in outcomes:
         print(f"{name}: {status}" + (f" ({reason})" if reason else ""))
@@ -142,4 +153,10 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
     ratio = dp.shoal_vs_handwg.ratios.tcp1_gbps if dp is not None else None
     if ratio is not None:
         print(f"shoal / hand-written WireGuard, TCP 1 stream: {ratio:.2f}x (target >= 0.95x)")
+    pol = sections.policy.result
+    if pol is not None and pol.tcp1_ratio is not None:
+        print(
+            f"{pol.rules}-rule policy / no policy, TCP 1 stream: {pol.tcp1_ratio:.2f}x, "
+            f"CPU per Gbit: {pol.cpu_per_gbit_ratio or 0:.2f}x (target >= {pol.target}x)"
+        )
     return 1 if any(status == "failed" for _, status, _ in outcomes) else 0

@@ -40,6 +40,7 @@ from shoal.model.api import (
 )
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, MapUpdate, NetworkMap, Node
+from shoal.plan.policy import compile_for
 
 POLL_WAIT = 25.0  # seconds, as the agent's default long-poll
 CATCHUP_CONCURRENCY = 16  # first polls (each a delta of up to N peers) in flight at once
@@ -48,7 +49,7 @@ RETRY_SECONDS = 1.0  # after a failed poll, as the agent's first backoff step
 REGISTER_ATTEMPTS = 3  # a registration timed out under load is tried again with the same key
 UNDERLAY_BASE = IPv4Address("198.18.0.0")  # benchmarking range (RFC 2544): endpoints only
 
-Kind = Literal["node", "container"]
+Kind = Literal["node", "container", "policy"]
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ class Interner:
 
 @dataclass
 class Watch:
-    """The change being measured: which peer name or container id agents wait for."""
+    """The change being measured: which peer name, container id or policy revision agents
+    wait for."""
 
     kind: Kind
     key: str
@@ -126,6 +128,9 @@ class Watch:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def matches(self, update: MapUpdate) -> bool:
+        if self.kind == "policy":
+            policy = update.full.policy if update.full is not None else update.policy
+            return policy is not None and str(policy.revision) == self.key
         if self.kind == "node":
             peers = update.full.peers if update.full is not None else update.peers_changed
             return any(p.name == self.key for p in peers)
@@ -263,6 +268,12 @@ class Fleet:
                 agent.netmap = agent.netmap.apply(got.update)
                 cost += time.perf_counter() - started
                 if watch is not None and got.at == arrived:
+                    if watch.kind == "policy" and agent.netmap.policy is not None:
+                        # The agent's own step before `nft -f`: the policy compiled for its
+                        # host (the table load is measured in the policy section).
+                        started = time.perf_counter()
+                        compile_for(agent.netmap.policy, agent.netmap)
+                        cost += time.perf_counter() - started
                     # What this agent spent before its map held the change.
                     watch.own_cost[agent.index] = cost
                 if got.counted:
@@ -279,7 +290,9 @@ class Fleet:
         count = 0
         for agent in self.agents:
             netmap = agent.netmap
-            if watch.kind == "node":
+            if watch.kind == "policy":
+                found = netmap.policy is not None and str(netmap.policy.revision) == watch.key
+            elif watch.kind == "node":
                 found = any(p.name == watch.key for p in netmap.peers)
             else:
                 # Containers are sorted by (node id, container id), not by id alone.

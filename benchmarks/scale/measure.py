@@ -8,7 +8,9 @@ makes `changes` changes one at a time, waiting for quiescence in between, and me
 long each takes to reach every connected agent:
 
 - a node joining: from the register call until every agent's map holds the new node;
-- a container starting: from one agent's `report_containers` until every map holds it.
+- a container starting: from one agent's `report_containers` until every map holds it;
+- a policy change: from the admin's `set_policy` call (`shoal policy set`) until every map
+  holds the new revision, the agent's compile for its host (`compile_for`) included.
 
 Latency per agent = (time its `poll` returned, its own parse included - time of the change) +
 that agent's own apply time (applies run after every agent has received the change).
@@ -61,13 +63,18 @@ from benchmarks.scale.server import (
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.model.api import RegisterResponse, TokenCreateRequest
+from shoal.model.api import PolicySetRequest, RegisterResponse, TokenCreateRequest
 from shoal.model.netmap import MapUpdate
+from shoal.model.policy import parse
 
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
 REGISTER_CONCURRENCY = 32  # registrations in flight at once
 REGISTER_SAMPLES = 20  # registration replies measured for their size, evenly spread
 PARSE_RUNS = 200  # parses of a sample delta, timed
+# Rules of the policy whose changes are measured: a mesh's worth of service-to-service rules.
+# Its parse, once per simulated agent in this one process, adds to the fan-out's tail (see the
+# notes); a 1,000-rule policy's cost on the data plane is the policy section's.
+POLICY_RULES = 50
 SHARED_CORES_NOTE = (
     "The simulated agents and the server share this machine's {cores} cores (and other "
     "engineers' test runs): figures are noisy upper bounds, compare ratios within one run."
@@ -119,6 +126,45 @@ async def measure_change(
         bytes_in=fleet.bytes_in,
         server_cpu_s=server.cpu_s() - cpu0,
     )
+
+
+def policy_text(rules: int) -> str:
+    """A policy of `rules` service-to-service rules (one port each)."""
+    lines = ["rules:"] + [
+        f"  - {{from: 'service:svc{i}', to: 'service:svc{i}-db', ports: {10000 + i}}}"
+        for i in range(rules)
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def _policy_changes(
+    fleet: Fleet, server: Server, changes: int, timeout: float
+) -> tuple[list[ChangeResult], str | None]:
+    """`changes` policies set one after the other (`shoal policy set`'s call), each measured
+    until every agent's map holds it and the agent compiled it for its host; the results, or
+    why the policy fan-out could not be measured."""
+    results: list[ChangeResult] = []
+    request = PolicySetRequest(file="bench.yaml", source=policy_text(POLICY_RULES))
+    async with ControlClient(
+        server.url, fleet.server.ca_pem, credential=server.admin_token
+    ) as admin:
+        for c in range(changes):
+            # A fresh server: the c-th policy set is revision c + 1.
+            revision = str(c + 1)
+            got: list[str] = []
+
+            async def set_policy(out: list[str] = got) -> None:
+                try:
+                    out.append(str((await admin.set_policy(request)).revision))
+                except ControlError as exc:
+                    out.append(f"set_policy failed: {type(exc).__name__}: {exc}")
+
+            result = await measure_change(fleet, server, "policy", revision, set_policy, timeout)
+            if got != [revision]:
+                return results, got[0] if got else "no reply"
+            results.append(result)
+            await wait_quiet(server)
+    return results, None
 
 
 def sync_timeout(nodes: int) -> float:
@@ -270,6 +316,7 @@ async def _measure(
                     container_note = "reported containers never reached the agents' maps"
                     break
                 containers.append(result)
+            policies, policy_note = await _policy_changes(fleet, server, changes, fanout_timeout)
             cpu_end = server.cpu_s()
             rss_end = server.rss_mb()
             parse_us = parse_cost_us(fleet.sample_delta) if fleet.sample_delta else None
@@ -279,9 +326,21 @@ async def _measure(
 
     if container_note is not None:
         notes.append(f"{nodes} nodes: container fan-out n/a: {container_note}")
+    if policy_note is not None:
+        notes.append(f"{nodes} nodes: policy fan-out n/a: {policy_note}")
+    if policies:
+        policy = parse(policy_text(POLICY_RULES), "bench.yaml")
+        delta = MapUpdate(kind="delta", revision=1, policy=policy).model_dump_json().encode()
+        us = parse_cost_us(delta)
+        notes.append(
+            f"{nodes} nodes: a {POLICY_RULES}-rule policy delta ({len(delta)} bytes) parses in "
+            f"{us:.0f} µs here: up to {nodes * us / 1000:.0f} ms of the policy fan-out's tail "
+            "is the simulated agents parsing one after another in this one process."
+        )
     join_ms = [ms for r in joins for ms in r.latencies_ms]
     container_ms = [ms for r in containers for ms in r.latencies_ms]
-    measured = [*joins, *containers]
+    measured = [*joins, *containers, *policies]
+    policy_ms = [ms for r in policies for ms in r.latencies_ms]
     missed = sum(r.expected - r.reached for r in measured)
     if missed:
         notes.append(f"{nodes} nodes: {missed} agent-changes not reached within the timeout")
@@ -328,6 +387,9 @@ async def _measure(
         client_parse_us_per_delta=round(parse_us, 1) if parse_us is not None else None,
         missed=missed,
         verdict=ScalePoint.judge(nodes, join_fanout.p99, rss_end),
+        policy_fanout_ms=Summary.of(policy_ms) if policies else None,
+        policy_fanout_per_change_ms=tuple(Summary.of(r.latencies_ms) for r in policies),
+        policy_rules=POLICY_RULES if policies else None,
     )
 
 

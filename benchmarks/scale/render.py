@@ -20,6 +20,7 @@ def render_markdown(result: ScaleResult) -> str:
         "| server CPU s (reg/sync/end) | registrations/s |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    with_policy = [p for p in result.measured if p.policy_fanout_ms is not None]
     measured = result.measured
     for p in measured:
         cont = p.container_fanout_ms
@@ -40,6 +41,21 @@ def render_markdown(result: ScaleResult) -> str:
             + ", ".join(f"{b:.0f}" for b in per_agent)
             + " (deltas: constant as N grows means total cost grows with N, not N²)."
         )
+    if with_policy:
+        lines += [
+            "",
+            "Policy changes (`shoal policy set` → every agent's map holds it, compiled for its "
+            "host):",
+            "",
+            "| nodes | rules | policy p50 ms | policy p99 ms | policy max ms |",
+            "|---:|---:|---:|---:|---:|",
+            *(
+                f"| {p.nodes} | {p.policy_rules} | {_ms(p.policy_fanout_ms, 'p50')} "
+                f"| {_ms(p.policy_fanout_ms, 'p99')} | {_ms(p.policy_fanout_ms, 'max')} |"
+                for p in with_policy
+            ),
+            "",
+        ]
     lines += [f"- {p.verdict}" for p in measured]
     lines += [f"- note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"

@@ -79,6 +79,11 @@ class ScalePoint(Frozen):
     client_parse_us_per_delta: float | None = None
     missed: int  # agent-changes not reached within the timeout
     verdict: str
+    # `shoal policy set` → every agent's map holds the new policy, compiled for its host
+    # (None: older runs, or the policy could not be set).
+    policy_fanout_ms: Summary | None = None
+    policy_fanout_per_change_ms: tuple[Summary, ...] = ()
+    policy_rules: int | None = None
 
     @staticmethod
     def judge(nodes: int, join_p99_ms: float, rss_end_mb: float) -> str:

@@ -26,9 +26,14 @@ async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
     assert point.register_reply_bytes_mean > 0
     assert point.client_parse_us_per_delta is not None and point.client_parse_us_per_delta > 0
     assert not any("client errors" in note for note in result.notes)
+    # Policy changes reach every agent too, each revision measured.
+    assert point.policy_fanout_ms is not None and point.policy_rules == 50
+    assert len(point.policy_fanout_per_change_ms) == 3
+    assert not any("policy fan-out n/a" in note for note in result.notes)
 
     text = render_markdown(result)
     assert "| 20 |" in text
+    assert "| 20 | 50 |" in text  # the policy table
     assert "20 nodes" in text
 
     png = chart(result, tmp_path / "scale.png")
