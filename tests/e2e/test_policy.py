@@ -62,10 +62,6 @@ POLICY_V2 = (
     .replace("ports: [6379, 7000]", "ports: [6379]")
     .replace("port: 8080, expect: deny", "port: 8080, expect: allow")
 )
-ALLOW_ALL = (
-    "# the defaults' verdicts: containers reach containers, hosts closed\n"
-    "rules:\n  - {from: '*', to: '*'}\n"
-)
 
 # Serves every port of argv[1:] from inside a container's network namespace: accepts and
 # echoes whatever arrives (the connection stays open).
@@ -147,17 +143,15 @@ def set_policy(lab: Lab, text: str, path: Path) -> float:
     return datetime.fromisoformat(info["set_at"]).timestamp()
 
 
-def enforced(host: LabHost, revision: int) -> bool:
+def enforced(host: LabHost, revision: int | None) -> bool:
     return status(host).get("policy_revision") == revision
 
 
 @pytest.fixture(scope="module")
-def hosts(
-    lab: Lab, join_token: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LabHost, LabHost, LabHost]]:
+def hosts(lab: Lab, join_token: str) -> Iterator[tuple[LabHost, LabHost, LabHost]]:
     """h1..h3 in the mesh with CONTAINERS (each serving PORTS and ECHO_PORT) and a server on
-    0.0.0.0:HOST_PORT of h2; afterwards an allow-all policy (the defaults' verdicts) so later
-    tests of the session see the mesh as before."""
+    0.0.0.0:HOST_PORT of h2; afterwards the policy is cleared, so later tests of the session
+    see the mesh as before."""
     hs = lab.hosts[:3]
     servers: list[subprocess.Popen[bytes]] = []
     for host in hs:
@@ -191,8 +185,7 @@ def hosts(
             )
         yield hs[0], hs[1], hs[2]
     finally:
-        reset = tmp_path_factory.mktemp("policy") / "allow-all.yaml"
-        set_policy(lab, ALLOW_ALL, reset)
+        admin(lab, "policy", "clear")
         for server in servers:
             server.kill()
             server.wait(timeout=10)
@@ -263,6 +256,35 @@ def test_a_mesh_host_rule_opens_a_host_service_to_whom_it_names(
     assert h3.exec(run, check=False).stdout.strip() == "closed"
     assert not tcp_opens(h3, "pol-cache", mesh2, HOST_PORT)
     assert not tcp_opens(h1, "pol-web1", mesh2, 22)  # only the port the rule names
+    # h2 names the service the rule opened to the mesh in its health warnings.
+    warnings = {w["code"]: w["message"] for w in status(h2)["health"]}
+    assert f"tcp 0.0.0.0:{HOST_PORT} (opened by policy.yaml:" in warnings.get(
+        "mesh-reachable-listener", ""
+    ), warnings
+
+
+def test_clearing_the_policy_brings_back_the_defaults_everywhere(
+    lab: Lab, hosts: tuple[LabHost, LabHost, LabHost], tmp_path: Path
+) -> None:
+    h1, h2, h3 = hosts
+    set_policy(lab, POLICY_V1, tmp_path / "policy.yaml")
+    rev = json.loads(admin(lab, "policy", "get", "--json").stdout)["revision"]
+    wait_until("every host to enforce the policy", lambda: all(enforced(h, rev) for h in hosts))
+    db, mesh2 = h2.container_ip("pol-db"), IPv4Address(status(h2)["mesh_ip"])
+    reach_host = [sys.executable, "-c", _CONNECT, str(mesh2), str(HOST_PORT), "2"]
+    wait_until("h1 to reach h2's service", lambda: h1.exec(reach_host).stdout.strip() == "open")
+    assert not tcp_opens(h3, "pol-web3", db, 8080)
+    out = admin(lab, "policy", "clear").stdout
+    assert out.strip() == f"policy r{rev + 1}: removed; shoal's defaults apply"
+    wait_until("every host back to the defaults", lambda: all(enforced(h, None) for h in hosts))
+    # The defaults: containers reach containers, hosts' own services are closed again.
+    assert tcp_opens(h3, "pol-web3", db, 8080)
+    assert h1.exec(reach_host).stdout.strip() == "closed"
+    warnings = {w["code"] for w in status(h2)["health"]}
+    assert "mesh-reachable-listener" not in warnings
+    assert admin(lab, "policy", "clear").stdout.strip() == (
+        "no policy was set; shoal's defaults apply"
+    )
 
 
 def test_a_policy_change_takes_effect_within_a_second(
