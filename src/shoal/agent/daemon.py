@@ -458,6 +458,9 @@ class Agent:
     async def _on_containers(self, containers: list[ContainerReport]) -> None:
         self._containers = containers
         self._containers_changed.set()
+        # A container restarted with its address kept is behind a new bridge port: the
+        # netmap does not change, the firewall's anti-spoofing bindings must.
+        self.reconciler.recheck("firewall")
 
     async def _report_containers(self) -> None:
         """Send the newest container set; latest wins, failures retry with the newest."""

@@ -124,10 +124,11 @@ class _Slot:
         self.last_applied_at: datetime | None = None
         self.applies_total = 0
         self.failures_total = 0
+        self.recheck = False  # the host changed under this part: apply it even if unchanged
 
     def due(self, cfg: HostConfig, now: float, force: bool) -> bool:
         part = self.part(cfg)
-        if force:
+        if force or self.recheck:
             return True
         if part == self.applied:
             return False
@@ -194,6 +195,13 @@ class Reconciler:
     def offer(self, netmap: NetworkMap) -> None:
         """Hand over the newest netmap; an older one not yet applied is dropped."""
         self._netmap = netmap
+        self._wakeup.set()
+
+    def recheck(self, name: str) -> None:
+        """Apply subsystem `name` again at the next round, its part changed or not: something
+        it reads from the host changed (a container's bridge port, for the firewall)."""
+        for slot in self._slots:
+            slot.recheck |= slot.name == name
         self._wakeup.set()
 
     def subsystems(self) -> tuple[SubsystemState, ...]:
@@ -312,6 +320,7 @@ class Reconciler:
 
     def _succeeded(self, slot: _Slot, cfg: HostConfig) -> None:
         slot.applied, slot.failed, slot.retry_at = slot.part(cfg), None, None
+        slot.recheck = False
         slot.failures, slot.last_error = 0, None
         slot.last_applied_at = self._clock.now()
         self._health.clear(subsystem_failed(slot.name))
@@ -323,7 +332,7 @@ class Reconciler:
             log.exception("%s: apply failed", slot.name)
         delay = RETRY_SECONDS[min(slot.failures, len(RETRY_SECONDS) - 1)]
         # What the host looks like after a partial apply is unknown: re-apply even if unchanged.
-        slot.applied, slot.failed = None, slot.part(cfg)
+        slot.applied, slot.failed, slot.recheck = None, slot.part(cfg), False
         slot.retry_at = self._clock.monotonic() + delay
         slot.failures += 1
         slot.failures_total += 1

@@ -171,13 +171,16 @@ def enforces_policy(listing: str) -> bool:
     return f"chain {POLICY_CHAIN} {{" in listing
 
 
+def replace(family: str, table: str) -> str:
+    """`nft -f` input replacing shoal's table of `family` by `table` (its rendering) whole
+    (created first, so the delete never fails on a host that has none yet)."""
+    return f"table {family} {TABLE}\ndelete table {family} {TABLE}\n{table}"
+
+
 def load_script(cfg: FirewallConfig) -> str:
-    """`nft -f` input replacing the table whole in one transaction (created first, so the
-    delete never fails on a host that has none yet)."""
-    return f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n{render(cfg)}"
+    """`nft -f` input replacing the inet table whole in one transaction."""
+    return replace(FAMILY, render(cfg))
 
-
-DELETE_SCRIPT = f"delete table {FAMILY} {TABLE}\n"
 
 _ELEMENTS = re.compile(r"\{ ([^{}]*) \}")
 
@@ -208,13 +211,19 @@ def canonical(listing: str) -> list[str]:
 def changes(cfg: FirewallConfig, live: str | None) -> list[str]:
     """What loading `render(cfg)` changes in `live` (the current listing, None: no table), as
     readable lines; empty when nothing."""
+    return diff(FAMILY, live, render(cfg))
+
+
+def diff(family: str, live: str | None, table: str) -> list[str]:
+    """What loading `table` changes in `live` (shoal's table of `family` as listed, None:
+    none), as readable lines; empty when nothing."""
     if live is None:
-        return [f"firewall: table {FAMILY} {TABLE} created"]
-    have, want = canonical(live), canonical(render(cfg))
+        return [f"firewall: table {family} {TABLE} created"]
+    have, want = canonical(live), canonical(table)
     removed = [line.strip() for line in have if line not in want]
     added = [line.strip() for line in want if line not in have]
-    lines = [f"firewall: {FAMILY} {TABLE} - {line}" for line in removed]
-    lines += [f"firewall: {FAMILY} {TABLE} + {line}" for line in added]
+    lines = [f"firewall: {family} {TABLE} - {line}" for line in removed]
+    lines += [f"firewall: {family} {TABLE} + {line}" for line in added]
     if not lines and have != want:
-        lines.append(f"firewall: table {FAMILY} {TABLE} reordered")
+        lines.append(f"firewall: table {family} {TABLE} reordered")
     return lines

@@ -1,5 +1,6 @@
-"""Loads shoal's table (`nft.render`) with the `nft` binary: one atomic `nft -f` of the whole
-table when the live one differs, nothing otherwise; the only module that runs `nft`."""
+"""Loads shoal's tables with the `nft` binary: `inet shoal` (`nft.render`) and `bridge shoal`
+(`antispoof.render`, from the bridge ports the kernel lists now), in one atomic `nft -f` when
+either live one differs, nothing otherwise; the only module that runs `nft`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import logging
 import shutil
 from dataclasses import dataclass
 
-from shoal.firewall import nft
+from shoal import hostnet
+from shoal.firewall import antispoof, nft
 from shoal.firewall.errors import FirewallError, NftMissing
 from shoal.plan.hostconfig import FirewallConfig
 
@@ -39,9 +41,9 @@ def _failed(args: list[str], code: int, err: str) -> FirewallError:
     return FirewallError(f"{NFT} {' '.join(args)} failed (exit {code}): {detail}")
 
 
-async def live_table() -> str | None:
-    """`nft list table inet shoal`, or None when there is no such table."""
-    args = ["list", "table", nft.FAMILY, nft.TABLE]
+async def live_table(family: str = nft.FAMILY) -> str | None:
+    """`nft list table <family> shoal`, or None when there is no such table."""
+    args = ["list", "table", family, nft.TABLE]
     code, out, err = await _run(args)
     if code != 0:
         if "No such file or directory" in err:
@@ -59,13 +61,37 @@ class Loaded:
     replaced_policy: bool
 
 
+async def bindings(cfg: FirewallConfig) -> antispoof.Bindings:
+    """This host's containers bound to the bridge ports the kernel finds them behind now."""
+    try:
+        ports = await hostnet.port_addresses(cfg.bridge)
+    except hostnet.HostNetError as exc:
+        raise FirewallError(f"cannot list the containers behind {cfg.bridge}: {exc}") from exc
+    found = antispoof.bindings(cfg.local_containers, ports)
+    if found.contested:
+        log.warning(
+            "firewall: %s found behind several ports of %s (a container gave itself a "
+            "neighbour's address): no port may send from it",
+            ", ".join(str(a) for a in found.contested),
+            cfg.bridge,
+        )
+    return found
+
+
+def _same(live: str | None, want: str) -> bool:
+    return live is not None and nft.canonical(live) == nft.canonical(want)
+
+
 async def apply(cfg: FirewallConfig) -> Loaded:
-    """Converge the table to `cfg`; `changed` False when it already matched."""
-    live = await live_table()
-    if live is not None and nft.canonical(live) == nft.canonical(nft.render(cfg)):
+    """Converge both tables to `cfg` (and the bridge's ports now); `changed` False when both
+    already matched."""
+    live, live_bridge = await live_table(), await live_table(antispoof.FAMILY)
+    bridge = antispoof.render(await bindings(cfg))
+    if _same(live, nft.render(cfg)) and _same(live_bridge, bridge):
         return Loaded(changed=False, replaced_policy=cfg.policy is not None)
-    lines = nft.changes(cfg, live)
-    code, _out, err = await _run(["-f", "-"], nft.load_script(cfg))
+    lines = nft.changes(cfg, live) + nft.diff(antispoof.FAMILY, live_bridge, bridge)
+    script = nft.load_script(cfg) + nft.replace(antispoof.FAMILY, bridge)
+    code, _out, err = await _run(["-f", "-"], script)
     if code != 0:
         raise _failed(["-f", "-"], code, err)
     for line in lines:
@@ -74,11 +100,14 @@ async def apply(cfg: FirewallConfig) -> Loaded:
 
 
 async def teardown() -> bool:
-    """Delete the table; False when there was none."""
-    if await live_table() is None:
+    """Delete both tables; False when there was neither."""
+    present = [f for f in (nft.FAMILY, antispoof.FAMILY) if await live_table(f) is not None]
+    if not present:
         return False
-    code, _out, err = await _run(["-f", "-"], nft.DELETE_SCRIPT)
+    script = "".join(f"delete table {family} {nft.TABLE}\n" for family in present)
+    code, _out, err = await _run(["-f", "-"], script)
     if code != 0:
         raise _failed(["-f", "-"], code, err)
-    log.info("firewall: table %s %s removed", nft.FAMILY, nft.TABLE)
+    for family in present:
+        log.info("firewall: table %s %s removed", family, nft.TABLE)
     return True

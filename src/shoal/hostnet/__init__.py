@@ -4,6 +4,7 @@ The only importer of pyroute2 besides the data plane; every call acts on the cur
 namespace, converges one aspect and returns whether it changed anything.
 """
 
+from shoal.hostnet.bridgeports import port_addresses
 from shoal.hostnet.errors import HostNetError, LinkNotFound
 from shoal.hostnet.netlink import (
     create_link,
@@ -28,5 +29,6 @@ __all__ = [
     "host_prefixes",
     "link_exists",
     "link_kind",
+    "port_addresses",
     "sync_routes",
 ]

@@ -91,6 +91,9 @@ class FirewallConfig(Frozen):
     # The access-control policy as this host enforces it on traffic from the mesh; None: no
     # policy (containers reach containers, the host's services stay closed but ICMP).
     policy: HostPolicy | None = None
+    # The addresses of this host's containers (sorted): each may only be sent from the bridge
+    # port it sits behind (per-container anti-spoofing, `shoal.firewall.antispoof`).
+    local_containers: tuple[IPv4Address, ...] = ()
 
 
 class DnsConfig(Frozen):
@@ -206,6 +209,7 @@ def plan_host(
         mesh_pool=settings.mesh_pool,
         dns_address=me.mesh_ip,
         policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
+        local_containers=tuple(sorted(c.ip for c in netmap.containers if c.node_id == me.id)),
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
