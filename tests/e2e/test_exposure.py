@@ -1,6 +1,7 @@
 """What the mesh exposes, tried the way an attacker or a careless neighbour would: only
 WireGuard carries the mesh, hosts' own services are closed to it (ICMP aside), the DNS
-responder answers only its own host and containers, and a container cannot forge its source.
+responder answers only its own host and containers, and a container cannot forge its source
+(neither another host's or subnet's address nor its neighbour's on the same bridge).
 """
 
 from __future__ import annotations
@@ -45,6 +46,25 @@ _DNS_PROBE = textwrap.dedent(
         print(dns.rcode.to_text(ask(query, sys.argv[1], timeout=2).rcode()))
     except (dns.exception.Timeout, OSError) as exc:
         print("silent:", exc)
+    """
+)
+
+# Sends three ICMP echo requests from argv[1] to argv[2] with the IP header written by hand (a
+# raw socket: what any container may do with Docker's default NET_RAW capability).
+_FORGE = textwrap.dedent(
+    """
+    import socket, struct, sys
+    def checksum(data):
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total = (total >> 16) + (total & 0xFFFF)
+        return ~(total + (total >> 16)) & 0xFFFF
+    icmp = struct.pack("!BBHHH", 8, 0, 0, 0x5348, 1) + b"forged!!"
+    icmp = icmp[:2] + struct.pack("!H", checksum(icmp)) + icmp[4:]
+    src, dst = socket.inet_aton(sys.argv[1]), socket.inet_aton(sys.argv[2])
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0, src, dst)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    for _ in range(3):
+        sock.sendto(header + icmp, (sys.argv[2], 0))
     """
 )
 
@@ -196,6 +216,41 @@ def test_a_container_cannot_send_from_a_forged_address(
         on_h2 = captured_sources(h2.netns, "shoal0", pings(web2, (own, *forged, *local)))
         assert own in on_h2
         assert not (set(forged) | set(local)) & on_h2, on_h2
+    finally:
+        h1.docker("rm", "-f", name, check=False)
+
+
+def test_a_container_cannot_send_from_a_neighbours_address(
+    hosts: tuple[LabHost, LabHost],
+) -> None:
+    """A container with no extra capability writes IP headers by hand: echo requests to a
+    container on h2 from its neighbour's address (the web container beside it on h1) never
+    leave h1; the same packets from its own address arrive."""
+    h1, h2 = hosts
+    web2 = h2.container_ip(f"exp-{h2.name}")
+    neighbour = h1.container_ip(f"exp-{h1.name}")
+    name = "exp-spoofer"
+    h1.run_container(name, network="shoal", image=IMAGE)
+    try:
+        own = h1.container_ip(name)
+
+        def bound() -> bool:
+            listed = h1.exec(["nft", "list", "set", "bridge", "shoal", "bound"], check=False)
+            return f"{own} . " in listed.stdout and f"{neighbour} . " in listed.stdout
+
+        wait_until("h1 to bind both containers to their bridge ports", bound)
+
+        def forge() -> None:
+            pid = str(h1.container_pid(name))
+            for src in (neighbour, own):
+                argv = ["nsenter", "-t", pid, "-n", sys.executable, "-c", _FORGE]
+                subprocess.run([*argv, str(src), str(web2)], check=True, timeout=30)
+            # An answered ping on the same path: what was sent before it has arrived.
+            assert ping(h1, name, web2)
+
+        on_h2 = captured_sources(h2.netns, "shoal0", forge)
+        assert own in on_h2, on_h2  # the raw socket works: its own address gets through
+        assert neighbour not in on_h2, on_h2
     finally:
         h1.docker("rm", "-f", name, check=False)
 
