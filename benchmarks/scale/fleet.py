@@ -40,6 +40,7 @@ from shoal.model.api import (
 )
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Endpoint, MapUpdate, NetworkMap, Node
+from shoal.model.policy import Policy
 from shoal.plan.policy import compile_for
 
 POLL_WAIT = 25.0  # seconds, as the agent's default long-poll
@@ -87,6 +88,16 @@ class Interner:
 
     def __init__(self) -> None:
         self._by_id: dict[str, Node] = {}
+        self._policy: Policy | None = None
+
+    def policy(self, policy: Policy | None) -> Policy | None:
+        """The policy, shared by every map that received an equal one (1,000 maps each
+        holding its own parsed copy were 1,000 x its rules of garbage per policy change)."""
+        if policy is None:
+            return None
+        if policy != self._policy:
+            self._policy = policy
+        return self._policy
 
     def node(self, node: Node) -> Node:
         hit = self._by_id.get(node.id)
@@ -100,6 +111,7 @@ class Interner:
             update={
                 "self_node": self.node(netmap.self_node),
                 "peers": tuple(self.node(p) for p in netmap.peers),
+                "policy": self.policy(netmap.policy),
             }
         )
 
@@ -111,6 +123,8 @@ class Interner:
             changes["self_node"] = self.node(update.self_node)
         if update.peers_changed:
             changes["peers_changed"] = tuple(self.node(p) for p in update.peers_changed)
+        if update.policy is not None:
+            changes["policy"] = self.policy(update.policy)
         return update.model_copy(update=changes) if changes else update
 
 
