@@ -133,8 +133,35 @@ def test_the_kernel_loads_the_policy_table_and_lists_it_back(netns: NetnsFactory
         "firewall: inet shoal - elements = { 10.42.2.13 }",
         "firewall: inet shoal + elements = { 10.42.2.13, 10.42.2.19 }",
     ]
+    assert nft.element_patch("inet", listing(ns), nft.render(bigger)) == (
+        "flush set inet shoal p1_dst\nadd element inet shoal p1_dst { 10.42.2.13, 10.42.2.19 }\n"
+    )
+    handles = rule_handles(ns)
     assert ns.run(lambda: firewall.apply(bigger)) is True
     assert nft.canonical(listing(ns)) == nft.canonical(nft.render(bigger))
+    assert rule_handles(ns) == handles  # the same rules: only the set changed
+    # The replica stops again: the set is emptied back, still in place.
+    assert ns.run(lambda: firewall.apply(cfg)) is True
+    assert rule_handles(ns) == handles
+    assert nft.canonical(listing(ns)) == nft.canonical(POLICY_GOLDEN.read_text())
+
+
+def rule_handles(ns: Netns) -> list[str]:
+    out = ns.sh("nft", "-a", "list", "chain", "inet", "shoal", "mesh_policy").stdout
+    return [line.rsplit("# handle ", 1)[1] for line in out.splitlines() if "# handle" in line]
+
+
+def test_an_element_patch_only_when_nothing_but_elements_differ() -> None:
+    cfg = policy_cfg()
+    text = nft.render(cfg)
+    emptied = text.replace("\t\telements = { 10.42.2.13 }\n", "")
+    assert nft.element_patch("inet", text, emptied) == "flush set inet shoal p1_dst\n"
+    assert nft.element_patch("inet", emptied, text) == (
+        "flush set inet shoal p1_dst\nadd element inet shoal p1_dst { 10.42.2.13 }\n"
+    )
+    assert nft.element_patch("inet", text, text) == ""
+    other_rule = text.replace("tcp dport 5432", "tcp dport 5433")
+    assert nft.element_patch("inet", text, other_rule) is None
 
 
 def test_canonical_joins_element_lists_nft_wrapped() -> None:

@@ -10,9 +10,9 @@ closes.
     one the sender chose and a dropped packet never costs a conntrack entry):
         shoal0     accept: WireGuard already bound the source to the peer's key
         lo         accept: this host's own stack talking to itself
-        shoal-br0  goto from_containers: a container may only send from this host's
-                   container range (subnet-level anti-spoofing: the netmap knows which
-                   addresses run here, not which veth each sits behind)
+        shoal-br0  goto from_containers: nothing leaves the bridge from outside this host's
+                   container range (each container is held to its own address before,
+                   on its bridge port: `firewall.antispoof`'s `bridge shoal` table)
         any other  a destination in the container or mesh pool is dropped: the underlay
                    (or another Docker bridge) never reaches the mesh in plaintext
     input: traffic to this host from shoal0 takes replies and ICMP only; the host's own
@@ -23,6 +23,10 @@ closes.
     mesh_policy (only with a policy): new flows from shoal0 to this host or its containers,
         one statement per rule matching two address sets (`p<N>_src`, `p<N>_dst`), then
         drop; flows a policy change denies are cut in conntrack (`firewall.conntrack`)
+
+A container starting or stopping changes set elements only, and only those are loaded
+(`element_patch`: flush and refill the sets that differ, one transaction); anything else
+replaces the table whole, atomically.
 
 Per-packet cost (issue 14): an established container flow evaluates one vmap lookup in
 prerouting (plus the range check when it comes from the bridge) and one conntrack-state match
@@ -183,6 +187,8 @@ def load_script(cfg: FirewallConfig) -> str:
 
 
 _ELEMENTS = re.compile(r"\{ ([^{}]*) \}")
+_SET = re.compile(r"\tset (\S+) \{$")
+_MEMBERS = "elements = { "
 
 
 def _joined(listing: str) -> list[str]:
@@ -206,6 +212,43 @@ def canonical(listing: str) -> list[str]:
         _ELEMENTS.sub(lambda m: "{ " + ", ".join(sorted(m.group(1).split(", "))) + " }", line)
         for line in _joined(listing)
     ]
+
+
+def _split_sets(lines: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Canonical `lines` without their sets' element lines, and each set's members by name
+    ("" for an empty set)."""
+    skeleton: list[str] = []
+    members: dict[str, str] = {}
+    current: str | None = None
+    for line in lines:
+        if (m := _SET.match(line)) is not None:
+            current = m.group(1)
+            members[current] = ""
+        elif line == "\t}":
+            current = None
+        elif current is not None and line.strip().startswith(_MEMBERS):
+            members[current] = line.strip().removeprefix(_MEMBERS).removesuffix(" }")
+            continue
+        skeleton.append(line)
+    return skeleton, members
+
+
+def element_patch(family: str, live: str, table: str) -> str | None:
+    """`nft -f` input turning shoal's live table of `family` into `table` by set elements
+    alone (each set that differs flushed and refilled, in one transaction), or None when more
+    than elements differ (then the table is replaced whole). A container starting or stopping
+    changes elements only: the rules, their handles and their counters stay."""
+    have, have_members = _split_sets(canonical(live))
+    want, want_members = _split_sets(canonical(table))
+    if have != want:
+        return None
+    out: list[str] = []
+    for name, members in want_members.items():
+        if have_members.get(name) != members:
+            out.append(f"flush set {family} {TABLE} {name}")
+            if members:
+                out.append(f"add element {family} {TABLE} {name} {{ {members} }}")
+    return "".join(f"{line}\n" for line in out)
 
 
 def changes(cfg: FirewallConfig, live: str | None) -> list[str]:

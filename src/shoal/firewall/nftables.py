@@ -82,6 +82,16 @@ def _same(live: str | None, want: str) -> bool:
     return live is not None and nft.canonical(live) == nft.canonical(want)
 
 
+def _script(family: str, live: str | None, table: str) -> str:
+    """What converges shoal's table of `family` from `live` to `table`: nothing, new set
+    elements (a container came or went: measured with a 1,000-rule policy, replacing the
+    table took 0.24-0.46 s of nft here), or the whole table."""
+    if _same(live, table):
+        return ""
+    patch = None if live is None else nft.element_patch(family, live, table)
+    return patch if patch is not None else nft.replace(family, table)
+
+
 async def apply(cfg: FirewallConfig) -> Loaded:
     """Converge both tables to `cfg` (and the bridge's ports now); `changed` False when both
     already matched."""
@@ -90,7 +100,8 @@ async def apply(cfg: FirewallConfig) -> Loaded:
     if _same(live, nft.render(cfg)) and _same(live_bridge, bridge):
         return Loaded(changed=False, replaced_policy=cfg.policy is not None)
     lines = nft.changes(cfg, live) + nft.diff(antispoof.FAMILY, live_bridge, bridge)
-    script = nft.load_script(cfg) + nft.replace(antispoof.FAMILY, bridge)
+    script = _script(nft.FAMILY, live, nft.render(cfg))
+    script += _script(antispoof.FAMILY, live_bridge, bridge)
     code, _out, err = await _run(["-f", "-"], script)
     if code != 0:
         raise _failed(["-f", "-"], code, err)
