@@ -52,7 +52,10 @@ class PolicyResult(Frozen):
     seconds_per_run: int
     no_policy: Figures
     with_policy: Figures
-    tcp1_ratio: float | None  # with ÷ without
+    tcp1_ratio: float | None  # with ÷ without (medians)
+    # The median of each round's own ratio: the load of a shared machine drifts between
+    # rounds far more than within one (pairs measured a minute apart).
+    tcp1_paired_ratio: float | None = None
     cpu_per_gbit_ratio: float | None  # with ÷ without (above 1: the policy costs CPU)
     table_load_ms: tuple[float, ...]  # `policy set` returned → h2's table holds every rule
     target: float = TARGET
@@ -146,6 +149,10 @@ def run_policy(quick: bool = False, rules: int = RULES) -> PolicyResult:
         no_policy=a,
         with_policy=b,
         tcp1_ratio=_ratio(b.tcp1_gbps, a.tcp1_gbps),
+        tcp1_paired_ratio=_ratio(
+            median([w.gbps / n.gbps for n, w in zip(none, with_policy, strict=True) if n.gbps]),
+            1.0,  # already a ratio: rounded like the others
+        ),
         cpu_per_gbit_ratio=_ratio(b.cpu_s_per_gbit, a.cpu_s_per_gbit),
         table_load_ms=tuple(loads),
         notes=(
@@ -160,7 +167,8 @@ def run_policy(quick: bool = False, rules: int = RULES) -> PolicyResult:
 def render_markdown(result: PolicyResult) -> list[str]:
     """The section's part of benchmarks.md."""
     a, b = result.no_policy, result.with_policy
-    ok = result.tcp1_ratio is not None and result.tcp1_ratio >= result.target
+    judged = result.tcp1_paired_ratio or result.tcp1_ratio
+    ok = judged is not None and judged >= result.target
     return [
         "Container → container across two shoal hosts (iperf3 TCP 1 stream, "
         f"{result.seconds_per_run} s, median of {a.runs}), with no policy and with a "
@@ -176,7 +184,8 @@ def render_markdown(result: PolicyResult) -> list[str]:
             "lrr",
         ),
         "",
-        f"Throughput ratio {num(result.tcp1_ratio, 3)} (target ≥ {result.target}: "
+        f"Throughput ratio {num(result.tcp1_ratio, 3)}, median of the rounds' own ratios "
+        f"{num(result.tcp1_paired_ratio, 3)} (target ≥ {result.target}: "
         f"{'met' if ok else 'not met'}). h2's {result.rules}-rule table was live "
         + ", ".join(f"{ms:.0f}" for ms in result.table_load_ms)
         + " ms after `shoal policy set` returned.",

@@ -156,7 +156,8 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
     pol = sections.policy.result
     if pol is not None and pol.tcp1_ratio is not None:
         print(
-            f"{pol.rules}-rule policy / no policy, TCP 1 stream: {pol.tcp1_ratio:.2f}x, "
+            f"{pol.rules}-rule policy / no policy, TCP 1 stream: {pol.tcp1_ratio:.2f}x "
+            f"(rounds' median {pol.tcp1_paired_ratio or 0:.2f}x), "
             f"CPU per Gbit: {pol.cpu_per_gbit_ratio or 0:.2f}x (target >= {pol.target}x)"
         )
     return 1 if any(status == "failed" for _, status, _ in outcomes) else 0

@@ -33,6 +33,7 @@ def test_the_report_gives_both_figures_and_the_ratios() -> None:
         no_policy=none,
         with_policy=rules,
         tcp1_ratio=0.971,
+        tcp1_paired_ratio=0.98,
         cpu_per_gbit_ratio=1.05,
         table_load_ms=(230.0, 240.5),
     )
@@ -40,5 +41,5 @@ def test_the_report_gives_both_figures_and_the_ratios() -> None:
     assert "| no policy | 0.700 | 2.00 |" in text
     assert "| 1000 rules | 0.680 | 2.10 |" in text
     assert "| ratio | 0.971 | 1.050 |" in text
-    assert "target ≥ 0.95: met" in text and "230, 240 ms" in text
+    assert "own ratios 0.980 (target ≥ 0.95: met)" in text and "230, 240 ms" in text
     assert PolicyResult.model_validate_json(result.model_dump_json()) == result
