@@ -128,6 +128,20 @@ async def test_unchanged_subsystems_are_not_touched(rig: Rig) -> None:
     assert "(3 nodes, 1 containers)" in rig.host.dns.dump()
 
 
+async def test_a_recheck_applies_the_firewall_again_and_nothing_else(rig: Rig) -> None:
+    """A container restarted behind a new bridge port: no new netmap, but the firewall must
+    look at the host again (its anti-spoofing bindings)."""
+    rig.reconciler.offer(netmap(1, [2, 3]))
+    await rig.reconciler.step()
+    before = {name: fake.applies for name, fake in fakes(rig.host).items()}
+    rig.reconciler.recheck("firewall")
+    await rig.reconciler.step()
+    after = {name: fake.applies for name, fake in fakes(rig.host).items()}
+    assert {n for n in after if after[n] != before[n]} == {"firewall"}
+    await rig.reconciler.step()  # once: the next round leaves it alone again
+    assert {name: fake.applies for name, fake in fakes(rig.host).items()} == after
+
+
 def fakes(host: FakeHost) -> dict[str, Failing]:
     return {
         "tunnel": host.tunnel.wireguard,

@@ -12,7 +12,10 @@ from tests.hostnet.netns import NetnsFactory
 def test_drift_is_empty_once_applied_and_names_what_was_broken(netns: NetnsFactory) -> None:
     ns = netns.new("drift")
     missing = ns.run(lambda: drift(CFG))
-    assert missing.table == ("firewall: table inet shoal created",)
+    assert missing.table == (
+        "firewall: table inet shoal created",
+        "firewall: table bridge shoal created",
+    )
     assert "firewall: filter DOCKER-USER -> SHOAL-FORWARD jump added" in missing.docker
     assert ns.run(lambda: firewall.apply(CFG)) is True
     assert ns.run(lambda: drift(CFG)) == Drift(table=(), docker=())
@@ -25,3 +28,5 @@ def test_drift_is_empty_once_applied_and_names_what_was_broken(netns: NetnsFacto
     # Reading changed nothing: the next apply still has work to do.
     assert ns.run(lambda: firewall.apply(CFG)) is True
     assert ns.run(lambda: drift(CFG)) == Drift(table=(), docker=())
+    ns.sh("nft", "delete", "table", "bridge", "shoal")  # the anti-spoofing table gone
+    assert ns.run(lambda: drift(CFG)).table == ("firewall: table bridge shoal created",)
