@@ -12,6 +12,7 @@ attribute as a string, so the dump is built by hand here (20 lines of struct).
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -52,7 +53,7 @@ def parse_addresses(data: bytes) -> tuple[list[tuple[int, IPv4Address]], bool]:
             return out, True
         if kind == NLMSG_ERROR:
             (errno,) = struct.unpack_from("=i", data, offset + _HEADER.size)
-            raise HostNetError(f"address dump of a peer namespace: {-errno} (netlink)")
+            raise HostNetError(f"address dump of a peer namespace: {os.strerror(-errno)} (netlink)")
         if kind == RTM_NEWADDR:
             body = offset + _HEADER.size
             family, _plen, _fl, _scope, index = _IFADDR.unpack_from(data, body)
