@@ -18,6 +18,7 @@ from shoal.model.netmap import (
     PortSpec,
 )
 from shoal.model.policy import MAX_POLICY_BYTES, Proto
+from shoal.model.routes import AdvertisedRoutes
 
 API_VERSION = 1
 LABEL_PREFIX = "shoal."  # the container labels an agent reports
@@ -59,6 +60,9 @@ class RegisterRequest(Frozen):
     # Routes and Docker networks already on the host; the server refuses to join a host whose
     # routes overlap the mesh's pools instead of creating a conflict there.
     host_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_HOST_PREFIXES)
+    # Subnet routes this host offers (`--advertise-routes`): the complete set, each pending
+    # until the admin approves it; a route left out is withdrawn.
+    advertise_routes: AdvertisedRoutes = ()
 
 
 class RelayRequest(Frozen):

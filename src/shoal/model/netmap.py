@@ -96,6 +96,10 @@ class Node(Frozen):
     # (UTC); its peers switch PEER_SWITCH_LAG later. Both None when no rotation is pending.
     next_key: PublicKey | None = None
     switch_at: datetime | None = None
+    # Subnet routes: networks beyond this host (a LAN, a VPC subnet) that it advertised and the
+    # admin approved; peers route them through it. Sorted; never overlapping a pool or another
+    # node's routes (the server refuses those).
+    routes: tuple[IPv4Network, ...] = ()
 
     def key_at(self, now: datetime, *, lag: timedelta = timedelta(0)) -> PublicKey:
         """The key this node carries traffic with at `now`, for an observer that switches
@@ -109,8 +113,9 @@ class Node(Frozen):
         return None if self.switch_at is None or self.next_key is None else self.switch_at + lag
 
     def allowed_ips(self) -> tuple[IPv4Network, ...]:
-        """What this node may send from, and what is routed to it: its mesh IP and its subnet."""
-        return (IPv4Network(f"{self.mesh_ip}/32"), self.subnet)
+        """What this node may send from, and what is routed to it: its mesh IP, its subnet and
+        its approved subnet routes."""
+        return (IPv4Network(f"{self.mesh_ip}/32"), self.subnet, *self.routes)
 
 
 Health = Literal["none", "starting", "healthy", "unhealthy"]
