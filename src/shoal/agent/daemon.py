@@ -779,6 +779,7 @@ async def _join(
         public_key=private_key.public_key(),
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
+        advertise_routes=config.advertise_routes,
     )
     watch.lap("facts")
     async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:

@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 
 from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
@@ -32,6 +32,7 @@ from shoal.cli.logs import LogFormat
 from shoal.cli.render import json_list, table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
+from shoal.model.routes import parse_routes
 from shoal.model.status import (
     AgentState,
     AgentStatus,
@@ -94,9 +95,20 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         name=args.name,
         advertise_addr=advertise,
         listen_port=args.listen_port,
+        advertise_routes=_advertise_routes(args.advertise_routes),
         docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
         metrics_listen=parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None,
     )
+
+
+def _advertise_routes(text: str | None) -> tuple[IPv4Network, ...] | None:
+    """--advertise-routes CIDR[,CIDR]: the prefixes, checked; None when not given."""
+    if text is None:
+        return None
+    try:
+        return parse_routes(text)
+    except ValueError as exc:
+        raise BadArgument(str(exc)) from exc
 
 
 def _key_max_age(text: str | None) -> float | None:

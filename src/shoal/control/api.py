@@ -21,6 +21,9 @@
     GET    /v1/admin/policy             → PolicyInfo (404: none set)
     GET    /v1/admin/policy/test?src=A&dst=B&proto=tcp&port=N → [PolicyVerdict]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
+    GET    /v1/admin/routes             → [RouteInfo]: advertised subnet routes, decisions
+    POST   /v1/admin/routes/approve     RouteRef → RouteInfo (the route reaches the netmaps)
+    POST   /v1/admin/routes/reject      RouteRef → RouteInfo (the route leaves them)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
     GET    /v1/admin/certs              → [CertStatus]: CAs and server certificate, expiry
     POST   /v1/admin/admin-tokens       AdminTokenCreateRequest → AdminTokenCreated
@@ -104,6 +107,7 @@ from shoal.model.api import (
 from shoal.model.keys import PublicKey
 from shoal.model.policy import Proto
 from shoal.model.prometheus import CONTENT_TYPE
+from shoal.model.routes import RouteInfo, RouteRef
 from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control.api")
@@ -141,6 +145,7 @@ _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 _CERT_LIST = TypeAdapter(list[CertStatus])
 _VERDICT_LIST = TypeAdapter(list[PolicyVerdict])
+_ROUTE_LIST = TypeAdapter(list[RouteInfo])
 
 
 def build_app(
@@ -192,6 +197,9 @@ def build_app(
     app.router.add_put("/v1/admin/policy", set_policy)
     app.router.add_get("/v1/admin/policy", get_policy)
     app.router.add_get("/v1/admin/policy/test", test_policy)
+    app.router.add_get("/v1/admin/routes", list_routes)
+    app.router.add_post("/v1/admin/routes/approve", approve_route)
+    app.router.add_post("/v1/admin/routes/reject", reject_route)
     dashboard.install(app, service, app[RELAY])
     return app
 
@@ -576,3 +584,22 @@ async def test_policy(request: web.Request) -> web.Response:
         port = int(text)
     verdicts = service.test_policy(src, dst, proto, port)
     return web.Response(body=_VERDICT_LIST.dump_json(verdicts), content_type="application/json")
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    return web.Response(
+        body=_ROUTE_LIST.dump_json(service.list_routes()), content_type="application/json"
+    )
+
+
+async def approve_route(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = await _parse(request, RouteRef, limit=MAX_SMALL_BODY)
+    return _json(await service.decide_route(req.route, "approved"))
+
+
+async def reject_route(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = await _parse(request, RouteRef, limit=MAX_SMALL_BODY)
+    return _json(await service.decide_route(req.route, "rejected"))

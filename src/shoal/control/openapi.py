@@ -41,6 +41,7 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.netmap import MapUpdate
+from shoal.model.routes import RouteInfo, RouteRef
 
 # "dashboard": an admin bearer token, or the session cookie POST /dashboard/login sets.
 Auth = Literal["none", "node", "admin", "dashboard"]
@@ -179,6 +180,30 @@ ROUTES: tuple[Route, ...] = (
         PolicyInfo,
     ),
     Route("GET", "/v1/admin/policy", "The policy in force", "admin", reply=PolicyInfo),
+    Route(
+        "GET",
+        "/v1/admin/routes",
+        "Subnet routes nodes advertise, with the admin's decision on each",
+        "admin",
+        reply=RouteInfo,
+        many=True,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/routes/approve",
+        "Approve a subnet route (by id or prefix): peers route it through its node",
+        "admin",
+        RouteRef,
+        RouteInfo,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/routes/reject",
+        "Reject a subnet route (by id or prefix): it leaves every netmap",
+        "admin",
+        RouteRef,
+        RouteInfo,
+    ),
     Route(
         "GET",
         "/v1/admin/policy/test",

@@ -19,6 +19,7 @@ from datetime import timedelta
 from ipaddress import IPv4Address
 
 from shoal.control import ipam
+from shoal.control import routes as subnet_routes
 from shoal.control.errors import (
     AdminUnauthorized,
     BadRequest,
@@ -69,6 +70,7 @@ from shoal.model.catalog import build_catalog
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import PEER_SWITCH_LAG, Container, MapUpdate
 from shoal.model.policy import PolicyError, Proto, parse, run_tests
+from shoal.model.routes import RouteInfo, RouteStatus
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
 from shoal.plan.policy import Verdict, compile_for, explain, refused_names
 from shoal.store.base import NodeRecord, Store, TokenRecord
@@ -226,6 +228,10 @@ class ControlService:
                 f"{pool}; remove it, or run the server with another --{kind}-pool"
             )
         node_id = existing.id if existing else "n" + secrets.token_hex(6)
+        if req.advertise_routes is not None:
+            subnet_routes.check_advertised(
+                self.pools, self.registry.nodes(), node_id, req.advertise_routes
+            )
         alloc = self.registry.allocate(self.pools, node_id)
         node = NodeRecord(
             id=node_id,
@@ -238,6 +244,7 @@ class ControlService:
             tags=existing.tags if existing else (record.tags if record else ()),
             ephemeral=existing.ephemeral if existing else bool(record and record.ephemeral),
             last_seen=now,
+            routes=subnet_routes.merge_advertised(existing, req.advertise_routes, now),
         )
         if existing is not None and existing.public_key == req.public_key:
             # Joining again mid-rotation keeps the rotation (the host holds the next key).
@@ -634,6 +641,31 @@ class ControlService:
             self.registry.containers(),
             {n.id: n.name for n in nodes},
             online=[n.id for n in nodes if self.registry.online(n.id)],
+        )
+
+    def list_routes(self) -> list[RouteInfo]:
+        """Every subnet route nodes advertise, with the admin's decision."""
+        return subnet_routes.list_routes(self.registry.nodes())
+
+    async def decide_route(self, ref: str, status: RouteStatus) -> RouteInfo:
+        """Approve or reject the route `ref` (its id or prefix); an approved route reaches
+        every peer's netmap, a rejected one leaves it. Deciding again is a no-op."""
+        async with self._lock:
+            await self.registry.catch_up()  # a route another replica just learned
+            node, route = subnet_routes.find(self.registry.nodes(), ref)
+            if route.status == status:
+                return subnet_routes.route_info(node, route)
+            if status == "approved":
+                # Rejected routes do not block others: approving one again must not overlap.
+                subnet_routes.check_advertised(
+                    self.pools, self.registry.nodes(), node.id, [route.prefix]
+                )
+            saved = await self.registry.save(
+                subnet_routes.decide(node, route, status, self._clock())
+            )
+        log.info("route %s of node %s %s", route.prefix, node.name, status)
+        return subnet_routes.route_info(
+            saved, next(r for r in saved.routes if r.prefix == route.prefix)
         )
 
     async def remove_node(self, name: str, *, allow_rejoin: bool = False) -> None:

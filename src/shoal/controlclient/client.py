@@ -60,6 +60,7 @@ from shoal.model.api import (
 from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
 from shoal.model.netmap import MapUpdate
 from shoal.model.nodeauth import shared_key, sign
+from shoal.model.routes import RouteInfo, RouteRef
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -78,6 +79,7 @@ _SERVICES = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
 _CERTS = TypeAdapter(list[CertStatus])
 _VERDICTS = TypeAdapter(list[PolicyVerdict])
+_ROUTES = TypeAdapter(list[RouteInfo])
 
 
 def server_urls(text: str) -> tuple[str, ...]:
@@ -247,6 +249,16 @@ class ControlClient:
             params["port"] = str(port)
         data = await self._call_json("GET", "/v1/admin/policy/test", params=params)
         return _VERDICTS.validate_python(data)
+
+    async def list_routes(self) -> list[RouteInfo]:
+        return _ROUTES.validate_python(await self._call_json("GET", "/v1/admin/routes"))
+
+    async def decide_route(self, ref: str, *, approve: bool) -> RouteInfo:
+        """Approve (or reject) the subnet route `ref` (its id or prefix)."""
+        verb = "approve" if approve else "reject"
+        return await self._call(
+            "POST", f"/v1/admin/routes/{verb}", RouteInfo, body=RouteRef(route=ref)
+        )
 
     # Plumbing.
 

@@ -61,8 +61,9 @@ class RegisterRequest(Frozen):
     # routes overlap the mesh's pools instead of creating a conflict there.
     host_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_HOST_PREFIXES)
     # Subnet routes this host offers (`--advertise-routes`): the complete set, each pending
-    # until the admin approves it; a route left out is withdrawn.
-    advertise_routes: AdvertisedRoutes = ()
+    # until the admin approves it, a route left out withdrawn; None: unchanged (an agent
+    # registering again to report new endpoints keeps its routes).
+    advertise_routes: AdvertisedRoutes | None = None
 
 
 class RelayRequest(Frozen):

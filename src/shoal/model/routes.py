@@ -80,3 +80,9 @@ class RouteInfo(Frozen):
     status: RouteStatus
     advertised_at: datetime
     decided_at: datetime | None = None
+
+
+class RouteRef(Frozen):
+    """`POST /v1/admin/routes/approve|reject`: the route, by its id or its prefix."""
+
+    route: str = Field(min_length=1, max_length=64)

@@ -163,13 +163,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         """,
     ),
     (
-        2,
+        3,
         """
         -- Subnet routes nodes advertise and the admin's decision on each; written with their
         -- node (save_node replaces a node's rows), deleted with it.
         CREATE TABLE routes (
             node_id       TEXT NOT NULL,
-            prefix        CIDR NOT NULL,
+            prefix        TEXT NOT NULL,  -- "192.168.7.0/24"
             status        TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
             advertised_at TIMESTAMPTZ NOT NULL,
             decided_at    TIMESTAMPTZ,
