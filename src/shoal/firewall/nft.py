@@ -91,6 +91,7 @@ def render(cfg: FirewallConfig) -> str:
         "\tchain forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
         "\t\tct state established,related accept",
+        *route_forwarding(cfg),
         f'\t\tiifname "{mesh}" oifname != "{bridge}" drop',
         *(
             (
@@ -110,6 +111,19 @@ def render(cfg: FirewallConfig) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def route_forwarding(cfg: FirewallConfig) -> list[str]:
+    """Forward-chain rules of this host's subnet routes: the mesh may reach the networks the
+    admin approved for it (the one way out of shoal0 besides the bridge), before the drop of
+    everything else leaving shoal0's traffic."""
+    if not cfg.subnet_routes:
+        return []
+    nets = ", ".join(str(n) for n in cfg.subnet_routes)
+    # nft lists a one-element set as the bare prefix: rendered as it lists, or every apply
+    # would see a change.
+    match = nets if len(cfg.subnet_routes) == 1 else f"{{ {nets} }}"
+    return [f'\t\tiifname "{cfg.mesh_interface}" ip daddr {match} accept']
 
 
 def _policy_sets(policy: HostPolicy) -> list[str]:

@@ -91,6 +91,9 @@ class FirewallConfig(Frozen):
     # The access-control policy as this host enforces it on traffic from the mesh; None: no
     # policy (containers reach containers, the host's services stay closed but ICMP).
     policy: HostPolicy | None = None
+    # This host's approved subnet routes: networks beyond it that the mesh reaches through it.
+    # Traffic from the mesh to them is forwarded and masqueraded (they need no route back).
+    subnet_routes: tuple[IPv4Network, ...] = ()
 
 
 class DnsConfig(Frozen):
@@ -181,12 +184,13 @@ def plan_host(
         )
     )
     # Peers' mesh IPs are reached through the connected route of the mesh prefix on shoal0;
-    # only their container subnets need routes of their own.
+    # only their container subnets and approved subnet routes need routes of their own.
     routes = tuple(
         sorted(
             (
-                RouteConfig(dst=peer.subnet, dev=INTERFACE, src=me.mesh_ip, mtu=settings.mtu)
+                RouteConfig(dst=dst, dev=INTERFACE, src=me.mesh_ip, mtu=settings.mtu)
                 for peer in netmap.peers
+                for dst in (peer.subnet, *peer.routes)
             ),
             key=lambda r: (int(r.dst.network_address), r.dst.prefixlen),
         )
@@ -206,6 +210,7 @@ def plan_host(
         mesh_pool=settings.mesh_pool,
         dns_address=me.mesh_ip,
         policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
+        subnet_routes=me.routes,
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
