@@ -469,6 +469,25 @@ class Lab:
             run(["ip", "-n", ns, "route", "add", str(prefix), "via", str(via.underlay_ip)])
         return LabOutsider(ns, OUTSIDER_IP)
 
+    def add_lan(self, via: LabHost, prefix: IPv4Network) -> LabOutsider:
+        """A network behind `via` that is not Docker's (a LAN, a VPC subnet): a namespace
+        wired to `via` by a veth (`lan0` there, at `prefix`'s first address) holding one
+        machine at its second address, with no route beyond `prefix` (whatever reaches it
+        from elsewhere must be masqueraded by `via`). What `--advertise-routes` offers the
+        mesh. Removed by `destroy` with the rest."""
+        ns = f"sl-{self.name}-lan{via.index}"
+        if (procs.NETNS_DIR / ns).exists():
+            raise LabError(f"host {via.name} of lab {self.name} already has a LAN ({ns})")
+        gateway, machine = prefix[1], prefix[2]
+        self._new_netns(ns)
+        run(["ip", "-n", via.netns, "link", "add", "lan0", "type", "veth", "peer", "name",
+             "eth0", "netns", ns])  # fmt: skip
+        run(["ip", "-n", via.netns, "addr", "add", f"{gateway}/{prefix.prefixlen}", "dev", "lan0"])
+        run(["ip", "-n", via.netns, "link", "set", "lan0", "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{machine}/{prefix.prefixlen}", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        return LabOutsider(ns, machine)
+
     def destroy(self) -> None:
         """Remove everything the lab made; works on a partial state. Idempotent."""
         progress(f"removing lab {self.name}")
