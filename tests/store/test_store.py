@@ -124,6 +124,16 @@ async def test_routes_are_saved_with_their_node_replaced_by_the_next_save_and_re
     assert [n.routes for n in (await store.load(100)).nodes] == [(), ()]
 
 
+async def test_hosts_without_docker_have_no_subnet_and_do_not_conflict_on_it(
+    store: Store,
+) -> None:
+    await store.save_node(node(1, subnet=None))
+    await store.save_node(node(2, subnet=None))
+    assert [n.subnet for n in (await store.load(100)).nodes] == [None, None]
+    await store.remove_node("n1")
+    assert [(r.node_id, r.subnet) for r in (await store.load(100)).released] == [("n1", None)]
+
+
 async def test_unique_fields_conflict(store: Store) -> None:
     await store.save_node(node(1))
     with pytest.raises(StoreConflict) as err:

@@ -63,8 +63,8 @@ class DockerNetwork:
     def kept_for(self) -> tuple[str, ...]:
         return self._kept_for
 
-    async def apply(self, cfg: DockerNetworkConfig) -> bool:
-        return await self.docker.ensure_network(cfg)
+    async def apply(self, cfg: DockerNetworkConfig | None) -> bool:
+        return False if cfg is None else await self.docker.ensure_network(cfg)
 
     async def teardown(self) -> bool:
         result = await self.docker.remove_network(self.name)

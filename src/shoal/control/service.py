@@ -232,7 +232,7 @@ class ControlService:
             subnet_routes.check_advertised(
                 self.pools, self.registry.nodes(), node_id, req.advertise_routes
             )
-        alloc = self.registry.allocate(self.pools, node_id)
+        alloc = self.registry.allocate(self.pools, node_id, subnet=req.container_subnet)
         node = NodeRecord(
             id=node_id,
             name=req.name,
@@ -348,6 +348,11 @@ class ControlService:
         for c in reports:
             # Ids, names and counts are bounded by the model (parsed at the edge).
             where = f"container {c.name!r}"
+            if node.subnet is None:
+                raise BadRequest(
+                    f"{where}: node {node.name} joined without Docker (no container subnet); "
+                    "it has no containers to report"
+                )
             if c.ip not in node.subnet or c.ip in (
                 node.subnet.network_address,
                 node.subnet.broadcast_address,

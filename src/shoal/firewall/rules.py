@@ -52,12 +52,17 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
         f"-A {FORWARD_CHAIN} -i {bridge} -o {mesh} -j ACCEPT",
         *route_forward_rules(cfg),
     )
-    nat = (
-        # Inside the mesh source IPs stay real: peers check them against AllowedIPs.
-        *(f"-A {NAT_CHAIN} -s {local} -d {pool} -j RETURN" for pool in pools),
-        f"-A {NAT_CHAIN} -s {local} ! -o {bridge} -j MASQUERADE",
-        *route_nat_rules(cfg),
+    # Inside the mesh source IPs stay real: peers check them against AllowedIPs. A host
+    # without Docker has no container subnet to exempt or masquerade.
+    containers = (
+        ()
+        if local is None
+        else (
+            *(f"-A {NAT_CHAIN} -s {local} -d {pool} -j RETURN" for pool in pools),
+            f"-A {NAT_CHAIN} -s {local} ! -o {bridge} -j MASQUERADE",
+        )
     )
+    nat = (*containers, *route_nat_rules(cfg))
     # Whatever resolver a container (or Docker's embedded DNS on its behalf) asks, the query
     # leaves through the bridge: send it to the agent, which forwards what is not its own.
     dns = tuple(

@@ -64,6 +64,9 @@ class RegisterRequest(Frozen):
     # until the admin approves it, a route left out withdrawn; None: unchanged (an agent
     # registering again to report new endpoints keeps its routes).
     advertise_routes: AdvertisedRoutes | None = None
+    # False: a host without Docker (`--no-docker`) that needs no container subnet. Decided at
+    # the first join: a node keeps the allocation it has.
+    container_subnet: bool = True
 
 
 class RelayRequest(Frozen):
@@ -191,7 +194,7 @@ class NodeInfo(Frozen):
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None: a host without Docker
     endpoints: tuple[Endpoint, ...] = ()
     created_at: datetime
     last_seen: datetime | None = None

@@ -89,7 +89,9 @@ class Node(Frozen):
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network  # the host's container subnet (its Docker `shoal` network)
+    # The host's container subnet (its Docker `shoal` network); None: a host without Docker
+    # (`shoal up --no-docker`), on the mesh with its mesh IP only.
+    subnet: IPv4Network | None
     endpoints: tuple[Endpoint, ...] = ()
     tags: tuple[str, ...] = ()  # from the join token; what policies select with `tag:`
     # A key rotation in progress: the node's next WireGuard key and when it switches to it
@@ -115,7 +117,8 @@ class Node(Frozen):
     def allowed_ips(self) -> tuple[IPv4Network, ...]:
         """What this node may send from, and what is routed to it: its mesh IP, its subnet and
         its approved subnet routes."""
-        return (IPv4Network(f"{self.mesh_ip}/32"), self.subnet, *self.routes)
+        subnet = () if self.subnet is None else (self.subnet,)
+        return (IPv4Network(f"{self.mesh_ip}/32"), *subnet, *self.routes)
 
 
 Health = Literal["none", "starting", "healthy", "unhealthy"]

@@ -81,7 +81,9 @@ class FirewallConfig(Frozen):
 
     mesh_interface: str
     bridge: str
-    local_subnet: IPv4Network
+    # This host's container subnet; None: a host without Docker, whose own services are the
+    # workload and so open to the mesh (unless a policy says otherwise).
+    local_subnet: IPv4Network | None
     container_pool: IPv4Network
     mesh_pool: IPv4Network
     # Where this host's service-discovery DNS listens. Containers on the bridge ask whatever
@@ -122,7 +124,7 @@ class HostConfig(Frozen):
 
     tunnel: TunnelConfig
     routing: RoutingConfig
-    docker_network: DockerNetworkConfig
+    docker_network: DockerNetworkConfig | None  # None: a host without Docker
     dns: DnsConfig
     firewall: FirewallConfig
     # When this plan changes with no new netmap (a key rotation's switch, UTC): the reconciler
@@ -191,16 +193,21 @@ def plan_host(
                 RouteConfig(dst=dst, dev=INTERFACE, src=me.mesh_ip, mtu=settings.mtu)
                 for peer in netmap.peers
                 for dst in (peer.subnet, *peer.routes)
+                if dst is not None
             ),
             key=lambda r: (int(r.dst.network_address), r.dst.prefixlen),
         )
     )
-    docker_network = DockerNetworkConfig(
-        name=DOCKER_NETWORK,
-        bridge=BRIDGE,
-        subnet=me.subnet,
-        gateway=gateway_of(me.subnet),
-        mtu=settings.mtu,
+    docker_network = (
+        None
+        if me.subnet is None
+        else DockerNetworkConfig(
+            name=DOCKER_NETWORK,
+            bridge=BRIDGE,
+            subnet=me.subnet,
+            gateway=gateway_of(me.subnet),
+            mtu=settings.mtu,
+        )
     )
     firewall = FirewallConfig(
         mesh_interface=INTERFACE,
@@ -208,7 +215,8 @@ def plan_host(
         local_subnet=me.subnet,
         container_pool=settings.container_pool,
         mesh_pool=settings.mesh_pool,
-        dns_address=me.mesh_ip,
+        # No bridge, no containers to redirect.
+        dns_address=None if me.subnet is None else me.mesh_ip,
         policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
         subnet_routes=me.routes,
     )

@@ -84,8 +84,13 @@ def source_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
         return [_host(n.mesh_ip) for n in nodes if sel.value in (None, n.name)]
     if sel.kind in ("node", "tag"):
         chosen = [n for n in nodes if sel.value in ((n.name,) if sel.kind == "node" else n.tags)]
-        return [net for n in chosen for net in (n.subnet, _host(n.mesh_ip))]
+        return [net for n in chosen for net in (*_containers_of(n), _host(n.mesh_ip))]
     return [_host(c.ip) for c in netmap.containers if _container_matches(sel, c)]
+
+
+def _containers_of(node: Node) -> list[IPv4Network]:
+    """The node's container subnet, if it has one (a host without Docker has none)."""
+    return [] if node.subnet is None else [node.subnet]
 
 
 def dest_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
@@ -93,14 +98,17 @@ def dest_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
     me = netmap.self_node
     if sel.kind == "mesh-host":
         return [_host(me.mesh_ip)] if sel.value in (None, me.name) else []
+    mine = _containers_of(me)  # none on a host without Docker
     if sel.kind == "any":
-        return [me.subnet]
+        return mine
     if sel.kind == "node":
-        return [me.subnet] if sel.value == me.name else []
+        return mine if sel.value == me.name else []
     if sel.kind == "tag":
-        return [me.subnet] if sel.value in me.tags else []
+        return mine if sel.value in me.tags else []
     if sel.kind == "cidr":
         net = sel.network()
+        if me.subnet is None:
+            return []
         if net.supernet_of(me.subnet):
             return [me.subnet]
         return [net] if me.subnet.supernet_of(net) else []

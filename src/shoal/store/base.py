@@ -59,7 +59,7 @@ class NodeRecord:
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None: a host without Docker
     endpoints: tuple[Endpoint, ...]
     created_at: datetime
     tags: tuple[str, ...] = ()
@@ -122,7 +122,7 @@ class Released:
 
     node_id: str
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None
     released_at: datetime
 
 

@@ -175,6 +175,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             decided_at    TIMESTAMPTZ,
             PRIMARY KEY (node_id, prefix)
         );
+        -- Hosts without Docker (shoal up --no-docker) have no container subnet.
+        ALTER TABLE nodes ALTER COLUMN subnet DROP NOT NULL;
+        ALTER TABLE released ALTER COLUMN subnet DROP NOT NULL;
         """,
     ),
 )
@@ -359,7 +362,7 @@ class PostgresStore:
                     Released(
                         node_id=str(r[0]),
                         mesh_ip=IPv4Address(str(r[1])),
-                        subnet=IPv4Network(str(r[2])),
+                        subnet=_subnet(r[2]),
                         released_at=_utc(r[3]),
                     )
                     for r in released
@@ -769,7 +772,12 @@ class PostgresStore:
                         "INSERT INTO released (node_id, mesh_ip, subnet, released_at) "
                         "VALUES (%s, %s, %s, %s)",
                         [
-                            (r.node_id, str(r.mesh_ip), str(r.subnet), r.released_at)
+                            (
+                                r.node_id,
+                                str(r.mesh_ip),
+                                None if r.subnet is None else str(r.subnet),
+                                r.released_at,
+                            )
                             for r in snapshot.released
                         ],
                     ),
@@ -868,11 +876,16 @@ async def _with_routes(conn: Conn, nodes: list[NodeRecord]) -> tuple[NodeRecord,
     return tuple(replace(n, routes=tuple(by_node[n.id])) if n.id in by_node else n for n in nodes)
 
 
+def _subnet(value: Any) -> IPv4Network | None:
+    """A subnet column: NULL for a host without Docker."""
+    return None if value is None else IPv4Network(str(value))
+
+
 def _released(row: tuple[Any, ...]) -> Released:
     return Released(
         node_id=str(row[0]),
         mesh_ip=IPv4Address(str(row[1])),
-        subnet=IPv4Network(str(row[2])),
+        subnet=_subnet(row[2]),
         released_at=_utc(row[3]),
     )
 
@@ -929,7 +942,7 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         node.name,
         str(node.public_key),
         str(node.mesh_ip),
-        str(node.subnet),
+        None if node.subnet is None else str(node.subnet),
         json.dumps([e.model_dump(mode="json") for e in node.endpoints]),
         json.dumps(list(node.tags)),
         node.created_at,
@@ -950,7 +963,7 @@ def _node(row: tuple[Any, ...]) -> NodeRecord:
         name=name,
         public_key=PublicKey.parse(key),
         mesh_ip=IPv4Address(ip),
-        subnet=IPv4Network(subnet),
+        subnet=_subnet(subnet),
         endpoints=tuple(Endpoint.model_validate(e) for e in endpoints),
         tags=tuple(tags),
         created_at=_utc(created),

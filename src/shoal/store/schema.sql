@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     name            TEXT NOT NULL UNIQUE,
     public_key      TEXT NOT NULL UNIQUE,  -- base64, as `wg` prints it
     mesh_ip         TEXT NOT NULL UNIQUE,
-    subnet          TEXT NOT NULL UNIQUE,
+    subnet          TEXT UNIQUE,           -- NULL: a host without Docker (schema 6)
     endpoints       TEXT NOT NULL,         -- JSON list of {"host", "port"}
     tags            TEXT NOT NULL,         -- JSON list, from the join token
     created_at      TEXT NOT NULL,
@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS revoked_keys (
 CREATE TABLE IF NOT EXISTS released (
     node_id     TEXT PRIMARY KEY,
     mesh_ip     TEXT NOT NULL,
-    subnet      TEXT NOT NULL,
+    subnet      TEXT,                          -- NULL: a host without Docker (schema 6)
     released_at TEXT NOT NULL
 );
 

@@ -590,7 +590,17 @@ def _migrate(db: sqlite3.Connection) -> None:
     containers = {row[1] for row in db.execute("PRAGMA table_info(containers)")}
     if "labels" not in containers:  # schema 4 → 5: container labels (policies), policies
         db.execute("ALTER TABLE containers ADD COLUMN labels TEXT NOT NULL DEFAULT '[]'")
-    # Schema 5 → 6: subnet routes, a new table (schema.sql creates it): nothing to convert.
+    # Schema 5 → 6: subnet routes, a new table (schema.sql creates it), and hosts without
+    # Docker, whose subnet is NULL: SQLite cannot drop NOT NULL, the two tables are rebuilt.
+    if _not_null(db, "nodes", "subnet"):
+        _rebuild(
+            db,
+            "nodes",
+            _NODE_COLS,
+            "CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);",
+        )
+    if _not_null(db, "released", "subnet"):
+        _rebuild(db, "released", "node_id, mesh_ip, subnet, released_at", "")
     db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
 
 
@@ -607,6 +617,26 @@ def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], re
             "container_tombstones ORDER BY removed_rev DESC LIMIT 1 OFFSET ?)",
             (CONTAINER_TOMBSTONES_KEPT,),
         )
+
+
+def _not_null(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column and row[3] for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _rebuild(db: sqlite3.Connection, table: str, columns: str, indexes: str) -> None:
+    """Recreate `table` as schema.sql defines it now, keeping its rows (`columns`)."""
+    create = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \(.*?\n\);", schema_sql(), re.S)
+    assert create is not None, f"schema.sql defines the {table} table"
+    db.executescript(
+        "BEGIN IMMEDIATE;"
+        f"ALTER TABLE {table} RENAME TO {table}_v5;"
+        f"DROP INDEX IF EXISTS {table}_updated_rev;"
+        f"{create.group(0)}"
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_v5;"
+        f"DROP TABLE {table}_v5;"
+        f"{indexes}"
+        "COMMIT;"
+    )
 
 
 def _save_routes(db: sqlite3.Connection, node: NodeRecord) -> None:
@@ -655,7 +685,7 @@ def _released(row: tuple[object, ...]) -> Released:
     return Released(
         node_id=str(row[0]),
         mesh_ip=IPv4Address(str(row[1])),
-        subnet=IPv4Network(str(row[2])),
+        subnet=IPv4Network(row[2]) if isinstance(row[2], str) else None,
         released_at=_required_dt(str(row[3])),
     )
 
@@ -686,7 +716,7 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         node.name,
         str(node.public_key),
         str(node.mesh_ip),
-        str(node.subnet),
+        None if node.subnet is None else str(node.subnet),
         json.dumps([e.model_dump(mode="json") for e in node.endpoints]),
         json.dumps(list(node.tags)),
         _ts(node.created_at),
@@ -707,7 +737,7 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         name=str(name),
         public_key=PublicKey.parse(str(key)),
         mesh_ip=IPv4Address(str(ip)),
-        subnet=IPv4Network(str(subnet)),
+        subnet=IPv4Network(subnet) if isinstance(subnet, str) else None,
         endpoints=tuple(Endpoint.model_validate(e) for e in json.loads(str(endpoints))),
         tags=tuple(json.loads(str(tags))),
         created_at=_required_dt(str(created)),
