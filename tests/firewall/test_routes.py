@@ -1,6 +1,7 @@
 """The firewall's subnet-route part: a host forwarding the mesh into its approved networks
-(nft forward accept, iptables FORWARD exemption and masquerade), rendered and loaded into
-real nft and iptables in a throwaway namespace."""
+(nft forward accept, iptables FORWARD exemption and masquerade), and a host without Docker
+(no bridge, its own services open), rendered and loaded into real nft and iptables in a
+throwaway namespace."""
 
 from __future__ import annotations
 
@@ -58,3 +59,22 @@ def test_the_kernel_lists_route_rules_back_as_rendered(
     assert str(LAN) in ns.sh("iptables-save").stdout
     assert ns.run(lambda: firewall.apply(CFG)) is True
     assert str(LAN) not in listing(ns) and str(LAN) not in ns.sh("iptables-save").stdout
+
+
+NO_DOCKER = CFG.model_copy(update={"local_subnet": None, "dns_address": None})
+
+
+def test_a_host_without_docker_has_no_bridge_rules_and_serves_the_mesh() -> None:
+    text = nft.render(NO_DOCKER)
+    assert "from_containers" not in text and 'shoal-br0" :' not in text
+    assert nft.host_services_verdict(NO_DOCKER) == "accept"
+    assert nft.host_services_verdict(CFG) == "drop"
+    assert rules.desired(NO_DOCKER)[rules.NAT_CHAIN] == ()
+    assert rules.desired(NO_DOCKER)[rules.DNS_CHAIN] == ()
+
+
+def test_the_kernel_lists_a_host_without_docker_back_as_rendered(netns: NetnsFactory) -> None:
+    ns = netns.new("fw-nodocker")
+    assert ns.run(lambda: firewall.apply(NO_DOCKER)) is True
+    assert nft.canonical(listing(ns)) == nft.canonical(nft.render(NO_DOCKER))
+    assert ns.run(lambda: firewall.apply(NO_DOCKER)) is False

@@ -21,6 +21,9 @@ class AgentConfig:
     advertise_addr: IPv4Address | None = None
     listen_port: int = 51820
     docker_host: str | None = None
+    # A host without Docker (--no-docker): joins with no container subnet. Decided at the
+    # join; once joined, the netmap says it (no subnet), whatever the flags.
+    no_docker: bool = False
     # Subnet routes to offer the mesh when joining (--advertise-routes); None: not given.
     advertise_routes: tuple[IPv4Network, ...] | None = None
     # How long one netmap long-poll may stay open; the server caps it at 60 s.

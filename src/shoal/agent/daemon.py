@@ -107,7 +107,7 @@ class Agent:
         cached: CachedNetmap,
         private_key: PrivateKey,
         adapters: Adapters,
-        docker: DockerHost,
+        docker: DockerHost | None,  # None: a host without Docker
         clock: Clock,
         next_key: PrivateKey | None = None,
     ) -> None:
@@ -225,19 +225,22 @@ class Agent:
             self.startup = None
         if ready is not None:
             ready(await self.status())
-        watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
         try:
             async with self.client, asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self.follow_netmap(), name="netmap-poll"),
                     tasks.create_task(self.reconciler.run(), name="reconcile"),
-                    tasks.create_task(watcher.run(), name="docker-watch"),
-                    tasks.create_task(self._report_containers(), name="container-report"),
                     tasks.create_task(self.traversal.run(), name="nat-traversal"),
                     tasks.create_task(self.follow_rotation(), name="key-rotation"),
                     tasks.create_task(self._rotate_when_old(), name="key-age"),
                     tasks.create_task(self.reporter.run(), name="node-report"),
                 ]
+                if self.docker is not None:  # a host without Docker has no containers
+                    watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
+                    workers += [
+                        tasks.create_task(watcher.run(), name="docker-watch"),
+                        tasks.create_task(self._report_containers(), name="container-report"),
+                    ]
                 await self._stop.wait()
                 for worker in workers:
                     worker.cancel()
@@ -631,7 +634,9 @@ async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
 async def down_offline(config: AgentConfig, leave: bool) -> DownReport:
     """`shoal down` with no agent running: the agent's own teardown, from the state dir."""
     state = StateDir(config.state_dir)
-    adapters = host_adapters(await select_dataplane(state.path), DockerHost(config.docker_host))
+    cached = state.cached_netmap()
+    docker = None if _without_docker(config, cached) else DockerHost(config.docker_host)
+    adapters = host_adapters(await select_dataplane(state.path), docker)
     subsystems = await teardown_adapters(adapters)
     left: bool | None = None
     if leave:
@@ -674,18 +679,19 @@ async def start(
         raise NotRoot()
     state = state or StateDir(config.state_dir)
     state.ensure()
-    docker = DockerHost(config.docker_host)
+    identity = state.identity()
+    cached = state.cached_netmap()
+    docker = None if _without_docker(config, cached) else DockerHost(config.docker_host)
     dataplane = await select_dataplane(state.path)
     watch.lap("dataplane")
     private_key = state.private_key()
     watch.lap("key")
 
-    identity = state.identity()
-    cached = state.cached_netmap()
     fresh_join = identity is None
     if identity is None:
-        await docker.ping()  # before registering: the join reports the host's Docker subnets
-        watch.lap("docker")
+        if docker is not None:  # before registering: the join reports the Docker subnets
+            await docker.ping()
+            watch.lap("docker")
         identity, cached = await _join_and_save(config, state, private_key, docker, clock, watch)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
@@ -713,12 +719,19 @@ async def start(
         # before the slower subsystems and before Docker is asked (benchmarks/recovery.py).
         await agent.reconciler.apply_early(("dns",))
         watch.lap("dns")
-        await docker.ping()
-        watch.lap("docker")
+        if docker is not None:
+            await docker.ping()
+            watch.lap("docker")
     await agent.configure(fresh_join)
     watch.lap("first-apply")
     agent.startup = watch
     return agent
+
+
+def _without_docker(config: AgentConfig, cached: CachedNetmap | None) -> bool:
+    """A host without Docker: asked to be (`--no-docker`), or joined as one (its netmap
+    gives it no container subnet; a later `shoal up` without the flag resumes it as such)."""
+    return config.no_docker or (cached is not None and cached.netmap.self_node.subnet is None)
 
 
 def _local_endpoint(config: AgentConfig) -> Endpoint | None:
@@ -737,8 +750,9 @@ async def join(config: AgentConfig, clock: Clock | None = None) -> None:
     state.ensure()
     if state.identity() is not None:
         return
-    docker = DockerHost(config.docker_host)
-    await docker.ping()
+    docker = None if config.no_docker else DockerHost(config.docker_host)
+    if docker is not None:
+        await docker.ping()
     await _join_and_save(
         config, state, state.private_key(), docker, clock or SystemClock(), Stopwatch()
     )
@@ -748,7 +762,7 @@ async def _join_and_save(
     config: AgentConfig,
     state: StateDir,
     private_key: PrivateKey,
-    docker: DockerHost,
+    docker: DockerHost | None,
     clock: Clock,
     watch: Stopwatch,
 ) -> tuple[NodeIdentity, CachedNetmap]:
@@ -760,7 +774,7 @@ async def _join_and_save(
 
 
 async def _join(
-    config: AgentConfig, private_key: PrivateKey, docker: DockerHost, watch: Stopwatch
+    config: AgentConfig, private_key: PrivateKey, docker: DockerHost | None, watch: Stopwatch
 ) -> tuple[NodeIdentity, NetworkMap]:
     if not config.server_url or not config.token:
         raise NotJoined(
@@ -780,6 +794,7 @@ async def _join(
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
         advertise_routes=config.advertise_routes,
+        container_subnet=docker is not None,
     )
     watch.lap("facts")
     async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:

@@ -61,7 +61,7 @@ async def diagnose(agent: Agent, target: str | None) -> DoctorReport:
 
 class HostDoctorProbe:
     def __init__(
-        self, dataplane: DataPlane, docker: DockerHost, server_url: str, ca_pem: bytes
+        self, dataplane: DataPlane, docker: DockerHost | None, server_url: str, ca_pem: bytes
     ) -> None:
         self._dataplane = dataplane
         self._docker = docker
@@ -84,6 +84,8 @@ class HostDoctorProbe:
         return ip_forward_on()
 
     async def docker_network(self, cfg: DockerNetworkConfig) -> str | None:
+        if self._docker is None:  # never asked: a host without Docker plans no network
+            return f"no Docker on this host for network {cfg.name}"
         return await self._docker.network_drift(cfg)
 
     async def firewall(self, cfg: FirewallConfig) -> Drift:

@@ -96,6 +96,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         advertise_addr=advertise,
         listen_port=args.listen_port,
         advertise_routes=_advertise_routes(args.advertise_routes),
+        no_docker=args.no_docker,
         docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
         metrics_listen=parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None,
     )
@@ -248,7 +249,8 @@ def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
 def _say_up(status: AgentStatus) -> int:
     print(
         f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
-        f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
+        f"containers {status.subnet or 'none (no Docker)'}, {len(status.peers)} peer(s), "
+        f"{status.state}"
     )
     return 0
 
@@ -352,7 +354,7 @@ def render_status(s: AgentStatus) -> str:
     if s.name is None:
         return "\n".join([f"{s.state}", *(_warning(h) for h in s.health)])
     lines = [
-        f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
+        f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet or 'none (no Docker)'}",
         f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
         f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
         "  policy "
@@ -367,7 +369,7 @@ def render_status(s: AgentStatus) -> str:
             (
                 p.name,
                 str(p.mesh_ip),
-                str(p.subnet),
+                str(p.subnet or "-"),
                 p.endpoint or "-",
                 p.path or "-",
                 _ago(p.last_handshake),

@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
     p.add_argument(
+        "--no-docker",
+        action="store_true",
+        help="a host without Docker (a laptop, a VM): join with a mesh IP only; this host "
+        "resolves .shoal names and its services are open to the mesh",
+    )
+    p.add_argument(
         "--key-max-age",
         default=None,
         help="rotate the WireGuard key once it is this old, e.g. 30d, or never (default 90d)",

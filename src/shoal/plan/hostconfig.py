@@ -107,6 +107,9 @@ class DnsConfig(Frozen):
 
     address: IPv4Address
     netmap: NetworkMap
+    # Point the host's own resolver at `address` for `.shoal` (`shoal.dns.hostresolver`): on
+    # a host without Docker, whose own processes are the mesh's workload.
+    host_resolver: bool = False
 
 
 def without_dns_redirect(cfg: FirewallConfig) -> FirewallConfig:
@@ -225,7 +228,9 @@ def plan_host(
         routing=RoutingConfig(device=INTERFACE, routes=routes),
         docker_network=docker_network,
         # Names a host may not publish (the policy's `publish` claims) are not served.
-        dns=DnsConfig(address=me.mesh_ip, netmap=publishable(netmap)),
+        dns=DnsConfig(
+            address=me.mesh_ip, netmap=publishable(netmap), host_resolver=me.subnet is None
+        ),
         firewall=firewall,
         replan_at=min(pending, default=None),
     )
