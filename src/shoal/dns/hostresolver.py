@@ -5,7 +5,7 @@ Two ways, chosen by what the host runs:
 - systemd-resolved (its stub at /run/systemd/resolve): split DNS on the mesh interface,
   `resolvectl dns shoal0 MESH_IP` and `resolvectl domain shoal0 ~shoal`. Only `.shoal` names
   go to the agent; everything else keeps the host's resolvers. Undone with `resolvectl revert`
-  (and by the interface going away).
+  by the process that set it, and in any case by the interface going away (`shoal down`).
 - otherwise /etc/resolv.conf: a `nameserver MESH_IP` line first, marked `# added by shoal`.
   Every name then goes to the agent, which answers `.shoal` and forwards the rest to the
   file's other nameservers (read before the line is added); if the agent stops, the C
@@ -81,6 +81,7 @@ class HostResolver:
         self.interface = interface
         self.path = path
         self.resolved_dir = resolved_dir
+        self._link_set = False  # resolvectl settings made by this process
 
     async def point_at(self, address: IPv4Address) -> bool:
         """Send `.shoal` lookups to `address`; whether anything changed (resolvectl is
@@ -88,6 +89,7 @@ class HostResolver:
         if resolved_present(self.resolved_dir):
             await _resolvectl("dns", self.interface, str(address))
             await _resolvectl("domain", self.interface, f"~{ZONE}")
+            self._link_set = True
             return True
         try:
             text = self.path.read_text()
@@ -98,7 +100,10 @@ class HostResolver:
     async def release(self) -> bool:
         """Undo `point_at`; whether there was anything to undo."""
         if resolved_present(self.resolved_dir):
+            if not self._link_set:
+                return False  # not ours, or gone with the interface
             await _resolvectl("revert", self.interface)
+            self._link_set = False
             return True
         try:
             text = self.path.read_text()
