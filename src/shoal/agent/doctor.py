@@ -519,7 +519,7 @@ def container_question(netmap: NetworkMap) -> ContainerQuestion | None:
     `<this node>.shoal`; None when this host has no container on the `shoal` network."""
     me = netmap.self_node
     mine = sorted((c for c in netmap.containers if c.node_id == me.id), key=lambda c: c.name)
-    if not mine:
+    if not mine or me.subnet is None:  # a host without Docker has no containers
         return None
     # Only names the responder serves: published (policy) and handed out (health).
     served = publishable(netmap).containers

@@ -95,6 +95,8 @@ class HostDoctorProbe:
         return await ask(server, port, name)
 
     async def container_dns(self, container_id: str, name: str) -> DnsAnswer | None:
+        if self._docker is None:  # never asked: a host without Docker has no containers
+            return None
         pid = await self._docker.container_pid(container_id)
         return None if pid is None else await ask_from(pid, name)
 
