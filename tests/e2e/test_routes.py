@@ -2,8 +2,9 @@
 Docker's (a LAN behind it, one plain machine on it) with `shoal up --advertise-routes`; until
 the admin approves the route no container elsewhere reaches that machine; once approved a
 container on another host reaches it by IP (the machine sees the router's LAN address: no
-route back to the mesh is needed); once rejected it is unreachable again. A route overlapping
-the container pool is refused at `shoal up` with one line saying why.
+route back to the mesh is needed); once rejected it is unreachable again. The host changes its
+list with `shoal down` and `shoal up --advertise-routes`. A route overlapping the container
+pool is refused at `shoal up` with one line saying why.
 """
 
 from __future__ import annotations
@@ -105,6 +106,29 @@ def test_a_lan_behind_a_host_is_reached_once_its_route_is_approved_and_not_after
     wait_until("the LAN gone for rt-client", lambda: not ping(client, "rt-client", machine.ip))
     assert fetch_whoami(client, machine) is None
     assert [r["status"] for r in routes(lab)] == ["rejected"]
+
+
+def test_a_joined_host_changes_its_routes_with_down_and_up(
+    lab: Lab, mesh: tuple[LabHost, LabHost, LabOutsider]
+) -> None:
+    """Resumed from its state dir with a new list: a new route is pending, a known one keeps
+    the admin's decision (rejected by the test above), and the host stays joined as itself."""
+    router, _client, _machine = mesh
+    shoal(router, "down", "--state-dir", str(router.state_dir))
+    extra = "172.31.9.0/24"
+    shoal(
+        router,
+        "up",
+        "--advertise-routes",
+        f"{LAN},{extra}",
+        "--state-dir",
+        str(router.state_dir),
+    )
+    assert {(r["prefix"], r["status"]) for r in routes(lab)} == {
+        (str(LAN), "rejected"),
+        (extra, "pending"),
+    }
+    assert [n for n in admin(lab, "nodes").stdout.split() if n == router.name] == [router.name]
 
 
 def test_a_route_overlapping_the_container_pool_is_refused_at_up(

@@ -693,6 +693,8 @@ async def start(
             await docker.ping()
             watch.lap("docker")
         identity, cached = await _join_and_save(config, state, private_key, docker, clock, watch)
+    elif config.advertise_routes is not None:
+        cached = await _advertise_again(config, state, identity, private_key, clock)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
         cached = CachedNetmap(
@@ -728,6 +730,36 @@ async def start(
     return agent
 
 
+async def _advertise_again(
+    config: AgentConfig,
+    state: StateDir,
+    identity: NodeIdentity,
+    private_key: PrivateKey,
+    clock: Clock,
+) -> CachedNetmap:
+    """A joined host resumed with `--advertise-routes`: register again (no token: the key is
+    the identity) with the new set, keeping the endpoints the server knows; the reply's
+    netmap becomes the cached one."""
+    assert config.advertise_routes is not None, "only called with routes to advertise"
+    async with ControlClient(
+        identity.server_url, identity.ca_pem.encode(), node_key=private_key
+    ) as client:
+        known = (await client.poll(since=0, wait=0)).full
+        endpoints = known.self_node.endpoints if known is not None else ()
+        reply = await client.register(
+            RegisterRequest(
+                name=identity.name,
+                public_key=private_key.public_key(),
+                endpoints=endpoints,
+                advertise_routes=config.advertise_routes,
+            )
+        )
+    log.info("advertising routes %s", ", ".join(map(str, config.advertise_routes)) or "(none)")
+    cached = CachedNetmap(netmap=reply.netmap, received_at=clock.now())
+    state.save_netmap(cached)
+    return cached
+
+
 def _without_docker(config: AgentConfig, cached: CachedNetmap | None) -> bool:
     """A host without Docker: asked to be (`--no-docker`), or joined as one (its netmap
     gives it no container subnet; a later `shoal up` without the flag resumes it as such)."""
@@ -748,7 +780,12 @@ async def join(config: AgentConfig, clock: Clock | None = None) -> None:
         raise NotRoot()
     state = StateDir(config.state_dir)
     state.ensure()
-    if state.identity() is not None:
+    identity = state.identity()
+    if identity is not None:
+        if config.advertise_routes is not None:
+            await _advertise_again(
+                config, state, identity, state.private_key(), clock or SystemClock()
+            )
         return
     docker = None if config.no_docker else DockerHost(config.docker_host)
     if docker is not None:

@@ -183,6 +183,12 @@ def _start_background(
         pass
     else:
         print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
+        if config.advertise_routes is not None:
+            print(
+                "shoal: --advertise-routes not sent: the running agent keeps its routes; "
+                "`shoal down`, then `shoal up --advertise-routes ...` sends them",
+                file=sys.stderr,
+            )
         return 0
     systemd = systemd or Systemd()
     if systemd.running():
