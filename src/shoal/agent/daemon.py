@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shoal.agent import exposure
+from shoal.agent import exposure, tlscerts
 from shoal.agent.adapters import host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
@@ -68,9 +68,10 @@ from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
 from shoal.model.catalog import build_catalog
+from shoal.model.certs import ContainerCertRequest, new_key_and_csr, wants_cert
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import PEER_SWITCH_LAG, Endpoint, NetworkMap, Node
+from shoal.model.netmap import PEER_SWITCH_LAG, Container, Endpoint, NetworkMap, Node
 from shoal.model.status import AgentStatus, DownReport, KeyRotation, PeerStatus
 from shoal.model.tokens import parse_join_token
 from shoal.plan.hostconfig import (
@@ -240,6 +241,7 @@ class Agent:
                     workers += [
                         tasks.create_task(watcher.run(), name="docker-watch"),
                         tasks.create_task(self._report_containers(), name="container-report"),
+                        tasks.create_task(self._container_certs(), name="tls-certs"),
                     ]
                 await self._stop.wait()
                 for worker in workers:
@@ -461,6 +463,45 @@ class Agent:
     async def _on_containers(self, containers: list[ContainerReport]) -> None:
         self._containers = containers
         self._containers_changed.set()
+
+    async def _container_certs(self) -> None:
+        """Certificates for this host's containers labelled shoal.tls=true (`tlscerts`):
+        looked at each new netmap (a container appears in it once the server has it, and
+        only then may it be named) and every TLS_CHECK_SECONDS for renewals; a failure is
+        retried at the next look."""
+        seen_rev, checked_at = -1, float("-inf")
+        while True:
+            netmap = self.cached.netmap
+            if (
+                netmap.revision != seen_rev
+                or self.clock.monotonic() - checked_at >= TLS_CHECK_SECONDS
+            ):
+                seen_rev, checked_at = netmap.revision, self.clock.monotonic()
+                for container in netmap.containers:
+                    if container.node_id == netmap.self_node.id and wants_cert(container):
+                        await self._certify(container)
+            await self.clock.sleep(TLS_LOOK_SECONDS)
+
+    async def _certify(self, container: Container) -> None:
+        directory = tlscerts.cert_dir(self.state.path, container.name)
+        if not tlscerts.due(directory, self.clock.now()):
+            return
+        key_pem, csr = new_key_and_csr(container.name)
+        try:
+            issued = await self.client.container_cert(
+                ContainerCertRequest(container_id=container.id, csr=csr)
+            )
+        except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
+            log.warning("certificate for container %s: %s", container.name, exc)
+            return
+        tlscerts.write_bundle(directory, key_pem, issued)
+        log.info(
+            "certificate for container %s (%s) in %s, valid until %s",
+            container.name,
+            ", ".join(issued.names),
+            directory,
+            f"{issued.not_after:%Y-%m-%d %H:%M} UTC",
+        )
 
     async def _report_containers(self) -> None:
         """Send the newest container set; latest wins, failures retry with the newest."""
@@ -758,6 +799,11 @@ async def _advertise_again(
     cached = CachedNetmap(netmap=reply.netmap, received_at=clock.now())
     state.save_netmap(cached)
     return cached
+
+
+# Certificates: a new netmap is looked for this often, renewals every TLS_CHECK_SECONDS.
+TLS_LOOK_SECONDS = 1.0
+TLS_CHECK_SECONDS = 60.0
 
 
 def _without_docker(config: AgentConfig, cached: CachedNetmap | None) -> bool:

@@ -206,6 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
         admin_flags(p)
         p.set_defaults(run=_handler("routes_cmds", f"cmd_routes_{verb}"))
 
+    cert = sub.add_parser("cert", help="certificates for services (mTLS)").add_subparsers(
+        dest="cert_cmd", required=True
+    )
+    p = cert.add_parser("issue", help="a certificate for SERVICE's mesh names (key made here)")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("--out", help="directory for key.pem, cert.pem, ca.pem (default: ./SERVICE)")
+    admin_flags(p)
+    p.set_defaults(run=_handler("cert_cmds", "cmd_cert_issue"))
+
     p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
     p.add_argument("--token", help="join token SHOAL-1-..., or - to read it from stdin")

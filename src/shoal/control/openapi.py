@@ -40,6 +40,7 @@ from shoal.model.api import (
     TokenCreateRequest,
     TokenInfo,
 )
+from shoal.model.certs import ContainerCertRequest, IssuedCert, ServiceCertRequest
 from shoal.model.netmap import MapUpdate
 from shoal.model.routes import RouteInfo, RouteRef
 
@@ -180,6 +181,24 @@ ROUTES: tuple[Route, ...] = (
         PolicyInfo,
     ),
     Route("GET", "/v1/admin/policy", "The policy in force", "admin", reply=PolicyInfo),
+    Route(
+        "POST",
+        "/v1/certs",
+        "A certificate for this node's container labelled shoal.tls=true (its mesh names and "
+        "IP), signed by the mesh service CA",
+        "node",
+        ContainerCertRequest,
+        IssuedCert,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/certs",
+        "A certificate for a service name (shoal cert issue), signed by the mesh service CA",
+        "admin",
+        ServiceCertRequest,
+        IssuedCert,
+        status=201,
+    ),
     Route(
         "GET",
         "/v1/admin/routes",

@@ -67,6 +67,7 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.catalog import build_catalog
+from shoal.model.certs import TLS_LABEL, wants_cert
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import PEER_SWITCH_LAG, Container, MapUpdate
 from shoal.model.policy import PolicyError, Proto, parse, run_tests
@@ -672,6 +673,21 @@ class ControlService:
         return subnet_routes.route_info(
             saved, next(r for r in saved.routes if r.prefix == route.prefix)
         )
+
+    def container_for_cert(self, node_id: str, container_id: str) -> tuple[Container, str]:
+        """`node_id`'s own container `container_id` (labelled shoal.tls=true) and its node's
+        name: what a certificate may name. A node never gets another node's names."""
+        node = self.registry.require(node_id)
+        container = self.registry.containers_of(node_id).get(container_id)
+        if container is None:
+            raise NotFound(
+                f"node {node.name} has reported no container {container_id[:12]}; report it first"
+            )
+        if not wants_cert(container):
+            raise BadRequest(
+                f"container {container.name} has no label {TLS_LABEL[0]}={TLS_LABEL[1]}"
+            )
+        return container, node.name
 
     async def remove_node(self, name: str, *, allow_rejoin: bool = False) -> None:
         """Remove the node; unless `allow_rejoin`, its key is revoked (it cannot join again,

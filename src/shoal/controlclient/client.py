@@ -57,6 +57,7 @@ from shoal.model.api import (
     TokenInfo,
     rotate_proof_body,
 )
+from shoal.model.certs import ContainerCertRequest, IssuedCert, ServiceCertRequest
 from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
 from shoal.model.netmap import MapUpdate
 from shoal.model.nodeauth import shared_key, sign
@@ -259,6 +260,13 @@ class ControlClient:
         return await self._call(
             "POST", f"/v1/admin/routes/{verb}", RouteInfo, body=RouteRef(route=ref)
         )
+
+    async def container_cert(self, request: ContainerCertRequest) -> IssuedCert:
+        """A certificate for one of this node's containers (signed by the node's key)."""
+        return await self._call("POST", "/v1/certs", IssuedCert, body=request)
+
+    async def service_cert(self, request: ServiceCertRequest) -> IssuedCert:
+        return await self._call("POST", "/v1/admin/certs", IssuedCert, body=request)
 
     # Plumbing.
 
