@@ -4,14 +4,20 @@ CA (an admin command: the key is made here and never sent; the server signs its 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from shoal.agent.tlscerts import write_bundle
 from shoal.cli.server_cmds import UsageError, _with_admin
+from shoal.model.api import NAME_PATTERN
 from shoal.model.certs import ServiceCertRequest, new_key_and_csr
 
 
 def cmd_cert_issue(args: argparse.Namespace) -> int:
+    if not re.match(NAME_PATTERN, args.service):
+        raise UsageError(
+            f"service {args.service!r}: a DNS label (a-z, 0-9, '-'; at most 63), as mesh names are"
+        )
     out = Path(args.out or args.service)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")

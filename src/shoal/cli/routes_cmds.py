@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from shoal.cli.server_cmds import _with_admin
-from shoal.model.routes import RouteInfo
+from shoal.cli.server_cmds import UsageError, _with_admin
+from shoal.model.routes import MAX_REF, RouteInfo
 
 
 def render_routes(routes: list[RouteInfo]) -> str:
@@ -38,13 +38,20 @@ def cmd_routes_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ref(text: str) -> str:
+    """A route id or prefix as the server takes it (at most 64 characters)."""
+    if not 0 < len(text) <= MAX_REF:
+        raise UsageError(f"route {text[:70]!r}: give its id (shoal routes list) or its prefix")
+    return text
+
+
 def cmd_routes_approve(args: argparse.Namespace) -> int:
-    route = _with_admin(args, lambda c: c.decide_route(args.route, approve=True))
+    route = _with_admin(args, lambda c: c.decide_route(_ref(args.route), approve=True))
     print(f"route {route.prefix} of {route.node} approved: peers route it through {route.node}")
     return 0
 
 
 def cmd_routes_reject(args: argparse.Namespace) -> int:
-    route = _with_admin(args, lambda c: c.decide_route(args.route, approve=False))
+    route = _with_admin(args, lambda c: c.decide_route(_ref(args.route), approve=False))
     print(f"route {route.prefix} of {route.node} rejected: no peer routes it")
     return 0

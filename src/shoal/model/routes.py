@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field
 
 from shoal.model.netmap import Frozen
 
+MAX_REF = 64  # characters of a route's id or prefix as the admin names it
 MAX_ROUTES = 16  # per node: a few LANs or VPC subnets; each costs every peer a route
 RouteStatus = Literal["pending", "approved", "rejected"]
 
@@ -85,4 +86,4 @@ class RouteInfo(Frozen):
 class RouteRef(Frozen):
     """`POST /v1/admin/routes/approve|reject`: the route, by its id or its prefix."""
 
-    route: str = Field(min_length=1, max_length=64)
+    route: str = Field(min_length=1, max_length=MAX_REF)

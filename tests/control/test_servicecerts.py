@@ -6,22 +6,15 @@ one for a service name."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from shoal.agent.tlscerts import due, write_bundle
 from shoal.control.app import RunningServer
 from shoal.controlclient.errors import ControlRejected
 from shoal.model.api import ContainerReport, ContainersReport
-from shoal.model.certs import (
-    RENEW_BEFORE,
-    ContainerCertRequest,
-    ServiceCertRequest,
-    new_key_and_csr,
-)
+from shoal.model.certs import ContainerCertRequest, ServiceCertRequest, new_key_and_csr
 from tests.control.servers import Joined, admin_client, join, node_client
 
 WEB_ID, DB_ID = f"{1:064x}", f"{2:064x}"
@@ -98,18 +91,3 @@ async def test_the_admin_issues_one_for_a_service_name(server: RunningServer) ->
     async with admin_client(server) as admin:
         issued = await admin.service_cert(ServiceCertRequest(service="billing", csr=csr))
     assert sans(issued.cert) == (["billing", "billing.shoal"], [])
-
-
-async def test_the_bundle_is_written_whole_and_renewed_when_a_third_is_left(
-    server: RunningServer, tmp_path: Path
-) -> None:
-    key_pem, csr = new_key_and_csr("billing")
-    async with admin_client(server) as admin:
-        issued = await admin.service_cert(ServiceCertRequest(service="billing", csr=csr))
-    out = tmp_path / "tls" / "billing"
-    assert due(out, issued.not_after - RENEW_BEFORE * 2)
-    write_bundle(out, key_pem, issued)
-    assert sorted(p.name for p in out.iterdir()) == ["ca.pem", "cert.pem", "key.pem"]
-    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
-    assert not due(out, issued.not_after - RENEW_BEFORE * 2)
-    assert due(out, issued.not_after - RENEW_BEFORE / 2)
