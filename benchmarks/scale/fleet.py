@@ -318,6 +318,7 @@ class Fleet:
         """`agent` reports one container (its whole set) with `report_containers`; "ok", or
         why container fan-out cannot be measured."""
         subnet = agent.netmap.self_node.subnet
+        assert subnet is not None, "the fleet's agents join with a container subnet"
         report = ContainersReport(
             containers=(
                 ContainerReport(id=cid, name=f"bench-{c}", ip=subnet.network_address + 2 + c % 200),

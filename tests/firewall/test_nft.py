@@ -40,7 +40,10 @@ def test_render_follows_the_config() -> None:
 
 
 def test_container_sources_exclude_gateway_and_broadcast() -> None:
-    assert nft.container_sources(CFG) == (IPv4Address("10.42.1.2"), IPv4Address("10.42.1.254"))
+    assert nft.container_sources(IPv4Network("10.42.1.0/24")) == (
+        IPv4Address("10.42.1.2"),
+        IPv4Address("10.42.1.254"),
+    )
 
 
 def test_canonical_ignores_the_order_of_set_members() -> None:

@@ -27,6 +27,64 @@ def test_routes_cover_peer_subnets_only_sourced_from_the_mesh_ip() -> None:
     assert {(r.dev, str(r.src)) for r in cfg.routing.routes} == {(INTERFACE, "100.64.0.1")}
 
 
+LAN = IPv4Network("192.168.77.0/24")
+
+
+def with_routes(nm: NetworkMap, node_id: str, *routes: IPv4Network) -> NetworkMap:
+    """`nm` with `node_id`'s approved subnet routes set to `routes`."""
+    if nm.self_node.id == node_id:
+        return nm.model_copy(
+            update={"self_node": nm.self_node.model_copy(update={"routes": routes})}
+        )
+    peers = tuple(
+        p.model_copy(update={"routes": routes}) if p.id == node_id else p for p in nm.peers
+    )
+    return nm.model_copy(update={"peers": peers})
+
+
+def test_a_peers_approved_routes_go_through_it_and_this_hosts_own_are_forwarded() -> None:
+    nm = with_routes(netmap(1, [2, 3]), netmap(1, [2]).peers[0].id, LAN)
+    cfg = plan_host(nm, KEY, 51820)
+    by_endpoint = {p.endpoint: p for p in cfg.tunnel.peers}
+    assert by_endpoint["192.0.2.12:51820"].allowed_ips[-1] == LAN
+    assert LAN not in by_endpoint["192.0.2.13:51820"].allowed_ips
+    assert [r.dst for r in cfg.routing.routes] == [
+        IPv4Network("10.42.2.0/24"),
+        IPv4Network("10.42.3.0/24"),
+        LAN,
+    ]
+    assert cfg.firewall.subnet_routes == ()
+    # On the advertising host: no route of its own over the mesh, forwarding in the firewall.
+    router = plan_host(with_routes(netmap(2, [1, 3]), netmap(2, [1]).self_node.id, LAN), KEY, 1)
+    assert LAN not in [r.dst for r in router.routing.routes]
+    assert router.firewall.subnet_routes == (LAN,)
+
+
+def without_docker(nm: NetworkMap, node_id: str) -> NetworkMap:
+    """`nm` with `node_id` a host without Docker (no container subnet)."""
+    if nm.self_node.id == node_id:
+        return nm.model_copy(update={"self_node": nm.self_node.model_copy(update={"subnet": None})})
+    peers = tuple(p.model_copy(update={"subnet": None}) if p.id == node_id else p for p in nm.peers)
+    return nm.model_copy(update={"peers": peers})
+
+
+def test_a_host_without_docker_plans_no_network_and_points_its_resolver_at_the_mesh() -> None:
+    me = netmap(1, [2]).self_node.id
+    cfg = plan_host(without_docker(netmap(1, [2, 3]), me), KEY, 51820)
+    assert cfg.docker_network is None
+    assert cfg.firewall.local_subnet is None and cfg.firewall.dns_address is None
+    assert cfg.dns.host_resolver is True
+    assert [r.dst for r in cfg.routing.routes] == [
+        IPv4Network("10.42.2.0/24"),
+        IPv4Network("10.42.3.0/24"),
+    ]
+    # Its peers route nothing but its mesh IP to it.
+    peer = plan_host(without_docker(netmap(2, [1, 3]), me), KEY, 51820)
+    assert [r.dst for r in peer.routing.routes] == [IPv4Network("10.42.3.0/24")]
+    assert IPv4Network("100.64.0.1/32") in {ip for p in peer.tunnel.peers for ip in p.allowed_ips}
+    assert plan_host(netmap(1, [2]), KEY, 51820).dns.host_resolver is False
+
+
 def test_interface_network_and_firewall_follow_this_node() -> None:
     cfg = plan_host(netmap(1, [2]), KEY, 51999)
     assert cfg.tunnel.interface.address == IPv4Interface("100.64.0.1/10")

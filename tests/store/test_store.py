@@ -22,6 +22,7 @@ from shoal.store import (
     ContainerRecord,
     ContainerTombstone,
     NodeRecord,
+    RouteRecord,
     Store,
     StoreConflict,
     StoreError,
@@ -103,6 +104,34 @@ async def test_nodes_bump_the_revision_and_leave_tombstones(store: Store) -> Non
         node(1, endpoints=(), updated_rev=3, last_seen=T0 + timedelta(seconds=5)),
     )
     assert [(t.node_id, t.removed_rev) for t in snap.tombstones] == [("n2", 4)]
+
+
+async def test_routes_are_saved_with_their_node_replaced_by_the_next_save_and_removed_with_it(
+    store: Store,
+) -> None:
+    lan = RouteRecord(IPv4Network("192.168.7.0/24"), "pending", T0)
+    vpc = RouteRecord(IPv4Network("172.20.0.0/16"), "approved", T0, T0 + timedelta(minutes=1))
+    await store.save_node(node(1, routes=(vpc, lan)))
+    await store.save_node(node(2))
+    snap = await store.load(100)
+    assert [n.routes for n in snap.nodes] == [(vpc, lan), ()]
+    assert snap.nodes[0].node().routes == (IPv4Network("172.20.0.0/16"),)
+    rev = await store.save_node(node(1, routes=(lan,)))
+    changed = await store.changes_since(rev - 1)
+    assert [(n.id, n.routes) for n in changed.nodes] == [("n1", (lan,))]
+    await store.remove_node("n1")
+    await store.save_node(node(1))  # the same id again: nothing of the old routes is left
+    assert [n.routes for n in (await store.load(100)).nodes] == [(), ()]
+
+
+async def test_hosts_without_docker_have_no_subnet_and_do_not_conflict_on_it(
+    store: Store,
+) -> None:
+    await store.save_node(node(1, subnet=None))
+    await store.save_node(node(2, subnet=None))
+    assert [n.subnet for n in (await store.load(100)).nodes] == [None, None]
+    await store.remove_node("n1")
+    assert [(r.node_id, r.subnet) for r in (await store.load(100)).released] == [("n1", None)]
 
 
 async def test_unique_fields_conflict(store: Store) -> None:
@@ -263,7 +292,7 @@ def test_sqlite_upgrades_a_schema_1_database(tmp_path: Path) -> None:
         store = SqliteStore(path)
         snap = await store.load(10)
         assert [(n.id, n.online, n.ephemeral) for n in snap.nodes] == [("n1", True, False)]
-        assert await store.get_setting("schema_version") == "5"
+        assert await store.get_setting("schema_version") == "6"
         tokens = {t.id: (t.uses, t.max_uses) for t in await store.list_tokens()}
         assert tokens == {"once": (1, 1), "many": (0, None)}
         await store.save_containers("n1", [box(1)], [])
@@ -318,7 +347,7 @@ def test_sqlite_upgrades_a_schema_3_database_to_containers_keyed_by_node(
         snap = await store.load(10)
         assert snap.containers == (ContainerRecord(box(1), 1),)
         assert snap.container_tombstones == ()
-        assert await store.get_setting("schema_version") == "5"
+        assert await store.get_setting("schema_version") == "6"
         await store.save_node(node(2))
         await store.save_containers("n2", [box(1, node_id="n2")], [])
         assert len((await store.load(10)).containers) == 2
@@ -425,7 +454,7 @@ async def test_postgresql_migration_2_keeps_the_rows_of_a_version_1_database(
             "VALUES ('n1', %s, 'c1', '10.42.1.2', '[]', 'none', 1)",
             (box(1).id,),
         )
-    assert await migrate(postgres_url) == [2]
+    assert await migrate(postgres_url) == [2, 3]
     store = PostgresStore(postgres_url)
     snap = await store.load(10)
     assert [(n.id, n.next_key, n.switch_at) for n in snap.nodes] == [("n1", None, None)]
@@ -542,7 +571,7 @@ def test_sqlite_adds_labels_to_a_schema_4_containers_table(tmp_path: Path) -> No
         store = SqliteStore(path)
         snap = await store.load(10)
         assert [c.container.labels for c in snap.containers] == [()]
-        assert await store.get_setting("schema_version") == "5"
+        assert await store.get_setting("schema_version") == "6"
         await store.close()
 
     asyncio.run(check())

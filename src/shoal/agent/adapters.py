@@ -63,8 +63,8 @@ class DockerNetwork:
     def kept_for(self) -> tuple[str, ...]:
         return self._kept_for
 
-    async def apply(self, cfg: DockerNetworkConfig) -> bool:
-        return await self.docker.ensure_network(cfg)
+    async def apply(self, cfg: DockerNetworkConfig | None) -> bool:
+        return False if cfg is None else await self.docker.ensure_network(cfg)
 
     async def teardown(self) -> bool:
         result = await self.docker.remove_network(self.name)
@@ -75,13 +75,30 @@ class DockerNetwork:
         return result.removed
 
 
-def host_adapters(dataplane: DataPlane, docker: DockerHost, dns: MeshDns | None = None) -> Adapters:
+class NoDockerNetwork:
+    """The Docker network of a host without Docker (`shoal up --no-docker`): there is none."""
+
+    @property
+    def kept_for(self) -> tuple[str, ...]:
+        return ()
+
+    async def apply(self, cfg: DockerNetworkConfig | None) -> bool:
+        return False
+
+    async def teardown(self) -> bool:
+        return False
+
+
+def host_adapters(
+    dataplane: DataPlane, docker: DockerHost | None, dns: MeshDns | None = None
+) -> Adapters:
     """The adapters of this host: the data plane picked at start, the resolver if it already
-    answers (`answer_from_cache`), and the rest."""
+    answers (`answer_from_cache`), and the rest (no Docker network where `docker` is None: a
+    host without Docker)."""
     return Adapters(
         tunnel=dataplane,
         routing=HostRouting(),
-        docker_network=DockerNetwork(docker),
+        docker_network=NoDockerNetwork() if docker is None else DockerNetwork(docker),
         dns=dns or MeshDns(),
         firewall=IptablesFirewall(),
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from shoal.agent.errors import AgentError
@@ -21,6 +21,11 @@ class AgentConfig:
     advertise_addr: IPv4Address | None = None
     listen_port: int = 51820
     docker_host: str | None = None
+    # A host without Docker (--no-docker): joins with no container subnet. Decided at the
+    # join; once joined, the netmap says it (no subnet), whatever the flags.
+    no_docker: bool = False
+    # Subnet routes to offer the mesh when joining (--advertise-routes); None: not given.
+    advertise_routes: tuple[IPv4Network, ...] | None = None
     # How long one netmap long-poll may stay open; the server caps it at 60 s.
     poll_wait_seconds: float = 25.0
     # Converge from drift (someone deleted a route) even when no netmap arrives.

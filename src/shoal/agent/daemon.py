@@ -28,7 +28,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from shoal.agent import exposure
+from shoal.agent import exposure, tlscerts
 from shoal.agent.adapters import host_adapters
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
@@ -68,9 +68,10 @@ from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
 from shoal.model.catalog import build_catalog
+from shoal.model.certs import ContainerCertRequest, new_key_and_csr, wants_cert
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import PEER_SWITCH_LAG, Endpoint, NetworkMap, Node
+from shoal.model.netmap import PEER_SWITCH_LAG, Container, Endpoint, NetworkMap, Node
 from shoal.model.status import AgentStatus, DownReport, KeyRotation, PeerStatus
 from shoal.model.tokens import parse_join_token
 from shoal.plan.hostconfig import (
@@ -107,7 +108,7 @@ class Agent:
         cached: CachedNetmap,
         private_key: PrivateKey,
         adapters: Adapters,
-        docker: DockerHost,
+        docker: DockerHost | None,  # None: a host without Docker
         clock: Clock,
         next_key: PrivateKey | None = None,
     ) -> None:
@@ -225,19 +226,23 @@ class Agent:
             self.startup = None
         if ready is not None:
             ready(await self.status())
-        watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
         try:
             async with self.client, asyncio.TaskGroup() as tasks:
                 workers = [
                     tasks.create_task(self.follow_netmap(), name="netmap-poll"),
                     tasks.create_task(self.reconciler.run(), name="reconcile"),
-                    tasks.create_task(watcher.run(), name="docker-watch"),
-                    tasks.create_task(self._report_containers(), name="container-report"),
                     tasks.create_task(self.traversal.run(), name="nat-traversal"),
                     tasks.create_task(self.follow_rotation(), name="key-rotation"),
                     tasks.create_task(self._rotate_when_old(), name="key-age"),
                     tasks.create_task(self.reporter.run(), name="node-report"),
                 ]
+                if self.docker is not None:  # a host without Docker has no containers
+                    watcher = ContainerWatcher(self.docker, DOCKER_NETWORK, self._on_containers)
+                    workers += [
+                        tasks.create_task(watcher.run(), name="docker-watch"),
+                        tasks.create_task(self._report_containers(), name="container-report"),
+                        tasks.create_task(self._container_certs(), name="tls-certs"),
+                    ]
                 await self._stop.wait()
                 for worker in workers:
                     worker.cancel()
@@ -462,6 +467,45 @@ class Agent:
         # netmap does not change, the firewall's anti-spoofing bindings must.
         self.reconciler.recheck("firewall")
 
+    async def _container_certs(self) -> None:
+        """Certificates for this host's containers labelled shoal.tls=true (`tlscerts`):
+        looked at each new netmap (a container appears in it once the server has it, and
+        only then may it be named) and every TLS_CHECK_SECONDS for renewals; a failure is
+        retried at the next look."""
+        seen_rev, checked_at = -1, float("-inf")
+        while True:
+            netmap = self.cached.netmap
+            if (
+                netmap.revision != seen_rev
+                or self.clock.monotonic() - checked_at >= TLS_CHECK_SECONDS
+            ):
+                seen_rev, checked_at = netmap.revision, self.clock.monotonic()
+                for container in netmap.containers:
+                    if container.node_id == netmap.self_node.id and wants_cert(container):
+                        await self._certify(container)
+            await self.clock.sleep(TLS_LOOK_SECONDS)
+
+    async def _certify(self, container: Container) -> None:
+        directory = tlscerts.cert_dir(self.state.path, container.name)
+        if not tlscerts.due(directory, self.clock.now()):
+            return
+        key_pem, csr = new_key_and_csr(container.name)
+        try:
+            issued = await self.client.container_cert(
+                ContainerCertRequest(container_id=container.id, csr=csr)
+            )
+        except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
+            log.warning("certificate for container %s: %s", container.name, exc)
+            return
+        tlscerts.write_bundle(directory, key_pem, issued)
+        log.info(
+            "certificate for container %s (%s) in %s, valid until %s",
+            container.name,
+            ", ".join(issued.names),
+            directory,
+            f"{issued.not_after:%Y-%m-%d %H:%M} UTC",
+        )
+
     async def _report_containers(self) -> None:
         """Send the newest container set; latest wins, failures retry with the newest."""
         sent: list[ContainerReport] | None = None
@@ -636,7 +680,9 @@ async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
 async def down_offline(config: AgentConfig, leave: bool) -> DownReport:
     """`shoal down` with no agent running: the agent's own teardown, from the state dir."""
     state = StateDir(config.state_dir)
-    adapters = host_adapters(await select_dataplane(state.path), DockerHost(config.docker_host))
+    cached = state.cached_netmap()
+    docker = None if _without_docker(config, cached) else DockerHost(config.docker_host)
+    adapters = host_adapters(await select_dataplane(state.path), docker)
     subsystems = await teardown_adapters(adapters)
     left: bool | None = None
     if leave:
@@ -679,19 +725,22 @@ async def start(
         raise NotRoot()
     state = state or StateDir(config.state_dir)
     state.ensure()
-    docker = DockerHost(config.docker_host)
+    identity = state.identity()
+    cached = state.cached_netmap()
+    docker = None if _without_docker(config, cached) else DockerHost(config.docker_host)
     dataplane = await select_dataplane(state.path)
     watch.lap("dataplane")
     private_key = state.private_key()
     watch.lap("key")
 
-    identity = state.identity()
-    cached = state.cached_netmap()
     fresh_join = identity is None
     if identity is None:
-        await docker.ping()  # before registering: the join reports the host's Docker subnets
-        watch.lap("docker")
+        if docker is not None:  # before registering: the join reports the Docker subnets
+            await docker.ping()
+            watch.lap("docker")
         identity, cached = await _join_and_save(config, state, private_key, docker, clock, watch)
+    elif config.advertise_routes is not None:
+        cached = await _advertise_again(config, state, identity, private_key, clock)
     elif cached is None:
         # The cached netmap was lost or set aside: the server has the current one.
         cached = CachedNetmap(
@@ -718,12 +767,54 @@ async def start(
         # before the slower subsystems and before Docker is asked (benchmarks/recovery.py).
         await agent.reconciler.apply_early(("dns",))
         watch.lap("dns")
-        await docker.ping()
-        watch.lap("docker")
+        if docker is not None:
+            await docker.ping()
+            watch.lap("docker")
     await agent.configure(fresh_join)
     watch.lap("first-apply")
     agent.startup = watch
     return agent
+
+
+async def _advertise_again(
+    config: AgentConfig,
+    state: StateDir,
+    identity: NodeIdentity,
+    private_key: PrivateKey,
+    clock: Clock,
+) -> CachedNetmap:
+    """A joined host resumed with `--advertise-routes`: register again (no token: the key is
+    the identity) with the new set, keeping the endpoints the server knows; the reply's
+    netmap becomes the cached one."""
+    assert config.advertise_routes is not None, "only called with routes to advertise"
+    async with ControlClient(
+        identity.server_url, identity.ca_pem.encode(), node_key=private_key
+    ) as client:
+        known = (await client.poll(since=0, wait=0)).full
+        endpoints = known.self_node.endpoints if known is not None else ()
+        reply = await client.register(
+            RegisterRequest(
+                name=identity.name,
+                public_key=private_key.public_key(),
+                endpoints=endpoints,
+                advertise_routes=config.advertise_routes,
+            )
+        )
+    log.info("advertising routes %s", ", ".join(map(str, config.advertise_routes)) or "(none)")
+    cached = CachedNetmap(netmap=reply.netmap, received_at=clock.now())
+    state.save_netmap(cached)
+    return cached
+
+
+# Certificates: a new netmap is looked for this often, renewals every TLS_CHECK_SECONDS.
+TLS_LOOK_SECONDS = 1.0
+TLS_CHECK_SECONDS = 60.0
+
+
+def _without_docker(config: AgentConfig, cached: CachedNetmap | None) -> bool:
+    """A host without Docker: asked to be (`--no-docker`), or joined as one (its netmap
+    gives it no container subnet; a later `shoal up` without the flag resumes it as such)."""
+    return config.no_docker or (cached is not None and cached.netmap.self_node.subnet is None)
 
 
 def _local_endpoint(config: AgentConfig) -> Endpoint | None:
@@ -740,10 +831,16 @@ async def join(config: AgentConfig, clock: Clock | None = None) -> None:
         raise NotRoot()
     state = StateDir(config.state_dir)
     state.ensure()
-    if state.identity() is not None:
+    identity = state.identity()
+    if identity is not None:
+        if config.advertise_routes is not None:
+            await _advertise_again(
+                config, state, identity, state.private_key(), clock or SystemClock()
+            )
         return
-    docker = DockerHost(config.docker_host)
-    await docker.ping()
+    docker = None if config.no_docker else DockerHost(config.docker_host)
+    if docker is not None:
+        await docker.ping()
     await _join_and_save(
         config, state, state.private_key(), docker, clock or SystemClock(), Stopwatch()
     )
@@ -753,7 +850,7 @@ async def _join_and_save(
     config: AgentConfig,
     state: StateDir,
     private_key: PrivateKey,
-    docker: DockerHost,
+    docker: DockerHost | None,
     clock: Clock,
     watch: Stopwatch,
 ) -> tuple[NodeIdentity, CachedNetmap]:
@@ -765,7 +862,7 @@ async def _join_and_save(
 
 
 async def _join(
-    config: AgentConfig, private_key: PrivateKey, docker: DockerHost, watch: Stopwatch
+    config: AgentConfig, private_key: PrivateKey, docker: DockerHost | None, watch: Stopwatch
 ) -> tuple[NodeIdentity, NetworkMap]:
     if not config.server_url or not config.token:
         raise NotJoined(
@@ -784,6 +881,8 @@ async def _join(
         public_key=private_key.public_key(),
         endpoints=endpoints,
         host_prefixes=await occupied_prefixes(docker),
+        advertise_routes=config.advertise_routes,
+        container_subnet=docker is not None,
     )
     watch.lap("facts")
     async with ControlClient(config.server_url, ca_pem, node_key=private_key) as client:

@@ -519,7 +519,7 @@ def container_question(netmap: NetworkMap) -> ContainerQuestion | None:
     `<this node>.shoal`; None when this host has no container on the `shoal` network."""
     me = netmap.self_node
     mine = sorted((c for c in netmap.containers if c.node_id == me.id), key=lambda c: c.name)
-    if not mine:
+    if not mine or me.subnet is None:  # a host without Docker has no containers
         return None
     # Only names the responder serves: published (policy) and handed out (health).
     served = publishable(netmap).containers
@@ -719,7 +719,9 @@ def resolve_target(netmap: NetworkMap, text: str) -> Target:
             if not port_text.isdigit() or not 0 < int(port_text) < 65536:
                 raise UnknownTarget(f"bad port in {text!r}: expected IP[:PORT], PORT 1-65535")
             port = int(port_text)
-        owners = tuple(n for n in nodes if n.mesh_ip == ip or ip in n.subnet)
+        owners = tuple(
+            n for n in nodes if n.mesh_ip == ip or (n.subnet is not None and ip in n.subnet)
+        )
         if not owners:
             raise UnknownTarget(f"{ip} is no mesh IP and in no host's container subnet")
         return Target(label=text, nodes=owners, ip=ip, port=port)
@@ -981,8 +983,9 @@ async def run_doctor(view: AgentView, probe: HostProbe, target_text: str | None)
     routes = await _guarded("routes", "the routing table", probe.routes(view.plan.routing.device))
     checks.append(routes if isinstance(routes, Check) else check_routes(view, routes))
     network = view.plan.docker_network
-    drift = await _guarded("docker-network", "Docker's networks", probe.docker_network(network))
-    checks.append(drift if isinstance(drift, Check) else check_docker_network(network, drift))
+    if network is not None:  # None: a host without Docker
+        drift = await _guarded("docker-network", "Docker's networks", probe.docker_network(network))
+        checks.append(drift if isinstance(drift, Check) else check_docker_network(network, drift))
     firewall = await _guarded("firewall-table", "the firewall", probe.firewall(view.plan.firewall))
     if isinstance(firewall, Check):
         checks.append(firewall)

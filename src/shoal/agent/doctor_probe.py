@@ -61,7 +61,7 @@ async def diagnose(agent: Agent, target: str | None) -> DoctorReport:
 
 class HostDoctorProbe:
     def __init__(
-        self, dataplane: DataPlane, docker: DockerHost, server_url: str, ca_pem: bytes
+        self, dataplane: DataPlane, docker: DockerHost | None, server_url: str, ca_pem: bytes
     ) -> None:
         self._dataplane = dataplane
         self._docker = docker
@@ -84,6 +84,8 @@ class HostDoctorProbe:
         return ip_forward_on()
 
     async def docker_network(self, cfg: DockerNetworkConfig) -> str | None:
+        if self._docker is None:  # never asked: a host without Docker plans no network
+            return f"no Docker on this host for network {cfg.name}"
         return await self._docker.network_drift(cfg)
 
     async def firewall(self, cfg: FirewallConfig) -> Drift:
@@ -93,6 +95,8 @@ class HostDoctorProbe:
         return await ask(server, port, name)
 
     async def container_dns(self, container_id: str, name: str) -> DnsAnswer | None:
+        if self._docker is None:  # never asked: a host without Docker has no containers
+            return None
         pid = await self._docker.container_pid(container_id)
         return None if pid is None else await ask_from(pid, name)
 

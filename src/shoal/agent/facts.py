@@ -36,10 +36,11 @@ def guess_advertise_addr() -> IPv4Address | None:
     return min(candidates)[1] if candidates else None
 
 
-async def occupied_prefixes(docker: DockerHost) -> tuple[IPv4Network, ...]:
-    """Routes and Docker networks already on this host, other than shoal's own."""
+async def occupied_prefixes(docker: DockerHost | None) -> tuple[IPv4Network, ...]:
+    """Routes and Docker networks (None: a host without Docker) already on this host, other
+    than shoal's own."""
     routes = await hostnet.host_prefixes(exclude_ifaces=(INTERFACE, BRIDGE))
-    networks = await docker.network_subnets(exclude=(DOCKER_NETWORK,))
+    networks = [] if docker is None else await docker.network_subnets(exclude=(DOCKER_NETWORK,))
     return tuple(
         sorted(set(routes) | set(networks), key=lambda n: (int(n.network_address), n.prefixlen))
     )

@@ -10,9 +10,10 @@ import logging
 from ipaddress import IPv4Address
 
 from shoal.agent.statefiles import StateDir
-from shoal.dns import DnsServer, DnsStats, RecordTable, upstreams_from_resolv_conf
+from shoal.dns import DnsError, DnsServer, DnsStats, RecordTable, upstreams_from_resolv_conf
+from shoal.dns.hostresolver import HostResolver
 from shoal.model.errors import ShoalError
-from shoal.plan.hostconfig import DnsConfig, plan_host
+from shoal.plan.hostconfig import INTERFACE, DnsConfig, plan_host
 
 log = logging.getLogger(__name__)
 
@@ -20,17 +21,20 @@ DNS_PORT = 53
 
 
 class MeshDns:
-    """The service-discovery resolver on the mesh IP, answering from the newest netmap.
+    """The service-discovery resolver on the mesh IP, answering from the newest netmap, and
+    (on a host without Docker) the host's own resolver pointed at it.
 
     The record table is swapped by reference before anything else, so a new name resolves the
     moment its netmap is applied; the socket is only rebound when the address changes.
     """
 
-    def __init__(self, port: int = DNS_PORT) -> None:
+    def __init__(self, port: int = DNS_PORT, host: HostResolver | None = None) -> None:
         self.port = port
         self._table: RecordTable | None = None
         self._server: DnsServer | None = None
         self._address: IPv4Address | None = None
+        self._host = host or HostResolver(INTERFACE)
+        self._pointed = False
 
     @property
     def stats(self) -> DnsStats | None:
@@ -43,16 +47,35 @@ class MeshDns:
 
     async def apply(self, cfg: DnsConfig) -> bool:
         self._table = RecordTable.from_netmap(cfg.netmap)
-        if self._server is not None and self._address == cfg.address:
-            return False
-        await self.teardown()
-        upstreams = upstreams_from_resolv_conf(exclude=(str(cfg.address),))
-        server = DnsServer(self._resolver, upstreams)
-        await server.start([(str(cfg.address), self.port)])
-        self._server, self._address = server, cfg.address
-        return True
+        changed = False
+        if self._server is None or self._address != cfg.address:
+            await self._close()
+            # Read before the host resolver points at us: the upstreams are the others.
+            upstreams = upstreams_from_resolv_conf(exclude=(str(cfg.address),))
+            server = DnsServer(self._resolver, upstreams)
+            await server.start([(str(cfg.address), self.port)])
+            self._server, self._address = server, cfg.address
+            changed = True
+        if cfg.host_resolver:
+            # Every apply (resyncs too): another tool may have rewritten resolv.conf.
+            changed |= await self._host.point_at(cfg.address)
+            self._pointed = True
+        elif self._pointed:
+            changed |= await self._host.release()
+            self._pointed = False
+        return changed
 
     async def teardown(self) -> bool:
+        # Always: `shoal down` with no agent running knows nothing of what the agent did.
+        try:
+            released = await self._host.release()
+        except DnsError as exc:
+            log.warning("host resolver: %s", exc)
+            released = False
+        self._pointed = False
+        return await self._close() or released
+
+    async def _close(self) -> bool:
         if self._server is None:
             return False
         await self._server.close()

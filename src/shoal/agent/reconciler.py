@@ -54,8 +54,8 @@ from shoal.plan.hostconfig import (
 
 log = logging.getLogger(__name__)
 
-C = TypeVar("C", bound=BaseModel, contravariant=True)
-P = TypeVar("P", bound=BaseModel)
+C = TypeVar("C", bound=BaseModel | None, contravariant=True)
+P = TypeVar("P", bound=BaseModel | None)
 
 # Seconds before retrying a failed subsystem, by how often it failed in a row.
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -71,7 +71,9 @@ class Adapter(Protocol[C]):
     async def teardown(self) -> bool: ...
 
 
-class NetworkAdapter(Adapter[DockerNetworkConfig], Protocol):
+class NetworkAdapter(Adapter[DockerNetworkConfig | None], Protocol):
+    """The Docker network; its part is None on a host without Docker (nothing to do)."""
+
     @property
     def kept_for(self) -> tuple[str, ...]:
         """The containers that kept the network in place at the last teardown."""
@@ -107,7 +109,7 @@ class _Slot:
     def __init__(
         self,
         name: str,
-        part: Callable[[HostConfig], BaseModel],
+        part: Callable[[HostConfig], BaseModel | None],
         apply: Callable[[HostConfig], Awaitable[bool]],
         *,
         essential: bool,

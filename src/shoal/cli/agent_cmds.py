@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
-from ipaddress import IPv4Address, ip_address
+from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 
 from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
@@ -32,6 +32,7 @@ from shoal.cli.logs import LogFormat
 from shoal.cli.render import json_list, table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
+from shoal.model.routes import parse_routes
 from shoal.model.status import (
     AgentState,
     AgentStatus,
@@ -94,9 +95,21 @@ def _config(args: argparse.Namespace) -> AgentConfig:
         name=args.name,
         advertise_addr=advertise,
         listen_port=args.listen_port,
+        advertise_routes=_advertise_routes(args.advertise_routes),
+        no_docker=args.no_docker,
         docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
         metrics_listen=parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None,
     )
+
+
+def _advertise_routes(text: str | None) -> tuple[IPv4Network, ...] | None:
+    """--advertise-routes CIDR[,CIDR]: the prefixes, checked; None when not given."""
+    if text is None:
+        return None
+    try:
+        return parse_routes(text)
+    except ValueError as exc:
+        raise BadArgument(str(exc)) from exc
 
 
 def _key_max_age(text: str | None) -> float | None:
@@ -170,6 +183,12 @@ def _start_background(
         pass
     else:
         print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
+        if config.advertise_routes is not None:
+            print(
+                "shoal: --advertise-routes not sent: the running agent keeps its routes; "
+                "`shoal down`, then `shoal up --advertise-routes ...` sends them",
+                file=sys.stderr,
+            )
         return 0
     systemd = systemd or Systemd()
     if systemd.running():
@@ -236,7 +255,8 @@ def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
 def _say_up(status: AgentStatus) -> int:
     print(
         f"shoal: {status.name} is up: mesh IP {status.mesh_ip}, "
-        f"containers {status.subnet}, {len(status.peers)} peer(s), {status.state}"
+        f"containers {status.subnet or 'none (no Docker)'}, {len(status.peers)} peer(s), "
+        f"{status.state}"
     )
     return 0
 
@@ -340,7 +360,7 @@ def render_status(s: AgentStatus) -> str:
     if s.name is None:
         return "\n".join([f"{s.state}", *(_warning(h) for h in s.health)])
     lines = [
-        f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet}",
+        f"{s.name}  {s.state}  mesh {s.mesh_ip}  containers {s.subnet or 'none (no Docker)'}",
         f"  {s.interface} ({s.dataplane}) port {s.listen_port}, server {s.server}, "
         f"netmap r{s.netmap_revision} from {_ago(s.netmap_received_at)}",
         "  policy "
@@ -355,7 +375,7 @@ def render_status(s: AgentStatus) -> str:
             (
                 p.name,
                 str(p.mesh_ip),
-                str(p.subnet),
+                str(p.subnet or "-"),
                 p.endpoint or "-",
                 p.path or "-",
                 _ago(p.last_handshake),

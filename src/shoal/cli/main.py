@@ -193,6 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
     admin_flags(p)
     p.set_defaults(run=_handler("policy_cmds", "cmd_policy_test"))
 
+    routes = sub.add_parser(
+        "routes", help="subnet routes hosts advertise (--advertise-routes)"
+    ).add_subparsers(dest="routes_cmd", required=True)
+    p = routes.add_parser("list", help="advertised routes and their status")
+    p.add_argument("--json", action="store_true")
+    admin_flags(p)
+    p.set_defaults(run=_handler("routes_cmds", "cmd_routes_list"))
+    for verb, what in (
+        ("approve", "peers route it through its host"),
+        ("reject", "no peer routes it"),
+    ):
+        p = routes.add_parser(verb, help=f"{verb} a route: {what}")
+        p.add_argument("route", metavar="ID", help="the route's id (routes list) or prefix")
+        admin_flags(p)
+        p.set_defaults(run=_handler("routes_cmds", f"cmd_routes_{verb}"))
+
+    cert = sub.add_parser("cert", help="certificates for services (mTLS)").add_subparsers(
+        dest="cert_cmd", required=True
+    )
+    p = cert.add_parser("issue", help="a certificate for SERVICE's mesh names (key made here)")
+    p.add_argument("service", metavar="SERVICE")
+    p.add_argument("--out", help="directory for key.pem, cert.pem, ca.pem (default: ./SERVICE)")
+    admin_flags(p)
+    p.set_defaults(run=_handler("cert_cmds", "cmd_cert_issue"))
+
     p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
     p.add_argument("--token", help="join token SHOAL-1-..., or - to read it from stdin")
@@ -200,9 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-fd", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--name", help="node name (default: hostname)")
     p.add_argument("--advertise-addr", help="underlay IP other hosts reach this one at")
+    p.add_argument(
+        "--advertise-routes",
+        metavar="CIDR[,CIDR]",
+        help="offer these networks (a LAN, a VPC subnet) to the mesh once an admin approves "
+        "them (shoal routes approve); sent when joining",
+    )
     p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
+    p.add_argument(
+        "--no-docker",
+        action="store_true",
+        help="a host without Docker (a laptop, a VM): join with a mesh IP only; this host "
+        "resolves .shoal names and its services are open to the mesh",
+    )
     p.add_argument(
         "--key-max-age",
         default=None,

@@ -319,7 +319,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         (
             n.name,
             str(n.mesh_ip),
-            str(n.subnet),
+            str(n.subnet or "-"),
             ",".join(map(str, n.endpoints)) or "-",
             ("online" if n.online else "offline")
             + (

@@ -22,6 +22,12 @@
     DELETE /v1/admin/policy             → PolicyCleared: back to shoal's defaults
     GET    /v1/admin/policy/test?src=A&dst=B&proto=tcp&port=N → [PolicyVerdict]
     GET    /v1/admin/services           → [ServiceInfo] (the catalog)
+    GET    /v1/admin/routes             → [RouteInfo]: advertised subnet routes, decisions
+    POST   /v1/admin/routes/approve     RouteRef → RouteInfo (the route reaches the netmaps)
+    POST   /v1/admin/routes/reject      RouteRef → RouteInfo (the route leaves them)
+    POST   /v1/certs                    ContainerCertRequest → IssuedCert (node: its container's
+                                        mesh names, for a container labelled shoal.tls=true)
+    POST   /v1/admin/certs              ServiceCertRequest → IssuedCert (`shoal cert issue`)
     DELETE /v1/admin/nodes/{name}       → 204; its key is revoked unless ?allow_rejoin=1
     GET    /v1/admin/certs              → [CertStatus]: CAs and server certificate, expiry
     POST   /v1/admin/admin-tokens       AdminTokenCreateRequest → AdminTokenCreated
@@ -51,6 +57,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TypeVar
 
 from aiohttp import web
@@ -81,6 +88,7 @@ from shoal.control.metrics import ServerMetrics
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
+from shoal.control.servicecerts import ServiceCA
 from shoal.model.api import (
     ROTATE_PROOF_TARGET,
     AdminTokenCreateRequest,
@@ -102,9 +110,16 @@ from shoal.model.api import (
     TokenInfo,
     rotate_proof_body,
 )
+from shoal.model.certs import (
+    ContainerCertRequest,
+    ServiceCertRequest,
+    container_names,
+    service_names,
+)
 from shoal.model.keys import PublicKey
 from shoal.model.policy import Proto
 from shoal.model.prometheus import CONTENT_TYPE
+from shoal.model.routes import RouteInfo, RouteRef
 from shoal.store.errors import StoreError
 
 log = logging.getLogger("shoal.control.api")
@@ -135,6 +150,7 @@ CONNECTIONS = web.AppKey("connections", Connections)
 RATES = web.AppKey("rates", SourceLimits)
 METRICS = web.AppKey("metrics", ServerMetrics)
 RELAY = web.AppKey("relay", Relay)
+SERVICE_CA = web.AppKey("service_ca", ServiceCA)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
@@ -142,6 +158,7 @@ _SERVICE_LIST = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKEN_LIST = TypeAdapter(list[AdminTokenInfo])
 _CERT_LIST = TypeAdapter(list[CertStatus])
 _VERDICT_LIST = TypeAdapter(list[PolicyVerdict])
+_ROUTE_LIST = TypeAdapter(list[RouteInfo])
 
 
 def build_app(
@@ -163,6 +180,8 @@ def build_app(
     app[METRICS] = metrics
     app[SERVICE] = service
     app[CA] = ca
+    # Beside the control CA in the data dir; made on the first certificate issued.
+    app[SERVICE_CA] = ServiceCA(ca.cert_file.parent)
     app[ENCODER] = MapEncoder()
     app[VERIFIER] = verifier
     app[CONNECTIONS] = connections or Connections(ConnectionLimits())
@@ -194,6 +213,11 @@ def build_app(
     app.router.add_get("/v1/admin/policy", get_policy)
     app.router.add_delete("/v1/admin/policy", clear_policy)
     app.router.add_get("/v1/admin/policy/test", test_policy)
+    app.router.add_get("/v1/admin/routes", list_routes)
+    app.router.add_post("/v1/admin/routes/approve", approve_route)
+    app.router.add_post("/v1/admin/routes/reject", reject_route)
+    app.router.add_post("/v1/certs", container_cert)
+    app.router.add_post("/v1/admin/certs", service_cert)
     dashboard.install(app, service, app[RELAY])
     return app
 
@@ -583,3 +607,44 @@ async def test_policy(request: web.Request) -> web.Response:
         port = int(text)
     verdicts = service.test_policy(src, dst, proto, port)
     return web.Response(body=_VERDICT_LIST.dump_json(verdicts), content_type="application/json")
+
+
+async def list_routes(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    return web.Response(
+        body=_ROUTE_LIST.dump_json(service.list_routes()), content_type="application/json"
+    )
+
+
+async def approve_route(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = await _parse(request, RouteRef, limit=MAX_SMALL_BODY)
+    return _json(await service.decide_route(req.route, "approved"))
+
+
+async def reject_route(request: web.Request) -> web.Response:
+    service = await _admin(request)
+    req = await _parse(request, RouteRef, limit=MAX_SMALL_BODY)
+    return _json(await service.decide_route(req.route, "rejected"))
+
+
+async def container_cert(request: web.Request) -> web.Response:
+    raw = await _body(request, MAX_SMALL_BODY * 2)
+    node_id = await _node_id(request, raw)
+    _charge_write(request, node_id)
+    req = _model(raw, ContainerCertRequest)
+    container, node = request.app[SERVICE].container_for_cert(node_id, req.container_id)
+    # The wall clock, not the service's: TLS peers check validity against theirs.
+    issued = request.app[SERVICE_CA].issue(
+        req.csr, container_names(container, node), [container.ip], datetime.now(UTC)
+    )
+    return _json(issued)
+
+
+async def service_cert(request: web.Request) -> web.Response:
+    await _admin(request)
+    req = await _parse(request, ServiceCertRequest, limit=MAX_SMALL_BODY * 2)
+    issued = request.app[SERVICE_CA].issue(
+        req.csr, service_names(req.service), [], datetime.now(UTC)
+    )
+    return _json(issued, status=201)

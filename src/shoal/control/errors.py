@@ -25,6 +25,8 @@ ShoalError
     ├── Conflict                   409
     │   ├── NameTaken              name_taken: another key has this name
     │   ├── PoolConflict           pool_conflict: the host's routes overlap a pool
+    │   ├── RouteConflict          route_conflict: an advertised subnet route overlaps a
+    │   │                          pool or another node's route
     │   ├── PoolExhausted          pool_exhausted: no mesh IP or subnet left
     │   └── RelayUnavailable       relay_unavailable: the relay is full or cannot bind
     ├── RequestTimeout             408 request_timeout: the body came too slowly
@@ -140,6 +142,10 @@ class NameTaken(Conflict):
 
 class PoolConflict(Conflict):
     code = "pool_conflict"
+
+
+class RouteConflict(Conflict):
+    code = "route_conflict"
 
 
 class PoolExhausted(Conflict):

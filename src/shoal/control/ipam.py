@@ -57,7 +57,7 @@ class Pools:
 @dataclass(frozen=True, slots=True)
 class Allocation:
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None: a host without Docker has no container subnet
 
 
 class Ledger(Generic[K]):
@@ -88,7 +88,7 @@ class Ledger(Generic[K]):
         self.remove(owner)
         self._by_owner[owner] = alloc
         self._ips.add(int(alloc.mesh_ip))
-        if self._block_size:
+        if self._block_size and alloc.subnet is not None:
             self._blocks.update(_blocks(alloc.subnet, self._block_size))
 
     def remove(self, owner: K) -> None:
@@ -98,21 +98,25 @@ class Ledger(Generic[K]):
         self._ips.discard(int(alloc.mesh_ip))
         self._ip_scan_from.clear()
         self._block_scan_from.clear()
-        if self._block_size:
+        if self._block_size and alloc.subnet is not None:
             for block in _blocks(alloc.subnet, self._block_size):
                 self._blocks[block] -= 1
                 if self._blocks[block] <= 0:
                     del self._blocks[block]
 
-    def allocate(self, pools: Pools, owner: K) -> Allocation:
-        """`owner`'s allocation: the one it has, else the lowest free mesh IP and subnet (the
-        caller adds it once the node is saved)."""
+    def allocate(self, pools: Pools, owner: K, *, subnet: bool = True) -> Allocation:
+        """`owner`'s allocation: the one it has, else the lowest free mesh IP and (unless not
+        `subnet`: a host without Docker) subnet; the caller adds it once the node is saved."""
         current = self._by_owner.get(owner)
         if current is not None:
             return current
         return Allocation(
             mesh_ip=self._lowest_free_ip(pools.mesh_pool),
-            subnet=self._lowest_free_subnet(pools.container_pool, pools.subnet_prefix),
+            subnet=(
+                self._lowest_free_subnet(pools.container_pool, pools.subnet_prefix)
+                if subnet
+                else None
+            ),
         )
 
     def _lowest_free_ip(self, pool: IPv4Network) -> IPv4Address:
@@ -137,7 +141,8 @@ class Ledger(Generic[K]):
             self._block_size = size
             self._blocks = Counter()
             for alloc in self._by_owner.values():
-                self._blocks.update(_blocks(alloc.subnet, size))
+                if alloc.subnet is not None:
+                    self._blocks.update(_blocks(alloc.subnet, size))
         start = int(pool.network_address)
         for index in range(
             self._block_scan_from.get((pool, prefix), 0), 1 << (prefix - pool.prefixlen)

@@ -41,7 +41,9 @@ from shoal.model.api import (
     TokenCreateRequest,
     TokenInfo,
 )
+from shoal.model.certs import ContainerCertRequest, IssuedCert, ServiceCertRequest
 from shoal.model.netmap import MapUpdate
+from shoal.model.routes import RouteInfo, RouteRef
 
 # "dashboard": an admin bearer token, or the session cookie POST /dashboard/login sets.
 Auth = Literal["none", "node", "admin", "dashboard"]
@@ -186,6 +188,48 @@ ROUTES: tuple[Route, ...] = (
         "Remove the policy: shoal's defaults apply again",
         "admin",
         reply=PolicyCleared,
+    ),
+    Route(
+        "POST",
+        "/v1/certs",
+        "A certificate for this node's container labelled shoal.tls=true (its mesh names and "
+        "IP), signed by the mesh service CA",
+        "node",
+        ContainerCertRequest,
+        IssuedCert,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/certs",
+        "A certificate for a service name (shoal cert issue), signed by the mesh service CA",
+        "admin",
+        ServiceCertRequest,
+        IssuedCert,
+        status=201,
+    ),
+    Route(
+        "GET",
+        "/v1/admin/routes",
+        "Subnet routes nodes advertise, with the admin's decision on each",
+        "admin",
+        reply=RouteInfo,
+        many=True,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/routes/approve",
+        "Approve a subnet route (by id or prefix): peers route it through its node",
+        "admin",
+        RouteRef,
+        RouteInfo,
+    ),
+    Route(
+        "POST",
+        "/v1/admin/routes/reject",
+        "Reject a subnet route (by id or prefix): it leaves every netmap",
+        "admin",
+        RouteRef,
+        RouteInfo,
     ),
     Route(
         "GET",

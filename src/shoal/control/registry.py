@@ -30,6 +30,7 @@ import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from ipaddress import IPv4Network
 from itertools import groupby
 from operator import itemgetter
 
@@ -110,7 +111,7 @@ class Registry:
         taken = {(n.mesh_ip, n.subnet) for n in snapshot.nodes}
         for released in snapshot.released:
             # A quarantined allocation since handed out again (the pool ran short) is over.
-            if not any(released.mesh_ip == ip or released.subnet.overlaps(s) for ip, s in taken):
+            if not any(released.mesh_ip == ip or _overlap(released.subnet, s) for ip, s in taken):
                 self._release(released)
 
     @classmethod
@@ -173,7 +174,7 @@ class Registry:
     def nodes(self) -> list[NodeRecord]:
         return sorted(self._nodes.values(), key=lambda n: n.name)
 
-    def allocate(self, pools: Pools, node_id: str) -> Allocation:
+    def allocate(self, pools: Pools, node_id: str, *, subnet: bool = True) -> Allocation:
         """The mesh IP and subnet of this node: its own, else the lowest never used.
 
         A removed node's addresses stay taken (quarantined) so that no peer routes its
@@ -181,7 +182,7 @@ class Registry:
         handed out again, the longest released first."""
         while True:
             try:
-                return self._ledger.allocate(pools, node_id)
+                return self._ledger.allocate(pools, node_id, subnet=subnet)
             except PoolExhausted:
                 due = [
                     r
@@ -491,6 +492,10 @@ class Registry:
             f"released:{released.node_id}",
             Allocation(mesh_ip=released.mesh_ip, subnet=released.subnet),
         )
+
+
+def _overlap(a: IPv4Network | None, b: IPv4Network | None) -> bool:
+    return a is not None and b is not None and a.overlaps(b)
 
 
 def _policy(record: PolicyRecord) -> Policy | None:

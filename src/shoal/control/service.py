@@ -19,6 +19,7 @@ from datetime import timedelta
 from ipaddress import IPv4Address
 
 from shoal.control import ipam
+from shoal.control import routes as subnet_routes
 from shoal.control.errors import (
     AdminUnauthorized,
     BadRequest,
@@ -67,9 +68,11 @@ from shoal.model.api import (
     TokenInfo,
 )
 from shoal.model.catalog import build_catalog
+from shoal.model.certs import TLS_LABEL, wants_cert
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import PEER_SWITCH_LAG, Container, MapUpdate
 from shoal.model.policy import PolicyError, Proto, parse, run_tests
+from shoal.model.routes import RouteInfo, RouteStatus
 from shoal.model.tokens import JOIN_PREFIX, MalformedToken, parse_admin_token, parse_join_token
 from shoal.plan.policy import Verdict, compile_for, explain, refused_names
 from shoal.store.base import NodeRecord, Store, TokenRecord
@@ -227,7 +230,11 @@ class ControlService:
                 f"{pool}; remove it, or run the server with another --{kind}-pool"
             )
         node_id = existing.id if existing else "n" + secrets.token_hex(6)
-        alloc = self.registry.allocate(self.pools, node_id)
+        if req.advertise_routes is not None:
+            subnet_routes.check_advertised(
+                self.pools, self.registry.nodes(), node_id, req.advertise_routes
+            )
+        alloc = self.registry.allocate(self.pools, node_id, subnet=req.container_subnet)
         node = NodeRecord(
             id=node_id,
             name=req.name,
@@ -239,6 +246,7 @@ class ControlService:
             tags=existing.tags if existing else (record.tags if record else ()),
             ephemeral=existing.ephemeral if existing else bool(record and record.ephemeral),
             last_seen=now,
+            routes=subnet_routes.merge_advertised(existing, req.advertise_routes, now),
         )
         if existing is not None and existing.public_key == req.public_key:
             # Joining again mid-rotation keeps the rotation (the host holds the next key).
@@ -342,6 +350,11 @@ class ControlService:
         for c in reports:
             # Ids, names and counts are bounded by the model (parsed at the edge).
             where = f"container {c.name!r}"
+            if node.subnet is None:
+                raise BadRequest(
+                    f"{where}: node {node.name} joined without Docker (no container subnet); "
+                    "it has no containers to report"
+                )
             if c.ip not in node.subnet or c.ip in (
                 node.subnet.network_address,
                 node.subnet.broadcast_address,
@@ -646,6 +659,46 @@ class ControlService:
             {n.id: n.name for n in nodes},
             online=[n.id for n in nodes if self.registry.online(n.id)],
         )
+
+    def list_routes(self) -> list[RouteInfo]:
+        """Every subnet route nodes advertise, with the admin's decision."""
+        return subnet_routes.list_routes(self.registry.nodes())
+
+    async def decide_route(self, ref: str, status: RouteStatus) -> RouteInfo:
+        """Approve or reject the route `ref` (its id or prefix); an approved route reaches
+        every peer's netmap, a rejected one leaves it. Deciding again is a no-op."""
+        async with self._lock:
+            await self.registry.catch_up()  # a route another replica just learned
+            node, route = subnet_routes.find(self.registry.nodes(), ref)
+            if route.status == status:
+                return subnet_routes.route_info(node, route)
+            if status == "approved":
+                # Rejected routes do not block others: approving one again must not overlap.
+                subnet_routes.check_advertised(
+                    self.pools, self.registry.nodes(), node.id, [route.prefix]
+                )
+            saved = await self.registry.save(
+                subnet_routes.decide(node, route, status, self._clock())
+            )
+        log.info("route %s of node %s %s", route.prefix, node.name, status)
+        return subnet_routes.route_info(
+            saved, next(r for r in saved.routes if r.prefix == route.prefix)
+        )
+
+    def container_for_cert(self, node_id: str, container_id: str) -> tuple[Container, str]:
+        """`node_id`'s own container `container_id` (labelled shoal.tls=true) and its node's
+        name: what a certificate may name. A node never gets another node's names."""
+        node = self.registry.require(node_id)
+        container = self.registry.containers_of(node_id).get(container_id)
+        if container is None:
+            raise NotFound(
+                f"node {node.name} has reported no container {container_id[:12]}; report it first"
+            )
+        if not wants_cert(container):
+            raise BadRequest(
+                f"container {container.name} has no label {TLS_LABEL[0]}={TLS_LABEL[1]}"
+            )
+        return container, node.name
 
     async def remove_node(self, name: str, *, allow_rejoin: bool = False) -> None:
         """Remove the node; unless `allow_rejoin`, its key is revoked (it cannot join again,

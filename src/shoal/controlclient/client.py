@@ -58,9 +58,11 @@ from shoal.model.api import (
     TokenInfo,
     rotate_proof_body,
 )
+from shoal.model.certs import ContainerCertRequest, IssuedCert, ServiceCertRequest
 from shoal.model.keys import InvalidKey, PrivateKey, PublicKey
 from shoal.model.netmap import MapUpdate
 from shoal.model.nodeauth import shared_key, sign
+from shoal.model.routes import RouteInfo, RouteRef
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -79,6 +81,7 @@ _SERVICES = TypeAdapter(list[ServiceInfo])
 _ADMIN_TOKENS = TypeAdapter(list[AdminTokenInfo])
 _CERTS = TypeAdapter(list[CertStatus])
 _VERDICTS = TypeAdapter(list[PolicyVerdict])
+_ROUTES = TypeAdapter(list[RouteInfo])
 
 
 def server_urls(text: str) -> tuple[str, ...]:
@@ -251,6 +254,23 @@ class ControlClient:
             params["port"] = str(port)
         data = await self._call_json("GET", "/v1/admin/policy/test", params=params)
         return _VERDICTS.validate_python(data)
+
+    async def list_routes(self) -> list[RouteInfo]:
+        return _ROUTES.validate_python(await self._call_json("GET", "/v1/admin/routes"))
+
+    async def decide_route(self, ref: str, *, approve: bool) -> RouteInfo:
+        """Approve (or reject) the subnet route `ref` (its id or prefix)."""
+        verb = "approve" if approve else "reject"
+        return await self._call(
+            "POST", f"/v1/admin/routes/{verb}", RouteInfo, body=RouteRef(route=ref)
+        )
+
+    async def container_cert(self, request: ContainerCertRequest) -> IssuedCert:
+        """A certificate for one of this node's containers (signed by the node's key)."""
+        return await self._call("POST", "/v1/certs", IssuedCert, body=request)
+
+    async def service_cert(self, request: ServiceCertRequest) -> IssuedCert:
+        return await self._call("POST", "/v1/admin/certs", IssuedCert, body=request)
 
     # Plumbing.
 

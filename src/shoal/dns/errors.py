@@ -2,7 +2,8 @@
 
 ShoalError
 └── DnsError            the responder could not do what it was asked
-    └── DnsBindFailed   an address to answer on could not be bound (in use, not on this host)
+    ├── DnsBindFailed   an address to answer on could not be bound (in use, not on this host)
+    └── HostResolverFailed  the host's resolver could not be pointed at the responder
 
 Bad queries and dead upstreams are not errors: they are answered (FORMERR, SERVFAIL) or
 dropped, and counted in `DnsServer.stats`.
@@ -24,3 +25,7 @@ class DnsBindFailed(DnsError):
 
     def __reduce__(self) -> tuple[type, tuple[str, int, str]]:  # pickles with its own arguments
         return (type(self), (self.host, self.port, self.detail))
+
+
+class HostResolverFailed(DnsError):
+    """resolvectl failed, or /etc/resolv.conf could not be rewritten."""

@@ -187,7 +187,7 @@ class RecordTable:
     ) -> RecordTable:
         """Index `netmap`'s nodes and containers. `rng` shuffles answers (tests seed it)."""
         me = netmap.self_node
-        ix = _Index(local=(me.mesh_ip, me.subnet))
+        ix = _Index(local=(me.mesh_ip,) if me.subnet is None else (me.mesh_ip, me.subnet))
         zone_length = len(zone.strip(".")) + 2  # its labels, the dot before it, the final one
         for node in (me, *netmap.peers):
             name = node.name.lower()

@@ -70,10 +70,11 @@ def denied(cfg: FirewallConfig, flows: list[Flow]) -> list[Flow]:
     mesh_ip = cfg.policy.mesh_ip if cfg.policy is not None else cfg.dns_address
     out = []
     for f in flows:
+        local = cfg.local_subnet
         from_mesh = (f.src in cfg.container_pool or f.src in cfg.mesh_pool) and not (
-            f.src in cfg.local_subnet or f.src == mesh_ip
+            (local is not None and f.src in local) or f.src == mesh_ip
         )
-        to_here = f.dst in cfg.local_subnet or f.dst == mesh_ip
+        to_here = (local is not None and f.dst in local) or f.dst == mesh_ip
         if not (from_mesh and to_here) or mesh_ip is None:
             continue
         proto: Proto = "tcp" if f.proto == "tcp" else "udp"

@@ -47,17 +47,15 @@ POOLS_SET = "pools"
 POLICY_CHAIN = "mesh_policy"
 
 
-def container_sources(cfg: FirewallConfig) -> tuple[IPv4Address, IPv4Address]:
-    """The addresses a container on the bridge may send from: the local subnet's hosts after
-    the gateway (the host's own address on the bridge, which no container may claim)."""
-    subnet = cfg.local_subnet
+def container_sources(subnet: IPv4Network) -> tuple[IPv4Address, IPv4Address]:
+    """The addresses a container on the bridge of `subnet` may send from: the subnet's hosts
+    after the gateway (the host's own address on the bridge, which no container may claim)."""
     return gateway_of(subnet) + 1, subnet.broadcast_address - 1
 
 
 def render(cfg: FirewallConfig) -> str:
     """The table, exactly as `nft list table inet shoal` prints it once loaded."""
     mesh, bridge = cfg.mesh_interface, cfg.bridge
-    first, last = container_sources(cfg)
     pools = ", ".join(str(p) for p in sorted((cfg.container_pool, cfg.mesh_pool)))
     lines = [
         f"table {FAMILY} {TABLE} {{",
@@ -71,15 +69,7 @@ def render(cfg: FirewallConfig) -> str:
         "",
         "\tchain prerouting {",
         "\t\ttype filter hook prerouting priority raw; policy accept;",
-        f'\t\tiifname vmap {{ "lo" : accept, "{mesh}" : accept,'
-        f' "{bridge}" : goto from_containers }}',
-        f"\t\tip daddr @{POOLS_SET} drop",
-        "\t}",
-        "",
-        "\tchain from_containers {",
-        f"\t\tip saddr != {first}-{last} drop",
-        "\t}",
-        "",
+        *_prerouting_and_containers(cfg),
         "\tchain input {",
         "\t\ttype filter hook input priority filter; policy accept;",
         f'\t\tiifname "{mesh}" jump from_mesh',
@@ -89,12 +79,13 @@ def render(cfg: FirewallConfig) -> str:
         "\t\tct state established,related accept",
         "\t\tmeta l4proto icmp accept",
         *((f"\t\tjump {POLICY_CHAIN}",) if cfg.policy is not None else ()),
-        "\t\tdrop",
+        f"\t\t{host_services_verdict(cfg)}",
         "\t}",
         "",
         "\tchain forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
         "\t\tct state established,related accept",
+        *route_forwarding(cfg),
         f'\t\tiifname "{mesh}" oifname != "{bridge}" drop',
         *(
             (
@@ -114,6 +105,51 @@ def render(cfg: FirewallConfig) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _prerouting_and_containers(cfg: FirewallConfig) -> list[str]:
+    """The prerouting vmap (with the bridge's anti-spoofing chain on a Docker host; a host
+    without Docker has no bridge) and the pools' drop for every other interface."""
+    mesh, bridge = cfg.mesh_interface, cfg.bridge
+    if cfg.local_subnet is None:
+        return [
+            f'\t\tiifname vmap {{ "lo" : accept, "{mesh}" : accept }}',
+            f"\t\tip daddr @{POOLS_SET} drop",
+            "\t}",
+            "",
+        ]
+    first, last = container_sources(cfg.local_subnet)
+    return [
+        f'\t\tiifname vmap {{ "lo" : accept, "{mesh}" : accept,'
+        f' "{bridge}" : goto from_containers }}',
+        f"\t\tip daddr @{POOLS_SET} drop",
+        "\t}",
+        "",
+        "\tchain from_containers {",
+        f"\t\tip saddr != {first}-{last} drop",
+        "\t}",
+        "",
+    ]
+
+
+def host_services_verdict(cfg: FirewallConfig) -> str:
+    """What new flows from the mesh to this host's own services get once the policy (if any)
+    did not accept them: a Docker host's are closed (its containers are the workload); a host
+    without Docker is the workload (a database on a VM), open unless a policy decides."""
+    return "accept" if cfg.local_subnet is None and cfg.policy is None else "drop"
+
+
+def route_forwarding(cfg: FirewallConfig) -> list[str]:
+    """Forward-chain rules of this host's subnet routes: the mesh may reach the networks the
+    admin approved for it (the one way out of shoal0 besides the bridge), before the drop of
+    everything else leaving shoal0's traffic."""
+    if not cfg.subnet_routes:
+        return []
+    nets = ", ".join(str(n) for n in cfg.subnet_routes)
+    # nft lists a one-element set as the bare prefix: rendered as it lists, or every apply
+    # would see a change.
+    match = nets if len(cfg.subnet_routes) == 1 else f"{{ {nets} }}"
+    return [f'\t\tiifname "{cfg.mesh_interface}" ip daddr {match} accept']
 
 
 def _policy_sets(policy: HostPolicy) -> list[str]:

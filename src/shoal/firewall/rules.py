@@ -50,12 +50,19 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
     forward = (
         f"-A {FORWARD_CHAIN} -i {mesh} -o {bridge} -j ACCEPT",
         f"-A {FORWARD_CHAIN} -i {bridge} -o {mesh} -j ACCEPT",
+        *route_forward_rules(cfg),
     )
-    nat = (
-        # Inside the mesh source IPs stay real: peers check them against AllowedIPs.
-        *(f"-A {NAT_CHAIN} -s {local} -d {pool} -j RETURN" for pool in pools),
-        f"-A {NAT_CHAIN} -s {local} ! -o {bridge} -j MASQUERADE",
+    # Inside the mesh source IPs stay real: peers check them against AllowedIPs. A host
+    # without Docker has no container subnet to exempt or masquerade.
+    containers = (
+        ()
+        if local is None
+        else (
+            *(f"-A {NAT_CHAIN} -s {local} -d {pool} -j RETURN" for pool in pools),
+            f"-A {NAT_CHAIN} -s {local} ! -o {bridge} -j MASQUERADE",
+        )
     )
+    nat = (*containers, *route_nat_rules(cfg))
     # Whatever resolver a container (or Docker's embedded DNS on its behalf) asks, the query
     # leaves through the bridge: send it to the agent, which forwards what is not its own.
     dns = tuple(
@@ -65,6 +72,32 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
         if cfg.dns_address is not None
     )
     return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, DNS_CHAIN: dns}
+
+
+def route_forward_rules(cfg: FirewallConfig) -> tuple[str, ...]:
+    """SHOAL-FORWARD rules of this host's subnet routes: the mesh's traffic to each approved
+    network and its replies pass Docker's FORWARD policy DROP (the nft table decided who)."""
+    mesh = cfg.mesh_interface
+    return tuple(
+        rule
+        for net in cfg.subnet_routes
+        for rule in (
+            f"-A {FORWARD_CHAIN} -d {net} -i {mesh} -j ACCEPT",
+            f"-A {FORWARD_CHAIN} -s {net} -o {mesh} -j ACCEPT",
+        )
+    )
+
+
+def route_nat_rules(cfg: FirewallConfig) -> tuple[str, ...]:
+    """SHOAL-POSTROUTING rules of this host's subnet routes: what the mesh sends into an
+    approved network leaves with this host's address there, so the network's hosts answer
+    without a route to the mesh's pools."""
+    pools = (cfg.container_pool, cfg.mesh_pool)
+    return tuple(
+        f"-A {NAT_CHAIN} -s {pool} -d {net} -j MASQUERADE"
+        for net in cfg.subnet_routes
+        for pool in pools
+    )
 
 
 def render(cfg: FirewallConfig) -> str:

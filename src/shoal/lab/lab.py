@@ -450,9 +450,10 @@ class Lab:
     def exists(cls, name: str, root: Path = DEFAULT_ROOT) -> bool:
         return (root / name / STATE_FILE).exists()
 
-    def add_host(self) -> LabHost:
-        """Add one more host (netns + dockerd + image) to the running lab."""
-        return self._add_hosts(1)[0]
+    def add_host(self, *, docker: bool = True) -> LabHost:
+        """Add one more host (netns + dockerd + image) to the running lab; without `docker`,
+        a host with no dockerd (a laptop, a VM: `shoal up --no-docker`)."""
+        return self._add_hosts(1, docker=docker)[0]
 
     def add_hosts(self, count: int) -> list[LabHost]:
         return self._add_hosts(count)
@@ -468,6 +469,25 @@ class Lab:
         for prefix in routes:
             run(["ip", "-n", ns, "route", "add", str(prefix), "via", str(via.underlay_ip)])
         return LabOutsider(ns, OUTSIDER_IP)
+
+    def add_lan(self, via: LabHost, prefix: IPv4Network) -> LabOutsider:
+        """A network behind `via` that is not Docker's (a LAN, a VPC subnet): a namespace
+        wired to `via` by a veth (`lan0` there, at `prefix`'s first address) holding one
+        machine at its second address, with no route beyond `prefix` (whatever reaches it
+        from elsewhere must be masqueraded by `via`). What `--advertise-routes` offers the
+        mesh. Removed by `destroy` with the rest."""
+        ns = f"sl-{self.name}-lan{via.index}"
+        if (procs.NETNS_DIR / ns).exists():
+            raise LabError(f"host {via.name} of lab {self.name} already has a LAN ({ns})")
+        gateway, machine = prefix[1], prefix[2]
+        self._new_netns(ns)
+        run(["ip", "-n", via.netns, "link", "add", "lan0", "type", "veth", "peer", "name",
+             "eth0", "netns", ns])  # fmt: skip
+        run(["ip", "-n", via.netns, "addr", "add", f"{gateway}/{prefix.prefixlen}", "dev", "lan0"])
+        run(["ip", "-n", via.netns, "link", "set", "lan0", "up"])
+        run(["ip", "-n", ns, "addr", "add", f"{machine}/{prefix.prefixlen}", "dev", "eth0"])
+        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        return LabOutsider(ns, machine)
 
     def destroy(self) -> None:
         """Remove everything the lab made; works on a partial state. Idempotent."""
@@ -707,7 +727,7 @@ class Lab:
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
 
     def _add_hosts(
-        self, count: int, nat: Mapping[str, natlab.NatSpec] | None = None
+        self, count: int, nat: Mapping[str, natlab.NatSpec] | None = None, *, docker: bool = True
     ) -> list[LabHost]:
         nat = nat or {}
         first = max((h.index for h in self._state.hosts), default=0) + 1
@@ -716,6 +736,7 @@ class Lab:
             raise LabError(f"a lab holds at most {MAX_HOSTS} hosts")
         tar = busybox_tar(self.root)
         new: list[tuple[LabHost, subprocess.Popen[bytes]]] = []
+        bare: list[LabHost] = []
         for index in range(first, first + count):
             spec = nat.get(f"h{index}")
             record = HostRecord(
@@ -741,11 +762,14 @@ class Lab:
                 self._add_netns_host(record.netns, record.veth, host.underlay_ip)
             else:
                 self._add_nat_host(record, spec, routers[spec.router])
-            new.append((host, self._start_dockerd(host)))
+            if docker:
+                new.append((host, self._start_dockerd(host)))
+            else:
+                bare.append(host)
         # The dockerds start in parallel; each then gets the image.
         with ThreadPoolExecutor(max_workers=max(1, len(new))) as pool:
             list(pool.map(lambda hp: self._ready_host(hp[0], hp[1], tar), new))
-        return [h for h, _ in new]
+        return [h for h, _ in new] + bare
 
     def router_netns(self, router: str) -> str:
         return f"sl-{self.name}-nat-{router}"

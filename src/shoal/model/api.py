@@ -18,6 +18,7 @@ from shoal.model.netmap import (
     PortSpec,
 )
 from shoal.model.policy import MAX_POLICY_BYTES, Proto
+from shoal.model.routes import AdvertisedRoutes
 
 API_VERSION = 1
 LABEL_PREFIX = "shoal."  # the container labels an agent reports
@@ -59,6 +60,13 @@ class RegisterRequest(Frozen):
     # Routes and Docker networks already on the host; the server refuses to join a host whose
     # routes overlap the mesh's pools instead of creating a conflict there.
     host_prefixes: tuple[IPv4Network, ...] = Field(default=(), max_length=MAX_HOST_PREFIXES)
+    # Subnet routes this host offers (`--advertise-routes`): the complete set, each pending
+    # until the admin approves it, a route left out withdrawn; None: unchanged (an agent
+    # registering again to report new endpoints keeps its routes).
+    advertise_routes: AdvertisedRoutes | None = None
+    # False: a host without Docker (`--no-docker`) that needs no container subnet. Decided at
+    # the first join: a node keeps the allocation it has.
+    container_subnet: bool = True
 
 
 class RelayRequest(Frozen):
@@ -186,7 +194,7 @@ class NodeInfo(Frozen):
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None: a host without Docker
     endpoints: tuple[Endpoint, ...] = ()
     created_at: datetime
     last_seen: datetime | None = None

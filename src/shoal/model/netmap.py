@@ -89,13 +89,19 @@ class Node(Frozen):
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network  # the host's container subnet (its Docker `shoal` network)
+    # The host's container subnet (its Docker `shoal` network); None: a host without Docker
+    # (`shoal up --no-docker`), on the mesh with its mesh IP only.
+    subnet: IPv4Network | None
     endpoints: tuple[Endpoint, ...] = ()
     tags: tuple[str, ...] = ()  # from the join token; what policies select with `tag:`
     # A key rotation in progress: the node's next WireGuard key and when it switches to it
     # (UTC); its peers switch PEER_SWITCH_LAG later. Both None when no rotation is pending.
     next_key: PublicKey | None = None
     switch_at: datetime | None = None
+    # Subnet routes: networks beyond this host (a LAN, a VPC subnet) that it advertised and the
+    # admin approved; peers route them through it. Sorted; never overlapping a pool or another
+    # node's routes (the server refuses those).
+    routes: tuple[IPv4Network, ...] = ()
 
     def key_at(self, now: datetime, *, lag: timedelta = timedelta(0)) -> PublicKey:
         """The key this node carries traffic with at `now`, for an observer that switches
@@ -109,8 +115,10 @@ class Node(Frozen):
         return None if self.switch_at is None or self.next_key is None else self.switch_at + lag
 
     def allowed_ips(self) -> tuple[IPv4Network, ...]:
-        """What this node may send from, and what is routed to it: its mesh IP and its subnet."""
-        return (IPv4Network(f"{self.mesh_ip}/32"), self.subnet)
+        """What this node may send from, and what is routed to it: its mesh IP, its subnet and
+        its approved subnet routes."""
+        subnet = () if self.subnet is None else (self.subnet,)
+        return (IPv4Network(f"{self.mesh_ip}/32"), *subnet, *self.routes)
 
 
 Health = Literal["none", "starting", "healthy", "unhealthy"]

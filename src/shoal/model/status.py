@@ -43,7 +43,7 @@ class PeerStatus(Frozen):
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None: a host without Docker
     endpoint: str | None = None
     # How this peer is reached and why: "direct", "lan", "public" (see shoal.agent.paths),
     # or "no path: <reason>". None: no path selection (an agent before NAT traversal).

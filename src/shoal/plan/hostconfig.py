@@ -81,7 +81,9 @@ class FirewallConfig(Frozen):
 
     mesh_interface: str
     bridge: str
-    local_subnet: IPv4Network
+    # This host's container subnet; None: a host without Docker, whose own services are the
+    # workload and so open to the mesh (unless a policy says otherwise).
+    local_subnet: IPv4Network | None
     container_pool: IPv4Network
     mesh_pool: IPv4Network
     # Where this host's service-discovery DNS listens. Containers on the bridge ask whatever
@@ -94,6 +96,9 @@ class FirewallConfig(Frozen):
     # The addresses of this host's containers (sorted): each may only be sent from the bridge
     # port it sits behind (per-container anti-spoofing, `shoal.firewall.antispoof`).
     local_containers: tuple[IPv4Address, ...] = ()
+    # This host's approved subnet routes: networks beyond it that the mesh reaches through it.
+    # Traffic from the mesh to them is forwarded and masqueraded (they need no route back).
+    subnet_routes: tuple[IPv4Network, ...] = ()
 
 
 class DnsConfig(Frozen):
@@ -105,6 +110,9 @@ class DnsConfig(Frozen):
 
     address: IPv4Address
     netmap: NetworkMap
+    # Point the host's own resolver at `address` for `.shoal` (`shoal.dns.hostresolver`): on
+    # a host without Docker, whose own processes are the mesh's workload.
+    host_resolver: bool = False
 
 
 def without_dns_redirect(cfg: FirewallConfig) -> FirewallConfig:
@@ -122,7 +130,7 @@ class HostConfig(Frozen):
 
     tunnel: TunnelConfig
     routing: RoutingConfig
-    docker_network: DockerNetworkConfig
+    docker_network: DockerNetworkConfig | None  # None: a host without Docker
     dns: DnsConfig
     firewall: FirewallConfig
     # When this plan changes with no new netmap (a key rotation's switch, UTC): the reconciler
@@ -184,22 +192,28 @@ def plan_host(
         )
     )
     # Peers' mesh IPs are reached through the connected route of the mesh prefix on shoal0;
-    # only their container subnets need routes of their own.
+    # only their container subnets and approved subnet routes need routes of their own.
     routes = tuple(
         sorted(
             (
-                RouteConfig(dst=peer.subnet, dev=INTERFACE, src=me.mesh_ip, mtu=settings.mtu)
+                RouteConfig(dst=dst, dev=INTERFACE, src=me.mesh_ip, mtu=settings.mtu)
                 for peer in netmap.peers
+                for dst in (peer.subnet, *peer.routes)
+                if dst is not None
             ),
             key=lambda r: (int(r.dst.network_address), r.dst.prefixlen),
         )
     )
-    docker_network = DockerNetworkConfig(
-        name=DOCKER_NETWORK,
-        bridge=BRIDGE,
-        subnet=me.subnet,
-        gateway=gateway_of(me.subnet),
-        mtu=settings.mtu,
+    docker_network = (
+        None
+        if me.subnet is None
+        else DockerNetworkConfig(
+            name=DOCKER_NETWORK,
+            bridge=BRIDGE,
+            subnet=me.subnet,
+            gateway=gateway_of(me.subnet),
+            mtu=settings.mtu,
+        )
     )
     firewall = FirewallConfig(
         mesh_interface=INTERFACE,
@@ -207,16 +221,20 @@ def plan_host(
         local_subnet=me.subnet,
         container_pool=settings.container_pool,
         mesh_pool=settings.mesh_pool,
-        dns_address=me.mesh_ip,
+        # No bridge, no containers to redirect.
+        dns_address=None if me.subnet is None else me.mesh_ip,
         policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
         local_containers=tuple(sorted(c.ip for c in netmap.containers if c.node_id == me.id)),
+        subnet_routes=me.routes,
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
         routing=RoutingConfig(device=INTERFACE, routes=routes),
         docker_network=docker_network,
         # Names a host may not publish (the policy's `publish` claims) are not served.
-        dns=DnsConfig(address=me.mesh_ip, netmap=publishable(netmap)),
+        dns=DnsConfig(
+            address=me.mesh_ip, netmap=publishable(netmap), host_resolver=me.subnet is None
+        ),
         firewall=firewall,
         replan_at=min(pending, default=None),
     )

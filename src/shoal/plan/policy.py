@@ -92,13 +92,21 @@ def source_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
         return [_host(n.mesh_ip) for n in nodes if sel.value in (None, n.name)]
     if sel.kind in ("node", "tag"):
         chosen = [n for n in nodes if sel.value in ((n.name,) if sel.kind == "node" else n.tags)]
-        return [net for n in chosen for net in (n.subnet, _host(n.mesh_ip))]
+        return [net for n in chosen for net in (*_containers_of(n), _host(n.mesh_ip))]
     return [_host(c.ip) for c in netmap.containers if _container_matches(sel, c)]
 
 
-def _containers_part(subnet: IPv4Network, net: IPv4Network) -> list[IPv4Network]:
+def _containers_of(node: Node) -> list[IPv4Network]:
+    """The node's container subnet, if it has one (a host without Docker has none)."""
+    return [] if node.subnet is None else [node.subnet]
+
+
+def _containers_part(subnet: IPv4Network | None, net: IPv4Network) -> list[IPv4Network]:
     """The part of `net` inside `subnet` that containers may hold: without the bridge's
-    gateway, which is the host itself (its services are only ever opened by `mesh-host`)."""
+    gateway, which is the host itself (its services are only ever opened by `mesh-host`);
+    nothing on a host without Docker (no subnet)."""
+    if subnet is None:
+        return []
     part = subnet if net.supernet_of(subnet) else net if subnet.supernet_of(net) else None
     if part is None:
         return []
@@ -113,7 +121,7 @@ def dest_networks(sel: Selector, netmap: NetworkMap) -> list[IPv4Network]:
         return [_host(me.mesh_ip)] if sel.value in (None, me.name) else []
     every = sel.kind == "any" or (sel.kind == "node" and sel.value == me.name)
     if every or (sel.kind == "tag" and sel.value in me.tags):
-        return _containers_part(me.subnet, me.subnet)
+        return [] if me.subnet is None else _containers_part(me.subnet, me.subnet)
     if sel.kind in ("node", "tag"):
         return []
     if sel.kind == "cidr":

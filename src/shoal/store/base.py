@@ -18,6 +18,7 @@ from typing import Protocol
 
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Container, Endpoint, Node
+from shoal.model.routes import RouteStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,16 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteRecord:
+    """A subnet route a node advertised, and the admin's decision on it (table `routes`)."""
+
+    prefix: IPv4Network
+    status: RouteStatus
+    advertised_at: datetime
+    decided_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeRecord:
     """A node as stored; `node()` is what its peers see in the netmap."""
 
@@ -48,7 +59,7 @@ class NodeRecord:
     name: str
     public_key: PublicKey
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None  # None: a host without Docker
     endpoints: tuple[Endpoint, ...]
     created_at: datetime
     tags: tuple[str, ...] = ()
@@ -62,6 +73,9 @@ class NodeRecord:
     # the server finalises it.
     next_key: PublicKey | None = None
     switch_at: datetime | None = None
+    # The subnet routes it advertises, sorted by prefix; saved with the node (`save_node`
+    # replaces them), so an approval reaches the peers as a change of the node.
+    routes: tuple[RouteRecord, ...] = ()
 
     def node(self) -> Node:
         return Node(
@@ -74,6 +88,7 @@ class NodeRecord:
             tags=self.tags,
             next_key=self.next_key,
             switch_at=self.switch_at,
+            routes=tuple(r.prefix for r in self.routes if r.status == "approved"),
         )
 
 
@@ -107,7 +122,7 @@ class Released:
 
     node_id: str
     mesh_ip: IPv4Address
-    subnet: IPv4Network
+    subnet: IPv4Network | None
     released_at: datetime
 
 
@@ -197,7 +212,8 @@ class Store(Protocol):
     async def save_node(
         self, node: NodeRecord, *, consume_token: str | None = None, at: datetime | None = None
     ) -> int:
-        """Insert or replace `node` (by id) at a new revision and return that revision.
+        """Insert or replace `node` (by id) at a new revision and return that revision. Its
+        `routes` replace the ones stored for it.
 
         With `consume_token`, counts one use of that token (at `at`, by `node.id`) in the
         same transaction, only if it still has uses left and is unrevoked and unexpired at

@@ -91,7 +91,8 @@ class MemoryStore:
             if other.id == node.id:
                 continue
             for field in _UNIQUE:
-                if getattr(other, field) == getattr(node, field):
+                value = getattr(node, field)
+                if value is not None and getattr(other, field) == value:
                     raise StoreConflict(field)
         if consume_token is not None:
             token = self.tokens.get(consume_token)

@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, TypeVar
@@ -43,13 +44,14 @@ from shoal.store.base import (
     NodeRecord,
     PolicyRecord,
     Released,
+    RouteRecord,
     Snapshot,
     TokenRecord,
     Tombstone,
     no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
-from shoal.store.rows import container_row
+from shoal.store.rows import container_row, route_status
 
 T = TypeVar("T")
 log = logging.getLogger("shoal.store")
@@ -158,6 +160,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             updated_rev BIGINT NOT NULL       -- the global revision it reached the maps at
         );
         CREATE INDEX policies_updated_rev ON policies (updated_rev);
+        """,
+    ),
+    (
+        3,
+        """
+        -- Subnet routes nodes advertise and the admin's decision on each; written with their
+        -- node (save_node replaces a node's rows), deleted with it.
+        CREATE TABLE routes (
+            node_id       TEXT NOT NULL,
+            prefix        TEXT NOT NULL,  -- "192.168.7.0/24"
+            status        TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'rejected')),
+            advertised_at TIMESTAMPTZ NOT NULL,
+            decided_at    TIMESTAMPTZ,
+            PRIMARY KEY (node_id, prefix)
+        );
+        -- Hosts without Docker (shoal up --no-docker) have no container subnet.
+        ALTER TABLE nodes ALTER COLUMN subnet DROP NOT NULL;
+        ALTER TABLE released ALTER COLUMN subnet DROP NOT NULL;
         """,
     ),
 )
@@ -303,7 +323,10 @@ class PostgresStore:
             # REPEATABLE READ: one consistent picture across the several SELECTs.
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             rev = await _one(conn, "SELECT value FROM revision")
-            nodes = await _all(conn, f"SELECT {_NODE_COLS} FROM nodes ORDER BY id")
+            nodes = await _with_routes(
+                conn,
+                [_node(r) for r in await _all(conn, f"SELECT {_NODE_COLS} FROM nodes ORDER BY id")],
+            )
             stones = await _all(
                 conn,
                 "SELECT node_id, removed_rev FROM tombstones ORDER BY removed_rev DESC LIMIT %s",
@@ -327,7 +350,7 @@ class PostgresStore:
             policy = await _all(conn, _NEWEST_POLICY)
             return Snapshot(
                 revision=int(rev),
-                nodes=tuple(_node(r) for r in nodes),
+                nodes=nodes,
                 tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones[::-1]),
                 containers=tuple(_container(r) for r in containers),
                 container_tombstones=tuple(
@@ -339,7 +362,7 @@ class PostgresStore:
                     Released(
                         node_id=str(r[0]),
                         mesh_ip=IPv4Address(str(r[1])),
-                        subnet=IPv4Network(str(r[2])),
+                        subnet=_subnet(r[2]),
                         released_at=_utc(r[3]),
                     )
                     for r in released
@@ -439,6 +462,7 @@ class PostgresStore:
                 field = _UNIQUE_CONSTRAINTS.get(exc.diag.constraint_name or "", "id")
                 raise StoreConflict(field) from exc
             await conn.execute("DELETE FROM tombstones WHERE node_id = %s", (node.id,))
+            await _save_routes(conn, node)
             return rev
 
         return await self._run(run)
@@ -456,6 +480,7 @@ class PostgresStore:
             )
             if not rows:
                 return None
+            await conn.execute("DELETE FROM routes WHERE node_id = %s", (node_id,))
             key, mesh_ip, subnet, next_key = rows[0]
             if revoke_key:  # a rotation in progress: its next key may not join either
                 await conn.execute(
@@ -576,11 +601,17 @@ class PostgresStore:
             if upto <= since:  # nothing new: one cheap read
                 return no_changes(upto)
             rng = (since, upto)
-            nodes = await _all(
+            nodes = await _with_routes(
                 conn,
-                f"SELECT {_NODE_COLS} FROM nodes WHERE updated_rev > %s AND updated_rev <= %s "
-                "ORDER BY updated_rev, id",
-                rng,
+                [
+                    _node(r)
+                    for r in await _all(
+                        conn,
+                        f"SELECT {_NODE_COLS} FROM nodes "
+                        "WHERE updated_rev > %s AND updated_rev <= %s ORDER BY updated_rev, id",
+                        rng,
+                    )
+                ],
             )
             stones = await _all(
                 conn,
@@ -613,7 +644,7 @@ class PostgresStore:
             )
             return Changes(
                 revision=upto,
-                nodes=tuple(_node(r) for r in nodes),
+                nodes=nodes,
                 tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones),
                 containers=tuple(_container(r) for r in containers),
                 container_tombstones=tuple(
@@ -741,7 +772,12 @@ class PostgresStore:
                         "INSERT INTO released (node_id, mesh_ip, subnet, released_at) "
                         "VALUES (%s, %s, %s, %s)",
                         [
-                            (r.node_id, str(r.mesh_ip), str(r.subnet), r.released_at)
+                            (
+                                r.node_id,
+                                str(r.mesh_ip),
+                                None if r.subnet is None else str(r.subnet),
+                                r.released_at,
+                            )
                             for r in snapshot.released
                         ],
                     ),
@@ -754,6 +790,13 @@ class PostgresStore:
                         ],
                     ),
                 ]
+                rows.append(
+                    (
+                        "INSERT INTO routes (node_id, prefix, status, advertised_at, decided_at) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        [_route_row(n.id, r) for n in snapshot.nodes for r in n.routes],
+                    )
+                )
                 for query, params in rows:
                     if params:
                         await cur.executemany(query.encode(), params)
@@ -794,11 +837,55 @@ async def _bury(conn: Conn, node_id: str, container_ids: Sequence[str], rev: int
         )
 
 
+async def _save_routes(conn: Conn, node: NodeRecord) -> None:
+    """`node`'s routes replace the stored ones (inside the caller's transaction)."""
+    await conn.execute("DELETE FROM routes WHERE node_id = %s", (node.id,))
+    if node.routes:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO routes (node_id, prefix, status, advertised_at, decided_at) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                [_route_row(node.id, r) for r in node.routes],
+            )
+
+
+def _route_row(node_id: str, route: RouteRecord) -> tuple[object, ...]:
+    return (node_id, str(route.prefix), route.status, route.advertised_at, route.decided_at)
+
+
+async def _with_routes(conn: Conn, nodes: list[NodeRecord]) -> tuple[NodeRecord, ...]:
+    """`nodes` with their stored routes, sorted by prefix (one query for all of them)."""
+    if not nodes:
+        return ()
+    rows = await _all(
+        conn,
+        "SELECT node_id, prefix, status, advertised_at, decided_at FROM routes "
+        "WHERE node_id = ANY(%s) ORDER BY node_id, prefix",
+        ([n.id for n in nodes],),
+    )
+    by_node: dict[str, list[RouteRecord]] = {}
+    for node_id, prefix, status, advertised, decided in rows:
+        by_node.setdefault(str(node_id), []).append(
+            RouteRecord(
+                prefix=IPv4Network(str(prefix)),
+                status=route_status(str(status)),
+                advertised_at=_utc(advertised),
+                decided_at=_opt_utc(decided),
+            )
+        )
+    return tuple(replace(n, routes=tuple(by_node[n.id])) if n.id in by_node else n for n in nodes)
+
+
+def _subnet(value: Any) -> IPv4Network | None:
+    """A subnet column: NULL for a host without Docker."""
+    return None if value is None else IPv4Network(str(value))
+
+
 def _released(row: tuple[Any, ...]) -> Released:
     return Released(
         node_id=str(row[0]),
         mesh_ip=IPv4Address(str(row[1])),
-        subnet=IPv4Network(str(row[2])),
+        subnet=_subnet(row[2]),
         released_at=_utc(row[3]),
     )
 
@@ -855,7 +942,7 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         node.name,
         str(node.public_key),
         str(node.mesh_ip),
-        str(node.subnet),
+        None if node.subnet is None else str(node.subnet),
         json.dumps([e.model_dump(mode="json") for e in node.endpoints]),
         json.dumps(list(node.tags)),
         node.created_at,
@@ -876,7 +963,7 @@ def _node(row: tuple[Any, ...]) -> NodeRecord:
         name=name,
         public_key=PublicKey.parse(key),
         mesh_ip=IPv4Address(ip),
-        subnet=IPv4Network(subnet),
+        subnet=_subnet(subnet),
         endpoints=tuple(Endpoint.model_validate(e) for e in endpoints),
         tags=tuple(tags),
         created_at=_utc(created),

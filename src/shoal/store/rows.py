@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from shoal.model.netmap import Container
+from shoal.model.routes import RouteStatus
 
 
 def container_row(c: Container, rev: int) -> tuple[object, ...]:
@@ -21,3 +22,19 @@ def container_row(c: Container, rev: int) -> tuple[object, ...]:
         rev,
         json.dumps([list(kv) for kv in c.labels]),
     )
+
+
+_STATUSES: dict[str, RouteStatus] = {
+    "pending": "pending",
+    "approved": "approved",
+    "rejected": "rejected",
+}
+
+
+def route_status(text: str) -> RouteStatus:
+    """A `routes.status` column as the model's literal; ValueError for anything else (a row
+    no shoal wrote)."""
+    try:
+        return _STATUSES[text]
+    except KeyError:
+        raise ValueError(f"unknown route status {text!r} in the routes table") from None

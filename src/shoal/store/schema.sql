@@ -8,7 +8,7 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 -- The global revision: bumped by every change other nodes must see.
 INSERT OR IGNORE INTO meta (key, value) VALUES ('revision', '0');
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '5');
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '6');
 
 CREATE TABLE IF NOT EXISTS tokens (
     id          TEXT PRIMARY KEY,          -- first 12 hex of sha256(secret)
@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     name            TEXT NOT NULL UNIQUE,
     public_key      TEXT NOT NULL UNIQUE,  -- base64, as `wg` prints it
     mesh_ip         TEXT NOT NULL UNIQUE,
-    subnet          TEXT NOT NULL UNIQUE,
+    subnet          TEXT UNIQUE,           -- NULL: a host without Docker (schema 6)
     endpoints       TEXT NOT NULL,         -- JSON list of {"host", "port"}
     tags            TEXT NOT NULL,         -- JSON list, from the join token
     created_at      TEXT NOT NULL,
@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS revoked_keys (
 CREATE TABLE IF NOT EXISTS released (
     node_id     TEXT PRIMARY KEY,
     mesh_ip     TEXT NOT NULL,
-    subnet      TEXT NOT NULL,
+    subnet      TEXT,                          -- NULL: a host without Docker (schema 6)
     released_at TEXT NOT NULL
 );
 
@@ -96,4 +96,15 @@ CREATE TABLE IF NOT EXISTS policies (
     source      TEXT NOT NULL,
     set_at      TEXT NOT NULL,
     updated_rev INTEGER NOT NULL               -- the global revision it reached the maps at
+);
+
+-- Subnet routes nodes advertise and the admin's decision on each (schema 6). Written with
+-- their node (`save_node` replaces a node's rows), deleted with it.
+CREATE TABLE IF NOT EXISTS routes (
+    node_id       TEXT NOT NULL,
+    prefix        TEXT NOT NULL,               -- "192.168.7.0/24"
+    status        TEXT NOT NULL,               -- 'pending' | 'approved' | 'rejected'
+    advertised_at TEXT NOT NULL,
+    decided_at    TEXT,                        -- when the admin approved or rejected it
+    PRIMARY KEY (node_id, prefix)
 );

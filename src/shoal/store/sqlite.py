@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
 from ipaddress import IPv4Address, IPv4Network
@@ -31,13 +32,14 @@ from shoal.store.base import (
     NodeRecord,
     PolicyRecord,
     Released,
+    RouteRecord,
     Snapshot,
     TokenRecord,
     Tombstone,
     no_changes,
 )
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
-from shoal.store.rows import container_row
+from shoal.store.rows import container_row, route_status
 
 T = TypeVar("T")
 _TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -127,8 +129,12 @@ class SqliteStore:
             db.execute("BEGIN")
             try:
                 rev = db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()
-                nodes = tuple(
-                    _node(row) for row in db.execute(f"SELECT {_NODE_COLS} FROM nodes ORDER BY id")
+                nodes = _with_routes(
+                    db,
+                    [
+                        _node(row)
+                        for row in db.execute(f"SELECT {_NODE_COLS} FROM nodes ORDER BY id")
+                    ],
                 )
                 stones = db.execute(
                     "SELECT node_id, removed_rev FROM tombstones ORDER BY removed_rev DESC LIMIT ?",
@@ -280,6 +286,7 @@ class SqliteStore:
                     field = next((f for f in _UNIQUE_FIELDS if f"nodes.{f}" in str(exc)), "id")
                     raise StoreConflict(field) from exc
                 db.execute("DELETE FROM tombstones WHERE node_id = ?", (node.id,))
+                _save_routes(db, node)
                 return rev
 
         return await self._run(run)
@@ -298,6 +305,7 @@ class SqliteStore:
                 ).fetchone()
                 if row is None:
                     return None
+                db.execute("DELETE FROM routes WHERE node_id = ?", (node_id,))
                 key, mesh_ip, subnet, next_key = row
                 if revoke_key:
                     db.executemany(
@@ -411,11 +419,17 @@ class SqliteStore:
                 if upto <= since:  # the common case on one server: nothing to read
                     return no_changes(upto)
                 rng = (since, upto)
-                nodes = db.execute(
-                    f"SELECT {_NODE_COLS} FROM nodes WHERE updated_rev > ? AND updated_rev <= ? "
-                    "ORDER BY updated_rev, id",
-                    rng,
-                ).fetchall()
+                nodes = _with_routes(
+                    db,
+                    [
+                        _node(r)
+                        for r in db.execute(
+                            f"SELECT {_NODE_COLS} FROM nodes "
+                            "WHERE updated_rev > ? AND updated_rev <= ? ORDER BY updated_rev, id",
+                            rng,
+                        )
+                    ],
+                )
                 stones = db.execute(
                     "SELECT node_id, removed_rev FROM tombstones "
                     "WHERE removed_rev > ? AND removed_rev <= ? ORDER BY removed_rev, node_id",
@@ -448,7 +462,7 @@ class SqliteStore:
                 db.execute("COMMIT")
             return Changes(
                 revision=upto,
-                nodes=tuple(_node(r) for r in nodes),
+                nodes=nodes,
                 tombstones=tuple(Tombstone(node_id=s[0], removed_rev=s[1]) for s in stones),
                 containers=tuple(_container(r) for r in containers),
                 container_tombstones=tuple(
@@ -576,7 +590,18 @@ def _migrate(db: sqlite3.Connection) -> None:
     containers = {row[1] for row in db.execute("PRAGMA table_info(containers)")}
     if "labels" not in containers:  # schema 4 → 5: container labels (policies), policies
         db.execute("ALTER TABLE containers ADD COLUMN labels TEXT NOT NULL DEFAULT '[]'")
-    db.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    # Schema 5 → 6: subnet routes, a new table (schema.sql creates it), and hosts without
+    # Docker, whose subnet is NULL: SQLite cannot drop NOT NULL, the two tables are rebuilt.
+    if _not_null(db, "nodes", "subnet"):
+        _rebuild(
+            db,
+            "nodes",
+            _NODE_COLS,
+            "CREATE INDEX IF NOT EXISTS nodes_updated_rev ON nodes (updated_rev);",
+        )
+    if _not_null(db, "released", "subnet"):
+        _rebuild(db, "released", "node_id, mesh_ip, subnet, released_at", "")
+    db.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
 
 
 def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], rev: int) -> None:
@@ -594,11 +619,73 @@ def _bury(db: sqlite3.Connection, node_id: str, container_ids: Sequence[str], re
         )
 
 
+def _not_null(db: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column and row[3] for row in db.execute(f"PRAGMA table_info({table})"))
+
+
+def _rebuild(db: sqlite3.Connection, table: str, columns: str, indexes: str) -> None:
+    """Recreate `table` as schema.sql defines it now, keeping its rows (`columns`)."""
+    create = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \(.*?\n\);", schema_sql(), re.S)
+    assert create is not None, f"schema.sql defines the {table} table"
+    db.executescript(
+        "BEGIN IMMEDIATE;"
+        f"ALTER TABLE {table} RENAME TO {table}_v5;"
+        f"DROP INDEX IF EXISTS {table}_updated_rev;"
+        f"{create.group(0)}"
+        f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_v5;"
+        f"DROP TABLE {table}_v5;"
+        f"{indexes}"
+        "COMMIT;"
+    )
+
+
+def _save_routes(db: sqlite3.Connection, node: NodeRecord) -> None:
+    """`node`'s routes replace the stored ones (inside the caller's transaction)."""
+    db.execute("DELETE FROM routes WHERE node_id = ?", (node.id,))
+    db.executemany(
+        "INSERT INTO routes (node_id, prefix, status, advertised_at, decided_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [
+            (node.id, str(r.prefix), r.status, _ts(r.advertised_at), _ts(r.decided_at))
+            for r in node.routes
+        ],
+    )
+
+
+def _with_routes(db: sqlite3.Connection, nodes: list[NodeRecord]) -> tuple[NodeRecord, ...]:
+    """`nodes` with their stored routes, sorted by prefix (one query per node that has any:
+    only subnet routers do, a few in a mesh)."""
+    owners = {str(r[0]) for r in db.execute("SELECT DISTINCT node_id FROM routes")}
+    out: list[NodeRecord] = []
+    for node in nodes:
+        if node.id in owners:
+            rows = db.execute(
+                "SELECT prefix, status, advertised_at, decided_at FROM routes WHERE node_id = ?",
+                (node.id,),
+            ).fetchall()
+            node = replace(node, routes=_routes(rows))
+        out.append(node)
+    return tuple(out)
+
+
+def _routes(rows: Sequence[tuple[object, ...]]) -> tuple[RouteRecord, ...]:
+    records = [
+        RouteRecord(
+            prefix=IPv4Network(str(prefix)),
+            status=route_status(str(status)),
+            advertised_at=_required_dt(str(advertised)),
+            decided_at=_dt(decided if isinstance(decided, str) else None),
+        )
+        for prefix, status, advertised, decided in rows
+    ]
+    return tuple(sorted(records, key=lambda r: (int(r.prefix.network_address), r.prefix.prefixlen)))
+
+
 def _released(row: tuple[object, ...]) -> Released:
     return Released(
         node_id=str(row[0]),
         mesh_ip=IPv4Address(str(row[1])),
-        subnet=IPv4Network(str(row[2])),
+        subnet=IPv4Network(row[2]) if isinstance(row[2], str) else None,
         released_at=_required_dt(str(row[3])),
     )
 
@@ -629,7 +716,7 @@ def _node_row(node: NodeRecord, rev: int) -> tuple[object, ...]:
         node.name,
         str(node.public_key),
         str(node.mesh_ip),
-        str(node.subnet),
+        None if node.subnet is None else str(node.subnet),
         json.dumps([e.model_dump(mode="json") for e in node.endpoints]),
         json.dumps(list(node.tags)),
         _ts(node.created_at),
@@ -650,7 +737,7 @@ def _node(row: tuple[object, ...]) -> NodeRecord:
         name=str(name),
         public_key=PublicKey.parse(str(key)),
         mesh_ip=IPv4Address(str(ip)),
-        subnet=IPv4Network(str(subnet)),
+        subnet=IPv4Network(subnet) if isinstance(subnet, str) else None,
         endpoints=tuple(Endpoint.model_validate(e) for e in json.loads(str(endpoints))),
         tags=tuple(json.loads(str(tags))),
         created_at=_required_dt(str(created)),

@@ -242,9 +242,9 @@ class FakeDockerNetwork(Failing):
     def kept_for(self) -> tuple[str, ...]:
         return self._kept_for
 
-    async def apply(self, cfg: DockerNetworkConfig) -> bool:
+    async def apply(self, cfg: DockerNetworkConfig | None) -> bool:
         self._check()
-        if cfg == self.network:
+        if cfg is None or cfg == self.network:
             return False
         if self.network is not None and self.attached:
             raise NetworkInUse(cfg.name, "differs", tuple(self.attached))

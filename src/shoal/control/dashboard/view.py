@@ -116,7 +116,7 @@ def look(registry: Registry, relay: Relay, reports: NodeReports | None = None) -
             name=n.name,
             online=n.id in online,
             mesh_ip=str(n.mesh_ip),
-            subnet=str(n.subnet),
+            subnet=str(n.subnet or "none (no Docker)"),
             endpoints=tuple(f"{e.kind or 'advertised'} {e}" for e in n.endpoints),
             key=n.public_key.short(),
             rotating_to=n.next_key.short() if n.next_key is not None else None,
@@ -196,7 +196,11 @@ def events_between(old: MeshView, new: MeshView, at: datetime) -> list[Event]:
     for nid, node in after.items():
         was = before.get(nid)
         if was is None:
-            add("join", f"node {node.name} joined: {node.mesh_ip}, containers {node.subnet}")
+            add(
+                "join",
+                f"node {node.name} joined: {node.mesh_ip}, "
+                f"containers {node.subnet or 'none (no Docker)'}",
+            )
             continue
         if was.online != node.online:
             if node.online:
