@@ -30,9 +30,17 @@ class Dockerd:
     argv: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
-    def cli(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *argv: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """The docker CLI against this dockerd; TimeoutExpired past `timeout` (a wedged dockerd
+        once left a `docker rm -f` waiting for good)."""
         return subprocess.run(
-            ["docker", "-H", self.url, *argv], capture_output=True, text=True, check=check
+            ["docker", "-H", self.url, *argv],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=timeout,
         )
 
     def start(self) -> None:
@@ -112,9 +120,11 @@ def dockerd(netns: NetnsFactory) -> Iterator[Dockerd]:
         yield daemon
     finally:
         if daemon.proc is not None:
-            ids = daemon.cli("ps", "-aq", check=False).stdout.split()
-            if ids:
-                daemon.cli("rm", "-f", *ids, check=False)
+            # A dockerd that no longer answers is stopped all the same (SIGKILL in `stop`).
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                ids = daemon.cli("ps", "-aq", check=False, timeout=30).stdout.split()
+                if ids:
+                    daemon.cli("rm", "-f", *ids, check=False, timeout=60)
         daemon.stop()
         ns.wait_empty(5)
         _umount_under(state)

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.e2e
 _RESULT = re.compile(r"^(PASSED|FAILED|ERROR) |^=+ .* in [0-9.]+s.* =+$|^shoal-vm: ")
 
 
+@pytest.mark.timeout(2 * 1200 + 300)  # two boots at most (see vm.run_guest_suite)
 def test_the_guest_suite_passes_on_kernel_wireguard() -> None:
     try:
         result = vm.run_guest_suite(timeout=1200)
