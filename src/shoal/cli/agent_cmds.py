@@ -476,7 +476,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     try:
         report = request_down(state.socket, args.leave)
     except AgentNotRunning:
-        # Imported here: only this path needs the agent's adapters (pyroute2, Docker SDK).
+        # Imported here: only this path needs the agent's adapters (pyroute2, aiohttp).
         from shoal.agent.daemon import down_offline
 
         config = AgentConfig(
