@@ -8,10 +8,13 @@ import argparse
 import io
 import json
 import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from shoal.agent.config import AgentConfig
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed
@@ -20,11 +23,13 @@ from shoal.cli.agent_cmds import (
     BadArgument,
     _start_background,
     cmd_down,
+    no_ca_bundle_at_import,
     read_token,
     render_down,
     render_status,
 )
 from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
+from shoal.control.ca import _make_ca
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
 from shoal.model.tokens import MalformedToken
 from shoal.testing.systemctl import fake_systemd
@@ -193,3 +198,38 @@ def test_a_token_in_argv_is_moved_to_a_pipe_before_anything_runs(
         assert pipe.read().decode() == TOKEN
     hide_token(args(token="-"))  # stdin: never in sight, nothing to do
     assert len(started) == 1
+
+
+def test_no_ca_bundle_at_import_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    with no_ca_bundle_at_import():
+        assert os.environ["SSL_CERT_FILE"] == os.devnull
+    assert "SSL_CERT_FILE" not in os.environ
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/mine.pem")
+    with no_ca_bundle_at_import():
+        pass
+    assert os.environ["SSL_CERT_FILE"] == "/etc/mine.pem"
+
+
+def test_aiohttp_imported_under_no_ca_bundle_parses_no_ca(tmp_path: Path) -> None:
+    # A CA file of one certificate stands for the system's bundle. In a fresh interpreter
+    # (this one imported aiohttp long ago): a default context made meanwhile holds no CA, one
+    # made afterwards holds that one again.
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(_make_ca(datetime.now(UTC))[0].public_bytes(Encoding.PEM))
+    probe = (
+        "import ssl\n"
+        "from shoal.cli.agent_cmds import no_ca_bundle_at_import\n"
+        "with no_ca_bundle_at_import():\n"
+        "    import aiohttp\n"
+        "    inside = ssl.create_default_context().cert_store_stats()['x509_ca']\n"
+        "print(inside, ssl.create_default_context().cert_store_stats()['x509_ca'])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "SSL_CERT_FILE": str(bundle)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["0", "1"]

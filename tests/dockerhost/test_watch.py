@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from ipaddress import IPv4Address
@@ -14,7 +13,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from shoal.dockerhost import ContainerWatcher, DockerHost
-from shoal.dockerhost.events import DockerEvent
+from shoal.dockerhost.events import READER_TASK, DockerEvent
 from shoal.model.api import ContainerReport
 from shoal.model.netmap import PortSpec
 from tests.dockerhost.conftest import IMAGE, Dockerd
@@ -69,8 +68,8 @@ async def ip_of(d: Dockerd, name: str, network: str = "shoal") -> IPv4Address:
     return IPv4Address(attrs["NetworkSettings"]["Networks"][network]["IPAddress"])
 
 
-def reader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "shoal-docker-events"]
+def readers() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == READER_TASK and not t.done()]
 
 
 @contextlib.asynccontextmanager
@@ -82,11 +81,8 @@ async def watching(watcher: ContainerWatcher) -> AsyncIterator[ContainerWatcher]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        # Cancelling closes the stream: its reader thread is gone at once.
-        deadline = time.monotonic() + 2
-        while reader_threads() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        assert not reader_threads(), "the event reader outlived the watcher"
+        # Cancelling closes the stream: its reader task is gone with it.
+        assert not readers(), "the event reader outlived the watcher"
 
 
 def networks(d: Dockerd) -> None:

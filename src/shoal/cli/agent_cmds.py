@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import os
 import select
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
@@ -141,6 +142,27 @@ def cmd_up(args: argparse.Namespace) -> int:
     return _start_background(config, log_format=args.log_format)
 
 
+@contextlib.contextmanager
+def no_ca_bundle_at_import() -> Iterator[None]:
+    """While the agent's modules are imported, OpenSSL's default CA file is empty.
+
+    Importing aiohttp builds two default TLS contexts, each parsing the system's CA bundle:
+    ~40 ms of CPU, 40-100 ms of a join on the loaded machine. The agent never uses them: it
+    trusts only its server's pinned CA (`controlclient.tls.ssl_context`), and its one
+    unverified fetch of that CA verifies nothing. They keep OpenSSL's default certificate
+    directory, which is read only when a certificate is verified. SSL_CERT_FILE is restored
+    on leaving: nothing the agent runs later sees the change."""
+    saved = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = os.devnull
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
+
+
 async def _run_foreground(
     config: AgentConfig,
     ready: Callable[[AgentStatus], None] | None = None,
@@ -148,16 +170,17 @@ async def _run_foreground(
 ) -> None:
     # A resumed agent answers names first (a SIGKILLed one left the containers' DNS pointing
     # here), then imports the daemon in a thread while this loop serves them: its imports
-    # (Docker SDK, pyroute2, aiohttp, ...) take ~0.35 s of CPU, 0.5-1.1 s on a loaded
+    # (pydantic models, aiohttp, pyroute2, ...) take ~0.35 s of CPU, 0.5-1.1 s on a loaded
     # machine, and answers wait no more than the GIL's switch interval meanwhile (at most
     # 13 ms measured). Only the process that runs the agent pays for these imports.
-    from shoal.agent.meshdns import answer_from_cache
+    with no_ca_bundle_at_import():
+        from shoal.agent.meshdns import answer_from_cache
 
-    watch = watch or Stopwatch()
-    state = StateDir(config.state_dir)
-    dns = await answer_from_cache(state, config.listen_port)
-    watch.lap("cached-dns")
-    await asyncio.to_thread(importlib.import_module, "shoal.agent.daemon")
+        watch = watch or Stopwatch()
+        state = StateDir(config.state_dir)
+        dns = await answer_from_cache(state, config.listen_port)
+        watch.lap("cached-dns")
+        await asyncio.to_thread(importlib.import_module, "shoal.agent.daemon")
     from shoal.agent.daemon import start  # imported by now
 
     agent = await start(config, watch=watch, state=state, dns=dns)
@@ -453,7 +476,7 @@ def cmd_down(args: argparse.Namespace) -> int:
     try:
         report = request_down(state.socket, args.leave)
     except AgentNotRunning:
-        # Imported here: only this path needs the agent's adapters (pyroute2, Docker SDK).
+        # Imported here: only this path needs the agent's adapters (pyroute2, aiohttp).
         from shoal.agent.daemon import down_offline
 
         config = AgentConfig(

@@ -1,4 +1,4 @@
-"""Pure parsing of Docker's container JSON into `ContainerReport`s (no I/O, no SDK).
+"""Pure parsing of Docker's container JSON into `ContainerReport`s (no I/O).
 
 A report combines two sources: the list summary (one call for all containers: id, name,
 labels, addresses, a human `Status` line) and the inspect result (per container: exposed ports

@@ -1,22 +1,14 @@
-"""The one module that talks to the Docker API: shoal's bridge network, the subnets in use and
-the containers attached to it.
-
-The Docker SDK is synchronous; every call runs in a worker thread.
+"""Shoal's bridge network, the subnets in use and the containers attached to it, over the
+Docker Engine API (`engine.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, ip_network
-from typing import Any, TypeVar
-
-import docker
-import docker.errors
-import requests.exceptions
-from docker.types import IPAMConfig, IPAMPool
+from typing import Any
 
 from shoal.dockerhost.containers import (
     Inspected,
@@ -25,20 +17,14 @@ from shoal.dockerhost.containers import (
     make_report,
     report_from_inspect,
 )
-from shoal.dockerhost.errors import DockerError, DockerUnavailable, NetworkInUse
+from shoal.dockerhost.engine import Engine, Session, filters_arg, path_arg
+from shoal.dockerhost.errors import NetworkInUse
 from shoal.model.api import ContainerReport
 from shoal.plan.hostconfig import DockerNetworkConfig
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# What the SDK raises: APIError (the daemon refused), other DockerException (no daemon, bad
-# URL), requests' errors and OSError (the socket).
-FOREIGN_ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, OSError)
-
 LABEL = "io.shoal.managed"
-DEFAULT_URL = "unix:///var/run/docker.sock"
 OPT_BRIDGE = "com.docker.network.bridge.name"
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
@@ -83,113 +69,80 @@ def _attached(attrs: dict[str, Any]) -> tuple[str, ...]:
 
 
 class DockerHost:
-    """One dockerd, at `base_url` (None: DOCKER_HOST or the default socket)."""
+    """One dockerd, at `base_url` (None: DOCKER_HOST or the default socket); DockerError for
+    a URL of another kind. Every method raises DockerUnavailable when dockerd does not answer
+    and DockerError when it refuses."""
 
     def __init__(self, base_url: str | None = None) -> None:
         self.base_url = base_url
-        self._client: Any = None
+        self.engine = Engine(base_url)
         # Inspect results of running containers, by id, with the summary's health hint they
         # were taken under: a container is inspected again only when its health changed.
         self._inspected: dict[str, tuple[str, Inspected]] = {}
 
     @property
     def url(self) -> str:
-        return self.base_url or DEFAULT_URL
-
-    def _docker(self) -> Any:
-        if self._client is None:
-            if self.base_url is None:
-                self._client = docker.from_env(timeout=30)
-            else:
-                self._client = docker.DockerClient(base_url=self.base_url, timeout=30)
-        return self._client
-
-    def new_api_client(self) -> Any:
-        """A separate low-level client (for a long-lived stream), same daemon and API version.
-        Runs blocking I/O: call it from a worker thread."""
-        version = self._docker().api.api_version
-        if self.base_url is None:
-            kwargs = docker.utils.kwargs_from_env()
-            return docker.APIClient(version=version, timeout=30, **kwargs)
-        return docker.APIClient(base_url=self.base_url, version=version, timeout=30)
-
-    async def _call(self, what: str, fn: Callable[[Any], T]) -> T:
-        def run() -> T:
-            return fn(self._docker())
-
-        try:
-            return await asyncio.to_thread(run)
-        except FOREIGN_ERRORS as exc:
-            raise self.translate(what, exc) from exc
-
-    def translate(self, what: str, exc: BaseException) -> DockerError:
-        """The shoal error for an exception of the Docker SDK (or the socket under it)."""
-        if isinstance(exc, docker.errors.APIError):
-            return DockerError(f"{what}: {exc.explanation or exc}")
-        return DockerUnavailable(self.url, str(exc))
+        return self.engine.url
 
     async def ping(self) -> None:
         """Raise DockerUnavailable unless dockerd answers."""
-        await self._call("ping", lambda c: c.ping())
+        async with self.engine.session() as api:
+            await api.ping()
 
     async def container_pid(self, container_id: str) -> int | None:
         """The host PID of a running container's main process; None when it is not running
         (or gone)."""
-
-        def pid(client: Any) -> int | None:
-            try:
-                state = client.api.inspect_container(container_id)["State"]
-            except docker.errors.NotFound:
-                return None
-            value = int(state.get("Pid") or 0)
-            return value if state.get("Running") and value > 0 else None
-
-        return await self._call(f"inspect container {container_id[:12]}", pid)
-
-    async def _inspect(self, name: str) -> dict[str, Any] | None:
-        def find(client: Any) -> dict[str, Any] | None:
-            for net in client.networks.list(names=[name]):
-                if net.name == name:  # the filter matches substrings
-                    net.reload()  # the list omits attached containers
-                    attrs: dict[str, Any] = net.attrs
-                    return attrs
+        async with self.engine.session() as api:
+            attrs = await api.find(
+                f"inspect container {container_id[:12]}",
+                f"/containers/{path_arg(container_id)}/json",
+            )
+        if attrs is None:
             return None
+        state = attrs.get("State") or {}
+        value = int(state.get("Pid") or 0)
+        return value if state.get("Running") and value > 0 else None
 
-        return await self._call(f"inspect network {name}", find)
+    async def _inspect(self, api: Session, name: str) -> dict[str, Any] | None:
+        attrs: dict[str, Any] | None = await api.find(
+            f"inspect network {name}", f"/networks/{path_arg(name)}"
+        )
+        # The daemon also takes an id prefix for a name: only the network of that name counts.
+        return attrs if attrs is not None and attrs.get("Name") == name else None
 
     async def ensure_network(self, cfg: DockerNetworkConfig) -> bool:
         """Create the bridge network `cfg.name` as configured; recreate it when it differs
         and nothing is attached (NetworkInUse otherwise). False when it already matched."""
-        attrs = await self._inspect(cfg.name)
-        if attrs is not None:
-            if _matches(attrs, cfg):
-                return False
-            attached = _attached(attrs)
-            if attached:
-                raise NetworkInUse(
-                    cfg.name,
-                    f"has {_describe(attrs)}; shoal needs subnet {cfg.subnet}",
-                    attached,
-                )
-            await self._call(
-                f"remove network {cfg.name}", lambda c: c.api.remove_network(attrs["Id"])
+        async with self.engine.session() as api:
+            attrs = await self._inspect(api, cfg.name)
+            if attrs is not None:
+                if _matches(attrs, cfg):
+                    return False
+                attached = _attached(attrs)
+                if attached:
+                    raise NetworkInUse(
+                        cfg.name,
+                        f"has {_describe(attrs)}; shoal needs subnet {cfg.subnet}",
+                        attached,
+                    )
+                await api.delete(f"remove network {cfg.name}", f"/networks/{path_arg(attrs['Id'])}")
+                log.info("docker network %s: %s => recreating", cfg.name, _describe(attrs))
+            await api.post(
+                f"create network {cfg.name}",
+                "/networks/create",
+                {
+                    "Name": cfg.name,
+                    "Driver": "bridge",
+                    "IPAM": {
+                        "Driver": "default",
+                        "Config": [{"Subnet": str(cfg.subnet), "Gateway": str(cfg.gateway)}],
+                    },
+                    "Options": _options(cfg),
+                    "Labels": {LABEL: "1"},
+                    # Before API 1.44 a second network of the same name is created otherwise.
+                    "CheckDuplicate": True,
+                },
             )
-            log.info("docker network %s: %s => recreating", cfg.name, _describe(attrs))
-
-        def create(client: Any) -> None:
-            ipam = IPAMConfig(
-                pool_configs=[IPAMPool(subnet=str(cfg.subnet), gateway=str(cfg.gateway))]
-            )
-            client.networks.create(
-                cfg.name,
-                driver="bridge",
-                ipam=ipam,
-                options=_options(cfg),
-                labels={LABEL: "1"},
-                check_duplicate=True,
-            )
-
-        await self._call(f"create network {cfg.name}", create)
         log.info(
             "docker network %s: created (subnet %s, gateway %s, bridge %s, mtu %s)",
             cfg.name, cfg.subnet, cfg.gateway, cfg.bridge, cfg.mtu,
@@ -199,39 +152,41 @@ class DockerHost:
     async def network_drift(self, cfg: DockerNetworkConfig) -> str | None:
         """How network `cfg.name` differs from `cfg` ("missing", or what it has); None when it
         matches. Read only (`shoal doctor`)."""
-        attrs = await self._inspect(cfg.name)
+        async with self.engine.session() as api:
+            attrs = await self._inspect(api, cfg.name)
         if attrs is None:
             return "missing"
         return None if _matches(attrs, cfg) else f"has {_describe(attrs)}"
 
     async def remove_network(self, name: str) -> RemoveResult:
         """Remove network `name` unless containers are attached (then say which)."""
-        attrs = await self._inspect(name)
-        if attrs is None:
-            return RemoveResult(removed=False)
-        attached = _attached(attrs)
-        if attached:
-            log.info("docker network %s: kept, containers attached: %s", name, ", ".join(attached))
-            return RemoveResult(removed=False, attached=attached)
-        await self._call(f"remove network {name}", lambda c: c.api.remove_network(attrs["Id"]))
+        async with self.engine.session() as api:
+            attrs = await self._inspect(api, name)
+            if attrs is None:
+                return RemoveResult(removed=False)
+            attached = _attached(attrs)
+            if attached:
+                log.info(
+                    "docker network %s: kept, containers attached: %s", name, ", ".join(attached)
+                )
+                return RemoveResult(removed=False, attached=attached)
+            await api.delete(f"remove network {name}", f"/networks/{path_arg(attrs['Id'])}")
         log.info("docker network %s: removed", name)
         return RemoveResult(removed=True)
 
     async def network_subnets(self, exclude: Sequence[str] = ()) -> list[IPv4Network]:
         """IPv4 subnets of every Docker network except those named in `exclude` (sorted)."""
-
-        def subnets(client: Any) -> list[IPv4Network]:
-            found: set[IPv4Network] = set()
-            for net in client.networks.list():
-                if net.name in exclude:
-                    continue
-                for pool in (net.attrs.get("IPAM") or {}).get("Config") or []:
-                    subnet = ip_network(pool.get("Subnet") or "::/0", strict=False)
-                    if isinstance(subnet, IPv4Network):
-                        found.add(subnet)
-            return sorted(found)
-
-        return await self._call("list networks", subnets)
+        async with self.engine.session() as api:
+            nets: list[dict[str, Any]] = await api.get("list networks", "/networks") or []
+        found: set[IPv4Network] = set()
+        for net in nets:
+            if net.get("Name") in exclude:
+                continue
+            for pool in (net.get("IPAM") or {}).get("Config") or []:
+                subnet = ip_network(pool.get("Subnet") or "::/0", strict=False)
+                if isinstance(subnet, IPv4Network):
+                    found.add(subnet)
+        return sorted(found)
 
     async def shoal_containers(
         self, network: str = "shoal", fresh: Collection[str] = ()
@@ -241,20 +196,25 @@ class DockerHost:
         One list call, plus an inspect of each container that is new, whose health changed
         since the last call, or whose id is in `fresh` (containers an event just named: the
         list can lag behind their events, an inspect cannot). A few ms for tens of containers."""
-        return await self._call(
-            f"list containers on {network}", lambda c: self._reports(c.api, network, fresh)
-        )
+        async with self.engine.session() as api:
+            return await self._reports(api, network, fresh)
 
-    def _reports(self, api: Any, network: str, fresh: Collection[str]) -> list[ContainerReport]:
-        summaries = api.containers(filters={"network": [network], "status": ["running"]})
+    async def _reports(
+        self, api: Session, network: str, fresh: Collection[str]
+    ) -> list[ContainerReport]:
+        query = {"filters": filters_arg({"network": [network], "status": ["running"]})}
+        summaries: list[dict[str, Any]] = (
+            await api.get(f"list containers on {network}", "/containers/json", query) or []
+        )
         listed = {s["Id"] for s in summaries}
         cache: dict[str, tuple[str, Inspected]] = {}
         reports: list[ContainerReport] = []
 
-        def inspect(cid: str) -> ContainerReport | None:
-            try:
-                attrs = api.inspect_container(cid)
-            except docker.errors.NotFound:
+        async def inspect(cid: str) -> ContainerReport | None:
+            attrs = await api.find(
+                f"inspect container {cid[:12]}", f"/containers/{path_arg(cid)}/json"
+            )
+            if attrs is None:
                 return None  # gone meanwhile
             report = report_from_inspect(attrs, network)
             if report is not None:
@@ -266,16 +226,16 @@ class DockerHost:
             hint = health_hint(summary.get("Status") or "")
             cached = self._inspected.get(cid)
             if cid in fresh:
-                report = inspect(cid)
+                report = await inspect(cid)
             elif cached is not None and cached[0] == hint:
                 cache[cid] = cached
                 report = make_report(summary, cached[1], network)
             else:
-                report = inspect(cid)
+                report = await inspect(cid)
             if report is not None:
                 reports.append(report)
         for cid in fresh:
-            if cid not in listed and (report := inspect(cid)) is not None:
+            if cid not in listed and (report := await inspect(cid)) is not None:
                 reports.append(report)
         self._inspected = cache  # forget containers no longer running there
         return sorted(reports, key=lambda r: r.id)

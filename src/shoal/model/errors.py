@@ -7,7 +7,7 @@ Every package has its own `errors.py` whose classes derive from `ShoalError`; th
     ├── control.errors.ApiError      (server: mapped to an HTTP status in one table)
     ├── controlclient.errors.*       (ControlUnreachable: retry; ControlRejected: tell the user)
     ├── agent.errors.*               (NotRoot, NotJoined, StateWriteFailed, ...)
-    ├── dataplane.errors.*, hostnet.errors.*, firewall.errors.*, docker.errors.*
+    ├── dataplane.errors.*, hostnet.errors.*, firewall.errors.*, dockerhost.errors.*
     └── lab.errors.LabError
 """
 
