@@ -4,7 +4,9 @@ each peer on a candidate that completes handshakes.
     every DISCOVER_SECONDS (and at start): probe the server from WireGuard's port
         (`shoal.agent.endpoints`); if the endpoints differ from what the netmap says about
         this node, report them with a (signed, tokenless) registration: the server hands them
-        to every peer in the netmap.
+        to every peer in the netmap. Without UDP (no probe answer) the node also reports the
+        mesh's first TCP relay as a "relay" endpoint: peers then reach it only through that
+        relay (`shoal.agent.tcprelay`), and so does it.
     every TICK_SECONDS: read the handshake times from the data plane and let the
         `PathSelector` advance peers whose candidate gives no handshake; when an endpoint to
         configure changed, the reconciler plans the current netmap again.
@@ -26,6 +28,7 @@ from urllib.parse import urlsplit
 from shoal.agent.clock import Clock
 from shoal.agent.endpoints import Discovery, discover
 from shoal.agent.paths import PathSelector
+from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
 from shoal.controlclient.errors import ControlError
 from shoal.dataplane import DataPlaneError
 from shoal.dataplane.base import DataPlane
@@ -36,7 +39,26 @@ from shoal.model.netmap import Endpoint, NetworkMap
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 2.0
-DISCOVER_SECONDS = 30.0
+# A NAT that rebinds (new outside port or address) is noticed by the next probe, and peers
+# reach the host again once the report is in their netmap: the interval bounds that outage.
+# Two datagrams per host per interval to the server.
+DISCOVER_SECONDS = 3.0
+
+
+def relay_endpoint(netmap: NetworkMap, server: IPv4Address) -> Endpoint | None:
+    """The "relay" endpoint a node without UDP advertises: the mesh's first TCP relay."""
+    if not netmap.settings.relays:
+        return None
+    relay = netmap.settings.relays[0]
+    return Endpoint(host=relay.host or server, port=relay.port, kind="relay")
+
+
+def relay_target(netmap: NetworkMap, server: IPv4Address | None, ep: Endpoint) -> RelayTarget:
+    """The relay at `ep` (a "relay" endpoint), with the key its hello is signed for."""
+    for relay in netmap.settings.relays:
+        if relay.port == ep.port and (relay.host or server) == ep.host:
+            return RelayTarget(host=ep.host, port=ep.port, key=relay.public_key)
+    return RelayTarget(host=ep.host, port=ep.port)
 
 
 def server_address(url: str) -> IPv4Address | None:
@@ -68,6 +90,7 @@ class Traversal:
         tunnel: DataPlane,
         clock: Clock,
         paths: PathSelector,
+        tcp_relay: TcpRelayClient,
     ) -> None:
         self._server_url = server_url
         self._listen_port = listen_port
@@ -81,9 +104,16 @@ class Traversal:
         self._tunnel = tunnel
         self._clock = clock
         self.paths = paths
+        self.tcp_relay = tcp_relay
         self.last: Discovery | None = None
+        self.server: IPv4Address | None = None  # resolved at each discovery
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.tcp_relay.run(), name="tcp-relay")
+            tasks.create_task(self._loop(), name="nat-discovery")
+
+    async def _loop(self) -> None:
         next_discovery = 0.0
         while True:
             now = self._clock.monotonic()
@@ -97,6 +127,7 @@ class Traversal:
         server = await asyncio.to_thread(server_address, self._server_url)
         if server is None:
             return
+        self.server = server
         try:
             key = await self._mac_key()
         except ControlError as exc:
@@ -112,6 +143,9 @@ class Traversal:
             )
         self.last = found
         endpoints = found.endpoints()
+        relay = relay_endpoint(self._netmap(), server)
+        if found.nat == "udp-blocked" and relay is not None:
+            endpoints = (*endpoints, relay)
         if not endpoints or set(endpoints) == set(self._netmap().self_node.endpoints):
             return
         try:
@@ -119,8 +153,17 @@ class Traversal:
         except ControlError as exc:
             log.warning("could not report endpoints: %s", exc)
 
+    def tcp_local(self, peer: PublicKey, relay: Endpoint) -> Endpoint:
+        """The loopback endpoint for `peer` through the TCP relay at `relay` (PathSelector's
+        `tcp_local`)."""
+        return self.tcp_relay.local(peer, relay_target(self._netmap(), self.server, relay))
+
     async def tick(self) -> None:
         netmap = self._netmap()
+        self.tcp_relay.keep(
+            {p.public_key for p in netmap.peers}
+            | {p.next_key for p in netmap.peers if p.next_key is not None}
+        )
         try:
             stats = await self._tunnel.stats()
         except DataPlaneError:

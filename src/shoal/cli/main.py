@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sources exempt from the per-address connection and rate limits (a NAT in front "
         "of many hosts, a benchmark fleet); server-wide caps and timeouts still apply",
     )
+    p.add_argument(
+        "--relay-port",
+        default="443",
+        metavar="PORT|off",
+        help="TCP port of the relay over TLS for hosts whose UDP is blocked (443; off: none)",
+    )
     log_format_flag(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
     server_sub = p.add_subparsers(dest="server_cmd", required=False, metavar="[SUBCOMMAND]")

@@ -81,6 +81,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         address_quarantine=_duration("--address-quarantine", args.address_quarantine),
         ephemeral_timeout=_duration("--ephemeral-timeout", args.ephemeral_timeout),
         no_limits_from=args.no_limits_from,
+        relay_port=args.relay_port,
     )
     logs.setup(args.log_format)
     tune_server_process()

@@ -42,6 +42,8 @@ class ServerConfig:
     rates: RateLimits = field(default_factory=RateLimits)
     # How long before a key rotation's switch the server announces it to every peer.
     rotation_lead: timedelta = DEFAULT_ROTATION_LEAD
+    # The TCP relay's port on listen_host (control.tcprelay); None: no TCP relay, 0: any port.
+    relay_port: int | None = None
 
 
 def load_config(
@@ -57,6 +59,7 @@ def load_config(
     address_quarantine: timedelta | None = None,
     ephemeral_timeout: timedelta | None = None,
     no_limits_from: str | None = None,
+    relay_port: str | None = None,
 ) -> ServerConfig:
     """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
     host, sep, port_text = listen.rpartition(":")
@@ -87,7 +90,14 @@ def load_config(
                 exempt.append(ip_network(text.strip(), strict=True))
             except ValueError as exc:
                 raise ServerConfigError(f"--no-limits-from {text.strip()!r}: {exc}") from exc
+    if (
+        relay_port is not None
+        and relay_port != "off"
+        and not (relay_port.isdigit() and 0 <= int(relay_port) <= 65535)
+    ):
+        raise ServerConfigError(f"--relay-port {relay_port!r}: expected a port or 'off'")
     return ServerConfig(
+        relay_port=None if relay_port in (None, "off") else int(relay_port),
         connections=ConnectionLimits(exempt=tuple(exempt)),
         mtu=mtu,
         listen_host=host or "0.0.0.0",

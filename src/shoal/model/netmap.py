@@ -42,7 +42,7 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-EndpointKind = Literal["lan", "public", "symmetric"]
+EndpointKind = Literal["lan", "public", "symmetric", "relay"]
 
 
 class Endpoint(Frozen):
@@ -51,8 +51,9 @@ class Endpoint(Frozen):
     `kind` says how the node knows it (see `shoal.agent.endpoints`): "lan" an address of its
     own behind a NAT, "public" what the server saw its WireGuard port as (its own address when
     it has no NAT; its NAT's mapping, the same for every destination, otherwise), "symmetric"
-    the NAT's address with the port one destination saw (others see other ports). None: an
-    advertised address the node could not check (older agents, no probe answer yet)."""
+    the NAT's address with the port one destination saw (others see other ports), "relay" the
+    TCP relay the node (whose UDP is blocked) is reachable through (`shoal.control.tcprelay`).
+    None: an advertised address the node could not check (older agents, no probe answer yet)."""
 
     host: IPv4Address
     port: int = Field(ge=1, le=65535)
@@ -158,12 +159,25 @@ class Container(Frozen):
         return self.health in ("none", "healthy")
 
 
+class RelayServer(Frozen):
+    """A relay over TCP/TLS (`shoal.control.tcprelay`) that nodes without UDP go through.
+
+    `host` None: the control server's own address, as each node reaches it. `public_key` is
+    what node signatures to this relay are keyed with (the server's node-auth key for the
+    server's own relay, a standalone relay's key otherwise); None: the server's."""
+
+    host: IPv4Address | None = None
+    port: int = Field(ge=1, le=65535)
+    public_key: PublicKey | None = None
+
+
 class MeshSettings(Frozen):
     """Mesh-wide settings chosen by the server."""
 
     mesh_pool: IPv4Network
     container_pool: IPv4Network
     mtu: int = DEFAULT_MTU
+    relays: tuple[RelayServer, ...] = ()  # TCP relays, preferred first
 
     def mesh_interface(self, ip: IPv4Address) -> IPv4Interface:
         return IPv4Interface(f"{ip}/{self.mesh_pool.prefixlen}")

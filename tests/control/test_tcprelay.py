@@ -1,0 +1,184 @@
+"""The relay over TCP/TLS end to end on loopback: the server's `TcpRelay` and two agents'
+`TcpRelayClient`s, with a UDP socket standing in for each host's WireGuard. Datagrams cross
+unchanged both ways and come from one loopback endpoint per peer; a key that is no node, or
+a hello not signed with the key it names, gets no session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
+from shoal.control.ca import load_or_create_ca
+from shoal.control.nodeauth import NodeVerifier
+from shoal.control.tcprelay import TcpRelay, bind_relay_socket
+from shoal.controlclient.tls import ssl_context
+from shoal.model.keys import PrivateKey, PublicKey
+from shoal.model.nodeauth import shared_key, sign
+from shoal.model.relaywire import ERROR, HELLO, HELLO_METHOD, HELLO_TARGET, FrameReader, frame
+
+
+@dataclass
+class Mesh:
+    relay: TcpRelay
+    target: RelayTarget
+    auth: PrivateKey
+    ca_pem: bytes
+    members: set[PublicKey]
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    ca = load_or_create_ca(tmp_path, "127.0.0.1")
+    auth = PrivateKey.generate()
+    members: set[PublicKey] = set()
+    relay = TcpRelay(NodeVerifier(auth), lambda key: key in members)
+    sock = bind_relay_socket("127.0.0.1", 0)
+    assert sock is not None
+    port = sock.getsockname()[1]
+    await relay.serve(sock, ca.server_ssl_context())
+    try:
+        yield Mesh(relay, RelayTarget(IPv4Address("127.0.0.1"), port), auth, ca.ca_pem, members)
+    finally:
+        await relay.close()
+
+
+@dataclass
+class Host:
+    key: PrivateKey
+    wireguard: socket.socket  # stands in for WireGuard's UDP port
+    client: TcpRelayClient
+    task: asyncio.Task[None]
+
+
+def udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)  # WireGuard reads faster
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+def start_host(mesh: Mesh, member: bool = True) -> Host:
+    key = PrivateKey.generate()
+    if member:
+        mesh.members.add(key.public_key())
+    wireguard = udp()
+    auth = mesh.auth.public_key()
+
+    async def mac_key() -> bytes:
+        return shared_key(key, auth, key.public_key(), auth)
+
+    client = TcpRelayClient(
+        listen_port=wireguard.getsockname()[1],
+        ssl_context=lambda: ssl_context(mesh.ca_pem),
+        private_key=lambda: key,
+        server_mac_key=mac_key,
+    )
+    return Host(key, wireguard, client, asyncio.create_task(client.run()))
+
+
+async def until(what: str, condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)  # real sockets and a TLS handshake in between
+    assert condition(), what
+
+
+async def recv(s: socket.socket) -> tuple[bytes, tuple[str, int]]:
+    data, addr = await asyncio.wait_for(asyncio.get_running_loop().sock_recvfrom(s, 2048), 5)
+    return data, (str(addr[0]), int(addr[1]))
+
+
+async def stop(*hosts: Host) -> None:
+    for host in hosts:
+        host.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await host.task
+        host.wireguard.close()
+
+
+async def test_datagrams_cross_both_ways_unchanged_from_one_endpoint_per_peer(mesh: Mesh) -> None:
+    a, b = start_host(mesh), start_host(mesh)
+    try:
+        # b listens on the relay before a sends (in the mesh: its own peers use it).
+        b.client.local(a.key.public_key(), mesh.target)
+        to_b = a.client.local(b.key.public_key(), mesh.target)
+        await until("both connected", lambda: len(mesh.relay.connected()) == 2)
+        ciphertext = bytes(range(256)) * 5
+        a.wireguard.sendto(ciphertext, (str(to_b.host), to_b.port))
+        data, from_a = await recv(b.wireguard)
+        assert data == ciphertext
+        assert from_a == ("127.0.0.1", b.client.local(a.key.public_key(), mesh.target).port)
+        b.wireguard.sendto(b"reply", from_a)
+        assert await recv(a.wireguard) == (b"reply", ("127.0.0.1", to_b.port))
+        assert mesh.relay.counters.forwarded == 2
+        # Many at once: batched into few writes, none lost on loopback.
+        for i in range(200):
+            a.wireguard.sendto(i.to_bytes(2, "big") * 600, (str(to_b.host), to_b.port))
+        got = [(await recv(b.wireguard))[0] for _ in range(200)]
+        assert [int.from_bytes(g[:2], "big") for g in got] == list(range(200))
+    finally:
+        await stop(a, b)
+
+
+async def test_a_peer_reaching_us_first_gets_its_own_endpoint(mesh: Mesh) -> None:
+    a, b = start_host(mesh), start_host(mesh)
+    try:
+        b.client.local(PrivateKey.generate().public_key(), mesh.target)  # b is on the relay
+        to_b = a.client.local(b.key.public_key(), mesh.target)
+        await until("both connected", lambda: len(mesh.relay.connected()) == 2)
+        a.wireguard.sendto(b"first", (str(to_b.host), to_b.port))
+        data, source = await recv(b.wireguard)
+        # b never asked for a's endpoint: the relay client made one, WireGuard roams to it.
+        assert data == b"first"
+        assert source == ("127.0.0.1", b.client.local(a.key.public_key(), mesh.target).port)
+    finally:
+        await stop(a, b)
+
+
+async def hello_answer(mesh: Mesh, header: str) -> tuple[int, bytes]:
+    ctx = ssl_context(mesh.ca_pem)
+    reader, writer = await asyncio.open_connection(str(mesh.target.host), mesh.target.port, ssl=ctx)
+    writer.write(frame(HELLO, header.encode()))
+    frames = FrameReader()
+    try:
+        while True:
+            data = await asyncio.wait_for(reader.read(4096), 5)
+            assert data, "closed without an answer"
+            got = list(frames.feed(data))
+            if got:
+                return got[0]
+    finally:
+        writer.close()
+
+
+async def test_keys_that_are_no_node_or_unproven_get_no_session(mesh: Mesh) -> None:
+    stranger = PrivateKey.generate()
+    auth = mesh.auth.public_key()
+    key = shared_key(stranger, auth, stranger.public_key(), auth)
+    header = sign(key, stranger.public_key(), HELLO_METHOD, HELLO_TARGET, b"", now()).header()
+    kind, body = await hello_answer(mesh, header)
+    assert (kind, body.decode()) == (
+        ERROR,
+        "this key is no node of the mesh (removed, or never joined)",
+    )
+    # A member's name on a hello keyed by someone else's secret.
+    member = PrivateKey.generate().public_key()
+    mesh.members.add(member)
+    forged = sign(key, member, HELLO_METHOD, HELLO_TARGET, b"", now()).header()
+    kind, body = await hello_answer(mesh, forged)
+    assert kind == ERROR and "does not match" in body.decode()
+    assert mesh.relay.connected() == () and mesh.relay.counters.refused == 2
+
+
+def now() -> int:
+    return int(time.time())
