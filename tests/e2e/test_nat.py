@@ -23,7 +23,7 @@ import pytest
 from shoal.lab import Lab, LabHost, sweep
 from shoal.lab.nat import parse_nat
 from shoal.lab.procs import NETNS_DIR
-from tests.e2e.runbook import admin, host_ping, shoal, status, up, wait_until
+from tests.e2e.runbook import admin, host_ping, ping, shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -172,21 +172,67 @@ def test_the_relay_moves_only_ciphertext(natlab: Lab) -> None:
     assert marker.encode() not in pcap.read_bytes()
 
 
-def test_udp_blocked_has_no_path_and_says_why(natlab: Lab) -> None:
-    h1, h7 = natlab.host("h1"), natlab.host("h7")
-    # Its probes never come back: it reports its own (private) address, unverified.
-    assert endpoints(natlab, "h7") == {(f"{h7.underlay_ip}:{WG_PORT}", None)}
+def tcp_relayed(host: LabHost, name: str) -> bool:
+    blocked = "h7" if "h7" in (host.name, name) else "?"
+    return str(peer(host, name)["path"]) == (
+        f"relayed via tcp 192.0.2.2:443 (UDP blocked at {blocked})"
+    )
 
-    # Neither its address nor a UDP relay gets through (the relay over TCP/443 is not built).
-    def explained() -> bool:
-        path = str(peer(h1, "h7")["path"])
-        return path.startswith(
-            f"no path: no handshake over any candidate (direct {h7.underlay_ip}:{WG_PORT}, "
-            "relayed 192.0.2.2:"
-        ) and path.endswith("relay tried")
 
-    wait_until("h1 explains h7", explained, timeout=90)
-    assert not host_ping(h1, peer(h1, "h7")["mesh_ip"])
+def reach_over_tcp_relay(h7: LabHost, other: LabHost) -> None:
+    wait_until(f"h7 -> {other.name} over tcp", lambda: tcp_relayed(h7, other.name), timeout=60)
+    wait_until(f"{other.name} -> h7 over tcp", lambda: tcp_relayed(other, "h7"), timeout=60)
+    other.run_container(f"c{other.name}")
+    dst = other.container_ip(f"c{other.name}")
+    wait_until(f"c7 pings c{other.name}", lambda: ping(h7, "c7", dst), timeout=30)
+    assert ping(other, f"c{other.name}", h7.container_ip("c7"))
+
+
+def test_udp_blocked_reaches_every_kind_of_host_over_the_tcp_relay(natlab: Lab) -> None:
+    h7 = natlab.host("h7")
+    # Its probes never come back: it reports its own address, unverified, and the relay.
+    expected = {(f"{h7.underlay_ip}:{WG_PORT}", None), ("192.0.2.2:443", "relay")}
+    wait_until("h7 reported", lambda: endpoints(natlab, "h7") == expected, timeout=30)
+    h7.run_container("c7")
+    for name in ("h1", "h4", "h5"):  # public, easy and hard NATs on the other side
+        reach_over_tcp_relay(h7, natlab.host(name))
+    # WireGuard's endpoint for a relayed peer is the agent's loopback socket for it.
+    assert str(peer(h7, "h1")["endpoint"]).startswith("127.0.0.1:")
+
+
+def test_what_crosses_the_tcp_relay_is_wireguard_ciphertext(natlab: Lab) -> None:
+    h7 = natlab.host("h7")
+    wait_until("h7 -> h1 relayed", lambda: tcp_relayed(h7, "h1"), timeout=60)
+    dst = peer(h7, "h1")["mesh_ip"]
+    # On h7's loopback: WireGuard's datagrams to the agent, before TLS wraps them again.
+    pcap = natlab.dir / "tcp-relay.pcap"
+    capture = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / h7.netns}", "tcpdump", "-i", "lo", "-U", "-n", "-w",
+         str(pcap), "udp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    marker = f"shoal-tcp-relay-marker-{os.getpid()}"
+    send = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for _ in range(5): s.sendto(b'{marker}', ('{dst}', 9))"
+    )
+    try:
+        wait_until("tcpdump to start", lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        h7.exec([sys.executable, "-c", send])
+        assert host_ping(h7, dst)
+
+        def captured() -> int:
+            out = subprocess.run(
+                ["tcpdump", "-n", "-r", str(pcap), "udp"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            return len(out.splitlines())
+
+        wait_until("the relayed datagrams in the capture", lambda: captured() >= 7, 10)
+    finally:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(10)
+    assert marker.encode() not in pcap.read_bytes()
 
 
 def netcheck(host: LabHost) -> dict[str, Any]:
