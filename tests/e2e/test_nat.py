@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shoal.lab import Lab, LabHost, sweep
-from shoal.lab.nat import parse_nat
+from shoal.lab.lab import run
+from shoal.lab.nat import NatKind, parse_nat, reconfigure
 from shoal.lab.procs import NETNS_DIR
 from tests.e2e.runbook import admin, host_ping, ping, shoal, status, up, wait_until
 
@@ -256,3 +259,60 @@ def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
     assert h4["mapped"] == [f"{natlab.host('h4').public_ip}:{WG_PORT}"] * 2
     text = shoal(natlab.host("h5"), "netcheck", "--state-dir", str(natlab.host("h5").state_dir))
     assert text.stdout.splitlines()[0].startswith("nat:       hard (symmetric")
+
+
+# The NATs change under the running mesh from here on: these tests come last in the module.
+
+
+def router(lab: Lab, host: LabHost, kind: NatKind, moved: dict[int, int] | None = None) -> None:
+    assert host.router is not None
+    reconfigure(run, str(NETNS_DIR), lab.router_netns(host.router), kind, moved)
+
+
+class Pinger:
+    """`busybox ping` every 0.1 s from a host, counting what it lost."""
+
+    def __init__(self, host: LabHost, dst: str) -> None:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={NETNS_DIR / host.netns}", "busybox", "ping", "-i", "0.1", dst],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def stop(self) -> tuple[int, int]:
+        """(sent, received)."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        match = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+        assert match, out
+        return int(match.group(1)), int(match.group(2))
+
+
+def test_nat_rebinding_is_followed_within_5_seconds(natlab: Lab) -> None:
+    h1, h4 = natlab.host("h1"), natlab.host("h4")
+    dst = peer(h1, "h4")["mesh_ip"]
+    wait_path(h1, "h4", "public")
+    moved = f"{h4.public_ip}:21820"
+    start = time.monotonic()
+    # h4's NAT forgets its mappings and gives WireGuard's port another outside port: h1
+    # keeps sending to the old one, which leads nowhere now.
+    router(natlab, h4, "easy", {WG_PORT: 21820})
+    wait_until("h4 re-probed", lambda: (moved, "public") in endpoints(natlab, "h4"), timeout=10)
+    wait_until("h1 reaches h4 again", lambda: host_ping(h1, dst), timeout=10)
+    took = time.monotonic() - start
+    assert took <= 5.0, f"h1 reached h4 {took:.1f} s after the rebinding"
+    assert peer(h1, "h4")["endpoint"] == moved
+
+
+def test_a_relayed_pair_moves_to_direct_when_udp_opens(natlab: Lab) -> None:
+    h1, h7 = natlab.host("h1"), natlab.host("h7")
+    wait_until("h1 -> h7 over tcp", lambda: tcp_relayed(h1, "h7"), timeout=60)
+    pinger = Pinger(h1, peer(h1, "h7")["mesh_ip"])
+    try:
+        wait_until("pings answered", lambda: host_ping(h1, peer(h1, "h7")["mesh_ip"]), 10)
+        router(natlab, h7, "easy")  # the firewall now lets UDP out: an easy NAT
+        wait_path(h7, "h1", "direct", timeout=30)
+        wait_path(h1, "h7", "public", timeout=30)  # and a ping answered over it
+    finally:
+        sent, received = pinger.stop()
+    # At most a second's worth (10 pings) lost in the move.
+    assert sent - received <= 10, f"{sent - received} of {sent} pings lost"
