@@ -172,3 +172,20 @@ def test_a_host_without_udp_is_reached_only_through_its_tcp_relay() -> None:
     paths.update(PUBLIC, [NO_UDP], {NO_UDP.public_key: None}, now=400.0)
     assert not paths.needs_relay(NO_UDP.public_key, now=400.0)
     assert list(paths.tcp_relayed()) == [NO_UDP.public_key]
+
+
+def test_this_hosts_own_probe_outranks_its_lagging_netmap_entry() -> None:
+    paths = PathSelector(
+        tcp_local=lambda _peer, _relay: Endpoint(host=IPv4Address("127.0.0.1"), port=1)
+    )
+    paths.update(EASY_A, [PUBLIC], None, now=0.0)
+    assert paths.endpoint(PUBLIC.public_key) == "192.0.2.11:51820"
+    # The probe found no UDP: the TCP relay at once, before the netmap says so.
+    assert paths.set_own(NO_UDP.endpoints)
+    assert not paths.set_own(NO_UDP.endpoints)
+    paths.update(EASY_A, [PUBLIC], None, now=1.0)
+    assert paths.endpoint(PUBLIC.public_key) == "127.0.0.1:1"
+    # UDP back: direct again.
+    paths.set_own(EASY_A.endpoints)
+    paths.update(NO_UDP, [PUBLIC], None, now=2.0)
+    assert paths.endpoint(PUBLIC.public_key) == "192.0.2.11:51820"

@@ -264,9 +264,12 @@ def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
 # The NATs change under the running mesh from here on: these tests come last in the module.
 
 
-def router(lab: Lab, host: LabHost, kind: NatKind, moved: dict[int, int] | None = None) -> None:
+def router(
+    lab: Lab, host: LabHost, kind: NatKind, moved: dict[int, int] | None = None, forget: bool = True
+) -> None:
     assert host.router is not None
-    reconfigure(run, str(NETNS_DIR), lab.router_netns(host.router), kind, moved)
+    ns = lab.router_netns(host.router)
+    reconfigure(run, str(NETNS_DIR), ns, kind, moved, forget=forget)
 
 
 class Pinger:
@@ -309,7 +312,8 @@ def test_a_relayed_pair_moves_to_direct_when_udp_opens(natlab: Lab) -> None:
     pinger = Pinger(h1, peer(h1, "h7")["mesh_ip"])
     try:
         wait_until("pings answered", lambda: host_ping(h1, peer(h1, "h7")["mesh_ip"]), 10)
-        router(natlab, h7, "easy")  # the firewall now lets UDP out: an easy NAT
+        # The firewall now lets UDP out (an easy NAT); the relay's TCP stream stays open.
+        router(natlab, h7, "easy", forget=False)
         wait_path(h7, "h1", "direct", timeout=30)
         wait_path(h1, "h7", "public", timeout=30)  # and a ping answered over it
     finally:

@@ -123,8 +123,17 @@ class PathSelector:
         over the TCP relay `relay` (None: no TCP relay client, such candidates get none)."""
         self.switch_seconds = switch_seconds
         self._tcp_local = tcp_local
+        self._own: tuple[Endpoint, ...] | None = None
         self._peers: dict[PublicKey, _State] = {}
         self._relays: dict[PublicKey, tuple[Endpoint, float]] = {}  # with when granted
+
+    def set_own(self, endpoints: tuple[Endpoint, ...]) -> bool:
+        """This host's endpoints as its last probe found them; they stand in for what the
+        netmap says about this node (the server does not wake a node for its own change, so
+        its netmap lags). True when they changed (the caller plans again)."""
+        changed = endpoints != self._own
+        self._own = endpoints
+        return changed
 
     def set_relay(self, key: PublicKey, endpoint: Endpoint, now: float) -> None:
         """Add the server's relay port for peer `key` as its last candidate (next update)."""
@@ -154,6 +163,8 @@ class PathSelector:
         (planning a new netmap) peers are only added, reset or dropped, never advanced."""
         changed = False
         seen: set[PublicKey] = set()
+        if self._own is not None:
+            me = me.model_copy(update={"endpoints": self._own})
         for peer in peers:
             seen.add(peer.public_key)
             cands, reason = candidates(me, peer)

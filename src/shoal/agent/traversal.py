@@ -146,6 +146,8 @@ class Traversal:
         relay = relay_endpoint(self._netmap(), server)
         if found.nat == "udp-blocked" and relay is not None:
             endpoints = (*endpoints, relay)
+        if self.paths.set_own(endpoints):
+            self._replan()
         if not endpoints or set(endpoints) == set(self._netmap().self_node.endpoints):
             return
         try:

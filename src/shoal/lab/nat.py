@@ -188,14 +188,19 @@ def reconfigure(
     router_ns: str,
     kind: NatKind,
     moved: Mapping[int, int] | None = None,
+    *,
+    forget: bool = True,
 ) -> None:
-    """Change a running router to `kind` (and `moved` ports, see `ruleset`) and forget every
-    mapping it holds, as a router that reboots or times its mappings out: hosts behind it get
-    new outside ports (a NAT rebinding) and what came in through the old ones stops. One nft
-    transaction replaces the table (its learned cone map included)."""
+    """Change a running router to `kind` (and `moved` ports, see `ruleset`) in one nft
+    transaction. With `forget`, it also drops every mapping it holds (conntrack and the
+    learned cone map), as a router that reboots or times its mappings out: hosts behind it
+    get new outside ports (a NAT rebinding) and what came in through the old ones stops.
+    Without, flows already open keep going (a firewall that starts to let UDP out); the cone
+    map still starts empty."""
     enter = ["nsenter", f"--net={netns_dir}/{router_ns}"]
     run([*enter, "nft", "-f", "-"], input=f"delete table ip {TABLE}\n" + ruleset(kind, moved))
-    run([*enter, "conntrack", "-F"])
+    if forget:
+        run([*enter, "conntrack", "-F"])
 
 
 def router_index_of(
