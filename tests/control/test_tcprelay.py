@@ -10,7 +10,7 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
 from pathlib import Path
 
@@ -18,7 +18,10 @@ import pytest
 
 from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
 from shoal.control.ca import load_or_create_ca
+from shoal.control.config import parse_relay_spec
+from shoal.control.errors import ServerConfigError
 from shoal.control.nodeauth import NodeVerifier
+from shoal.control.relayhost import load_or_create_identity
 from shoal.control.tcprelay import TcpRelay, bind_relay_socket
 from shoal.controlclient.tls import ssl_context
 from shoal.model.keys import PrivateKey, PublicKey
@@ -182,3 +185,57 @@ async def test_keys_that_are_no_node_or_unproven_get_no_session(mesh: Mesh) -> N
 
 def now() -> int:
     return int(time.time())
+
+
+async def test_a_standalone_relay_is_reached_by_its_pinned_certificate(tmp_path: Path) -> None:
+    """`shoal relay`'s identity: its own key for hellos, a self-signed certificate agents pin
+    (another certificate at the same address is refused before the hello is sent)."""
+    identity = load_or_create_identity(tmp_path / "relay", "127.0.0.1")
+    assert load_or_create_identity(tmp_path / "relay", "127.0.0.1") == identity  # kept
+    spec = parse_relay_spec(identity.spec("127.0.0.1", 443))
+    assert (spec.public_key, spec.cert_sha256) == (identity.key.public_key(), identity.fingerprint)
+    members: set[PublicKey] = set()
+    relay = TcpRelay(NodeVerifier(identity.key), lambda key: key in members)
+    sock = bind_relay_socket("127.0.0.1", 0)
+    assert sock is not None
+    await relay.serve(sock, identity.ssl_context())
+    port = sock.getsockname()[1]
+    key = PrivateKey.generate()
+    members.add(key.public_key())
+
+    async def server_mac_key() -> bytes:
+        raise AssertionError("a standalone relay's hello is keyed with its own key")
+
+    def client() -> TcpRelayClient:
+        return TcpRelayClient(
+            listen_port=9,
+            ssl_context=lambda: ssl_context(b""),
+            private_key=lambda: key,
+            server_mac_key=server_mac_key,
+        )
+
+    target = RelayTarget(
+        IPv4Address("127.0.0.1"), port, identity.key.public_key(), identity.fingerprint
+    )
+    good = client()
+    task = asyncio.create_task(good.run())
+    try:
+        good.local(PrivateKey.generate().public_key(), target)
+        await until("connected", lambda: good.connected(target))
+        wrong = replace(target, cert_sha256="0" * 64)
+        bad = client()
+        assert not await bad._connect(wrong)
+        assert "not the one the server announced" in bad.counters.failures[-1]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await relay.close()
+
+
+@pytest.mark.parametrize(
+    "text", ["192.0.2.9:443", "192.0.2.9,k,f", "host:443,AAAA,ff", "192.0.2.9:443,bad,zz"]
+)
+def test_relay_specs_that_do_not_parse_say_what_is_expected(text: str) -> None:
+    with pytest.raises(ServerConfigError, match="--relay-at"):
+        parse_relay_spec(text)

@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
+from shoal.control.relayhost import load_or_create_identity
 from shoal.lab import Lab, LabHost, sweep
 from shoal.lab.lab import run
 from shoal.lab.nat import NatKind, parse_nat, reconfigure
 from shoal.lab.procs import NETNS_DIR
-from tests.e2e.runbook import admin, host_ping, ping, shoal, status, up, wait_until
+from tests.e2e.runbook import SHOAL, admin, host_ping, ping, shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -304,6 +305,58 @@ def test_nat_rebinding_is_followed_within_5_seconds(natlab: Lab) -> None:
     took = time.monotonic() - start
     assert took <= 5.0, f"h1 reached h4 {took:.1f} s after the rebinding"
     assert peer(h1, "h4")["endpoint"] == moved
+
+
+def start_relay(lab: Lab, name: str, port: int) -> subprocess.Popen[bytes]:
+    """`shoal relay` on the server host's address at `port` (its data dir made already)."""
+    env = {**os.environ, "SHOAL_ADMIN_TOKEN": (lab.server_data_dir / "admin.token").read_text()}
+    argv = [SHOAL, "relay", "--listen", f"192.0.2.2:{port}", "--data-dir", str(lab.dir / name),
+            "--server", str(lab.server_url)]  # fmt: skip
+    with (lab.dir / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net={NETNS_DIR / lab.server_netns}", *argv],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+
+
+def relayed_via(host: LabHost, name: str, relay: str) -> bool:
+    return str(peer(host, name)["path"]).startswith(f"relayed via tcp {relay} ")
+
+
+def both_via(h1: LabHost, h7: LabHost, relay: str, timeout: float) -> None:
+    wait_until(f"h7 -> h1 via {relay}", lambda: relayed_via(h7, "h1", relay), timeout)
+    wait_until(f"h1 -> h7 via {relay}", lambda: relayed_via(h1, "h7", relay), timeout)
+
+
+def test_standalone_relays_announced_by_the_server_and_failover(natlab: Lab) -> None:
+    h1, h7 = natlab.host("h1"), natlab.host("h7")
+    # Two `shoal relay`s (ports h7's firewall lets out); the server announces them instead
+    # of its own relay.
+    specs = [
+        load_or_create_identity(natlab.dir / name, "192.0.2.2").spec("192.0.2.2", port)
+        for name, port in (("r1", 443), ("r2", 80))
+    ]
+    natlab.stop_server()
+    flags = ["--relay-port", "off", "--relay-at", specs[0], "--relay-at", specs[1]]
+    natlab.start_server(args=flags)
+    relays = [start_relay(natlab, "r1", 443), start_relay(natlab, "r2", 80)]
+    mesh_ip = peer(h1, "h7")["mesh_ip"]
+    try:
+        both_via(h1, h7, "192.0.2.2:443", 90)
+        wait_until("h1 pings h7 via r1", lambda: host_ping(h1, mesh_ip), 30)
+        relays[0].kill()
+        relays[0].wait(10)
+        start = time.monotonic()
+        both_via(h1, h7, "192.0.2.2:80", 60)
+        wait_until("h1 pings h7 via r2", lambda: host_ping(h1, mesh_ip), 30)
+        took = time.monotonic() - start
+        assert took < 30, f"moved to the other relay in {took:.1f} s"
+    finally:
+        for relay in relays:
+            relay.kill()
+            relay.wait(10)
+        natlab.stop_server()
+        natlab.start_server()  # its own relay again, for the tests after this one
 
 
 def test_a_relayed_pair_moves_to_direct_when_udp_opens(natlab: Lab) -> None:

@@ -149,6 +149,7 @@ class Agent:
             mac_key=self.client.mac_key,
             report=self._report_endpoints,
             relay=self.client.relay,
+            relays=self.client.relays,
             netmap=lambda: self.cached.netmap,
             replan=lambda: self.reconciler.offer(self.cached.netmap),
             tunnel=adapters.tunnel,

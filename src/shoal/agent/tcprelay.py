@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import logging
 import socket
 import ssl
@@ -66,14 +68,34 @@ def _grow_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
+def _pinning() -> ssl.SSLContext:
+    """A context for a standalone relay: its self-signed certificate is checked against the
+    pin from the netmap (`_check_pin`) instead of a CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _check_pin(stream: _Stream, pin: str) -> None:
+    """ConnectionError unless the relay showed the certificate the netmap pins."""
+    ssl_object = stream.transport.get_extra_info("ssl_object") if stream.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    if der is None or not hmac.compare_digest(hashlib.sha256(der).hexdigest(), pin):
+        raise ConnectionError("the relay's certificate is not the one the server announced")
+
+
 @dataclass(frozen=True, slots=True)
 class RelayTarget:
     """A relay's address; `key` what node signatures to it are keyed with (None: the
-    control server's node-auth key)."""
+    control server's node-auth key); `cert_sha256` the pinned certificate of a standalone
+    relay (None: the server's own, verified against the mesh's CA)."""
 
     host: IPv4Address
     port: int
     key: PublicKey | None = None
+    cert_sha256: str | None = None
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
@@ -182,6 +204,11 @@ class TcpRelayClient:
             self._close_local(local)
         return self._open_local(peer.raw, target).endpoint
 
+    def failing(self, target: RelayTarget) -> bool:
+        """The last attempt to open a stream to `target` failed (or its stream dropped and
+        no new one is open yet)."""
+        return target in self._retry_at and target not in self._streams
+
     def connected(self, target: RelayTarget) -> bool:
         stream = self._streams.get(target)
         return stream is not None and stream.opened.done() and stream.opened.exception() is None
@@ -286,12 +313,14 @@ class TcpRelayClient:
                     lambda: _Stream(self, target),
                     str(target.host),
                     target.port,
-                    ssl=self._ssl_context(),
+                    ssl=self._ssl_context() if target.cert_sha256 is None else _pinning(),
                 ),
                 CONNECT_TIMEOUT,
             )
             stream = opened
             self._streams[target] = opened
+            if target.cert_sha256 is not None:
+                _check_pin(opened, target.cert_sha256)
             opened.write(frame(HELLO, hello.encode()))
             await asyncio.wait_for(asyncio.shield(opened.opened), CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
@@ -32,32 +32,46 @@ from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
 from shoal.controlclient.errors import ControlError
 from shoal.dataplane import DataPlaneError
 from shoal.dataplane.base import DataPlane
-from shoal.model.api import RelayGrant
+from shoal.model.api import RelayGrant, RelayList, RelayServer
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Endpoint, NetworkMap
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 2.0
+# The TCP relays are fetched while this host uses them (no UDP, or peers reached through
+# them), at most this often: a relay added or removed on the server is seen this late.
+RELAYS_SECONDS = 30.0
 # A NAT that rebinds (new outside port or address) is noticed by the next probe, and peers
 # reach the host again once the report is in their netmap: the interval bounds that outage.
 # Two datagrams per host per interval to the server.
 DISCOVER_SECONDS = 3.0
 
 
-def relay_endpoint(netmap: NetworkMap, server: IPv4Address) -> Endpoint | None:
-    """The "relay" endpoint a node without UDP advertises: the mesh's first TCP relay."""
-    if not netmap.settings.relays:
+def relay_endpoint(
+    relays: Sequence[RelayServer], server: IPv4Address, failing: Callable[[RelayTarget], bool]
+) -> Endpoint | None:
+    """The "relay" endpoint a node without UDP advertises: the first of the mesh's TCP
+    relays (in the server's order of preference) that is not `failing`; when all are, the
+    first (a relay coming back is used again)."""
+    targets = [
+        relay_target(relays, server, Endpoint(host=r.host or server, port=r.port, kind="relay"))
+        for r in relays
+    ]
+    healthy = [t for t in targets if not failing(t)] or targets
+    if not healthy:
         return None
-    relay = netmap.settings.relays[0]
-    return Endpoint(host=relay.host or server, port=relay.port, kind="relay")
+    return Endpoint(host=healthy[0].host, port=healthy[0].port, kind="relay")
 
 
-def relay_target(netmap: NetworkMap, server: IPv4Address | None, ep: Endpoint) -> RelayTarget:
-    """The relay at `ep` (a "relay" endpoint), with the key its hello is signed for."""
-    for relay in netmap.settings.relays:
+def relay_target(
+    relays: Sequence[RelayServer], server: IPv4Address | None, ep: Endpoint
+) -> RelayTarget:
+    """The relay at `ep` (a "relay" endpoint), with the key its hello is signed for and the
+    certificate it must show."""
+    for relay in relays:
         if relay.port == ep.port and (relay.host or server) == ep.host:
-            return RelayTarget(host=ep.host, port=ep.port, key=relay.public_key)
+            return RelayTarget(ep.host, ep.port, relay.public_key, relay.cert_sha256)
     return RelayTarget(host=ep.host, port=ep.port)
 
 
@@ -85,6 +99,7 @@ class Traversal:
         mac_key: Callable[[], Awaitable[bytes]],
         report: Callable[[tuple[Endpoint, ...]], Awaitable[None]],
         relay: Callable[[str], Awaitable[RelayGrant]],
+        relays: Callable[[], Awaitable[RelayList]],
         netmap: Callable[[], NetworkMap],
         replan: Callable[[], None],
         tunnel: DataPlane,
@@ -99,6 +114,9 @@ class Traversal:
         self._mac_key = mac_key
         self._report = report
         self._relay = relay
+        self._fetch_relays = relays
+        self.relays: tuple[RelayServer, ...] = ()  # the TCP relays, as last fetched
+        self._relays_at: float | None = None  # monotonic
         self._netmap = netmap
         self._replan = replan
         self._tunnel = tunnel
@@ -143,9 +161,11 @@ class Traversal:
             )
         self.last = found
         endpoints = found.endpoints()
-        relay = relay_endpoint(self._netmap(), server)
-        if found.nat == "udp-blocked" and relay is not None:
-            endpoints = (*endpoints, relay)
+        if found.nat == "udp-blocked":
+            await self.refresh_relays()
+            relay = relay_endpoint(self.relays, server, self.tcp_relay.failing)
+            if relay is not None:
+                endpoints = (*endpoints, relay)
         if self.paths.set_own(endpoints):
             self._replan()
         if not endpoints or set(endpoints) == set(self._netmap().self_node.endpoints):
@@ -158,7 +178,27 @@ class Traversal:
     def tcp_local(self, peer: PublicKey, relay: Endpoint) -> Endpoint:
         """The loopback endpoint for `peer` through the TCP relay at `relay` (PathSelector's
         `tcp_local`)."""
-        return self.tcp_relay.local(peer, relay_target(self._netmap(), self.server, relay))
+        return self.tcp_relay.local(peer, relay_target(self.relays, self.server, relay))
+
+    async def refresh_relays(self) -> None:
+        """Fetch the TCP relays (at most every RELAYS_SECONDS); plan again when they changed
+        (a relay's key or certificate is part of what the loopback endpoints lead to)."""
+        now = self._clock.monotonic()
+        if self._relays_at is not None and now - self._relays_at < RELAYS_SECONDS:
+            return
+        try:
+            relays = (await self._fetch_relays()).relays
+        except ControlError as exc:
+            log.warning("cannot list the TCP relays: %s", exc)
+            return
+        self._relays_at = now
+        if relays != self.relays:
+            log.info(
+                "tcp relays: %s",
+                ", ".join(str(r.host or "server") + f":{r.port}" for r in relays) or "none",
+            )
+            self.relays = relays
+            self._replan()
 
     async def tick(self) -> None:
         netmap = self._netmap()
@@ -182,6 +222,8 @@ class Traversal:
             )
             for p in netmap.peers
         }
+        if self.paths.tcp_relayed():
+            await self.refresh_relays()
         now = self._clock.now().timestamp()
         changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)
         for peer in netmap.peers:

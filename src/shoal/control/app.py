@@ -47,7 +47,8 @@ from shoal.control.service import ControlService
 from shoal.control.stun import start_responders
 from shoal.control.tcprelay import TcpRelay, bind_relay_socket
 from shoal.control.tokens import new_admin_token, secret_hash
-from shoal.model.netmap import DEFAULT_MTU, MeshSettings, RelayServer
+from shoal.model.api import RelayServer
+from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
 from shoal.store import Store, StoreError, is_postgres_url, open_store
 
@@ -193,13 +194,14 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         pools = await resolve_pools(store, config, snapshot_nodes)
         admin_hash = await ensure_admin_token(store, data_dir, ca.fingerprint)
         relay_sock = bind_relay_socket(config.listen_host, config.relay_port)
+        # Its own relay first: the control server is where every node already connects.
+        relays = (
+            () if relay_sock is None else (RelayServer(port=int(relay_sock.getsockname()[1])),)
+        ) + config.extra_relays
         settings = MeshSettings(
             mesh_pool=pools.mesh_pool,
             container_pool=pools.container_pool,
             mtu=await resolve_mtu(store, config, snapshot_nodes),
-            relays=()
-            if relay_sock is None
-            else (RelayServer(port=int(relay_sock.getsockname()[1])),),
         )
         registry = await Registry.load(
             store,
@@ -245,7 +247,13 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             ) from exc
         runner = web.AppRunner(
             build_app(
-                service, ca, verifier, connections=connections, rates=config.rates, relay=relay
+                service,
+                ca,
+                verifier,
+                connections=connections,
+                rates=config.rates,
+                relay=relay,
+                relays=relays,
             ),
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,

@@ -31,6 +31,7 @@ from shoal.model.api import (
     RegisterRequest,
     RegisterResponse,
     RelayGrant,
+    RelayList,
     RelayRequest,
     RotateKeyReply,
     RotateKeyRequest,
@@ -84,6 +85,7 @@ ROUTES: tuple[Route, ...] = (
         RelayRequest,
         RelayGrant,
     ),
+    Route("GET", "/v1/relays", "The TCP relays, in order of preference", "node", reply=RelayList),
     Route(
         "GET",
         "/v1/netmap",

@@ -159,25 +159,12 @@ class Container(Frozen):
         return self.health in ("none", "healthy")
 
 
-class RelayServer(Frozen):
-    """A relay over TCP/TLS (`shoal.control.tcprelay`) that nodes without UDP go through.
-
-    `host` None: the control server's own address, as each node reaches it. `public_key` is
-    what node signatures to this relay are keyed with (the server's node-auth key for the
-    server's own relay, a standalone relay's key otherwise); None: the server's."""
-
-    host: IPv4Address | None = None
-    port: int = Field(ge=1, le=65535)
-    public_key: PublicKey | None = None
-
-
 class MeshSettings(Frozen):
     """Mesh-wide settings chosen by the server."""
 
     mesh_pool: IPv4Network
     container_pool: IPv4Network
     mtu: int = DEFAULT_MTU
-    relays: tuple[RelayServer, ...] = ()  # TCP relays, preferred first
 
     def mesh_interface(self, ip: IPv4Address) -> IPv4Interface:
         return IPv4Interface(f"{ip}/{self.mesh_pool.prefixlen}")
