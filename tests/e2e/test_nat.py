@@ -1,7 +1,10 @@
 """NAT traversal in the lab: hosts behind easy (full-cone), shared, symmetric NATs and on the
 public underlay learn their endpoints and find a direct path wherever one exists; symmetric
-NATs on both sides go through the server's UDP relay; a host without UDP has no path (the
-relay over TCP/443 is not built) and `shoal status` says so.
+NATs on both sides go through the server's UDP relay; a host without UDP goes through the
+server's relay over TCP/443 to every other host, and `shoal status` says so. Then the NATs
+change under the running mesh: a rebinding is followed within 5 s, a relayed pair whose UDP
+opens moves to direct losing at most a second of pings, and standalone relays announced by
+the server take over from each other when one is killed.
 
 Lab (its own; the session lab has no NATs): h1 public, h2 and h3 behind one easy NAT "home",
 h4 behind its own easy NAT, h5 and h6 each behind a symmetric ("hard") NAT, h7 behind a
