@@ -259,6 +259,8 @@ def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
     assert [r["udp"] for r in kinds.values()] == [True, True, True, False]
     # TCP to the server host's 443 passes every NAT (nothing listens there: refused = open).
     assert all(r["tcp_443"]["open"] and r["control"]["open"] for r in kinds.values())
+    # The server's TCP relay, reached from behind every kind of NAT, with its connect time.
+    assert all(r["relays"][0]["open"] and r["relays"][0]["connect_ms"] for r in kinds.values())
     h4 = kinds["h4"]
     assert h4["mapped"] == [f"{natlab.host('h4').public_ip}:{WG_PORT}"] * 2
     text = shoal(natlab.host("h5"), "netcheck", "--state-dir", str(natlab.host("h5").state_dir))
