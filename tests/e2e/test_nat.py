@@ -366,6 +366,7 @@ def test_standalone_relays_announced_by_the_server_and_failover(natlab: Lab) -> 
             relay.wait(10)
         natlab.stop_server()
         natlab.start_server()  # its own relay again, for the tests after this one
+    wait_until("h1 pings h7 via the server's relay", lambda: host_ping(h1, mesh_ip), 60)
 
 
 def test_a_relayed_pair_moves_to_direct_when_udp_opens(natlab: Lab) -> None:

@@ -204,6 +204,10 @@ class TcpRelayClient:
             self._close_local(local)
         return self._open_local(peer.raw, target).endpoint
 
+    def targets(self) -> tuple[RelayTarget, ...]:
+        """The relays some peer uses now."""
+        return tuple({local.target for local in self._locals.values()})
+
     def failing(self, target: RelayTarget) -> bool:
         """The last attempt to open a stream to `target` failed (or its stream dropped and
         no new one is open yet)."""

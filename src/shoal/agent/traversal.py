@@ -42,6 +42,7 @@ TICK_SECONDS = 2.0
 # The TCP relays are fetched while this host uses them (no UDP, or peers reached through
 # them), at most this often: a relay added or removed on the server is seen this late.
 RELAYS_SECONDS = 30.0
+RELAYS_RETRY_SECONDS = 5.0
 # A NAT that rebinds (new outside port or address) is noticed by the next probe, and peers
 # reach the host again once the report is in their netmap: the interval bounds that outage.
 # Two datagrams per host per interval to the server.
@@ -181,10 +182,13 @@ class Traversal:
         return self.tcp_relay.local(peer, relay_target(self.relays, self.server, relay))
 
     async def refresh_relays(self) -> None:
-        """Fetch the TCP relays (at most every RELAYS_SECONDS); plan again when they changed
+        """Fetch the TCP relays (at most every RELAYS_SECONDS, or RELAYS_RETRY_SECONDS while
+        one in use fails: the server may announce others now); plan again when they changed
         (a relay's key or certificate is part of what the loopback endpoints lead to)."""
         now = self._clock.monotonic()
-        if self._relays_at is not None and now - self._relays_at < RELAYS_SECONDS:
+        failing = any(self.tcp_relay.failing(t) for t in self.tcp_relay.targets())
+        every = RELAYS_RETRY_SECONDS if failing else RELAYS_SECONDS
+        if self._relays_at is not None and now - self._relays_at < every:
             return
         try:
             relays = (await self._fetch_relays()).relays
