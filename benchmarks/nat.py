@@ -25,11 +25,11 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.dataplane.probes import Endpoint, endpoint, iperf, ping_rtts
 from benchmarks.log import progress
+from benchmarks.typed import Frozen
 from shoal.lab import Lab, LabHost, sweep
 from shoal.lab.lab import run
 from shoal.lab.nat import parse_nat
@@ -50,29 +50,26 @@ THROUGHPUT = (  # (client, server, label)
 PATH_TIMEOUT = 120.0
 
 
-@dataclass
-class PathFigure:
+class PathFigure(Frozen):
     pair: str
     seconds: float | None  # from `shoal up` starting to the first answered ping; None: none
 
 
-@dataclass
-class Throughput:
+class Throughput(Frozen):
     path: str
-    gbps: list[float] = field(default_factory=list)
-    cpu_s_per_gbit: list[float] = field(default_factory=list)
-    rtt_ms: float | None = None
+    gbps: tuple[float, ...]  # each run's, received by the server
+    cpu_s_per_gbit: tuple[float, ...]  # machine-wide busy CPU seconds per Gbit moved, per run
+    rtt_ms: float | None = None  # busybox ping average
 
     @property
     def median_gbps(self) -> float:
         return statistics.median(self.gbps) if self.gbps else 0.0
 
 
-@dataclass
-class NatResult:
-    paths: list[PathFigure]
-    throughput: list[Throughput]
-    ratios: dict[str, float]
+class NatResult(Frozen):
+    paths: tuple[PathFigure, ...]
+    throughput: tuple[Throughput, ...]
+    ratios: dict[str, float]  # each relayed path's median throughput / the direct one's
 
 
 def _shoal(host: LabHost, *args: str) -> None:
@@ -121,25 +118,38 @@ def run_nat(quick: bool = False) -> NatResult:
             _up(lab, host, token)  # returns once the agent runs; the path comes after
             took = _first_answer(host, dst, started)
             progress(f"nat: {label}: " + (f"{took:.1f} s" if took is not None else "no path"))
-            paths.append(PathFigure(label, took))
+            paths.append(PathFigure(pair=label, seconds=took))
         ends = {name: _container(lab.host(name)) for name in ("h1", "h2", "h3", "h4", "h5")}
         seconds, runs = (3, 1) if quick else (10, 3)
         figures = []
         for client, server, label in THROUGHPUT:
-            t = Throughput(label)
-            for _ in range(runs):
-                r = iperf(ends[client], ends[server], seconds)
-                t.gbps.append(r.gbps)
-                t.cpu_s_per_gbit.append(r.cpu_seconds / r.gbit if r.gbit else 0.0)
+            iperfs = [iperf(ends[client], ends[server], seconds) for _ in range(runs)]
             rtts, _sent = ping_rtts(ends[client], ends[server].ip, 50 if quick else 200)
-            t.rtt_ms = statistics.mean(rtts) if rtts else None
+            t = Throughput(
+                path=label,
+                gbps=tuple(r.gbps for r in iperfs),
+                cpu_s_per_gbit=tuple(r.cpu_seconds / r.gbit if r.gbit else 0.0 for r in iperfs),
+                rtt_ms=statistics.mean(rtts) if rtts else None,
+            )
             progress(f"nat: {label}: {t.median_gbps:.3f} Gbit/s, rtt {t.rtt_ms or 0:.3f} ms")
             figures.append(t)
         direct = figures[0].median_gbps
         ratios = {t.path: t.median_gbps / direct for t in figures[1:] if direct}
-        return NatResult(paths, figures, ratios)
+        return NatResult(paths=tuple(paths), throughput=tuple(figures), ratios=ratios)
     finally:
         lab.destroy()
+
+
+def render_markdown(result: NatResult) -> list[str]:
+    """The section for docs/benchmarks.md: the same figures as `render`, in a code block."""
+    return [
+        f"Hosts behind NATs in one lab (`{NAT}`, see benchmarks/nat.py): time to a working",
+        "path per kind of pair, and throughput of relayed paths against a direct one.",
+        "",
+        "```",
+        *render(result),
+        "```",
+    ]
 
 
 def render(result: NatResult) -> list[str]:
@@ -166,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_nat(quick=args.quick)
     print("\n".join(render(result)))
     if args.json is not None:
-        args.json.write_text(json.dumps(asdict(result), indent=2) + "\n")
+        args.json.write_text(result.model_dump_json(indent=2) + "\n")
     return 0
 
 

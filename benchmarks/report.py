@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import controlplane
+from benchmarks import controlplane, nat
 from benchmarks.dataplane import render as dataplane_render
 from benchmarks.results import Machine, Results
 from benchmarks.scale import render as scale_render
@@ -132,6 +132,11 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
         if "scale" in images:
             out += ["", f"![scale]({images['scale']})"]
     out += _section_end(s.scale.status, s.scale.reason, s.scale.seconds)
+    if s.nat.status != "not run":  # runs from before the section have none
+        out += ["", "## NAT traversal and relays (`--only nat`)", ""]
+        if s.nat.result is not None:
+            out += nat.render_markdown(s.nat.result)
+        out += _section_end(s.nat.status, s.nat.reason, s.nat.seconds)
     return "\n".join(out) + "\n"
 
 

@@ -22,10 +22,11 @@ from typing import Generic, Literal, TypeVar
 
 from benchmarks.controlplane import ControlplaneResult
 from benchmarks.dataplane.results import DataplaneResult
+from benchmarks.nat import NatResult
 from benchmarks.scale.results import ScaleResult
 from benchmarks.typed import Frozen
 
-R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult)
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, NatResult)
 Status = Literal["ok", "not run", "failed", "skipped"]
 
 
@@ -55,6 +56,8 @@ class Sections(Frozen):
     dataplane: Section[DataplaneResult]
     controlplane: Section[ControlplaneResult]
     scale: Section[ScaleResult]
+    # NAT traversal (benchmarks/nat.py); runs before it have none.
+    nat: Section[NatResult] = Section[NatResult](status="not run")
 
 
 class Results(Frozen):

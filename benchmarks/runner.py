@@ -21,18 +21,19 @@ from benchmarks.controlplane import ControlplaneResult, run_controlplane
 from benchmarks.dataplane.results import DataplaneResult
 from benchmarks.dataplane.run import run_dataplane
 from benchmarks.log import progress
+from benchmarks.nat import NatResult, run_nat
 from benchmarks.results import Results, Section, Sections
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.results import ScaleResult
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
-SECTIONS = ("dataplane", "controlplane", "scale")
+SECTIONS = ("dataplane", "controlplane", "scale", "nat")
 SCALE_NODES_FULL = (100, 1000, 5000)
 SCALE_NODES_QUICK = (100,)
 SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3
 
-R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult)
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, NatResult)
 
 
 def _workdir(name: str) -> Path:
@@ -89,7 +90,7 @@ def run_bench(
         quick=quick,
         hosts=hosts,
         machine=report.machine_info(),
-        sections=Sections(dataplane=pending, controlplane=pending, scale=pending),
+        sections=Sections(dataplane=pending, controlplane=pending, scale=pending, nat=pending),
         duration_seconds=0.0,
     )
     chosen = [name for name in SECTIONS if not only or name in only]
@@ -98,11 +99,13 @@ def run_bench(
             skipped = Section(status="skipped", reason="not selected (--only)")
             results = _with(results, name, skipped, started)
             continue
-        section: Section[DataplaneResult] | Section[ControlplaneResult] | Section[ScaleResult]
+        section: AnySection
         if name == "dataplane":
             section = _run_section(name, lambda: run_dataplane(quick=quick))
         elif name == "controlplane":
             section = _run_section(name, lambda: run_controlplane(quick=quick))
+        elif name == "nat":
+            section = _run_section(name, lambda: run_nat(quick=quick))
         else:
             section = _run_section(name, lambda: _scale(quick))
         results = _with(results, name, section, started)
@@ -113,12 +116,15 @@ def run_bench(
     return results, written
 
 
-def _with(
-    results: Results,
-    name: str,
-    section: Section[DataplaneResult] | Section[ControlplaneResult] | Section[ScaleResult],
-    started: float,
-) -> Results:
+AnySection = (
+    Section[DataplaneResult]
+    | Section[ControlplaneResult]
+    | Section[ScaleResult]
+    | Section[NatResult]
+)
+
+
+def _with(results: Results, name: str, section: AnySection, started: float) -> Results:
     sections = results.sections.model_copy(update={name: section})
     return results.model_copy(
         update={"sections": sections, "duration_seconds": time.monotonic() - started}
@@ -135,6 +141,7 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
         ("dataplane", sections.dataplane.status, sections.dataplane.reason),
         ("controlplane", sections.controlplane.status, sections.controlplane.reason),
         ("scale", sections.scale.status, sections.scale.reason),
+        ("nat", sections.nat.status, sections.nat.reason),
     )
     for name, status, reason in outcomes:
         print(f"{name}: {status}" + (f" ({reason})" if reason else ""))
