@@ -116,6 +116,7 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.reader = FrameReader()
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.signed_as: PublicKey | None = None  # the node key its hello proved
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -311,7 +312,7 @@ class TcpRelayClient:
         loop = asyncio.get_running_loop()
         stream: _Stream | None = None
         try:
-            hello = await self._hello(target)
+            hello, signed_as = await self._hello(target)
             _transport, opened = await asyncio.wait_for(
                 loop.create_connection(
                     lambda: _Stream(self, target),
@@ -325,6 +326,7 @@ class TcpRelayClient:
             self._streams[target] = opened
             if target.cert_sha256 is not None:
                 _check_pin(opened, target.cert_sha256)
+            opened.signed_as = signed_as
             opened.write(frame(HELLO, hello.encode()))
             await asyncio.wait_for(asyncio.shield(opened.opened), CONNECT_TIMEOUT)
         except (OSError, TimeoutError, ssl.SSLError, ConnectionError) as exc:
@@ -342,7 +344,8 @@ class TcpRelayClient:
         log.info("tcp relay %s: connected", target)
         return True
 
-    async def _hello(self, target: RelayTarget) -> str:
+    async def _hello(self, target: RelayTarget) -> tuple[str, PublicKey]:
+        """The HELLO body for `target` and the node key it proves."""
         private = self._private_key()
         node = private.public_key()
         if target.key is None:
@@ -350,7 +353,7 @@ class TcpRelayClient:
         else:
             key = shared_key(private, target.key, node, target.key)
         sig = sign(key, node, HELLO_METHOD, HELLO_TARGET, b"", int(time.time()))
-        return sig.header()
+        return sig.header(), node
 
     def lost(self, stream: _Stream) -> None:
         if self._streams.get(stream.target) is stream:
@@ -358,10 +361,14 @@ class TcpRelayClient:
             log.warning("tcp relay %s: stream lost; reconnecting", stream.target)
             self._changed.set()
 
-    def reconnect(self) -> None:
-        """Close every stream (this node's key changed: the relay knows it by the old one)."""
+    def follow_key(self) -> None:
+        """Close the streams opened as another key than this node's current one (a key
+        rotation switched it: relays deliver to the key a stream proved, and peers now send to
+        the new one); they reopen as the current key."""
+        current = self._private_key().public_key()
         for stream in list(self._streams.values()):
-            stream.close()
+            if stream.signed_as is not None and stream.signed_as != current:
+                stream.close()
 
     def close(self) -> None:
         for stream in list(self._streams.values()):

@@ -228,6 +228,7 @@ class Traversal:
         }
         if self.paths.tcp_relayed():
             await self.refresh_relays()
+        self.tcp_relay.follow_key()
         now = self._clock.now().timestamp()
         changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)
         for peer in netmap.peers:
