@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="the control server (an admin token of scope read in SHOAL_ADMIN_TOKEN)",
     )
+    log_format_flag(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_relay"))
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(

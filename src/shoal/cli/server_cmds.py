@@ -101,9 +101,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
         raise UsageError("--listen on all addresses needs --announce ADDR: where hosts reach it")
     target = admin_target(args)
     token = parse_admin_token(target.token)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.setup(args.log_format)
 
     async def run() -> None:
         ca_pem = await fetch_pinned_ca(target.url, token.fingerprint)
