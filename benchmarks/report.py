@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from benchmarks import controlplane, policy
+from benchmarks import controlplane, nat, policy
 from benchmarks.dataplane import render as dataplane_render
 from benchmarks.results import Machine, Results
 from benchmarks.scale import render as scale_render
@@ -137,6 +137,11 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
     if s.policy.result is not None:
         out += policy.render_markdown(s.policy.result)
     out += _section_end(s.policy.status, s.policy.reason, s.policy.seconds)
+    if s.nat.status != "not run":  # runs from before the section have none
+        out += ["", "## NAT traversal and relays (`--only nat`)", ""]
+        if s.nat.result is not None:
+            out += nat.render_markdown(s.nat.result)
+        out += _section_end(s.nat.status, s.nat.reason, s.nat.seconds)
     return "\n".join(out) + "\n"
 
 

@@ -23,11 +23,12 @@ from typing import Generic, Literal, TypeVar
 
 from benchmarks.controlplane import ControlplaneResult
 from benchmarks.dataplane.results import DataplaneResult
+from benchmarks.nat import NatResult
 from benchmarks.policy import PolicyResult
 from benchmarks.scale.results import ScaleResult
 from benchmarks.typed import Frozen
 
-R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult)
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult, NatResult)
 Status = Literal["ok", "not run", "failed", "skipped"]
 
 
@@ -61,6 +62,8 @@ class Sections(Frozen):
     policy: Section[PolicyResult] = Section[PolicyResult](
         status="not run", reason="the run predates this section"
     )
+    # NAT traversal (benchmarks/nat.py); runs before it have none.
+    nat: Section[NatResult] = Section[NatResult](status="not run")
 
 
 class Results(Frozen):

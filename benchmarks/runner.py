@@ -22,24 +22,26 @@ from benchmarks.controlplane import ControlplaneResult, run_controlplane
 from benchmarks.dataplane.results import DataplaneResult
 from benchmarks.dataplane.run import run_dataplane
 from benchmarks.log import progress
+from benchmarks.nat import NatResult, run_nat
 from benchmarks.policy import PolicyResult, run_policy
 from benchmarks.results import Results, Section, Sections
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.results import ScaleResult
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
-SECTIONS = ("dataplane", "controlplane", "scale", "policy")
+SECTIONS = ("dataplane", "controlplane", "scale", "policy", "nat")
 SCALE_NODES_FULL = (100, 1000, 5000)
 SCALE_NODES_QUICK = (100,)
 SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3
 
-R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult)
+R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult, NatResult)
 AnySection = (
     Section[DataplaneResult]
     | Section[ControlplaneResult]
     | Section[ScaleResult]
     | Section[PolicyResult]
+    | Section[NatResult]
 )
 
 
@@ -97,7 +99,9 @@ def run_bench(
         quick=quick,
         hosts=hosts,
         machine=report.machine_info(),
-        sections=Sections(dataplane=pending, controlplane=pending, scale=pending, policy=pending),
+        sections=Sections(
+            dataplane=pending, controlplane=pending, scale=pending, policy=pending, nat=pending
+        ),
         duration_seconds=0.0,
     )
     chosen = [name for name in SECTIONS if not only or name in only]
@@ -111,6 +115,8 @@ def run_bench(
             section = _run_section(name, lambda: run_dataplane(quick=quick))
         elif name == "controlplane":
             section = _run_section(name, lambda: run_controlplane(quick=quick))
+        elif name == "nat":
+            section = _run_section(name, lambda: run_nat(quick=quick))
         elif name == "scale":
             section = _run_section(name, lambda: _scale(quick))
         else:
@@ -146,6 +152,7 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
         ("controlplane", sections.controlplane.status, sections.controlplane.reason),
         ("scale", sections.scale.status, sections.scale.reason),
         ("policy", sections.policy.status, sections.policy.reason),
+        ("nat", sections.nat.status, sections.nat.reason),
     )
     for name, status, reason in outcomes:
         print(f"{name}: {status}" + (f" ({reason})" if reason else ""))

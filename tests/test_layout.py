@@ -37,6 +37,10 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # The policy language: parsing (model) and compiling (plan) each have a suite under
     # tests/policy, named for the step rather than the package.
     "model.policy": ("policy/test_parse.py",),
+    # The TCP relay's two ends and the standalone relay's identity run together, end to end
+    # over real TLS on loopback: one suite for the relay, its clients and `shoal relay`.
+    "agent.tcprelay": ("control/test_tcprelay.py",),
+    "control.relayhost": ("control/test_tcprelay.py",),
     "plan.policy": ("policy/test_compile.py", "firewall/test_nft.py"),
     # The server's wiring, use cases and error table: the real ASGI app on loopback, through
     # the client, in suites named for what they check (api, bounds, rotation, trust, ...).

@@ -141,3 +141,51 @@ def test_a_symmetric_peer_gets_no_endpoint_so_wireguard_follows_its_handshakes()
     assert paths.endpoint(key) is None  # the server's port would be wrong for us
     paths.update(PUBLIC, [HARD_A], {key: 1.0}, now=2.0)
     assert paths.path(key).description == "public"
+
+
+NO_UDP = node("h10", ep("192.168.10.10:51820", None), ep("192.0.2.2:443", "relay"))
+NO_UDP_2 = node("h11", ep("192.168.11.11:51820", None), ep("192.0.2.2:443", "relay"))
+
+
+def test_a_host_without_udp_is_reached_only_through_its_tcp_relay() -> None:
+    # From either side, and whatever the other side's NAT: UDP cannot work.
+    assert order(PUBLIC, NO_UDP) == [("192.0.2.2:443", "relayed")]
+    assert order(NO_UDP, HARD_A) == [("192.0.2.2:443", "relayed")]
+    assert candidates(NO_UDP, NO_UDP_2)[1] == "UDP blocked at h10 and h11"
+    loopback = Endpoint(host=IPv4Address("127.0.0.1"), port=40100)
+    asked: list[tuple[str, str]] = []
+
+    def tcp_local(peer: object, relay: Endpoint) -> Endpoint:
+        asked.append((str(peer)[:4], str(relay)))
+        return loopback
+
+    paths = PathSelector(tcp_local=tcp_local)
+    paths.update(PUBLIC, [NO_UDP], None, now=0.0)
+    # WireGuard is given the loopback endpoint that carries the datagrams over the relay.
+    assert paths.endpoint(NO_UDP.public_key) == "127.0.0.1:40100"
+    assert set(asked) == {(str(NO_UDP.public_key)[:4], "192.0.2.2:443")}
+    paths.update(PUBLIC, [NO_UDP], {NO_UDP.public_key: 9.0}, now=10.0)
+    assert paths.path(NO_UDP.public_key).description == (
+        "relayed via tcp 192.0.2.2:443 (UDP blocked at h10)"
+    )
+    # Failing handshakes never send it to the UDP relay: that cannot help either.
+    paths.update(PUBLIC, [NO_UDP], {NO_UDP.public_key: None}, now=400.0)
+    assert not paths.needs_relay(NO_UDP.public_key, now=400.0)
+    assert list(paths.tcp_relayed()) == [NO_UDP.public_key]
+
+
+def test_this_hosts_own_probe_outranks_its_lagging_netmap_entry() -> None:
+    paths = PathSelector(
+        tcp_local=lambda _peer, _relay: Endpoint(host=IPv4Address("127.0.0.1"), port=1)
+    )
+    paths.update(EASY_A, [PUBLIC], None, now=0.0)
+    assert paths.endpoint(PUBLIC.public_key) == "192.0.2.11:51820"
+    # The probe found no UDP: the TCP relay at once, before the netmap says so.
+    assert paths.set_own(NO_UDP.endpoints)
+    assert not paths.set_own(NO_UDP.endpoints)
+    paths.update(EASY_A, [PUBLIC], None, now=1.0)
+    assert paths.endpoint(PUBLIC.public_key) == "127.0.0.1:1"
+    # UDP back: direct again.
+    paths.set_own(EASY_A.endpoints)
+    paths.update(NO_UDP, [PUBLIC], None, now=2.0)
+    assert paths.endpoint(PUBLIC.public_key) == "192.0.2.11:51820"

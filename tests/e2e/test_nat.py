@@ -1,7 +1,10 @@
 """NAT traversal in the lab: hosts behind easy (full-cone), shared, symmetric NATs and on the
 public underlay learn their endpoints and find a direct path wherever one exists; symmetric
-NATs on both sides go through the server's UDP relay; a host without UDP has no path (the
-relay over TCP/443 is not built) and `shoal status` says so.
+NATs on both sides go through the server's UDP relay; a host without UDP goes through the
+server's relay over TCP/443 to every other host, and `shoal status` says so. Then the NATs
+change under the running mesh: a rebinding is followed within 5 s, a relayed pair whose UDP
+opens moves to direct losing at most a second of pings, and standalone relays announced by
+the server take over from each other when one is killed.
 
 Lab (its own; the session lab has no NATs): h1 public, h2 and h3 behind one easy NAT "home",
 h4 behind its own easy NAT, h5 and h6 each behind a symmetric ("hard") NAT, h7 behind a
@@ -12,18 +15,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from shoal.control.relayhost import load_or_create_identity
 from shoal.lab import Lab, LabHost, sweep
-from shoal.lab.nat import parse_nat
+from shoal.lab.lab import run
+from shoal.lab.nat import NatKind, parse_nat, reconfigure
 from shoal.lab.procs import NETNS_DIR
-from tests.e2e.runbook import admin, host_ping, shoal, status, up, wait_until
+from tests.e2e.runbook import SHOAL, admin, host_ping, ping, shoal, status, up, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -172,21 +179,67 @@ def test_the_relay_moves_only_ciphertext(natlab: Lab) -> None:
     assert marker.encode() not in pcap.read_bytes()
 
 
-def test_udp_blocked_has_no_path_and_says_why(natlab: Lab) -> None:
-    h1, h7 = natlab.host("h1"), natlab.host("h7")
-    # Its probes never come back: it reports its own (private) address, unverified.
-    assert endpoints(natlab, "h7") == {(f"{h7.underlay_ip}:{WG_PORT}", None)}
+def tcp_relayed(host: LabHost, name: str) -> bool:
+    blocked = "h7" if "h7" in (host.name, name) else "?"
+    return str(peer(host, name)["path"]) == (
+        f"relayed via tcp 192.0.2.2:443 (UDP blocked at {blocked})"
+    )
 
-    # Neither its address nor a UDP relay gets through (the relay over TCP/443 is not built).
-    def explained() -> bool:
-        path = str(peer(h1, "h7")["path"])
-        return path.startswith(
-            f"no path: no handshake over any candidate (direct {h7.underlay_ip}:{WG_PORT}, "
-            "relayed 192.0.2.2:"
-        ) and path.endswith("relay tried")
 
-    wait_until("h1 explains h7", explained, timeout=90)
-    assert not host_ping(h1, peer(h1, "h7")["mesh_ip"])
+def reach_over_tcp_relay(h7: LabHost, other: LabHost) -> None:
+    wait_until(f"h7 -> {other.name} over tcp", lambda: tcp_relayed(h7, other.name), timeout=60)
+    wait_until(f"{other.name} -> h7 over tcp", lambda: tcp_relayed(other, "h7"), timeout=60)
+    other.run_container(f"c{other.name}")
+    dst = other.container_ip(f"c{other.name}")
+    wait_until(f"c7 pings c{other.name}", lambda: ping(h7, "c7", dst), timeout=30)
+    assert ping(other, f"c{other.name}", h7.container_ip("c7"))
+
+
+def test_udp_blocked_reaches_every_kind_of_host_over_the_tcp_relay(natlab: Lab) -> None:
+    h7 = natlab.host("h7")
+    # Its probes never come back: it reports its own address, unverified, and the relay.
+    expected = {(f"{h7.underlay_ip}:{WG_PORT}", None), ("192.0.2.2:443", "relay")}
+    wait_until("h7 reported", lambda: endpoints(natlab, "h7") == expected, timeout=30)
+    h7.run_container("c7")
+    for name in ("h1", "h4", "h5"):  # public, easy and hard NATs on the other side
+        reach_over_tcp_relay(h7, natlab.host(name))
+    # WireGuard's endpoint for a relayed peer is the agent's loopback socket for it.
+    assert str(peer(h7, "h1")["endpoint"]).startswith("127.0.0.1:")
+
+
+def test_what_crosses_the_tcp_relay_is_wireguard_ciphertext(natlab: Lab) -> None:
+    h7 = natlab.host("h7")
+    wait_until("h7 -> h1 relayed", lambda: tcp_relayed(h7, "h1"), timeout=60)
+    dst = peer(h7, "h1")["mesh_ip"]
+    # On h7's loopback: WireGuard's datagrams to the agent, before TLS wraps them again.
+    pcap = natlab.dir / "tcp-relay.pcap"
+    capture = subprocess.Popen(
+        ["nsenter", f"--net={NETNS_DIR / h7.netns}", "tcpdump", "-i", "lo", "-U", "-n", "-w",
+         str(pcap), "udp"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    marker = f"shoal-tcp-relay-marker-{os.getpid()}"
+    send = (
+        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        f"for _ in range(5): s.sendto(b'{marker}', ('{dst}', 9))"
+    )
+    try:
+        wait_until("tcpdump to start", lambda: pcap.exists() and pcap.stat().st_size > 0, 10)
+        h7.exec([sys.executable, "-c", send])
+        assert host_ping(h7, dst)
+
+        def captured() -> int:
+            out = subprocess.run(
+                ["tcpdump", "-n", "-r", str(pcap), "udp"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            return len(out.splitlines())
+
+        wait_until("the relayed datagrams in the capture", lambda: captured() >= 7, 10)
+    finally:
+        capture.send_signal(signal.SIGINT)
+        capture.wait(10)
+    assert marker.encode() not in pcap.read_bytes()
 
 
 def netcheck(host: LabHost) -> dict[str, Any]:
@@ -206,7 +259,127 @@ def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
     assert [r["udp"] for r in kinds.values()] == [True, True, True, False]
     # TCP to the server host's 443 passes every NAT (nothing listens there: refused = open).
     assert all(r["tcp_443"]["open"] and r["control"]["open"] for r in kinds.values())
+    # The server's TCP relay, reached from behind every kind of NAT, with its connect time.
+    assert all(r["relays"][0]["open"] and r["relays"][0]["connect_ms"] for r in kinds.values())
     h4 = kinds["h4"]
     assert h4["mapped"] == [f"{natlab.host('h4').public_ip}:{WG_PORT}"] * 2
     text = shoal(natlab.host("h5"), "netcheck", "--state-dir", str(natlab.host("h5").state_dir))
     assert text.stdout.splitlines()[0].startswith("nat:       hard (symmetric")
+
+
+# The NATs change under the running mesh from here on: these tests come last in the module.
+
+
+def router(
+    lab: Lab, host: LabHost, kind: NatKind, moved: dict[int, int] | None = None, forget: bool = True
+) -> None:
+    assert host.router is not None
+    ns = lab.router_netns(host.router)
+    reconfigure(run, str(NETNS_DIR), ns, kind, moved, forget=forget)
+
+
+class Pinger:
+    """`busybox ping` every 0.1 s from a host, counting what it lost."""
+
+    def __init__(self, host: LabHost, dst: str) -> None:
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={NETNS_DIR / host.netns}", "busybox", "ping", "-i", "0.1", dst],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+
+    def stop(self) -> tuple[int, int]:
+        """(sent, received)."""
+        self.proc.send_signal(signal.SIGINT)
+        out, _ = self.proc.communicate(timeout=10)
+        match = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
+        assert match, out
+        return int(match.group(1)), int(match.group(2))
+
+
+def test_nat_rebinding_is_followed_within_5_seconds(natlab: Lab) -> None:
+    h1, h4 = natlab.host("h1"), natlab.host("h4")
+    dst = peer(h1, "h4")["mesh_ip"]
+    wait_path(h1, "h4", "public")
+    moved = f"{h4.public_ip}:21820"
+    pinger = Pinger(h1, dst)
+    try:
+        wait_until("pings answered", lambda: host_ping(h1, dst), 10)
+        # h4's NAT forgets its mappings and gives WireGuard's port another outside port: h1
+        # keeps sending to the old one, which leads nowhere now.
+        router(natlab, h4, "easy", {WG_PORT: 21820})
+        wait_until("h4 re-probed", lambda: (moved, "public") in endpoints(natlab, "h4"), 10)
+        wait_until("h1 reaches h4 again", lambda: host_ping(h1, dst), timeout=10)
+    finally:
+        sent, received = pinger.stop()
+    # One ping every 0.1 s: what was lost is how long h4 was unreachable.
+    assert (sent - received) * 0.1 <= 5.0, f"{sent - received} of {sent} pings lost"
+    assert peer(h1, "h4")["endpoint"] == moved
+
+
+def start_relay(lab: Lab, name: str, port: int) -> subprocess.Popen[bytes]:
+    """`shoal relay` on the server host's address at `port` (its data dir made already)."""
+    env = {**os.environ, "SHOAL_ADMIN_TOKEN": (lab.server_data_dir / "admin.token").read_text()}
+    argv = [SHOAL, "relay", "--listen", f"192.0.2.2:{port}", "--data-dir", str(lab.dir / name),
+            "--server", str(lab.server_url)]  # fmt: skip
+    with (lab.dir / f"{name}.log").open("ab") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net={NETNS_DIR / lab.server_netns}", *argv],
+            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+
+
+def relayed_via(host: LabHost, name: str, relay: str) -> bool:
+    return str(peer(host, name)["path"]).startswith(f"relayed via tcp {relay} ")
+
+
+def both_via(h1: LabHost, h7: LabHost, relay: str, timeout: float) -> None:
+    wait_until(f"h7 -> h1 via {relay}", lambda: relayed_via(h7, "h1", relay), timeout)
+    wait_until(f"h1 -> h7 via {relay}", lambda: relayed_via(h1, "h7", relay), timeout)
+
+
+def test_standalone_relays_announced_by_the_server_and_failover(natlab: Lab) -> None:
+    h1, h7 = natlab.host("h1"), natlab.host("h7")
+    # Two `shoal relay`s (ports h7's firewall lets out); the server announces them instead
+    # of its own relay.
+    specs = [
+        load_or_create_identity(natlab.dir / name, "192.0.2.2").spec("192.0.2.2", port)
+        for name, port in (("r1", 443), ("r2", 80))
+    ]
+    natlab.stop_server()
+    flags = ["--relay-port", "off", "--relay-at", specs[0], "--relay-at", specs[1]]
+    natlab.start_server(args=flags)
+    relays = [start_relay(natlab, "r1", 443), start_relay(natlab, "r2", 80)]
+    mesh_ip = peer(h1, "h7")["mesh_ip"]
+    try:
+        both_via(h1, h7, "192.0.2.2:443", 90)
+        wait_until("h1 pings h7 via r1", lambda: host_ping(h1, mesh_ip), 30)
+        relays[0].kill()
+        relays[0].wait(10)
+        start = time.monotonic()
+        both_via(h1, h7, "192.0.2.2:80", 60)
+        wait_until("h1 pings h7 via r2", lambda: host_ping(h1, mesh_ip), 30)
+        took = time.monotonic() - start
+        assert took < 30, f"moved to the other relay in {took:.1f} s"
+    finally:
+        for relay in relays:
+            relay.kill()
+            relay.wait(10)
+        natlab.stop_server()
+        natlab.start_server()  # its own relay again, for the tests after this one
+    wait_until("h1 pings h7 via the server's relay", lambda: host_ping(h1, mesh_ip), 60)
+
+
+def test_a_relayed_pair_moves_to_direct_when_udp_opens(natlab: Lab) -> None:
+    h1, h7 = natlab.host("h1"), natlab.host("h7")
+    wait_until("h1 -> h7 over tcp", lambda: tcp_relayed(h1, "h7"), timeout=60)
+    pinger = Pinger(h1, peer(h1, "h7")["mesh_ip"])
+    try:
+        wait_until("pings answered", lambda: host_ping(h1, peer(h1, "h7")["mesh_ip"]), 10)
+        # The firewall now lets UDP out (an easy NAT); the relay's TCP stream stays open.
+        router(natlab, h7, "easy", forget=False)
+        wait_path(h7, "h1", "direct", timeout=30)
+        wait_path(h1, "h7", "public", timeout=30)  # and a ping answered over it
+    finally:
+        sent, received = pinger.stop()
+    # At most a second's worth (10 pings) lost in the move.
+    assert sent - received <= 10, f"{sent - received} of {sent} pings lost"

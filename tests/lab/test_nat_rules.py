@@ -39,3 +39,11 @@ def test_each_kind_renders_its_mapping_and_filtering() -> None:
     assert "tcp dport { 80, 443, 8443 } accept" in blocked and "@cone" not in blocked
     for rules in (easy, hard, blocked):
         assert "policy drop" in rules and "ct state established,related accept" in rules
+
+
+def test_a_rebound_port_gets_one_new_outside_port_before_the_general_rule() -> None:
+    rules = ruleset("easy", moved={51820: 21820})
+    moved = 'oifname "wan" udp sport 51820 masquerade to :21820\n'
+    assert moved in rules
+    # nft takes the first verdict: the moved port's rule must come before the general one.
+    assert rules.index(moved) < rules.index('oifname "wan" masquerade\n')

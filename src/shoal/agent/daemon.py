@@ -54,6 +54,7 @@ from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.report import Reporter
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.agent.stopwatch import Stopwatch
+from shoal.agent.tcprelay import TcpRelayClient
 from shoal.agent.traversal import Traversal
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import (
@@ -63,7 +64,7 @@ from shoal.controlclient.errors import (
     ControlUnreachable,
     CredentialRejected,
 )
-from shoal.controlclient.tls import fetch_pinned_ca, trust_bundle
+from shoal.controlclient.tls import fetch_pinned_ca, ssl_context, trust_bundle
 from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
@@ -137,7 +138,8 @@ class Agent:
         self._containers_changed = asyncio.Event()
         self._stop = asyncio.Event()
         self._trust_checked_at: float | None = None  # monotonic; None: not yet
-        self.paths = PathSelector()
+        # Through the traversal, which knows the relays (the netmap) and the server's address.
+        self.paths = PathSelector(tcp_local=lambda peer, ep: self.traversal.tcp_local(peer, ep))
         self.startup: Stopwatch | None = None  # the start-up's laps until `run` logs them
         self.traversal = Traversal(
             server_url=identity.server_url,
@@ -147,11 +149,18 @@ class Agent:
             mac_key=self.client.mac_key,
             report=self._report_endpoints,
             relay=self.client.relay,
+            relays=self.client.relays,
             netmap=lambda: self.cached.netmap,
             replan=lambda: self.reconciler.offer(self.cached.netmap),
             tunnel=adapters.tunnel,
             clock=clock,
             paths=self.paths,
+            tcp_relay=TcpRelayClient(
+                listen_port=config.listen_port,
+                ssl_context=lambda: ssl_context(self.identity.ca_pem.encode()),
+                private_key=lambda: self.private_key,
+                server_mac_key=self.client.mac_key,
+            ),
         )
         self.reporter = Reporter(
             self.status,

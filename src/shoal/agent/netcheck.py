@@ -2,8 +2,8 @@
 
 Uses the joined node's identity from the state dir (the probe is MACed with the node's key)
 and probes the server exactly as the agent does (`shoal.agent.endpoints`), from WireGuard's
-port, whether or not the agent runs. Also tries TCP to the server host's port 443 (what a
-relay over HTTPS would need) and the control API itself.
+port, whether or not the agent runs. Also tries TCP to the server host's port 443, the control
+API itself and each TCP relay (`GET /v1/relays`), with the time each connection took.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class TcpCheck(Frozen):
     target: str  # "ip:port"
     open: bool  # the path is open (connected, or refused by the host itself)
     detail: str
+    connect_ms: float | None = None  # how long the connection took (None: none made)
 
 
 class NetcheckReport(Frozen):
@@ -46,6 +47,7 @@ class NetcheckReport(Frozen):
     endpoints: tuple[Endpoint, ...]
     tcp_443: TcpCheck
     control: TcpCheck
+    relays: tuple[TcpCheck, ...] = ()  # the TCP relays, in the server's order of preference
 
     def lines(self) -> list[str]:
         mapped = ", ".join(m or "no answer" for m in self.mapped)
@@ -55,6 +57,7 @@ class NetcheckReport(Frozen):
             f"udp:       {'yes' if self.udp else 'no'} (server probe ports saw: {mapped})",
             f"tcp/443:   {'yes' if self.tcp_443.open else 'no'} ({self.tcp_443.detail})",
             f"control:   {'yes' if self.control.open else 'no'} ({self.control.detail})",
+            *(f"relay:     {'yes' if r.open else 'no'} ({r.detail})" for r in self.relays or ()),
             f"endpoints: {ends}",
         ]
 
@@ -73,7 +76,9 @@ async def tcp_check(host: IPv4Address, port: int) -> TcpCheck:
         return TcpCheck(target=target, open=False, detail=f"{target}: {why}")
     writer.close()
     ms = (time.monotonic() - start) * 1000
-    return TcpCheck(target=target, open=True, detail=f"{target} connected in {ms:.1f} ms")
+    return TcpCheck(
+        target=target, open=True, detail=f"{target} connected in {ms:.1f} ms", connect_ms=ms
+    )
 
 
 async def netcheck(state: StateDir, listen_port: int, local: Endpoint | None) -> NetcheckReport:
@@ -90,11 +95,19 @@ async def netcheck(state: StateDir, listen_port: int, local: Endpoint | None) ->
             identity.server_url, identity.ca_pem.encode(), node_key=key
         ) as client:
             mac_key = await client.mac_key()
+            try:
+                relays = (await client.relays()).relays
+            except ControlError:  # a server from before the relays list: none to check
+                relays = ()
     except ControlError as exc:
         raise NetcheckFailed(f"the server does not answer, cannot probe: {exc}") from exc
     found = await discover(server, listen_port, local, mac_key, key.public_key())
     control_port = urlsplit(identity.server_url).port or 443
-    tcp_443, control = await asyncio.gather(tcp_check(server, 443), tcp_check(server, control_port))
+    tcp_443, control, *relay_checks = await asyncio.gather(
+        tcp_check(server, 443),
+        tcp_check(server, control_port),
+        *(tcp_check(r.host or server, r.port) for r in relays),
+    )
     return NetcheckReport(
         server=str(server),
         nat=found.nat,
@@ -103,4 +116,5 @@ async def netcheck(state: StateDir, listen_port: int, local: Endpoint | None) ->
         endpoints=found.endpoints(),
         tcp_443=tcp_443,
         control=control,
+        relays=tuple(relay_checks),
     )

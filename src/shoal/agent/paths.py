@@ -11,6 +11,9 @@ Candidates per peer, best first (`candidates`):
      NATs: the hole punch). Behind a symmetric NAT the port differs per destination: no
      endpoint is configured, the peer's handshakes reach us and WireGuard follows them;
   3. its LAN endpoints otherwise, last (a private network the two may share without NAT).
+Either side without UDP (it advertises a "relay" endpoint, the TCP relay it listens on):
+that relay is the only candidate, reached through a loopback endpoint of this agent
+(`shoal.agent.tcprelay`): "relayed via tcp <relay> (UDP blocked at <host>)".
 Both sides symmetric (each NAT gives every destination a new port) or a peer with no usable
 endpoint: no direct candidate. When no direct candidate is left to try, the agent asks the
 server for a relay port (`shoal.control.relay`) and adds it as the last candidate: "relayed via
@@ -24,7 +27,7 @@ authenticated packets come from; that is never undone here while handshakes are 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shoal.model.keys import PublicKey
@@ -52,8 +55,18 @@ def _public(node: Node) -> Endpoint | None:
     return next((e for e in node.endpoints if e.kind in ("public", "symmetric")), None)
 
 
+def _relay(node: Node) -> Endpoint | None:
+    return next((e for e in node.endpoints if e.kind == "relay"), None)
+
+
 def candidates(me: Node, peer: Node) -> tuple[tuple[Candidate, ...], str | None]:
-    """The peer's candidates, best first, and the reason when there are none."""
+    """The peer's candidates, best first, and the reason when there are none (or, with a
+    TCP relay as the only one, why)."""
+    tcp = _relay(peer) or _relay(me)
+    if tcp is not None:
+        blocked = [n.name for n in (me, peer) if _relay(n) is not None]
+        # The peer's own relay first: it listens there (DERP's "home relay").
+        return (Candidate(tcp, "relayed"),), f"UDP blocked at {' and '.join(blocked)}"
     mine, theirs = _public(me), _public(peer)
     lan = [e for e in peer.endpoints if e.kind == "lan"]
     unchecked = [e for e in peer.endpoints if e.kind is None]
@@ -101,10 +114,26 @@ class _State:
 class PathSelector:
     """Per-peer candidate state; `update` once a few seconds (see the module docstring)."""
 
-    def __init__(self, switch_seconds: float = SWITCH_SECONDS) -> None:
+    def __init__(
+        self,
+        switch_seconds: float = SWITCH_SECONDS,
+        tcp_local: Callable[[PublicKey, Endpoint], Endpoint] | None = None,
+    ) -> None:
+        """`tcp_local(peer, relay)`: the loopback endpoint that carries `peer`'s datagrams
+        over the TCP relay `relay` (None: no TCP relay client, such candidates get none)."""
         self.switch_seconds = switch_seconds
+        self._tcp_local = tcp_local
+        self._own: tuple[Endpoint, ...] | None = None
         self._peers: dict[PublicKey, _State] = {}
         self._relays: dict[PublicKey, tuple[Endpoint, float]] = {}  # with when granted
+
+    def set_own(self, endpoints: tuple[Endpoint, ...]) -> bool:
+        """This host's endpoints as its last probe found them; they stand in for what the
+        netmap says about this node (the server does not wake a node for its own change, so
+        its netmap lags). True when they changed (the caller plans again)."""
+        changed = endpoints != self._own
+        self._own = endpoints
+        return changed
 
     def set_relay(self, key: PublicKey, endpoint: Endpoint, now: float) -> None:
         """Add the server's relay port for peer `key` as its last candidate (next update)."""
@@ -117,6 +146,8 @@ class PathSelector:
         st = self._peers.get(key)
         if st is None or not (not st.cands or len(st.tried) >= len(st.cands)):
             return False
+        if any(c.endpoint.kind == "relay" for c in st.cands):
+            return False  # no UDP on one side: a UDP relay cannot help
         granted = self._relays.get(key)
         return granted is None or now - granted[1] >= RELAY_RETRY_SECONDS
 
@@ -132,6 +163,8 @@ class PathSelector:
         (planning a new netmap) peers are only added, reset or dropped, never advanced."""
         changed = False
         seen: set[PublicKey] = set()
+        if self._own is not None:
+            me = me.model_copy(update={"endpoints": self._own})
         for peer in peers:
             seen.add(peer.public_key)
             cands, reason = candidates(me, peer)
@@ -165,7 +198,18 @@ class PathSelector:
         st = self._peers.get(key)
         if st is None or not st.cands or st.cands[st.index].passive:
             return None
-        return str(st.cands[st.index].endpoint)
+        cand = st.cands[st.index]
+        if cand.endpoint.kind == "relay":
+            return None if self._tcp_local is None else str(self._tcp_local(key, cand.endpoint))
+        return str(cand.endpoint)
+
+    def tcp_relayed(self) -> dict[PublicKey, Endpoint]:
+        """The peers whose current candidate is a TCP relay, with that relay."""
+        return {
+            key: st.cands[st.index].endpoint
+            for key, st in self._peers.items()
+            if st.cands and st.cands[st.index].endpoint.kind == "relay"
+        }
 
     def endpoints(self) -> dict[PublicKey, str | None]:
         return {key: self.endpoint(key) for key in self._peers}
@@ -180,7 +224,8 @@ class PathSelector:
         if st.up:
             if cand.why == "relayed":
                 why = st.reason or "no direct handshake"
-                return PeerPath(cand.endpoint, f"relayed via {cand.endpoint} ({why})")
+                via = "tcp " if cand.endpoint.kind == "relay" else ""
+                return PeerPath(cand.endpoint, f"relayed via {via}{cand.endpoint} ({why})")
             return PeerPath(cand.endpoint, cand.why)
         if len(st.tried) >= len(st.cands):
             names = ", ".join(f"{c.why} {c.endpoint}" for c in st.cands)

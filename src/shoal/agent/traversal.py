@@ -4,7 +4,9 @@ each peer on a candidate that completes handshakes.
     every DISCOVER_SECONDS (and at start): probe the server from WireGuard's port
         (`shoal.agent.endpoints`); if the endpoints differ from what the netmap says about
         this node, report them with a (signed, tokenless) registration: the server hands them
-        to every peer in the netmap.
+        to every peer in the netmap. Without UDP (no probe answer) the node also reports the
+        mesh's first TCP relay as a "relay" endpoint: peers then reach it only through that
+        relay (`shoal.agent.tcprelay`), and so does it.
     every TICK_SECONDS: read the handshake times from the data plane and let the
         `PathSelector` advance peers whose candidate gives no handshake; when an endpoint to
         configure changed, the reconciler plans the current netmap again.
@@ -19,24 +21,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
 from shoal.agent.clock import Clock
 from shoal.agent.endpoints import Discovery, discover
 from shoal.agent.paths import PathSelector
+from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
 from shoal.controlclient.errors import ControlError
 from shoal.dataplane import DataPlaneError
 from shoal.dataplane.base import DataPlane
-from shoal.model.api import RelayGrant
+from shoal.model.api import RelayGrant, RelayList, RelayServer
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Endpoint, NetworkMap
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 2.0
-DISCOVER_SECONDS = 30.0
+# The TCP relays are fetched while this host uses them (no UDP, or peers reached through
+# them), at most this often: a relay added or removed on the server is seen this late.
+RELAYS_SECONDS = 30.0
+RELAYS_RETRY_SECONDS = 5.0
+# A NAT that rebinds (new outside port or address) is noticed by the next probe, and peers
+# reach the host again once the report is in their netmap: the interval bounds that outage.
+# Two datagrams per host per interval to the server.
+DISCOVER_SECONDS = 3.0
+
+
+def relay_endpoint(
+    relays: Sequence[RelayServer], server: IPv4Address, failing: Callable[[RelayTarget], bool]
+) -> Endpoint | None:
+    """The "relay" endpoint a node without UDP advertises: the first of the mesh's TCP
+    relays (in the server's order of preference) that is not `failing`; when all are, the
+    first (a relay coming back is used again)."""
+    targets = [
+        relay_target(relays, server, Endpoint(host=r.host or server, port=r.port, kind="relay"))
+        for r in relays
+    ]
+    healthy = [t for t in targets if not failing(t)] or targets
+    if not healthy:
+        return None
+    return Endpoint(host=healthy[0].host, port=healthy[0].port, kind="relay")
+
+
+def relay_target(
+    relays: Sequence[RelayServer], server: IPv4Address | None, ep: Endpoint
+) -> RelayTarget:
+    """The relay at `ep` (a "relay" endpoint), with the key its hello is signed for and the
+    certificate it must show."""
+    for relay in relays:
+        if relay.port == ep.port and (relay.host or server) == ep.host:
+            return RelayTarget(ep.host, ep.port, relay.public_key, relay.cert_sha256)
+    return RelayTarget(host=ep.host, port=ep.port)
 
 
 def server_address(url: str) -> IPv4Address | None:
@@ -63,11 +100,13 @@ class Traversal:
         mac_key: Callable[[], Awaitable[bytes]],
         report: Callable[[tuple[Endpoint, ...]], Awaitable[None]],
         relay: Callable[[str], Awaitable[RelayGrant]],
+        relays: Callable[[], Awaitable[RelayList]],
         netmap: Callable[[], NetworkMap],
         replan: Callable[[], None],
         tunnel: DataPlane,
         clock: Clock,
         paths: PathSelector,
+        tcp_relay: TcpRelayClient,
     ) -> None:
         self._server_url = server_url
         self._listen_port = listen_port
@@ -76,14 +115,24 @@ class Traversal:
         self._mac_key = mac_key
         self._report = report
         self._relay = relay
+        self._fetch_relays = relays
+        self.relays: tuple[RelayServer, ...] = ()  # the TCP relays, as last fetched
+        self._relays_at: float | None = None  # monotonic
         self._netmap = netmap
         self._replan = replan
         self._tunnel = tunnel
         self._clock = clock
         self.paths = paths
+        self.tcp_relay = tcp_relay
         self.last: Discovery | None = None
+        self.server: IPv4Address | None = None  # resolved at each discovery
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.tcp_relay.run(), name="tcp-relay")
+            tasks.create_task(self._loop(), name="nat-discovery")
+
+    async def _loop(self) -> None:
         next_discovery = 0.0
         while True:
             now = self._clock.monotonic()
@@ -97,6 +146,7 @@ class Traversal:
         server = await asyncio.to_thread(server_address, self._server_url)
         if server is None:
             return
+        self.server = server
         try:
             key = await self._mac_key()
         except ControlError as exc:
@@ -112,6 +162,13 @@ class Traversal:
             )
         self.last = found
         endpoints = found.endpoints()
+        if found.nat == "udp-blocked":
+            await self.refresh_relays()
+            relay = relay_endpoint(self.relays, server, self.tcp_relay.failing)
+            if relay is not None:
+                endpoints = (*endpoints, relay)
+        if self.paths.set_own(endpoints):
+            self._replan()
         if not endpoints or set(endpoints) == set(self._netmap().self_node.endpoints):
             return
         try:
@@ -119,8 +176,40 @@ class Traversal:
         except ControlError as exc:
             log.warning("could not report endpoints: %s", exc)
 
+    def tcp_local(self, peer: PublicKey, relay: Endpoint) -> Endpoint:
+        """The loopback endpoint for `peer` through the TCP relay at `relay` (PathSelector's
+        `tcp_local`)."""
+        return self.tcp_relay.local(peer, relay_target(self.relays, self.server, relay))
+
+    async def refresh_relays(self) -> None:
+        """Fetch the TCP relays (at most every RELAYS_SECONDS, or RELAYS_RETRY_SECONDS while
+        one in use fails: the server may announce others now); plan again when they changed
+        (a relay's key or certificate is part of what the loopback endpoints lead to)."""
+        now = self._clock.monotonic()
+        failing = any(self.tcp_relay.failing(t) for t in self.tcp_relay.targets())
+        every = RELAYS_RETRY_SECONDS if failing else RELAYS_SECONDS
+        if self._relays_at is not None and now - self._relays_at < every:
+            return
+        try:
+            relays = (await self._fetch_relays()).relays
+        except ControlError as exc:
+            log.warning("cannot list the TCP relays: %s", exc)
+            return
+        self._relays_at = now
+        if relays != self.relays:
+            log.info(
+                "tcp relays: %s",
+                ", ".join(str(r.host or "server") + f":{r.port}" for r in relays) or "none",
+            )
+            self.relays = relays
+            self._replan()
+
     async def tick(self) -> None:
         netmap = self._netmap()
+        self.tcp_relay.keep(
+            {p.public_key for p in netmap.peers}
+            | {p.next_key for p in netmap.peers if p.next_key is not None}
+        )
         try:
             stats = await self._tunnel.stats()
         except DataPlaneError:
@@ -137,6 +226,9 @@ class Traversal:
             )
             for p in netmap.peers
         }
+        if self.paths.tcp_relayed():
+            await self.refresh_relays()
+        self.tcp_relay.follow_key()
         now = self._clock.now().timestamp()
         changed = self.paths.update(netmap.self_node, netmap.peers, handshakes, now)
         for peer in netmap.peers:

@@ -81,6 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="sources exempt from the per-address connection and rate limits (a NAT in front "
         "of many hosts, a benchmark fleet); server-wide caps and timeouts still apply",
     )
+    p.add_argument(
+        "--relay-port",
+        default="443",
+        metavar="PORT|off",
+        help="TCP port of the relay over TLS for hosts whose UDP is blocked (443; off: none)",
+    )
+    p.add_argument(
+        "--relay-at",
+        action="append",
+        default=[],
+        metavar="HOST:PORT,KEY,SHA256",
+        help="announce a standalone relay (the line `shoal relay` prints); repeatable",
+    )
     log_format_flag(p)
     p.set_defaults(run=_handler("server_cmds", "cmd_server"))
     server_sub = p.add_subparsers(dest="server_cmd", required=False, metavar="[SUBCOMMAND]")
@@ -103,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--from", dest="source", metavar="URL", help="the store to copy")
     migrate.add_argument("--to", dest="target", metavar="URL", required=True)
     migrate.set_defaults(run=_handler("server_cmds", "cmd_server_migrate"))
+
+    p = sub.add_parser(
+        "relay", help="run only a relay over TCP/TLS, on a relay host apart from the server"
+    )
+    p.add_argument("--listen", default="0.0.0.0:443", metavar="ADDR:PORT")
+    p.add_argument("--announce", default=None, metavar="ADDR", help="the address hosts reach it at")
+    p.add_argument("--data-dir", default="/var/lib/shoal-relay", help="its keys and certificate")
+    p.add_argument(
+        "--server",
+        required=True,
+        metavar="URL",
+        help="the control server (an admin token of scope read in SHOAL_ADMIN_TOKEN)",
+    )
+    log_format_flag(p)
+    p.set_defaults(run=_handler("server_cmds", "cmd_relay"))
 
     token = sub.add_parser("token", help="join tokens").add_subparsers(
         dest="token_cmd", required=True

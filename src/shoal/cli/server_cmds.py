@@ -26,6 +26,7 @@ from shoal.cli.render import json_list, table
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, serve
 from shoal.control.ca import EXPIRY_WARNING, rotate_ca
 from shoal.control.config import load_config
+from shoal.control.relayhost import serve_relay
 from shoal.control.tokens import parse_duration
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca
@@ -81,10 +82,33 @@ def cmd_server(args: argparse.Namespace) -> int:
         address_quarantine=_duration("--address-quarantine", args.address_quarantine),
         ephemeral_timeout=_duration("--ephemeral-timeout", args.ephemeral_timeout),
         no_limits_from=args.no_limits_from,
+        relay_port=args.relay_port,
+        relay_at=args.relay_at,
     )
     logs.setup(args.log_format)
     tune_server_process()
     asyncio.run(serve(config))
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    """`shoal relay`: the TCP relay alone (see shoal.control.relayhost)."""
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise UsageError(f"--listen {args.listen!r}: expected ADDR:PORT, e.g. 0.0.0.0:443")
+    announce = args.announce or host
+    if announce in ("", "0.0.0.0"):
+        raise UsageError("--listen on all addresses needs --announce ADDR: where hosts reach it")
+    target = admin_target(args)
+    token = parse_admin_token(target.token)
+    logs.setup(args.log_format)
+
+    async def run() -> None:
+        ca_pem = await fetch_pinned_ca(target.url, token.fingerprint)
+        async with ControlClient(target.url, ca_pem, credential=target.token) as client:
+            await serve_relay(host or "0.0.0.0", int(port), Path(args.data_dir), client, announce)
+
+    asyncio.run(run())
     return 0
 
 

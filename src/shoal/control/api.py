@@ -13,6 +13,8 @@
                                         (node signature; at most every 10 s; dashboard.reports)
     POST   /v1/relay                    RelayRequest → RelayGrant: a relay port to a peer
                                         (node signature; control.relay)
+    GET    /v1/relays                   → RelayList: the TCP relays (node signature;
+                                        control.tcprelay)
     POST   /v1/admin/tokens             TokenCreateRequest → TokenCreated (admin token)
     GET    /v1/admin/tokens             → [TokenInfo]
     DELETE /v1/admin/tokens/{id}        → 204
@@ -102,7 +104,9 @@ from shoal.model.api import (
     PolicyVerdict,
     RegisterRequest,
     RelayGrant,
+    RelayList,
     RelayRequest,
+    RelayServer,
     RotateKeyRequest,
     ServerKey,
     ServiceInfo,
@@ -151,6 +155,7 @@ RATES = web.AppKey("rates", SourceLimits)
 METRICS = web.AppKey("metrics", ServerMetrics)
 RELAY = web.AppKey("relay", Relay)
 SERVICE_CA = web.AppKey("service_ca", ServiceCA)
+RELAYS = web.AppKey("relays", RelayList)
 
 _TOKEN_LIST = TypeAdapter(list[TokenInfo])
 _NODE_LIST = TypeAdapter(list[NodeInfo])
@@ -169,6 +174,7 @@ def build_app(
     connections: Connections | None = None,
     rates: RateLimits | None = None,
     relay: Relay | None = None,
+    relays: tuple[RelayServer, ...] = (),
 ) -> web.Application:
     """The API; `connections` is the guard of the listener serving it (None: no deadlines
     are tracked per connection, as when served by a test client)."""
@@ -187,6 +193,7 @@ def build_app(
     app[CONNECTIONS] = connections or Connections(ConnectionLimits())
     app[RATES] = SourceLimits(rates or RateLimits())
     app[RELAY] = relay or Relay("0.0.0.0")
+    app[RELAYS] = RelayList(relays=relays)
     app.router.add_get("/v1/openapi.json", get_openapi)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_get("/v1/trust", get_trust)
@@ -197,6 +204,7 @@ def build_app(
     app.router.add_post("/v1/leave", leave)
     app.router.add_post("/v1/report", node_report)
     app.router.add_post("/v1/relay", relay_port)
+    app.router.add_get("/v1/relays", list_relays)
     app.router.add_post("/v1/rotate", rotate)
     app.router.add_post("/v1/admin/tokens", create_token)
     app.router.add_get("/v1/admin/tokens", list_tokens)
@@ -494,6 +502,11 @@ async def relay_port(request: web.Request) -> web.Response:
     except OSError as exc:
         raise RelayUnavailable(f"the relay cannot take this pair: {exc}") from exc
     return _json(RelayGrant(peer=req.peer, port=port))
+
+
+async def list_relays(request: web.Request) -> web.Response:
+    await _node_id(request)
+    return _json(request.app[RELAYS])
 
 
 async def leave(request: web.Request) -> web.Response:

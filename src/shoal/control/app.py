@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -44,7 +45,9 @@ from shoal.control.registry import Registry
 from shoal.control.relay import Relay
 from shoal.control.service import ControlService
 from shoal.control.stun import start_responders
+from shoal.control.tcprelay import TcpRelay, bind_relay_socket
 from shoal.control.tokens import new_admin_token, secret_hash
+from shoal.model.api import RelayServer
 from shoal.model.netmap import DEFAULT_MTU, MeshSettings
 from shoal.model.tokens import MalformedToken, parse_admin_token
 from shoal.store import Store, StoreError, is_postgres_url, open_store
@@ -152,6 +155,7 @@ class RunningServer:
     sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
     probes: list[asyncio.DatagramTransport] = field(default_factory=list, repr=False)
     relay: Relay | None = field(default=None, repr=False)
+    tcp_relay: TcpRelay | None = field(default=None, repr=False)
     follower: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def close(self) -> None:
@@ -159,6 +163,8 @@ class RunningServer:
             transport.close()
         if self.relay is not None:
             self.relay.close()
+        if self.tcp_relay is not None:
+            await self.tcp_relay.close()
         for task in (self.sweeper, self.follower):
             if task is not None:
                 task.cancel()
@@ -181,11 +187,17 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
     except OSError as exc:
         raise ServerConfigError(f"cannot create data dir {data_dir}: {exc}") from exc
     store = open_store(config.store_url, data_dir)
+    relay_sock: socket.socket | None = None
     try:
         ca = load_or_create_ca(data_dir, config.listen_host)
         snapshot_nodes = len((await store.load(tombstone_limit=0)).nodes)
         pools = await resolve_pools(store, config, snapshot_nodes)
         admin_hash = await ensure_admin_token(store, data_dir, ca.fingerprint)
+        relay_sock = bind_relay_socket(config.listen_host, config.relay_port)
+        # Its own relay first: the control server is where every node already connects.
+        relays = (
+            () if relay_sock is None else (RelayServer(port=int(relay_sock.getsockname()[1])),)
+        ) + config.extra_relays
         settings = MeshSettings(
             mesh_pool=pools.mesh_pool,
             container_pool=pools.container_pool,
@@ -235,7 +247,13 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             ) from exc
         runner = web.AppRunner(
             build_app(
-                service, ca, verifier, connections=connections, rates=config.rates, relay=relay
+                service,
+                ca,
+                verifier,
+                connections=connections,
+                rates=config.rates,
+                relay=relay,
+                relays=relays,
             ),
             access_log=None,
             shutdown_timeout=SHUTDOWN_GRACE,
@@ -253,11 +271,17 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
             await runner.cleanup()
             raise
     except BaseException:
+        if relay_sock is not None:
+            relay_sock.close()
         await store.close()
         raise
     probes = await start_responders(
         config.listen_host, auth_key, lambda key: registry.by_public_key(key) is not None
     )
+    tcp_relay = None
+    if relay_sock is not None:
+        tcp_relay = TcpRelay(verifier, lambda key: registry.by_public_key(key) is not None)
+        await tcp_relay.serve(relay_sock, ca.server_ssl_context())
     port = _bound_port(runner, config.listen_port)
     url = local_url(config.listen_host, port)
     admin_text = (data_dir / ADMIN_TOKEN_FILE).read_text().strip()
@@ -288,6 +312,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         sweeper=asyncio.create_task(_sweep_forever(service), name="shoal-control-sweeper"),
         probes=probes,
         relay=relay,
+        tcp_relay=tcp_relay,
         follower=asyncio.create_task(_follow_forever(registry), name="shoal-control-follower"),
     )
 

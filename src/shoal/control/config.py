@@ -4,6 +4,7 @@ that part needs the store and is resolved at start in `shoal.control.app`)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -15,6 +16,7 @@ from shoal.control.listener import ConnectionLimits
 from shoal.control.liveness import DEFAULT_HEARTBEAT_TIMEOUT
 from shoal.control.registry import DEFAULT_QUARANTINE
 from shoal.control.service import DEFAULT_EPHEMERAL_TIMEOUT, DEFAULT_ROTATION_LEAD
+from shoal.model.api import RelayServer
 
 # WireGuard over IPv6 costs 80 bytes per packet: the smallest IPv6 MTU is 1280, the largest
 # IPv4 packet 65535.
@@ -42,6 +44,10 @@ class ServerConfig:
     rates: RateLimits = field(default_factory=RateLimits)
     # How long before a key rotation's switch the server announces it to every peer.
     rotation_lead: timedelta = DEFAULT_ROTATION_LEAD
+    # The TCP relay's port on listen_host (control.tcprelay); None: no TCP relay, 0: any port.
+    relay_port: int | None = None
+    # Standalone relays (`shoal relay`) announced to agents after the server's own.
+    extra_relays: tuple[RelayServer, ...] = ()
 
 
 def load_config(
@@ -57,6 +63,8 @@ def load_config(
     address_quarantine: timedelta | None = None,
     ephemeral_timeout: timedelta | None = None,
     no_limits_from: str | None = None,
+    relay_port: str | None = None,
+    relay_at: Sequence[str] = (),
 ) -> ServerConfig:
     """Flags (None = not given) → a validated `ServerConfig`; `ServerConfigError` says why not."""
     host, sep, port_text = listen.rpartition(":")
@@ -87,7 +95,15 @@ def load_config(
                 exempt.append(ip_network(text.strip(), strict=True))
             except ValueError as exc:
                 raise ServerConfigError(f"--no-limits-from {text.strip()!r}: {exc}") from exc
+    if (
+        relay_port is not None
+        and relay_port != "off"
+        and not (relay_port.isdigit() and 0 <= int(relay_port) <= 65535)
+    ):
+        raise ServerConfigError(f"--relay-port {relay_port!r}: expected a port or 'off'")
     return ServerConfig(
+        relay_port=None if relay_port in (None, "off") else int(relay_port),
+        extra_relays=tuple(parse_relay_spec(text) for text in relay_at),
         connections=ConnectionLimits(exempt=tuple(exempt)),
         mtu=mtu,
         listen_host=host or "0.0.0.0",
@@ -105,3 +121,26 @@ def load_config(
         if ephemeral_timeout is None
         else ephemeral_timeout,
     )
+
+
+def parse_relay_spec(text: str) -> RelayServer:
+    """`HOST:PORT,KEY,SHA256` (what `shoal relay` prints) → RelayServer; ServerConfigError
+    naming the bad part otherwise."""
+    parts = text.strip().split(",")
+    if len(parts) != 3:
+        raise ServerConfigError(f"--relay-at {text!r}: expected HOST:PORT,KEY,SHA256")
+    address, key, fingerprint = parts
+    host, _, port = address.rpartition(":")
+    try:
+        return RelayServer.model_validate(
+            {
+                "host": host,
+                "port": int(port),
+                "public_key": key,
+                "cert_sha256": fingerprint.lower(),
+            }
+        )
+    except ValueError as exc:
+        raise ServerConfigError(
+            f"--relay-at {text!r}: expected IPv4:PORT,KEY,SHA256 as `shoal relay` prints it"
+        ) from exc

@@ -32,6 +32,7 @@ from shoal.model.api import (
     RegisterRequest,
     RegisterResponse,
     RelayGrant,
+    RelayList,
     RelayRequest,
     RotateKeyReply,
     RotateKeyRequest,
@@ -85,6 +86,7 @@ ROUTES: tuple[Route, ...] = (
         RelayRequest,
         RelayGrant,
     ),
+    Route("GET", "/v1/relays", "The TCP relays, in order of preference", "node", reply=RelayList),
     Route(
         "GET",
         "/v1/netmap",

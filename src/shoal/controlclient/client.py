@@ -48,6 +48,7 @@ from shoal.model.api import (
     RegisterRequest,
     RegisterResponse,
     RelayGrant,
+    RelayList,
     RelayRequest,
     RotateKeyReply,
     RotateKeyRequest,
@@ -165,6 +166,10 @@ class ControlClient:
     async def relay(self, peer_id: str) -> RelayGrant:
         """A port on the server relaying this node's WireGuard traffic to `peer_id`."""
         return await self._call("POST", "/v1/relay", RelayGrant, body=RelayRequest(peer=peer_id))
+
+    async def relays(self) -> RelayList:
+        """The mesh's TCP relays, in order of preference."""
+        return await self._call("GET", "/v1/relays", RelayList)
 
     async def leave(self) -> None:
         """Remove this node from the mesh."""

@@ -525,8 +525,9 @@ class Lab:
 
     # -- the server -------------------------------------------------------------------------
 
-    def start_server(self, timeout: float = 30) -> str:
+    def start_server(self, timeout: float = 30, args: Sequence[str] = ()) -> str:
         """Run `shoal server` on the server host (detached); wait until it listens; its URL.
+        `args`: more flags for it.
 
         A server already running is left as is."""
         if self.server_running() and self._state.server_url:
@@ -540,6 +541,7 @@ class Lab:
             f"{SERVER_IP}:{SERVER_PORT}",
             "--data-dir",
             str(self.server_data_dir),
+            *args,
         ]
         proc = self._start_in_netns(self.server_netns, argv, self.server_log)
         self._state.server_pid = proc.pid

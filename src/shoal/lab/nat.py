@@ -22,6 +22,9 @@ How each kind is built (nftables, table `ip shoal_lab_nat` in the router):
 - udp-blocked: only TCP out to ports 80, 443 and the lab server's control port 8443 (the lab
   serves its API there; a real deployment would use 443); no UDP at all, nothing in.
 
+`reconfigure` changes a running router (its kind, or a rebinding: new outside ports, the old
+mappings forgotten); `tests/e2e/test_nat.py` uses it for upgrades and rebinding.
+
 `tests/lab/test_nat.py` checks each kind from the outside: a UDP reflector on the underlay
 reports the source address and port it sees for two destinations, and a third party tries to
 come in through the mapping.
@@ -98,8 +101,11 @@ def host_lan_address(router_index: int, host_index: int) -> IPv4Interface:
     return IPv4Interface(f"{lan_prefix(router_index)}.{host_index}/24")
 
 
-def ruleset(kind: NatKind) -> str:
-    """The router's nftables table for `kind` (see the module docstring); pure."""
+def ruleset(kind: NatKind, moved: Mapping[int, int] | None = None) -> str:
+    """The router's nftables table for `kind` (see the module docstring); pure.
+
+    `moved` maps inside UDP ports to the outside port they get instead of their own (a NAT
+    that rebound: one outside port for every destination still, so an easy NAT stays easy)."""
     ports = ", ".join(str(p) for p in TCP_OUT_PORTS)
     if kind == "udp-blocked":
         forward_out = f'iifname "{LAN}" oifname "{WAN}" tcp dport {{ {ports} }} accept'
@@ -120,6 +126,10 @@ def ruleset(kind: NatKind) -> str:
         "  }",
         "  chain postrouting {",
         "    type nat hook postrouting priority srcnat; policy accept;",
+        *(
+            f'    oifname "{WAN}" udp sport {inside} masquerade to :{outside}'
+            for inside, outside in sorted((moved or {}).items())
+        ),
         f'    oifname "{WAN}" {masquerade}',
         "  }",
     ]
@@ -170,6 +180,27 @@ def build_router(
     enter = ["nsenter", f"--net={netns_dir}/{router_ns}"]
     run([*enter, "sh", "-c", script])
     run([*enter, "nft", "-f", "-"], input=ruleset(kind))
+
+
+def reconfigure(
+    run: Runner,
+    netns_dir: str,
+    router_ns: str,
+    kind: NatKind,
+    moved: Mapping[int, int] | None = None,
+    *,
+    forget: bool = True,
+) -> None:
+    """Change a running router to `kind` (and `moved` ports, see `ruleset`) in one nft
+    transaction. With `forget`, it also drops every mapping it holds (conntrack and the
+    learned cone map), as a router that reboots or times its mappings out: hosts behind it
+    get new outside ports (a NAT rebinding) and what came in through the old ones stops.
+    Without, flows already open keep going (a firewall that starts to let UDP out); the cone
+    map still starts empty."""
+    enter = ["nsenter", f"--net={netns_dir}/{router_ns}"]
+    run([*enter, "nft", "-f", "-"], input=f"delete table ip {TABLE}\n" + ruleset(kind, moved))
+    if forget:
+        run([*enter, "conntrack", "-F"])
 
 
 def router_index_of(

@@ -75,6 +75,29 @@ class RelayRequest(Frozen):
     peer: str = Field(min_length=1, max_length=64)
 
 
+class RelayServer(Frozen):
+    """A relay over TCP/TLS (`shoal.control.tcprelay`) that nodes without UDP go through.
+
+    `host` None: the control server's own address, as each node reaches it. `public_key` is
+    what node signatures to this relay are keyed with (the server's node-auth key for the
+    server's own relay, a standalone relay's key otherwise); None: the server's."""
+
+    host: IPv4Address | None = None
+    port: int = Field(ge=1, le=65535)
+    public_key: PublicKey | None = None
+    # sha256 (hex) of a standalone relay's self-signed certificate, which agents pin; None:
+    # the server's own relay, whose certificate the mesh's CA signed.
+    cert_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class RelayList(Frozen):
+    """`GET /v1/relays`: the mesh's TCP relays, in order of preference. Asked for apart from
+    the netmap: a server restarted with other relays changes no node, so no map update would
+    carry them."""
+
+    relays: tuple[RelayServer, ...] = ()
+
+
 class RelayGrant(Frozen):
     """Send to the server's address at `port` as `peer`'s WireGuard endpoint."""
 

@@ -42,7 +42,7 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-EndpointKind = Literal["lan", "public", "symmetric"]
+EndpointKind = Literal["lan", "public", "symmetric", "relay"]
 
 
 class Endpoint(Frozen):
@@ -51,8 +51,9 @@ class Endpoint(Frozen):
     `kind` says how the node knows it (see `shoal.agent.endpoints`): "lan" an address of its
     own behind a NAT, "public" what the server saw its WireGuard port as (its own address when
     it has no NAT; its NAT's mapping, the same for every destination, otherwise), "symmetric"
-    the NAT's address with the port one destination saw (others see other ports). None: an
-    advertised address the node could not check (older agents, no probe answer yet)."""
+    the NAT's address with the port one destination saw (others see other ports), "relay" the
+    TCP relay the node (whose UDP is blocked) is reachable through (`shoal.control.tcprelay`).
+    None: an advertised address the node could not check (older agents, no probe answer yet)."""
 
     host: IPv4Address
     port: int = Field(ge=1, le=65535)

@@ -1,0 +1,226 @@
+"""The relay over TCP/TLS (port 443 by default): carries WireGuard datagrams for nodes whose
+UDP is blocked (wire format in `shoal.model.relaywire`), DERP-style.
+
+Each node opens one TLS stream and proves its key with a node signature keyed by
+X25519(node key, this relay's key) (`shoal.model.nodeauth`); only keys `is_node` accepts get
+a session. A PACKET frame names its destination by public key: the relay passes the datagram,
+still WireGuard's ciphertext, to that node's stream with the sender's key instead, or drops
+it when that node has no stream (WireGuard retries, as over a lossy path). A node opening a
+second stream replaces its first (a reconnect after a NAT or address change).
+
+Cost per datagram: one frame parsed out of a batch read and one queued; frames for one
+destination are written once per event loop turn (one TLS record batch, not one per
+datagram). A destination whose stream backs up beyond MAX_QUEUED bytes loses datagrams
+instead of growing the relay's memory: the same as a full queue on a UDP path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+from shoal.control.errors import SignatureInvalid
+from shoal.control.nodeauth import NodeVerifier
+from shoal.model.keys import PublicKey
+from shoal.model.relaywire import (
+    ERROR,
+    HELLO,
+    HELLO_METHOD,
+    HELLO_TARGET,
+    KEY_BYTES,
+    OK,
+    PACKET,
+    BadFrame,
+    FrameReader,
+    frame,
+)
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0  # seconds a new stream has to prove its key
+MAX_QUEUED = 1 << 20  # bytes waiting for one destination before its datagrams are dropped
+MAX_STREAMS = 10_000
+
+
+@dataclass
+class RelayCounters:
+    forwarded: int = 0  # datagrams
+    forwarded_bytes: int = 0
+    dropped_no_peer: int = 0
+    dropped_backlog: int = 0
+    refused: int = 0  # streams that did not prove a node key
+
+
+class _Stream(asyncio.Protocol):
+    """One node's TLS stream."""
+
+    def __init__(self, relay: TcpRelay) -> None:
+        self.relay = relay
+        self.key: bytes | None = None  # the node's raw public key once proven
+        self.transport: asyncio.Transport | None = None
+        self.reader = FrameReader()
+        self.out: list[bytes] = []
+        self.hello_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Datagrams are small and latency-bound: never wait to coalesce them.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        loop = asyncio.get_running_loop()
+        self.hello_timer = loop.call_later(HELLO_TIMEOUT, self.refuse, "no hello in time")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for kind, body in self.reader.feed(data):
+                if self.key is not None and kind == PACKET and len(body) > KEY_BYTES:
+                    self.relay.forward(self.key, body)
+                elif self.key is None and kind == HELLO:
+                    self.hello(body)
+                else:
+                    raise BadFrame(f"unexpected relay frame type {kind}")
+        except BadFrame as exc:
+            self.refuse(str(exc))
+
+    def hello(self, body: bytes) -> None:
+        try:
+            key = self.relay.authenticate(body.decode("ascii", "replace"))
+        except SignatureInvalid as exc:
+            self.refuse(str(exc))
+            return
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        self.key = key.raw
+        self.relay.attach(self)
+        self.send(frame(OK, b""))
+
+    def refuse(self, why: str) -> None:
+        if self.key is None:
+            self.relay.counters.refused += 1
+        log.info("tcp relay: stream refused: %s", why)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame(ERROR, why.encode()[:512]))
+            self.transport.close()
+
+    def send(self, data: bytes) -> None:
+        """Queue `data`; everything queued in one loop turn is written at once."""
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.out.append(data)
+
+    def backlog(self) -> int:
+        if self.transport is None:
+            return 0
+        return self.transport.get_write_buffer_size() + sum(map(len, self.out))
+
+    def flush(self) -> None:
+        out, self.out = self.out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+        self.relay.detach(self)
+
+
+def bind_relay_socket(host: str, port: int | None) -> socket.socket | None:
+    """A listening TCP socket for the relay on `host`:`port` (0: any port); None without a
+    port, or when it cannot be bound (in use, or 443 for a user without the right): logged,
+    and the mesh then has no TCP relay (hosts without UDP have no path)."""
+    if port is None:
+        return None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError as exc:
+        sock.close()
+        log.warning(
+            "tcp relay: cannot listen on %s:%d (%s); hosts whose UDP is blocked will have no "
+            "path (use --relay-port to pick another port)",
+            host,
+            port,
+            exc.strerror,
+        )
+        return None
+    sock.setblocking(False)
+    return sock
+
+
+class TcpRelay:
+    """The streams of one relay; `serve` listens, `forward` moves one datagram."""
+
+    def __init__(self, verifier: NodeVerifier, is_node: Callable[[PublicKey], bool]) -> None:
+        self._verifier = verifier
+        self._is_node = is_node
+        self._streams: dict[bytes, _Stream] = {}
+        self._server: asyncio.Server | None = None
+        self.counters = RelayCounters()
+
+    async def serve(self, sock: socket.socket, ssl_context: ssl.SSLContext) -> None:
+        """Accept TLS streams on `sock` (from `bind_relay_socket`)."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Stream(self), sock=sock, ssl=ssl_context)
+        log.info("tcp relay listening on %s:%d", *sock.getsockname()[:2])
+
+    def authenticate(self, header: str) -> PublicKey:
+        """The node key `header` (a HELLO body) proves; SignatureInvalid otherwise."""
+        key = self._verifier.verify(header, HELLO_METHOD, HELLO_TARGET, b"")
+        if not self._is_node(key):
+            raise SignatureInvalid("this key is no node of the mesh (removed, or never joined)")
+        if len(self._streams) >= MAX_STREAMS:
+            raise SignatureInvalid("relay full")
+        return key
+
+    def attach(self, stream: _Stream) -> None:
+        assert stream.key is not None
+        old = self._streams.get(stream.key)
+        self._streams[stream.key] = stream
+        if old is not None and old.transport is not None:
+            old.key = None  # its connection_lost must not detach the new stream
+            old.transport.close()
+        log.info("tcp relay: %s connected (%d streams)", _name(stream.key), len(self._streams))
+
+    def detach(self, stream: _Stream) -> None:
+        if stream.key is not None and self._streams.get(stream.key) is stream:
+            del self._streams[stream.key]
+            log.info("tcp relay: %s gone", _name(stream.key))
+
+    def forward(self, source: bytes, body: bytes) -> None:
+        """Pass `body` (destination key + datagram) on as (source key + datagram)."""
+        dest = self._streams.get(body[:KEY_BYTES])
+        if dest is None:
+            self.counters.dropped_no_peer += 1
+            return
+        if dest.backlog() > MAX_QUEUED:
+            self.counters.dropped_backlog += 1
+            return
+        size = len(body) - KEY_BYTES
+        dest.send(frame(PACKET, source + body[KEY_BYTES:]))
+        self.counters.forwarded += 1
+        self.counters.forwarded_bytes += size
+
+    def connected(self) -> tuple[PublicKey, ...]:
+        return tuple(PublicKey(k) for k in sorted(self._streams))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for stream in list(self._streams.values()):
+            if stream.transport is not None:
+                stream.transport.close()
+        self._streams.clear()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def _name(raw: bytes) -> str:
+    return PublicKey(raw).short()

@@ -1,0 +1,21 @@
+"""The NAT section's figures render as the report shows them (the measuring needs a lab: it
+runs in `make bench`)."""
+
+from __future__ import annotations
+
+from benchmarks.nat import NatResult, PathFigure, Throughput, render
+
+
+def test_ratios_and_paths_render_with_their_targets() -> None:
+    result = NatResult(
+        paths=(PathFigure(pair="easy -> public (direct)", seconds=1.4),
+               PathFigure(pair="udp-blocked -> public (TCP relay)", seconds=None)),
+        throughput=(Throughput(path="direct", gbps=(0.2, 0.3, 0.25), cpu_s_per_gbit=(10.0,)),
+                    Throughput(path="tcp relay", gbps=(0.1,), cpu_s_per_gbit=(20.0,), rtt_ms=2)),
+        ratios={"tcp relay": 0.4},
+    )  # fmt: skip
+    lines = render(result)
+    assert "  easy -> public (direct)                 1.4 s" in lines
+    assert lines[2].endswith("none")
+    assert any(line.startswith("  direct       0.250 Gbit/s") for line in lines)
+    assert lines[-1] == "  tcp relay / direct: 0.40x (target >= 0.5x)"
