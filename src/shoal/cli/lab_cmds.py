@@ -63,6 +63,13 @@ def cmd_lab_exec(args: argparse.Namespace) -> int:
         return 130
 
 
+def cmd_lab_images(args: argparse.Namespace) -> int:
+    """Build (once per recipe, cached) and load the examples' images on every lab host."""
+    for tag in Lab.load(args.name).load_images():
+        print(tag)
+    return 0
+
+
 def cmd_lab_status(args: argparse.Namespace) -> int:
     lab = Lab.load(args.name)
     if args.json:

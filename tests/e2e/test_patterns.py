@@ -1,0 +1,186 @@
+"""The README's patterns deployed on the lab with the commands their READMEs give, on real
+software (Redis, PostgreSQL and an app built from Debian's packages, Debian's docker-compose):
+the api reads and writes its cache on another host by name; a database published on its
+host's mesh address only is used from another host and is closed to the underlay; the catalog
+that tools read, and its watch mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.lab import IMAGE, Lab, LabHost
+from tests.e2e.runbook import shoal, up, wait_until
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+# Prints "open" or "closed: <reason>" for a TCP connect to argv[1]:argv[2].
+_TCP_PROBE = textwrap.dedent(
+    """
+    import socket, sys
+    try:
+        socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()
+        print("open")
+    except OSError as exc:
+        print("closed:", exc)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def hosts(lab: Lab, join_token: str) -> tuple[LabHost, LabHost, LabHost]:
+    h1, h2, h3 = lab.hosts[:3]
+    for host in (h1, h2, h3):
+        up(lab, host, join_token)  # "already running" when another module joined it
+    lab.load_images()
+    return h1, h2, h3
+
+
+def readme(host: LabHost, example: str, command: str) -> str:
+    """Run a command as an example's README gives it, from the example's directory."""
+    script = f"cd {EXAMPLES / example} && {command}"
+    return host.exec(["sh", "-c", script], timeout=180).stdout
+
+
+@pytest.fixture
+def compose_down(hosts: tuple[LabHost, ...]) -> Iterator[list[tuple[LabHost, str, str]]]:
+    """(host, example, project) to take down after the test, whatever happened."""
+    deployed: list[tuple[LabHost, str, str]] = []
+    yield deployed
+    for host, example, project in deployed:
+        readme(host, example, f"docker-compose -p {project} down -v --timeout 1")
+
+
+def http_json(host: LabHost, url: str) -> dict[str, Any] | None:
+    """GET `url` from the host itself; the JSON body on a 200, else None."""
+    out = host.exec(["curl", "-sf", "--max-time", "10", url], check=False, timeout=30)
+    if out.returncode != 0:
+        return None
+    body: dict[str, Any] = json.loads(out.stdout)
+    return body
+
+
+def tcp(host: LabHost, ip: str, port: int) -> str:
+    return host.exec(
+        ["python3", "-c", _TCP_PROBE, ip, str(port)], check=False, timeout=30
+    ).stdout.strip()
+
+
+def test_api_reaches_its_cache_on_another_host_by_name(
+    hosts: tuple[LabHost, ...], compose_down: list[tuple[LabHost, str, str]]
+) -> None:
+    h1, h2, _ = hosts
+    compose_down += [(h1, "api-cache", "shop"), (h2, "api-cache", "shop")]
+    readme(h2, "api-cache", "docker-compose -p shop up -d cache")
+    readme(h1, "api-cache", "docker-compose -p shop up -d api")
+    visits: list[dict[str, Any]] = []
+    wait_until(
+        "api on h1 answers /visit from its cache on h2",
+        lambda: (
+            (body := http_json(h1, "http://127.0.0.1:8000/visit")) is not None
+            and not visits.append(body)
+        ),
+        60,
+    )
+    second = http_json(h1, "http://127.0.0.1:8000/visit")
+    assert second is not None and second["visits"] == visits[0]["visits"] + 1
+    assert second["redis"] == "cache:6379"
+    # Written where the cache runs, on the other host.
+    stored = h2.docker("exec", "shop_cache_1", "redis-cli", "get", "visits").stdout.strip()
+    assert stored == str(second["visits"])
+    catalog = json.loads(shoal(h1, "services", "--json", "--state-dir", str(h1.state_dir)).stdout)
+    cache = next(s for s in catalog if s["name"] == "cache.shop")
+    assert [(i["node"], i["ports"]) for i in cache["instances"]] == [
+        ("h2", [{"port": 6379, "protocol": "tcp"}])
+    ]
+    assert cache["dns"] == "cache.shop.shoal"
+
+
+def test_database_is_reachable_over_the_mesh_only(
+    hosts: tuple[LabHost, ...], compose_down: list[tuple[LabHost, str, str]]
+) -> None:
+    h1, h2, _ = hosts
+    env = json.loads(shoal(h2, "env", "--json", "--state-dir", str(h2.state_dir)).stdout)
+    mesh_ip = env["SHOAL_MESH_IP"]
+    assert env["SHOAL_NODE"] == "h2"
+    compose_down += [(h1, "database-host", "data"), (h2, "database-host", "data")]
+    readme(
+        h2,
+        "database-host",
+        f"env $(shoal env --state-dir {h2.state_dir}) docker-compose -p data up -d db",
+    )
+    readme(h1, "database-host", "DB_HOST=h2 docker-compose -p data up -d app")
+    answers: list[dict[str, Any]] = []
+    wait_until(
+        "the app on h1 queries postgres://h2.shoal/app",
+        lambda: (
+            (body := http_json(h1, "http://127.0.0.1:8001/db")) is not None
+            and not answers.append(body)
+        ),
+        90,
+    )
+    assert answers[0]["database"] == "app" and answers[0]["rows"] >= 1
+    # Published on the mesh address and nowhere else.
+    assert h2.docker("port", "data_db_1").stdout.split() == ["5432/tcp", "->", f"{mesh_ip}:5432"]
+    assert tcp(h1, mesh_ip, 5432) == "open"
+    assert tcp(h1, str(h2.underlay_ip), 5432).startswith("closed")
+    assert tcp(h2, str(h2.underlay_ip), 5432).startswith("closed")
+
+
+def test_the_catalog_socket_serves_tools_and_watch_streams_changes(
+    hosts: tuple[LabHost, ...],
+) -> None:
+    h1, _, h3 = hosts
+    socket = h3.state_dir / "catalog.sock"
+    assert socket.stat().st_mode & 0o777 == 0o666
+    out = h3.exec(["curl", "-sf", "--unix-socket", str(socket), "http://agent/v1/catalog"])
+    index = json.loads(out.stdout)["index"]
+    log = h3.dir / "services-watch.log"
+    log.unlink(missing_ok=True)
+    watch = h3.popen(
+        ["shoal", "services", "--watch", "--json", "--state-dir", str(h3.state_dir)], log=log
+    )
+    try:
+        wait_until("the first catalog", lambda: log.exists() and log.read_text().count("\n") >= 1)
+        h1.run_container("watched", network="shoal", image=IMAGE, options=("--expose", "7000"))
+
+        def seen() -> bool:
+            for line in log.read_text().splitlines():
+                catalog = json.loads(line)
+                if any(s["name"] == "watched" for s in catalog["services"]):
+                    assert catalog["index"] > index
+                    return True
+            return False
+
+        wait_until("the watch prints the new container", seen, 15)
+        one = h3.exec(
+            ["curl", "-sf", "--unix-socket", str(socket), "http://agent/v1/catalog/watched"]
+        )
+        (entry,) = json.loads(one.stdout)
+        (instance,) = entry["instances"]
+        assert instance["node"] == "h1" and instance["dns"] == "watched.h1.shoal"
+        assert instance["ports"] == [{"port": 7000, "protocol": "tcp"}]
+        assert (
+            instance["node_ip"]
+            == json.loads(shoal(h1, "env", "--json", "--state-dir", str(h1.state_dir)).stdout)[
+                "SHOAL_MESH_IP"
+            ]
+        )
+        missing = h3.exec(
+            ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--unix-socket",
+             str(socket), "http://agent/v1/catalog/nothing-here"],
+        )  # fmt: skip
+        assert missing.stdout == "404"
+    finally:
+        os.killpg(watch.pid, signal.SIGTERM)
+        watch.wait(10)
+        h1.docker("rm", "-f", "watched", check=False)
