@@ -53,11 +53,11 @@ def readme(host: LabHost, example: str, command: str) -> str:
 
 @pytest.fixture
 def compose_down(hosts: tuple[LabHost, ...]) -> Iterator[list[tuple[LabHost, str, str]]]:
-    """(host, example, project) to take down after the test, whatever happened."""
+    """(host, example, compose command) to take down after the test, whatever happened."""
     deployed: list[tuple[LabHost, str, str]] = []
     yield deployed
-    for host, example, project in deployed:
-        readme(host, example, f"docker-compose -p {project} down -v --timeout 1")
+    for host, example, compose in deployed:
+        readme(host, example, f"{compose} down -v --timeout 1")
 
 
 def http_json(host: LabHost, url: str) -> dict[str, Any] | None:
@@ -79,7 +79,7 @@ def test_api_reaches_its_cache_on_another_host_by_name(
     hosts: tuple[LabHost, ...], compose_down: list[tuple[LabHost, str, str]]
 ) -> None:
     h1, h2, _ = hosts
-    compose_down += [(h1, "api-cache", "shop"), (h2, "api-cache", "shop")]
+    compose_down += [(h, "api-cache", "docker-compose -p shop") for h in (h1, h2)]
     readme(h2, "api-cache", "docker-compose -p shop up -d cache")
     readme(h1, "api-cache", "docker-compose -p shop up -d api")
     visits: list[dict[str, Any]] = []
@@ -112,13 +112,11 @@ def test_database_is_reachable_over_the_mesh_only(
     env = json.loads(shoal(h2, "env", "--json", "--state-dir", str(h2.state_dir)).stdout)
     mesh_ip = env["SHOAL_MESH_IP"]
     assert env["SHOAL_NODE"] == "h2"
-    compose_down += [(h1, "database-host", "data"), (h2, "database-host", "data")]
-    readme(
-        h2,
-        "database-host",
-        f"env $(shoal env --state-dir {h2.state_dir}) docker-compose -p data up -d db",
-    )
-    readme(h1, "database-host", "DB_HOST=h2 docker-compose -p data up -d app")
+    db_compose = f"env $(shoal env --state-dir {h2.state_dir}) docker-compose -f db.yaml"
+    compose_down += [(h1, "database-host", "docker-compose -f app.yaml")]
+    compose_down += [(h2, "database-host", db_compose)]
+    readme(h2, "database-host", f"{db_compose} up -d")
+    readme(h1, "database-host", "DB_HOST=h2 docker-compose -f app.yaml up -d")
     answers: list[dict[str, Any]] = []
     wait_until(
         "the app on h1 queries postgres://h2.shoal/app",
@@ -130,7 +128,8 @@ def test_database_is_reachable_over_the_mesh_only(
     )
     assert answers[0]["database"] == "app" and answers[0]["rows"] >= 1
     # Published on the mesh address and nowhere else.
-    assert h2.docker("port", "data_db_1").stdout.split() == ["5432/tcp", "->", f"{mesh_ip}:5432"]
+    db = h2.docker("ps", "-q", "--filter", "label=com.docker.compose.service=db").stdout.strip()
+    assert h2.docker("port", db).stdout.split() == ["5432/tcp", "->", f"{mesh_ip}:5432"]
     assert tcp(h1, mesh_ip, 5432) == "open"
     assert tcp(h1, str(h2.underlay_ip), 5432).startswith("closed")
     assert tcp(h2, str(h2.underlay_ip), 5432).startswith("closed")
