@@ -183,3 +183,72 @@ def test_the_catalog_socket_serves_tools_and_watch_streams_changes(
         os.killpg(watch.pid, signal.SIGTERM)
         watch.wait(10)
         h1.docker("rm", "-f", "watched", check=False)
+
+
+def rc_containers(host: LabHost) -> list[str]:
+    out = host.docker("ps", "-q", "--filter", "label=com.docker.compose.project=rc").stdout
+    return sorted(out.split())
+
+
+def cluster(host: LabHost, *args: str) -> str:
+    """redis-cli in one of the host's cluster nodes ('' when it does not answer)."""
+    out = host.docker("exec", rc_containers(host)[0], "redis-cli", "-c", *args, check=False)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def test_a_redis_cluster_across_hosts_survives_the_loss_of_a_host(
+    hosts: tuple[LabHost, ...], compose_down: list[tuple[LabHost, str, str]]
+) -> None:
+    h1, h2, h3 = hosts
+    compose_down += [(h, "redis-cluster", "docker-compose -p rc") for h in hosts]
+    for host in hosts:
+        readme(host, "redis-cluster", "docker-compose -p rc up -d --scale node=2")
+
+    def catalogued() -> int:
+        out = shoal(h1, "services", "--json", "--state-dir", str(h1.state_dir)).stdout
+        return sum(len(s["instances"]) for s in json.loads(out) if s["name"] == "node.rc")
+
+    wait_until("6 cluster nodes in h1's catalog", lambda: catalogued() == 6, 30)
+    readme(h1, "redis-cluster", f"SHOAL_STATE_DIR={h1.state_dir} ./create-cluster.sh")
+    for host in hosts:
+        wait_until(
+            f"cluster_state:ok on {host.name}",
+            lambda host=host: "cluster_state:ok" in cluster(host, "cluster", "info"),
+            60,
+        )
+    # Every replica sits on another host than its master (the address a node announces is
+    # its container IP, routed across the mesh: host = the subnet's third octet here).
+    rows = [line.split() for line in cluster(h1, "cluster", "nodes").splitlines()]
+    ip_of = {r[0]: r[1].split(":")[0] for r in rows}
+    replicas = [r for r in rows if "slave" in r[2]]
+    assert len(replicas) == 3
+    for r in replicas:
+        assert ip_of[r[3]].rsplit(".", 1)[0] != ip_of[r[0]].rsplit(".", 1)[0], r
+    for i in range(20):
+        assert cluster(h1, "set", f"key{i}", f"v{i}").strip() == "OK"
+    # A replica fails over only once it has synced (replica validity): the operator waits.
+    for ip in (ip_of[r[0]] for r in replicas):
+        wait_until(
+            f"replica {ip} in sync",
+            lambda ip=ip: "master_link_status:up" in cluster(h1, "-h", ip, "info", "replication"),
+            60,
+        )
+    assert cluster(h2, "get", "key7").strip() == "v7"
+
+    h3.docker("kill", *rc_containers(h3))  # the host is lost, abruptly
+
+    def recovered(host: LabHost) -> bool:
+        """h3's two nodes marked failed, three masters serving slots again, state ok."""
+        rows = [line.split() for line in cluster(host, "cluster", "nodes").splitlines()]
+        failed = [r for r in rows if "fail" in r[2].split(",")]
+        serving = [r for r in rows if "master" in r[2] and "fail" not in r[2] and len(r) > 8]
+        ok = "cluster_state:ok" in cluster(host, "cluster", "info")
+        return len(failed) == 2 and len(serving) == 3 and ok
+
+    for host in (h1, h2):
+        wait_until(
+            f"{host.name} sees h3's master replaced by its replica", lambda h=host: recovered(h), 60
+        )
+    assert [cluster(h2, "get", f"key{i}").strip() for i in range(20)] == [
+        f"v{i}" for i in range(20)
+    ]
