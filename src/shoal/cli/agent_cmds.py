@@ -28,7 +28,7 @@ from shoal.agent.stopwatch import Stopwatch
 from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli import logs
 from shoal.cli.logs import LogFormat
-from shoal.cli.render import json_list, table
+from shoal.cli.render import table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
 from shoal.model.routes import parse_routes
