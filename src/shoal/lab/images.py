@@ -13,9 +13,12 @@ host's dockerd once and committed three times with a different command:
 
 The root filesystem is built once per recipe and kept as a tar in
 `/var/cache/shoal-images/<recipe hash>/rootfs.tar` with a manifest (what, how long): the hash
-covers the package list, the files written into the root and the image definitions, so a
-machine rebuilds only when they change. `python -m shoal.lab.images build` builds (idempotent);
-`Lab.load_images()` / `shoal lab images` loads them into every host's dockerd.
+covers the suite, the package list and what is trimmed, so a machine rebuilds only when they
+change. The files (entrypoint, app) and image configs go in when an image is loaded, labelled
+with `images_hash()`: changing the app costs a commit per host, not a debootstrap.
+`python -m shoal.lab.images build` builds (idempotent; measured 63-121 s on the 2-core
+machine, 250 MB of tar); `Lab.load_images()` / `shoal lab images` loads them into every host's
+dockerd (3 hosts in parallel: 21 s the first time, 0.1 s when loaded).
 """
 
 from __future__ import annotations
@@ -311,6 +314,7 @@ def load(docker: Docker, work: Path) -> None:
             docker("commit", *[a for c in changes for a in ("--change", c)], holder, image.tag)
     finally:
         docker("rm", "-f", holder, check=False)
+        shutil.rmtree(files, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
