@@ -32,6 +32,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         f"      --advertise-addr {first.underlay_ip} --state-dir {first.state_dir} \\\n"
         f"      --docker-host {first.docker_host}\n"
         f"  shoal lab exec{name_flag} {first.name} -- docker ps\n"
+        f"Redis, PostgreSQL and the app of examples/ on every host: shoal lab images{name_flag}\n"
         f"Remove everything: shoal lab down{name_flag}"
     )
     return 0
