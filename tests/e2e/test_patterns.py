@@ -216,12 +216,19 @@ def test_a_redis_cluster_across_hosts_survives_the_loss_of_a_host(
             lambda host=host: "cluster_state:ok" in cluster(host, "cluster", "info"),
             60,
         )
+
     # Every replica sits on another host than its master (the address a node announces is
     # its container IP, routed across the mesh: host = the subnet's third octet here).
-    rows = [line.split() for line in cluster(h1, "cluster", "nodes").splitlines()]
+    def node_rows() -> list[list[str]]:
+        return [line.split() for line in cluster(h1, "cluster", "nodes").splitlines()]
+
+    # Gossip tells every node of every replica a moment after the slots are covered.
+    wait_until(
+        "h1 knows all 3 replicas", lambda: sum("slave" in r[2] for r in node_rows()) == 3, 30
+    )
+    rows = node_rows()
     ip_of = {r[0]: r[1].split(":")[0] for r in rows}
     replicas = [r for r in rows if "slave" in r[2]]
-    assert len(replicas) == 3
     for r in replicas:
         assert ip_of[r[3]].rsplit(".", 1)[0] != ip_of[r[0]].rsplit(".", 1)[0], r
     for i in range(20):
