@@ -2,7 +2,7 @@
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install vm-assets check test unit e2e demo bench lab-down fmt
+.PHONY: install vm-assets lab-images check test unit e2e demo bench lab-down fmt
 
 install:
 	@scripts/install-deps.sh
@@ -11,6 +11,11 @@ install:
 # bookworm root, cached in /var/cache/shoal-vm/<recipe hash>; a few minutes once, then instant.
 vm-assets: install
 	$(BIN)/python -m tests.vm.assets build
+
+# The examples' images (redis, postgres, app) from Debian's packages: a root filesystem cached in
+# /var/cache/shoal-images/<recipe hash>; about a minute once, then instant (see shoal/lab/images.py).
+lab-images: install
+	$(BIN)/python -m shoal.lab.images build
 
 check: install
 	$(BIN)/ruff format --check src tests benchmarks
@@ -21,11 +26,11 @@ check: install
 unit: install
 	$(BIN)/pytest -q -m "not e2e"
 
-e2e: install vm-assets
+e2e: install vm-assets lab-images
 	$(BIN)/pytest -q -m e2e
 
 # Every test, the end-to-end ones in a real lab included; the code checks first.
-test: check vm-assets
+test: check vm-assets lab-images
 	$(BIN)/pytest -q
 
 demo: install

@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 # `install-deps.sh bench` adds what the benchmarks compare against (Nebula) and chart with.
 extra="${1:-}"
 
+# docker-compose: Debian's compose (v1) runs the examples; debootstrap builds the lab's images.
 apt_packages=(docker.io wireguard-go wireguard-tools iptables nftables conntrack iproute2 iperf3
-              busybox-static tcpdump util-linux procps postgresql chromium)
+              busybox-static tcpdump util-linux procps postgresql chromium
+              docker-compose debootstrap)
 [ "$extra" = bench ] && apt_packages+=(nebula ethtool)
 missing=()
 for p in "${apt_packages[@]}"; do

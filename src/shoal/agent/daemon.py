@@ -30,6 +30,7 @@ from aiohttp import web
 
 from shoal.agent import exposure, tlscerts
 from shoal.agent.adapters import host_adapters
+from shoal.agent.catalogfeed import CatalogFeed
 from shoal.agent.clock import Clock, SystemClock
 from shoal.agent.config import MESH, AgentConfig
 from shoal.agent.errors import NotJoined, NotRoot, RotationFailed, StateWriteFailed
@@ -46,7 +47,7 @@ from shoal.agent.health import (
     Health,
     control_unreachable,
 )
-from shoal.agent.localapi import serve
+from shoal.agent.localapi import serve, serve_catalog
 from shoal.agent.meshdns import MeshDns
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
 from shoal.agent.paths import PathSelector
@@ -68,7 +69,6 @@ from shoal.controlclient.tls import fetch_pinned_ca, ssl_context, trust_bundle
 from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
-from shoal.model.catalog import build_catalog
 from shoal.model.certs import ContainerCertRequest, new_key_and_csr, wants_cert
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
@@ -117,6 +117,7 @@ class Agent:
         self.state = state
         self.identity = identity
         self.cached = cached
+        self.catalog = CatalogFeed(cached.netmap)
         self.private_key = private_key
         # The next key of a key rotation (private.key.next): the netmap says when to switch.
         self.next_key = next_key
@@ -224,6 +225,7 @@ class Agent:
             doctor=self.doctor,
             rotate=self.rotate_key,
         )
+        catalog = await serve_catalog(self.state.catalog_socket, self.catalog)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
@@ -259,6 +261,8 @@ class Agent:
             # After `shoal down` this does nothing; on SIGTERM it drops the DNS redirect.
             await self.reconciler.stop()
             await runner.cleanup()
+            await catalog.cleanup()
+            self.state.catalog_socket.unlink(missing_ok=True)
             if metrics is not None:
                 await metrics.cleanup()
             self.state.socket.unlink(missing_ok=True)
@@ -350,6 +354,7 @@ class Agent:
     def remember(self, netmap: NetworkMap) -> None:
         """Keep `netmap` as the newest, and on disk for the next start if the disk lets us."""
         self.cached = CachedNetmap(netmap=netmap, received_at=self.clock.now())
+        self.catalog.update(netmap)
         self._rotation_changed.set()
         try:
             self.state.save_netmap(self.cached)
@@ -622,12 +627,7 @@ class Agent:
         )
 
     async def services(self) -> list[ServiceInfo]:
-        netmap = self.cached.netmap
-        nodes = (netmap.self_node, *netmap.peers)
-        # Containers of silent hosts are already withdrawn from the netmap by the server.
-        return build_catalog(
-            netmap.containers, {n.id: n.name for n in nodes}, online=[n.id for n in nodes]
-        )
+        return list(self.catalog.catalog.services)
 
     async def _serve_metrics(self) -> web.AppRunner | None:
         if self.config.metrics_listen is None:

@@ -16,6 +16,7 @@ from pydantic import TypeAdapter
 
 from shoal.agent.errors import AgentNotRunning, RotationFailed
 from shoal.model.api import ErrorBody, ServiceInfo
+from shoal.model.catalog import Catalog
 from shoal.model.doctor import DoctorReport, UnknownTarget
 from shoal.model.status import AgentStatus, DownReport, KeyRotation
 
@@ -57,6 +58,14 @@ def fetch_status(socket_path: Path, timeout: float = 5.0) -> AgentStatus:
 def fetch_services(socket_path: Path, timeout: float = 5.0) -> list[ServiceInfo]:
     adapter = TypeAdapter(list[ServiceInfo])
     return adapter.validate_python(_call(socket_path, "GET", "/services", timeout))
+
+
+def fetch_catalog(catalog_socket: Path, index: int | None = None, wait: float = 60.0) -> Catalog:
+    """The catalog from the agent's read-only socket; with `index`, a long-poll that returns
+    once the catalog's index exceeds it, or after `wait` seconds with the same catalog."""
+    query = "" if index is None else "?" + urllib.parse.urlencode({"index": index, "wait": wait})
+    timeout = 5.0 if index is None else wait + 10.0
+    return Catalog.model_validate(_call(catalog_socket, "GET", f"/v1/catalog{query}", timeout))
 
 
 def request_down(socket_path: Path, leave: bool, timeout: float = 60.0) -> DownReport:

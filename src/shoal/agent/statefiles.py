@@ -89,6 +89,11 @@ class StateDir:
         return self.path / "agent.sock"
 
     @property
+    def catalog_socket(self) -> Path:
+        """The read-only catalog for tools (see `localapi.serve_catalog`)."""
+        return self.path / "catalog.sock"
+
+    @property
     def log(self) -> Path:
         return self.path / "agent.log"
 

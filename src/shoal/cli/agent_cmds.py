@@ -19,7 +19,6 @@ from pathlib import Path
 from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import (
-    fetch_services,
     fetch_status,
     request_down,
     request_rotate_key,
@@ -30,7 +29,7 @@ from shoal.agent.stopwatch import Stopwatch
 from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli import logs
 from shoal.cli.logs import LogFormat
-from shoal.cli.render import json_list, table
+from shoal.cli.render import table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.model.errors import ShoalError
 from shoal.model.routes import parse_routes
@@ -507,32 +506,3 @@ def render_down(report: DownReport) -> str:
             else "shoal: could not reach the server to leave; `shoal node remove` there"
         )
     return "\n".join(lines)
-
-
-def cmd_services(args: argparse.Namespace) -> int:
-    """The catalog as this host's agent sees it, or the server's with --data-dir/--server."""
-    if args.data_dir or args.server:
-        from shoal.cli.server_cmds import cmd_services_admin
-
-        return cmd_services_admin(args)
-    services = fetch_services(StateDir(Path(args.state_dir)).socket)
-    if args.json:
-        print(json_list(services))
-        return 0
-    if not services:
-        print("no containers on the shoal network anywhere in the mesh")
-        return 0
-    rows = []
-    for service in services:
-        for i, instance in enumerate(service.instances):
-            rows.append(
-                (
-                    service.name if i == 0 else "",
-                    instance.container,
-                    instance.node,
-                    str(instance.ip),
-                    instance.health,
-                )
-            )
-    print(table(("SERVICE", "INSTANCE", "HOST", "IP", "HEALTH"), rows))
-    return 0

@@ -32,6 +32,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         f"      --advertise-addr {first.underlay_ip} --state-dir {first.state_dir} \\\n"
         f"      --docker-host {first.docker_host}\n"
         f"  shoal lab exec{name_flag} {first.name} -- docker ps\n"
+        f"Redis, PostgreSQL and the app of examples/ on every host: shoal lab images{name_flag}\n"
         f"Remove everything: shoal lab down{name_flag}"
     )
     return 0
@@ -61,6 +62,13 @@ def cmd_lab_exec(args: argparse.Namespace) -> int:
         return subprocess.call(host.command(argv), env=host.environ())
     except KeyboardInterrupt:
         return 130
+
+
+def cmd_lab_images(args: argparse.Namespace) -> int:
+    """Build (once per recipe, cached) and load the examples' images on every lab host."""
+    for tag in Lab.load(args.name).load_images():
+        print(tag)
+    return 0
 
 
 def cmd_lab_status(args: argparse.Namespace) -> int:

@@ -310,7 +310,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="ask this host's agent")
     p.add_argument("--data-dir", default=None, help="ask the server (on the server host)")
     p.add_argument("--server", default=None, help="ask a remote server (SHOAL_ADMIN_TOKEN)")
-    p.set_defaults(run=_handler("agent_cmds", "cmd_services"))
+    p.add_argument("--watch", action="store_true", help="print the catalog again on each change")
+    p.set_defaults(run=_handler("catalog_cmds", "cmd_services"))
+
+    p = sub.add_parser("env", help="this node's mesh address and names, for compose and scripts")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--export", action="store_true", help="prefix each line with `export `")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
+    p.set_defaults(run=_handler("catalog_cmds", "cmd_env"))
 
     p = sub.add_parser("down", help="undo everything shoal changed on this host")
     p.add_argument("--leave", action="store_true", help="also remove this node from the mesh")
@@ -348,6 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--only", action="append", default=[], help="dataplane | controlplane | scale (repeatable)"
     )
     p.set_defaults(run=_handler("bench_cmds", "cmd_lab_bench"))
+    p = lab.add_parser(
+        "images", help="build (once, cached) and load the examples' images on every lab host"
+    )
+    p.add_argument("--name", default="lab")
+    p.set_defaults(run=_handler("lab_cmds", "cmd_lab_images"))
     p = lab.add_parser("status", help="show the lab's hosts and addresses")
     p.add_argument("--name", default="lab")
     p.add_argument("--json", action="store_true")

@@ -658,6 +658,7 @@ class ControlService:
             self.registry.containers(),
             {n.id: n.name for n in nodes},
             online=[n.id for n in nodes if self.registry.online(n.id)],
+            node_ips={n.id: n.mesh_ip for n in nodes},
         )
 
     def list_routes(self) -> list[RouteInfo]:

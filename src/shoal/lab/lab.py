@@ -29,8 +29,8 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from shoal.lab import images, procs
 from shoal.lab import nat as natlab
-from shoal.lab import procs
 from shoal.lab.errors import LabCommandFailed, LabError, LabNotFound
 from shoal.lab.image import IMAGE, busybox_tar
 from shoal.lab.state import STATE_FILE, HostRecord, LabState, ProcRecord
@@ -457,6 +457,15 @@ class Lab:
 
     def add_hosts(self, count: int) -> list[LabHost]:
         return self._add_hosts(count)
+
+    def load_images(self) -> tuple[str, ...]:
+        """The examples' images (redis, postgres, app; see `shoal.lab.images`) on every host:
+        built first if this machine has none of this recipe, loaded into the dockerds in
+        parallel, skipped where already loaded. Returns their tags."""
+        images.build()
+        with ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
+            list(pool.map(lambda h: images.load(h.docker, h.dir), self.hosts))
+        return tuple(i.tag for i in images.IMAGES)
 
     def add_outsider(self, via: LabHost, routes: Sequence[IPv4Network]) -> LabOutsider:
         """A non-member on the underlay (at OUTSIDER_IP) that routes `routes` (say both of the

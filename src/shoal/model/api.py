@@ -305,11 +305,17 @@ class PolicyVerdict(Frozen):
 
 
 class ServiceInstance(Frozen):
+    """One container of a catalog entry: where it runs and how to reach it."""
+
     container: str
     node: str
-    ip: IPv4Address
+    ip: IPv4Address  # on the `shoal` network: reachable from every host and container
     health: Health
     online: bool  # the host is within its heartbeat timeout
+    node_ip: IPv4Address | None = None  # the host's mesh IP (None: the host is not known)
+    dns: str | None = None  # "<container>.<node>.shoal": this instance and only it
+    ports: tuple[PortSpec, ...] = ()  # what the image exposes (EXPOSE / --expose)
+    labels: tuple[tuple[str, str], ...] = ()  # its `shoal.*` labels (Consul's tags)
 
 
 class ServiceInfo(Frozen):
@@ -319,6 +325,7 @@ class ServiceInfo(Frozen):
     project: str | None = None
     service: str | None = None
     instances: tuple[ServiceInstance, ...] = ()
+    dns: str | None = None  # "<name>.shoal": the serving instances (the one container)
 
 
 # -- what an agent tells about its paths (POST /v1/report), for the dashboard ------------------
