@@ -95,6 +95,8 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "lab.procs": ("lab/test_lab.py",),
     "lab.image": ("lab/test_lab.py",),
     "lab.state": ("lab/test_lab.py",),
+    # The examples' HTTP app runs inside the lab's app image, against real Redis and Postgres.
+    "lab.demo_app": ("e2e/test_patterns.py",),
     # Values of the agent's status and doctor reports: through what builds and renders them.
     "model.status": ("agent/test_daemon.py", "cli/test_agent_cmds.py"),
     "model.doctor": ("agent/test_doctor.py", "cli/test_doctor_cmds.py"),
