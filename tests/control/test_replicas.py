@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -20,6 +21,7 @@ from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import ContainerReport, ContainersReport, PolicySetRequest, RegisterRequest
 from shoal.model.keys import PrivateKey
 from tests.control.servers import FakeClock, admin_client, join, new_token, node_client
+from tests.control.test_trust import send, signed
 
 Pair = tuple[RunningServer, RunningServer]
 
@@ -230,3 +232,16 @@ async def test_a_key_rotation_announced_on_one_replica_reaches_the_other(replica
     async with node_client(b, new_key) as client:
         full = await client.poll(since=0, wait=0)
     assert full.full is not None and full.full.self_node.name == "alpha"
+
+
+async def test_a_signed_request_replayed_to_the_other_replica_is_refused(replicas: Pair) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    target = "/v1/netmap?since=0&wait=0"
+    header = signed(a, alpha.key, "GET", target, b"", time.time())
+    assert await send(a, "GET", target, b"", header) == (200, "")
+    assert await send(b, "GET", target, b"", header) == (401, "signature_invalid")
+    # Replayed to B first, then to A: whichever replica sees it first wins, once.
+    header = signed(a, alpha.key, "GET", target, b"", time.time())
+    assert await send(b, "GET", target, b"", header) == (200, "")
+    assert await send(a, "GET", target, b"", header) == (401, "signature_invalid")

@@ -3,8 +3,9 @@
 `NodeVerifier.verify` checks that a request was signed by the holder of the private key of
 the public key it names, within the time window, and not before: it never looks the key up
 among the nodes (the caller decides what that key may do). It keeps the derived MAC key per
-public key (one X25519 per node per server start instead of one per request) and the MACs it
-accepted within the window, so that a captured request cannot be replayed.
+public key (one X25519 per node per server start instead of one per request); the MACs it
+accepted are claimed in the store (`Store.claim_signature`) for the window, so that a captured
+request cannot be replayed, to this server or to another replica sharing its store.
 """
 
 from __future__ import annotations
@@ -62,16 +63,21 @@ async def ensure_shared_auth_key(store: Store, key: PublicKey) -> None:
 
 
 class NodeVerifier:
-    def __init__(self, key: PrivateKey, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, key: PrivateKey, claims: Store, *, now: Callable[[], float] = time.time
+    ) -> None:
         self.public_key = key.public_key()
         self._key = key
+        self._claims = claims
         self._now = now
         self._keys: dict[PublicKey, bytes] = {}
-        self._seen: dict[bytes, int] = {}  # accepted MAC → its timestamp
-        self._pruned_at = 0
 
-    def verify(self, header: str | None, method: str, target: str, body: bytes) -> PublicKey:
-        """The public key whose private key signed this request; `SignatureInvalid` otherwise."""
+    async def verify(self, header: str | None, method: str, target: str, body: bytes) -> PublicKey:
+        """The public key whose private key signed this request; `SignatureInvalid` otherwise.
+
+        Each signature is good once: its MAC is claimed in the store, so a request replayed
+        to this server or to another replica on the same store within the window is refused.
+        """
         if header is None:
             raise SignatureInvalid(
                 "missing node signature (Authorization: Shoal-Node ...); this call needs the "
@@ -89,7 +95,9 @@ class NodeVerifier:
             )
         if not mac_matches(sig, self._mac_key(sig), method, target, body):
             raise SignatureInvalid("node signature does not match (not signed with this key)")
-        self._remember(sig, now)
+        # Claimed only once the MAC matched: a forged header costs no store write.
+        if not await self._claims.claim_signature(sig.mac, sig.timestamp + WINDOW_SECONDS, now):
+            raise SignatureInvalid("replayed request (this signature was already used)")
         return sig.public_key
 
     def _mac_key(self, sig: Signature) -> bytes:
@@ -103,15 +111,6 @@ class NodeVerifier:
                 self._keys.clear()
             self._keys[sig.public_key] = key
         return key
-
-    def _remember(self, sig: Signature, now: int) -> None:
-        if sig.mac in self._seen:
-            raise SignatureInvalid("replayed request (this signature was already used)")
-        if now - self._pruned_at > WINDOW_SECONDS // 10:
-            oldest = now - WINDOW_SECONDS
-            self._seen = {m: ts for m, ts in self._seen.items() if ts >= oldest}
-            self._pruned_at = now
-        self._seen[sig.mac] = sig.timestamp
 
     def forget(self, key: PublicKey) -> None:
         """Drop the cached MAC key of a removed node's key."""

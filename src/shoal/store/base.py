@@ -270,6 +270,14 @@ class Store(Protocol):
         writer (SQLite, memory) has nothing to tell and waits forever, at no cost."""
         ...
 
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
+        """Record a signed request's MAC as used until `expires_at` (unix seconds): True the
+        first time, False for any later claim of it before then (a replay), made through any
+        server sharing the store. `now` is the caller's clock; a claim past its expiry may be
+        forgotten (the signature's time window refuses that request by then anyway). A store
+        one server uses keeps its claims in that process (`shoal.store.claims`)."""
+        ...
+
     async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:
         """Store a new policy (the previous one's revision + 1) at a new global revision;
         earlier policies are kept for the record."""
