@@ -18,10 +18,17 @@ from shoal.control.app import RunningServer, start_server
 from shoal.control.config import load_config
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.model.api import ContainerReport, ContainersReport, PolicySetRequest, RegisterRequest
+from shoal.model.api import (
+    ContainerReport,
+    ContainersReport,
+    PolicySetRequest,
+    RegisterRequest,
+    ServerKey,
+)
 from shoal.model.keys import PrivateKey
+from shoal.model.nodeauth import parse_header
 from tests.control.servers import FakeClock, admin_client, join, new_token, node_client
-from tests.control.test_trust import send, signed
+from tests.control.test_trust import send, server_key, signed
 
 Pair = tuple[RunningServer, RunningServer]
 
@@ -245,3 +252,42 @@ async def test_a_signed_request_replayed_to_the_other_replica_is_refused(replica
     header = signed(a, alpha.key, "GET", target, b"", time.time())
     assert await send(b, "GET", target, b"", header) == (200, "")
     assert await send(a, "GET", target, b"", header) == (401, "signature_invalid")
+
+
+async def test_a_replica_dying_mid_request_does_not_use_up_the_agents_next_attempt(
+    replicas: Pair,
+) -> None:
+    """A replica that claimed the request's signature and died before answering: the agent
+    sends the request to the next replica signed anew, and is served there."""
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    seen: list[str] = []
+
+    async def take_and_die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        fields = dict(line.partition(": ")[::2] for line in head.splitlines()[1:] if line)
+        auth = {k.lower(): v for k, v in fields.items()}.get("authorization")
+        if auth is None:  # GET /v1/key: answered, so that the signed poll comes here too
+            key = ServerKey(public_key=server_key(a)).model_dump_json().encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + f"Content-Length: {len(key)}\r\n\r\n".encode()
+                + key
+            )
+        else:
+            seen.append(auth)
+            sig = parse_header(auth)
+            await a.store.claim_signature(sig.mac, sig.timestamp + 300, int(time.time()))
+        await writer.drain()
+        writer.close()
+
+    dying = await asyncio.start_server(take_and_die, "127.0.0.1", 0, ssl=a.ca.server_ssl_context())
+    port = dying.sockets[0].getsockname()[1]
+    try:
+        urls = f"https://127.0.0.1:{port},{b.url}"
+        async with ControlClient(urls, a.ca.ca_pem, node_key=alpha.key) as client:
+            update = await client.poll(since=0, wait=0)
+            assert update.kind == "full" and client.server_url == b.url
+    finally:
+        dying.close()
+    assert len(set(seen)) == 1  # (aiohttp may resend an idempotent request once)
