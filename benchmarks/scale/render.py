@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.scale.results import TARGET_P99_MS, ScaleResult, Summary
+from benchmarks.scale.results import TARGET_P99_MS, ScalePoint, ScaleResult, Summary
 
 
 def _ms(summary: Summary | None, key: str) -> str:
@@ -13,22 +13,28 @@ def _ms(summary: Summary | None, key: str) -> str:
     return f"{getattr(summary, key):.0f}"
 
 
+def _store(p: ScalePoint) -> str:
+    return p.store if p.replicas == 1 else f"{p.store}, {p.replicas} replicas"
+
+
 def render_markdown(result: ScaleResult) -> str:
     lines = [
-        "| nodes | join p50 ms | join p99 ms | join max ms | container p50/p99 ms "
+        "| store | nodes | join p50 ms | join p99 ms | join max ms | container p50/p99 ms "
         "| bytes/change/agent | server CPU ms/change | server RSS MB (reg/end) "
-        "| server CPU s (reg/sync/end) | registrations/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| db CPU ms/change | server CPU s (reg/sync/end) | registrations/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     measured = result.measured
     for p in measured:
         cont = p.container_fanout_ms
         rss, cpu = p.server_rss_mb, p.server_cpu_s
+        db = p.database_cpu_ms_per_change
         lines.append(
-            f"| {p.nodes} | {_ms(p.join_fanout_ms, 'p50')} "
+            f"| {_store(p)} | {p.nodes} | {_ms(p.join_fanout_ms, 'p50')} "
             f"| {_ms(p.join_fanout_ms, 'p99')} | {_ms(p.join_fanout_ms, 'max')} "
             f"| {_ms(cont, 'p50')}/{_ms(cont, 'p99')} | {p.bytes_per_change_per_agent:.0f} "
             f"| {p.server_cpu_ms_per_change} | {rss.after_register:.0f}/{rss.end:.0f} "
+            f"| {db if db is not None else '-'} "
             f"| {cpu.after_register:.1f}/{cpu.after_sync:.1f}/{cpu.end:.1f} "
             f"| {p.register_per_s:.0f} |"
         )
@@ -40,7 +46,7 @@ def render_markdown(result: ScaleResult) -> str:
             + ", ".join(f"{b:.0f}" for b in per_agent)
             + " (deltas: constant as N grows means total cost grows with N, not N²)."
         )
-    lines += [f"- {p.verdict}" for p in measured]
+    lines += [f"- {_store(p)}: {p.verdict}" for p in measured]
     lines += [f"- note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
 

@@ -68,6 +68,8 @@ class ScalePoint(Frozen):
     container_bytes_per_change_per_agent: float | None
     server_cpu_s: ServerCpu
     server_cpu_ms_per_change: float | None
+    # The database's CPU per change (PostgreSQL store; None: SQLite, inside the server).
+    database_cpu_ms_per_change: float | None = None
     server_rss_mb: ServerRss
     # Registrations per second, 32 in flight; each reply (the full map) is parsed by the
     # simulated agent's client in this process, which bounds the rate as N grows.
@@ -79,6 +81,8 @@ class ScalePoint(Frozen):
     client_parse_us_per_delta: float | None = None
     missed: int  # agent-changes not reached within the timeout
     verdict: str
+    store: str = "sqlite"  # "sqlite" (one server) or "postgresql" (`replicas` of them)
+    replicas: int = 1
 
     @staticmethod
     def judge(nodes: int, join_p99_ms: float, rss_end_mb: float) -> str:
@@ -99,6 +103,7 @@ class FailedPoint(Frozen):
 
     nodes: int
     error: str
+    store: str = "sqlite"
 
 
 class ScaleResult(Frozen):

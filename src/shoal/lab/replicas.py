@@ -46,9 +46,10 @@ class Replica:
     pid: int
 
 
-def postgres_url() -> str:
-    """The lab database's URL, as seen from the server host's namespace."""
-    return f"postgresql://{PG_USER}@127.0.0.1:{PG_PORT}/postgres"
+def postgres_url(port: int = PG_PORT) -> str:
+    """The URL of a cluster `postgres_argv` runs on 127.0.0.1 (the lab's: in the server
+    host's namespace)."""
+    return f"postgresql://{PG_USER}@127.0.0.1:{port}/postgres"
 
 
 def _pg_bin(tool: str) -> Path:
@@ -63,30 +64,52 @@ def _as_postgres(argv: list[str]) -> list[str]:
     return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *argv]
 
 
+def make_cluster(base: Path) -> None:
+    """A new PostgreSQL cluster in `base`/data owned by `postgres`, trusting local clients
+    (`postgres_argv` runs it); nothing if it exists."""
+    data, sockets = base / "data", base / "run"
+    if data.exists():
+        return
+    for d in (base, data, sockets):
+        d.mkdir(mode=0o700, exist_ok=True)
+        shutil.chown(d, "postgres", "postgres")
+    run(
+        _as_postgres(
+            [str(_pg_bin("initdb")), "-D", str(data), "-U", PG_USER, "--auth=trust",
+             "--no-sync", "--no-instructions", "-E", "UTF8"]
+        ),
+        timeout=120,
+        shown=["initdb", str(data)],
+    )  # fmt: skip
+
+
+def postgres_argv(base: Path, host: str, port: int) -> list[str]:
+    """The command that runs `make_cluster(base)`'s cluster as `postgres`, listening on
+    host:port and on a socket in `base`/run; no fsync (a throwaway database)."""
+    return _as_postgres(
+        [str(_pg_bin("postgres")), "-D", str(base / "data"), "-k", str(base / "run"),
+         "-h", host, "-p", str(port), "-c", "fsync=off", "-c", "full_page_writes=off",
+         "-c", "max_connections=200"]
+    )  # fmt: skip
+
+
+def postgres_log(base: Path) -> Path:
+    """The log file for `postgres_argv`'s output, writable by `postgres`."""
+    log = base / "postgres.log"
+    log.touch()
+    shutil.chown(log, "postgres", "postgres")
+    return log
+
+
 def start_postgres(lab: Lab, timeout: float = 60) -> str:
     """Make and start the lab's PostgreSQL (once); its URL for `start_replica`."""
     base = lab.dir / "postgres"
-    data, sockets, log = base / "data", base / "run", base / "postgres.log"
-    if not data.exists():
+    if not (base / "data").exists():
         progress("making the lab's PostgreSQL cluster (initdb)")
-        for d in (base, data, sockets):
-            d.mkdir(mode=0o700, exist_ok=True)
-            shutil.chown(d, "postgres", "postgres")
-        run(
-            _as_postgres(
-                [str(_pg_bin("initdb")), "-D", str(data), "-U", PG_USER, "--auth=trust",
-                 "--no-sync", "--no-instructions", "-E", "UTF8"]
-            ),
-            timeout=120,
-            shown=["initdb", str(data)],
-        )  # fmt: skip
+        make_cluster(base)
     progress(f"starting the lab's PostgreSQL on 127.0.0.1:{PG_PORT} in {lab.server_netns}")
-    log.touch()
-    shutil.chown(log, "postgres", "postgres")
-    argv = [str(_pg_bin("postgres")), "-D", str(data), "-k", str(sockets), "-h", "127.0.0.1",
-            "-p", str(PG_PORT), "-c", "fsync=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200"]  # fmt: skip
-    proc = lab._start_in_netns(lab.server_netns, _as_postgres(argv), log)
+    log = postgres_log(base)
+    proc = lab._start_in_netns(lab.server_netns, postgres_argv(base, "127.0.0.1", PG_PORT), log)
     lab._record_proc(proc.pid, "postgres", "postgres (lab database)")
     deadline = time.monotonic() + timeout
     while "ready to accept connections" not in _tail(log, 10):
