@@ -291,3 +291,26 @@ async def test_a_replica_dying_mid_request_does_not_use_up_the_agents_next_attem
     finally:
         dying.close()
     assert len(set(seen)) == 1  # (aiohttp may resend an idempotent request once)
+
+
+async def test_a_registration_retried_on_the_other_replica_is_the_same_node(
+    replicas: Pair,
+) -> None:
+    """A replica that committed a registration and died before its reply left: the agent
+    sends it again to the other replica (same key, same single-use token) and is the node
+    the first one made, once, with the token used once."""
+    a, b = replicas
+    token = await new_token(a)
+    key = PrivateKey.generate()
+    request = RegisterRequest(token=token, name="alpha", public_key=key.public_key())
+    async with node_client(a, key) as client:
+        lost = await client.register(request)  # committed; say its reply never arrived
+    async with node_client(b, key) as client:
+        again = await client.register(request)
+    assert again.netmap.self_node == lost.netmap.self_node
+    await _converged(replicas)
+    for server in replicas:
+        assert [n.name for n in server.service.registry.nodes()] == ["alpha"]
+    async with admin_client(b) as admin:
+        (info,) = [t for t in await admin.list_tokens() if t.max_uses == 1]
+    assert info.uses == 1
