@@ -347,6 +347,13 @@ async def _measure(
     )
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) groups: a task group's failure says only how many."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 async def run_scale(
     node_counts: Sequence[int] = DEFAULT_NODE_COUNTS,
     changes: int = 20,
@@ -388,7 +395,7 @@ async def run_scale(
         try:
             point = await _scale_point(store, n, changes, workdir, notes)
         except* (BenchError, TimeoutError) as group:
-            reason = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
+            reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
             notes.append(f"{store} {n} nodes: FAILED: {reason}")
             points.append(FailedPoint(nodes=n, error=reason, store=store))
         else:
