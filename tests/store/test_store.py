@@ -447,6 +447,45 @@ async def test_postgresql_replicas_claim_each_signature_once(postgres_url: str) 
     await b.close()
 
 
+async def test_postgresql_exclusive_is_held_across_replicas(postgres_url: str) -> None:
+    """While one replica holds `exclusive("register")`, another waits for it (and not for
+    another name)."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def hold() -> None:
+        async with a.exclusive("register"):
+            entered.append("a")
+            await release.wait()
+
+    async def take(name: str) -> None:
+        async with b.exclusive(name):
+            entered.append(f"b:{name}")
+
+    holder = asyncio.create_task(hold())
+    async with asyncio.timeout(10):
+        while entered != ["a"]:
+            await asyncio.sleep(0.01)
+        await take("other")  # another lock: not held
+        waiter = asyncio.create_task(take("register"))
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            while True:  # until B waits on the advisory lock A holds
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE locktype = 'advisory' AND NOT granted AND datname = current_database()"
+                )
+                if (await cur.fetchone()) == (1,):
+                    break
+                await asyncio.sleep(0.01)
+        assert entered == ["a", "b:other"]
+        release.set()
+        await asyncio.gather(holder, waiter)
+    assert entered == ["a", "b:other", "b:register"]
+    await a.close()
+    await b.close()
+
+
 async def test_postgresql_unreachable_claims_are_kept_by_the_replica() -> None:
     """With the database away, a replica still refuses a replay to itself (and serves)."""
     store = PostgresStore("postgresql://nobody@127.0.0.1:1/shoal")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -221,6 +222,10 @@ class MemoryStore:
             for nid in node_ids
             if (node := self.nodes.get(nid)) is not None and (seen := node.last_seen) is not None
         }
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        yield  # one server uses this store: nothing to hold across servers
 
     async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
         return self._claims.claim(mac, expires_at, now)  # one server: its memory is the truth

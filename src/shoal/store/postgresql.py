@@ -75,6 +75,8 @@ LISTEN_RETRY, LISTEN_RETRY_MAX = 0.5, 10.0
 # deleting one's still finds them while its own window accepts the request.
 CLAIM_PRUNE_INTERVAL, CLAIM_SLACK = 30, 60
 _MIGRATION_LOCK = 0x5304A1  # advisory lock class id of shoal's migrations
+_EXCLUSIVE_LOCK = 0x5304A2  # ... and of `exclusive`'s named locks
+EXCLUSIVE_TIMEOUT = 10  # seconds to wait for `exclusive`'s lock before failing with StoreError
 
 # (version, statements). Append only: a released step is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -703,6 +705,23 @@ class PostgresStore:
             return _policy(rows[0])
 
         return await self._run(run)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """A transaction-level advisory lock, on a pooled connection of its own held for the
+        block: released at its end, or by the database when this replica dies."""
+        if not self._ready:
+            await self._open()
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{EXCLUSIVE_TIMEOUT}s'")
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema() || ':' || %s))",
+                    (_EXCLUSIVE_LOCK, name),
+                )
+                yield
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise self._fail(exc) from exc
 
     async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
         """Group commit: the claims that arrive while one batch is in the database go

@@ -15,7 +15,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -489,6 +489,10 @@ class SqliteStore:
             return found
 
         return await self._run(run)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        yield  # one server uses this store: nothing to hold across servers
 
     async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
         return self._claims.claim(mac, expires_at, now)  # one server: its memory is the truth
