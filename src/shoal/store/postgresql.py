@@ -9,6 +9,10 @@ The only module importing psycopg. Each call is one transaction on a pooled conn
   then re-checks the condition against the committed row: exactly one wins its last use);
 - unique constraints on name, key, mesh IP and subnet turn a lost allocation race into
   `StoreConflict`, which the caller retries with another allocation;
+- `exclusive(name)` is a transaction-level advisory lock: registrations on every replica take
+  turns on one, so that none allocates an address another is saving meanwhile;
+- a signed request's MAC is claimed in `used_signatures` (claims batched, see
+  `claim_signature`), so that a request replayed to another replica is refused there;
 - every writing transaction sends NOTIFY on `CHANNEL`:<schema> with the new revision (one
   channel per schema: meshes in other schemas of the database stay silent), delivered at
   commit to every replica listening (`listen`).
