@@ -18,24 +18,32 @@ def _store(p: ScalePoint) -> str:
 
 
 def render_markdown(result: ScaleResult) -> str:
-    lines = [
-        "| store | nodes | join p50 ms | join p99 ms | join max ms | container p50/p99 ms "
-        "| bytes/change/agent | server CPU ms/change | server RSS MB (reg/end) "
-        "| db CPU ms/change | server CPU s (reg/sync/end) | registrations/s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
     measured = result.measured
+    # The store and database columns only when a point ran on PostgreSQL: a SQLite-only run
+    # renders as runs did before there was a choice.
+    stores = any(p.store != "sqlite" for p in measured)
+    lines = [
+        ("| store " if stores else "")
+        + "| nodes | join p50 ms | join p99 ms | join max ms | container p50/p99 ms "
+        "| bytes/change/agent | server CPU ms/change | server RSS MB (reg/end) "
+        + ("| db CPU ms/change " if stores else "")
+        + "| server CPU s (reg/sync/end) | registrations/s |",
+        ("|---" if stores else "")
+        + "|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if stores else "")
+        + "---:|---:|",
+    ]
     for p in measured:
         cont = p.container_fanout_ms
         rss, cpu = p.server_rss_mb, p.server_cpu_s
         db = p.database_cpu_ms_per_change
         lines.append(
-            f"| {_store(p)} | {p.nodes} | {_ms(p.join_fanout_ms, 'p50')} "
+            (f"| {_store(p)} " if stores else "") + f"| {p.nodes} | {_ms(p.join_fanout_ms, 'p50')} "
             f"| {_ms(p.join_fanout_ms, 'p99')} | {_ms(p.join_fanout_ms, 'max')} "
             f"| {_ms(cont, 'p50')}/{_ms(cont, 'p99')} | {p.bytes_per_change_per_agent:.0f} "
             f"| {p.server_cpu_ms_per_change} | {rss.after_register:.0f}/{rss.end:.0f} "
-            f"| {db if db is not None else '-'} "
-            f"| {cpu.after_register:.1f}/{cpu.after_sync:.1f}/{cpu.end:.1f} "
+            + (f"| {db if db is not None else '-'} " if stores else "")
+            + f"| {cpu.after_register:.1f}/{cpu.after_sync:.1f}/{cpu.end:.1f} "
             f"| {p.register_per_s:.0f} |"
         )
     lines.append("")
@@ -46,7 +54,7 @@ def render_markdown(result: ScaleResult) -> str:
             + ", ".join(f"{b:.0f}" for b in per_agent)
             + " (deltas: constant as N grows means total cost grows with N, not N²)."
         )
-    lines += [f"- {_store(p)}: {p.verdict}" for p in measured]
+    lines += [f"- {_store(p)}: {p.verdict}" if stores else f"- {p.verdict}" for p in measured]
     lines += [f"- note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
 
