@@ -18,7 +18,14 @@ import pytest
 
 from shoal.lab import Lab, LabHost, sweep
 from shoal.lab import replicas as labreplicas
-from shoal.lab.replicas import Replica, admin, kill_replica, start_postgres, start_replica
+from shoal.lab.replicas import (
+    Replica,
+    admin,
+    kill_replica,
+    start_postgres,
+    start_replica,
+    stop_postgres,
+)
 from tests.e2e.runbook import shoal, start_web, status, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -163,6 +170,25 @@ def test_replica_killed_under_traffic_agents_move_and_changes_flow(ha: Ha) -> No
         f" {'; '.join(sent)}"
     )
     assert moved < FAILOVER_BOUND and moved_back < FAILOVER_BOUND
+
+
+def test_a_database_restart_stops_neither_traffic_nor_changes(ha: Ha) -> None:
+    """PostgreSQL stopped and started again: the mesh forwards meanwhile, the agents keep
+    their replica, and a change made after the restart reaches them (the replicas reconnect
+    by themselves)."""
+    lab = ha.lab
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    ip2 = h2.container_ip("web2")
+    pings = [pinger(h1, "web1", ip2, 8)]
+    time.sleep(0.5)
+    stop_postgres(lab)
+    assert status(h1)["state"] == "RUNNING"  # long-polls are answered from memory
+    start_postgres(lab)
+    h2.run_container("web6")
+    wait_until("h1 resolves web6", lambda: resolves(h1, "web1", "web6"), 60)
+    summary = loss(pings[0])
+    n, received = summary.split(" sent, ")
+    assert received == f"{n} received", summary
 
 
 def test_the_lab_database_is_the_labs_own(ha: Ha) -> None:

@@ -14,7 +14,9 @@ recorded in the lab state, so `Lab.destroy` removes them with the rest.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -117,6 +119,19 @@ def start_postgres(lab: Lab, timeout: float = 60) -> str:
             raise LabError(f"the lab's PostgreSQL did not start; log {log}:\n{_tail(log)}")
         time.sleep(0.1)
     return postgres_url()
+
+
+def stop_postgres(lab: Lab, timeout: float = 30) -> None:
+    """Stop the lab's PostgreSQL (fast shutdown: its sessions end now), as a restart or a
+    failover of the database does to the replicas; `start_postgres` starts it again."""
+    for record in lab._state.procs:
+        if record.kind == "postgres" and procs.is_alive(record.pid, record.start):
+            os.kill(record.pid, signal.SIGINT)
+            deadline = time.monotonic() + timeout
+            while procs.is_alive(record.pid, record.start):
+                if time.monotonic() > deadline:
+                    raise LabError(f"the lab's PostgreSQL (pid {record.pid}) did not stop")
+                time.sleep(0.05)
 
 
 def replica_ip(index: int) -> IPv4Address:
