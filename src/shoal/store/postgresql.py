@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -78,6 +79,9 @@ LISTEN_RETRY, LISTEN_RETRY_MAX = 0.5, 10.0
 # once they are this far past their expiry, so that a replica whose clock runs behind the
 # deleting one's still finds them while its own window accepts the request.
 CLAIM_PRUNE_INTERVAL, CLAIM_SLACK = 30, 60
+# After a claim failed for the database, the next claims skip it this long (seconds): each
+# would otherwise wait for the pool's timeout before being served.
+CLAIM_RETRY = 5
 _MIGRATION_LOCK = 0x5304A1  # advisory lock class id of shoal's migrations
 _EXCLUSIVE_LOCK = 0x5304A2  # ... and of `exclusive`'s named locks
 EXCLUSIVE_TIMEOUT = 10  # seconds to wait for `exclusive`'s lock before failing with StoreError
@@ -304,6 +308,7 @@ class PostgresStore:
         self._claiming = asyncio.Lock()
         self._claims_pruned_at = 0
         self._local_claims = ClaimLedger()
+        self._claims_offline_until = 0.0  # monotonic time
 
     def _fail(self, exc: BaseException) -> StoreError:
         return StoreError(f"database {redact(self.url)}: {_reason(exc)}")
@@ -739,6 +744,8 @@ class PostgresStore:
         only during the outage, when every write is refused anyway."""
         if not self._local_claims.claim(mac, expires_at, now):
             return False
+        if time.monotonic() < self._claims_offline_until:
+            return True  # the database failed a moment ago: do not make every request wait
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._claims_pending[mac] = (expires_at, future)
         async with self._claiming:
@@ -773,7 +780,10 @@ class PostgresStore:
         try:
             stored = await self._run(run)
         except StoreError as exc:
-            log.warning("signature claims kept by this replica alone: %s", exc)
+            log.warning(
+                "signature claims kept by this replica alone for %d s: %s", CLAIM_RETRY, exc
+            )
+            self._claims_offline_until = time.monotonic() + CLAIM_RETRY
             stored = set(batch)  # the local ledger passed each of them
         except BaseException:
             for _, future in batch.values():  # cancelled: nobody else settles them
