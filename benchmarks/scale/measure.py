@@ -69,6 +69,7 @@ from shoal.model.netmap import MapUpdate
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
 STORES = ("sqlite", "postgresql")
 PG_REPLICAS = 2  # replicas on the PostgreSQL store
+POINT_BUDGET = 1800.0  # seconds a point may take before it is stopped and reported as such
 REGISTER_CONCURRENCY = 32  # registrations in flight at once
 REGISTER_SAMPLES = 20  # registration replies measured for their size, evenly spread
 PARSE_RUNS = 200  # parses of a sample delta, timed
@@ -184,7 +185,7 @@ async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[RegisterR
 
 
 async def _scale_point(
-    store: str, nodes: int, changes: int, workdir: Path, notes: list[str]
+    store: str, nodes: int, changes: int, workdir: Path, notes: list[str], budget: float
 ) -> ScalePoint:
     run_dir = workdir / f"{store}-n{nodes}"
     server = await start_control_plane(run_dir, store, PG_REPLICAS)
@@ -198,7 +199,16 @@ async def _scale_point(
         except ControlError as exc:
             raise BenchError(f"cannot create a join token: {exc}") from exc
         fleet = Fleet(ServerAccess(urls=server.urls, ca_pem=ca_pem, token=created.token))
-        point = await _measure(fleet, server, nodes, changes, notes)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                point = await _measure(fleet, server, nodes, changes, notes)
+        except TimeoutError as exc:
+            raise BenchError(
+                f"did not fit its {budget:.0f} s budget ({fleet.progress()} after "
+                f"{time.monotonic() - started:.0f} s; server CPU {server.cpu_s():.0f} s, "
+                f"RSS {server.rss_mb():.0f} MB)"
+            ) from exc
         return point.model_copy(update={"store": store, "replicas": len(server.replicas)})
     finally:
         if fleet is not None:
@@ -361,10 +371,12 @@ async def run_scale(
     workdir: Path,
     stores: Sequence[str] = ("sqlite",),
     plan: Sequence[tuple[str, int]] | None = None,
+    budget: float = POINT_BUDGET,
 ) -> ScaleResult:
     """Measure each (store, node count) of `plan` in order (by default every store of
     `stores` at each of `node_counts`); a failed point is recorded with its reason and the
-    next one still runs."""
+    next one still runs. A point that runs past `budget` seconds is stopped and recorded with
+    how far it got (on a shared 2-core machine, 10,000 agents in one process may not fit)."""
     if plan is None:
         plan = [(store, n) for store in stores for n in node_counts]
     unknown = sorted({store for store, _ in plan} - set(STORES))
@@ -393,7 +405,7 @@ async def run_scale(
     points: list[ScalePoint | FailedPoint] = []
     for store, n in plan:
         try:
-            point = await _scale_point(store, n, changes, workdir, notes)
+            point = await _scale_point(store, n, changes, workdir, notes, budget)
         except* (BenchError, TimeoutError) as group:
             reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
             notes.append(f"{store} {n} nodes: FAILED: {reason}")
