@@ -30,8 +30,12 @@ from benchmarks.scale.results import ScaleResult
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
 SECTIONS = ("dataplane", "controlplane", "scale", "policy", "nat")
-SCALE_NODES_FULL = (100, 1000, 5000)
-SCALE_NODES_QUICK = (100,)
+# (store, nodes): SQLite's one server up to 10,000 hosts, and 2 replicas on PostgreSQL.
+SCALE_PLAN_FULL = (
+    *(("sqlite", n) for n in (100, 1000, 5000, 10_000)),
+    *(("postgresql", n) for n in (1000, 10_000)),
+)
+SCALE_PLAN_QUICK = (("sqlite", 100), ("postgresql", 100))
 SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3
 
@@ -52,10 +56,10 @@ def _workdir(name: str) -> Path:
 
 def _scale(quick: bool) -> ScaleResult:
     work = _workdir("scale")
-    nodes = SCALE_NODES_QUICK if quick else SCALE_NODES_FULL
+    plan = SCALE_PLAN_QUICK if quick else SCALE_PLAN_FULL
     changes = SCALE_CHANGES_QUICK if quick else SCALE_CHANGES_FULL
     try:
-        return asyncio.run(run_scale(node_counts=nodes, changes=changes, workdir=work))
+        return asyncio.run(run_scale(changes=changes, workdir=work, plan=plan))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -33,7 +33,11 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "store.postgresql": ("store/test_store.py",),
     "store.transfer": ("store/test_store.py",),
     "store.rows": ("store/test_store.py",),
+    "store.claims": ("store/test_store.py",),  # the signature claims of SQLite and memory
     "store": ("store/test_store.py",),  # open_store: which backend a URL names
+    # Server replicas and their PostgreSQL in the lab: they run as processes in the lab's
+    # namespaces (the scale benchmark's PostgreSQL point runs the cluster alone too).
+    "lab.replicas": ("e2e/test_ha.py",),
     # The policy language: parsing (model) and compiling (plan) each have a suite under
     # tests/policy, named for the step rather than the package.
     "model.policy": ("policy/test_parse.py",),

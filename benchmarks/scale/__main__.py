@@ -1,4 +1,5 @@
-"""`python -m benchmarks.scale`: the scale section alone, e.g. `--nodes 100 --changes 10`."""
+"""`python -m benchmarks.scale`: the scale section alone, e.g. `--nodes 100 --changes 10
+--store sqlite postgresql`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.scale.measure import DEFAULT_NODE_COUNTS, run_scale
+from benchmarks.scale.measure import DEFAULT_NODE_COUNTS, POINT_BUDGET, STORES, run_scale
 from benchmarks.scale.render import chart, render_markdown
 
 
@@ -16,11 +17,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__)
     parser.add_argument("--nodes", type=int, nargs="+", default=list(DEFAULT_NODE_COUNTS))
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument(
+        "--store",
+        nargs="+",
+        choices=STORES,
+        default=["sqlite"],
+        help="sqlite: one server; postgresql: 2 replicas on a PostgreSQL of the run's own",
+    )
+    parser.add_argument(
+        "--budget", type=float, default=POINT_BUDGET, help="seconds per point before it stops"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("bench-scale"))
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--chart", type=Path, default=None, help="write the PNG here")
     args = parser.parse_args(argv)
-    result = asyncio.run(run_scale(args.nodes, args.changes, workdir=args.workdir))
+    result = asyncio.run(
+        run_scale(
+            args.nodes, args.changes, workdir=args.workdir, stores=args.store, budget=args.budget
+        )
+    )
     if args.json is not None:
         args.json.write_text(result.model_dump_json(indent=2) + "\n")
     if args.chart is not None:

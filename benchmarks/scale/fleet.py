@@ -55,16 +55,23 @@ Kind = Literal["node", "container", "policy"]
 
 @dataclass(frozen=True)
 class ServerAccess:
-    """What a node knows about its server after `fetch_pinned_ca`: URL, pinned CA, join token."""
+    """What a node knows about its servers after `fetch_pinned_ca`: the replicas' URLs,
+    pinned CA, join token."""
 
-    url: str
+    urls: tuple[str, ...]
     ca_pem: bytes
     token: str
 
+    def server_for(self, index: int) -> str:
+        """Agent `index`'s `--server` value: every replica, starting with the `index`-th
+        modulo their number, so that the fleet spreads evenly over the replicas."""
+        first = index % len(self.urls)
+        return ",".join(self.urls[first:] + self.urls[:first])
 
-def agent_client(server: ServerAccess, key: PrivateKey) -> ControlClient:
-    """The `ControlClient` of the simulated agent whose node key is `key`: every simulated
-    agent's client is made here and nowhere else.
+
+def agent_client(server: ServerAccess, key: PrivateKey, index: int) -> ControlClient:
+    """The `ControlClient` of simulated agent `index`, whose node key is `key`: every
+    simulated agent's client is made here and nowhere else.
 
     Each client has its own session, so each agent holds its own connections (its long-poll,
     and one more for a container report while the poll is held), as on a real host; no agent
@@ -73,7 +80,7 @@ def agent_client(server: ServerAccess, key: PrivateKey) -> ControlClient:
     earlier raw-aiohttp fleet capped its sessions at two for this; no option is needed).
 
     `key` is the node's private key: every request is signed with it, as the agent's are."""
-    return ControlClient(server.url, server.ca_pem, node_key=key)
+    return ControlClient(server.server_for(index), server.ca_pem, node_key=key)
 
 
 async def opened(client: ControlClient) -> ControlClient:
@@ -211,7 +218,7 @@ class Fleet:
             endpoints=(Endpoint(host=UNDERLAY_BASE + index, port=51820),),
         )
         for attempt in range(1, REGISTER_ATTEMPTS + 1):
-            joiner = agent_client(self.server, key)
+            joiner = agent_client(self.server, key, index)
             try:
                 async with joiner:
                     response = await joiner.register(request)
@@ -225,7 +232,7 @@ class Fleet:
                 raise BenchError(f"register {name}: {exc}") from exc
         netmap = self.interner.netmap(response.netmap)
         # The daemon then follows the netmap on a client of its own.
-        client = await opened(agent_client(self.server, key))
+        client = await opened(agent_client(self.server, key, index))
         agent = Agent(index, name, key, client, netmap)
         return agent, response
 
@@ -252,7 +259,7 @@ class Fleet:
                 first = False
                 agent.synced = True
                 await agent.client.aclose()
-                agent.client = await opened(agent_client(self.server, agent.key))
+                agent.client = await opened(agent_client(self.server, agent.key, agent.index))
                 self.synced_count += 1
                 if self.synced_count >= len(self.agents):
                     self.synced.set()

@@ -1,11 +1,13 @@
-"""Scale of the control server: N simulated agents long-polling one real `shoal server`.
+"""Scale of the control server: N simulated agents long-polling real `shoal server`s.
 
-For each node count N, `run_scale` starts a fresh server subprocess on 127.0.0.1 (its own data
-dir, SQLite store), registers N simulated agents (real X25519 keys, real HTTPS, the product's
-`ControlClient`, no data plane; see `fleet`), lets each catch up and then hold a long-poll in a
-loop, folding every update into its own map with `NetworkMap.apply` as the agent does. It then
-makes `changes` changes one at a time, waiting for quiescence in between, and measures how
-long each takes to reach every connected agent:
+For each (store, node count N), `run_scale` starts a fresh control plane on 127.0.0.1: one
+server subprocess on SQLite, or two replicas on a PostgreSQL cluster of the run's own, the
+agents spread evenly over them (`--server A,B` and `B,A`; a change made through one replica
+reaches the agents of the other through the database). It registers N simulated agents
+(real X25519 keys, real HTTPS, the product's `ControlClient`, no data plane; see `fleet`), lets
+each catch up and then hold a long-poll in a loop, folding every update into its own map with
+`NetworkMap.apply` as the agent does. It then makes `changes` changes one at a time, waiting
+for quiescence in between, and measures how long each takes to reach every connected agent:
 
 - a node joining: from the register call until every agent's map holds the new node;
 - a container starting: from one agent's `report_containers` until every map holds it;
@@ -52,12 +54,12 @@ from benchmarks.scale.results import (
 )
 from benchmarks.scale.server import (
     BenchError,
-    Server,
+    ControlPlane,
     guard_memory,
     memory_limit_mb,
     raise_fd_limit,
     rss_mb,
-    start_server,
+    start_control_plane,
     wait_quiet,
 )
 from shoal.controlclient.client import ControlClient
@@ -68,6 +70,9 @@ from shoal.model.netmap import MapUpdate
 from shoal.model.policy import parse
 
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
+STORES = ("sqlite", "postgresql")
+PG_REPLICAS = 2  # replicas on the PostgreSQL store
+POINT_BUDGET = 1800.0  # seconds a point may take before it is stopped and reported as such
 REGISTER_CONCURRENCY = 32  # registrations in flight at once
 REGISTER_SAMPLES = 20  # registration replies measured for their size, evenly spread
 PARSE_RUNS = 200  # parses of a sample delta, timed
@@ -88,11 +93,12 @@ class ChangeResult:
     expected: int
     bytes_in: int
     server_cpu_s: float
+    database_cpu_s: float | None
 
 
 async def measure_change(
     fleet: Fleet,
-    server: Server,
+    server: ControlPlane,
     kind: Kind,
     key: str,
     act: Callable[[], Awaitable[None]],
@@ -103,7 +109,7 @@ async def measure_change(
     fleet.bytes_in = 0
     fleet.counting = True
     fleet.watch = watch
-    cpu0 = server.cpu_s()
+    cpu0, db0 = server.cpu_s(), server.database_cpu_s()
     watch.started = time.perf_counter()
     await act()
     with contextlib.suppress(TimeoutError):
@@ -115,6 +121,7 @@ async def measure_change(
     fleet.counting = False
     fleet.watch = None
     reached = fleet.holding(watch)
+    db1 = server.database_cpu_s()
     latencies = [
         (arrived - watch.started + watch.own_cost.get(i, 0.0)) * 1000
         for i, arrived in watch.arrived.items()
@@ -125,6 +132,7 @@ async def measure_change(
         expected=watch.expected,
         bytes_in=fleet.bytes_in,
         server_cpu_s=server.cpu_s() - cpu0,
+        database_cpu_s=db1 - db0 if db1 is not None and db0 is not None else None,
     )
 
 
@@ -138,7 +146,7 @@ def policy_text(rules: int) -> str:
 
 
 async def _policy_changes(
-    fleet: Fleet, server: Server, changes: int, timeout: float
+    fleet: Fleet, server: ControlPlane, changes: int, timeout: float
 ) -> tuple[list[ChangeResult], str | None]:
     """`changes` policies set one after the other (`shoal policy set`'s call), each measured
     until every agent's map holds it and the agent compiled it for its host; the results, or
@@ -153,7 +161,9 @@ async def _policy_changes(
         gc.disable()
         stack.callback(gc.enable)
         admin = await stack.enter_async_context(
-            ControlClient(server.url, fleet.server.ca_pem, credential=server.admin_token)
+            ControlClient(
+                server.first.url, fleet.server.ca_pem, credential=server.first.admin_token
+            )
         )
         for c in range(changes):
             # A fresh server: the c-th policy set is revision c + 1.
@@ -229,19 +239,32 @@ async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[RegisterR
     return samples
 
 
-async def _scale_point(nodes: int, changes: int, workdir: Path, notes: list[str]) -> ScalePoint:
-    run_dir = workdir / f"n{nodes}"
-    server = await start_server(run_dir / "data", run_dir / "server.log")
+async def _scale_point(
+    store: str, nodes: int, changes: int, workdir: Path, notes: list[str], budget: float
+) -> ScalePoint:
+    run_dir = workdir / f"{store}-n{nodes}"
+    server = await start_control_plane(run_dir, store, PG_REPLICAS)
     fleet: Fleet | None = None
     try:
+        first = server.first
         try:
-            ca_pem = await fetch_pinned_ca(server.url, server.fingerprint)
-            async with ControlClient(server.url, ca_pem, credential=server.admin_token) as admin:
+            ca_pem = await fetch_pinned_ca(first.url, first.fingerprint)
+            async with ControlClient(first.url, ca_pem, credential=first.admin_token) as admin:
                 created = await admin.create_token(TokenCreateRequest(reusable=True))
         except ControlError as exc:
             raise BenchError(f"cannot create a join token: {exc}") from exc
-        fleet = Fleet(ServerAccess(url=server.url, ca_pem=ca_pem, token=created.token))
-        return await _measure(fleet, server, nodes, changes, notes)
+        fleet = Fleet(ServerAccess(urls=server.urls, ca_pem=ca_pem, token=created.token))
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(budget):
+                point = await _measure(fleet, server, nodes, changes, notes)
+        except TimeoutError as exc:
+            raise BenchError(
+                f"did not fit its {budget:.0f} s budget ({fleet.progress()} after "
+                f"{time.monotonic() - started:.0f} s; server CPU {server.cpu_s():.0f} s, "
+                f"RSS {server.rss_mb():.0f} MB)"
+            ) from exc
+        return point.model_copy(update={"store": store, "replicas": len(server.replicas)})
     finally:
         if fleet is not None:
             await fleet.close()
@@ -249,7 +272,7 @@ async def _scale_point(nodes: int, changes: int, workdir: Path, notes: list[str]
 
 
 async def _measure(
-    fleet: Fleet, server: Server, nodes: int, changes: int, notes: list[str]
+    fleet: Fleet, server: ControlPlane, nodes: int, changes: int, notes: list[str]
 ) -> ScalePoint:
     client_rss0 = rss_mb(os.getpid())
     limit = memory_limit_mb()
@@ -387,6 +410,11 @@ async def _measure(
             if measured
             else None
         ),
+        database_cpu_ms_per_change=(
+            round(statistics.fmean(r.database_cpu_s or 0.0 for r in measured) * 1000, 1)
+            if measured and server.database is not None
+            else None
+        ),
         server_rss_mb=ServerRss(after_register=round(rss_registered, 1), end=round(rss_end, 1)),
         register_per_s=round(nodes / register_s, 1),
         register_reply_bytes_mean=round(statistics.fmean(reply_bytes)) if reply_bytes else 0,
@@ -401,13 +429,33 @@ async def _measure(
     )
 
 
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) groups: a task group's failure says only how many."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
+
+
 async def run_scale(
-    node_counts: Sequence[int] = DEFAULT_NODE_COUNTS, changes: int = 20, *, workdir: Path
+    node_counts: Sequence[int] = DEFAULT_NODE_COUNTS,
+    changes: int = 20,
+    *,
+    workdir: Path,
+    stores: Sequence[str] = ("sqlite",),
+    plan: Sequence[tuple[str, int]] | None = None,
+    budget: float = POINT_BUDGET,
 ) -> ScaleResult:
-    """Measure the server at each node count, smallest first; a failed count is recorded with
-    its reason and the next one still runs."""
+    """Measure each (store, node count) of `plan` in order (by default every store of
+    `stores` at each of `node_counts`); a failed point is recorded with its reason and the
+    next one still runs. A point that runs past `budget` seconds is stopped and recorded with
+    how far it got (on a shared 2-core machine, 10,000 agents in one process may not fit)."""
+    if plan is None:
+        plan = [(store, n) for store in stores for n in node_counts]
+    unknown = sorted({store for store, _ in plan} - set(STORES))
+    if unknown:
+        raise BenchError(f"unknown store {', '.join(unknown)}: expected one of {STORES}")
     workdir.mkdir(parents=True, exist_ok=True)
-    fds = raise_fd_limit(2 * max(node_counts, default=0) + 1024)
+    fds = raise_fd_limit(2 * max((n for _, n in plan), default=0) + 1024)
     notes = [
         SHARED_CORES_NOTE.format(cores=os.cpu_count()),
         "Agents: the product's ControlClient (register, poll, report_containers) and "
@@ -419,16 +467,23 @@ async def run_scale(
         f"time; then every agent long-polls with wait={POLL_WAIT:g} s on its own connection.",
         f"RLIMIT_NOFILE soft limit {fds} (client; the server inherits it).",
     ]
+    if any(store == "postgresql" for store, _ in plan):
+        notes.append(
+            f"postgresql: {PG_REPLICAS} replicas on one PostgreSQL cluster of the run's own "
+            "(127.0.0.1, fsync off), agents spread evenly over them; server CPU is the "
+            "replicas' sum, the database's is apart (db CPU ms/change), RSS the largest "
+            "replica's."
+        )
     points: list[ScalePoint | FailedPoint] = []
-    for n in node_counts:
+    for store, n in plan:
         try:
-            point = await _scale_point(n, changes, workdir, notes)
+            point = await _scale_point(store, n, changes, workdir, notes, budget)
         except* (BenchError, TimeoutError) as group:
-            reason = "; ".join(str(e) or type(e).__name__ for e in group.exceptions)
-            notes.append(f"{n} nodes: FAILED: {reason}")
-            points.append(FailedPoint(nodes=n, error=reason))
+            reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
+            notes.append(f"{store} {n} nodes: FAILED: {reason}")
+            points.append(FailedPoint(nodes=n, error=reason, store=store))
         else:
             points.append(point)
             # Each point as soon as it is measured: a later, larger one may not finish.
-            (workdir / f"n{n}" / "point.json").write_text(point.model_dump_json(indent=2))
+            (workdir / f"{store}-n{n}" / "point.json").write_text(point.model_dump_json(indent=2))
     return ScaleResult(points=tuple(points), notes=tuple(notes))

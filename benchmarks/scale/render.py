@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.scale.results import TARGET_P99_MS, ScaleResult, Summary
+from benchmarks.scale.results import TARGET_P99_MS, ScalePoint, ScaleResult, Summary
 
 
 def _ms(summary: Summary | None, key: str) -> str:
@@ -13,24 +13,38 @@ def _ms(summary: Summary | None, key: str) -> str:
     return f"{getattr(summary, key):.0f}"
 
 
+def _store(p: ScalePoint) -> str:
+    return p.store if p.replicas == 1 else f"{p.store}, {p.replicas} replicas"
+
+
 def render_markdown(result: ScaleResult) -> str:
-    lines = [
-        "| nodes | join p50 ms | join p99 ms | join max ms | container p50/p99 ms "
-        "| bytes/change/agent | server CPU ms/change | server RSS MB (reg/end) "
-        "| server CPU s (reg/sync/end) | registrations/s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
     with_policy = [p for p in result.measured if p.policy_fanout_ms is not None]
     measured = result.measured
+    # The store and database columns only when a point ran on PostgreSQL: a SQLite-only run
+    # renders as runs did before there was a choice.
+    stores = any(p.store != "sqlite" for p in measured)
+    lines = [
+        ("| store " if stores else "")
+        + "| nodes | join p50 ms | join p99 ms | join max ms | container p50/p99 ms "
+        "| bytes/change/agent | server CPU ms/change | server RSS MB (reg/end) "
+        + ("| db CPU ms/change " if stores else "")
+        + "| server CPU s (reg/sync/end) | registrations/s |",
+        ("|---" if stores else "")
+        + "|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if stores else "")
+        + "---:|---:|",
+    ]
     for p in measured:
         cont = p.container_fanout_ms
         rss, cpu = p.server_rss_mb, p.server_cpu_s
+        db = p.database_cpu_ms_per_change
         lines.append(
-            f"| {p.nodes} | {_ms(p.join_fanout_ms, 'p50')} "
+            (f"| {_store(p)} " if stores else "") + f"| {p.nodes} | {_ms(p.join_fanout_ms, 'p50')} "
             f"| {_ms(p.join_fanout_ms, 'p99')} | {_ms(p.join_fanout_ms, 'max')} "
             f"| {_ms(cont, 'p50')}/{_ms(cont, 'p99')} | {p.bytes_per_change_per_agent:.0f} "
             f"| {p.server_cpu_ms_per_change} | {rss.after_register:.0f}/{rss.end:.0f} "
-            f"| {cpu.after_register:.1f}/{cpu.after_sync:.1f}/{cpu.end:.1f} "
+            + (f"| {db if db is not None else '-'} " if stores else "")
+            + f"| {cpu.after_register:.1f}/{cpu.after_sync:.1f}/{cpu.end:.1f} "
             f"| {p.register_per_s:.0f} |"
         )
     lines.append("")
@@ -56,7 +70,7 @@ def render_markdown(result: ScaleResult) -> str:
             ),
             "",
         ]
-    lines += [f"- {p.verdict}" for p in measured]
+    lines += [f"- {_store(p)}: {p.verdict}" if stores else f"- {p.verdict}" for p in measured]
     lines += [f"- note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
 

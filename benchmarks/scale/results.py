@@ -68,6 +68,8 @@ class ScalePoint(Frozen):
     container_bytes_per_change_per_agent: float | None
     server_cpu_s: ServerCpu
     server_cpu_ms_per_change: float | None
+    # The database's CPU per change (PostgreSQL store; None: SQLite, inside the server).
+    database_cpu_ms_per_change: float | None = None
     server_rss_mb: ServerRss
     # Registrations per second, 32 in flight; each reply (the full map) is parsed by the
     # simulated agent's client in this process, which bounds the rate as N grows.
@@ -84,6 +86,8 @@ class ScalePoint(Frozen):
     policy_fanout_ms: Summary | None = None
     policy_fanout_per_change_ms: tuple[Summary, ...] = ()
     policy_rules: int | None = None
+    store: str = "sqlite"  # "sqlite" (one server) or "postgresql" (`replicas` of them)
+    replicas: int = 1
 
     @staticmethod
     def judge(nodes: int, join_p99_ms: float, rss_end_mb: float) -> str:
@@ -104,6 +108,7 @@ class FailedPoint(Frozen):
 
     nodes: int
     error: str
+    store: str = "sqlite"
 
 
 class ScaleResult(Frozen):

@@ -1,5 +1,6 @@
-"""The measured `shoal server`: a subprocess on 127.0.0.1 with its own data dir, watched from
-outside through /proc (CPU seconds, RSS) so that nothing in the product knows it is measured."""
+"""The measured control plane: one `shoal server` subprocess on 127.0.0.1 with its own data dir
+(SQLite), or several replicas sharing a PostgreSQL cluster of the run's own; watched from outside
+through /proc (CPU seconds, RSS) so that nothing in the product knows it is measured."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from shoal.lab.replicas import make_cluster, postgres_argv, postgres_log, postgres_url
 
 SERVER_START_TIMEOUT = 60.0
 QUIET_CPU_FRACTION = 0.05  # server below 5 % of a core for QUIET_SAMPLE s = quiescent
@@ -60,6 +66,143 @@ class Server:
                 self.proc.wait()
 
 
+@dataclass(frozen=True)
+class Database:
+    """A PostgreSQL cluster of the run's own (Debian's binaries, initdb in the work dir) on
+    127.0.0.1, so that its CPU is the run's alone: the postmaster's, its reaped backends'
+    and its live backends'."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    base: Path  # removed by `stop`
+
+    def cpu_s(self) -> float:
+        total = _ticks(self.proc.pid, children=True)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _parent(int(entry.name)) == self.proc.pid:
+                total += _ticks(int(entry.name), children=True)
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown: backends end now
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _stat_fields(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return []
+
+
+def _ticks(pid: int, *, children: bool) -> int:
+    """utime + stime (+ cutime + cstime: its reaped children) of `pid`; 0 once gone."""
+    fields = _stat_fields(pid)
+    if not fields:
+        return 0
+    own = int(fields[11]) + int(fields[12])
+    return own + (int(fields[13]) + int(fields[14]) if children else 0)
+
+
+def _parent(pid: int) -> int:
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else 0
+
+
+async def start_database() -> Database:
+    """A new PostgreSQL cluster on a free port of 127.0.0.1. Its files are in a directory of
+    their own under the temporary dir: the `postgres` user must reach them, and a work dir
+    (say pytest's, 0700 to root) may not let it."""
+    base = Path(tempfile.mkdtemp(prefix="shoal-bench-pg-"))
+    await asyncio.to_thread(make_cluster, base)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = postgres_log(base)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            postgres_argv(base, "127.0.0.1", port),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + SERVER_START_TIMEOUT
+    while "ready to accept connections" not in _tail(log, 10):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            shutil.rmtree(base, ignore_errors=True)
+            raise BenchError(f"PostgreSQL did not start: {_tail(log)}")
+        await asyncio.sleep(0.1)
+    return Database(proc=proc, url=postgres_url(port), base=base)
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """What is measured: one server, or `replicas` on one database. CPU is the replicas' sum
+    (the database's apart), RSS the largest replica's."""
+
+    replicas: tuple[Server, ...]
+    database: Database | None = None
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(r.url for r in self.replicas)
+
+    @property
+    def first(self) -> Server:
+        return self.replicas[0]
+
+    def cpu_s(self) -> float:
+        return sum(r.cpu_s() for r in self.replicas)
+
+    def database_cpu_s(self) -> float | None:
+        return self.database.cpu_s() if self.database is not None else None
+
+    def rss_mb(self) -> float:
+        return max(r.rss_mb() for r in self.replicas)
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+        if self.database is not None:
+            self.database.stop()
+
+
+# Files of a server's data dir that are that one process's, never copied to a replica.
+_OWN_FILES = {"server.json", "shoal.db", "shoal.db-wal", "shoal.db-shm"}
+
+
+async def start_control_plane(run_dir: Path, store: str, replicas: int) -> ControlPlane:
+    """`store` "sqlite": one server; "postgresql": `replicas` servers on the run's database,
+    each with a copy of the first one's data dir (CA and keys), as an operator sets them up."""
+    if store == "sqlite":
+        return ControlPlane((await start_server(run_dir / "data", run_dir / "server.log"),))
+    database = await start_database()
+    started: list[Server] = []
+    try:
+        for i in range(replicas):
+            data = run_dir / f"data-r{i + 1}"
+            if i > 0:
+                data.mkdir(mode=0o700, parents=True, exist_ok=True)
+                for entry in (run_dir / "data-r1").iterdir():
+                    if entry.is_file() and entry.name not in _OWN_FILES:
+                        shutil.copy2(entry, data / entry.name)
+            started.append(await start_server(data, run_dir / f"server-r{i + 1}.log", database.url))
+    except BaseException:
+        for server in started:
+            server.stop()
+        database.stop()
+        raise
+    return ControlPlane(tuple(started), database)
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of process `pid` in MB (10⁶ bytes); NaN once it is gone."""
     try:
@@ -71,9 +214,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def start_server(data_dir: Path, log_path: Path) -> Server:
-    """`shoal server` on 127.0.0.1:0 with a fresh data dir; waits for its server.json."""
+async def start_server(data_dir: Path, log_path: Path, store_url: str | None = None) -> Server:
+    """`shoal server` on 127.0.0.1:0 with its data dir (on `store_url`, else SQLite in the
+    data dir); waits for its server.json."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    store = ["--store", store_url] if store_url is not None else []
     args = [
         sys.executable,
         "-m",
@@ -95,6 +240,7 @@ async def start_server(data_dir: Path, log_path: Path) -> Server:
         # Every simulated agent connects from 127.0.0.1: one fleet, not one attacker.
         "--no-limits-from",
         "127.0.0.0/8",
+        *store,
     ]
     log = log_path.open("wb")
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -138,13 +284,14 @@ def raise_fd_limit(wanted: int) -> int:
     return int(soft)
 
 
-async def wait_quiet(server: Server) -> None:
-    """Until the server's CPU stays below QUIET_CPU_FRACTION for one sample (or QUIET_MAX)."""
+async def wait_quiet(server: ControlPlane) -> None:
+    """Until the servers' (and database's) CPU stays below QUIET_CPU_FRACTION for one sample
+    (or QUIET_MAX)."""
     deadline = time.monotonic() + QUIET_MAX
-    before = server.cpu_s()
+    before = server.cpu_s() + (server.database_cpu_s() or 0.0)
     while time.monotonic() < deadline:
         await asyncio.sleep(QUIET_SAMPLE)
-        now = server.cpu_s()
+        now = server.cpu_s() + (server.database_cpu_s() or 0.0)
         if now - before < QUIET_CPU_FRACTION * QUIET_SAMPLE:
             return
         before = now
@@ -159,7 +306,7 @@ def memory_limit_mb() -> float:
 
 
 async def guard_memory(
-    server: Server, limit_mb: float, phase: str, progress: Callable[[], str]
+    server: ControlPlane, limit_mb: float, phase: str, progress: Callable[[], str]
 ) -> None:
     """Raise `BenchError` when the server's RSS passes `limit_mb` (instead of an OOM kill);
     `progress()` says how far the run got."""

@@ -34,6 +34,7 @@ from shoal.controlclient.tls import ssl_context
 from shoal.model.api import ErrorBody, RegisterRequest, TokenCreateRequest
 from shoal.model.keys import PrivateKey
 from shoal.model.nodeauth import shared_key, sign
+from shoal.store.memory import MemoryStore
 
 T = TypeVar("T")
 CASES_PER_ROUTE = 70  # x 16 routes: over 1,000 cases in all
@@ -55,7 +56,8 @@ def test_the_document_is_valid_openapi_and_names_every_route() -> None:
 def _router_routes() -> list[Any]:
     service: Any = object()  # routing only: no handler runs
     ca = CertAuthority(b"", "", Path(), Path())
-    return list(build_app(service, ca, NodeVerifier(PrivateKey.generate())).router.routes())
+    verifier = NodeVerifier(PrivateKey.generate(), MemoryStore())
+    return list(build_app(service, ca, verifier).router.routes())
 
 
 # -- a strategy per JSON schema (the subset pydantic emits for shoal's models) --------------

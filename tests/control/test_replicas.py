@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import AsyncIterator
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -16,10 +17,19 @@ import pytest
 from shoal.control.app import RunningServer, start_server
 from shoal.control.config import load_config
 from shoal.controlclient.client import ControlClient
+from shoal.controlclient.errors import ControlRejected, ControlUnreachable
 from shoal.controlclient.tls import fetch_pinned_ca
-from shoal.model.api import ContainerReport, ContainersReport, PolicySetRequest, RegisterRequest
+from shoal.model.api import (
+    ContainerReport,
+    ContainersReport,
+    PolicySetRequest,
+    RegisterRequest,
+    ServerKey,
+)
 from shoal.model.keys import PrivateKey
+from shoal.model.nodeauth import parse_header
 from tests.control.servers import FakeClock, admin_client, join, new_token, node_client
+from tests.control.test_trust import send, server_key, signed
 
 Pair = tuple[RunningServer, RunningServer]
 
@@ -75,9 +85,12 @@ async def test_a_change_on_one_replica_wakes_a_long_poll_on_the_other(replicas: 
     assert full.full is not None and [c.name for c in full.full.containers] == ["web"]
 
 
+SINGLES = 100  # single-use tokens, each offered to both replicas at once: 200 registrations
+
+
 async def test_concurrent_registrations_on_both_replicas_stay_unique(replicas: Pair) -> None:
     a, b = replicas
-    singles = [await new_token(a) for _ in range(12)]
+    singles = [await new_token(a) for _ in range(SINGLES)]
     limited = await new_token(a, reusable=True, uses=4)
 
     async def register(server: RunningServer, name: str, token: str) -> object:
@@ -95,13 +108,23 @@ async def test_concurrent_registrations_on_both_replicas_stay_unique(replicas: P
     attempts += [register((b, a)[i % 2], f"twice{i}", t) for i, t in enumerate(singles)]
     attempts += [register((a, b)[i % 2], f"l{i}", limited) for i in range(10)]
     results = await asyncio.gather(*attempts)
-    joined = [r for r in results if not isinstance(r, Exception)]
-    assert len(joined) == 12 + 4, [str(r) for r in results if isinstance(r, Exception)]
+    refused = [r for r in results if isinstance(r, Exception)]
+    # Refused: the token was used up. On a loaded machine a client may also stop waiting
+    # (its request timeout) for a registration that is done or not, as an agent would.
+    gave_up = [r for r in refused if isinstance(r, ControlUnreachable)]
+    assert all(
+        isinstance(r, ControlRejected) and r.code == "token_used"
+        for r in refused
+        if r not in gave_up
+    ), [str(r) for r in refused]
     await _converged(replicas)
+    tokens = [t for t in await a.store.list_tokens() if t.scope is None]
+    assert all(t.uses <= (t.max_uses or 0) for t in tokens)
     for server in replicas:
         nodes = server.service.registry.nodes()
-        assert len(nodes) == 16
-        assert len({n.mesh_ip for n in nodes}) == 16 and len({n.subnet for n in nodes}) == 16
+        assert len(nodes) == sum(t.uses for t in tokens)  # one node per use, no more
+        assert len(nodes) == SINGLES + 4 or gave_up
+        assert len({n.mesh_ip for n in nodes}) == len({n.subnet for n in nodes}) == len(nodes)
     assert [n.mesh_ip for n in a.service.registry.nodes()] == [
         n.mesh_ip for n in b.service.registry.nodes()
     ]
@@ -230,3 +253,78 @@ async def test_a_key_rotation_announced_on_one_replica_reaches_the_other(replica
     async with node_client(b, new_key) as client:
         full = await client.poll(since=0, wait=0)
     assert full.full is not None and full.full.self_node.name == "alpha"
+
+
+async def test_a_signed_request_replayed_to_the_other_replica_is_refused(replicas: Pair) -> None:
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    target = "/v1/netmap?since=0&wait=0"
+    header = signed(a, alpha.key, "GET", target, b"", time.time())
+    assert await send(a, "GET", target, b"", header) == (200, "")
+    assert await send(b, "GET", target, b"", header) == (401, "signature_invalid")
+    # Replayed to B first, then to A: whichever replica sees it first wins, once.
+    header = signed(a, alpha.key, "GET", target, b"", time.time())
+    assert await send(b, "GET", target, b"", header) == (200, "")
+    assert await send(a, "GET", target, b"", header) == (401, "signature_invalid")
+
+
+async def test_a_replica_dying_mid_request_does_not_use_up_the_agents_next_attempt(
+    replicas: Pair,
+) -> None:
+    """A replica that claimed the request's signature and died before answering: the agent
+    sends the request to the next replica signed anew, and is served there."""
+    a, b = replicas
+    alpha = await join(a, "alpha")
+    seen: list[str] = []
+
+    async def take_and_die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        fields = dict(line.partition(": ")[::2] for line in head.splitlines()[1:] if line)
+        auth = {k.lower(): v for k, v in fields.items()}.get("authorization")
+        if auth is None:  # GET /v1/key: answered, so that the signed poll comes here too
+            key = ServerKey(public_key=server_key(a)).model_dump_json().encode()
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + f"Content-Length: {len(key)}\r\n\r\n".encode()
+                + key
+            )
+        else:
+            seen.append(auth)
+            sig = parse_header(auth)
+            await a.store.claim_signature(sig.mac, sig.timestamp + 300, int(time.time()))
+        await writer.drain()
+        writer.close()
+
+    dying = await asyncio.start_server(take_and_die, "127.0.0.1", 0, ssl=a.ca.server_ssl_context())
+    port = dying.sockets[0].getsockname()[1]
+    try:
+        urls = f"https://127.0.0.1:{port},{b.url}"
+        async with ControlClient(urls, a.ca.ca_pem, node_key=alpha.key) as client:
+            update = await client.poll(since=0, wait=0)
+            assert update.kind == "full" and client.server_url == b.url
+    finally:
+        dying.close()
+    assert len(set(seen)) == 1  # (aiohttp may resend an idempotent request once)
+
+
+async def test_a_registration_retried_on_the_other_replica_is_the_same_node(
+    replicas: Pair,
+) -> None:
+    """A replica that committed a registration and died before its reply left: the agent
+    sends it again to the other replica (same key, same single-use token) and is the node
+    the first one made, once, with the token used once."""
+    a, b = replicas
+    token = await new_token(a)
+    key = PrivateKey.generate()
+    request = RegisterRequest(token=token, name="alpha", public_key=key.public_key())
+    async with node_client(a, key) as client:
+        lost = await client.register(request)  # committed; say its reply never arrived
+    async with node_client(b, key) as client:
+        again = await client.register(request)
+    assert again.netmap.self_node == lost.netmap.self_node
+    await _converged(replicas)
+    for server in replicas:
+        assert [n.name for n in server.service.registry.nodes()] == ["alpha"]
+    async with admin_client(b) as admin:
+        (info,) = [t for t in await admin.list_tokens() if t.max_uses == 1]
+    assert info.uses == 1

@@ -421,6 +421,79 @@ async def test_postgresql_replicas_racing_for_tokens_and_addresses(postgres_url:
     await b.close()
 
 
+async def test_a_signature_is_claimed_once_until_it_expires(store: Store) -> None:
+    now = 1_000_000
+    assert await store.claim_signature(b"m" * 32, now + 300, now)
+    assert not await store.claim_signature(b"m" * 32, now + 300, now + 299)
+    assert await store.claim_signature(b"n" * 32, now + 300, now)
+    # Past its expiry (and the sweeps' slack), a claim is forgotten.
+    assert await store.claim_signature(b"m" * 32, now + 1300, now + 1000)
+
+
+async def test_postgresql_replicas_claim_each_signature_once(postgres_url: str) -> None:
+    """A MAC claimed through one replica is a replay on the other; claims racing on both
+    replicas (batched while one INSERT is in flight) are each won exactly once."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    now = 1_000_000
+    assert await a.claim_signature(b"x" * 32, now + 300, now)
+    assert not await b.claim_signature(b"x" * 32, now + 300, now)
+    macs = [i.to_bytes(32, "big") for i in range(200)]
+    won = await asyncio.gather(
+        *(s.claim_signature(m, now + 300, now) for m in macs for s in (a, b))
+    )
+    assert sum(won) == len(macs)
+    assert all(won[2 * i] != won[2 * i + 1] for i in range(len(macs)))
+    await a.close()
+    await b.close()
+
+
+async def test_postgresql_exclusive_is_held_across_replicas(postgres_url: str) -> None:
+    """While one replica holds `exclusive("register")`, another waits for it (and not for
+    another name)."""
+    a, b = PostgresStore(postgres_url), PostgresStore(postgres_url)
+    release = asyncio.Event()
+    entered: list[str] = []
+
+    async def hold() -> None:
+        async with a.exclusive("register"):
+            entered.append("a")
+            await release.wait()
+
+    async def take(name: str) -> None:
+        async with b.exclusive(name):
+            entered.append(f"b:{name}")
+
+    holder = asyncio.create_task(hold())
+    async with asyncio.timeout(10):
+        while entered != ["a"]:
+            await asyncio.sleep(0.01)
+        await take("other")  # another lock: not held
+        waiter = asyncio.create_task(take("register"))
+        async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+            while True:  # until B waits on the advisory lock A holds
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                    "WHERE locktype = 'advisory' AND NOT granted AND datname = current_database()"
+                )
+                if (await cur.fetchone()) == (1,):
+                    break
+                await asyncio.sleep(0.01)
+        assert entered == ["a", "b:other"]
+        release.set()
+        await asyncio.gather(holder, waiter)
+    assert entered == ["a", "b:other", "b:register"]
+    await a.close()
+    await b.close()
+
+
+async def test_postgresql_unreachable_claims_are_kept_by_the_replica() -> None:
+    """With the database away, a replica still refuses a replay to itself (and serves)."""
+    store = PostgresStore("postgresql://nobody@127.0.0.1:1/shoal")
+    assert await store.claim_signature(b"y" * 32, 1300, 1000)
+    assert not await store.claim_signature(b"y" * 32, 1300, 1000)
+    await store.close()
+
+
 async def test_postgresql_migrations_run_once_and_are_recorded(postgres_url: str) -> None:
     assert await migrate(postgres_url) == list(range(1, SCHEMA_VERSION + 1))
     assert await migrate(postgres_url) == []
@@ -454,7 +527,7 @@ async def test_postgresql_migration_2_keeps_the_rows_of_a_version_1_database(
             "VALUES ('n1', %s, 'c1', '10.42.1.2', '[]', 'none', 1)",
             (box(1).id,),
         )
-    assert await migrate(postgres_url) == [2, 3]
+    assert await migrate(postgres_url) == [2, 3, 4]
     store = PostgresStore(postgres_url)
     snap = await store.load(10)
     assert [(n.id, n.next_key, n.switch_at) for n in snap.nodes] == [("n1", None, None)]

@@ -388,15 +388,15 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip()
 
 
-def _signer(request: web.Request, body: bytes) -> PublicKey:
+async def _signer(request: web.Request, body: bytes) -> PublicKey:
     """The key whose holder signed this request (see shoal.model.nodeauth)."""
-    return request.app[VERIFIER].verify(
+    return await request.app[VERIFIER].verify(
         request.headers.get("Authorization"), request.method, request.raw_path, body
     )
 
 
 async def _node_id(request: web.Request, body: bytes = b"") -> str:
-    return (await request.app[SERVICE].authenticate_node(_signer(request, body))).id
+    return (await request.app[SERVICE].authenticate_node(await _signer(request, body))).id
 
 
 async def _admin(request: web.Request) -> ControlService:
@@ -436,7 +436,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     raw = await _body(request)
-    signer = _signer(request, raw)
+    signer = await _signer(request, raw)
     reply = await request.app[SERVICE].register(_model(raw, RegisterRequest), signer)
     return web.Response(
         body=request.app[ENCODER].register_response(reply), content_type="application/json"
@@ -517,10 +517,10 @@ async def leave(request: web.Request) -> web.Response:
 
 async def rotate(request: web.Request) -> web.Response:
     raw = await _body(request)
-    signer = _signer(request, raw)
+    signer = await _signer(request, raw)
     req = _model(raw, RotateKeyRequest)
     # The proof is a second signature, by the new key, over both keys (see RotateKeyRequest).
-    proved_by = request.app[VERIFIER].verify(
+    proved_by = await request.app[VERIFIER].verify(
         req.proof, "POST", ROTATE_PROOF_TARGET, rotate_proof_body(signer, req.new_public_key)
     )
     reply = await request.app[SERVICE].rotate_key(signer, req.new_public_key, proved_by)

@@ -227,7 +227,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         )
         auth_key = load_or_create_auth_key(data_dir)
         relay = Relay(config.listen_host)
-        verifier = NodeVerifier(auth_key)
+        verifier = NodeVerifier(auth_key, store)
         await ensure_shared_auth_key(store, verifier.public_key)
         limits = config.connections
         fds = raise_fd_limit()

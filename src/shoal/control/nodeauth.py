@@ -3,8 +3,9 @@
 `NodeVerifier.verify` checks that a request was signed by the holder of the private key of
 the public key it names, within the time window, and not before: it never looks the key up
 among the nodes (the caller decides what that key may do). It keeps the derived MAC key per
-public key (one X25519 per node per server start instead of one per request) and the MACs it
-accepted within the window, so that a captured request cannot be replayed.
+public key (one X25519 per node per server start instead of one per request); the MACs it
+accepted are claimed in the store (`Store.claim_signature`) for the window, so that a captured
+request cannot be replayed, to this server or to another replica sharing its store.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from shoal.control.ca import write_private
 from shoal.control.errors import ServerConfigError, SignatureInvalid
@@ -24,6 +26,7 @@ from shoal.model.nodeauth import (
     shared_key,
 )
 from shoal.store import Store
+from shoal.store.claims import ClaimLedger
 
 AUTH_KEY_FILE = "node-auth.key"
 # Seconds a signed request stays valid either side of the server's clock. The client corrects
@@ -61,17 +64,39 @@ async def ensure_shared_auth_key(store: Store, key: PublicKey) -> None:
         )
 
 
+class SignatureClaims(Protocol):
+    """Where used signatures are recorded (a `Store` is one)."""
+
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool: ...
+
+
+class LocalClaims:
+    """Used signatures kept in this process only: for a verifier without a store (the
+    standalone relay, which is the only place its hellos can be replayed to)."""
+
+    def __init__(self) -> None:
+        self._ledger = ClaimLedger()
+
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
+        return self._ledger.claim(mac, expires_at, now)
+
+
 class NodeVerifier:
-    def __init__(self, key: PrivateKey, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, key: PrivateKey, claims: SignatureClaims, *, now: Callable[[], float] = time.time
+    ) -> None:
         self.public_key = key.public_key()
         self._key = key
+        self._claims = claims
         self._now = now
         self._keys: dict[PublicKey, bytes] = {}
-        self._seen: dict[bytes, int] = {}  # accepted MAC → its timestamp
-        self._pruned_at = 0
 
-    def verify(self, header: str | None, method: str, target: str, body: bytes) -> PublicKey:
-        """The public key whose private key signed this request; `SignatureInvalid` otherwise."""
+    async def verify(self, header: str | None, method: str, target: str, body: bytes) -> PublicKey:
+        """The public key whose private key signed this request; `SignatureInvalid` otherwise.
+
+        Each signature is good once: its MAC is claimed in the store, so a request replayed
+        to this server or to another replica on the same store within the window is refused.
+        """
         if header is None:
             raise SignatureInvalid(
                 "missing node signature (Authorization: Shoal-Node ...); this call needs the "
@@ -89,7 +114,9 @@ class NodeVerifier:
             )
         if not mac_matches(sig, self._mac_key(sig), method, target, body):
             raise SignatureInvalid("node signature does not match (not signed with this key)")
-        self._remember(sig, now)
+        # Claimed only once the MAC matched: a forged header costs no store write.
+        if not await self._claims.claim_signature(sig.mac, sig.timestamp + WINDOW_SECONDS, now):
+            raise SignatureInvalid("replayed request (this signature was already used)")
         return sig.public_key
 
     def _mac_key(self, sig: Signature) -> bytes:
@@ -103,15 +130,6 @@ class NodeVerifier:
                 self._keys.clear()
             self._keys[sig.public_key] = key
         return key
-
-    def _remember(self, sig: Signature, now: int) -> None:
-        if sig.mac in self._seen:
-            raise SignatureInvalid("replayed request (this signature was already used)")
-        if now - self._pruned_at > WINDOW_SECONDS // 10:
-            oldest = now - WINDOW_SECONDS
-            self._seen = {m: ts for m, ts in self._seen.items() if ts >= oldest}
-            self._pruned_at = now
-        self._seen[sig.mac] = sig.timestamp
 
     def forget(self, key: PublicKey) -> None:
         """Drop the cached MAC key of a removed node's key."""

@@ -29,7 +29,7 @@ from cryptography.x509.oid import NameOID
 
 from shoal.control.ca import write_private
 from shoal.control.errors import ServerConfigError
-from shoal.control.nodeauth import NodeVerifier, load_or_create_auth_key
+from shoal.control.nodeauth import LocalClaims, NodeVerifier, load_or_create_auth_key
 from shoal.control.tcprelay import TcpRelay, bind_relay_socket
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
@@ -143,7 +143,7 @@ async def serve_relay(
     (default `host`; needed when listening on 0.0.0.0)."""
     identity = load_or_create_identity(data_dir, announce or host)
     members = Members()
-    relay = TcpRelay(NodeVerifier(identity.key), members.__contains__)
+    relay = TcpRelay(NodeVerifier(identity.key, LocalClaims()), members.__contains__)
     sock = bind_relay_socket(host, port)
     if sock is None:
         raise ServerConfigError(f"cannot listen on {host}:{port} (see the log line above)")

@@ -66,6 +66,9 @@ class _Stream(asyncio.Protocol):
         self.reader = FrameReader()
         self.out: list[bytes] = []
         self.hello_timer: asyncio.TimerHandle | None = None
+        # The hello being checked (its signature is claimed in the store, which may wait on
+        # the database): nothing else is taken from the stream until it is answered.
+        self.checking: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -81,19 +84,21 @@ class _Stream(asyncio.Protocol):
             for kind, body in self.reader.feed(data):
                 if self.key is not None and kind == PACKET and len(body) > KEY_BYTES:
                     self.relay.forward(self.key, body)
-                elif self.key is None and kind == HELLO:
-                    self.hello(body)
+                elif self.key is None and self.checking is None and kind == HELLO:
+                    self.checking = asyncio.create_task(self.hello(body), name="relay-hello")
                 else:
                     raise BadFrame(f"unexpected relay frame type {kind}")
         except BadFrame as exc:
             self.refuse(str(exc))
 
-    def hello(self, body: bytes) -> None:
+    async def hello(self, body: bytes) -> None:
         try:
-            key = self.relay.authenticate(body.decode("ascii", "replace"))
+            key = await self.relay.authenticate(body.decode("ascii", "replace"))
         except SignatureInvalid as exc:
             self.refuse(str(exc))
             return
+        if self.transport is None or self.transport.is_closing():
+            return  # gone (or timed out) while its signature was checked
         if self.hello_timer is not None:
             self.hello_timer.cancel()
         self.key = key.raw
@@ -171,9 +176,9 @@ class TcpRelay:
         self._server = await loop.create_server(lambda: _Stream(self), sock=sock, ssl=ssl_context)
         log.info("tcp relay listening on %s:%d", *sock.getsockname()[:2])
 
-    def authenticate(self, header: str) -> PublicKey:
+    async def authenticate(self, header: str) -> PublicKey:
         """The node key `header` (a HELLO body) proves; SignatureInvalid otherwise."""
-        key = self._verifier.verify(header, HELLO_METHOD, HELLO_TARGET, b"")
+        key = await self._verifier.verify(header, HELLO_METHOD, HELLO_TARGET, b"")
         if not self._is_node(key):
             raise SignatureInvalid("this key is no node of the mesh (removed, or never joined)")
         if len(self._streams) >= MAX_STREAMS:

@@ -4,9 +4,11 @@ The only module of the agent side importing aiohttp for the control API. Every a
 socket exception is caught here and re-raised as a `ControlError` subclass `from` it.
 
 Several server replicas: the URL may be a comma-separated list (`shoal up --server A,B`). The
-client stays with the replica that last answered; when it cannot be reached, the same request
-(signed the same way: replicas share the server's keys) goes to the next one, in list order,
-and the client stays there. Only reachability moves it: an answer, even an error, is final.
+client stays with the replica that last answered; when it cannot be reached, the request goes
+to the next one, in list order, and the client stays there. Only reachability moves it: an
+answer, even an error, is final. A signed request is signed again for each replica it is sent
+to (replicas share the server's keys, so any verifies it): each signature is good once on the
+whole store, and a replica that died mid-request may have used up the first one.
 """
 
 from __future__ import annotations
@@ -318,34 +320,41 @@ class ControlClient:
         # The query is part of what is signed: build it here, byte for byte as sent.
         target = path + ("?" + urlencode(params) if params else "")
         sign_it = self._node_key is not None and signed
-        if sign_it:
-            headers["Authorization"] = await self._signature(method, target, data)
-        elif self.credential is not None:
+        if not sign_it and self.credential is not None:
             headers["Authorization"] = f"Bearer {self.credential}"
         offset = self._clock_offset
-        status, raw = await self._send(method, target, data, headers, timeout)
+        status, raw = await self._send(method, target, data, headers, timeout, sign=sign_it)
         if status == 401 and sign_it and self._clock_offset != offset:
             # Our clock jumped since the last reply: the server's Date corrected it, sign again.
-            headers["Authorization"] = await self._signature(method, target, data)
-            status, raw = await self._send(method, target, data, headers, timeout)
+            status, raw = await self._send(method, target, data, headers, timeout, sign=sign_it)
         return self._reply(path, status, raw)
 
     async def _call_raw(self, path: str) -> bytes:
         """GET a non-JSON document (a PEM bundle); errors as for every call."""
-        status, raw = await self._send("GET", path, b"", {}, REQUEST_TIMEOUT)
+        status, raw = await self._send("GET", path, b"", {}, REQUEST_TIMEOUT, sign=False)
         if status != 200:
             self._reply(path, status, raw)  # raises for an error status
             raise ControlProtocolError(f"server at {self.server_url} answered {path}: {status}")
         return raw
 
     async def _send(
-        self, method: str, target: str, data: bytes, headers: dict[str, str], timeout: float
+        self,
+        method: str,
+        target: str,
+        data: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        *,
+        sign: bool,
     ) -> tuple[int, bytes]:
-        """Send to the replica in use, else to the next reachable one (which stays in use)."""
+        """Send to the replica in use, else to the next reachable one (which stays in use);
+        with `sign`, each attempt carries a signature of its own."""
         start = self.server_urls.index(self.server_url)
         order = self.server_urls[start:] + self.server_urls[:start]
         failures: list[ControlUnreachable] = []
         for base in order:
+            if sign:
+                headers = {**headers, "Authorization": await self._signature(method, target, data)}
             try:
                 answer = await self._send_to(base, method, target, data, headers, timeout)
             except ControlUnreachable as exc:

@@ -11,6 +11,7 @@ at start and keep answering deltas across a restart.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from ipaddress import IPv4Address, IPv4Network
@@ -274,6 +275,20 @@ class Store(Protocol):
         """Revisions committed by any writer, as they commit (and the current one after each
         (re)connection, so nothing missed while away goes unnoticed). A store with a single
         writer (SQLite, memory) has nothing to tell and waits forever, at no cost."""
+        ...
+
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[None]:
+        """Hold the lock `name` across every server sharing the store while the block runs
+        (one holder at a time; a holder that dies releases it). A store one server uses has
+        nothing to hold: that server's own locks suffice."""
+        ...
+
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
+        """Record a signed request's MAC as used until `expires_at` (unix seconds): True the
+        first time, False for any later claim of it before then (a replay), made through any
+        server sharing the store. `now` is the caller's clock; a claim past its expiry may be
+        forgotten (the signature's time window refuses that request by then anyway). A store
+        one server uses keeps its claims in that process (`shoal.store.claims`)."""
         ...
 
     async def save_policy(self, file: str, source: str, at: datetime) -> PolicyRecord:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -20,6 +21,7 @@ from shoal.store.base import (
     TokenRecord,
     Tombstone,
 )
+from shoal.store.claims import ClaimLedger
 from shoal.store.errors import StoreConflict, TokenUnavailable
 
 _UNIQUE = ("name", "public_key", "mesh_ip", "subnet")
@@ -37,6 +39,7 @@ class MemoryStore:
         self.revoked_keys: set[PublicKey] = set()
         self.released: dict[str, Released] = {}
         self.policies: list[PolicyRecord] = []
+        self._claims = ClaimLedger()
 
     async def load(self, tombstone_limit: int) -> Snapshot:
         stones = sorted(self.tombstones.items(), key=lambda s: s[1])[-tombstone_limit:]
@@ -219,6 +222,13 @@ class MemoryStore:
             for nid in node_ids
             if (node := self.nodes.get(nid)) is not None and (seen := node.last_seen) is not None
         }
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        yield  # one server uses this store: nothing to hold across servers
+
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
+        return self._claims.claim(mac, expires_at, now)  # one server: its memory is the truth
 
     async def notifications(self) -> AsyncIterator[int]:
         await asyncio.Event().wait()  # one writer: nothing to hear

@@ -9,6 +9,10 @@ The only module importing psycopg. Each call is one transaction on a pooled conn
   then re-checks the condition against the committed row: exactly one wins its last use);
 - unique constraints on name, key, mesh IP and subnet turn a lost allocation race into
   `StoreConflict`, which the caller retries with another allocation;
+- `exclusive(name)` is a transaction-level advisory lock: registrations on every replica take
+  turns on one, so that none allocates an address another is saving meanwhile;
+- a signed request's MAC is claimed in `used_signatures` (claims batched, see
+  `claim_signature`), so that a request replayed to another replica is refused there;
 - every writing transaction sends NOTIFY on `CHANNEL`:<schema> with the new revision (one
   channel per schema: meshes in other schemas of the database stay silent), delivered at
   commit to every replica listening (`listen`).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -50,6 +55,7 @@ from shoal.store.base import (
     Tombstone,
     no_changes,
 )
+from shoal.store.claims import ClaimLedger
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 from shoal.store.rows import container_row, route_status
 
@@ -69,7 +75,16 @@ POOL_MAX = 4
 CONNECT_TIMEOUT = 5.0  # seconds to get a connection before the call fails with StoreError
 # Seconds between attempts to listen again after the database went away (doubling up to MAX).
 LISTEN_RETRY, LISTEN_RETRY_MAX = 0.5, 10.0
+# Claims of used signatures: expired ones are deleted at most this often (seconds), and only
+# once they are this far past their expiry, so that a replica whose clock runs behind the
+# deleting one's still finds them while its own window accepts the request.
+CLAIM_PRUNE_INTERVAL, CLAIM_SLACK = 30, 60
+# After a claim failed for the database, the next claims skip it this long (seconds): each
+# would otherwise wait for the pool's timeout before being served.
+CLAIM_RETRY = 5
 _MIGRATION_LOCK = 0x5304A1  # advisory lock class id of shoal's migrations
+_EXCLUSIVE_LOCK = 0x5304A2  # ... and of `exclusive`'s named locks
+EXCLUSIVE_TIMEOUT = 10  # seconds to wait for `exclusive`'s lock before failing with StoreError
 
 # (version, statements). Append only: a released step is never edited.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -180,6 +195,15 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         ALTER TABLE released ALTER COLUMN subnet DROP NOT NULL;
         """,
     ),
+    (
+        4,
+        """
+        -- Signed requests already used, by MAC, until their time window closes: a request
+        -- replayed to another replica is refused there too (see Store.claim_signature).
+        CREATE TABLE used_signatures (mac BYTEA PRIMARY KEY, expires_at BIGINT NOT NULL);
+        CREATE INDEX used_signatures_expires_at ON used_signatures (expires_at);
+        """,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -279,6 +303,12 @@ class PostgresStore:
         )
         self._ready = False
         self._opening = asyncio.Lock()
+        # Signature claims wait here while a batch is in flight and go in the next one.
+        self._claims_pending: dict[bytes, tuple[int, asyncio.Future[bool]]] = {}
+        self._claiming = asyncio.Lock()
+        self._claims_pruned_at = 0
+        self._local_claims = ClaimLedger()
+        self._claims_offline_until = 0.0  # monotonic time
 
     def _fail(self, exc: BaseException) -> StoreError:
         return StoreError(f"database {redact(self.url)}: {_reason(exc)}")
@@ -684,6 +714,87 @@ class PostgresStore:
             return _policy(rows[0])
 
         return await self._run(run)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """A transaction-level advisory lock, on a pooled connection of its own held for the
+        block: released at its end, or by the database when this replica dies."""
+        if not self._ready:
+            await self._open()
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{EXCLUSIVE_TIMEOUT}s'")
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_schema() || ':' || %s))",
+                    (_EXCLUSIVE_LOCK, name),
+                )
+                yield
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise self._fail(exc) from exc
+
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
+        """Group commit: the claims that arrive while one batch is in the database go
+        together in the next, one INSERT for all of them. A change fans out to every agent,
+        and each polls again at once: one round trip per request would cost the database a
+        transaction per node per change.
+
+        The database decides (a replay to any replica is refused). While it is unreachable,
+        this replica's own claims decide: it still refuses replays to itself, and one to
+        another replica is refused there the same way; replays between replicas get through
+        only during the outage, when every write is refused anyway."""
+        if not self._local_claims.claim(mac, expires_at, now):
+            return False
+        if time.monotonic() < self._claims_offline_until:
+            return True  # the database failed a moment ago: do not make every request wait
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._claims_pending[mac] = (expires_at, future)
+        async with self._claiming:
+            if not future.done():
+                batch, self._claims_pending = self._claims_pending, {}
+                await self._claim_batch(batch, now)
+        return future.result()
+
+    async def _claim_batch(
+        self, batch: dict[bytes, tuple[int, asyncio.Future[bool]]], now: int
+    ) -> None:
+        """Settle every future of `batch`: True for the MACs this INSERT stored."""
+        prune = now - self._claims_pruned_at > CLAIM_PRUNE_INTERVAL
+
+        async def run(conn: Conn) -> set[bytes]:
+            # A claim lost in a database crash only lets a request captured in the last
+            # moment before it through once more: not worth a disk flush per request.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            if prune:
+                await conn.execute(
+                    "DELETE FROM used_signatures WHERE expires_at < %s", (now - CLAIM_SLACK,)
+                )
+            rows = await _all(
+                conn,
+                "INSERT INTO used_signatures (mac, expires_at) "
+                "SELECT * FROM unnest(%s::bytea[], %s::bigint[]) "
+                "ON CONFLICT (mac) DO NOTHING RETURNING mac",
+                (list(batch), [until for until, _ in batch.values()]),
+            )
+            return {bytes(r[0]) for r in rows}
+
+        try:
+            stored = await self._run(run)
+        except StoreError as exc:
+            log.warning(
+                "signature claims kept by this replica alone for %d s: %s", CLAIM_RETRY, exc
+            )
+            self._claims_offline_until = time.monotonic() + CLAIM_RETRY
+            stored = set(batch)  # the local ledger passed each of them
+        except BaseException:
+            for _, future in batch.values():  # cancelled: nobody else settles them
+                if not future.done():
+                    future.set_exception(StoreError("signature claim interrupted; retry"))
+            raise
+        if prune:
+            self._claims_pruned_at = now
+        for mac, (_, future) in batch.items():
+            if not future.done():
+                future.set_result(mac in stored)
 
     async def notifications(self) -> AsyncIterator[int]:
         """LISTEN on a connection of its own (not the pool's); reconnects by itself after the

@@ -15,7 +15,7 @@ import re
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import resources
@@ -38,6 +38,7 @@ from shoal.store.base import (
     Tombstone,
     no_changes,
 )
+from shoal.store.claims import ClaimLedger
 from shoal.store.errors import StoreConflict, StoreError, TokenUnavailable
 from shoal.store.rows import container_row, route_status
 
@@ -74,6 +75,7 @@ class SqliteStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        self._claims = ClaimLedger()
         try:
             # 0600 before SQLite opens it: SQLite gives the -wal and -shm files the mode of
             # the database, and all three hold every node's key, address and endpoints.
@@ -487,6 +489,13 @@ class SqliteStore:
             return found
 
         return await self._run(run)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        yield  # one server uses this store: nothing to hold across servers
+
+    async def claim_signature(self, mac: bytes, expires_at: int, now: int) -> bool:
+        return self._claims.claim(mac, expires_at, now)  # one server: its memory is the truth
 
     async def notifications(self) -> AsyncIterator[int]:
         await asyncio.Event().wait()  # one server owns the file: nothing to hear

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.render import chart, render_markdown
-from benchmarks.scale.results import ScalePoint, ScaleResult
+from benchmarks.scale.results import FailedPoint, ScalePoint, ScaleResult
 
 
 async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
@@ -43,3 +43,27 @@ async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
     doc = json.loads(result.model_dump_json())
     assert set(doc["points"][0]["join_fanout_ms"]) == {"p50", "p99", "max"}
     assert ScaleResult.model_validate(doc) == result
+
+
+async def test_scale_on_two_postgresql_replicas(tmp_path: Path) -> None:
+    """Agents spread over 2 replicas on the run's own PostgreSQL: every change made through
+    one replica reaches the agents of both; the database's CPU is measured apart."""
+    clusters = set(Path("/tmp").glob("shoal-bench-pg-*"))  # (other runs')
+    result = await run_scale(changes=2, workdir=tmp_path / "run", plan=[("postgresql", 20)])
+
+    (point,) = result.points
+    assert isinstance(point, ScalePoint), result.notes
+    assert (point.store, point.replicas, point.nodes) == ("postgresql", 2, 20)
+    assert point.missed == 0
+    assert point.container_fanout_ms is not None
+    assert point.database_cpu_ms_per_change is not None and point.database_cpu_ms_per_change > 0
+    assert not any("client errors" in note for note in result.notes)
+    assert "| postgresql, 2 replicas | 20 |" in render_markdown(result)
+    assert set(Path("/tmp").glob("shoal-bench-pg-*")) <= clusters  # this run's cluster is gone
+
+
+async def test_a_point_past_its_budget_is_reported_with_how_far_it_got(tmp_path: Path) -> None:
+    result = await run_scale((20,), changes=1, workdir=tmp_path / "run", budget=0.01)
+    (point,) = result.points
+    assert isinstance(point, FailedPoint) and point.store == "sqlite"
+    assert "did not fit its 0 s budget (" in point.error and "agents registered" in point.error
