@@ -52,7 +52,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "control.service": ("control/test_api.py", "control/test_rotation.py"),
     "control.errors": ("control/test_api.py", "control/test_bounds.py"),  # the status table
     "control.ca": ("control/test_ca_rotation.py", "control/test_trust.py"),
-    "control.nodeauth": ("control/test_rotation.py", "control/test_openapi.py"),
     "controlclient.tls": ("control/test_trust.py", "control/test_api.py"),
     # The web dashboard: its view and routes in one suite, and in a browser against the lab.
     "control.dashboard.view": ("control/test_dashboard.py",),

@@ -20,7 +20,7 @@ from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
 from shoal.control.ca import load_or_create_ca
 from shoal.control.config import parse_relay_spec
 from shoal.control.errors import ServerConfigError
-from shoal.control.nodeauth import NodeVerifier
+from shoal.control.nodeauth import LocalClaims, NodeVerifier
 from shoal.control.relayhost import load_or_create_identity
 from shoal.control.tcprelay import TcpRelay, bind_relay_socket
 from shoal.controlclient.tls import ssl_context
@@ -43,7 +43,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     ca = load_or_create_ca(tmp_path, "127.0.0.1")
     auth = PrivateKey.generate()
     members: set[PublicKey] = set()
-    relay = TcpRelay(NodeVerifier(auth), lambda key: key in members)
+    relay = TcpRelay(NodeVerifier(auth, LocalClaims()), lambda key: key in members)
     sock = bind_relay_socket("127.0.0.1", 0)
     assert sock is not None
     port = sock.getsockname()[1]
@@ -202,7 +202,7 @@ async def test_a_standalone_relay_is_reached_by_its_pinned_certificate(tmp_path:
     spec = parse_relay_spec(identity.spec("127.0.0.1", 443))
     assert (spec.public_key, spec.cert_sha256) == (identity.key.public_key(), identity.fingerprint)
     members: set[PublicKey] = set()
-    relay = TcpRelay(NodeVerifier(identity.key), lambda key: key in members)
+    relay = TcpRelay(NodeVerifier(identity.key, LocalClaims()), lambda key: key in members)
     sock = bind_relay_socket("127.0.0.1", 0)
     assert sock is not None
     await relay.serve(sock, identity.ssl_context())
