@@ -17,7 +17,7 @@ import pytest
 
 from shoal.agent import statefiles
 from shoal.agent.config import AgentConfig
-from shoal.agent.daemon import Agent
+from shoal.agent.daemon import Agent, down_offline
 from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
@@ -27,7 +27,7 @@ from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, NetworkMap
 from shoal.model.policy import parse
-from shoal.model.status import AgentState
+from shoal.model.status import AgentState, DownReport
 from shoal.testing.clock import ManualClock, settle
 from shoal.testing.fakes import FakeHost
 from tests.control.servers import admin_client, join, node_client, running_server
@@ -276,3 +276,21 @@ async def test_a_refused_rotation_leaves_no_next_key(tmp_path: Path, server: Run
             await rig.agent.rotate_key()
     assert not (rig.state.path / "private.key.next").exists()
     assert rig.agent.next_key is None
+
+
+async def test_down_with_a_state_dir_no_node_joined_undoes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `shoal down --state-dir` typo (or the default dir, with the agent on another) once
+    # deleted the running agent's shoal0 and firewall: its mesh was down until the resync.
+    def touched(*args: object) -> None:
+        raise AssertionError("down touched the host for a state dir no node joined with")
+
+    monkeypatch.setattr("shoal.agent.daemon.select_dataplane", touched)
+    monkeypatch.setattr("shoal.agent.daemon.host_adapters", touched)
+    for state_dir in (tmp_path / "missing", tmp_path / "left"):
+        if state_dir.name == "left":  # what `down --leave` keeps: the log, a fresh key gone
+            state_dir.mkdir()
+            (state_dir / "agent.log").write_text("")
+        report = await down_offline(AgentConfig(state_dir=state_dir), leave=True)
+        assert report == DownReport(subsystems=(), left=None)

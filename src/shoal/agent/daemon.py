@@ -687,8 +687,14 @@ async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
 
 
 async def down_offline(config: AgentConfig, leave: bool) -> DownReport:
-    """`shoal down` with no agent running: the agent's own teardown, from the state dir."""
+    """`shoal down` with no agent running: the agent's own teardown, from the state dir.
+
+    A state dir no node was joined with undoes nothing (no subsystems in the report): the
+    interface and rules on this host, if any, belong to an agent started with another
+    --state-dir, and a typo must not take its mesh down."""
     state = StateDir(config.state_dir)
+    if not state.holds_node():
+        return DownReport(subsystems=(), left=None)
     cached = state.cached_netmap()
     docker = None if _without_docker(config, cached) else DockerHost(config.docker_host)
     adapters = host_adapters(await select_dataplane(state.path), docker)

@@ -214,6 +214,11 @@ class StateDir:
         }
         _write_private(self.path / "netmap.json", json.dumps(body) + "\n")
 
+    def holds_node(self) -> bool:
+        """Whether a node was joined with this state dir: its identity or netmap is here (or
+        was set aside as corrupt). Only then is the shoal configuration on this host its own."""
+        return any(self.path.glob("node.json*")) or any(self.path.glob("netmap.json*"))
+
     def forget(self) -> None:
         """Drop the mesh identity (after `shoal down --leave`); the next `up` joins afresh."""
         for name in ("node.json", "netmap.json", "private.key", "private.key.next"):

@@ -482,6 +482,12 @@ def cmd_down(args: argparse.Namespace) -> int:
             state_dir=state.path, docker_host=args.docker_host or os.environ.get("DOCKER_HOST")
         )
         report = asyncio.run(down_offline(config, args.leave))
+    if not report.subsystems:
+        print(
+            f"shoal: nothing to undo: no node was joined with state dir {state.path} "
+            "(pass the --state-dir the agent was started with)"
+        )
+        return 0
     print(render_down(report))
     return 0 if all(s.error is None for s in report.subsystems) else 1
 
