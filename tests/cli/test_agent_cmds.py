@@ -8,6 +8,7 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from shoal.agent.errors import AgentNotRunning, AgentStartFailed
 from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
+    _config,
     _start_background,
     cmd_down,
     no_ca_bundle_at_import,
@@ -28,6 +30,7 @@ from shoal.cli.agent_cmds import (
     render_down,
     render_status,
 )
+from shoal.cli.main import build_parser
 from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.control.ca import _make_ca
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
@@ -233,3 +236,37 @@ def test_aiohttp_imported_under_no_ca_bundle_parses_no_ca(tmp_path: Path) -> Non
         check=True,
     )
     assert out.stdout.split() == ["0", "1"]
+
+
+def up_config(*flags: str) -> AgentConfig:
+    parsed = build_parser().parse_args(["up", "--server", "https://10.0.0.1:8443", *flags])
+    return _config(parsed)
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (("--name", "web_01"), "--name 'web_01': a node name is a DNS label"),
+        (("--name", "x" * 64), "a node name is a DNS label"),
+        (("--listen-port", "0"), "--listen-port 0: expected 1 to 65535"),
+        (("--listen-port", "70000"), "--listen-port 70000: expected 1 to 65535"),
+        (("--advertise-addr", "0.0.0.0"), "--advertise-addr 0.0.0.0: 0.0.0.0:51820 is not a"),
+        (("--advertise-addr", "127.0.0.1"), "127.0.0.1:51820 is not a unicast address"),
+        (("--advertise-addr", "255.255.255.255"), "reserved or broadcast"),
+    ],
+)
+def test_up_refuses_what_the_server_would_before_an_agent_starts(
+    flags: tuple[str, ...], error: str
+) -> None:
+    # These once started an agent that died on a validation traceback in agent.log, and
+    # `shoal up` said only "agent exited (1)".
+    with pytest.raises(BadArgument, match=re.escape(error)):
+        up_config("--token", TOKEN, *flags)
+
+
+def test_up_names_a_host_name_that_cannot_be_a_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.cli.agent_cmds.default_node_name", lambda: "db_primary")
+    with pytest.raises(BadArgument, match=r"host's name 'db_primary' .* pass --name NAME"):
+        up_config("--token", TOKEN)
+    assert up_config("--token", TOKEN, "--name", "db-1").name == "db-1"
+    assert up_config().name is None  # resuming: no name is sent

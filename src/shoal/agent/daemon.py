@@ -32,7 +32,7 @@ from shoal.agent import exposure, tlscerts
 from shoal.agent.adapters import host_adapters
 from shoal.agent.catalogfeed import CatalogFeed
 from shoal.agent.clock import Clock, SystemClock
-from shoal.agent.config import MESH, AgentConfig
+from shoal.agent.config import MESH, AgentConfig, default_node_name
 from shoal.agent.errors import NotJoined, NotRoot, RotationFailed, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
 from shoal.agent.health import (
@@ -889,7 +889,7 @@ async def _join(
     watch.lap("ca")
     local = _local_endpoint(config)
     endpoints = (local,) if local else ()
-    name = config.name or os.uname().nodename.split(".")[0].lower()
+    name = config.name or default_node_name()
     request = RegisterRequest(
         token=config.token,
         name=name,

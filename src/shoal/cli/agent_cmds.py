@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import importlib
 import os
+import re
 import select
 import sys
 import time
@@ -16,7 +17,14 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 
-from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
+from pydantic import TypeAdapter, ValidationError
+
+from shoal.agent.config import (
+    DEFAULT_KEY_MAX_AGE_SECONDS,
+    AgentConfig,
+    default_node_name,
+    parse_metrics_listen,
+)
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import (
     fetch_status,
@@ -31,7 +39,9 @@ from shoal.cli import logs
 from shoal.cli.logs import LogFormat
 from shoal.cli.render import table
 from shoal.cli.tokenpass import TOKEN_ENV
+from shoal.model.api import NAME_PATTERN
 from shoal.model.errors import ShoalError
+from shoal.model.netmap import AdvertisedEndpoints, Endpoint
 from shoal.model.routes import parse_routes
 from shoal.model.status import (
     AgentState,
@@ -79,6 +89,10 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
+    """The agent's config from `shoal up`'s flags, every one checked here: a value the server
+    or the model would refuse fails before an agent starts, as one line naming the flag."""
+    if not 0 < args.listen_port < 65536:
+        raise BadArgument(f"--listen-port {args.listen_port}: expected 1 to 65535")
     advertise = None
     if args.advertise_addr:
         try:
@@ -87,11 +101,19 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             raise BadArgument(
                 f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
             ) from exc
+        try:
+            _ADVERTISED.validate_python((Endpoint(host=advertise, port=args.listen_port),))
+        except ValidationError as exc:
+            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise BadArgument(f"--advertise-addr {advertise}: {reason}") from exc
+    token = read_token(args)
+    if token is not None:  # joining: the name goes to the server, which takes DNS labels only
+        _check_node_name(args.name)
     return AgentConfig(
         key_max_age_seconds=_key_max_age(args.key_max_age),
         state_dir=Path(args.state_dir),
         server_url=args.server.rstrip("/") if args.server else None,
-        token=read_token(args),
+        token=token,
         name=args.name,
         advertise_addr=advertise,
         listen_port=args.listen_port,
@@ -110,6 +132,21 @@ def _advertise_routes(text: str | None) -> tuple[IPv4Network, ...] | None:
         return parse_routes(text)
     except ValueError as exc:
         raise BadArgument(str(exc)) from exc
+
+
+_ADVERTISED: TypeAdapter[tuple[Endpoint, ...]] = TypeAdapter(AdvertisedEndpoints)
+
+
+def _check_node_name(name: str | None) -> None:
+    """--name, or the host name it defaults to, must be a DNS label: it becomes NAME.shoal."""
+    label = "lowercase letters, digits and '-' inside, at most 63 characters"
+    if name is not None and not re.fullmatch(NAME_PATTERN, name):
+        raise BadArgument(f"--name {name[:80]!r}: a node name is a DNS label ({label})")
+    if name is None and not re.fullmatch(NAME_PATTERN, default_node_name()):
+        raise BadArgument(
+            f"this host's name {default_node_name()[:80]!r} is not a valid node name ({label}):"
+            " pass --name NAME"
+        )
 
 
 def _key_max_age(text: str | None) -> float | None:
