@@ -26,6 +26,7 @@ from shoal.cli.agent_cmds import (
     _start_background,
     cmd_down,
     no_ca_bundle_at_import,
+    cmd_status,
     read_token,
     render_down,
     render_status,
@@ -270,3 +271,23 @@ def test_up_names_a_host_name_that_cannot_be_a_node_name(monkeypatch: pytest.Mon
         up_config("--token", TOKEN)
     assert up_config("--token", TOKEN, "--name", "db-1").name == "db-1"
     assert up_config().name is None  # resuming: no name is sent
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [
+        (AgentState.RUNNING, 0),
+        (AgentState.DEGRADED, 1),
+        (AgentState.NEEDS_JOIN, 1),
+        (AgentState.STARTING, 1),
+        (AgentState.STOPPED, 1),
+    ],
+)
+def test_status_exits_non_zero_unless_running(
+    state: AgentState, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DEGRADED (the server away, a subsystem failing) once exited 0: a health check passed.
+    answer = AgentStatus(state=state, name="h1")
+    monkeypatch.setattr("shoal.cli.agent_cmds.fetch_status", lambda *_: answer)
+    parsed = argparse.Namespace(state_dir=str(tmp_path), json=True)
+    assert cmd_status(parsed) == code

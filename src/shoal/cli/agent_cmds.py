@@ -386,7 +386,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status.model_dump_json(indent=2))
     else:
         print(render_status(status))
-    return 0 if status.state in (AgentState.RUNNING, AgentState.DEGRADED) else 1
+    # Non-zero when unhealthy, for scripts and health checks: DEGRADED carries warnings.
+    return 0 if status.state is AgentState.RUNNING else 1
 
 
 def _ago(when: datetime | None) -> str:
