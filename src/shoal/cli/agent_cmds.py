@@ -39,6 +39,7 @@ from shoal.cli import logs
 from shoal.cli.logs import LogFormat
 from shoal.cli.render import table
 from shoal.cli.tokenpass import TOKEN_ENV
+from shoal.cli.urls import check_server_flag
 from shoal.model.api import NAME_PATTERN
 from shoal.model.errors import ShoalError
 from shoal.model.netmap import AdvertisedEndpoints, Endpoint
@@ -112,7 +113,7 @@ def _config(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         key_max_age_seconds=_key_max_age(args.key_max_age),
         state_dir=Path(args.state_dir),
-        server_url=args.server.rstrip("/") if args.server else None,
+        server_url=check_server_flag(args.server) if args.server else None,
         token=token,
         name=args.name,
         advertise_addr=advertise,
