@@ -67,7 +67,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "agent.localapi": ("cli/test_doctor_cmds.py",),
     "agent.localclient": ("cli/test_doctor_cmds.py",),
     "agent.ping": ("agent/test_doctor.py",),
-    "agent.doctor_probe": ("e2e/test_doctor.py",),  # the probes a running agent answers
     # NAT traversal and its probe need two networks and a relay: the lab's NAT test.
     "agent.traversal": ("e2e/test_nat.py",),
     "agent.netcheck": ("e2e/test_nat.py",),
