@@ -5,6 +5,7 @@ cache write, the first-apply rollback and `down`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 
 from shoal.agent import statefiles
 from shoal.agent.config import AgentConfig
-from shoal.agent.daemon import Agent, down_offline
+from shoal.agent.daemon import Agent, down_offline, leave_mesh
 from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
@@ -294,3 +295,18 @@ async def test_down_with_a_state_dir_no_node_joined_undoes_nothing(
             (state_dir / "agent.log").write_text("")
         report = await down_offline(AgentConfig(state_dir=state_dir), leave=True)
         assert report == DownReport(subsystems=(), left=None)
+
+
+async def test_leaving_after_the_operator_removed_the_node_is_done_not_unreachable(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    # NEEDS_JOIN's recovery starts with `shoal down --leave`: it said "could not reach the
+    # server to leave" to a server that answered, and sent the operator to remove it there.
+    rig = await joined(tmp_path, server)
+    async with admin_client(server) as admin:
+        await admin.remove_node("h1")
+    identity = rig.state.identity()
+    assert identity is not None
+    assert await leave_mesh(identity, KEY) is True
+    closed = dataclasses.replace(identity, server_url=f"https://127.0.0.1:{closed_port()}")
+    assert await leave_mesh(closed, KEY) is False

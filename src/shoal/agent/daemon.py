@@ -680,6 +680,11 @@ async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
             identity.server_url, identity.ca_pem.encode(), node_key=private_key
         ) as client:
             await client.leave()
+    except CredentialRejected as exc:
+        # Removed by an operator (the way NEEDS_JOIN's own recovery command starts): the
+        # node is off the mesh already, which is what leaving asks for.
+        log.info("the server no longer knows this node, nothing to leave: %s", exc)
+        return True
     except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
         log.warning("could not tell the server this node leaves: %s", exc)
         return False
