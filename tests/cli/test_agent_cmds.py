@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -23,10 +24,11 @@ from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
     _config,
+    _resolve_target,
     _start_background,
     cmd_down,
-    no_ca_bundle_at_import,
     cmd_status,
+    no_ca_bundle_at_import,
     read_token,
     render_down,
     render_status,
@@ -34,6 +36,7 @@ from shoal.cli.agent_cmds import (
 from shoal.cli.main import build_parser
 from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.control.ca import _make_ca
+from shoal.model.api import ServiceInfo, ServiceInstance
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
 from shoal.model.tokens import MalformedToken
 from shoal.testing.systemctl import fake_systemd
@@ -291,3 +294,26 @@ def test_status_exits_non_zero_unless_running(
     monkeypatch.setattr("shoal.cli.agent_cmds.fetch_status", lambda *_: answer)
     parsed = argparse.Namespace(state_dir=str(tmp_path), json=True)
     assert cmd_status(parsed) == code
+
+
+def test_ping_takes_this_node_a_peer_an_ip_or_a_container_name() -> None:
+    # The contract says `shoal ping NODE|IP|NAME`; a container's name was "unknown node".
+    status = AgentStatus(
+        state=AgentState.RUNNING, name="h1", mesh_ip=IPv4Address("100.64.0.1"), peers=()
+    )
+    web = ServiceInstance(
+        container="web-1", node="h2", ip=IPv4Address("10.42.1.2"), health="none", online=True
+    )
+    catalog = [ServiceInfo(name="web-1", instances=(web,))]
+    asked: list[str] = []
+
+    def services() -> list[ServiceInfo]:
+        asked.append("services")
+        return catalog
+
+    assert _resolve_target(status, "h1", services) == IPv4Address("100.64.0.1")
+    assert _resolve_target(status, "10.42.7.9", services) == IPv4Address("10.42.7.9")
+    assert asked == []  # the catalog is asked only for a name that is no node
+    assert _resolve_target(status, "web-1", services) == IPv4Address("10.42.1.2")
+    with pytest.raises(BadArgument, match="no node or container named 'nosuch'"):
+        _resolve_target(status, "nosuch", services)

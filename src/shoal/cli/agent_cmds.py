@@ -12,7 +12,7 @@ import select
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
@@ -27,6 +27,7 @@ from shoal.agent.config import (
 )
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import (
+    fetch_services,
     fetch_status,
     request_down,
     request_rotate_key,
@@ -40,7 +41,7 @@ from shoal.cli.logs import LogFormat
 from shoal.cli.render import table
 from shoal.cli.tokenpass import TOKEN_ENV
 from shoal.cli.urls import check_server_flag
-from shoal.model.api import NAME_PATTERN
+from shoal.model.api import NAME_PATTERN, ServiceInfo
 from shoal.model.errors import ShoalError
 from shoal.model.netmap import AdvertisedEndpoints, Endpoint
 from shoal.model.routes import parse_routes
@@ -471,9 +472,11 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
+    if not 0 < args.count <= 1000:
+        raise BadArgument(f"--count {args.count}: expected 1 to 1000")
     state = StateDir(Path(args.state_dir))
     status = fetch_status(state.socket)
-    target = _resolve_target(status, args.target)
+    target = _resolve_target(status, args.target, lambda: fetch_services(state.socket))
     replies = 0
     for seq in range(1, args.count + 1):
         result = ping_once(target, seq)
@@ -488,15 +491,28 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return 0 if replies else 1
 
 
-def _resolve_target(status: AgentStatus, target: str) -> IPv4Address:
+def _resolve_target(
+    status: AgentStatus, target: str, services: Callable[[], Sequence[ServiceInfo]]
+) -> IPv4Address:
+    """`shoal ping TARGET`: a node (this one or a peer), an IP, or a container of the catalog
+    (`services` is asked only for a name that is no node)."""
+    if target == status.name and status.mesh_ip is not None:
+        return status.mesh_ip
     for peer in status.peers:
         if peer.name == target:
             return peer.mesh_ip
     try:
         addr = ip_address(target)
     except ValueError as exc:
+        for service in services():
+            for instance in service.instances:
+                if instance.container == target:
+                    return instance.ip
         known = ", ".join(p.name for p in status.peers) or "none"
-        raise BadArgument(f"unknown node {target!r} (peers: {known})") from exc
+        raise BadArgument(
+            f"no node or container named {target!r} (peers: {known}; `shoal services` lists"
+            " the containers)"
+        ) from exc
     if not isinstance(addr, IPv4Address):
         raise BadArgument("shoal meshes are IPv4 only for now")
     return addr

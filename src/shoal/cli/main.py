@@ -293,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("netcheck_cmds", "cmd_netcheck"))
 
-    p = sub.add_parser("ping", help="check reachability of a node over the mesh")
-    p.add_argument("target", metavar="NODE|IP")
+    p = sub.add_parser("ping", help="check reachability of a node or container over the mesh")
+    p.add_argument("target", metavar="NODE|IP|CONTAINER")
     p.add_argument("--count", "-c", type=int, default=3)
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("agent_cmds", "cmd_ping"))
