@@ -216,6 +216,7 @@ async def _run_foreground(
 
         watch = watch or Stopwatch()
         state = StateDir(config.state_dir)
+        state.hold_lock()  # before anything touches the host: one agent per state dir
         dns = await answer_from_cache(state, config.listen_port)
         watch.lap("cached-dns")
         await asyncio.to_thread(importlib.import_module, "shoal.agent.daemon")
