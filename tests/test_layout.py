@@ -70,7 +70,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "agent.localapi": ("cli/test_doctor_cmds.py",),
     "agent.localclient": ("cli/test_doctor_cmds.py",),
     "agent.ping": ("agent/test_doctor.py",),
-    "agent.doctor_probe": ("e2e/test_doctor.py",),  # the probes a running agent answers
     # NAT traversal and its probe need two networks and a relay: the lab's NAT test.
     "agent.traversal": ("e2e/test_nat.py",),
     "agent.netcheck": ("e2e/test_nat.py",),
@@ -78,7 +77,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # Host facts (addresses, default route) read from the real host: every agent start.
     "agent.facts": ("e2e/test_mesh.py",),
     # The CLI: argument parsing and its commands as an operator runs them.
-    "cli.main": ("cli/test_policy_cmds.py", "cli/test_bench_cmds.py", "e2e/test_bad_input.py"),
     "cli.tokenpass": ("cli/test_agent_cmds.py",),
     "cli.lab_cmds": ("lab/test_cli.py",),
     # Docker's events feed the watcher: tested with it against a real dockerd.

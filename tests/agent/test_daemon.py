@@ -5,6 +5,7 @@ cache write, the first-apply rollback and `down`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 
 from shoal.agent import statefiles
 from shoal.agent.config import AgentConfig
-from shoal.agent.daemon import Agent
+from shoal.agent.daemon import Agent, down_offline, leave_mesh
 from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
@@ -27,7 +28,7 @@ from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, NetworkMap
 from shoal.model.policy import parse
-from shoal.model.status import AgentState
+from shoal.model.status import AgentState, DownReport
 from shoal.testing.clock import ManualClock, settle
 from shoal.testing.fakes import FakeHost
 from tests.control.servers import admin_client, join, node_client, running_server
@@ -276,3 +277,36 @@ async def test_a_refused_rotation_leaves_no_next_key(tmp_path: Path, server: Run
             await rig.agent.rotate_key()
     assert not (rig.state.path / "private.key.next").exists()
     assert rig.agent.next_key is None
+
+
+async def test_down_with_a_state_dir_no_node_joined_undoes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A `shoal down --state-dir` typo (or the default dir, with the agent on another) once
+    # deleted the running agent's shoal0 and firewall: its mesh was down until the resync.
+    def touched(*args: object) -> None:
+        raise AssertionError("down touched the host for a state dir no node joined with")
+
+    monkeypatch.setattr("shoal.agent.daemon.select_dataplane", touched)
+    monkeypatch.setattr("shoal.agent.daemon.host_adapters", touched)
+    for state_dir in (tmp_path / "missing", tmp_path / "left"):
+        if state_dir.name == "left":  # what `down --leave` keeps: the log, a fresh key gone
+            state_dir.mkdir()
+            (state_dir / "agent.log").write_text("")
+        report = await down_offline(AgentConfig(state_dir=state_dir), leave=True)
+        assert report == DownReport(subsystems=(), left=None)
+
+
+async def test_leaving_after_the_operator_removed_the_node_is_done_not_unreachable(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    # NEEDS_JOIN's recovery starts with `shoal down --leave`: it said "could not reach the
+    # server to leave" to a server that answered, and sent the operator to remove it there.
+    rig = await joined(tmp_path, server)
+    async with admin_client(server) as admin:
+        await admin.remove_node("h1")
+    identity = rig.state.identity()
+    assert identity is not None
+    assert await leave_mesh(identity, KEY) is True
+    closed = dataclasses.replace(identity, server_url=f"https://127.0.0.1:{closed_port()}")
+    assert await leave_mesh(closed, KEY) is False

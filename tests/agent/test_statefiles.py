@@ -1,10 +1,15 @@
-"""A corrupt or truncated state file is set aside and rebuilt, never a reason not to start."""
+"""A corrupt or truncated state file is set aside and rebuilt, never a reason not to start;
+one agent per state dir."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
+from shoal.agent.errors import AgentAlreadyRunning
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.testing.builders import netmap
 
@@ -77,3 +82,17 @@ def test_a_corrupt_private_key_takes_the_identity_with_it(tmp_path: Path) -> Non
         "private.key.corrupt",
     ]
     assert state.identity() is None and state.cached_netmap() is None
+
+
+def test_one_agent_per_state_dir_until_it_ends(tmp_path: Path) -> None:
+    # A second `shoal up --foreground` on a running agent's state dir once started and, on its
+    # way out, deleted the first one's socket and the containers' DNS redirect.
+    first = StateDir(tmp_path / "state")
+    first.hold_lock()
+    with pytest.raises(AgentAlreadyRunning, match="an agent already runs with state dir"):
+        StateDir(tmp_path / "state").hold_lock()
+    StateDir(tmp_path / "other").hold_lock()  # another state dir is another agent
+    # The lock is the process's: a child it starts (wireguard-go) does not inherit it.
+    assert first._lock_fd is not None and not os.get_inheritable(first._lock_fd)
+    os.close(first._lock_fd)  # what the process's end does
+    StateDir(tmp_path / "state").hold_lock()

@@ -8,9 +8,11 @@ import argparse
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -21,15 +23,20 @@ from shoal.agent.errors import AgentNotRunning, AgentStartFailed
 from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
+    _config,
+    _resolve_target,
     _start_background,
     cmd_down,
+    cmd_status,
     no_ca_bundle_at_import,
     read_token,
     render_down,
     render_status,
 )
+from shoal.cli.main import build_parser
 from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.control.ca import _make_ca
+from shoal.model.api import ServiceInfo, ServiceInstance
 from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
 from shoal.model.tokens import MalformedToken
 from shoal.testing.systemctl import fake_systemd
@@ -233,3 +240,80 @@ def test_aiohttp_imported_under_no_ca_bundle_parses_no_ca(tmp_path: Path) -> Non
         check=True,
     )
     assert out.stdout.split() == ["0", "1"]
+
+
+def up_config(*flags: str) -> AgentConfig:
+    parsed = build_parser().parse_args(["up", "--server", "https://10.0.0.1:8443", *flags])
+    return _config(parsed)
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (("--name", "web_01"), "--name 'web_01': a node name is a DNS label"),
+        (("--name", "x" * 64), "a node name is a DNS label"),
+        (("--listen-port", "0"), "--listen-port 0: expected 1 to 65535"),
+        (("--listen-port", "70000"), "--listen-port 70000: expected 1 to 65535"),
+        (("--advertise-addr", "0.0.0.0"), "--advertise-addr 0.0.0.0: 0.0.0.0:51820 is not a"),
+        (("--advertise-addr", "127.0.0.1"), "127.0.0.1:51820 is not a unicast address"),
+        (("--advertise-addr", "255.255.255.255"), "reserved or broadcast"),
+    ],
+)
+def test_up_refuses_what_the_server_would_before_an_agent_starts(
+    flags: tuple[str, ...], error: str
+) -> None:
+    # These once started an agent that died on a validation traceback in agent.log, and
+    # `shoal up` said only "agent exited (1)".
+    with pytest.raises(BadArgument, match=re.escape(error)):
+        up_config("--token", TOKEN, *flags)
+
+
+def test_up_names_a_host_name_that_cannot_be_a_node_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal.cli.agent_cmds.default_node_name", lambda: "db_primary")
+    with pytest.raises(BadArgument, match=r"host's name 'db_primary' .* pass --name NAME"):
+        up_config("--token", TOKEN)
+    assert up_config("--token", TOKEN, "--name", "db-1").name == "db-1"
+    assert up_config().name is None  # resuming: no name is sent
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [
+        (AgentState.RUNNING, 0),
+        (AgentState.DEGRADED, 1),
+        (AgentState.NEEDS_JOIN, 1),
+        (AgentState.STARTING, 1),
+        (AgentState.STOPPED, 1),
+    ],
+)
+def test_status_exits_non_zero_unless_running(
+    state: AgentState, code: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # DEGRADED (the server away, a subsystem failing) once exited 0: a health check passed.
+    answer = AgentStatus(state=state, name="h1")
+    monkeypatch.setattr("shoal.cli.agent_cmds.fetch_status", lambda *_: answer)
+    parsed = argparse.Namespace(state_dir=str(tmp_path), json=True)
+    assert cmd_status(parsed) == code
+
+
+def test_ping_takes_this_node_a_peer_an_ip_or_a_container_name() -> None:
+    # The contract says `shoal ping NODE|IP|NAME`; a container's name was "unknown node".
+    status = AgentStatus(
+        state=AgentState.RUNNING, name="h1", mesh_ip=IPv4Address("100.64.0.1"), peers=()
+    )
+    web = ServiceInstance(
+        container="web-1", node="h2", ip=IPv4Address("10.42.1.2"), health="none", online=True
+    )
+    catalog = [ServiceInfo(name="web-1", instances=(web,))]
+    asked: list[str] = []
+
+    def services() -> list[ServiceInfo]:
+        asked.append("services")
+        return catalog
+
+    assert _resolve_target(status, "h1", services) == IPv4Address("100.64.0.1")
+    assert _resolve_target(status, "10.42.7.9", services) == IPv4Address("10.42.7.9")
+    assert asked == []  # the catalog is asked only for a name that is no node
+    assert _resolve_target(status, "web-1", services) == IPv4Address("10.42.1.2")
+    with pytest.raises(BadArgument, match="no node or container named 'nosuch'"):
+        _resolve_target(status, "nosuch", services)

@@ -49,6 +49,17 @@ def test_text_is_one_line_per_event_even_with_newlines_in_it() -> None:
     assert lines[0].endswith("retrying") and lines[0][:4].isdigit() and "Z " in lines[0]
 
 
+def test_text_escapes_control_characters_from_the_network() -> None:
+    # A refused `GET /%1b[2J%00` was written with its raw ESC and NUL: it cleared the terminal
+    # tailing the log and made grep call server.log a binary file.
+    out = io.StringIO()
+    log = _logger(OneLineHandler(out, "text", clock=Clock()))
+    log.info("GET %s from 192.0.2.11: 404 not_found", "/\x1b[2J\x00\x7f\x9b\ttab")
+    (line,) = out.getvalue().splitlines()
+    assert line.endswith("GET /\\x1b[2J\\x00\\x7f\\x9b\ttab from 192.0.2.11: 404 not_found")
+    assert all(c == "\t" or c.isprintable() for c in line)
+
+
 def test_json_lines_parse_and_carry_the_fields() -> None:
     out = io.StringIO()
     log = _logger(OneLineHandler(out, "json", clock=Clock()), "shoal.agent")

@@ -231,3 +231,19 @@ async def test_new_connections_per_source_are_rate_limited(tmp_path: Path) -> No
         other[1].close()
         for _, w in first:
             w.close()
+
+
+async def test_a_request_aiohttp_cannot_parse_is_one_info_line(
+    guarded: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Anyone could write an ERROR with aiohttp's parser traceback into the server's log.
+    caplog.set_level(logging.INFO)
+    reader, writer = await connect(guarded)
+    writer.write(b"GET /v1/ca HTTP/1.1\r\nX-Junk: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert (await reader.readline()).split()[1] == b"400"
+    writer.close()
+    (record,) = [r for r in caplog.records if "bad HTTP request" in r.getMessage()]
+    assert record.levelno == logging.INFO and record.exc_info is None
+    assert record.getMessage().startswith("bad HTTP request from 127.0.0.1: 400 Got more than")
+    assert len(record.getMessage()) < 250
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]

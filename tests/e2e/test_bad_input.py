@@ -155,3 +155,29 @@ def test_container_pool_overlaps_a_route(
     finally:
         spare.exec(["ip", "route", "del", "10.42.200.0/24", "dev", dev_name])
     assert_one_clear_line(result, "10.42.200.0/24")
+
+
+@pytest.mark.parametrize(
+    ("extra", "server", "words"),
+    [
+        # Each once started an agent that died on a traceback in agent.log ("agent exited
+        # (1)"), or failed as "cannot reach server" for a URL that was never one.
+        (("--name", "db_primary"), None, ("--name", "dns label")),
+        (("--advertise-addr", "0.0.0.0"), None, ("--advertise-addr", "unicast")),
+        (("--listen-port", "70000"), None, ("--listen-port",)),
+        ((), "http://192.0.2.2:8443", ("https only",)),
+        ((), "notaurl", ("--server", "https://host")),
+    ],
+)
+def test_a_bad_flag_is_named_before_an_agent_starts(
+    lab: Lab,
+    spare: LabHost,
+    join_token: str,
+    unchanged: None,
+    extra: tuple[str, ...],
+    server: str | None,
+    words: tuple[str, ...],
+) -> None:
+    result = attempt_join(lab, spare, join_token, *extra, server=server)
+    assert_one_clear_line(result, *words)
+    assert "starting agent" not in result.stderr

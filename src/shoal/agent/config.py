@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -35,6 +36,11 @@ class AgentConfig:
     # Rotate the WireGuard key once private.key is older than this (seconds; None: never).
     # Checked at start and then every KEY_AGE_CHECK_SECONDS.
     key_max_age_seconds: float | None = DEFAULT_KEY_MAX_AGE_SECONDS
+
+
+def default_node_name() -> str:
+    """The node name `shoal up` uses without --name: the host name's first label, lowercase."""
+    return os.uname().nodename.split(".")[0].lower()
 
 
 class MetricsListenRefused(AgentError):

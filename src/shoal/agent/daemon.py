@@ -32,7 +32,7 @@ from shoal.agent import exposure, tlscerts
 from shoal.agent.adapters import host_adapters
 from shoal.agent.catalogfeed import CatalogFeed
 from shoal.agent.clock import Clock, SystemClock
-from shoal.agent.config import MESH, AgentConfig
+from shoal.agent.config import MESH, AgentConfig, default_node_name
 from shoal.agent.errors import NotJoined, NotRoot, RotationFailed, StateWriteFailed
 from shoal.agent.facts import guess_advertise_addr, occupied_prefixes
 from shoal.agent.health import (
@@ -680,6 +680,11 @@ async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
             identity.server_url, identity.ca_pem.encode(), node_key=private_key
         ) as client:
             await client.leave()
+    except CredentialRejected as exc:
+        # Removed by an operator (the way NEEDS_JOIN's own recovery command starts): the
+        # node is off the mesh already, which is what leaving asks for.
+        log.info("the server no longer knows this node, nothing to leave: %s", exc)
+        return True
     except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
         log.warning("could not tell the server this node leaves: %s", exc)
         return False
@@ -687,8 +692,14 @@ async def leave_mesh(identity: NodeIdentity, private_key: PrivateKey) -> bool:
 
 
 async def down_offline(config: AgentConfig, leave: bool) -> DownReport:
-    """`shoal down` with no agent running: the agent's own teardown, from the state dir."""
+    """`shoal down` with no agent running: the agent's own teardown, from the state dir.
+
+    A state dir no node was joined with undoes nothing (no subsystems in the report): the
+    interface and rules on this host, if any, belong to an agent started with another
+    --state-dir, and a typo must not take its mesh down."""
     state = StateDir(config.state_dir)
+    if not state.holds_node():
+        return DownReport(subsystems=(), left=None)
     cached = state.cached_netmap()
     docker = None if _without_docker(config, cached) else DockerHost(config.docker_host)
     adapters = host_adapters(await select_dataplane(state.path), docker)
@@ -883,7 +894,7 @@ async def _join(
     watch.lap("ca")
     local = _local_endpoint(config)
     endpoints = (local,) if local else ()
-    name = config.name or os.uname().nodename.split(".")[0].lower()
+    name = config.name or default_node_name()
     request = RegisterRequest(
         token=config.token,
         name=name,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network
@@ -120,12 +121,20 @@ class HostDoctorProbe:
         return result.rtt_ms
 
     async def tcp(self, dst: IPv4Address, port: int, timeout: float) -> str | None:
-        try:
-            async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(str(dst), port)
-        except TimeoutError:
-            return f"no answer within {timeout:g}s"
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        writer.close()
-        return None
+        return await tcp_connect(dst, port, timeout)
+
+
+async def tcp_connect(dst: IPv4Address, port: int, timeout: float) -> str | None:
+    """None once a TCP connection to dst:port opens, else why not in a few words: "Connection
+    refused" (the host answered: nothing listens), or "no answer within 3s" (dropped)."""
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(str(dst), port)
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except OSError as exc:
+        # asyncio raises OSError(errno, "Connect call failed (addr)"): its strerror is that
+        # text, so the errno's own name ("Connection refused") is what tells the cases apart.
+        return os.strerror(exc.errno) if exc.errno else str(exc)
+    writer.close()
+    return None

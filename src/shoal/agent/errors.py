@@ -5,6 +5,7 @@ ShoalError
     ├── NotRoot            the agent changes interfaces and firewall: run it as root
     ├── NotJoined          no identity in the state dir and no --server/--token given
     ├── AgentNotRunning    a local command needs the daemon (status, ping)
+    ├── AgentAlreadyRunning  another agent holds this state dir (a second `shoal up`)
     ├── AgentStartFailed   `shoal up` started a daemon that exited; carries its last error
     ├── StateWriteFailed   a file in the state dir could not be written (disk full, read-only)
     ├── SupervisorError    systemd refused the agent's unit (writing, enabling or stopping it)
@@ -29,6 +30,10 @@ class NotJoined(AgentError):
 
 class AgentNotRunning(AgentError):
     pass
+
+
+class AgentAlreadyRunning(AgentError):
+    """Another process is the agent of this state dir: two would fight over the host."""
 
 
 class NetcheckFailed(AgentError):

@@ -6,6 +6,7 @@ private.key.next  the next key during a key rotation, 0600: written before the s
 node.json      server URL, pinned CA, node id and name (the key in private.key is the credential)
 netmap.json    the last netmap received: the mesh keeps working from it with the server away
 agent.sock     the local API (`shoal status`, `shoal down`)
+agent.lock     flock()ed by the one agent running on this state dir, for its whole life
 agent.log      the daemon's log; wireguard-go.log beside it
 
 A file that does not parse (truncated by a crash, corrupted) never stops the agent: it is set
@@ -16,6 +17,7 @@ then the previous, complete one (writes are atomic).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from shoal.agent.errors import StateWriteFailed
+from shoal.agent.errors import AgentAlreadyRunning, StateWriteFailed
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import NetworkMap
 
@@ -74,6 +76,7 @@ class StateDir:
         self.path = path
         # One line per file set aside since start, for the agent's health warning.
         self.set_aside: list[str] = []
+        self._lock_fd: int | None = None
 
     def _set_aside(self, name: str, error: BaseException) -> None:
         path = self.path / name
@@ -213,6 +216,29 @@ class StateDir:
             "netmap": cached.netmap.model_dump(mode="json"),
         }
         _write_private(self.path / "netmap.json", json.dumps(body) + "\n")
+
+    def hold_lock(self) -> None:
+        """Make this process the one agent of this state dir until it ends (the kernel drops
+        the lock however it ends, SIGKILL included); AgentAlreadyRunning if another holds it.
+        A second agent on one state dir fought the first over shoal0 and port 53, and on its
+        way out deleted the first one's socket and DNS redirect."""
+        self.ensure()
+        # CLOEXEC: wireguard-go, started by the agent, must not keep the lock after it.
+        fd = os.open(self.path / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise AgentAlreadyRunning(
+                f"an agent already runs with state dir {self.path}: `shoal status --state-dir "
+                f"{self.path}`; `shoal down --state-dir {self.path}` first to start it anew"
+            ) from exc
+        self._lock_fd = fd
+
+    def holds_node(self) -> bool:
+        """Whether a node was joined with this state dir: its identity or netmap is here (or
+        was set aside as corrupt). Only then is the shoal configuration on this host its own."""
+        return any(self.path.glob("node.json*")) or any(self.path.glob("netmap.json*"))
 
     def forget(self) -> None:
         """Drop the mesh identity (after `shoal down --leave`); the next `up` joins afresh."""

@@ -7,18 +7,27 @@ import asyncio
 import contextlib
 import importlib
 import os
+import re
 import select
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
 
-from shoal.agent.config import DEFAULT_KEY_MAX_AGE_SECONDS, AgentConfig, parse_metrics_listen
+from pydantic import TypeAdapter, ValidationError
+
+from shoal.agent.config import (
+    DEFAULT_KEY_MAX_AGE_SECONDS,
+    AgentConfig,
+    default_node_name,
+    parse_metrics_listen,
+)
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
 from shoal.agent.localclient import (
+    fetch_services,
     fetch_status,
     request_down,
     request_rotate_key,
@@ -31,7 +40,10 @@ from shoal.cli import logs
 from shoal.cli.logs import LogFormat
 from shoal.cli.render import table
 from shoal.cli.tokenpass import TOKEN_ENV
+from shoal.cli.urls import check_server_flag
+from shoal.model.api import NAME_PATTERN, ServiceInfo
 from shoal.model.errors import ShoalError
+from shoal.model.netmap import AdvertisedEndpoints, Endpoint
 from shoal.model.routes import parse_routes
 from shoal.model.status import (
     AgentState,
@@ -79,6 +91,10 @@ def read_token(args: argparse.Namespace) -> str | None:
 
 
 def _config(args: argparse.Namespace) -> AgentConfig:
+    """The agent's config from `shoal up`'s flags, every one checked here: a value the server
+    or the model would refuse fails before an agent starts, as one line naming the flag."""
+    if not 0 < args.listen_port < 65536:
+        raise BadArgument(f"--listen-port {args.listen_port}: expected 1 to 65535")
     advertise = None
     if args.advertise_addr:
         try:
@@ -87,11 +103,19 @@ def _config(args: argparse.Namespace) -> AgentConfig:
             raise BadArgument(
                 f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
             ) from exc
+        try:
+            _ADVERTISED.validate_python((Endpoint(host=advertise, port=args.listen_port),))
+        except ValidationError as exc:
+            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise BadArgument(f"--advertise-addr {advertise}: {reason}") from exc
+    token = read_token(args)
+    if token is not None:  # joining: the name goes to the server, which takes DNS labels only
+        _check_node_name(args.name)
     return AgentConfig(
         key_max_age_seconds=_key_max_age(args.key_max_age),
         state_dir=Path(args.state_dir),
-        server_url=args.server.rstrip("/") if args.server else None,
-        token=read_token(args),
+        server_url=check_server_flag(args.server) if args.server else None,
+        token=token,
         name=args.name,
         advertise_addr=advertise,
         listen_port=args.listen_port,
@@ -110,6 +134,21 @@ def _advertise_routes(text: str | None) -> tuple[IPv4Network, ...] | None:
         return parse_routes(text)
     except ValueError as exc:
         raise BadArgument(str(exc)) from exc
+
+
+_ADVERTISED: TypeAdapter[tuple[Endpoint, ...]] = TypeAdapter(AdvertisedEndpoints)
+
+
+def _check_node_name(name: str | None) -> None:
+    """--name, or the host name it defaults to, must be a DNS label: it becomes NAME.shoal."""
+    label = "lowercase letters, digits and '-' inside, at most 63 characters"
+    if name is not None and not re.fullmatch(NAME_PATTERN, name):
+        raise BadArgument(f"--name {name[:80]!r}: a node name is a DNS label ({label})")
+    if name is None and not re.fullmatch(NAME_PATTERN, default_node_name()):
+        raise BadArgument(
+            f"this host's name {default_node_name()[:80]!r} is not a valid node name ({label}):"
+            " pass --name NAME"
+        )
 
 
 def _key_max_age(text: str | None) -> float | None:
@@ -177,6 +216,7 @@ async def _run_foreground(
 
         watch = watch or Stopwatch()
         state = StateDir(config.state_dir)
+        state.hold_lock()  # before anything touches the host: one agent per state dir
         dns = await answer_from_cache(state, config.listen_port)
         watch.lap("cached-dns")
         await asyncio.to_thread(importlib.import_module, "shoal.agent.daemon")
@@ -349,7 +389,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(status.model_dump_json(indent=2))
     else:
         print(render_status(status))
-    return 0 if status.state in (AgentState.RUNNING, AgentState.DEGRADED) else 1
+    # Non-zero when unhealthy, for scripts and health checks: DEGRADED carries warnings.
+    return 0 if status.state is AgentState.RUNNING else 1
 
 
 def _ago(when: datetime | None) -> str:
@@ -432,9 +473,11 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
+    if not 0 < args.count <= 1000:
+        raise BadArgument(f"--count {args.count}: expected 1 to 1000")
     state = StateDir(Path(args.state_dir))
     status = fetch_status(state.socket)
-    target = _resolve_target(status, args.target)
+    target = _resolve_target(status, args.target, lambda: fetch_services(state.socket))
     replies = 0
     for seq in range(1, args.count + 1):
         result = ping_once(target, seq)
@@ -449,15 +492,28 @@ def cmd_ping(args: argparse.Namespace) -> int:
     return 0 if replies else 1
 
 
-def _resolve_target(status: AgentStatus, target: str) -> IPv4Address:
+def _resolve_target(
+    status: AgentStatus, target: str, services: Callable[[], Sequence[ServiceInfo]]
+) -> IPv4Address:
+    """`shoal ping TARGET`: a node (this one or a peer), an IP, or a container of the catalog
+    (`services` is asked only for a name that is no node)."""
+    if target == status.name and status.mesh_ip is not None:
+        return status.mesh_ip
     for peer in status.peers:
         if peer.name == target:
             return peer.mesh_ip
     try:
         addr = ip_address(target)
     except ValueError as exc:
+        for service in services():
+            for instance in service.instances:
+                if instance.container == target:
+                    return instance.ip
         known = ", ".join(p.name for p in status.peers) or "none"
-        raise BadArgument(f"unknown node {target!r} (peers: {known})") from exc
+        raise BadArgument(
+            f"no node or container named {target!r} (peers: {known}; `shoal services` lists"
+            " the containers)"
+        ) from exc
     if not isinstance(addr, IPv4Address):
         raise BadArgument("shoal meshes are IPv4 only for now")
     return addr
@@ -482,6 +538,12 @@ def cmd_down(args: argparse.Namespace) -> int:
             state_dir=state.path, docker_host=args.docker_host or os.environ.get("DOCKER_HOST")
         )
         report = asyncio.run(down_offline(config, args.leave))
+    if not report.subsystems:
+        print(
+            f"shoal: nothing to undo: no node was joined with state dir {state.path} "
+            "(pass the --state-dir the agent was started with)"
+        )
+        return 0
     print(render_down(report))
     return 0 if all(s.error is None for s in report.subsystems) else 1
 

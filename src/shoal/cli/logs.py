@@ -9,7 +9,8 @@ event, as text or JSON (`--log-format`), repeats counted instead of written.
 
 Text lines: `2026-11-30T17:20:01.123Z WARNING shoal.agent: message`. JSON lines: an object with
 `ts` (UTC, ISO 8601), `level`, `logger`, `msg`, and for a summary `repeated` (how many more)
-and `window_s`. A newline inside a message is written as `\\n`, so a log line is an event.
+and `window_s`. A newline inside a message is written as `\\n` (other control characters as
+`\\xNN`), so a log line is an event.
 
 Expected failures are ShoalErrors, logged as their one-line message by the code that meets
 them; only a bug (log.exception) carries its traceback, kept on the same line (`exc`).
@@ -36,6 +37,12 @@ REPEAT_SECONDS = 60.0
 MAX_REMEMBERED = 1024
 # Loggers of libraries that say too much at INFO (aiohttp's access log is off already).
 _QUIET = ("asyncio", "aiohttp", "docker", "urllib3", "pyroute2")
+
+
+# Control characters are written escaped: a request path or name from the network (`GET /%1b[2J`
+# in a refusal's line) must not drive the terminal that shows the log, nor split a line.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+_ESCAPES |= {0x0A: "\\n", 0x0D: "\\r"}
 
 
 @dataclass(slots=True)
@@ -132,7 +139,7 @@ class OneLineHandler(logging.Handler):
         if exc and not repeated:
             message = f"{message} | {exc}"
         text = f"{stamp} {record.levelname} {record.name}: {message}"
-        return text.replace("\r", "\\r").replace("\n", "\\n")
+        return text.translate(_ESCAPES)
 
 
 def _exception(record: logging.LogRecord) -> str | None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -293,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("netcheck_cmds", "cmd_netcheck"))
 
-    p = sub.add_parser("ping", help="check reachability of a node over the mesh")
-    p.add_argument("target", metavar="NODE|IP")
+    p = sub.add_parser("ping", help="check reachability of a node or container over the mesh")
+    p.add_argument("target", metavar="NODE|IP|CONTAINER")
     p.add_argument("--count", "-c", type=int, default=3)
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.set_defaults(run=_handler("agent_cmds", "cmd_ping"))
@@ -375,11 +377,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         hide_token(args)  # may start this command again, the token out of argv and env
     try:
         code: int = args.run(args)
+        sys.stdout.flush()  # a reader gone fails here, not at the interpreter's exit
     except ShoalError as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`shoal services --json | head`): the rest is dropped, as
+        # `cat` does. Python would flush stdout again at exit and raise once more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     return code
 
 

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from shoal.cli import logs
 from shoal.cli.render import json_list, table
+from shoal.cli.urls import check_server_flag
 from shoal.control.app import ADMIN_TOKEN_FILE, SERVER_JSON, serve
 from shoal.control.ca import EXPIRY_WARNING, rotate_ca
 from shoal.control.config import load_config
@@ -139,7 +140,7 @@ def admin_target(args: argparse.Namespace) -> AdminTarget:
                 f"--server needs the admin token in {ADMIN_TOKEN_ENV} "
                 f"(the SHOAL-ADMIN-1-... line of {ADMIN_TOKEN_FILE} in the server's data dir)"
             )
-        return AdminTarget(url=args.server.rstrip("/"), token=env_token)
+        return AdminTarget(url=check_server_flag(args.server), token=env_token)
     data_dir = Path(args.data_dir)
     server_json, token_file = data_dir / SERVER_JSON, data_dir / ADMIN_TOKEN_FILE
     missing = AdminSetupError(

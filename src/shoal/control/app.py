@@ -29,6 +29,7 @@ from shoal.control.config import ServerConfig
 from shoal.control.errors import ServerConfigError
 from shoal.control.listener import (
     FD_RESERVE,
+    HTTP_LOG,
     Connections,
     GuardedSite,
     listening_socket,
@@ -256,6 +257,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
                 relays=relays,
             ),
             access_log=None,
+            logger=HTTP_LOG,  # a request aiohttp cannot parse: one line, no traceback
             shutdown_timeout=SHUTDOWN_GRACE,
             keepalive_timeout=limits.idle_timeout,
         )

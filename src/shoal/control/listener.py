@@ -21,6 +21,8 @@ registration to 24 s, past the agent's 15 s timeout. Here:
   headers must be complete (the API middleware calls `request_started`) within
   `header_timeout`; more bytes do not extend the deadline. A request being handled has no
   deadline here: the handler bounds itself (body timeout, long-poll wait).
+- A request aiohttp cannot parse is one INFO line (`BadRequestsInOneLine`), not an ERROR
+  with a traceback.
 - `max_connections` is kept below the process's fd limit (raised to its hard limit at
   start), and running out of fds anyway (other processes, sqlite) logs one line every
   OUT_OF_FDS_LOG_EVERY seconds instead of a traceback per attempt.
@@ -42,6 +44,7 @@ from ssl import SSLContext
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from shoal.control.limits import Rate, RateLimiter
 
@@ -344,6 +347,33 @@ def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+# aiohttp's log of the requests it could not parse: a client's fault, one INFO line each.
+HTTP_LOG = logging.getLogger("shoal.control.http")
+_BAD_REQUEST_SHOWN = 160  # characters of aiohttp's reason (it quotes the client's bytes)
+
+
+class BadRequestsInOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a header line over 8 KiB, a bad header or
+    chunk) as an ERROR with its parser's traceback: garbage from anyone on the network would
+    read as a server bug. Such a record becomes one INFO line with the source and the reason;
+    everything else passes as it is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            reason = (exc.message or type(exc).__name__).strip().splitlines()
+            record.msg = "bad HTTP request from %s: %d %s"
+            record.args = (remote, exc.code, " ".join(reason)[:_BAD_REQUEST_SHOWN])
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+HTTP_LOG.addFilter(BadRequestsInOneLine())
 
 
 def listening_socket(host: str, port: int, connections: Connections) -> _Listener:
