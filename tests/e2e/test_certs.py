@@ -155,3 +155,19 @@ def test_a_client_without_a_valid_certificate_is_refused(
         )
     )
     assert dial(h1, h2, str(cert), str(key_file)).startswith("refused:")
+
+
+def test_an_app_user_reads_its_key_given_the_owner_label(pair: tuple[LabHost, LabHost]) -> None:
+    h1, _h2 = pair
+    mount = f"{cert_dir(h1.state_dir, 'tls-c')}:/tls:ro"
+    labels = ("--label", "shoal.tls=true", "--label", "shoal.tls.owner=1000")
+    h1.run_container("tls-c", image=IMAGE, options=(*labels, "--user", "1000", "-v", mount))
+    try:
+        _cert, key, _ca = files(h1, "tls-c")
+        wait_until("tls-c's certificate", lambda: Path(key).exists())
+        # The app's user (1000, not root) reads its key; the key stays 0600.
+        got = h1.container_exec("tls-c", ["head", "-1", "/tls/key.pem"], check=False)
+        assert "PRIVATE KEY" in got.stdout, got.stderr
+        assert Path(key).stat().st_mode & 0o777 == 0o600
+    finally:
+        h1.docker("rm", "-f", "tls-c", check=False)

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from shoal.model.certs import container_names, new_key_and_csr, service_names, wants_cert
+from shoal.model.certs import (
+    cert_owner,
+    container_names,
+    new_key_and_csr,
+    service_names,
+    wants_cert,
+)
 from shoal.model.netmap import Container
 
 
@@ -40,3 +47,12 @@ def test_the_request_carries_the_new_keys_public_half() -> None:
     csr = x509.load_pem_x509_csr(csr_pem.encode())
     assert csr.is_signature_valid
     assert csr.public_key() == key.public_key()
+
+
+def test_the_owner_label_gives_uid_and_gid_and_refuses_names() -> None:
+    assert cert_owner(box(labels=(("shoal.tls", "true"),))) is None
+    assert cert_owner(box(labels=(("shoal.tls.owner", "70"),))) == (70, 70)
+    assert cert_owner(box(labels=(("shoal.tls.owner", "101:0"),))) == (101, 0)
+    for bad in ("postgres", "70:", ":70", "-1", "70:x"):
+        with pytest.raises(ValueError, match=r"shoal\.tls\.owner"):
+            cert_owner(box(labels=(("shoal.tls.owner", bad),)))

@@ -168,3 +168,13 @@ def test_a_final_record_needs_no_time() -> None:
         update={"peers": (node(2).model_copy(update={"public_key": NEW.public_key()}),)}
     )
     assert list(peer_keys(plan_host(final, KEY, 51820))) == [NEW.public_key().short()]
+
+
+def test_only_a_host_that_routes_for_others_asks_for_ip_forwarding() -> None:
+    me = netmap(1, [2]).self_node.id
+    assert plan_host(netmap(1, [2]), KEY, 51820).routing.forward
+    # A sidecar or a laptop ends its traffic: it needs no forwarding (and a container's
+    # /proc/sys is read-only), unless it routes an approved subnet.
+    endpoint_only = without_docker(netmap(1, [2]), me)
+    assert not plan_host(endpoint_only, KEY, 51820).routing.forward
+    assert plan_host(with_routes(endpoint_only, me, LAN), KEY, 51820).routing.forward

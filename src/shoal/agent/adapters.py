@@ -27,10 +27,11 @@ log = logging.getLogger(__name__)
 
 
 class HostRouting:
-    """IPv4 forwarding, and exactly the planned routes on the mesh interface."""
+    """IPv4 forwarding when planned, and exactly the planned routes on the mesh interface."""
 
     async def apply(self, cfg: RoutingConfig) -> bool:
-        changed = hostnet.ensure_ip_forward()
+        # Never turned off: Docker or the operator may need it for their own reasons.
+        changed = hostnet.ensure_ip_forward() if cfg.forward else False
         # The mesh interface is shoal's own: every non-connected route on it is ours.
         changed |= await hostnet.sync_routes(cfg.device, cfg.routes)
         return changed

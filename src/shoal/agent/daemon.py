@@ -69,7 +69,7 @@ from shoal.controlclient.tls import fetch_pinned_ca, ssl_context, trust_bundle
 from shoal.dataplane import DataPlaneError, select_dataplane
 from shoal.dockerhost import ContainerWatcher, DockerHost
 from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, ServiceInfo
-from shoal.model.certs import ContainerCertRequest, new_key_and_csr, wants_cert
+from shoal.model.certs import ContainerCertRequest, cert_owner, new_key_and_csr, wants_cert
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import PEER_SWITCH_LAG, Container, Endpoint, NetworkMap, Node
@@ -511,7 +511,12 @@ class Agent:
         except (ControlUnreachable, ControlRejected, ControlProtocolError) as exc:
             log.warning("certificate for container %s: %s", container.name, exc)
             return
-        tlscerts.write_bundle(directory, key_pem, issued)
+        try:
+            owner = cert_owner(container)
+        except ValueError as exc:  # the operator's label: written root-only, as by default
+            log.warning("certificate for container %s: %s", container.name, exc)
+            owner = None
+        tlscerts.write_bundle(directory, key_pem, issued, owner)
         log.info(
             "certificate for container %s (%s) in %s, valid until %s",
             container.name,

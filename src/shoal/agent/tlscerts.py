@@ -37,21 +37,30 @@ def due(directory: Path, now: datetime) -> bool:
     return cert.not_valid_after_utc - now < RENEW_BEFORE
 
 
-def write_bundle(directory: Path, key_pem: bytes, issued: IssuedCert) -> None:
+def write_bundle(
+    directory: Path, key_pem: bytes, issued: IssuedCert, owner: tuple[int, int] | None = None
+) -> None:
     """Key, certificate and CA into `directory` (made 0700 if missing), each atomically; the
-    key first, so a certificate is never next to a key it does not belong to for long."""
+    key first, so a certificate is never next to a key it does not belong to for long.
+
+    `owner` (uid, gid): the directory and files are chowned to it (the container's app user
+    reads its key); None leaves them to the writer (root)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _replace(directory / KEY, key_pem, 0o600)
-    _replace(directory / CERT, issued.cert.encode(), 0o644)
-    _replace(directory / CA, issued.ca.encode(), 0o644)
+    if owner is not None:
+        os.chown(directory, *owner)
+    _replace(directory / KEY, key_pem, 0o600, owner)
+    _replace(directory / CERT, issued.cert.encode(), 0o644, owner)
+    _replace(directory / CA, issued.ca.encode(), 0o644, owner)
 
 
-def _replace(path: Path, data: bytes, mode: int) -> None:
+def _replace(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
         os.fchmod(fd, mode)
+        if owner is not None:  # before the rename: the key is never readable by the old owner
+            os.fchown(fd, *owner)
     finally:
         os.close(fd)
     os.replace(tmp, path)

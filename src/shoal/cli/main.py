@@ -285,6 +285,26 @@ def build_parser() -> argparse.ArgumentParser:
     log_format_flag(p)
     p.set_defaults(run=_handler("agent_cmds", "cmd_up"))
 
+    p = sub.add_parser(
+        "sidecar",
+        help="join the mesh from inside a container (NET_ADMIN only); apps sharing its "
+        "network namespace (network_mode: service:NAME) are on the mesh",
+    )
+    p.add_argument("--server", help="server URL (default $SHOAL_SERVER)")
+    p.add_argument("--token", help="join token, or - to read it from stdin (or $SHOAL_TOKEN)")
+    p.add_argument("--token-file", help="read the join token from this file (a secret)")
+    p.add_argument("--token-fd", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--name", help="node name (default $SHOAL_NAME, else the hostname)")
+    p.add_argument(
+        "--advertise-addr",
+        help="address other hosts reach this container's published UDP port at "
+        "(default $SHOAL_ADVERTISE_ADDR)",
+    )
+    p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")
+    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="a volume keeps the identity")
+    log_format_flag(p)
+    p.set_defaults(run=_handler("sidecar_cmds", "cmd_sidecar"))
+
     p = sub.add_parser("status", help="this host, its peers, handshakes and traffic")
     p.add_argument("--json", action="store_true")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
@@ -371,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None and args.command == "up":
+    if argv is None and args.command in ("up", "sidecar"):
         from shoal.cli.tokenpass import hide_token
 
         hide_token(args)  # may start this command again, the token out of argv and env

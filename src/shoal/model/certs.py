@@ -53,6 +53,23 @@ def wants_cert(container: Container) -> bool:
     return TLS_LABEL in container.labels
 
 
+# `shoal.tls.owner=UID[:GID]`: who owns the written files, for an app that does not run as
+# root in its container (a 0600 root-owned key is unreadable to it). GID defaults to UID.
+OWNER_LABEL = "shoal.tls.owner"
+
+
+def cert_owner(container: Container) -> tuple[int, int] | None:
+    """The (uid, gid) `container`'s OWNER_LABEL asks for; None without the label. Raises
+    ValueError naming the label for anything but numeric ids (names differ per image)."""
+    text = dict(container.labels).get(OWNER_LABEL)
+    if text is None:
+        return None
+    uid, sep, gid = text.partition(":")
+    if not uid.isdigit() or (sep and not gid.isdigit()):
+        raise ValueError(f"label {OWNER_LABEL}={text!r}: expected UID or UID:GID, numeric")
+    return int(uid), int(gid or uid)
+
+
 def container_names(container: Container, node: str, zone: str = "shoal") -> tuple[str, ...]:
     """The DNS names the mesh serves for `container` on `node` (see `shoal.dns.records`):
     its name, and its compose service's names if it has one; what its certificate holds."""

@@ -54,10 +54,14 @@ class RouteConfig(Frozen):
 
 
 class RoutingConfig(Frozen):
-    """IPv4 forwarding on, and exactly `routes` on `device` (the mesh interface shoal owns)."""
+    """Exactly `routes` on `device` (the mesh interface shoal owns), and IPv4 forwarding on
+    when `forward` (this host routes for its containers or its approved subnet routes)."""
 
     device: str
     routes: tuple[RouteConfig, ...]  # sorted by destination
+    # False on a host that only ends traffic (no container subnet, no subnet routes): a
+    # sidecar's container cannot write /proc/sys, and needs no forwarding.
+    forward: bool = True
 
 
 class DockerNetworkConfig(Frozen):
@@ -229,7 +233,9 @@ def plan_host(
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
-        routing=RoutingConfig(device=INTERFACE, routes=routes),
+        routing=RoutingConfig(
+            device=INTERFACE, routes=routes, forward=me.subnet is not None or bool(me.routes)
+        ),
         docker_network=docker_network,
         # Names a host may not publish (the policy's `publish` claims) are not served.
         dns=DnsConfig(
