@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from shoal.control.app import RunningServer
+from shoal.control.errors import ServerConfigError
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlRejected, CredentialRejected
 from shoal.controlclient.tls import ssl_context
@@ -275,3 +276,16 @@ async def test_the_data_dir_is_private_even_when_it_was_not(tmp_path: Path) -> N
         assert stat.S_IMODE(data.stat().st_mode) == 0o700
         assert {"shoal.db", "ca.key", "server.key", "admin.token", "server.json"} <= set(modes)
         assert set(modes.values()) == {0o600}, modes
+
+
+async def test_one_server_per_data_dir_a_second_is_refused_in_one_line(tmp_path: Path) -> None:
+    async with running_server(tmp_path) as first:
+        with pytest.raises(ServerConfigError, match="already runs with data dir") as refused:
+            async with running_server(tmp_path):
+                pass
+        assert "\n" not in str(refused.value)
+        assert (tmp_path / "server.json").exists()  # the first one's, left alone
+        async with admin_client(first) as admin:
+            assert await admin.list_tokens() == []  # and still serving
+    async with running_server(tmp_path):  # the lock went with the first server
+        pass

@@ -4,13 +4,15 @@ the liveness sweeper (the server's one background task, owned by `RunningServer`
 The data dir holds ca.pem/ca.key, server.pem/server.key, node-auth.key (the X25519 key node
 signatures are keyed with), shoal.db (SQLite store), admin.token
 (the admin token in clear, mode 0600, for admin commands on this host) and server.json (the URL
-those commands use: 127.0.0.1 when listening on all addresses).
+those commands use: 127.0.0.1 when listening on all addresses) and server.lock (held by the one
+server running on it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -56,6 +58,7 @@ from shoal.store import Store, StoreError, is_postgres_url, open_store
 log = logging.getLogger("shoal.control")
 
 SERVER_JSON = "server.json"
+SERVER_LOCK = "server.lock"  # flock()ed by the one server running on this data dir
 ADMIN_TOKEN_FILE = "admin.token"
 SHUTDOWN_GRACE = 3.0  # seconds in-flight requests get at shutdown (long-polls end at once)
 SWEEP_INTERVAL = 1.0  # seconds between liveness sweeps: withdrawal lags the timeout by ≤ 1 s
@@ -158,6 +161,7 @@ class RunningServer:
     relay: Relay | None = field(default=None, repr=False)
     tcp_relay: TcpRelay | None = field(default=None, repr=False)
     follower: asyncio.Task[None] | None = field(default=None, repr=False)
+    data_dir_lock: int | None = field(default=None, repr=False)  # see `lock_data_dir`
 
     async def close(self) -> None:
         for transport in self.probes:
@@ -178,6 +182,26 @@ class RunningServer:
         await self.store.close()
         with contextlib.suppress(OSError):
             (self.config.data_dir / SERVER_JSON).unlink()
+        if self.data_dir_lock is not None:
+            os.close(self.data_dir_lock)
+            self.data_dir_lock = None
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Make this process the one server of `data_dir` until it ends (the kernel drops the lock
+    however it ends); ServerConfigError if another holds it. Two servers on one data dir split
+    the mesh in two in-memory registries over one SQLite file, and the one stopping first
+    deleted the other's server.json. Replicas each have a data dir of their own."""
+    fd = os.open(data_dir / SERVER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        os.close(fd)
+        raise ServerConfigError(
+            f"another shoal server already runs with data dir {data_dir}; stop it first (a "
+            "replica needs a data dir of its own: see README, Running several servers)"
+        ) from exc
+    return fd
 
 
 async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> RunningServer:
@@ -187,6 +211,16 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         secure_data_dir(data_dir)
     except OSError as exc:
         raise ServerConfigError(f"cannot create data dir {data_dir}: {exc}") from exc
+    lock = lock_data_dir(data_dir)
+    try:
+        return await _start_locked(config, clock, lock)
+    except BaseException:
+        os.close(lock)
+        raise
+
+
+async def _start_locked(config: ServerConfig, clock: Clock, lock: int) -> RunningServer:
+    data_dir = config.data_dir
     store = open_store(config.store_url, data_dir)
     relay_sock: socket.socket | None = None
     try:
@@ -316,6 +350,7 @@ async def start_server(config: ServerConfig, *, clock: Clock = utcnow) -> Runnin
         relay=relay,
         tcp_relay=tcp_relay,
         follower=asyncio.create_task(_follow_forever(registry), name="shoal-control-follower"),
+        data_dir_lock=lock,
     )
 
 
