@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -292,12 +293,16 @@ def test_port_53_dropped_from_the_containers_is_named(
     """The responder answers the host, but the containers' lookups (Docker's resolver forwards
     them from the container's own address) are dropped: only container-dns can see it."""
     h1, h2 = containers
-    db = h2.container_ip("doc-db")
+    # Doctor picks one container of this host and one name of the target's: in a lab other
+    # tests share, not necessarily doc-app and doc-db.
     wait_until(
-        "doctor to resolve doc-db inside doc-app",
+        "doctor to resolve a remote name inside a container",
         lambda: (
-            container_dns(h1, h2.name)["summary"]
-            == f"doc-db resolves to {db} inside container doc-app"
+            re.fullmatch(
+                r"\S+ resolves to [0-9.]+ inside container \S+",
+                container_dns(h1, h2.name)["summary"],
+            )
+            is not None
         ),
         timeout=30,
     )
@@ -309,10 +314,8 @@ def test_port_53_dropped_from_the_containers_is_named(
             "container-dns",
             target=h2.name,
         )
-        assert check["summary"].startswith("doc-db inside container doc-app: no answer")
-        assert (
-            "the responder answers this host, but Docker's resolver in doc-app" in (check["cause"])
-        )
+        assert re.match(r"\S+ inside container \S+: no answer", check["summary"]), check
+        assert "the responder answers this host, but Docker's resolver in" in check["cause"]
         _, report, _ = doctor(h1, h2.name)
         assert not failing(report, "dns-responder")  # the host's own lookups still work
     finally:
@@ -329,7 +332,6 @@ rules:
     to: '*'
     ports: [1-8079, 8081-65535]
 """
-ALLOW_ALL = "rules:\n  - {from: '*', to: '*'}\n"
 
 
 def test_a_policy_denial_is_named_with_its_rule(
@@ -358,5 +360,6 @@ def test_a_policy_denial_is_named_with_its_rule(
         (verdict,) = [c for c in allowed["checks"] if c["code"] == "policy"]
         assert verdict["verdict"] == "ok" and "allowed by doctor-deny.yaml:6" in verdict["summary"]
     finally:
-        policy.write_text(ALLOW_ALL)
-        admin(lab, "policy", "set", str(policy))
+        # Back to no policy at all: the tests after this one (in the lab they share) expect
+        # shoal's defaults, e.g. a host without Docker serving the mesh.
+        admin(lab, "policy", "clear")

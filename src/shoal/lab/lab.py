@@ -461,10 +461,12 @@ class Lab:
     def load_images(self) -> tuple[str, ...]:
         """The examples' images (redis, postgres, app; see `shoal.lab.images`) on every host:
         built first if this machine has none of this recipe, loaded into the dockerds in
-        parallel, skipped where already loaded. Returns their tags."""
+        parallel, skipped where already loaded; hosts without Docker (`add_host(docker=False)`)
+        are left out. Returns their tags."""
         images.build()
-        with ThreadPoolExecutor(max_workers=max(1, len(self.hosts))) as pool:
-            list(pool.map(lambda h: images.load(h.docker, h.dir), self.hosts))
+        hosts = [h for h in self.hosts if h.dockerd_running()]
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            list(pool.map(lambda h: images.load(h.docker, h.dir), hosts))
         return tuple(i.tag for i in images.IMAGES)
 
     def add_outsider(self, via: LabHost, routes: Sequence[IPv4Network]) -> LabOutsider:
