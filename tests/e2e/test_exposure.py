@@ -210,10 +210,12 @@ def test_a_container_cannot_send_from_a_forged_address(
 
             return send
 
-        on_underlay = captured_sources(outsider.netns, "eth0", pings(outsider.ip, (own, *forged)))
+        on_underlay = captured_sources(
+            outsider.netns, "eth0", outsider.ip, pings(outsider.ip, (own, *forged))
+        )
         assert h1.underlay_ip in on_underlay  # the honest ping arrived (masqueraded)
         assert not set(forged) & on_underlay, on_underlay
-        on_h2 = captured_sources(h2.netns, "shoal0", pings(web2, (own, *forged, *local)))
+        on_h2 = captured_sources(h2.netns, "shoal0", web2, pings(web2, (own, *forged, *local)))
         assert own in on_h2
         assert not (set(forged) | set(local)) & on_h2, on_h2
     finally:
@@ -248,16 +250,19 @@ def test_a_container_cannot_send_from_a_neighbours_address(
             # An answered ping on the same path: what was sent before it has arrived.
             assert ping(h1, name, web2)
 
-        on_h2 = captured_sources(h2.netns, "shoal0", forge)
+        on_h2 = captured_sources(h2.netns, "shoal0", web2, forge)
         assert own in on_h2, on_h2  # the raw socket works: its own address gets through
         assert neighbour not in on_h2, on_h2
     finally:
         h1.docker("rm", "-f", name, check=False)
 
 
-def captured_sources(netns: str, interface: str, action: Callable[[], object]) -> set[IPv4Address]:
-    """Source addresses of the ICMP echo requests arriving on `interface` of network
-    namespace `netns` while `action` runs."""
+def captured_sources(
+    netns: str, interface: str, dst: IPv4Address, action: Callable[[], object]
+) -> set[IPv4Address]:
+    """Source addresses of the ICMP echo requests to `dst` arriving on `interface` of network
+    namespace `netns` while `action` runs (only to `dst`: agents ping each other's mesh IPs
+    for their reports, from their own)."""
     capture = subprocess.Popen(
         [
             "nsenter",
@@ -267,7 +272,7 @@ def captured_sources(netns: str, interface: str, action: Callable[[], object]) -
             "-n",
             "-i",
             interface,
-            "icmp[icmptype] == icmp-echo",
+            f"icmp[icmptype] == icmp-echo and dst host {dst}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

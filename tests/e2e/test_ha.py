@@ -94,6 +94,14 @@ def pinger(
     return host.docker_popen(["exec", container, "ping", "-i", "0.05", "-c", count, str(dst)])
 
 
+def assert_forwarded(summary: str) -> None:
+    """Forwarding went on: at most one echo of the run lost. A stall of the data plane while
+    a replica died would cost dozens (one every 0.05 s); one in 300 was once lost with the
+    machine at load 10 and a new node joining meanwhile, which needs no server to forward."""
+    sent, received = (int(n) for n in re.findall(r"\d+", summary))
+    assert received >= sent - 1, summary
+
+
 def loss(proc: subprocess.Popen[str]) -> str:
     out, _ = proc.communicate(timeout=120)
     match = re.search(r"(\d+) packets transmitted, (\d+) packets received", out)
@@ -142,8 +150,7 @@ def test_replica_killed_under_traffic_agents_move_and_changes_flow(ha: Ha) -> No
     assert h1.container_exec("web1", ["ping", "-c", "1", "-W", "2", str(ip4)]).returncode == 0
     sent = [loss(p) for p in pings]
     for summary in sent:
-        n, received = summary.split(" sent, ")
-        assert received == f"{n} received", sent
+        assert_forwarded(summary)
     # A node removed through replica 2 leaves every map.
     admin(lab, ha.replicas[2], "node", "remove", "h3")
     wait_until("h1 and h2 drop h3", lambda: "h3" not in peer_names(h1) | peer_names(h2), 30)
@@ -159,8 +166,7 @@ def test_replica_killed_under_traffic_agents_move_and_changes_flow(ha: Ha) -> No
     h1.run_container("web5")
     wait_until("h2 resolves web5", lambda: resolves(h2, "web2", "web5"), 30)
     sent += [loss(p) for p in pings]
-    n, received = sent[-1].split(" sent, ")
-    assert received == f"{n} received", sent
+    assert_forwarded(sent[-1])
     for host in (h1, h2):
         assert status(host)["state"] == "RUNNING", status(host)["health"]
     print(
@@ -187,8 +193,7 @@ def test_a_database_restart_stops_neither_traffic_nor_changes(ha: Ha) -> None:
     h2.run_container("web6")
     wait_until("h1 resolves web6", lambda: resolves(h1, "web1", "web6"), 60)
     summary = loss(pings[0])
-    n, received = summary.split(" sent, ")
-    assert received == f"{n} received", summary
+    assert_forwarded(summary)
 
 
 def test_the_lab_database_is_the_labs_own(ha: Ha) -> None:
