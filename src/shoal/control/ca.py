@@ -92,8 +92,15 @@ def fingerprint_of(cert: x509.Certificate) -> str:
 
 
 def _make_ca(now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    return make_ca(f"shoal CA {socket.gethostname()}", now)
+
+
+def make_ca(
+    common_name: str, now: dt.datetime
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed CA (P-256, CA_DAYS) that signs certificates and nothing else."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"shoal CA {socket.gethostname()}")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

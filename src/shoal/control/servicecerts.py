@@ -22,11 +22,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from shoal.control.ca import write_private
+from shoal.control.ca import make_ca, write_private
 from shoal.control.errors import BadRequest
 from shoal.model.certs import CERT_LIFETIME, IssuedCert
 
-CA_DAYS = 3650
 CERT_FILE, KEY_FILE = "service-ca.pem", "service-ca.key"
 
 
@@ -113,34 +112,7 @@ def _load_or_create(data_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurveP
         key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey), f"{key_file} holds an EC key"
         return cert, key
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shoal mesh service CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CA_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
+    cert, key = make_ca("shoal mesh service CA", dt.datetime.now(dt.UTC))
     write_private(
         key_file,
         key.private_bytes(
