@@ -31,7 +31,7 @@ from shoal.dns.probe import DnsAnswer
 from shoal.firewall.errors import FirewallError
 from shoal.model.doctor import Check, DoctorReport, UnknownTarget, Verdict
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Container, NetworkMap
+from shoal.model.netmap import Container, Endpoint, NetworkMap
 from shoal.model.policy import parse
 from shoal.plan.hostconfig import plan_host
 from shoal.testing.builders import netmap, node
@@ -210,6 +210,40 @@ async def test_a_path_blocked_after_a_handshake_says_nothing_came_back() -> None
     assert "worked (handshake 5s ago)" in (check.cause or "")
     assert "nothing came back from 192.0.2.13:51820" in (check.cause or "")
     assert "UDP 51820 between the hosts is blocked now" in (check.cause or "")
+
+
+def h2_without_udp() -> NetworkMap:
+    """h1's netmap when h2's UDP is blocked: h2 advertises the TCP relay it is reached by."""
+    nm = netmap(1, [2, 3])
+    relay = Endpoint(host=IPv4Address("192.0.2.2"), port=443, kind="relay")
+    h2 = node(2).model_copy(update={"endpoints": (*node(2).endpoints, relay)})
+    return nm.model_copy(update={"peers": (h2, node(3))})
+
+
+async def test_a_relayed_peer_is_a_warning_naming_the_relay_and_the_blocked_udp() -> None:
+    r = await rig(h2_without_udp())
+    h2 = node(2)
+    # WireGuard's endpoint for h2 is the agent's loopback socket of the TCP relay.
+    r.probe.handshake(h2.public_key, NOW - timedelta(seconds=5), endpoint="127.0.0.1:53833")
+    check = next(c for c in (await r.doctor()).checks if c.code == "peer" and c.subject == "h2")
+    assert check.verdict is Verdict.WARN
+    assert "relayed via tcp relay 192.0.2.2:443" in check.summary
+    assert "direct UDP 51820 to 192.0.2.12:51820 gets no answer (UDP is blocked at h2)" in (
+        check.cause or ""
+    )
+    assert "127.0.0.1" not in f"{check.summary} {check.cause} {check.fix}"
+
+
+async def test_a_failing_relayed_path_says_the_relay_fails_too_not_udp_on_loopback() -> None:
+    r = await rig(h2_without_udp())
+    h2 = node(2)
+    r.probe.handshake(h2.public_key, NOW - timedelta(seconds=91), endpoint="127.0.0.1:53833")
+    r.probe.paths[h2.mesh_ip] = FakePath(up=False)
+    check = only_failure(await r.doctor(), "peer", "h2")
+    assert "relayed via tcp relay 192.0.2.2:443, 100.64.0.2 does not answer" in check.summary
+    assert "the relayed path fails too" in (check.cause or "")
+    assert "UDP 51820 to 192.0.2.12:51820" in (check.cause or "")
+    assert "127.0.0.1" not in f"{check.summary} {check.cause} {check.fix}"
 
 
 async def test_an_mtu_black_hole_names_the_size_that_passes_and_the_fix() -> None:

@@ -35,7 +35,7 @@ from shoal.firewall.drift import Drift
 from shoal.hostnet.inspect import LinkState
 from shoal.model.doctor import Check, DoctorReport, UnknownTarget, Verdict
 from shoal.model.errors import ShoalError
-from shoal.model.netmap import Container, NetworkMap, Node
+from shoal.model.netmap import Container, Endpoint, NetworkMap, Node
 from shoal.model.policy import Proto
 from shoal.model.status import AgentState, HealthWarning
 from shoal.plan.hostconfig import DockerNetworkConfig, FirewallConfig, HostConfig
@@ -609,12 +609,15 @@ def check_container_dns(
 # -- peers ----------------------------------------------------------------------------------
 
 
-def check_peer(peer: Node, stats: PeerStats | None, reach: Reach, now: datetime) -> Check:
+def check_peer(me: Node, peer: Node, stats: PeerStats | None, reach: Reach, now: datetime) -> Check:
+    handshake = stats.last_handshake if stats else None
+    seen = f"handshake {_ago(now - handshake)}" if handshake else "no handshake yet"
+    relay = _tcp_relay(me, peer)
+    if relay is not None:
+        return _check_relayed(me, peer, relay, seen, reach)
     endpoint = (stats.endpoint if stats else None) or (
         str(peer.endpoints[0]) if peer.endpoints else None
     )
-    handshake = stats.last_handshake if stats else None
-    seen = f"handshake {_ago(now - handshake)}" if handshake else "no handshake yet"
     where = f"endpoint {endpoint}" if endpoint else "no endpoint"
     if reach.rtt_ms is not None:
         stale = handshake is not None and now - handshake > HANDSHAKE_STALE
@@ -658,6 +661,59 @@ def check_peer(peer: Node, stats: PeerStats | None, reach: Reach, now: datetime)
         summary=f"{seen}, {where}, {peer.mesh_ip} does not answer",
         cause=cause,
         fix=fix,
+    )
+
+
+def _tcp_relay(me: Node, peer: Node) -> Endpoint | None:
+    """The TCP relay the agent sends `peer`'s WireGuard packets through (the same choice as
+    `shoal.agent.paths.candidates`: a side without UDP advertises its relay), None when the
+    path is UDP. Its data plane endpoint is then a loopback socket of the agent: naming that
+    to the operator would send them opening UDP on 127.0.0.1."""
+    return next(
+        (e for n in (peer, me) for e in n.endpoints if e.kind == "relay"),
+        None,
+    )
+
+
+def _check_relayed(me: Node, peer: Node, relay: Endpoint, seen: str, reach: Reach) -> Check:
+    """A peer reached over TCP relay `relay`: a warning while it answers (the direct path is
+    blocked, the relay is slower), a failure when the relayed path fails too."""
+    blocked = " and ".join(
+        "this host" if n is me else n.name
+        for n in (me, peer)
+        if any(e.kind == "relay" for e in n.endpoints)
+    )
+    direct = next((e for e in peer.endpoints if e.kind != "relay"), None)
+    port = direct.port if direct else 51820
+    no_direct = (
+        f"direct UDP {port} to {direct} gets no answer (UDP is blocked at {blocked})"
+        if direct
+        else f"{peer.name} advertises no UDP endpoint (UDP is blocked at {blocked})"
+    )
+    allow = f"allow inbound UDP {port} from the network at {blocked}"
+    where = f"relayed via tcp relay {relay}"
+    if reach.rtt_ms is not None:
+        return Check(
+            code="peer",
+            subject=peer.name,
+            verdict=Verdict.WARN,
+            summary=f"{seen}, {where}, {peer.mesh_ip} answers in {reach.rtt_ms:.1f} ms",
+            cause=f"{no_direct}: WireGuard packets to {peer.name} go through the TCP relay "
+            f"at {relay} instead (more latency, less throughput)",
+            fix=f"{allow} for a direct path; `shoal netcheck` there shows what UDP gets through",
+        )
+    got = "nothing" if reach.rx_delta == 0 else f"{reach.rx_delta} bytes"
+    return Check(
+        code="peer",
+        subject=peer.name,
+        verdict=Verdict.FAIL,
+        summary=f"{seen}, {where}, {peer.mesh_ip} does not answer",
+        cause=f"{no_direct}, and the relayed path fails too: {got} came back through the TCP "
+        f"relay at {relay} (a host cannot reach TCP {relay.port} at {relay.host}, an agent "
+        f"is not connected to the relay, or a firewall drops the relay's datagrams to "
+        f"WireGuard on loopback)",
+        fix=f"run `shoal doctor` and `shoal netcheck` on {peer.name} and here; {allow}; "
+        f"never drop UDP {port} on the loopback interface",
     )
 
 
@@ -913,7 +969,7 @@ async def _probe_peer(
     key = str(peer.public_key)
     old, new = before.get(key), after.get(key)
     rx_delta = (new.rx_bytes - old.rx_bytes) if (old and new) else 0
-    peer_check = check_peer(peer, new or old, Reach(rtt, rx_delta), view.now)
+    peer_check = check_peer(view.netmap.self_node, peer, new or old, Reach(rtt, rx_delta), view.now)
     mtu = view.netmap.settings.mtu
     if rtt is None:
         return peer_check, check_path_mtu(peer, mtu, None)

@@ -53,10 +53,16 @@ class FakeDoctorProbe:
 
     # -- shaping the fake -------------------------------------------------------------------
 
-    def handshake(self, key: PublicKey, at: datetime | None, rx_bytes: int = 0) -> None:
-        """Set what WireGuard reports of peer `key`."""
+    def handshake(
+        self, key: PublicKey, at: datetime | None, rx_bytes: int = 0, endpoint: str | None = None
+    ) -> None:
+        """Set what WireGuard reports of peer `key` (`endpoint`: where it was last seen, when
+        not the configured one)."""
         peers = self.host.tunnel.wireguard.links[INTERFACE].peers
-        peers[key] = dataclasses.replace(peers[key], last_handshake=at, rx_bytes=rx_bytes)
+        peer = dataclasses.replace(peers[key], last_handshake=at, rx_bytes=rx_bytes)
+        if endpoint is not None:
+            peer = dataclasses.replace(peer, endpoint=endpoint)
+        peers[key] = peer
 
     def dump(self) -> str:
         lines = [
