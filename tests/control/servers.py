@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from shoal.control.app import RunningServer, start_server
@@ -16,6 +17,7 @@ from shoal.controlclient.client import ControlClient
 from shoal.model.api import RegisterRequest, RegisterResponse, TokenCreateRequest
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import NetworkMap
+from shoal.store.base import NodeRecord
 
 
 class FakeClock:
@@ -92,3 +94,16 @@ async def join(
             RegisterRequest(token=token, name=name, public_key=key.public_key())
         )
     return Joined(node_id=reply.node_id, netmap=reply.netmap, key=key)
+
+
+def rec(i: int, created_at: datetime = datetime(2026, 1, 1, tzinfo=UTC)) -> NodeRecord:
+    """Node record number `i` (h{i}, 100.64.0.{i}, 10.42.{i}.0/24) as the store holds it."""
+    return NodeRecord(
+        id=f"n{i}",
+        name=f"h{i}",
+        public_key=PrivateKey(bytes([i]) * 32).public_key(),
+        mesh_ip=IPv4Address(f"100.64.0.{i}"),
+        subnet=IPv4Network(f"10.42.{i}.0/24"),
+        endpoints=(),
+        created_at=created_at,
+    )

@@ -4,12 +4,10 @@ sweep's silent nodes (here and as other replicas heard of them)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address, IPv4Network
 
 from shoal.control.liveness import Liveness
-from shoal.model.keys import PrivateKey
-from shoal.store.base import NodeRecord
 from shoal.store.memory import MemoryStore
+from tests.control.servers import rec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TIMEOUT = timedelta(seconds=15)
@@ -21,18 +19,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-def rec(i: int) -> NodeRecord:
-    return NodeRecord(
-        id=f"n{i}",
-        name=f"h{i}",
-        public_key=PrivateKey(bytes([i]) * 32).public_key(),
-        mesh_ip=IPv4Address(f"100.64.0.{i}"),
-        subnet=IPv4Network(f"10.42.{i}.0/24"),
-        endpoints=(),
-        created_at=T0,
-    )
 
 
 async def fleet(clock: Clock, *indexes: int) -> tuple[MemoryStore, Liveness]:

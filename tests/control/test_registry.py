@@ -12,27 +12,14 @@ import pytest
 
 from shoal.control.errors import CredentialInvalid
 from shoal.control.registry import Registry
-from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, Endpoint, MeshSettings
-from shoal.store.base import NodeRecord
 from shoal.store.memory import MemoryStore
+from tests.control.servers import rec
 
 SETTINGS = MeshSettings(
     mesh_pool=IPv4Network("100.64.0.0/10"), container_pool=IPv4Network("10.42.0.0/16")
 )
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def rec(i: int) -> NodeRecord:
-    return NodeRecord(
-        id=f"n{i}",
-        name=f"h{i}",
-        public_key=PrivateKey(bytes([i]) * 32).public_key(),
-        mesh_ip=IPv4Address(f"100.64.0.{i}"),
-        subnet=IPv4Network(f"10.42.{i}.0/24"),
-        endpoints=(),
-        created_at=T0,
-    )
 
 
 async def registry_with(*indexes: int, log_limit: int = 100) -> Registry:
