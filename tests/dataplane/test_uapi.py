@@ -145,6 +145,18 @@ def test_a_roamed_endpoint_is_left_alone_until_the_netmap_changes_it() -> None:
     )
 
 
+def test_a_peer_roamed_onto_a_relay_socket_is_put_back_on_the_planned_path() -> None:
+    # Packets still in the TCP relay after both sides went direct made WireGuard roam onto
+    # the agent's loopback socket: the netmap says direct, so the plan wins.
+    stuck = {K1: live(K1, "127.0.0.1:46588", "10.42.2.0/24")}
+    wanted = [want(K1, "192.0.2.2:51820", "10.42.2.0/24")]
+    diff = diff_peers("shoal0", stuck, wanted, {K1: "192.0.2.2:51820"})
+    assert diff.change == (PeerChange(K1, endpoint="192.0.2.2:51820"),)
+    # Planned through the relay, the loopback endpoint is the path itself.
+    relayed = [want(K1, "127.0.0.1:46588", "10.42.2.0/24")]
+    assert not diff_peers("shoal0", stuck, relayed, {K1: "127.0.0.1:46588"})
+
+
 def test_device_diff_sets_only_what_differs() -> None:
     key = PrivateKey(bytes([7]) * 32)
     cfg = InterfaceConfig(

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -205,6 +206,16 @@ def test_blocked_wireguard_udp_on_one_side_is_named(pair: tuple[LabHost, LabHost
     finally:
         drop_test_table(h2)
     healthy(h1, h2)
+    # Both sides leave the relay: WireGuard must not stay on the agents' loopback sockets
+    # (CI: relayed for minutes after the unblock, and the next tests' traffic went over TCP).
+    for host, other in ((h1, h2), (h2, h1)):
+        wait_until(f"{host.name} -> {other.name} direct again", partial(direct, host, other), 75)
+
+
+def direct(host: LabHost, other: LabHost) -> bool:
+    _rc, report, _text = doctor(host, other.name)
+    peer = [c for c in report["checks"] if c["code"] == "peer" and c["subject"] == other.name]
+    return bool(peer) and "(direct)" in peer[0]["summary"] and "127.0.0.1" not in peer[0]["summary"]
 
 
 def test_a_smaller_underlay_mtu_is_named_a_black_hole(

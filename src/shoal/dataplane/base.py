@@ -19,7 +19,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import IPv4Network
+from ipaddress import IPv4Network, ip_address
 from typing import Protocol
 
 from shoal import hostnet
@@ -197,7 +197,9 @@ def diff_peers(
     Endpoints roam: WireGuard follows a peer to the address its packets come from. A configured
     endpoint is therefore set for a new peer, when the netmap's endpoint changed since we last
     set it (`applied_endpoints`), or, with nothing set by this process yet, when it differs
-    from the live one. A peer that roamed keeps its endpoint until the netmap says otherwise.
+    from the live one. A peer that roamed keeps its endpoint until the netmap says otherwise,
+    unless it roamed onto loopback: that is only ever the agent's own TCP relay socket, and
+    the netmap no longer routes the peer through it (see `_stale_relay`).
     """
     wanted = {p.public_key: p for p in want}
     remove = tuple(sorted(live.keys() - wanted.keys(), key=str))
@@ -217,6 +219,7 @@ def diff_peers(
         endpoint: str | None = None
         # Same as what we set last: the peer roamed, and WireGuard knows better.
         roamed = key in applied_endpoints and applied_endpoints[key] == peer.endpoint
+        roamed = roamed and not _stale_relay(have.endpoint, peer.endpoint)
         if peer.endpoint is not None and peer.endpoint != have.endpoint and not roamed:
             endpoint = peer.endpoint
             lines.append(f"{ifname}: peer {key.short()} endpoint {have.endpoint} => {endpoint}")
@@ -232,6 +235,23 @@ def diff_peers(
         if endpoint is not None or new_ips is not None or keepalive is not None:
             updates.append(PeerChange(key, endpoint, new_ips, keepalive))
     return PeerDiff(remove, tuple(updates + additions), tuple(lines))
+
+
+def _stale_relay(live: str | None, planned: str | None) -> bool:
+    """Whether WireGuard follows a peer to a loopback socket the plan does not name. When both
+    sides leave a TCP relay for the direct path, packets still in the relay arrive from the
+    agent's loopback socket after each side set the direct endpoint; each roams back onto the
+    relay and, every later packet coming through it, stays there for good (CI: a pair relayed
+    for minutes after UDP was unblocked, doctor naming 127.0.0.1 a direct endpoint)."""
+    return live is not None and planned is not None and _loopback(live) and not _loopback(planned)
+
+
+def _loopback(endpoint: str) -> bool:
+    host = endpoint.rpartition(":")[0].strip("[]")
+    try:
+        return ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def converge_link(cfg: InterfaceConfig) -> bool:
