@@ -29,6 +29,7 @@ from shoal.agent.clock import Clock
 from shoal.agent.endpoints import Discovery, discover
 from shoal.agent.paths import PathSelector
 from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
+from shoal.controlclient.client import server_urls
 from shoal.controlclient.errors import ControlError
 from shoal.dataplane import DataPlaneError
 from shoal.dataplane.base import DataPlane
@@ -76,9 +77,15 @@ def relay_target(
     return RelayTarget(host=ep.host, port=ep.port)
 
 
+def probed_url(url: str) -> str:
+    """The server endpoint discovery probes: the first of a `--server A,B` list."""
+    urls = server_urls(url)
+    return urls[0] if urls else url
+
+
 def server_address(url: str) -> IPv4Address | None:
-    """The server's IPv4 address from its URL (resolving a name); None if it has none."""
-    host = urlsplit(url).hostname or ""
+    """The probed server's IPv4 address from its URL (resolving a name); None if it has none."""
+    host = urlsplit(probed_url(url)).hostname or ""
     try:
         return IPv4Address(host)
     except ValueError:
@@ -93,7 +100,7 @@ async def tcp_reachable(url: str, server: IPv4Address, timeout: float = 2.0) -> 
     """Whether the server at `url` (the first of a `--server A,B` list, the one probed over
     UDP) accepts a TCP connection now."""
     try:
-        port = urlsplit(url.split(",")[0]).port or 443
+        port = urlsplit(probed_url(url)).port or 443
     except ValueError:
         return True  # no port to try: the UDP verdict stands
     try:
