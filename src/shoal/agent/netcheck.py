@@ -13,13 +13,13 @@ import time
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
-from shoal.agent.endpoints import NatKind, discover
+from shoal.agent.endpoints import discover
 from shoal.agent.errors import NetcheckFailed, NotJoined
 from shoal.agent.statefiles import StateDir
 from shoal.agent.traversal import server_address
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
-from shoal.model.netmap import Endpoint, Frozen
+from shoal.model.netmap import Endpoint, Frozen, NatKind
 
 TCP_TIMEOUT = 2.0
 
