@@ -54,10 +54,10 @@ RELAYS_RETRY_SECONDS = 5.0
 DISCOVER_SECONDS = 3.0
 
 
-# A node keeps its home relay until another is this much nearer, both relatively and in
-# milliseconds: a switch re-reports the node's endpoints and moves every peer's path onto the
-# new relay (a few seconds of handshakes), while connect times on a loaded host jitter by a
-# few milliseconds.
+# One relay is "clearly nearer" than another at this fraction of its time and this many ms
+# less: below that, connect times on a loaded host are jitter, and the server's order of
+# preference (or the relay in use) stands. A switch re-reports the node's endpoints and moves
+# every peer's path onto the new relay (a few seconds of handshakes).
 RELAY_SWITCH_RATIO = 0.5
 RELAY_SWITCH_MS = 10.0
 
@@ -74,10 +74,11 @@ def relay_endpoint(
 
     `rtts`: each relay's last measured TCP connect time in ms (None: it did not accept; not
     in it: not measured yet). Healthy is neither `failing` (the stream to it dropped) nor
-    unreachable when measured; among those the lowest time wins, ties and unmeasured relays
-    in the server's order of preference. `current`, the home relay advertised now, is kept
-    while healthy unless another is RELAY_SWITCH_RATIO times and RELAY_SWITCH_MS nearer.
-    When none is healthy, the first (a relay coming back is used again)."""
+    unreachable when measured. The baseline is `current` (the home relay advertised now) while
+    it is healthy, else the first healthy one in the server's order of preference; the
+    nearest healthy relay replaces it only when clearly nearer (RELAY_SWITCH_RATIO and
+    RELAY_SWITCH_MS; an unmeasured baseline is replaced by any measured relay). When none is
+    healthy, the first (a relay coming back is used again)."""
     rtts = rtts or {}
     targets = [
         relay_target(relays, server, Endpoint(host=r.host or server, port=r.port, kind="relay"))
@@ -86,14 +87,12 @@ def relay_endpoint(
     if not targets:
         return None
     healthy = [t for t in targets if not failing(t) and (t not in rtts or rtts[t] is not None)]
-    order = {t: i for i, t in enumerate(targets)}
-    healthy.sort(key=lambda t: (_ms(rtts.get(t)), order[t]))
-    best = (healthy or targets)[0]
-    kept = next((t for t in healthy if current is not None and _at(t, current)), None)
-    if kept is not None and kept != best:
-        now, then = _ms(rtts.get(kept)), _ms(rtts.get(best))
-        if not (then <= now * RELAY_SWITCH_RATIO and now - then >= RELAY_SWITCH_MS):
-            best = kept
+    if not healthy:
+        return Endpoint(host=targets[0].host, port=targets[0].port, kind="relay")
+    base = next((t for t in healthy if current is not None and _at(t, current)), healthy[0])
+    nearest = min(healthy, key=lambda t: _ms(rtts.get(t)))
+    then, now = _ms(rtts.get(base)), _ms(rtts.get(nearest))
+    best = nearest if now <= then * RELAY_SWITCH_RATIO and then - now >= RELAY_SWITCH_MS else base
     return Endpoint(host=best.host, port=best.port, kind="relay")
 
 
