@@ -225,6 +225,14 @@ async def test_status_names_the_udp_relay_on_the_server_and_why() -> None:
         assert h.paths.needs_relay(peer, now=0.0)
         h.paths.set_relay(peer, Endpoint(host=SERVER, port=40000), now=0.0)
         h.paths.update(HARD_ME, [HARD_PEER], None, now=1.0)
+        # A handshake over the relay being tried, before the selector saw it: relayed.
+        early = h.traversal.route(peer, "192.0.2.2:40000", fresh=True)
+        assert (early.via, early.endpoint, early.why) == (
+            "relayed",
+            "192.0.2.2:40000",
+            "symmetric NAT on both sides",
+        )
+        assert h.traversal.route(peer, None, fresh=False).via == "trying"
         h.handshake(HARD_PEER, 2.0)
         route = h.traversal.route(peer, "192.0.2.2:40000", fresh=True)
         assert route.via == "relayed"

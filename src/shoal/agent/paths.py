@@ -103,8 +103,8 @@ class PeerPath:
     # The path in one word: "relayed" once a handshake completed over a relay, "direct" over
     # any other candidate, "trying" while candidates are left, "none" when none worked.
     kind: PathKind = "none"
-    # The relay in use when relayed: a port of the server's UDP relay, or a TCP relay (an
-    # endpoint of kind "relay"); None otherwise.
+    # The relay in use when relayed (or tried when trying): a port of the server's UDP relay,
+    # or a TCP relay (an endpoint of kind "relay"); None otherwise.
     relay: Endpoint | None = None
     why: str | None = None  # why relayed, or why there is no path
 
@@ -251,5 +251,9 @@ class PathSelector:
             why = f"no handshake over any candidate ({names})"
             return PeerPath(cand.endpoint, f"no path: {why}, {relay}", why=why)
         return PeerPath(
-            cand.endpoint, f"trying {cand.why} ({st.index + 1}/{len(st.cands)})", kind="trying"
+            cand.endpoint,
+            f"trying {cand.why} ({st.index + 1}/{len(st.cands)})",
+            kind="trying",
+            relay=cand.endpoint if cand.why == "relayed" else None,
+            why=st.reason if cand.why == "relayed" else None,
         )

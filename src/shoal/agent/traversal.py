@@ -318,12 +318,14 @@ class Traversal:
         sends its packets now ("ip:port"), `fresh` whether its last handshake is recent."""
         path = self.paths.path(key)
         loop = self.tcp_relay.relay_of(wg_endpoint) if wg_endpoint else None
-        if path.kind == "relayed" and path.relay is not None:
+        # Relayed, or a handshake already came over the relay being tried (the selector
+        # learns of handshakes a tick late).
+        if path.relay is not None and (path.kind == "relayed" or fresh):
             return Route(
                 str(path.relay),
                 "relayed",
                 self._relay_use(path.relay, self.tcp_relay.local_of(key)),
-                path.why,
+                path.why or "no direct handshake",
             )
         if loop is not None:
             # WireGuard follows the peer's packets onto the relay's loopback socket (the peer
