@@ -71,7 +71,6 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     "agent.localclient": ("cli/test_doctor_cmds.py",),
     "agent.ping": ("agent/test_doctor.py",),
     # NAT traversal and its probe need two networks and a relay: the lab's NAT test.
-    "agent.netcheck": ("e2e/test_nat.py",),
     "cli.netcheck_cmds": ("e2e/test_nat.py",),
     # Host facts (addresses, default route) read from the real host: every agent start.
     "agent.facts": ("e2e/test_mesh.py",),

@@ -6,7 +6,7 @@ is covered here only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from ipaddress import IPv4Address
 
@@ -24,6 +24,7 @@ from shoal.agent.doctor import (
     why_dataplane,
 )
 from shoal.agent.health import Health
+from shoal.agent.paths import PeerPath
 from shoal.agent.ping import TooBigForRoute
 from shoal.agent.reconciler import Reconciler
 from shoal.controlclient.probe import ServerProbe
@@ -31,7 +32,7 @@ from shoal.dns.probe import DnsAnswer
 from shoal.firewall.errors import FirewallError
 from shoal.model.doctor import Check, DoctorReport, UnknownTarget, Verdict
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Container, Endpoint, NetworkMap
+from shoal.model.netmap import Container, Endpoint, NetworkMap, Node
 from shoal.model.policy import parse
 from shoal.plan.hostconfig import plan_host
 from shoal.testing.builders import netmap, node
@@ -61,6 +62,7 @@ class Rig:
     health: Health
     reconciler: Reconciler
     netmap: NetworkMap
+    paths: dict[str, PeerPath] = field(default_factory=dict)  # the agent's path selection
 
     def view(self) -> AgentView:
         return AgentView(
@@ -75,6 +77,7 @@ class Rig:
             dns_port=53,
             server_url="https://192.0.2.2:8443",
             now=NOW,
+            paths=self.paths,
         )
 
     async def doctor(self, target: str | None = None) -> DoctorReport:
@@ -244,6 +247,43 @@ async def test_a_failing_relayed_path_says_the_relay_fails_too_not_udp_on_loopba
     assert "the relayed path fails too" in (check.cause or "")
     assert "UDP 51820 to 192.0.2.12:51820" in (check.cause or "")
     assert "127.0.0.1" not in f"{check.summary} {check.cause} {check.fix}"
+
+
+def on_udp_relay(r: Rig, peer: Node) -> None:
+    """h1 and `peer` both behind symmetric NATs: the agent put `peer` on the server's UDP
+    relay, whose port is all WireGuard's endpoint shows."""
+    relay = Endpoint(host=IPv4Address("192.0.2.2"), port=40000)
+    r.paths[str(peer.public_key)] = PeerPath(
+        relay,
+        "relayed via udp 192.0.2.2:40000 (symmetric NAT on both sides)",
+        kind="relayed",
+        relay=relay,
+        why="symmetric NAT on both sides",
+    )
+    r.probe.handshake(peer.public_key, NOW - timedelta(seconds=5), endpoint=str(relay))
+
+
+async def test_a_peer_on_the_servers_udp_relay_is_a_warning_naming_the_relay_and_why() -> None:
+    r = await rig()
+    on_udp_relay(r, node(2))
+    check = next(c for c in (await r.doctor()).checks if c.code == "peer" and c.subject == "h2")
+    assert check.verdict is Verdict.WARN
+    assert "relayed via the server's udp relay 192.0.2.2:40000" in check.summary
+    assert "no direct path to h2 (symmetric NAT on both sides)" in (check.cause or "")
+    assert "easy (endpoint-independent) NAT" in (check.fix or "")
+    # The other peer, direct, stays OK.
+    assert verdicts(await r.doctor())[("peer", "h3")] is Verdict.OK
+
+
+async def test_a_failing_udp_relayed_path_says_the_relay_fails_too() -> None:
+    r = await rig()
+    on_udp_relay(r, node(2))
+    r.probe.paths[node(2).mesh_ip] = FakePath(up=False)
+    check = only_failure(await r.doctor(), "peer", "h2")
+    assert "relayed via the server's udp relay 192.0.2.2:40000, 100.64.0.2 does not answer" in (
+        check.summary
+    )
+    assert "the relayed path fails too" in (check.cause or "")
 
 
 async def test_an_mtu_black_hole_names_the_size_that_passes_and_the_fix() -> None:

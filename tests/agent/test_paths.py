@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from shoal.agent.paths import PathSelector, candidates
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Endpoint, EndpointKind, Node
+from shoal.model.netmap import Endpoint, EndpointKind, Node, nat_kind
 
 
 def ep(text: str, kind: EndpointKind | None) -> Endpoint:
@@ -115,7 +115,7 @@ def test_a_relay_is_asked_for_when_nothing_direct_is_left_and_used_last() -> Non
     assert paths.endpoint(hard) == "192.0.2.2:40000"
     paths.update(HARD_A, [HARD_B], {hard: 2.0}, now=3.0)
     assert paths.path(hard).description == (
-        "relayed via 192.0.2.2:40000 (symmetric NAT on both sides)"
+        "relayed via udp 192.0.2.2:40000 (symmetric NAT on both sides)"
     )
     # A peer with a direct candidate gets the relay only once that one failed.
     paths.update(PUBLIC, [BLOCKED], None, now=0.0)
@@ -189,3 +189,13 @@ def test_this_hosts_own_probe_outranks_its_lagging_netmap_entry() -> None:
     paths.set_own(EASY_A.endpoints)
     paths.update(NO_UDP, [PUBLIC], None, now=2.0)
     assert paths.endpoint(PUBLIC.public_key) == "192.0.2.11:51820"
+
+
+def test_each_nodes_nat_kind_reads_off_the_endpoints_its_discovery_reported() -> None:
+    assert [nat_kind(n.endpoints) for n in (PUBLIC, EASY_A, HARD_A, NO_UDP, OLD)] == [
+        "none",
+        "easy",
+        "hard",
+        "udp-blocked",
+        None,  # an unverified address: no probe answer yet, or an agent from before discovery
+    ]

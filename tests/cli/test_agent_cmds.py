@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -37,7 +37,16 @@ from shoal.cli.main import build_parser
 from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.control.ca import _make_ca
 from shoal.model.api import ServiceInfo, ServiceInstance
-from shoal.model.status import AgentState, AgentStatus, DownReport, HealthWarning, SubsystemDown
+from shoal.model.keys import PrivateKey
+from shoal.model.status import (
+    AgentState,
+    AgentStatus,
+    DownReport,
+    HealthWarning,
+    PeerStatus,
+    RelayUse,
+    SubsystemDown,
+)
 from shoal.model.tokens import MalformedToken
 from shoal.testing.systemctl import fake_systemd
 
@@ -110,6 +119,32 @@ def test_status_shows_each_warning_with_its_code_and_age() -> None:
     )
     (warning,) = json.loads(status.model_dump_json())["health"]
     assert set(warning) == {"code", "message", "since"}
+
+
+def test_status_shows_this_hosts_nat_and_each_peers_path_and_nat() -> None:
+    key = PrivateKey(b"\x02" * 32).public_key()
+    relayed = PeerStatus(
+        name="h7",
+        public_key=key,
+        mesh_ip=IPv4Address("100.64.0.7"),
+        subnet=IPv4Network("10.42.7.0/24"),
+        endpoint="192.0.2.2:443",
+        path="relayed via tcp 192.0.2.2:443 (UDP blocked at h7)",
+        via="relayed",
+        relay=RelayUse(
+            transport="tcp", address="192.0.2.2:443", on_server=True, local="127.0.0.1:40100"
+        ),
+        why="UDP blocked at h7",
+        nat="udp-blocked",
+    )
+    status = RUNNING.model_copy(update={"nat": "hard", "peers": (relayed,)})
+    lines = render_status(status).splitlines()
+    assert "  nat hard (this host; `shoal netcheck` for details)" in lines
+    header = next(line for line in lines if line.startswith("PEER"))
+    (row,) = [line for line in lines if line.startswith("h7 ")]
+    assert row[header.index("ENDPOINT") :].startswith("192.0.2.2:443 ")
+    assert row[header.index("NAT") :].startswith("udp-blocked ")
+    assert "127.0.0.1" not in row
 
 
 def test_down_says_what_was_kept_and_what_failed() -> None:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -133,7 +133,7 @@ def test_hard_to_hard_goes_through_the_servers_relay_and_says_why(natlab: Lab) -
 
     def relayed(a: LabHost, b: str) -> bool:
         path = str(peer(a, b)["path"])
-        return path.startswith("relayed via 192.0.2.2:") and path.endswith(
+        return path.startswith("relayed via udp 192.0.2.2:") and path.endswith(
             "(symmetric NAT on both sides)"
         )
 
@@ -203,8 +203,11 @@ def test_udp_blocked_reaches_every_kind_of_host_over_the_tcp_relay(natlab: Lab) 
     h7.run_container("c7")
     for name in ("h1", "h4", "h5"):  # public, easy and hard NATs on the other side
         reach_over_tcp_relay(h7, natlab.host(name))
-    # WireGuard's endpoint for a relayed peer is the agent's loopback socket for it.
-    assert str(peer(h7, "h1")["endpoint"]).startswith("127.0.0.1:")
+    # WireGuard's endpoint for a relayed peer is the agent's loopback socket for it; status
+    # shows the relay as the endpoint and the socket only as the relay's local end.
+    p = peer(h7, "h1")
+    assert p["endpoint"] == "192.0.2.2:443"
+    assert str(p["relay"]["local"]).startswith("127.0.0.1:")
 
 
 def test_what_crosses_the_tcp_relay_is_wireguard_ciphertext(natlab: Lab) -> None:
@@ -242,6 +245,68 @@ def test_what_crosses_the_tcp_relay_is_wireguard_ciphertext(natlab: Lab) -> None
     assert marker.encode() not in pcap.read_bytes()
 
 
+# Per pair: (path in one word, the relay's transport or None, the peer's NAT, why relayed).
+EXPECTED: dict[tuple[str, str], tuple[str, str | None, str, str | None]] = {
+    ("h2", "h3"): ("direct", None, "easy", None),  # behind one NAT
+    ("h2", "h4"): ("direct", None, "easy", None),
+    ("h4", "h1"): ("direct", None, "none", None),
+    ("h1", "h4"): ("direct", None, "easy", None),
+    ("h1", "h5"): ("direct", None, "hard", None),
+    ("h5", "h1"): ("direct", None, "none", None),
+    ("h5", "h6"): ("relayed", "udp", "hard", "symmetric NAT on both sides"),
+    ("h6", "h5"): ("relayed", "udp", "hard", "symmetric NAT on both sides"),
+    ("h7", "h1"): ("relayed", "tcp", "none", "UDP blocked at h7"),
+    ("h1", "h7"): ("relayed", "tcp", "udp-blocked", "UDP blocked at h7"),
+    ("h5", "h7"): ("relayed", "tcp", "udp-blocked", "UDP blocked at h7"),
+}
+OWN_NAT = {
+    "h1": "none",
+    "h2": "easy",
+    "h4": "easy",
+    "h5": "hard",
+    "h6": "hard",
+    "h7": "udp-blocked",
+}
+
+
+def shown(host: LabHost, name: str) -> tuple[str, str | None, str, str | None]:
+    p = peer(host, name)
+    return p["via"], (p["relay"] or {}).get("transport"), p["nat"], p["why"]
+
+
+def shows(
+    host: LabHost, name: str, expected: tuple[str, str | None, str, str | None]
+) -> Callable[[], bool]:
+    return lambda: shown(host, name) == expected
+
+
+def test_status_json_shows_each_pairs_path_relay_and_both_nats(natlab: Lab) -> None:
+    for (a, b), expected in EXPECTED.items():
+        host = natlab.host(a)
+        wait_until(f"{a} -> {b}: {expected}", shows(host, b, expected), timeout=60)
+        p = peer(host, b)
+        # Never the agent's loopback socket as if it were the peer's address.
+        assert not str(p["endpoint"]).startswith("127."), (a, b, p)
+        if p["relay"] is None:
+            assert p["endpoint"] in {ep for ep, _kind in endpoints(natlab, b)} or (
+                b == "h5" and str(p["endpoint"]).startswith(str(natlab.host("h5").public_ip))
+            ), (a, b, p)
+            continue
+        # The relays of this lab are the server's own: UDP ports on it, and TCP 443.
+        assert p["relay"]["on_server"] is True
+        assert p["endpoint"] == p["relay"]["address"]
+        assert str(p["endpoint"]).startswith("192.0.2.2:")
+        if p["relay"]["transport"] == "tcp":
+            assert p["endpoint"] == "192.0.2.2:443"
+    for name, nat in OWN_NAT.items():
+        assert status(natlab.host(name))["nat"] == nat, name
+    # The table says the same: this host's NAT, and the peer's in its own column.
+    text = shoal(natlab.host("h5"), "status", "--state-dir", str(natlab.host("h5").state_dir))
+    assert "  nat hard (this host" in text.stdout
+    (row,) = [line for line in text.stdout.splitlines() if line.startswith("h6 ")]
+    assert "relayed via udp 192.0.2.2:" in row and " hard " in row
+
+
 def netcheck(host: LabHost) -> dict[str, Any]:
     out = shoal(host, "netcheck", "--json", "--state-dir", str(host.state_dir), check=False)
     report: dict[str, Any] = json.loads(out.stdout)
@@ -261,6 +326,7 @@ def test_netcheck_names_each_hosts_nat_and_reachability(natlab: Lab) -> None:
     assert all(r["tcp_443"]["open"] and r["control"]["open"] for r in kinds.values())
     # The server's TCP relay, reached from behind every kind of NAT, with its connect time.
     assert all(r["relays"][0]["open"] and r["relays"][0]["connect_ms"] for r in kinds.values())
+    assert {r["nearest_relay"] for r in kinds.values()} == {"192.0.2.2:443"}
     h4 = kinds["h4"]
     assert h4["mapped"] == [f"{natlab.host('h4').public_ip}:{WG_PORT}"] * 2
     text = shoal(natlab.host("h5"), "netcheck", "--state-dir", str(natlab.host("h5").state_dir))
@@ -353,6 +419,9 @@ def test_standalone_relays_announced_by_the_server_and_failover(natlab: Lab) -> 
     try:
         both_via(h1, h7, "192.0.2.2:443", 90)
         wait_until("h1 pings h7 via r1", lambda: host_ping(h1, mesh_ip), 30)
+        # Status says which relay: a standalone one now, not the server's.
+        wait_until("h7 shows r1", lambda: (peer(h7, "h1")["relay"] or {}).get("on_server") is False)
+        assert peer(h7, "h1")["relay"]["address"] == "192.0.2.2:443"
         relays[0].kill()
         relays[0].wait(10)
         start = time.monotonic()

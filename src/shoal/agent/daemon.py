@@ -50,7 +50,7 @@ from shoal.agent.health import (
 from shoal.agent.localapi import serve, serve_catalog
 from shoal.agent.meshdns import MeshDns
 from shoal.agent.metrics import AgentSnapshot, serve_metrics
-from shoal.agent.paths import PathSelector
+from shoal.agent.paths import HANDSHAKE_FRESH_SECONDS, PathSelector
 from shoal.agent.reconciler import Adapters, Reconciler, teardown_adapters
 from shoal.agent.report import Reporter
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
@@ -72,7 +72,7 @@ from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, 
 from shoal.model.certs import ContainerCertRequest, cert_owner, new_key_and_csr, wants_cert
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import PEER_SWITCH_LAG, Container, Endpoint, NetworkMap, Node
+from shoal.model.netmap import PEER_SWITCH_LAG, Container, Endpoint, NetworkMap, Node, nat_kind
 from shoal.model.status import AgentStatus, DownReport, KeyRotation, PeerStatus
 from shoal.model.tokens import parse_join_token
 from shoal.plan.hostconfig import (
@@ -596,15 +596,24 @@ class Agent:
         for node in netmap.peers:
             key = node.key_at(now, lag=PEER_SWITCH_LAG)
             s = stats.get(str(key))
+            fresh = (
+                s is not None
+                and s.last_handshake is not None
+                and ((now - s.last_handshake).total_seconds() < HANDSHAKE_FRESH_SECONDS)
+            )
+            route = self.traversal.route(node.public_key, s.endpoint if s else None, fresh)
             peers.append(
                 PeerStatus(
                     name=node.name,
                     public_key=key,
                     mesh_ip=node.mesh_ip,
                     subnet=node.subnet,
-                    endpoint=(s.endpoint if s and s.endpoint else None)
-                    or (str(node.endpoints[0]) if node.endpoints else None),
+                    endpoint=route.endpoint or (str(node.endpoints[0]) if node.endpoints else None),
                     path=self.paths.path(node.public_key).description,
+                    via=route.via,
+                    relay=route.relay,
+                    why=route.why,
+                    nat=nat_kind(node.endpoints),
                     last_handshake=s.last_handshake if s else None,
                     rx_bytes=s.rx_bytes if s else 0,
                     tx_bytes=s.tx_bytes if s else 0,
@@ -624,6 +633,7 @@ class Agent:
             interface=INTERFACE,
             dataplane=self.adapters.tunnel.name,
             listen_port=self.config.listen_port,
+            nat=self.traversal.nat,
             netmap_revision=netmap.revision,
             netmap_received_at=self.cached.received_at,
             policy_revision=None if policy is None else policy.revision,

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from typing import Protocol, TypeVar
 
 from shoal.agent.health import NEEDS_JOIN
+from shoal.agent.paths import PeerPath
 from shoal.agent.ping import TooBigForRoute
 from shoal.agent.reconciler import SubsystemState
 from shoal.controlclient.probe import ServerProbe
@@ -114,6 +115,9 @@ class AgentView:
     dns_port: int
     server_url: str
     now: datetime
+    # Each peer's path as the agent's path selection sees it, by public key (str): the UDP
+    # relay a peer is on shows only here (its WireGuard endpoint is just a port on the server).
+    paths: Mapping[str, PeerPath] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -609,12 +613,22 @@ def check_container_dns(
 # -- peers ----------------------------------------------------------------------------------
 
 
-def check_peer(me: Node, peer: Node, stats: PeerStats | None, reach: Reach, now: datetime) -> Check:
+def check_peer(
+    me: Node,
+    peer: Node,
+    stats: PeerStats | None,
+    reach: Reach,
+    now: datetime,
+    path: PeerPath | None = None,
+) -> Check:
+    """`path`: the agent's path to the peer (None: unknown, judged from the netmap alone)."""
     handshake = stats.last_handshake if stats else None
     seen = f"handshake {_ago(now - handshake)}" if handshake else "no handshake yet"
     relay = _tcp_relay(me, peer)
     if relay is not None:
         return _check_relayed(me, peer, relay, seen, reach)
+    if path is not None and path.relay is not None and path.relay.kind != "relay":
+        return _check_udp_relayed(peer, path.relay, path.why, seen, reach)
     endpoint = (stats.endpoint if stats else None) or (
         str(peer.endpoints[0]) if peer.endpoints else None
     )
@@ -714,6 +728,45 @@ def _check_relayed(me: Node, peer: Node, relay: Endpoint, seen: str, reach: Reac
         f"WireGuard on loopback)",
         fix=f"run `shoal doctor` and `shoal netcheck` on {peer.name} and here; {allow}; "
         f"never drop UDP {port} on the loopback interface",
+    )
+
+
+def _check_udp_relayed(
+    peer: Node, relay: Endpoint, why: str | None, seen: str, reach: Reach
+) -> Check:
+    """A peer reached through the server's UDP relay (port `relay`): a warning while it
+    answers (no direct path: `why`), a failure when the relayed path fails too."""
+    no_direct = f"no direct path to {peer.name} ({why or 'no direct handshake'})"
+    if why is not None and why.startswith("symmetric NAT"):
+        fix = (
+            f"give this host or {peer.name} a public address, an easy (endpoint-independent) "
+            "NAT or a forwarded UDP port for WireGuard; `shoal netcheck` shows each side's NAT"
+        )
+    else:
+        fix = (
+            f"allow UDP between this host and {peer.name}'s endpoints; run `shoal netcheck` on both"
+        )
+    where = f"relayed via the server's udp relay {relay}"
+    if reach.rtt_ms is not None:
+        return Check(
+            code="peer",
+            subject=peer.name,
+            verdict=Verdict.WARN,
+            summary=f"{seen}, {where}, {peer.mesh_ip} answers in {reach.rtt_ms:.1f} ms",
+            cause=f"{no_direct}: WireGuard packets to {peer.name} go through the server's UDP "
+            f"relay at {relay} instead (more latency, and the server carries the traffic)",
+            fix=fix,
+        )
+    got = "nothing" if reach.rx_delta == 0 else f"{reach.rx_delta} bytes"
+    return Check(
+        code="peer",
+        subject=peer.name,
+        verdict=Verdict.FAIL,
+        summary=f"{seen}, {where}, {peer.mesh_ip} does not answer",
+        cause=f"{no_direct}, and the relayed path fails too: {got} came back through the "
+        f"server's UDP relay at {relay} (UDP {relay.port} to {relay.host} is blocked on the "
+        "way, or the server restarted and the pair's relay port is stale)",
+        fix=f"allow UDP to {relay.host} from both hosts; run `shoal doctor` on {peer.name}",
     )
 
 
@@ -969,7 +1022,14 @@ async def _probe_peer(
     key = str(peer.public_key)
     old, new = before.get(key), after.get(key)
     rx_delta = (new.rx_bytes - old.rx_bytes) if (old and new) else 0
-    peer_check = check_peer(view.netmap.self_node, peer, new or old, Reach(rtt, rx_delta), view.now)
+    peer_check = check_peer(
+        view.netmap.self_node,
+        peer,
+        new or old,
+        Reach(rtt, rx_delta),
+        view.now,
+        view.paths.get(str(peer.public_key)),
+    )
     mtu = view.netmap.settings.mtu
     if rtt is None:
         return peer_check, check_path_mtu(peer, mtu, None)

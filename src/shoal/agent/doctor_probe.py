@@ -50,6 +50,7 @@ async def diagnose(agent: Agent, target: str | None) -> DoctorReport:
         dns_port=DNS_PORT,
         server_url=agent.identity.server_url,
         now=agent.clock.now(),
+        paths={str(n.public_key): agent.paths.path(n.public_key) for n in netmap.peers},
     )
     probe = HostDoctorProbe(
         agent.adapters.tunnel,

@@ -25,15 +25,13 @@ import struct
 import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Literal
 
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Endpoint, EndpointKind
+from shoal.model.netmap import Endpoint, EndpointKind, NatKind
 from shoal.model.probe import PROBE_PORT, BadProbe, encode_request, parse_reply
 
 log = logging.getLogger(__name__)
 
-NatKind = Literal["none", "easy", "hard", "udp-blocked"]
 PROBE_TIMEOUT = 1.5  # seconds for both answers; the server is one round trip away
 PROBE_PORTS = (PROBE_PORT, PROBE_PORT + 1)
 

@@ -3,7 +3,8 @@
 Uses the joined node's identity from the state dir (the probe is MACed with the node's key)
 and probes the server exactly as the agent does (`shoal.agent.endpoints`), from WireGuard's
 port, whether or not the agent runs. Also tries TCP to the server host's port 443, the control
-API itself and each TCP relay (`GET /v1/relays`), with the time each connection took.
+API itself and each TCP relay (`GET /v1/relays`), with the time each connection took and the
+relay the agent would pick by it.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import time
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
-from shoal.agent.endpoints import NatKind, discover
+from shoal.agent.endpoints import discover
 from shoal.agent.errors import NetcheckFailed, NotJoined
 from shoal.agent.statefiles import StateDir
-from shoal.agent.traversal import server_address
+from shoal.agent.traversal import relay_endpoint, relay_target, server_address
 from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
-from shoal.model.netmap import Endpoint, Frozen
+from shoal.model.netmap import Endpoint, Frozen, NatKind
 
 TCP_TIMEOUT = 2.0
 
@@ -48,6 +49,9 @@ class NetcheckReport(Frozen):
     tcp_443: TcpCheck
     control: TcpCheck
     relays: tuple[TcpCheck, ...] = ()  # the TCP relays, in the server's order of preference
+    # The relay the agent would make its home without UDP (`relay_endpoint`: the nearest
+    # healthy one by these connect times); None: no relay.
+    nearest_relay: str | None = None
 
     def lines(self) -> list[str]:
         mapped = ", ".join(m or "no answer" for m in self.mapped)
@@ -57,7 +61,11 @@ class NetcheckReport(Frozen):
             f"udp:       {'yes' if self.udp else 'no'} (server probe ports saw: {mapped})",
             f"tcp/443:   {'yes' if self.tcp_443.open else 'no'} ({self.tcp_443.detail})",
             f"control:   {'yes' if self.control.open else 'no'} ({self.control.detail})",
-            *(f"relay:     {'yes' if r.open else 'no'} ({r.detail})" for r in self.relays or ()),
+            *(
+                f"relay:     {'yes' if r.open else 'no'} ({r.detail})"
+                + (", nearest" if r.target == self.nearest_relay else "")
+                for r in self.relays
+            ),
             f"endpoints: {ends}",
         ]
 
@@ -108,6 +116,11 @@ async def netcheck(state: StateDir, listen_port: int, local: Endpoint | None) ->
         tcp_check(server, control_port),
         *(tcp_check(r.host or server, r.port) for r in relays),
     )
+    targets = [
+        relay_target(relays, server, Endpoint(host=r.host or server, port=r.port)) for r in relays
+    ]
+    rtts = {t: c.connect_ms for t, c in zip(targets, relay_checks, strict=True)}
+    nearest = relay_endpoint(relays, server, lambda _t: False, rtts)
     return NetcheckReport(
         server=str(server),
         nat=found.nat,
@@ -117,4 +130,5 @@ async def netcheck(state: StateDir, listen_port: int, local: Endpoint | None) ->
         tcp_443=tcp_443,
         control=control,
         relays=tuple(relay_checks),
+        nearest_relay=None if nearest is None else str(nearest),
     )

@@ -17,7 +17,7 @@ that relay is the only candidate, reached through a loopback endpoint of this ag
 Both sides symmetric (each NAT gives every destination a new port) or a peer with no usable
 endpoint: no direct candidate. When no direct candidate is left to try, the agent asks the
 server for a relay port (`shoal.control.relay`) and adds it as the last candidate: "relayed via
-<server:port> (<why>)"; without one, "no path: <why>, relay not available".
+udp <server:port> (<why>)"; without one, "no path: <why>, relay not available".
 
 A candidate is kept while handshakes complete; one that has not given a handshake within
 `SWITCH_SECONDS` of being chosen is replaced by the next (round robin), so a pair converges in
@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from shoal.model.api import PathKind
 from shoal.model.keys import PublicKey
 from shoal.model.netmap import Endpoint, Node
 
@@ -99,6 +100,13 @@ class PeerPath:
 
     endpoint: Endpoint | None
     description: str  # "direct" | "lan" | "public" | "trying lan (2/3)" | "no path: ..."
+    # The path in one word: "relayed" once a handshake completed over a relay, "direct" over
+    # any other candidate, "trying" while candidates are left, "none" when none worked.
+    kind: PathKind = "none"
+    # The relay in use when relayed (or tried when trying): a port of the server's UDP relay,
+    # or a TCP relay (an endpoint of kind "relay"); None otherwise.
+    relay: Endpoint | None = None
+    why: str | None = None  # why relayed, or why there is no path
 
 
 @dataclass
@@ -134,6 +142,10 @@ class PathSelector:
         changed = endpoints != self._own
         self._own = endpoints
         return changed
+
+    def own(self) -> tuple[Endpoint, ...]:
+        """This host's endpoints as last set (empty before the first probe)."""
+        return self._own or ()
 
     def set_relay(self, key: PublicKey, endpoint: Endpoint, now: float) -> None:
         """Add the server's relay port for peer `key` as its last candidate (next update)."""
@@ -219,18 +231,29 @@ class PathSelector:
         if st is None:
             return PeerPath(None, "unknown")
         if not st.cands:
-            return PeerPath(None, f"no path: {st.reason}, {NO_RELAY}")
+            return PeerPath(None, f"no path: {st.reason}, {NO_RELAY}", why=st.reason)
         cand = st.cands[st.index]
         if st.up:
             if cand.why == "relayed":
                 why = st.reason or "no direct handshake"
-                via = "tcp " if cand.endpoint.kind == "relay" else ""
-                return PeerPath(cand.endpoint, f"relayed via {via}{cand.endpoint} ({why})")
-            return PeerPath(cand.endpoint, cand.why)
+                via = "tcp" if cand.endpoint.kind == "relay" else "udp"
+                return PeerPath(
+                    cand.endpoint,
+                    f"relayed via {via} {cand.endpoint} ({why})",
+                    kind="relayed",
+                    relay=cand.endpoint,
+                    why=why,
+                )
+            return PeerPath(cand.endpoint, cand.why, kind="direct")
         if len(st.tried) >= len(st.cands):
             names = ", ".join(f"{c.why} {c.endpoint}" for c in st.cands)
             relay = "relay tried" if key in self._relays else NO_RELAY
-            return PeerPath(
-                cand.endpoint, f"no path: no handshake over any candidate ({names}), {relay}"
-            )
-        return PeerPath(cand.endpoint, f"trying {cand.why} ({st.index + 1}/{len(st.cands)})")
+            why = f"no handshake over any candidate ({names})"
+            return PeerPath(cand.endpoint, f"no path: {why}, {relay}", why=why)
+        return PeerPath(
+            cand.endpoint,
+            f"trying {cand.why} ({st.index + 1}/{len(st.cands)})",
+            kind="trying",
+            relay=cand.endpoint if cand.why == "relayed" else None,
+            why=st.reason if cand.why == "relayed" else None,
+        )

@@ -209,6 +209,18 @@ class TcpRelayClient:
         """The relays some peer uses now."""
         return tuple({local.target for local in self._locals.values()})
 
+    def local_of(self, peer: PublicKey) -> str | None:
+        """The loopback endpoint ("127.0.0.1:port") WireGuard uses for `peer`, if any."""
+        local = self._locals.get(peer.raw)
+        return None if local is None else str(local.endpoint)
+
+    def relay_of(self, endpoint: str) -> RelayTarget | None:
+        """The relay behind loopback endpoint `endpoint` ("127.0.0.1:port"), None when it is
+        not one of this client's sockets."""
+        return next(
+            (lo.target for lo in self._locals.values() if str(lo.endpoint) == endpoint), None
+        )
+
     def failing(self, target: RelayTarget) -> bool:
         """The last attempt to open a stream to `target` failed (or its stream dropped and
         no new one is open yet)."""

@@ -5,8 +5,9 @@ each peer on a candidate that completes handshakes.
         (`shoal.agent.endpoints`); if the endpoints differ from what the netmap says about
         this node, report them with a (signed, tokenless) registration: the server hands them
         to every peer in the netmap. Without UDP (no probe answer) the node also reports the
-        mesh's first TCP relay as a "relay" endpoint: peers then reach it only through that
-        relay (`shoal.agent.tcprelay`), and so does it.
+        mesh's nearest healthy TCP relay as a "relay" endpoint (`relay_endpoint`: the lowest
+        TCP connect time, measured every RELAYS_SECONDS): peers then reach it only through
+        that relay (`shoal.agent.tcprelay`), and so does it.
     every TICK_SECONDS: read the handshake times from the data plane and let the
         `PathSelector` advance peers whose candidate gives no handshake; when an endpoint to
         configure changed, the reconciler plans the current netmap again.
@@ -20,22 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from urllib.parse import urlsplit
 
 from shoal.agent.clock import Clock
 from shoal.agent.endpoints import Discovery, discover
 from shoal.agent.paths import PathSelector
-from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
+from shoal.agent.tcprelay import LOOPBACK, RelayTarget, TcpRelayClient
 from shoal.controlclient.client import server_urls
 from shoal.controlclient.errors import ControlError
 from shoal.dataplane import DataPlaneError
 from shoal.dataplane.base import DataPlane
-from shoal.model.api import RelayGrant, RelayList, RelayServer
+from shoal.model.api import PathKind, RelayGrant, RelayList, RelayServer
 from shoal.model.keys import PublicKey
-from shoal.model.netmap import Endpoint, NetworkMap
+from shoal.model.netmap import Endpoint, NatKind, NetworkMap
+from shoal.model.status import RelayUse
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +55,69 @@ RELAYS_RETRY_SECONDS = 5.0
 DISCOVER_SECONDS = 3.0
 
 
+# One relay is "clearly nearer" than another at this fraction of its time and this many ms
+# less: below that, connect times on a loaded host are jitter, and the server's order of
+# preference (or the relay in use) stands. A switch re-reports the node's endpoints and moves
+# every peer's path onto the new relay (a few seconds of handshakes).
+RELAY_SWITCH_RATIO = 0.5
+RELAY_SWITCH_MS = 10.0
+
+
 def relay_endpoint(
-    relays: Sequence[RelayServer], server: IPv4Address, failing: Callable[[RelayTarget], bool]
+    relays: Sequence[RelayServer],
+    server: IPv4Address,
+    failing: Callable[[RelayTarget], bool],
+    rtts: Mapping[RelayTarget, float | None] | None = None,
+    current: Endpoint | None = None,
 ) -> Endpoint | None:
-    """The "relay" endpoint a node without UDP advertises: the first of the mesh's TCP
-    relays (in the server's order of preference) that is not `failing`; when all are, the
-    first (a relay coming back is used again)."""
+    """The "relay" endpoint a node without UDP advertises (its home relay): the nearest
+    healthy one of the mesh's TCP relays.
+
+    `rtts`: each relay's last measured TCP connect time in ms (None: it did not accept; not
+    in it: not measured yet). Healthy is neither `failing` (the stream to it dropped) nor
+    unreachable when measured. The baseline is `current` (the home relay advertised now) while
+    it is healthy, else the first healthy one in the server's order of preference; the
+    nearest healthy relay replaces it only when clearly nearer (RELAY_SWITCH_RATIO and
+    RELAY_SWITCH_MS; an unmeasured baseline is replaced by any measured relay). When none is
+    healthy, the first (a relay coming back is used again)."""
+    rtts = rtts or {}
     targets = [
         relay_target(relays, server, Endpoint(host=r.host or server, port=r.port, kind="relay"))
         for r in relays
     ]
-    healthy = [t for t in targets if not failing(t)] or targets
-    if not healthy:
+    if not targets:
         return None
-    return Endpoint(host=healthy[0].host, port=healthy[0].port, kind="relay")
+    healthy = [t for t in targets if not failing(t) and (t not in rtts or rtts[t] is not None)]
+    if not healthy:
+        return Endpoint(host=targets[0].host, port=targets[0].port, kind="relay")
+    base = next((t for t in healthy if current is not None and _at(t, current)), healthy[0])
+    nearest = min(healthy, key=lambda t: _ms(rtts.get(t)))
+    then, now = _ms(rtts.get(base)), _ms(rtts.get(nearest))
+    best = nearest if now <= then * RELAY_SWITCH_RATIO and then - now >= RELAY_SWITCH_MS else base
+    return Endpoint(host=best.host, port=best.port, kind="relay")
+
+
+def _ms(rtt: float | None) -> float:
+    return math.inf if rtt is None else rtt
+
+
+def _at(target: RelayTarget, ep: Endpoint) -> bool:
+    return target.host == ep.host and target.port == ep.port
+
+
+async def connect_ms(target: RelayTarget, timeout: float = 2.0) -> float | None:
+    """Milliseconds a TCP connection to `target` took (one round trip, what `shoal netcheck`
+    shows too); None if it was not accepted within `timeout` seconds."""
+    start = time.monotonic()
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(str(target.host), target.port), timeout
+        )
+    except (OSError, TimeoutError):
+        return None
+    took = (time.monotonic() - start) * 1000
+    writer.close()
+    return took
 
 
 def relay_target(
@@ -111,6 +165,20 @@ async def tcp_reachable(url: str, server: IPv4Address, timeout: float = 2.0) -> 
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The path to one peer as `shoal status` shows it (`Traversal.route`)."""
+
+    endpoint: str | None  # where its packets go: the peer's address, or the relay's
+    via: PathKind
+    relay: RelayUse | None
+    why: str | None  # why relayed (or why no path); None when direct
+
+
+def _loopback(endpoint: str) -> bool:
+    return endpoint.rpartition(":")[0] == LOOPBACK
+
+
 class Traversal:
     def __init__(
         self,
@@ -129,7 +197,9 @@ class Traversal:
         clock: Clock,
         paths: PathSelector,
         tcp_relay: TcpRelayClient,
+        measure: Callable[[RelayTarget], Awaitable[float | None]] = connect_ms,
     ) -> None:
+        """`measure`: a relay's round trip in ms (None: unreachable), for picking the nearest."""
         self._server_url = server_url
         self._listen_port = listen_port
         self._local = local
@@ -140,6 +210,9 @@ class Traversal:
         self._fetch_relays = relays
         self.relays: tuple[RelayServer, ...] = ()  # the TCP relays, as last fetched
         self._relays_at: float | None = None  # monotonic
+        self._measure = measure
+        self.rtts: dict[RelayTarget, float | None] = {}  # ms, at the last measurement
+        self._measured_at: float | None = None  # monotonic
         self._netmap = netmap
         self._replan = replan
         self._tunnel = tunnel
@@ -193,7 +266,10 @@ class Traversal:
         endpoints = found.endpoints()
         if found.nat == "udp-blocked":
             await self.refresh_relays()
-            relay = relay_endpoint(self.relays, server, self.tcp_relay.failing)
+            await self.measure_relays()
+            relay = relay_endpoint(
+                self.relays, server, self.tcp_relay.failing, self.rtts, self._advertised_relay()
+            )
             if relay is not None:
                 endpoints = (*endpoints, relay)
         if self.paths.set_own(endpoints):
@@ -204,6 +280,92 @@ class Traversal:
             await self._report(endpoints)
         except ControlError as exc:
             log.warning("could not report endpoints: %s", exc)
+
+    def _advertised_relay(self) -> Endpoint | None:
+        """The relay this host advertises now (its last choice, or the netmap's)."""
+        ours = self.paths.own() or self._netmap().self_node.endpoints
+        return next((e for e in ours if e.kind == "relay"), None)
+
+    async def measure_relays(self) -> None:
+        """Time a connection to every TCP relay, at most every RELAYS_SECONDS (at once when
+        the list changed): what `relay_endpoint` picks the nearest by."""
+        now = self._clock.monotonic()
+        server = self.server
+        if server is None:
+            return
+        targets = [
+            relay_target(self.relays, server, Endpoint(host=r.host or server, port=r.port))
+            for r in self.relays
+        ]
+        fresh = self._measured_at is not None and now - self._measured_at < RELAYS_SECONDS
+        if fresh and set(targets) == set(self.rtts):
+            return
+        rtts = await asyncio.gather(*(self._measure(t) for t in targets))
+        self._measured_at = now
+        measured = dict(zip(targets, rtts, strict=True))
+        if measured.keys() != self.rtts.keys() or any(
+            (a is None) != (measured[t] is None) for t, a in self.rtts.items()
+        ):
+            log.info(
+                "tcp relays, connect time: %s",
+                ", ".join(
+                    f"{t} {'-' if ms is None else f'{ms:.1f} ms'}" for t, ms in measured.items()
+                )
+                or "none",
+            )
+        self.rtts = measured
+
+    @property
+    def nat(self) -> NatKind | None:
+        """This host's NAT as the last discovery judged it; None before the first answer."""
+        return None if self.last is None else self.last.nat
+
+    def route(self, key: PublicKey, wg_endpoint: str | None, fresh: bool) -> Route:
+        """How `shoal status` shows the path to peer `key`: `wg_endpoint` is where WireGuard
+        sends its packets now ("ip:port"), `fresh` whether its last handshake is recent."""
+        path = self.paths.path(key)
+        loop = self.tcp_relay.relay_of(wg_endpoint) if wg_endpoint else None
+        # Relayed, or a handshake already came over the relay being tried (the selector
+        # learns of handshakes a tick late).
+        if path.relay is not None and (path.kind == "relayed" or fresh):
+            return Route(
+                str(path.relay),
+                "relayed",
+                self._relay_use(path.relay, self.tcp_relay.local_of(key)),
+                path.why or "no direct handshake",
+            )
+        if loop is not None:
+            # WireGuard follows the peer's packets onto the relay's loopback socket (the peer
+            # reached this host through its relay first) before the selector says relayed.
+            relay = Endpoint(host=loop.host, port=loop.port, kind="relay")
+            why = path.why or "the peer's packets arrive through the relay"
+            return Route(str(relay), "relayed", self._relay_use(relay, wg_endpoint), why)
+        shown = wg_endpoint
+        if shown is None or _loopback(shown):
+            shown = None if path.endpoint is None else str(path.endpoint)
+        via: PathKind = path.kind
+        if fresh and via in ("trying", "none"):
+            via = "direct"  # the selector learns of handshakes a tick late
+        return Route(shown, via, None, path.why if via != "direct" else None)
+
+    def _relay_use(self, relay: Endpoint, local: str | None) -> RelayUse:
+        if relay.kind != "relay":
+            return RelayUse(transport="udp", address=str(relay), on_server=True)
+        listed = next(
+            (
+                r
+                for r in self.relays
+                if r.port == relay.port and (r.host or self.server) == relay.host
+            ),
+            None,
+        )
+        on_server = listed.host is None if listed is not None else relay.host == self.server
+        return RelayUse(
+            transport="tcp",
+            address=str(relay),
+            on_server=on_server,
+            local=local,
+        )
 
     def tcp_local(self, peer: PublicKey, relay: Endpoint) -> Endpoint:
         """The loopback endpoint for `peer` through the TCP relay at `relay` (PathSelector's

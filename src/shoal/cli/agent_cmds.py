@@ -430,6 +430,8 @@ def render_status(s: AgentStatus) -> str:
         + ("none (defaults)" if s.policy_revision is None else f"r{s.policy_revision} enforced"),
         *(_warning(h) for h in s.health),
     ]
+    if s.nat is not None:
+        lines.insert(3, f"  nat {s.nat} (this host; `shoal netcheck` for details)")
     if s.rotation is not None:
         lines.append(_rotating("this host", s.rotation))
     lines += [_rotating(f"peer {p.name}", p.rotation) for p in s.peers if p.rotation]
@@ -441,6 +443,7 @@ def render_status(s: AgentStatus) -> str:
                 str(p.subnet or "-"),
                 p.endpoint or "-",
                 p.path or "-",
+                p.nat or "?",
                 _ago(p.last_handshake),
                 _bytes(p.rx_bytes),
                 _bytes(p.tx_bytes),
@@ -450,7 +453,17 @@ def render_status(s: AgentStatus) -> str:
         lines.append("")
         lines.append(
             table(
-                ("PEER", "MESH IP", "CONTAINERS", "ENDPOINT", "PATH", "HANDSHAKE", "RX", "TX"),
+                (
+                    "PEER",
+                    "MESH IP",
+                    "CONTAINERS",
+                    "ENDPOINT",
+                    "PATH",
+                    "NAT",
+                    "HANDSHAKE",
+                    "RX",
+                    "TX",
+                ),
                 rows,
             )
         )

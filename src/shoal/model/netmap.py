@@ -43,6 +43,10 @@ class Frozen(BaseModel):
 
 
 EndpointKind = Literal["lan", "public", "symmetric", "relay"]
+# A host's NAT as its endpoint discovery judged it (`shoal.agent.endpoints`): "none" the server
+# sees its own address, "easy" endpoint-independent mapping, "hard" a new outside port per
+# destination (symmetric), "udp-blocked" no UDP answer at all.
+NatKind = Literal["none", "easy", "hard", "udp-blocked"]
 
 
 class Endpoint(Frozen):
@@ -72,6 +76,22 @@ def _unicast(endpoints: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
         if host.is_reserved:  # 240.0.0.0/4, the broadcast address 255.255.255.255 among them
             raise ValueError(f"{e} is a reserved or broadcast address, not a unicast one")
     return endpoints
+
+
+def nat_kind(endpoints: tuple[Endpoint, ...]) -> NatKind | None:
+    """The NAT kind a node reports, read off the kinds of the endpoints it advertises: its
+    discovery reports one shape per kind (`Discovery.endpoints`): a "relay" endpoint only
+    without UDP, a "symmetric" one only behind a hard NAT, a "public" one with a "lan" one
+    behind an easy NAT and alone without NAT. None: unknown (no probe answer yet and no relay
+    to advertise, or an agent from before endpoint discovery)."""
+    kinds = {e.kind for e in endpoints}
+    if "relay" in kinds:
+        return "udp-blocked"
+    if "symmetric" in kinds:
+        return "hard"
+    if "public" in kinds:
+        return "easy" if "lan" in kinds else "none"
+    return None
 
 
 MAX_ENDPOINTS = 16  # per node: a LAN address, a public one, a few more; peers try each one
