@@ -23,7 +23,7 @@ from shoal.agent.errors import AgentNotRunning, AgentStartFailed
 from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
-    _config,
+    _plan_up,
     _resolve_target,
     _start_background,
     cmd_down,
@@ -244,7 +244,7 @@ def test_aiohttp_imported_under_no_ca_bundle_parses_no_ca(tmp_path: Path) -> Non
 
 def up_config(*flags: str) -> AgentConfig:
     parsed = build_parser().parse_args(["up", "--server", "https://10.0.0.1:8443", *flags])
-    return _config(parsed)
+    return _plan_up(parsed).config
 
 
 @pytest.mark.parametrize(
