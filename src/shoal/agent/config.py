@@ -74,8 +74,8 @@ class UpSettings:
     def changes(self, before: UpSettings) -> tuple[str, ...]:
         """One line per setting that differs from `before`, as `--flag OLD => NEW`."""
         return tuple(
-            f"--{f.name.replace('_', '-')} {_show(getattr(before, f.name))} => "
-            f"{_show(getattr(self, f.name))}"
+            f"--{f.name.replace('_', '-')} {_show(f.name, getattr(before, f.name))} => "
+            f"{_show(f.name, getattr(self, f.name))}"
             for f in fields(self)
             if getattr(before, f.name) != getattr(self, f.name)
         )
@@ -110,10 +110,10 @@ class UpSettings:
         )
 
 
-def _show(value: object) -> str:
-    """A setting's value as the operator typed it."""
+def _show(name: str, value: object) -> str:
+    """Setting `name`'s value as the operator types it."""
     if value is None:
-        return "none"
+        return "never" if name == "key_max_age" else "none"
     if isinstance(value, tuple) and all(isinstance(v, IPv4Network) for v in value):
         return ",".join(map(str, value)) or "none"
     if isinstance(value, tuple):  # --metrics-listen

@@ -801,8 +801,11 @@ async def start(
     if not fresh_join:
         # Resuming, names first (see `answer_from_cache`; a no-op when it answers already):
         # before the slower subsystems and before Docker is asked (benchmarks/recovery.py).
-        await agent.reconciler.apply_early(("dns",))
-        watch.lap("dns")
+        # Not for a join never configured: no container uses these names yet, and a failure
+        # before `configure` would leave the redirect with nothing to undo it.
+        if not state.join_pending():
+            await agent.reconciler.apply_early(("dns",))
+            watch.lap("dns")
         if docker is not None:
             await docker.ping()
             watch.lap("docker")
