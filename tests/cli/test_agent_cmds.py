@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -29,6 +30,7 @@ from shoal.cli.agent_cmds import (
     _plan_up,
     _resolve_target,
     _start_background,
+    _stop_agent,
     cmd_down,
     cmd_status,
     no_ca_bundle_at_import,
@@ -480,3 +482,31 @@ def test_new_settings_that_fail_to_start_restart_the_previous_ones(
     )
     assert stopped == [state.path] and started == [53, 51821]
     assert "shoal: changing --listen-port 51821 => 53" in capsys.readouterr().out
+
+
+def test_a_restart_stops_the_running_agent_and_waits_for_its_state_dir(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    with pytest.raises(AgentStartFailed, match=r"cannot stop the running agent .*agent.pid"):
+        _stop_agent(state)  # no pid file: says so, in one line
+    # An agent as `_stop_agent` sees one: the state dir's lock, its pid file, SIGTERM ends it.
+    holder = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(state.path / 'agent.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        f"open({str(state.pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "locked\n"
+        assert state.agent_running()
+        _stop_agent(state)
+        assert not state.agent_running()
+        assert agent.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        agent.kill()
+        agent.wait()
