@@ -377,6 +377,10 @@ def test_up_on_a_joined_host_changes_only_the_flags_given(tmp_path: Path) -> Non
         "--key-max-age 90d => 30d",
     )
     assert withdrawn.config.advertise_routes == ()
+    # An empty value sets a setting back to its default.
+    reset = plan(state, "--advertise-addr", "", "--metrics-listen", "", "--docker-host", "")
+    assert reset.changes == ("--advertise-addr 192.0.2.9 => none",)
+    assert reset.config.advertise_addr is None and reset.config.metrics_listen is None
 
 
 @pytest.mark.parametrize(

@@ -130,15 +130,18 @@ def _plan_up(args: argparse.Namespace) -> UpPlan:
     before = saved or UpSettings()
     listen_port = args.listen_port if args.listen_port is not None else before.listen_port
     advertise = before.advertise_addr
-    if args.advertise_addr:
-        advertise = _advertise_addr(args.advertise_addr, listen_port)
+    # An empty value sets a setting back to its default (--advertise-routes '' withdraws).
+    if args.advertise_addr is not None:
+        advertise = (
+            _advertise_addr(args.advertise_addr, listen_port) if args.advertise_addr else None
+        )
     routes = _advertise_routes(args.advertise_routes)
     if routes is not None and saved is not None and routes == saved.advertise_routes:
         routes = None  # the server has them: not registered again
     max_age = before.key_max_age if args.key_max_age is None else _key_max_age(args.key_max_age)
     metrics = before.metrics_listen
-    if args.metrics_listen:
-        metrics = parse_metrics_listen(args.metrics_listen)
+    if args.metrics_listen is not None:
+        metrics = parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None
     config = AgentConfig(
         key_max_age_seconds=max_age,
         state_dir=state.path,
@@ -149,7 +152,7 @@ def _plan_up(args: argparse.Namespace) -> UpPlan:
         listen_port=listen_port,
         advertise_routes=routes,
         no_docker=args.no_docker,
-        docker_host=args.docker_host or os.environ.get("DOCKER_HOST") or before.docker_host,
+        docker_host=_docker_host(args.docker_host, before.docker_host),
         metrics_listen=metrics,
     )
     if identity is None:  # a join: nothing to change
@@ -167,6 +170,13 @@ def _plan_up(args: argparse.Namespace) -> UpPlan:
     return UpPlan(
         config=config, changes=UpSettings.of(config, saved).changes(before), previous=previous
     )
+
+
+def _docker_host(flag: str | None, before: str | None) -> str | None:
+    """--docker-host, else $DOCKER_HOST, else the one the agent ran with ('' : the default)."""
+    if flag is not None:
+        return flag or None
+    return os.environ.get("DOCKER_HOST") or before
 
 
 def _advertise_addr(text: str, listen_port: int) -> IPv4Address:

@@ -257,8 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
         "new ones: the agent restarts with them, keeping its node identity and key (no token "
         "needed, no packet lost). A different --server, --name, mesh (token) or --no-docker "
         "cannot change in place: the error names the flag; `shoal down --leave`, then join "
-        "again. A join whose host configuration failed keeps the registered node: `shoal up` "
-        "again resumes it without the (spent) token.",
+        "again. An empty value ('') sets a setting back to its default. A join whose host "
+        "configuration failed keeps the registered node: `shoal up` again resumes it without "
+        "the (spent) token.",
     )
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
     p.add_argument("--token", help="join token SHOAL-1-..., or - to read it from stdin")
