@@ -163,18 +163,38 @@ async def test_a_failed_netmap_cache_write_is_a_warning(
     assert json.loads((rig.state.path / "netmap.json").read_text())["netmap"]["revision"] == 99
 
 
-async def test_a_failed_first_apply_of_a_fresh_join_leaves_nothing(
+async def test_a_failed_first_apply_of_a_fresh_join_undoes_the_host_and_keeps_the_node(
     tmp_path: Path, server: RunningServer
 ) -> None:
     rig = await joined(tmp_path, server)
+    rig.state.mark_join_pending()  # as `_join_and_save` leaves it
     rig.host.firewall.fail = FirewallError("iptables-restore: line 3 failed")
     with pytest.raises(FirewallError):
         await rig.agent.configure(fresh_join=True)
     # No interface; forwarding stays on (Docker's too); the alone host had no routes.
     assert rig.host.dump() == "forwarding 1\nnetwork none\ndns none\nfirewall none"
-    assert not (rig.state.path / "node.json").exists()
+    # The token is spent: the node stays registered, and its identity stays to resume it.
+    assert rig.state.identity() is not None and rig.state.join_pending()
     async with admin_client(server) as admin:
-        assert [n.name for n in await admin.list_nodes()] == []
+        assert [n.name for n in await admin.list_nodes()] == ["h1"]
+
+
+async def test_the_retry_of_a_failed_join_resumes_with_its_key_and_rolls_back_again(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    rig = await joined(tmp_path, server)
+    rig.state.mark_join_pending()
+    rig.host.firewall.fail = FirewallError("iptables-restore: line 3 failed")
+    # A resumed start (no token): still the join's first configuration, undone on failure.
+    with pytest.raises(FirewallError):
+        await rig.agent.configure(fresh_join=False)
+    assert rig.host.dump() == "forwarding 1\nnetwork none\ndns none\nfirewall none"
+    rig.host.firewall.fail = None
+    await rig.agent.configure(fresh_join=False)
+    assert not rig.state.join_pending()  # configured once: a later failure is a node's
+    assert rig.host.dump().startswith("shoal0 kernel up")
+    async with node_client(server, KEY) as client:  # the key is still the credential
+        assert (await client.poll(since=0, wait=0)).full is not None
 
 
 async def test_down_removes_everything_and_leaves(tmp_path: Path, server: RunningServer) -> None:

@@ -1,14 +1,16 @@
 """A corrupt or truncated state file is set aside and rebuilt, never a reason not to start;
-one agent per state dir."""
+one agent per state dir; the settings `shoal up` compares with."""
 
 from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 
+from shoal.agent.config import UpSettings
 from shoal.agent.errors import AgentAlreadyRunning
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.testing.builders import netmap
@@ -96,3 +98,57 @@ def test_one_agent_per_state_dir_until_it_ends(tmp_path: Path) -> None:
     assert first._lock_fd is not None and not os.get_inheritable(first._lock_fd)
     os.close(first._lock_fd)  # what the process's end does
     StateDir(tmp_path / "state").hold_lock()
+
+
+def test_whether_an_agent_runs_is_asked_without_keeping_the_lock(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    assert not state.agent_running()  # no lock file yet
+    state.hold_lock()
+    assert StateDir(tmp_path / "state").agent_running()
+    assert state._lock_fd is not None
+    os.close(state._lock_fd)  # the agent ends
+    assert not StateDir(tmp_path / "state").agent_running()
+    StateDir(tmp_path / "state").hold_lock()  # asking took nothing
+
+
+SETTINGS = UpSettings(
+    advertise_addr=IPv4Address("192.0.2.7"),
+    advertise_routes=(IPv4Network("192.168.5.0/24"),),
+    listen_port=51821,
+    docker_host="unix:///run/d.sock",
+    metrics_listen=("127.0.0.1", 9469),
+    key_max_age=None,
+)
+
+
+def test_settings_read_back_and_a_corrupt_file_is_set_aside(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    assert state.settings() is None  # never started
+    state.save_settings(SETTINGS)
+    assert StateDir(tmp_path).settings() == SETTINGS
+    (tmp_path / "settings.json").write_text('{"listen_port": 0}')
+    again = StateDir(tmp_path)
+    assert again.settings() is None
+    assert "settings.json.corrupt" in names(again) and again.set_aside
+
+
+def test_leaving_forgets_the_settings_and_a_pending_join(tmp_path: Path) -> None:
+    state = filled(tmp_path)
+    state.mark_join_pending()
+    state.save_settings(SETTINGS)
+    assert state.join_pending()
+    state.forget()
+    assert not state.join_pending() and state.settings() is None
+    assert not state.holds_node()
+
+
+def test_each_changed_setting_is_one_line_as_the_operator_types_it() -> None:
+    assert SETTINGS.changes(SETTINGS) == ()
+    assert UpSettings().changes(SETTINGS) == (
+        "--advertise-addr 192.0.2.7 => none",
+        "--advertise-routes 192.168.5.0/24 => none",
+        "--listen-port 51821 => 51820",
+        "--docker-host unix:///run/d.sock => none",
+        "--metrics-listen 127.0.0.1:9469 => none",
+        "--key-max-age never => 90d",
+    )

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -18,14 +19,18 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from shoal.agent.config import AgentConfig
+from shoal.agent.config import AgentConfig, UpSettings
 from shoal.agent.errors import AgentNotRunning, AgentStartFailed
+from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.agent.systemd import AgentUnit, unit_name
 from shoal.cli.agent_cmds import (
     BadArgument,
-    _config,
+    NeedsRejoin,
+    UpPlan,
+    _plan_up,
     _resolve_target,
     _start_background,
+    _stop_agent,
     cmd_down,
     cmd_status,
     no_ca_bundle_at_import,
@@ -36,6 +41,7 @@ from shoal.cli.agent_cmds import (
 from shoal.cli.main import build_parser
 from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
 from shoal.control.ca import _make_ca
+from shoal.controlclient.tls import ca_fingerprint
 from shoal.model.api import ServiceInfo, ServiceInstance
 from shoal.model.keys import PrivateKey
 from shoal.model.status import (
@@ -48,6 +54,7 @@ from shoal.model.status import (
     SubsystemDown,
 )
 from shoal.model.tokens import MalformedToken
+from shoal.testing import builders
 from shoal.testing.systemctl import fake_systemd
 
 TOKEN = "SHOAL-1-" + "ab" * 32 + "-" + "cd" * 16
@@ -279,7 +286,7 @@ def test_aiohttp_imported_under_no_ca_bundle_parses_no_ca(tmp_path: Path) -> Non
 
 def up_config(*flags: str) -> AgentConfig:
     parsed = build_parser().parse_args(["up", "--server", "https://10.0.0.1:8443", *flags])
-    return _config(parsed)
+    return _plan_up(parsed).config
 
 
 @pytest.mark.parametrize(
@@ -352,3 +359,193 @@ def test_ping_takes_this_node_a_peer_an_ip_or_a_container_name() -> None:
     assert _resolve_target(status, "web-1", services) == IPv4Address("10.42.1.2")
     with pytest.raises(BadArgument, match="no node or container named 'nosuch'"):
         _resolve_target(status, "nosuch", services)
+
+
+def joined_state(tmp_path: Path, settings: UpSettings | None = None) -> tuple[StateDir, str]:
+    """A state dir joined to https://10.0.0.1:8443 as h1 (subnet 10.42.1.0/24); the token
+    of that mesh."""
+    ca_pem = _make_ca(datetime.now(UTC))[0].public_bytes(Encoding.PEM)
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    state.save_identity(
+        NodeIdentity(
+            server_url="https://10.0.0.1:8443", ca_pem=ca_pem.decode(), node_id="n1", name="h1"
+        )
+    )
+    state.save_netmap(CachedNetmap(netmap=builders.netmap(1, []), received_at=datetime.now(UTC)))
+    if settings is not None:
+        state.save_settings(settings)
+    token = f"SHOAL-1-{ca_fingerprint(ca_pem)}-{'cd' * 16}"
+    return state, token
+
+
+def plan(state: StateDir, *flags: str) -> UpPlan:
+    return _plan_up(build_parser().parse_args(["up", "--state-dir", str(state.path), *flags]))
+
+
+SETTINGS = UpSettings(advertise_addr=IPv4Address("192.0.2.1"), listen_port=51821)
+
+
+def test_up_on_a_joined_host_changes_only_the_flags_given(tmp_path: Path) -> None:
+    state, token = joined_state(tmp_path, SETTINGS)
+    # The same settings (omitted flags keep theirs; the server, name and token of this mesh).
+    same = plan(state, "--server", "https://10.0.0.1:8443", "--token", token, "--name", "h1")
+    assert same.changes == ()
+    assert same.config.advertise_addr == IPv4Address("192.0.2.1")
+    assert same.config.listen_port == 51821
+    changed = plan(state, "--advertise-routes", "192.168.5.0/24", "--advertise-addr", "192.0.2.9")
+    assert changed.changes == (
+        "--advertise-addr 192.0.2.1 => 192.0.2.9",
+        "--advertise-routes none => 192.168.5.0/24",
+    )
+    assert changed.config.advertise_routes == (IPv4Network("192.168.5.0/24"),)
+    assert (
+        changed.previous is not None and changed.previous.advertise_addr == SETTINGS.advertise_addr
+    )
+    # Once the agent started with them, the same routes are not registered again.
+    state.save_settings(UpSettings.of(changed.config, SETTINGS))
+    again = plan(state, "--advertise-routes", "192.168.5.0/24")
+    assert again.changes == () and again.config.advertise_routes is None
+    withdrawn = plan(state, "--advertise-routes", "", "--key-max-age", "30d")
+    assert withdrawn.changes == (
+        "--advertise-routes 192.168.5.0/24 => none",
+        "--key-max-age 90d => 30d",
+    )
+    assert withdrawn.config.advertise_routes == ()
+    # An empty value sets a setting back to its default.
+    reset = plan(state, "--advertise-addr", "", "--metrics-listen", "", "--docker-host", "")
+    assert reset.changes == ("--advertise-addr 192.0.2.9 => none",)
+    assert reset.config.advertise_addr is None and reset.config.metrics_listen is None
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (("--server", "https://10.0.0.2:8443"), "--server https://10.0.0.2:8443: this host is"),
+        (("--name", "h9"), "--name 'h9': this host is joined to https://10.0.0.1:8443 as h1"),
+        (("--token", TOKEN), "--token: the token is for another mesh (CA abababababababab…)"),
+        (("--no-docker",), "--no-docker: this host is joined to https://10.0.0.1:8443 as h1 with"),
+    ],
+)
+def test_up_refuses_what_a_joined_node_cannot_change_in_place(
+    tmp_path: Path, flags: tuple[str, ...], error: str
+) -> None:
+    state, _ = joined_state(tmp_path, SETTINGS)
+    with pytest.raises(NeedsRejoin) as refused:
+        plan(state, *flags)
+    message = str(refused.value)
+    assert message.startswith(error) and "\n" not in message
+    assert message.endswith(
+        f"leave first: `shoal down --leave --state-dir {state.path}`, then `shoal up` with a join"
+        " token"
+    )
+
+
+def test_up_with_new_settings_restarts_the_units_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = fake_systemd(tmp_path / "systemd")
+    state, _ = joined_state(tmp_path, SETTINGS)
+    fake.systemd.install(AgentUnit(state.path, listen_port=51821))
+    monkeypatch.setattr("shoal.agent.daemon.join", _no_join)
+    monkeypatch.setattr("shoal.cli.agent_cmds.fetch_status", lambda *_a, **_k: RUNNING)
+    unchanged = plan(state)
+    assert _start_background(unchanged.config, fake.systemd, changes=unchanged.changes) == 0
+    assert "agent already running here" in capsys.readouterr().out
+    assert "restarted" not in fake.state()
+
+    new = plan(state, "--listen-port", "51822", "--advertise-addr", "192.0.2.9")
+    assert _start_background(new.config, fake.systemd, changes=new.changes) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [
+        "shoal: changing --advertise-addr 192.0.2.1 => 192.0.2.9",
+        "shoal: changing --listen-port 51821 => 51822",
+        "shoal: restarting the agent with the new settings (the tunnel keeps forwarding)",
+        "shoal: h1 is up: mesh IP None, containers none (no Docker), 0 peer(s), RUNNING",
+    ]
+    assert fake.state()["restarted"] == [unit_name(state.path)]
+    unit = (fake.dir / "units" / unit_name(state.path)).read_text()
+    assert "--listen-port 51822" in unit
+    # The unit's agent takes what its flags do not carry from the state dir.
+    assert state.settings() == UpSettings(
+        advertise_addr=IPv4Address("192.0.2.9"), listen_port=51822
+    )
+
+
+async def _no_join(config: AgentConfig) -> None:
+    """`daemon.join` on a joined host registers only new routes (none in these tests)."""
+    assert config.advertise_routes is None
+
+
+def test_a_join_that_failed_after_registering_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, _ = joined_state(tmp_path)
+    state.mark_join_pending()
+
+    def failing_start(*_args: object, **_kw: object) -> int:
+        raise AgentStartFailed("iptables-restore: line 3 failed")
+
+    monkeypatch.setattr("shoal.cli.agent_cmds._start", failing_start)
+    with pytest.raises(AgentStartFailed) as failed:
+        _start_background(AgentConfig(state_dir=state.path), fake_systemd(tmp_path / "sd").systemd)
+    assert str(failed.value) == (
+        "iptables-restore: line 3 failed; the node stays registered (its token is spent): "
+        f"`shoal up --state-dir {state.path}` again resumes it, `shoal down --leave --state-dir"
+        f" {state.path}` withdraws it"
+    )
+
+
+def test_new_settings_that_fail_to_start_restart_the_previous_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state, _ = joined_state(tmp_path, SETTINGS)
+    new = plan(state, "--listen-port", "53")
+    started: list[int] = []
+
+    def start(config: AgentConfig, *_args: object, **_kw: object) -> int:
+        started.append(config.listen_port)
+        if config.listen_port == 53:
+            raise AgentStartFailed("listen udp :53: address already in use")
+        return 0
+
+    stopped: list[Path] = []
+    monkeypatch.setattr("shoal.cli.agent_cmds._start", start)
+    monkeypatch.setattr("shoal.cli.agent_cmds._stop_agent", lambda s: stopped.append(s.path))
+    monkeypatch.setattr("shoal.cli.agent_cmds.fetch_status", lambda *_a, **_k: RUNNING)
+    no_systemd = fake_systemd(tmp_path / "sd", pid1="sh").systemd
+    with pytest.raises(AgentStartFailed) as failed:
+        _start_background(new.config, no_systemd, changes=new.changes, previous=new.previous)
+    assert str(failed.value) == (
+        "listen udp :53: address already in use; the agent runs again with its previous settings"
+    )
+    assert stopped == [state.path] and started == [53, 51821]
+    assert "shoal: changing --listen-port 51821 => 53" in capsys.readouterr().out
+
+
+def test_a_restart_stops_the_running_agent_and_waits_for_its_state_dir(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.ensure()
+    with pytest.raises(AgentStartFailed, match=r"cannot stop the running agent .*agent.pid"):
+        _stop_agent(state)  # no pid file: says so, in one line
+    # An agent as `_stop_agent` sees one: the state dir's lock, its pid file, SIGTERM ends it.
+    holder = (
+        "import fcntl, os, sys\n"
+        f"fd = os.open({str(state.path / 'agent.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        f"open({str(state.pidfile)!r}, 'w').write(str(os.getpid()))\n"
+        "print('locked', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert agent.stdout is not None and agent.stdout.readline() == "locked\n"
+        assert state.agent_running()
+        _stop_agent(state)
+        assert not state.agent_running()
+        assert agent.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        agent.kill()
+        agent.wait()

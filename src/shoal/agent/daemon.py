@@ -196,17 +196,28 @@ class Agent:
         )
 
     async def configure(self, fresh_join: bool) -> None:
-        """The first apply. If it fails, a fresh join leaves nothing behind: this host's
-        changes and the registration are undone, and the state dir forgets the identity."""
+        """The first apply. If the host was never configured since its join (`fresh_join`,
+        or a join whose first apply failed before: join.pending), a failure undoes this
+        host's changes but keeps the registration and the state dir's identity: the join's
+        token is spent, and the next `shoal up` resumes this node with its key, no token
+        needed (`shoal down --leave` withdraws it instead)."""
+        first = fresh_join or self.state.join_pending()
         try:
             await self.reconciler.first_apply()
         except BaseException:
-            if fresh_join:
-                log.error("first configuration failed; undoing it")
+            if first:
+                log.error(
+                    "first configuration failed; undoing it on this host. %s stays registered:"
+                    " `shoal up --state-dir %s` resumes it (no token needed), `shoal down"
+                    " --leave --state-dir %s` withdraws it",
+                    self.identity.name,
+                    self.state.path,
+                    self.state.path,
+                )
                 await self.reconciler.teardown()
-                await leave_mesh(self.identity, self.private_key)
-                self.state.forget()
             raise
+        if first:
+            self.state.join_done()
         self.health.configured = True
 
     # -- the tasks -------------------------------------------------------------------------
@@ -800,8 +811,11 @@ async def start(
     if not fresh_join:
         # Resuming, names first (see `answer_from_cache`; a no-op when it answers already):
         # before the slower subsystems and before Docker is asked (benchmarks/recovery.py).
-        await agent.reconciler.apply_early(("dns",))
-        watch.lap("dns")
+        # Not for a join never configured: no container uses these names yet, and a failure
+        # before `configure` would leave the redirect with nothing to undo it.
+        if not state.join_pending():
+            await agent.reconciler.apply_early(("dns",))
+            watch.lap("dns")
         if docker is not None:
             await docker.ping()
             watch.lap("docker")
@@ -892,6 +906,7 @@ async def _join_and_save(
     identity, netmap = await _join(config, private_key, docker, watch)
     cached = CachedNetmap(netmap=netmap, received_at=clock.now())
     state.save_netmap(cached)
+    state.mark_join_pending()  # until the first apply: see `Agent.configure`
     state.save_identity(identity)
     return identity, cached
 

@@ -4,6 +4,12 @@ private.key    WireGuard private key, 0600; never leaves the host
 private.key.next  the next key during a key rotation, 0600: written before the server hears
                of it, promoted to private.key (atomic rename) at the switch
 node.json      server URL, pinned CA, node id and name (the key in private.key is the credential)
+join.pending   present from a join's registration until the host was first configured: a
+               failed first configuration is undone on the host but keeps node.json and
+               private.key, so the next `shoal up` resumes the registered node (a single-use
+               token is spent by then) instead of joining again
+settings.json  the settings of `shoal up` the agent last started with (see `UpSettings`): a
+               later `shoal up` compares its flags with them, and omitted flags keep them
 netmap.json    the last netmap received: the mesh keeps working from it with the server away
 agent.sock     the local API (`shoal status`, `shoal down`)
 agent.lock     flock()ed by the one agent running on this state dir, for its whole life
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from shoal.agent.config import UpSettings
 from shoal.agent.errors import AgentAlreadyRunning, StateWriteFailed
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import NetworkMap
@@ -217,6 +224,41 @@ class StateDir:
         }
         _write_private(self.path / "netmap.json", json.dumps(body) + "\n")
 
+    @property
+    def _join_pending(self) -> Path:
+        return self.path / "join.pending"
+
+    def mark_join_pending(self) -> None:
+        """Record that the node is registered but the host not yet configured (before
+        node.json is written: a crash in between leaves a marker and no identity, which a
+        fresh join overwrites)."""
+        _write_private(self._join_pending, "registered; first configuration not done\n")
+
+    def join_pending(self) -> bool:
+        """Whether this node's host was never configured since its join (the first
+        configuration failed, or has not run yet)."""
+        return self._join_pending.exists()
+
+    def join_done(self) -> None:
+        """The host was configured once: later failures are a running node's, not a join's."""
+        self._join_pending.unlink(missing_ok=True)
+
+    def settings(self) -> UpSettings | None:
+        """The settings the agent last started with; None before the first start (or from a
+        version that kept none; an unreadable file is set aside)."""
+        path = self.path / "settings.json"
+        if not path.exists():
+            return None
+        try:
+            return UpSettings.from_json(json.loads(path.read_text()))
+        except _UNREADABLE as exc:
+            self._set_aside("settings.json", exc)
+            return None
+
+    def save_settings(self, settings: UpSettings) -> None:
+        """Keep `settings` for the next `shoal up` (StateWriteFailed: the old file stays)."""
+        _write_private(self.path / "settings.json", json.dumps(settings.to_json(), indent=2) + "\n")
+
     def hold_lock(self) -> None:
         """Make this process the one agent of this state dir until it ends (the kernel drops
         the lock however it ends, SIGKILL included); AgentAlreadyRunning if another holds it.
@@ -235,6 +277,21 @@ class StateDir:
             ) from exc
         self._lock_fd = fd
 
+    def agent_running(self) -> bool:
+        """Whether an agent holds this state dir's lock (see `hold_lock`); asked without
+        taking it for longer than the question."""
+        try:
+            fd = os.open(self.path / "agent.lock", os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # drops the lock, if this took it
+        return False
+
     def holds_node(self) -> bool:
         """Whether a node was joined with this state dir: its identity or netmap is here (or
         was set aside as corrupt). Only then is the shoal configuration on this host its own."""
@@ -242,7 +299,14 @@ class StateDir:
 
     def forget(self) -> None:
         """Drop the mesh identity (after `shoal down --leave`); the next `up` joins afresh."""
-        for name in ("node.json", "netmap.json", "private.key", "private.key.next"):
+        for name in (
+            "node.json",
+            "netmap.json",
+            "private.key",
+            "private.key.next",
+            "join.pending",
+            "settings.json",
+        ):
             (self.path / name).unlink(missing_ok=True)
 
 

@@ -161,8 +161,14 @@ class Systemd:
             reason = done.stderr.strip() or f"exit code {done.returncode}"
             raise SupervisorError(f"systemctl {' '.join(args)}: {reason}")
 
-    def install(self, unit: AgentUnit) -> Path:
-        """Write the unit, enable it for boot and start it now; idempotent."""
+    def installed(self, state_dir: Path) -> bool:
+        """Whether `shoal up` installed the unit of `state_dir` (and `shoal down` has not
+        removed it)."""
+        return (self.unit_dir / unit_name(state_dir)).exists()
+
+    def install(self, unit: AgentUnit, restart: bool = False) -> Path:
+        """Write the unit, enable it for boot and start it now; idempotent. `restart`: a
+        running agent is restarted too (new settings; KillMode=process keeps the tunnel)."""
         path = self.unit_dir / unit.name
         tmp = path.with_name(path.name + ".tmp")
         try:
@@ -175,6 +181,8 @@ class Systemd:
             raise SupervisorError(f"cannot write {path}: {exc.strerror or exc}") from exc
         self._systemctl("daemon-reload")
         self._systemctl("enable", "--now", unit.name)
+        if restart:
+            self._systemctl("restart", unit.name)
         return path
 
     def remove(self, state_dir: Path) -> str | None:

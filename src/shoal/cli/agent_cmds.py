@@ -9,10 +9,12 @@ import importlib
 import os
 import re
 import select
+import signal
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv4Network, ip_address
 from pathlib import Path
@@ -20,12 +22,12 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from shoal.agent.config import (
-    DEFAULT_KEY_MAX_AGE_SECONDS,
     AgentConfig,
+    UpSettings,
     default_node_name,
     parse_metrics_listen,
 )
-from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot
+from shoal.agent.errors import AgentNotRunning, AgentStartFailed, NotRoot, StateWriteFailed
 from shoal.agent.localclient import (
     fetch_services,
     fetch_status,
@@ -33,7 +35,7 @@ from shoal.agent.localclient import (
     request_rotate_key,
 )
 from shoal.agent.ping import ping_once
-from shoal.agent.statefiles import StateDir
+from shoal.agent.statefiles import NodeIdentity, StateDir
 from shoal.agent.stopwatch import Stopwatch
 from shoal.agent.systemd import AgentUnit, Systemd
 from shoal.cli import logs
@@ -55,6 +57,7 @@ from shoal.model.status import (
 from shoal.model.tokens import parse_join_token
 
 START_TIMEOUT_SECONDS = 90.0
+STOP_TIMEOUT_SECONDS = 30.0  # a stopping agent closes its API and drops the DNS redirect
 MAX_TOKEN_BYTES = 1024  # a join token is 106 characters
 
 
@@ -90,40 +93,148 @@ def read_token(args: argparse.Namespace) -> str | None:
     return text
 
 
-def _config(args: argparse.Namespace) -> AgentConfig:
+class NeedsRejoin(BadArgument):
+    """A `shoal up` flag asks for what a joined node cannot change in place (its server, mesh,
+    name, or container subnet): the host leaves and joins again."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpPlan:
+    """One `shoal up`: the agent's config (omitted flags keep the settings the agent last
+    started with), and each setting that changes, as `--flag OLD => NEW` (none for a join)."""
+
+    config: AgentConfig
+    changes: tuple[str, ...]
+    # The config the agent last started with: it runs again if the new one fails to start.
+    previous: AgentConfig | None
+
+
+def _plan_up(args: argparse.Namespace) -> UpPlan:
     """The agent's config from `shoal up`'s flags, every one checked here: a value the server
-    or the model would refuse fails before an agent starts, as one line naming the flag."""
-    if not 0 < args.listen_port < 65536:
+    or the model would refuse fails before an agent starts, as one line naming the flag.
+
+    `shoal up` is declarative: on a joined host (node.json), a flag given sets its setting,
+    a flag omitted keeps the one the agent last started with (settings.json); what cannot
+    change in place raises NeedsRejoin."""
+    if args.listen_port is not None and not 0 < args.listen_port < 65536:
         raise BadArgument(f"--listen-port {args.listen_port}: expected 1 to 65535")
-    advertise = None
-    if args.advertise_addr:
-        try:
-            advertise = IPv4Address(args.advertise_addr)
-        except ValueError as exc:
-            raise BadArgument(
-                f"--advertise-addr {args.advertise_addr!r} is not an IPv4 address"
-            ) from exc
-        try:
-            _ADVERTISED.validate_python((Endpoint(host=advertise, port=args.listen_port),))
-        except ValidationError as exc:
-            reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
-            raise BadArgument(f"--advertise-addr {advertise}: {reason}") from exc
+    state = StateDir(Path(args.state_dir))
     token = read_token(args)
-    if token is not None:  # joining: the name goes to the server, which takes DNS labels only
-        _check_node_name(args.name)
-    return AgentConfig(
-        key_max_age_seconds=_key_max_age(args.key_max_age),
-        state_dir=Path(args.state_dir),
+    identity = state.identity()
+    if identity is None:
+        if token is not None:  # joining: the name goes to the server, which takes DNS labels
+            _check_node_name(args.name)
+    else:
+        _check_same_node(args, token, identity, state)
+    saved = state.settings()
+    before = saved or UpSettings()
+    listen_port = args.listen_port if args.listen_port is not None else before.listen_port
+    advertise = before.advertise_addr
+    # An empty value sets a setting back to its default (--advertise-routes '' withdraws).
+    if args.advertise_addr is not None:
+        advertise = (
+            _advertise_addr(args.advertise_addr, listen_port) if args.advertise_addr else None
+        )
+    routes = _advertise_routes(args.advertise_routes)
+    if routes is not None and saved is not None and routes == saved.advertise_routes:
+        routes = None  # the server has them: not registered again
+    max_age = before.key_max_age if args.key_max_age is None else _key_max_age(args.key_max_age)
+    metrics = before.metrics_listen
+    if args.metrics_listen is not None:
+        metrics = parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None
+    config = AgentConfig(
+        key_max_age_seconds=max_age,
+        state_dir=state.path,
         server_url=check_server_flag(args.server) if args.server else None,
         token=token,
         name=args.name,
         advertise_addr=advertise,
-        listen_port=args.listen_port,
-        advertise_routes=_advertise_routes(args.advertise_routes),
+        listen_port=listen_port,
+        advertise_routes=routes,
         no_docker=args.no_docker,
-        docker_host=args.docker_host or os.environ.get("DOCKER_HOST"),
-        metrics_listen=parse_metrics_listen(args.metrics_listen) if args.metrics_listen else None,
+        docker_host=_docker_host(args.docker_host, before.docker_host),
+        metrics_listen=metrics,
     )
+    if identity is None:  # a join: nothing to change
+        return UpPlan(config=config, changes=(), previous=None)
+    previous = replace(
+        config,
+        token=None,
+        advertise_addr=before.advertise_addr,
+        listen_port=before.listen_port,
+        advertise_routes=None,
+        docker_host=before.docker_host,
+        metrics_listen=before.metrics_listen,
+        key_max_age_seconds=before.key_max_age,
+    )
+    return UpPlan(
+        config=config, changes=UpSettings.of(config, saved).changes(before), previous=previous
+    )
+
+
+def _docker_host(flag: str | None, before: str | None) -> str | None:
+    """--docker-host, else $DOCKER_HOST, else the one the agent ran with ('' : the default)."""
+    if flag is not None:
+        return flag or None
+    return os.environ.get("DOCKER_HOST") or before
+
+
+def _advertise_addr(text: str, listen_port: int) -> IPv4Address:
+    """--advertise-addr: a unicast IPv4 address other hosts can reach."""
+    try:
+        advertise = IPv4Address(text)
+    except ValueError as exc:
+        raise BadArgument(f"--advertise-addr {text!r} is not an IPv4 address") from exc
+    try:
+        _ADVERTISED.validate_python((Endpoint(host=advertise, port=listen_port),))
+    except ValidationError as exc:
+        reason = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise BadArgument(f"--advertise-addr {advertise}: {reason}") from exc
+    return advertise
+
+
+def _check_same_node(
+    args: argparse.Namespace, token: str | None, identity: NodeIdentity, state: StateDir
+) -> None:
+    """Raise NeedsRejoin when a flag asks the joined node for another server, mesh, name or
+    container subnet: its registration, addresses and peers' trust all hang on them."""
+    joined = f"this host is joined to {identity.server_url} as {identity.name}"
+    how = (
+        f"leave first: `shoal down --leave --state-dir {state.path}`, then `shoal up` with a "
+        "join token"
+    )
+    if args.server and check_server_flag(args.server) != identity.server_url:
+        raise NeedsRejoin(f"--server {args.server}: {joined}; to change server, {how}")
+    if args.name and args.name != identity.name:
+        raise NeedsRejoin(f"--name {args.name[:80]!r}: {joined}; to rename it, {how}")
+    if token is not None:
+        fingerprint = parse_join_token(token).fingerprint
+        if fingerprint not in _fingerprints(identity.ca_pem):
+            raise NeedsRejoin(
+                f"--token: the token is for another mesh (CA {fingerprint[:16]}…); {joined};"
+                f" to change mesh, {how}"
+            )
+    if args.no_docker:
+        cached = state.cached_netmap()
+        if cached is not None and cached.netmap.self_node.subnet is not None:
+            raise NeedsRejoin(
+                f"--no-docker: {joined} with container subnet "
+                f"{cached.netmap.self_node.subnet}; to drop it, {how}"
+            )
+
+
+def _fingerprints(ca_pem: str) -> set[str]:
+    """The sha256 (DER) of each certificate of the pinned bundle (two during a CA rotation)."""
+    # Imported here: only a `shoal up` with a token on a joined host compares fingerprints.
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    return {
+        hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        for cert in x509.load_pem_x509_certificates(ca_pem.encode())
+    }
 
 
 def _advertise_routes(text: str | None) -> tuple[IPv4Network, ...] | None:
@@ -151,10 +262,8 @@ def _check_node_name(name: str | None) -> None:
         )
 
 
-def _key_max_age(text: str | None) -> float | None:
-    """--key-max-age: seconds, None for `never`; the default when not given."""
-    if text is None:
-        return DEFAULT_KEY_MAX_AGE_SECONDS
+def _key_max_age(text: str) -> float | None:
+    """--key-max-age: seconds, None for `never`."""
     if text == "never":
         return None
     # Imported here: only `up` parses durations, and the parser lives with the tokens'.
@@ -172,12 +281,16 @@ def _key_max_age(text: str | None) -> float | None:
 def cmd_up(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         raise NotRoot()
-    config = _config(args)  # `main` already moved a token in argv or env out of sight
+    plan = _plan_up(args)  # `main` already moved a token in argv or env out of sight
     if args.foreground:
         logs.setup(args.log_format)
-        asyncio.run(_run_foreground(config))
+        asyncio.run(_run_foreground(plan.config))
         return 0
-    return _start_background(config, log_format=args.log_format)
+    if plan.config.token is not None and plan.previous is not None:
+        print("shoal: this host is joined already: the join token was not used", file=sys.stderr)
+    return _start_background(
+        plan.config, log_format=args.log_format, changes=plan.changes, previous=plan.previous
+    )
 
 
 @contextlib.contextmanager
@@ -222,12 +335,26 @@ async def _run_foreground(
         await asyncio.to_thread(importlib.import_module, "shoal.agent.daemon")
     from shoal.agent.daemon import start  # imported by now
 
+    saved = state.settings()
     agent = await start(config, watch=watch, state=state, dns=dns)
+    _save_settings(state, UpSettings.of(config, saved))
     await agent.run(ready)
 
 
+def _save_settings(state: StateDir, settings: UpSettings) -> None:
+    """Keep the settings for the next `shoal up`; a failed write only loses the comparison."""
+    try:
+        state.save_settings(settings)
+    except StateWriteFailed as exc:
+        print(f"shoal: {exc}: the next `shoal up` may not see what changed", file=sys.stderr)
+
+
 def _start_background(
-    config: AgentConfig, systemd: Systemd | None = None, log_format: LogFormat = "text"
+    config: AgentConfig,
+    systemd: Systemd | None = None,
+    log_format: LogFormat = "text",
+    changes: tuple[str, ...] = (),
+    previous: AgentConfig | None = None,
 ) -> int:
     """Start the agent detached and return once the host is connected (or say why not).
 
@@ -236,25 +363,71 @@ def _start_background(
     starts with this process's imports, and the token reaches it in memory (never in an argv
     or environment). A second interpreter cost a start and the CLI's imports again on the way
     to the first packet.
+
+    An agent running already is left alone when nothing `changes`; otherwise it is restarted
+    with `config` (SIGTERM leaves the tunnel forwarding, the new agent takes it over: no
+    packet lost), and if that one fails to start, again with `previous`.
     """
     state = StateDir(config.state_dir)
     state.ensure()
+    systemd = systemd or Systemd()
     try:
         status = fetch_status(state.socket)
     except AgentNotRunning:
-        pass
+        running = False
     else:
-        print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
-        if config.advertise_routes is not None:
-            print(
-                "shoal: --advertise-routes not sent: the running agent keeps its routes; "
-                "`shoal down`, then `shoal up --advertise-routes ...` sends them",
-                file=sys.stderr,
+        running = True
+        if not changes:  # the same settings: nothing to do
+            print(f"shoal: agent already running here ({status.state}); `shoal status` for details")
+            return 0
+    for line in changes:
+        print(f"shoal: changing {line}")
+    if running:
+        print("shoal: restarting the agent with the new settings (the tunnel keeps forwarding)")
+        if not (systemd.running() and systemd.installed(state.path)):
+            _stop_agent(state)
+    try:
+        return _start(config, state, systemd, log_format, restart=running)
+    except AgentStartFailed as exc:
+        if state.join_pending():
+            raise AgentStartFailed(
+                f"{exc}; the node stays registered (its token is spent): `shoal up --state-dir"
+                f" {state.path}` again resumes it, `shoal down --leave --state-dir"
+                f" {state.path}` withdraws it"
+            ) from exc
+        if not running or previous is None:
+            raise
+        _start(previous, state, systemd, log_format, restart=True)
+        raise AgentStartFailed(f"{exc}; the agent runs again with its previous settings") from exc
+
+
+def _stop_agent(state: StateDir) -> None:
+    """SIGTERM the running agent of `state` and wait until it let go of the state dir. It
+    leaves the host configured (only the containers' DNS redirect goes with it)."""
+    try:
+        pid = int(state.pidfile.read_text())
+        os.kill(pid, signal.SIGTERM)
+    except (OSError, ValueError) as exc:
+        raise AgentStartFailed(
+            f"cannot stop the running agent ({state.pidfile}: {exc}); `shoal down --state-dir"
+            f" {state.path}` first"
+        ) from exc
+    started = time.monotonic()
+    while state.agent_running():
+        if time.monotonic() - started > STOP_TIMEOUT_SECONDS:
+            raise AgentStartFailed(
+                f"the running agent (pid {pid}) did not stop in {STOP_TIMEOUT_SECONDS:.0f}s;"
+                f" see {state.log}"
             )
-        return 0
-    systemd = systemd or Systemd()
+        time.sleep(0.05)
+
+
+def _start(
+    config: AgentConfig, state: StateDir, systemd: Systemd, log_format: LogFormat, restart: bool
+) -> int:
+    """Start the agent (no other runs on `state`): the systemd unit, else a fork."""
     if systemd.running():
-        return _start_unit(config, state, systemd)
+        return _start_unit(config, state, systemd, restart=restart)
     print(f"shoal: starting agent (log: {state.log})", file=sys.stderr)
     read, write = os.pipe()
     sys.stdout.flush()
@@ -282,19 +455,25 @@ def _start_background(
     return _say_up(status)
 
 
-def _start_unit(config: AgentConfig, state: StateDir, systemd: Systemd) -> int:
+def _start_unit(
+    config: AgentConfig, state: StateDir, systemd: Systemd, restart: bool = False
+) -> int:
     """Join in this process (the token goes no further), then hand the agent to systemd;
-    the unit's agent resumes from the state dir."""
+    the unit's agent resumes from the state dir. `restart`: the unit's agent runs already,
+    and restarts with the new settings (kept in the state dir first: the unit's own flags
+    carry only the port, Docker host and metrics address)."""
     from shoal.agent.daemon import join  # the daemon's imports, only on this path
 
-    asyncio.run(join(config))
+    saved = state.settings()
+    asyncio.run(join(config))  # on a joined host, only new --advertise-routes are sent
+    _save_settings(state, UpSettings.of(config, saved))
     unit = AgentUnit(
         state_dir=config.state_dir,
         listen_port=config.listen_port,
         docker_host=config.docker_host,
         metrics_listen=config.metrics_listen,
     )
-    path = systemd.install(unit)
+    path = systemd.install(unit, restart=restart)
     print(
         f"shoal: started systemd unit {unit.name} ({path}; log: journalctl -u {unit.name})",
         file=sys.stderr,

@@ -248,7 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     admin_flags(p)
     p.set_defaults(run=_handler("cert_cmds", "cmd_cert_issue"))
 
-    p = sub.add_parser("up", help="join this host to the mesh and keep it configured")
+    p = sub.add_parser(
+        "up",
+        help="join this host to the mesh and keep it configured",
+        description="Join this host to the mesh, or bring its agent to the settings given. "
+        "On a joined host `shoal up` is declarative: a flag given sets its setting, a flag "
+        "omitted keeps the one the agent runs with. The same settings: nothing to do (exit 0); "
+        "new ones: the agent restarts with them, keeping its node identity and key (no token "
+        "needed, no packet lost). A different --server, --name, mesh (token) or --no-docker "
+        "cannot change in place: the error names the flag; `shoal down --leave`, then join "
+        "again. An empty value ('') sets a setting back to its default. A join whose host "
+        "configuration failed keeps the registered node: `shoal up` again resumes it without "
+        "the (spent) token.",
+    )
     p.add_argument("--server", help="server URL, e.g. https://10.0.0.1:8443")
     p.add_argument("--token", help="join token SHOAL-1-..., or - to read it from stdin")
     p.add_argument("--token-file", help="read the join token from this file")
@@ -259,9 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--advertise-routes",
         metavar="CIDR[,CIDR]",
         help="offer these networks (a LAN, a VPC subnet) to the mesh once an admin approves "
-        "them (shoal routes approve); sent when joining",
+        "them (shoal routes approve); '' withdraws them",
     )
-    p.add_argument("--listen-port", type=int, default=51820, help="WireGuard UDP port")
+    p.add_argument("--listen-port", type=int, default=None, help="WireGuard UDP port (51820)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
     p.add_argument(

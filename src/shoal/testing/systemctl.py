@@ -28,6 +28,9 @@ if args == ["daemon-reload"]:
 elif args[:2] == ["enable", "--now"]:
     assert args[2] in state["loaded"], "enable before daemon-reload"
     state["enabled"].append(args[2]); state["active"].append(args[2])
+elif args[0] == "restart":
+    assert args[1] in state["active"], "restart of a unit not started"
+    state.setdefault("restarted", []).append(args[1])
 elif args[:2] == ["disable", "--now"]:
     state["enabled"].remove(args[2]); state["active"].remove(args[2])
 else:
