@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import importlib
 import os
 import re
@@ -223,7 +224,17 @@ async def _run_foreground(
     from shoal.agent.daemon import start  # imported by now
 
     agent = await start(config, watch=watch, state=state, dns=dns)
+    collect_again()
     await agent.run(ready)
+
+
+def collect_again() -> None:
+    """Garbage collection back on once the agent has started, if `main` turned it off for
+    the start-up; what the start-up made is frozen out of it: it lives as long as the agent,
+    and every full collection would walk it again."""
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 def _start_background(
