@@ -5,6 +5,7 @@ print from the agent's typed answers."""
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -28,6 +29,7 @@ from shoal.cli.agent_cmds import (
     _start_background,
     cmd_down,
     cmd_status,
+    collect_again,
     no_ca_bundle_at_import,
     read_token,
     render_down,
@@ -246,6 +248,19 @@ def test_a_token_in_sight_is_overwritten_in_place(source: str) -> None:
     for text in shown.values():
         assert TOKEN.encode() not in text
     assert (b"*" * len(TOKEN)) in shown["cmdline" if source == "argv" else "environ"]
+
+
+def test_collection_comes_back_on_frozen_after_a_start_with_it_off() -> None:
+    gc.disable()  # as `main` does for `shoal up`
+    try:
+        collect_again()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        collect_again()  # on already: nothing more is frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 def test_no_ca_bundle_at_import_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
