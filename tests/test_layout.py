@@ -41,6 +41,7 @@ TESTED_ELSEWHERE: dict[str, tuple[str, ...]] = {
     # The policy language: parsing (model) and compiling (plan) each have a suite under
     # tests/policy, named for the step rather than the package.
     "model.policy": ("policy/test_parse.py",),
+    "model.policyfile": ("policy/test_parse.py",),
     # The TCP relay's two ends and the standalone relay's identity run together, end to end
     # over real TLS on loopback: one suite for the relay, its clients and `shoal relay`.
     "agent.tcprelay": ("control/test_tcprelay.py",),

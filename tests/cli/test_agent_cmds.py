@@ -5,6 +5,7 @@ print from the agent's typed answers."""
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import json
 import os
@@ -33,6 +34,7 @@ from shoal.cli.agent_cmds import (
     _stop_agent,
     cmd_down,
     cmd_status,
+    collect_again,
     no_ca_bundle_at_import,
     read_token,
     render_down,
@@ -232,9 +234,10 @@ def test_a_forked_agent_that_fails_to_start_is_reported_in_one_line(tmp_path: Pa
     assert list((tmp_path / "systemd" / "units").iterdir()) == []
 
 
-def test_a_token_in_argv_is_moved_to_a_pipe_before_anything_runs(
+def test_a_token_in_argv_is_moved_to_a_pipe_where_it_cannot_be_overwritten(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("shoal.cli.tokenpass._scrub", lambda _token: False)
     monkeypatch.setenv("SHOAL_TOKEN", "stale")
     monkeypatch.setattr("sys.argv", ["shoal", "up", "--server", "https://s", "--token", TOKEN])
     started: list[tuple[list[str], dict[str, str]]] = []
@@ -247,6 +250,59 @@ def test_a_token_in_argv_is_moved_to_a_pipe_before_anything_runs(
         assert pipe.read().decode() == TOKEN
     hide_token(args(token="-"))  # stdin: never in sight, nothing to do
     assert len(started) == 1
+
+
+# The child's view of itself after `hide_token`, and what a command it runs inherits.
+_HIDE_IN_CHILD = """
+import argparse, os, subprocess, sys
+from shoal.cli.tokenpass import hide_token
+args = argparse.Namespace(token=sys.argv[2] if sys.argv[1] == "argv" else None,
+                          token_file=None, token_fd=None)
+hide_token(args)  # a re-exec would fail the test: the child's output would be another's
+inherited = subprocess.run(["sh", "-c", 'echo "$OTHER|$SHOAL_TOKEN"'], capture_output=True,
+                           text=True).stdout.strip()
+print(args.token == os.environ["EXPECTED"], inherited, flush=True)
+sys.stdin.read()  # alive until the test has read its /proc files
+"""
+
+
+@pytest.mark.parametrize("source", ["argv", "env"])
+def test_a_token_in_sight_is_overwritten_in_place(source: str) -> None:
+    env = {**os.environ, "OTHER": "kept " + TOKEN[:20], "EXPECTED": TOKEN}
+    argv = [sys.executable, "-c", _HIDE_IN_CHILD, source]
+    if source == "argv":
+        argv.append(TOKEN)
+        env.pop("SHOAL_TOKEN", None)
+    else:
+        env["SHOAL_TOKEN"] = TOKEN
+    with subprocess.Popen(
+        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None and child.stdin is not None
+        line = child.stdout.readline().split()
+        shown = {
+            what: Path(f"/proc/{child.pid}/{what}").read_bytes() for what in ("cmdline", "environ")
+        }
+        child.stdin.close()
+    assert child.returncode == 0
+    # The token reached the command, no child inherits it, other variables are intact.
+    assert line == ["True", "kept", TOKEN[:20] + "|"]
+    for text in shown.values():
+        assert TOKEN.encode() not in text
+    assert (b"*" * len(TOKEN)) in shown["cmdline" if source == "argv" else "environ"]
+
+
+def test_collection_comes_back_on_frozen_after_a_start_with_it_off() -> None:
+    gc.disable()  # as `main` does for `shoal up`
+    try:
+        collect_again()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        frozen = gc.get_freeze_count()
+        collect_again()  # on already: nothing more is frozen
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 def test_no_ca_bundle_at_import_restores_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

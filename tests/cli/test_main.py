@@ -29,3 +29,18 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
         os.close(write)
     assert result.stderr == ""
     assert result.returncode == 128 + signal.SIGPIPE
+
+
+def test_exit_at_once_runs_the_exit_handlers_and_flushes_the_streams() -> None:
+    code = (
+        "import atexit, sys\n"
+        "from shoal.cli.main import _exit_at_once\n"
+        "atexit.register(lambda: print('handler ran'))\n"
+        "print('buffered', end=' ')\n"
+        "sys.stderr.write('err')\n"
+        "_exit_at_once(3)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (3, "buffered handler ran\n", "err")

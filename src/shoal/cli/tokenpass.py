@@ -1,11 +1,13 @@
 """Keeping the join token out of `ps`: `shoal up` given the token in its argv or in
-$SHOAL_TOKEN starts again at once with the token in an inherited pipe (`--token-fd`) and an
-environment without it. The agent runs for months (forked from this process, or this process
-itself with --foreground), and a process's argv and initial environment are readable in
-/proc all along.
+$SHOAL_TOKEN overwrites it where /proc shows a process's argv and initial environment (the
+agent runs for months, forked from this process or this process itself with --foreground,
+and both stay readable all along). The token goes on in memory only.
 
-Stdlib only: `main` calls this before any heavy import, so the second start costs an
-interpreter start and no more.
+Where that memory cannot be rewritten, `shoal up` starts again at once with the token in an
+inherited pipe (`--token-fd`) and an environment without it: an interpreter start and the
+CLI's imports again (30-60 ms of a join), which is why it is only the fallback.
+
+Stdlib only: `main` calls this before any heavy import.
 """
 
 from __future__ import annotations
@@ -13,25 +15,61 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 TOKEN_ENV = "SHOAL_TOKEN"
 _TOKEN_FLAGS = ("--token", "--token-file", "--token-fd")
 
 
 def hide_token(args: argparse.Namespace) -> None:
-    """Start `shoal up` again with the token in a pipe when it is in sight; else return.
+    """When the token is in sight, overwrite it there, or else start `shoal up` again with
+    the token in a pipe; return when it is out of sight.
 
     Several sources at once are left to `read_token`, which refuses them."""
     given = [args.token is not None, args.token_file is not None, args.token_fd is not None]
     if sum(given) > 1 or not _token_in_sight(args) or os.geteuid() != 0:
         return  # not root: `up` refuses at once, no long-lived process holds the token
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
+    if _scrub(token):
+        args.token = token  # from the environment too: read_token finds it here
+        os.environ.pop(TOKEN_ENV, None)  # and no command this process runs inherits it
+        return
     read = _token_pipe(token.strip())
     argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
     try:
         os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
     except OSError:
         os.close(read)  # cannot start again (no exec right): go on, the command still works
+
+
+def _scrub(token: str) -> bool:
+    """Overwrite `token` in this process's argv and initial environment, the memory that
+    /proc/PID/cmdline and /proc/PID/environ read (and a fork inherits); True when both no
+    longer show it. Lengths stay: `ps` shows the same words, the token as asterisks."""
+    secret = token.encode()
+    if not secret:
+        return False
+    proc = Path("/proc/self")
+    try:
+        # Fields 48-51 of stat: where argv and the environment start and end (Linux >= 3.5);
+        # the name in field 2 may hold spaces, ")" ends it.
+        fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        regions = ((int(fields[45]), int(fields[46])), (int(fields[47]), int(fields[48])))
+        with open(proc / "mem", "r+b", buffering=0) as mem:
+            for start, end in regions:
+                mem.seek(start)
+                at = start
+                for entry in mem.read(end - start).split(b"\0"):
+                    # Whole entries only (`T`, `--token=T`, `SHOAL_TOKEN=T`): the other
+                    # variables' values are still read from this memory.
+                    if entry == secret or entry.endswith(b"=" + secret):
+                        mem.seek(at + len(entry) - len(secret))
+                        mem.write(b"*" * len(secret))
+                    at += len(entry) + 1
+        shown = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+    except (OSError, ValueError, IndexError):
+        return False  # no /proc, or a kernel that refuses: the caller starts again instead
+    return secret not in shown
 
 
 def _token_in_sight(args: argparse.Namespace) -> bool:
