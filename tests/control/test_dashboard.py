@@ -6,6 +6,7 @@ real server on 127.0.0.1 with nodes registered through the real client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from ipaddress import IPv4Address
 
@@ -22,7 +23,8 @@ from shoal.control.dashboard.view import (
     render_live,
     render_page,
 )
-from shoal.control.dashboard.web import COOKIE, FEED, Feed, Sessions
+from shoal.control.dashboard.web import COOKIE, FEED, UNWATCHED_LOOK_SECONDS, Feed, Sessions
+from shoal.control.relay import Relay
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import (
     AdminTokenCreateRequest,
@@ -289,6 +291,27 @@ async def test_an_unchanged_mesh_keeps_its_version(server: RunningServer, clock:
     clock.advance(5)  # within the heartbeat timeout: nothing an operator sees moved
     assert not feed(server).refresh()
     assert feed(server).version == version
+
+
+async def test_nobody_watching_costs_a_look_only_every_so_often(server: RunningServer) -> None:
+    """A change with no viewer must not cost a look of the whole mesh: the feed ticks look
+    every TICK only while a viewer waits for a change."""
+    now = [1000.0]
+    watched = Feed(feed(server).service, Relay("127.0.0.1"), monotonic=lambda: now[0])
+    assert watched.due()
+    watched.refresh()
+    assert not watched.due()
+    now[0] += UNWATCHED_LOOK_SECONDS - 1
+    assert not watched.due()
+    waiting = asyncio.create_task(watched.after(watched.version, 5))
+    await asyncio.sleep(0)
+    assert watched.due()  # a viewer waits: every tick looks
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    assert not watched.due()
+    now[0] += 1
+    assert watched.due()
 
 
 async def test_the_script_and_style_are_served(server: RunningServer) -> None:

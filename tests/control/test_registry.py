@@ -56,6 +56,19 @@ async def test_full_then_delta_then_none() -> None:
     assert (await reg.map_update("n1", since=5, wait=0)).kind == "none"
 
 
+async def test_full_maps_list_every_other_node_in_id_order_across_saves_and_removals() -> None:
+    reg = await registry_with(7, 3, 12, 1, 9)  # ids n7, n3, n12, n1, n9: not in id order
+    await reg.remove("n12")
+    await reg.save(replace(rec(3), tags=("db",)))  # a change keeps its place
+    await reg.save(rec(5))
+    ids = sorted(["n7", "n3", "n1", "n9", "n5"])
+    for me in ids:
+        full = reg.full_map(me)
+        assert full.self_node.id == me
+        assert [p.id for p in full.peers] == [i for i in ids if i != me]
+    assert reg.full_map("n1").peers[ids.index("n3") - 1].tags == ("db",)
+
+
 async def test_removal_and_own_changes() -> None:
     reg = await registry_with(1, 2, 3)
     await reg.remove("n3")

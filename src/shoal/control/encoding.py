@@ -50,7 +50,11 @@ class RecordPieces(Generic[R]):
 
     def encode(self, record: R) -> bytes:
         key = self._key(record)
-        hit = self._young.get(key) or self._old.get(key)
+        hit = self._young.get(key)
+        if hit is not None and hit[0] is record:
+            # The common case, once per peer in every full map: nothing to write.
+            return hit[1]
+        hit = self._old.get(key)
         if hit is None or hit[0] is not record:
             hit = (record, record.model_dump_json().encode())
         self._young[key] = hit
@@ -61,7 +65,8 @@ class RecordPieces(Generic[R]):
     def array(self, records: Sequence[R]) -> bytes:
         # A map's records must all fit in one generation, or each map would evict its own.
         self._limit = max(self._limit, 2 * len(records))
-        return b"[" + b",".join(self.encode(r) for r in records) + b"]"
+        encode = self.encode
+        return b"[" + b",".join([encode(r) for r in records]) + b"]"
 
 
 class MapEncoder:

@@ -27,6 +27,7 @@ is another replica's work, which must enter the log first to keep it in revision
 from __future__ import annotations
 
 import asyncio
+import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -74,6 +75,9 @@ class Registry:
         self._clock = clock
         self._nodes: dict[str, NodeRecord] = {}
         self._models: dict[str, Node] = {}
+        # The ids of `_models`, kept sorted: a registration's full map took a sort of every
+        # node id (6 ms at 10,000 nodes) because each registration is a new revision.
+        self._ids: list[str] = []
         self._by_key: dict[PublicKey, str] = {}
         self._by_name: dict[str, str] = {}
         # By node id; a removed node's addresses stay in it under "released:<id>" (see
@@ -376,7 +380,7 @@ class Registry:
             self._cache_rev = self.revision
             self._all_nodes = self._visible = None
         if self._all_nodes is None:
-            self._all_nodes = tuple(self._models[k] for k in sorted(self._models))
+            self._all_nodes = tuple(map(self._models.__getitem__, self._ids))
         if self._visible is None:
             offline = self.liveness.offline
             self._visible = tuple(
@@ -388,7 +392,7 @@ class Registry:
             revision=self.revision,
             settings=self.settings,
             self_node=self._models[me.id],
-            peers=tuple(n for n in self._all_nodes if n.id != node_id),
+            peers=_without(self._all_nodes, bisect.bisect_left(self._ids, node_id)),
             containers=self._visible,
             policy=self.policy,
         )
@@ -470,6 +474,8 @@ class Registry:
         self._hosted.setdefault(container.node_id, {})[container.id] = container
 
     def _index(self, node: NodeRecord) -> None:
+        if node.id not in self._models:
+            bisect.insort(self._ids, node.id)
         self._nodes[node.id] = node
         self._models[node.id] = node.node()
         self._by_key[node.public_key] = node.id
@@ -480,7 +486,8 @@ class Registry:
 
     def _unindex(self, node: NodeRecord) -> None:
         self._nodes.pop(node.id, None)
-        self._models.pop(node.id, None)
+        if self._models.pop(node.id, None) is not None:
+            del self._ids[bisect.bisect_left(self._ids, node.id)]
         self._by_key.pop(node.public_key, None)
         if node.next_key is not None:
             self._by_key.pop(node.next_key, None)
@@ -492,6 +499,11 @@ class Registry:
             f"released:{released.node_id}",
             Allocation(mesh_ip=released.mesh_ip, subnet=released.subnet),
         )
+
+
+def _without(nodes: tuple[Node, ...], index: int) -> tuple[Node, ...]:
+    """`nodes` less the one at `index` (slices: no Python-level loop over the mesh)."""
+    return nodes[:index] + nodes[index + 1 :]
 
 
 def _overlap(a: IPv4Network | None, b: IPv4Network | None) -> bool:

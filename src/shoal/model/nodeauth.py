@@ -101,7 +101,8 @@ def compute_mac(
 ) -> bytes:
     """`target` is the request's path with its query string, exactly as sent."""
     message = _canonical(method, target, timestamp, nonce, body)
-    return hmac.new(key, message, hashlib.sha256).digest()
+    # One-shot: the HMAC object's Python-level setup cost the server more than the MAC itself.
+    return hmac.digest(key, message, "sha256")
 
 
 def sign(
