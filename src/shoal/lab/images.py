@@ -134,9 +134,18 @@ EXAMPLES = Rootfs(
 )
 # What `shoal sidecar` runs in a container (examples/sidecar/Dockerfile installs the same):
 # wireguard-go where the host's kernel has no WireGuard, `wg` to look at it, `ip` and `nft` to
-# look at the rest; python3-venv for the virtualenv (its ensurepip is not used).
+# look at the rest, iptables (the agent's firewall reads iptables-save, Docker or not: without
+# it the first configuration fails); python3-venv for the virtualenv (not its ensurepip).
 SIDECAR = Rootfs(
-    packages=("python3", "python3-venv", "wireguard-go", "wireguard-tools", "iproute2", "nftables"),
+    packages=(
+        "python3",
+        "python3-venv",
+        "wireguard-go",
+        "wireguard-tools",
+        "iproute2",
+        "nftables",
+        "iptables",
+    ),
     python=True,
 )
 ROOTS = (EXAMPLES, SIDECAR)
