@@ -27,7 +27,7 @@ pytestmark = pytest.mark.e2e
 NAME = "sc-sidecar"
 PORT = 51821  # the host's own agent may hold 51820
 APP_PORT = 8081
-SHOAL = "/opt/shoal/bin/shoal"  # in the image
+SHOAL_IN_IMAGE = f"{images.VENV}/bin/shoal"  # the image's console script
 TOKEN = "/run/secrets/join-token"  # where compose mounts a secret
 
 
@@ -40,7 +40,7 @@ class Sidecar:
     def status(self) -> dict[str, Any]:
         """`shoal status --json` in the sidecar container ({} while it cannot answer yet);
         fails the test with the container's log once its entrypoint has exited."""
-        out = self.host.container_exec(NAME, [SHOAL, "status", "--json"], check=False)
+        out = self.host.container_exec(NAME, [SHOAL_IN_IMAGE, "status", "--json"], check=False)
         if out.returncode == 0:
             parsed: dict[str, Any] = json.loads(out.stdout)
             return parsed
@@ -78,7 +78,9 @@ def sidecar(lab: Lab, join_token: str) -> Iterator[Sidecar]:
     finally:
         # Leave the mesh (the next modules see no offline peer), then remove the containers:
         # the sidecar's namespace goes with it, and wireguard-go with its interface.
-        left = host.container_exec(NAME, [SHOAL, "down", "--leave"], check=False, timeout=60)
+        left = host.container_exec(
+            NAME, [SHOAL_IN_IMAGE, "down", "--leave"], check=False, timeout=60
+        )
         logs = host.docker("logs", "--tail", "20", NAME, check=False)
         print(f"{NAME} log, last lines:\n{logs.stdout}{logs.stderr}")
         for h, name in ((host, "sc-app"), (host, NAME), (other, "sc-web")):

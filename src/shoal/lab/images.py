@@ -242,8 +242,8 @@ def shoal_requirements() -> tuple[str, ...]:
 
 
 def _shoal_files() -> Files:
-    """The shoal package this process imports, for VENV/app (a .pth there puts it on the path):
-    the image runs the code under test, not a release."""
+    """The shoal package this process imports, for VENV/app (the root's shoal-app.pth puts
+    that on the virtualenv's path): the image runs the code under test, not a release."""
     package = Path(shoal.__file__).parent
     return {
         f"{VENV.lstrip('/')}/app/shoal/{path.relative_to(package)}": (path.read_bytes(), 0o644)
