@@ -12,8 +12,9 @@ install:
 vm-assets: install
 	$(BIN)/python -m tests.vm.assets build
 
-# The examples' images (redis, postgres, app) from Debian's packages: a root filesystem cached in
-# /var/cache/shoal-images/<recipe hash>; about a minute once, then instant (see shoal/lab/images.py).
+# The examples' images (redis, postgres, app, the sidecar) from Debian's packages: two root
+# filesystems cached in /var/cache/shoal-images/<recipe hash>; 1-2 minutes each once (the
+# sidecar's: 51-91 s), then instant (see shoal/lab/images.py).
 lab-images: install
 	$(BIN)/python -m shoal.lab.images build
 

@@ -1,107 +1,117 @@
-"""The sidecar (issue 11 item 6), as an operator runs it: a container given only NET_ADMIN
-and /dev/net/tun runs `shoal sidecar` and joins the mesh as its own node, with no agent of
-the host involved; an app container sharing its network namespace (`--network
-container:sidecar`, compose's `network_mode: service:shoal`) reaches a container on another
-host by name, is seen there under the sidecar's mesh IP (no NAT), and serves the mesh.
-
-The lab has no image with Python and wireguard-go: the sidecar process runs from this
-checkout, entered into the sidecar container's network namespace, with a private
-/var/run/wireguard, the container's own /etc/resolv.conf, and its capability bounding set cut
-to NET_ADMIN (what `docker run --cap-add NET_ADMIN` gives a root process, less the default
-set it does not need).
+"""The sidecar (issue 11 item 6), as an operator runs it: a container of the sidecar image
+(`shoal-lab/sidecar:1`, built from Debian's packages like examples/sidecar/Dockerfile: see
+`shoal.lab.images`), given only NET_ADMIN and /dev/net/tun, runs its entrypoint
+`shoal sidecar` and joins the mesh as its own node, with no agent of its host involved. An app
+container sharing its network namespace (`--network container:sc-sidecar`, compose's
+`network_mode: service:shoal`) reaches a container on another host by name, is seen there
+under the sidecar's mesh IP (no NAT), and is reached from there by IP and by the sidecar's
+name.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.lab import Lab, LabHost
-from tests.e2e.runbook import IMAGE, SHOAL, start_web, up, wait_until, whoami
+from shoal.lab import Lab, LabHost, images
+from tests.e2e.runbook import IMAGE, start_web, status, up, wait_until, whoami
 
 pytestmark = pytest.mark.e2e
 
+NAME = "sc-sidecar"
 PORT = 51821  # the host's own agent may hold 51820
 APP_PORT = 8081
-# Enter the sidecar container's network namespace with a private wireguard-go socket dir and
-# the container's resolv.conf (what the container itself would see).
-_ENTER = (
-    'mount --bind "$1" /var/run/wireguard && mount --bind "$2" /etc/resolv.conf && shift 2 && '
-    'exec nsenter --net="$0" -- setpriv --bounding-set=-all,+net_admin -- "$@"'
-)
+SHOAL_IN_IMAGE = f"{images.VENV}/bin/shoal"  # the image's console script
+TOKEN = "/run/secrets/join-token"  # where compose mounts a secret
 
 
 @dataclass(frozen=True)
 class Sidecar:
-    host: LabHost
+    host: LabHost  # runs the sidecar and the app, and no agent of its own for them
     other: LabHost  # runs sc-web
-    state_dir: Path
     web: IPv4Address  # sc-web on the other host
 
     def status(self) -> dict[str, Any]:
-        out = subprocess.run(
-            [SHOAL, "status", "--json", "--state-dir", str(self.state_dir)],
-            capture_output=True, text=True, timeout=30, check=False,
-        )  # fmt: skip
-        return json.loads(out.stdout) if out.returncode == 0 else {}
+        """`shoal status --json` in the sidecar container ({} while it cannot answer yet);
+        fails the test with the container's log once its entrypoint has exited."""
+        out = self.host.container_exec(NAME, [SHOAL_IN_IMAGE, "status", "--json"], check=False)
+        if out.returncode == 0:
+            parsed: dict[str, Any] = json.loads(out.stdout)
+            return parsed
+        running = self.host.docker("inspect", "-f", "{{.State.Running}}", NAME, check=False)
+        if running.stdout.strip() != "true":
+            logs = self.host.docker("logs", "--tail", "20", NAME, check=False)
+            raise AssertionError(f"{NAME} exited:\n{logs.stdout}{logs.stderr}")
+        return {}
+
+
+def peer_names(host: LabHost) -> set[str]:
+    return {p["name"] for p in status(host).get("peers", [])}
 
 
 @pytest.fixture(scope="module")
 def sidecar(lab: Lab, join_token: str) -> Iterator[Sidecar]:
     host, other = lab.hosts[0], lab.hosts[1]
+    started = time.monotonic()
+    images.build(images.SIDECAR)  # `make lab-images` built it: a cache hit
+    images.load(host.docker, host.dir, {images.SIDECAR_IMAGE})
+    print(f"sidecar image ready on {host.name} in {time.monotonic() - started:.1f}s")
     up(lab, other, join_token)  # "already running" when another module joined it
     web = start_web(other, "sc-web")
-    host.docker(
-        "run", "-d", "--name", "sc-sidecar", "--cap-add", "NET_ADMIN",
-        "--device", "/dev/net/tun", "-p", f"{PORT}:{PORT}/udp", IMAGE, "sleep", "infinity",
-    )  # fmt: skip
-    pid = host.container_pid("sc-sidecar")
-    resolv = host.docker("inspect", "-f", "{{.ResolvConfPath}}", "sc-sidecar").stdout.strip()
-    base = host.dir / "sidecar"
-    (base / "wireguard").mkdir(parents=True, exist_ok=True)
-    (base / "token").write_text(join_token)
-    (base / "token").chmod(0o600)
-    state = base / "agent"
-    argv = [
-        "sh", "-c", _ENTER, f"/proc/{pid}/ns/net", str(base / "wireguard"), resolv,
-        SHOAL, "sidecar", "--server", str(lab.server_url), "--token-file", str(base / "token"),
-        "--name", "sc-sidecar", "--advertise-addr", str(host.underlay_ip),
-        "--listen-port", str(PORT), "--state-dir", str(state),
-    ]  # fmt: skip
-    proc = host.popen(argv, log=base / "sidecar.log")
+    token = host.dir / "sidecar-token"
+    token.write_text(join_token)
+    token.chmod(0o600)
     try:
-        yield Sidecar(host, other, state, web)
+        host.docker(
+            "run", "-d", "--name", NAME, "--cap-add", "NET_ADMIN", "--device", "/dev/net/tun",
+            "-p", f"{PORT}:{PORT}/udp", "-v", f"{token}:{TOKEN}:ro", images.SIDECAR_IMAGE,
+            "--server", str(lab.server_url), "--token-file", TOKEN, "--name", NAME,
+            "--advertise-addr", str(host.underlay_ip), "--listen-port", str(PORT),
+        )  # fmt: skip
+        yield Sidecar(host, other, web)
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        # The container's namespace goes with it, and wireguard-go with its interface.
-        for h, name in ((host, "sc-app"), (host, "sc-sidecar"), (other, "sc-web")):
+        # Leave the mesh (the next modules see no offline peer), then remove the containers:
+        # the sidecar's namespace goes with it, and wireguard-go with its interface.
+        left = host.container_exec(
+            NAME, [SHOAL_IN_IMAGE, "down", "--leave"], check=False, timeout=60
+        )
+        logs = host.docker("logs", "--tail", "20", NAME, check=False)
+        print(f"{NAME} log, last lines:\n{logs.stdout}{logs.stderr}")
+        for h, name in ((host, "sc-app"), (host, NAME), (other, "sc-web")):
             h.docker("rm", "-f", name, check=False)
+        token.unlink(missing_ok=True)
+        assert left.returncode == 0, f"the sidecar did not leave: {left.stderr}"
+        wait_until(f"{other.name} to drop {NAME}", lambda: NAME not in peer_names(other))
 
 
-def test_the_sidecar_joins_as_its_own_node_without_docker(sidecar: Sidecar) -> None:
+def test_the_sidecar_image_joins_as_its_own_node_without_docker(sidecar: Sidecar) -> None:
     took = wait_until(
-        "the sidecar RUNNING", lambda: sidecar.status().get("state") == "RUNNING", timeout=60
+        "the sidecar RUNNING", lambda: sidecar.status().get("state") == "RUNNING", timeout=90
     )
-    print(f"sidecar RUNNING {took:.2f}s after its start")
+    print(f"sidecar RUNNING {took:.2f}s after `docker run`")
     me = sidecar.status()
     assert me["subnet"] is None and me["dataplane"] == "wireguard-go"
     assert IPv4Address(me["mesh_ip"]) in IPv4Network("100.64.0.0/10")
+    # The image's entrypoint (PID 1) got NET_ADMIN beyond Docker's defaults and the TUN
+    # device, nothing more.
+    config = json.loads(sidecar.host.docker("inspect", NAME).stdout)[0]["HostConfig"]
+    assert [c.removeprefix("CAP_") for c in config["CapAdd"]] == ["NET_ADMIN"]
+    assert [d["PathOnHost"] for d in config["Devices"]] == ["/dev/net/tun"]
+    assert not config["Privileged"]
 
 
 def test_an_app_sharing_its_namespace_is_on_the_mesh(sidecar: Sidecar) -> None:
-    wait_until("the sidecar RUNNING", lambda: sidecar.status().get("state") == "RUNNING", 60)
+    wait_until("the sidecar RUNNING", lambda: sidecar.status().get("state") == "RUNNING", 90)
     mesh_ip = sidecar.status()["mesh_ip"]
     host = sidecar.host
     host.docker(
-        "run", "-d", "--name", "sc-app", "--network", "container:sc-sidecar", IMAGE,
+        "run", "-d", "--name", "sc-app", "--network", f"container:{NAME}", IMAGE,
         "sh", "-c", f"mkdir /www && cd /www && echo app > index.html && httpd -f -p {APP_PORT}",
     )  # fmt: skip
 
@@ -114,10 +124,20 @@ def test_an_app_sharing_its_namespace_is_on_the_mesh(sidecar: Sidecar) -> None:
     took = wait_until("the app reaches sc-web.shoal", lambda: bool(app_gets(url)), timeout=60)
     print(f"app -> sc-web.shoal answered after {took:.2f}s")
     assert app_gets(url).removeprefix("[::ffff:").removesuffix("]") == mesh_ip
-    # And the other way: a container on another host reaches the app on the mesh IP.
+
+    # The other way: a container on another host reaches the app by IP and by name.
     other = sidecar.other
-    got = other.container_exec(
-        "sc-web", ["wget", "-q", "-O", "-", f"http://{mesh_ip}:{APP_PORT}/"], timeout=15
+
+    def web_gets(target: str) -> str:
+        got = other.container_exec(
+            "sc-web", ["wget", "-q", "-O", "-", f"http://{target}:{APP_PORT}/"], check=False,
+            timeout=15,
+        )  # fmt: skip
+        return got.stdout.strip() if got.returncode == 0 else ""
+
+    assert web_gets(mesh_ip) == "app"
+    took = wait_until(
+        f"sc-web reaches {NAME}.shoal", lambda: web_gets(f"{NAME}.shoal") == "app", timeout=30
     )
-    assert got.stdout.strip() == "app"
+    print(f"sc-web -> {NAME}.shoal answered after {took:.2f}s")
     assert whoami(other, "sc-web", sidecar.web)  # sc-web itself is still served

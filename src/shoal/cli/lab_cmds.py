@@ -32,7 +32,8 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         f"      --advertise-addr {first.underlay_ip} --state-dir {first.state_dir} \\\n"
         f"      --docker-host {first.docker_host}\n"
         f"  shoal lab exec{name_flag} {first.name} -- docker ps\n"
-        f"Redis, PostgreSQL and the app of examples/ on every host: shoal lab images{name_flag}\n"
+        "Redis, PostgreSQL, the app and the sidecar of examples/ on every host: "
+        f"shoal lab images{name_flag}\n"
         f"Remove everything: shoal lab down{name_flag}"
     )
     return 0
@@ -65,8 +66,9 @@ def cmd_lab_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_lab_images(args: argparse.Namespace) -> int:
-    """Build (once per recipe, cached) and load the examples' images on every lab host."""
-    for tag in Lab.load(args.name).load_images():
+    """Build (once per recipe, cached) and load the examples' images (those named, else all)
+    on every lab host."""
+    for tag in Lab.load(args.name).load_images(args.tags or None):
         print(tag)
     return 0
 

@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "images", help="build (once, cached) and load the examples' images on every lab host"
     )
     p.add_argument("--name", default="lab")
+    p.add_argument("tags", nargs="*", metavar="IMAGE", help="only these (default: all)")
     p.set_defaults(run=_handler("lab_cmds", "cmd_lab_images"))
     p = lab.add_parser("status", help="show the lab's hosts and addresses")
     p.add_argument("--name", default="lab")

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -458,16 +458,16 @@ class Lab:
     def add_hosts(self, count: int) -> list[LabHost]:
         return self._add_hosts(count)
 
-    def load_images(self) -> tuple[str, ...]:
-        """The examples' images (redis, postgres, app; see `shoal.lab.images`) on every host:
-        built first if this machine has none of this recipe, loaded into the dockerds in
-        parallel, skipped where already loaded; hosts without Docker (`add_host(docker=False)`)
-        are left out. Returns their tags."""
-        images.build()
+    def load_images(self, tags: Collection[str] | None = None) -> tuple[str, ...]:
+        """The lab's images named by `tags` (all when None: redis, postgres, app, sidecar; see
+        `shoal.lab.images`) on every host: built first if this machine has none of their
+        recipe, loaded into the dockerds in parallel, skipped where already loaded; hosts
+        without Docker (`add_host(docker=False)`) are left out. Returns their tags."""
+        images.build_for(tags)
         hosts = [h for h in self.hosts if h.dockerd_running()]
         with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-            list(pool.map(lambda h: images.load(h.docker, h.dir), hosts))
-        return tuple(i.tag for i in images.IMAGES)
+            list(pool.map(lambda h: images.load(h.docker, h.dir, tags), hosts))
+        return tuple(i.tag for i in images.select(tags))
 
     def add_outsider(self, via: LabHost, routes: Sequence[IPv4Network]) -> LabOutsider:
         """A non-member on the underlay (at OUTSIDER_IP) that routes `routes` (say both of the
