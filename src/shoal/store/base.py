@@ -232,10 +232,6 @@ class Store(Protocol):
         The new revision, or None if it did not exist."""
         ...
 
-    async def unrevoke_key(self, key: PublicKey) -> None:
-        """Let a revoked key join again (the operator said so)."""
-        ...
-
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         """Forget quarantined allocations (their addresses are handed out again)."""
         ...

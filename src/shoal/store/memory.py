@@ -171,9 +171,6 @@ class MemoryStore:
             if node is not None:
                 self.nodes[node_id] = replace(node, last_seen=at)
 
-    async def unrevoke_key(self, key: PublicKey) -> None:
-        self.revoked_keys.discard(key)
-
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         for node_id in node_ids:
             self.released.pop(node_id, None)

@@ -608,12 +608,6 @@ class PostgresStore:
 
         await self._run(run)
 
-    async def unrevoke_key(self, key: PublicKey) -> None:
-        async def run(conn: Conn) -> None:
-            await conn.execute("DELETE FROM revoked_keys WHERE public_key = %s", (str(key),))
-
-        await self._run(run)
-
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         async def run(conn: Conn) -> None:
             await conn.execute("DELETE FROM released WHERE node_id = ANY(%s)", (list(node_ids),))

@@ -400,12 +400,6 @@ class SqliteStore:
 
         await self._run(run)
 
-    async def unrevoke_key(self, key: PublicKey) -> None:
-        def run(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM revoked_keys WHERE public_key = ?", (str(key),))
-
-        await self._run(run)
-
     async def drop_released(self, node_ids: Sequence[str]) -> None:
         def run(db: sqlite3.Connection) -> None:
             db.executemany("DELETE FROM released WHERE node_id = ?", [(n,) for n in node_ids])
