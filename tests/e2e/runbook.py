@@ -47,11 +47,11 @@ def up(
     )
 
 
-def admin(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
+def admin(lab: Lab, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """An admin command on the server host (credentials from its data dir)."""
     argv = ["ip", "netns", "exec", lab.server_netns, SHOAL, *args]
     argv += ["--data-dir", str(lab.server_data_dir)]
-    return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=60)
+    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
 
 
 def status(host: LabHost) -> dict[str, Any]:

@@ -194,11 +194,13 @@ def hosts(lab: Lab, join_token: str) -> Iterator[tuple[LabHost, LabHost, LabHost
 
 
 def verdict(lab: Lab, src: str, dst: str, port: int) -> bool:
-    """What `shoal policy test` says, as allow (True) or deny."""
-    out = admin(lab, "policy", "test", "--from", src, "--to", f"{dst}:{port}").stdout
-    lines = out.strip().splitlines()
-    assert len(lines) == 1, out
-    return lines[0].startswith("allow")
+    """What `shoal policy test` says, as allow (True) or deny; its exit code agrees."""
+    done = admin(lab, "policy", "test", "--from", src, "--to", f"{dst}:{port}", check=False)
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1, done.stdout + done.stderr
+    allowed = lines[0].startswith("allow")
+    assert done.returncode == (0 if allowed else 1), done.stderr
+    return allowed
 
 
 def tcp_opens(host: LabHost, src: str, dst_ip: IPv4Address, port: int) -> bool:

@@ -94,8 +94,10 @@ def render_verdict(v: PolicyVerdict) -> str:
 
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
+    """Print each verdict; exit 1 when any pair is denied, as `shoal doctor` does when a
+    check failed, so a script can assert a flow with `shoal policy test ... && deploy`."""
     dst, port = _target(args.to, args.proto)
     verdicts = _with_admin(args, lambda c: c.test_policy(args.src, dst, args.proto, port))
     for v in verdicts:
         print(render_verdict(v))
-    return 0
+    return 0 if all(v.allow for v in verdicts) else 1
