@@ -209,8 +209,11 @@ def _check_same_node(
     if args.name and args.name != identity.name:
         raise NeedsRejoin(f"--name {args.name[:80]!r}: {joined}; to rename it, {how}")
     if token is not None:
+        # Imported here: only a `shoal up` with a token on a joined host compares them.
+        from shoal.controlclient.tls import bundle_fingerprints
+
         fingerprint = parse_join_token(token).fingerprint
-        if fingerprint not in _fingerprints(identity.ca_pem):
+        if fingerprint not in bundle_fingerprints(identity.ca_pem.encode()):
             raise NeedsRejoin(
                 f"--token: the token is for another mesh (CA {fingerprint[:16]}…); {joined};"
                 f" to change mesh, {how}"
@@ -222,20 +225,6 @@ def _check_same_node(
                 f"--no-docker: {joined} with container subnet "
                 f"{cached.netmap.self_node.subnet}; to drop it, {how}"
             )
-
-
-def _fingerprints(ca_pem: str) -> set[str]:
-    """The sha256 (DER) of each certificate of the pinned bundle (two during a CA rotation)."""
-    # Imported here: only a `shoal up` with a token on a joined host compares fingerprints.
-    import hashlib
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return {
-        hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
-        for cert in x509.load_pem_x509_certificates(ca_pem.encode())
-    }
 
 
 def _advertise_routes(text: str | None) -> tuple[IPv4Network, ...] | None:

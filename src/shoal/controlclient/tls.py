@@ -32,6 +32,15 @@ def ca_fingerprint(ca_pem: bytes) -> str:
         cert = x509.load_pem_x509_certificate(ca_pem)
     except ValueError as exc:
         raise ValueError(f"not a PEM certificate: {exc}") from exc
+    return _fingerprint(cert)
+
+
+def bundle_fingerprints(bundle_pem: bytes) -> set[str]:
+    """`ca_fingerprint` of each certificate of a pinned bundle (two during a CA rotation)."""
+    return {_fingerprint(cert) for cert in x509.load_pem_x509_certificates(bundle_pem)}
+
+
+def _fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
 
 
