@@ -11,11 +11,15 @@ def test_ratios_and_paths_render_with_their_targets() -> None:
         paths=(PathFigure(pair="easy -> public (direct)", seconds=1.4),
                PathFigure(pair="udp-blocked -> public (TCP relay)", seconds=None)),
         throughput=(Throughput(path="direct", gbps=(0.2, 0.3, 0.25), cpu_s_per_gbit=(10.0,)),
-                    Throughput(path="tcp relay", gbps=(0.1,), cpu_s_per_gbit=(20.0,), rtt_ms=2)),
+                    Throughput(path="tcp relay", gbps=(0.1,), cpu_s_per_gbit=(20.0,), rtt_ms=2,
+                               relay_cpu_s_per_gbit=0.5, agents_cpu_s_per_gbit=1.25)),
         ratios={"tcp relay": 0.4},
+        round_ratios={"tcp relay": (0.4, 0.38, 0.45)},
     )  # fmt: skip
     lines = render(result)
     assert "  easy -> public (direct)                 1.4 s" in lines
     assert lines[2].endswith("none")
     assert any(line.startswith("  direct       0.250 Gbit/s") for line in lines)
-    assert lines[-1] == "  tcp relay / direct: 0.40x (target >= 0.5x)"
+    tcp = next(line for line in lines if line.startswith("  tcp relay "))
+    assert tcp.endswith("relay  0.50  agents  1.25  wireguard-go     -")
+    assert lines[-1] == "  tcp relay / direct: 0.40x (rounds: 0.40 0.38 0.45) (target >= 0.5x)"
