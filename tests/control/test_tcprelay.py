@@ -137,13 +137,15 @@ async def test_datagrams_cross_both_ways_unchanged_from_one_endpoint_per_peer(me
         stranger = udp()
         stranger.sendto(b"not from wireguard", (str(to_b.host), to_b.port))
         stranger.close()
+        # A datagram larger than a frame carries (65503 bytes) is dropped, not truncated.
+        a.wireguard.sendto(b"x" * 65507, (str(to_b.host), to_b.port))
         a.wireguard.sendto(ciphertext, (str(to_b.host), to_b.port))
         data, from_a = await recv(b.wireguard)
         assert data == ciphertext
         assert from_a == ("127.0.0.1", b.client.local(a.key.public_key(), mesh.target).port)
         b.wireguard.sendto(b"reply", from_a)
         assert await recv(a.wireguard) == (b"reply", ("127.0.0.1", to_b.port))
-        assert mesh.relay.counters.forwarded == 2
+        assert mesh.relay.counters.forwarded == 2 and a.client.counters.dropped == 1
         # Many at once: batched into few writes, none lost on loopback.
         for i in range(100):
             a.wireguard.sendto(i.to_bytes(2, "big") * 600, (str(to_b.host), to_b.port))

@@ -300,7 +300,7 @@ class TcpRelayClient:
             except OSError:
                 continue  # an ICMP error for an earlier send (WireGuard was away): cleared
             if size > MAX_DATAGRAM:
-                self.counters.dropped += 1  # larger than a frame carries: WireGuard never
+                self.counters.dropped += 1  # more than a frame carries (WireGuard sends less)
                 continue
             HEADER.pack_into(out, pos, PACKET, KEY_BYTES + size)
             out[pos + HEADER.size : body] = peer
