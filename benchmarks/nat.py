@@ -280,7 +280,10 @@ def render_markdown(result: NatResult) -> list[str]:
         "callback per datagram). The TCP relay adds, per datagram, a loopback UDP hop in each "
         "agent and TLS on both legs; no datagram is copied on its own (TLS decrypts into each "
         "stream's buffer, keys are rewritten in place, runs of frames leave as one write). The "
-        "time to a relayed path is mostly the direct attempts it waits out first.",
+        "time to a relayed path is mostly the direct attempts it waits out first. Runs on "
+        "this shared machine vary by 10-40 % with the other load: a relayed run faster than "
+        "the direct one of its round is that noise, and only a ratio that holds in every "
+        "round says more than it.",
     ]
     return out
 
