@@ -115,7 +115,7 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
         "",
         f"`{REPRODUCE}` (as root on Debian 12, from a source checkout; it runs "
         f"`{REPRODUCE_CLI}`). `--quick` for a smoke test, "
-        "`--only dataplane|controlplane|scale|policy` for one section."
+        "`--only dataplane|controlplane|scale|policy|nat` for one section."
         f" The whole run took {num(results.duration_seconds / 60, 1)} min.",
     ]
     s = results.sections

@@ -26,7 +26,16 @@ from shoal.control.tcprelay import TcpRelay, bind_relay_socket
 from shoal.controlclient.tls import ssl_context
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.model.nodeauth import shared_key, sign
-from shoal.model.relaywire import ERROR, HELLO, HELLO_METHOD, HELLO_TARGET, FrameReader, frame
+from shoal.model.relaywire import (
+    ERROR,
+    HELLO,
+    HELLO_METHOD,
+    HELLO_TARGET,
+    OK,
+    PACKET,
+    FrameBuffer,
+    frame,
+)
 
 
 @dataclass
@@ -124,13 +133,19 @@ async def test_datagrams_cross_both_ways_unchanged_from_one_endpoint_per_peer(me
         to_b = a.client.local(b.key.public_key(), mesh.target)
         await until("both connected", lambda: both_connected(mesh, a, b))
         ciphertext = bytes(range(256)) * 5
+        # Only WireGuard's port may use a loopback endpoint: anything else goes nowhere.
+        stranger = udp()
+        stranger.sendto(b"not from wireguard", (str(to_b.host), to_b.port))
+        stranger.close()
+        # A datagram larger than a frame carries (65503 bytes) is dropped, not truncated.
+        a.wireguard.sendto(b"x" * 65507, (str(to_b.host), to_b.port))
         a.wireguard.sendto(ciphertext, (str(to_b.host), to_b.port))
         data, from_a = await recv(b.wireguard)
         assert data == ciphertext
         assert from_a == ("127.0.0.1", b.client.local(a.key.public_key(), mesh.target).port)
         b.wireguard.sendto(b"reply", from_a)
         assert await recv(a.wireguard) == (b"reply", ("127.0.0.1", to_b.port))
-        assert mesh.relay.counters.forwarded == 2
+        assert mesh.relay.counters.forwarded == 2 and a.client.counters.dropped == 1
         # Many at once: batched into few writes, none lost on loopback.
         for i in range(100):
             a.wireguard.sendto(i.to_bytes(2, "big") * 600, (str(to_b.host), to_b.port))
@@ -159,14 +174,14 @@ async def hello_answer(mesh: Mesh, header: str) -> tuple[int, bytes]:
     ctx = ssl_context(mesh.ca_pem)
     reader, writer = await asyncio.open_connection(str(mesh.target.host), mesh.target.port, ssl=ctx)
     writer.write(frame(HELLO, header.encode()))
-    frames = FrameReader()
+    frames = FrameBuffer()
     try:
         while True:
             data = await asyncio.wait_for(reader.read(4096), 5)
             assert data, "closed without an answer"
-            got = list(frames.feed(data))
-            if got:
-                return got[0]
+            frames.free()[: len(data)] = data
+            for kind, start, stop in frames.received(len(data)):
+                return kind, bytes(frames.data[start:stop])
     finally:
         writer.close()
 
@@ -263,3 +278,68 @@ async def test_a_rotated_key_reopens_the_stream_as_the_new_key(mesh: Mesh) -> No
         await until("reopened", lambda: mesh.relay.connected() == (new.public_key(),))
     finally:
         await stop(a)
+
+
+async def raw_session(
+    mesh: Mesh, key: PrivateKey
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A node's stream to the relay spoken by hand: hello sent, OK received."""
+    mesh.members.add(key.public_key())
+    auth = mesh.auth.public_key()
+    mac = shared_key(key, auth, key.public_key(), auth)
+    header = sign(mac, key.public_key(), HELLO_METHOD, HELLO_TARGET, b"", now()).header()
+    ctx = ssl_context(mesh.ca_pem)
+    reader, writer = await asyncio.open_connection(str(mesh.target.host), mesh.target.port, ssl=ctx)
+    writer.write(frame(HELLO, header.encode()))
+    assert await read_frames(reader, 1) == [(OK, b"")]
+    return reader, writer
+
+
+async def read_frames(reader: asyncio.StreamReader, count: int) -> list[tuple[int, bytes]]:
+    frames, got = FrameBuffer(), []
+    while len(got) < count:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data, f"closed after {got}"
+        frames.free()[: len(data)] = data
+        got += [(k, bytes(frames.data[s:e])) for k, s, e in frames.received(len(data))]
+        frames.compact()
+    return got
+
+
+async def test_one_write_of_mixed_frames_reaches_each_destination_from_its_sender(
+    mesh: Mesh,
+) -> None:
+    """Frames to several nodes in one TLS write (the relay rewrites keys in place and passes
+    runs on): each arrives once, in order, naming the sender; unknown ones are counted."""
+    a, b, c = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    (_ra, wa), (rb, wb), (rc, wc) = [await raw_session(mesh, k) for k in (a, b, c)]
+    try:
+        to = {"b": b.public_key().raw, "c": c.public_key().raw, "x": bytes(32)}
+        sent = [("b", b"1" * 1400), ("b", b"2"), ("x", b"lost"), ("c", b"3"), ("b", b"4" * 60)]
+        wa.write(b"".join(frame(PACKET, to[n] + data) for n, data in sent))
+        src = a.public_key().raw
+        want_b = [(PACKET, src + d) for n, d in sent if n == "b"]
+        assert await read_frames(rb, 3) == want_b
+        assert await read_frames(rc, 1) == [(PACKET, src + b"3")]
+        counters = mesh.relay.counters
+        assert (counters.forwarded, counters.dropped_no_peer) == (4, 1)
+        assert counters.forwarded_bytes == 1400 + 1 + 1 + 60
+    finally:
+        for w in (wa, wb, wc):
+            w.close()
+
+
+@pytest.mark.parametrize(
+    "hostile", [frame(PACKET, bytes(32)), frame(HELLO, b"again"), b"\x09\x00\x00"]
+)
+async def test_a_hostile_frame_in_a_session_ends_the_stream(mesh: Mesh, hostile: bytes) -> None:
+    """A datagram-less PACKET, a second hello, an unknown type: ERROR, then the stream closes."""
+    reader, writer = await raw_session(mesh, PrivateKey.generate())
+    try:
+        writer.write(hostile)
+        [(kind, _why)] = await read_frames(reader, 1)
+        assert kind == ERROR
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        assert mesh.relay.connected() == ()
+    finally:
+        writer.close()

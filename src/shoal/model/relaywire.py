@@ -23,12 +23,18 @@ import struct
 from collections.abc import Iterator
 
 HELLO, OK, ERROR, PACKET = 1, 2, 3, 4
+KINDS = frozenset((HELLO, OK, ERROR, PACKET))
 HELLO_METHOD = "RELAY"
 HELLO_TARGET = "/v1/relay/tcp"
 HEADER = struct.Struct("!BH")
 KEY_BYTES = 32
 MAX_BODY = 0xFFFF
 MAX_DATAGRAM = MAX_BODY - KEY_BYTES
+PACKET_OVERHEAD = HEADER.size + KEY_BYTES  # in front of each datagram
+MAX_FRAME = HEADER.size + MAX_BODY
+# A TLS transport reads up to this much per call (asyncio's own read size): many frames per
+# wakeup, one pass over them.
+BUFFER_BYTES = 256 * 1024
 
 
 class BadFrame(ValueError):
@@ -41,32 +47,56 @@ def frame(kind: int, body: bytes) -> bytes:
     return HEADER.pack(kind, len(body)) + body
 
 
-def packet(key: bytes, datagram: bytes) -> bytes:
-    """A PACKET frame for `datagram` to (or from) the node whose raw public key is `key`."""
-    return HEADER.pack(PACKET, KEY_BYTES + len(datagram)) + key + datagram
+class FrameBuffer:
+    """One stream's receive buffer, filled in place by asyncio's `BufferedProtocol` (a TLS
+    transport decrypts straight into `free()`); `received` walks the complete frames by
+    offset, so a relay moves datagrams without copying each one out.
 
+    `data` never changes size (a memoryview of it stays valid). The protocol calls
+    `received(n)` after the transport wrote n bytes into `free()`, uses each frame's body
+    `data[start:stop]` while iterating (it may overwrite a body in place), then `compact()`,
+    which moves the unfinished frame at the end to the front: after that the offsets are
+    stale. A partial frame is at most MAX_FRAME - 1 bytes, so at least `size - MAX_FRAME`
+    bytes are always free.
+    """
 
-class FrameReader:
-    """Splits a byte stream into frames; feed it whatever the transport delivers."""
+    __slots__ = ("_pos", "data", "filled", "view")
 
-    __slots__ = ("_buf",)
+    def __init__(self, size: int = BUFFER_BYTES) -> None:
+        if size < 2 * MAX_FRAME:
+            raise ValueError(f"a frame buffer needs at least {2 * MAX_FRAME} bytes")
+        self.data = bytearray(size)
+        self.view = memoryview(self.data)
+        self.filled = 0  # bytes of data received and not yet compacted away
+        self._pos = 0  # where the first frame not yet walked starts
 
-    def __init__(self) -> None:
-        self._buf = bytearray()
+    def free(self) -> memoryview:
+        """Where the transport writes next."""
+        return self.view[self.filled :]
 
-    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
-        """The complete frames `data` finishes, in order: (type, body). Raises BadFrame on a
+    def received(self, nbytes: int) -> Iterator[tuple[int, int, int]]:
+        """`nbytes` more were written into `free()`: the complete frames not walked yet, in
+        order, as (type, body start, body stop) offsets into `data`. Raises BadFrame on a
         frame type this protocol does not have."""
-        buf = self._buf
-        buf += data
-        pos, end = 0, len(buf)
+        self.filled += nbytes
+        data, end = self.data, self.filled
+        unpack = HEADER.unpack_from
+        pos = self._pos
         while end - pos >= HEADER.size:
-            kind, length = HEADER.unpack_from(buf, pos)
-            if kind not in (HELLO, OK, ERROR, PACKET):
+            kind, length = unpack(data, pos)
+            if kind not in KINDS:
                 raise BadFrame(f"unknown relay frame type {kind}")
             start = pos + HEADER.size
-            if end - start < length:
+            stop = start + length
+            if stop > end:
                 break
-            yield kind, bytes(buf[start : start + length])
-            pos = start + length
-        del buf[:pos]
+            pos = self._pos = stop
+            yield kind, start, stop
+
+    def compact(self) -> None:
+        """Keep only the unfinished frame, moved to the front of `data`."""
+        pos, rest = self._pos, self.filled - self._pos
+        if pos:
+            if rest:
+                self.data[:rest] = self.data[pos : self.filled]  # a copy: the ranges overlap
+            self.filled, self._pos = rest, 0
