@@ -14,8 +14,10 @@ for quiescence in between, and measures how long each takes to reach every conne
 - a policy change: from the admin's `set_policy` call (`shoal policy set`) until every map
   holds the new revision, the agent's compile for its host (`compile_for`) included.
 
-Latency per agent = (time its `poll` returned, its own parse included - time of the change) +
-that agent's own apply time (applies run after every agent has received the change).
+Agents follow the netmap on one stream each (`ControlClient.watch`), or with `netmap="poll"`
+by long-polls as before streams. Latency per agent = (time its client returned the update, its
+own parse included - time of the change) + that agent's own apply time (applies run after
+every agent has received the change).
 
 Client and server share the machine's cores: the figures are an upper bound of what the server
 alone would need.
@@ -42,6 +44,7 @@ from benchmarks.scale.fleet import (
     Fleet,
     Kind,
     ServerAccess,
+    Transport,
     Watch,
 )
 from benchmarks.scale.results import (
@@ -240,7 +243,13 @@ async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[RegisterR
 
 
 async def _scale_point(
-    store: str, nodes: int, changes: int, workdir: Path, notes: list[str], budget: float
+    store: str,
+    nodes: int,
+    changes: int,
+    workdir: Path,
+    notes: list[str],
+    budget: float,
+    netmap: Transport,
 ) -> ScalePoint:
     run_dir = workdir / f"{store}-n{nodes}"
     server = await start_control_plane(run_dir, store, PG_REPLICAS)
@@ -253,7 +262,8 @@ async def _scale_point(
                 created = await admin.create_token(TokenCreateRequest(reusable=True))
         except ControlError as exc:
             raise BenchError(f"cannot create a join token: {exc}") from exc
-        fleet = Fleet(ServerAccess(urls=server.urls, ca_pem=ca_pem, token=created.token))
+        access = ServerAccess(urls=server.urls, ca_pem=ca_pem, token=created.token)
+        fleet = Fleet(access, netmap=netmap)
         started = time.monotonic()
         try:
             async with asyncio.timeout(budget):
@@ -444,6 +454,7 @@ async def run_scale(
     stores: Sequence[str] = ("sqlite",),
     plan: Sequence[tuple[str, int]] | None = None,
     budget: float = POINT_BUDGET,
+    netmap: Transport = "stream",
 ) -> ScaleResult:
     """Measure each (store, node count) of `plan` in order (by default every store of
     `stores` at each of `node_counts`); a failed point is recorded with its reason and the
@@ -464,7 +475,13 @@ async def run_scale(
         "own CPU in a real mesh).",
         f"Registration: {REGISTER_CONCURRENCY} in flight, each reply parsed in full by the "
         f"client in this process; first polls (catch-up deltas) {CATCHUP_CONCURRENCY} at a "
-        f"time; then every agent long-polls with wait={POLL_WAIT:g} s on its own connection.",
+        f"time; then every agent "
+        + (
+            f"holds one netmap stream (heartbeat every {POLL_WAIT:g} s)"
+            if netmap == "stream"
+            else f"long-polls with wait={POLL_WAIT:g} s"
+        )
+        + " on its own connection.",
         f"RLIMIT_NOFILE soft limit {fds} (client; the server inherits it).",
     ]
     if any(store == "postgresql" for store, _ in plan):
@@ -477,7 +494,7 @@ async def run_scale(
     points: list[ScalePoint | FailedPoint] = []
     for store, n in plan:
         try:
-            point = await _scale_point(store, n, changes, workdir, notes, budget)
+            point = await _scale_point(store, n, changes, workdir, notes, budget, netmap)
         except* (BenchError, TimeoutError) as group:
             reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
             notes.append(f"{store} {n} nodes: FAILED: {reason}")
