@@ -46,6 +46,8 @@ from benchmarks.scale.fleet import (
     ServerAccess,
     Transport,
     Watch,
+    agent_client,
+    opened,
 )
 from benchmarks.scale.results import (
     FailedPoint,
@@ -55,6 +57,7 @@ from benchmarks.scale.results import (
     ServerRss,
     Summary,
 )
+from benchmarks.scale.seed import Seeded, seed_store
 from benchmarks.scale.server import (
     BenchError,
     ControlPlane,
@@ -69,7 +72,7 @@ from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
 from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import PolicySetRequest, RegisterResponse, TokenCreateRequest
-from shoal.model.netmap import MapUpdate
+from shoal.model.netmap import MapUpdate, NetworkMap
 from shoal.model.policy import parse
 
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
@@ -242,6 +245,30 @@ async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[RegisterR
     return samples
 
 
+async def _follow_seeded(fleet: Fleet, seeds: Sequence[Seeded]) -> None:
+    """The fleet's agents for nodes seeded into the store, each at the store's revision with a
+    map of its own node only (the mesh settings from one full map)."""
+    first = await opened(agent_client(fleet.server, seeds[0].key, 0))
+    try:
+        full = (await first.poll(since=0, wait=0)).full
+    except ControlError as exc:
+        raise BenchError(f"a seeded node cannot fetch its map: {exc}") from exc
+    finally:
+        await first.aclose()
+    if full is None:
+        raise BenchError("a seeded node got no full map")
+    for i, seed in enumerate(seeds):
+        netmap = NetworkMap(
+            revision=full.revision,
+            settings=full.settings,
+            self_node=fleet.interner.node(seed.record.node()),
+            peers=(),
+            containers=(),
+        )
+        client = await opened(agent_client(fleet.server, seed.key, i))
+        fleet.agents.append(Agent(i, seed.record.name, seed.key, client, netmap))
+
+
 async def _scale_point(
     store: str,
     nodes: int,
@@ -250,8 +277,16 @@ async def _scale_point(
     notes: list[str],
     budget: float,
     netmap: Transport,
+    seeded: bool,
 ) -> ScalePoint:
     run_dir = workdir / f"{store}-n{nodes}"
+    seeds: list[Seeded] | None = None
+    if seeded:
+        if store != "sqlite":
+            raise BenchError("--seeded writes the mesh into a SQLite store: use --store sqlite")
+        data = run_dir / "data"
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        seeds = await seed_store(data / "shoal.db", nodes, "a")
     server = await start_control_plane(run_dir, store, PG_REPLICAS)
     fleet: Fleet | None = None
     try:
@@ -267,7 +302,7 @@ async def _scale_point(
         started = time.monotonic()
         try:
             async with asyncio.timeout(budget):
-                point = await _measure(fleet, server, nodes, changes, notes)
+                point = await _measure(fleet, server, nodes, changes, notes, seeds)
         except TimeoutError as exc:
             raise BenchError(
                 f"did not fit its {budget:.0f} s budget ({fleet.progress()} after "
@@ -282,16 +317,33 @@ async def _scale_point(
 
 
 async def _measure(
-    fleet: Fleet, server: ControlPlane, nodes: int, changes: int, notes: list[str]
+    fleet: Fleet,
+    server: ControlPlane,
+    nodes: int,
+    changes: int,
+    notes: list[str],
+    seeds: list[Seeded] | None,
 ) -> ScalePoint:
     client_rss0 = rss_mb(os.getpid())
     limit = memory_limit_mb()
     started = time.perf_counter()
+    samples: list[RegisterResponse] = []
     with setup_without_gc():
-        async with asyncio.TaskGroup() as guarded:
-            guard = guarded.create_task(guard_memory(server, limit, "registration", fleet.progress))
-            samples = await _register_all(fleet, nodes, "a")
-            guard.cancel()
+        if seeds is not None:
+            await _follow_seeded(fleet, seeds)
+            notes.append(
+                f"{nodes} nodes: seeded: written into the store before the server started, "
+                "not registered (no registration figures); agents follow from the store's "
+                "revision with maps that lack the seeded peers, so their own apply and parse "
+                "costs are those of the deltas only (the bytes are those every agent gets)."
+            )
+        else:
+            async with asyncio.TaskGroup() as guarded:
+                guard = guarded.create_task(
+                    guard_memory(server, limit, "registration", fleet.progress)
+                )
+                samples = await _register_all(fleet, nodes, "a")
+                guard.cancel()
     register_s = time.perf_counter() - started
     reply_bytes = [len(r.model_dump_json()) for r in samples]
     del samples
@@ -426,7 +478,7 @@ async def _measure(
             else None
         ),
         server_rss_mb=ServerRss(after_register=round(rss_registered, 1), end=round(rss_end, 1)),
-        register_per_s=round(nodes / register_s, 1),
+        register_per_s=0.0 if seeds is not None else round(nodes / register_s, 1),
         register_reply_bytes_mean=round(statistics.fmean(reply_bytes)) if reply_bytes else 0,
         initial_sync_s=round(sync_s, 2),
         client_mb_per_agent=round(client_mb_per_agent, 3),
@@ -455,6 +507,7 @@ async def run_scale(
     plan: Sequence[tuple[str, int]] | None = None,
     budget: float = POINT_BUDGET,
     netmap: Transport = "stream",
+    seeded: bool = False,
 ) -> ScaleResult:
     """Measure each (store, node count) of `plan` in order (by default every store of
     `stores` at each of `node_counts`); a failed point is recorded with its reason and the
@@ -469,10 +522,10 @@ async def run_scale(
     fds = raise_fd_limit(2 * max((n for _, n in plan), default=0) + 1024)
     notes = [
         SHARED_CORES_NOTE.format(cores=os.cpu_count()),
-        "Agents: the product's ControlClient (register, poll, report_containers) and "
-        "NetworkMap.apply. Latency per agent = its poll returned (its own parse included) - "
-        "change + its apply time; applies run after all replies are in (each agent has its "
-        "own CPU in a real mesh).",
+        "Agents: the product's ControlClient (register, poll, watch, report_containers) and "
+        "NetworkMap.apply. Latency per agent = its client returned the update (its own parse "
+        "included) - change + its apply time; applies run after all replies are in (each "
+        "agent has its own CPU in a real mesh).",
         f"Registration: {REGISTER_CONCURRENCY} in flight, each reply parsed in full by the "
         f"client in this process; first polls (catch-up deltas) {CATCHUP_CONCURRENCY} at a "
         f"time; then every agent "
@@ -494,7 +547,7 @@ async def run_scale(
     points: list[ScalePoint | FailedPoint] = []
     for store, n in plan:
         try:
-            point = await _scale_point(store, n, changes, workdir, notes, budget, netmap)
+            point = await _scale_point(store, n, changes, workdir, notes, budget, netmap, seeded)
         except* (BenchError, TimeoutError) as group:
             reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
             notes.append(f"{store} {n} nodes: FAILED: {reason}")
