@@ -5,6 +5,8 @@ node's heartbeat; a newer watch, a removal or a shutdown ends it."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import aiohttp
 import pytest
 
 from shoal.control import service as service_module
+from shoal.control.api import METRICS
 from shoal.control.app import RunningServer
 from shoal.controlclient.client import STREAM_PATH
 from shoal.controlclient.errors import ControlProtocolError, CredentialRejected
@@ -19,6 +22,15 @@ from shoal.controlclient.tls import ssl_context
 from shoal.model.api import ContainerReport, ContainersReport
 from shoal.model.netmap import MapUpdate
 from tests.control.servers import FakeClock, admin_client, join, node_client, running_server
+
+
+async def _until(probe: Callable[[], bool], what: str) -> None:
+    """Let the server's loopback I/O happen until `probe` holds (bounded)."""
+    for _ in range(500):
+        if probe():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +89,7 @@ async def test_a_quiet_stream_sends_heartbeats_that_keep_its_node_online(
             assert (await anext(updates)).kind == "none"
             await server.service.sweep()
             assert server.service.registry.online(alpha.node_id)
+        await _until(lambda: server.runner.app[METRICS].long_polls_open == 0, "stream ended")
         clock.advance(20)  # the stream is gone: the node falls silent
         await server.service.sweep()
         assert not server.service.registry.online(alpha.node_id)

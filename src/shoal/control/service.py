@@ -322,17 +322,20 @@ class ControlService:
         """The node's netmap stream: first what a poll from `since` would get at once (a full
         map, a delta or "none"), then each change as it comes (coalesced as for long-polls),
         and a "none" after every `stream_wait(wait)` seconds without one: the heartbeat.
-        Each update handed out counts as hearing from the node: the caller's connection
-        carries them, and a dead one ends the stream (see api.netmap_stream).
+        Each update the caller takes the next one after counts as hearing from the node: the
+        caller delivers them on the node's connection, and a dead one ends the stream (see
+        api.netmap_stream).
 
         Ends when a newer poll or stream of the same node takes over or the server shuts
         down; raises CredentialInvalid once the node is removed."""
         wait = self.stream_wait(wait)
         registry = self.registry
+        await registry.seen(node_id)  # its signed request
         while True:
-            await registry.seen(node_id)
             update = await registry.map_update(node_id, since, 0.0)
             yield update
+            # Delivered (a write to a connection the client closed raises instead).
+            await registry.seen(node_id)
             since = update.revision
             if not await registry.log.wait(node_id, since, wait):
                 return
