@@ -473,7 +473,7 @@ async def netmap(request: web.Request) -> web.Response:
 
 async def netmap_stream(request: web.Request) -> web.StreamResponse:
     """The node's netmap as one long response: each `MapUpdate` of `ControlService.watch`,
-    encoded once per change for every node it is the same for (`MapEncoder.update`), one JSON
+    encoded once per change for every node it is the same for (`MapEncoder.line`), one JSON
     object and a newline per frame. A long-poll costs a whole HTTP request and reply per node
     per change, ~80 % of the server's CPU in a fan-out; a frame on a held stream costs one
     write.
@@ -495,9 +495,9 @@ async def netmap_stream(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     try:
-        await response.write(encoder.update(first) + b"\n")
+        await response.write(encoder.line(first))
         async for update in updates:
-            await response.write(encoder.update(update) + b"\n")
+            await response.write(encoder.line(update))
     except ConnectionError:
         pass  # the client went away (or TCP_USER_TIMEOUT ended it): nobody to tell
     except (ApiError, StoreError) as exc:
