@@ -339,8 +339,10 @@ class Agent:
                 if delivered and isinstance(exc, ControlUnreachable):
                     # A stream that delivered broke (its replica went away): reopen at once,
                     # as a long-poll is sent again after an answer; the open moves on to the
-                    # next replica if this one stays unreachable.
+                    # next replica if this one stays unreachable. That one, or this one
+                    # restarted, hears our containers again.
                     log.info("%s; opening it again", exc)
+                    self._containers_changed.set()
                     continue
                 self.health.warn(
                     code,
