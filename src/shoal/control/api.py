@@ -490,8 +490,13 @@ async def netmap_stream(request: web.Request) -> web.StreamResponse:
     updates = service.watch(node_id, since, wait)
     first = await anext(updates)  # refusals (a store failure) still get their status
     _dead_peer_timeout(request, service.stream_wait(wait))
+    # X-Accel-Buffering: an HTTP proxy in front (nginx) would hold frames back otherwise.
     response = web.StreamResponse(
-        headers={"Content-Type": STREAM_TYPE, "Cache-Control": "no-store"}
+        headers={
+            "Content-Type": STREAM_TYPE,
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
     )
     await response.prepare(request)
     try:
