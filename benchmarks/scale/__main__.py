@@ -27,13 +27,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=POINT_BUDGET, help="seconds per point before it stops"
     )
+    parser.add_argument(
+        "--netmap",
+        choices=("stream", "poll"),
+        default="stream",
+        help="how agents follow the netmap: one stream each, or long-polls (before streams)",
+    )
+    parser.add_argument(
+        "--seeded",
+        action="store_true",
+        help="write the N nodes into the (SQLite) store before the server starts instead of "
+        "registering them: the server side of 10,000 hosts without 10,000 catch-ups here",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("bench-scale"))
     parser.add_argument("--json", type=Path, default=None, help="write the result here")
     parser.add_argument("--chart", type=Path, default=None, help="write the PNG here")
     args = parser.parse_args(argv)
     result = asyncio.run(
         run_scale(
-            args.nodes, args.changes, workdir=args.workdir, stores=args.store, budget=args.budget
+            args.nodes,
+            args.changes,
+            workdir=args.workdir,
+            stores=args.store,
+            budget=args.budget,
+            netmap=args.netmap,
+            seeded=args.seeded,
         )
     )
     if args.json is not None:

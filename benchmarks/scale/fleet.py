@@ -3,9 +3,11 @@ product's own `ControlClient` and folding every update into its map with `Networ
 
 An agent here is what the agent daemon is to the control server, without a data plane: it
 joins with a client of its own that it then closes (as `shoal up` does), and follows the
-netmap with a second client (as the daemon does): `poll(since, wait)` in a loop, and
-`report_containers` on the same client. Every client is made by `agent_client`, the one place
-to adapt when the product's client changes how a node authenticates.
+netmap with a second client (as the daemon does): one held `watch(since, wait)` stream (or,
+with `Fleet.netmap` "poll", `poll(since, wait)` in a loop, as agents before streams and
+against older servers do), and `report_containers` on the same client. Every client is made by
+`agent_client`, the one place to adapt when the product's client changes how a node
+authenticates.
 
 What differs from a real fleet, and why:
 - Identical peer records are shared between the simulated maps (`Interner`): 5,000 maps of
@@ -22,7 +24,6 @@ What differs from a real fleet, and why:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ REGISTER_ATTEMPTS = 3  # a registration timed out under load is tried again with
 UNDERLAY_BASE = IPv4Address("198.18.0.0")  # benchmarking range (RFC 2544): endpoints only
 
 Kind = Literal["node", "container", "policy"]
+Transport = Literal["stream", "poll"]  # how agents follow the netmap after their catch-up
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,7 @@ class Received:
     """An update as the agent's client returned it (parsed), not yet applied."""
 
     update: MapUpdate
-    at: float  # perf_counter when `poll` returned: the agent's own parse included
+    at: float  # perf_counter when the client returned it: the agent's own parse included
     counted: bool  # received while the fleet counts bytes
 
 
@@ -192,6 +194,7 @@ class Fleet:
     """The simulated agents of one run and what they have received."""
 
     server: ServerAccess
+    netmap: Transport = "stream"
     interner: Interner = field(default_factory=Interner)
     agents: list[Agent] = field(default_factory=list)
     watch: Watch | None = None
@@ -237,40 +240,47 @@ class Fleet:
         return agent, response
 
     async def poll_loop(self, agent: Agent) -> None:
-        """The agent's netmap loop: poll, keep the update for `drain`, poll again from its
-        revision. A failed poll is counted and retried, as the daemon does."""
-        first = True
+        """The agent's netmap loop: a catch-up poll, then the netmap stream from its revision
+        (or long-polls, `netmap` "poll"), each update kept for `drain`. A failure is counted
+        and retried, as the daemon does."""
         while True:
             try:
-                async with contextlib.AsyncExitStack() as stack:
-                    if first:
-                        # Catch-up deltas carry up to N peers: a few at a time, as a fleet
-                        # restarting with jitter would, not 5,000 at once.
-                        await stack.enter_async_context(self.catchup)
-                    update = await agent.client.poll(
-                        since=agent.since, wait=0.0 if first else POLL_WAIT
+                if not agent.synced:
+                    # Catch-up deltas carry up to N peers: a few at a time, as a fleet
+                    # restarting with jitter would, not 5,000 at once.
+                    async with self.catchup:
+                        update = await agent.client.poll(since=agent.since, wait=0.0)
+                    await self._synced(agent)
+                    self._received(agent, update)
+                elif self.netmap == "stream":
+                    async for update in agent.client.watch(since=agent.since, wait=POLL_WAIT):
+                        self._received(agent, update)
+                else:
+                    self._received(
+                        agent, await agent.client.poll(since=agent.since, wait=POLL_WAIT)
                     )
             except ControlError as exc:
-                self.errors[f"poll: {type(exc).__name__}"] += 1
+                self.errors[f"{self.netmap}: {type(exc).__name__}"] += 1
                 await asyncio.sleep(RETRY_SECONDS)
-                continue
-            received_at = time.perf_counter()
-            if first:
-                first = False
-                agent.synced = True
-                await agent.client.aclose()
-                agent.client = await opened(agent_client(self.server, agent.key, agent.index))
-                self.synced_count += 1
-                if self.synced_count >= len(self.agents):
-                    self.synced.set()
-            if update.kind == "none":
-                continue
-            agent.pending.append(Received(self.interner.update(update), received_at, self.counting))
-            watch = self.watch
-            if watch is not None and agent.index not in watch.arrived and watch.matches(update):
-                watch.arrived[agent.index] = received_at
-                if len(watch.arrived) >= watch.expected:
-                    watch.done.set()
+
+    async def _synced(self, agent: Agent) -> None:
+        agent.synced = True
+        await agent.client.aclose()
+        agent.client = await opened(agent_client(self.server, agent.key, agent.index))
+        self.synced_count += 1
+        if self.synced_count >= len(self.agents):
+            self.synced.set()
+
+    def _received(self, agent: Agent, update: MapUpdate) -> None:
+        received_at = time.perf_counter()
+        if update.kind == "none":
+            return
+        agent.pending.append(Received(self.interner.update(update), received_at, self.counting))
+        watch = self.watch
+        if watch is not None and agent.index not in watch.arrived and watch.matches(update):
+            watch.arrived[agent.index] = received_at
+            if len(watch.arrived) >= watch.expected:
+                watch.done.set()
 
     async def drain(self) -> None:
         """Apply every received update with `NetworkMap.apply` (each agent's apply time is

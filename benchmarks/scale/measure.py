@@ -14,8 +14,10 @@ for quiescence in between, and measures how long each takes to reach every conne
 - a policy change: from the admin's `set_policy` call (`shoal policy set`) until every map
   holds the new revision, the agent's compile for its host (`compile_for`) included.
 
-Latency per agent = (time its `poll` returned, its own parse included - time of the change) +
-that agent's own apply time (applies run after every agent has received the change).
+Agents follow the netmap on one stream each (`ControlClient.watch`), or with `netmap="poll"`
+by long-polls as before streams. Latency per agent = (time its client returned the update, its
+own parse included - time of the change) + that agent's own apply time (applies run after
+every agent has received the change).
 
 Client and server share the machine's cores: the figures are an upper bound of what the server
 alone would need.
@@ -42,7 +44,10 @@ from benchmarks.scale.fleet import (
     Fleet,
     Kind,
     ServerAccess,
+    Transport,
     Watch,
+    agent_client,
+    opened,
 )
 from benchmarks.scale.results import (
     FailedPoint,
@@ -52,6 +57,7 @@ from benchmarks.scale.results import (
     ServerRss,
     Summary,
 )
+from benchmarks.scale.seed import Seeded, seed_store
 from benchmarks.scale.server import (
     BenchError,
     ControlPlane,
@@ -66,7 +72,7 @@ from shoal.controlclient.client import ControlClient
 from shoal.controlclient.errors import ControlError
 from shoal.controlclient.tls import fetch_pinned_ca
 from shoal.model.api import PolicySetRequest, RegisterResponse, TokenCreateRequest
-from shoal.model.netmap import MapUpdate
+from shoal.model.netmap import MapUpdate, NetworkMap
 from shoal.model.policy import parse
 
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
@@ -239,10 +245,48 @@ async def _register_all(fleet: Fleet, count: int, prefix: str) -> list[RegisterR
     return samples
 
 
+async def _follow_seeded(fleet: Fleet, seeds: Sequence[Seeded]) -> None:
+    """The fleet's agents for nodes seeded into the store, each at the store's revision with a
+    map of its own node only (the mesh settings from one full map)."""
+    first = await opened(agent_client(fleet.server, seeds[0].key, 0))
+    try:
+        full = (await first.poll(since=0, wait=0)).full
+    except ControlError as exc:
+        raise BenchError(f"a seeded node cannot fetch its map: {exc}") from exc
+    finally:
+        await first.aclose()
+    if full is None:
+        raise BenchError("a seeded node got no full map")
+    for i, seed in enumerate(seeds):
+        netmap = NetworkMap(
+            revision=full.revision,
+            settings=full.settings,
+            self_node=fleet.interner.node(seed.record.node()),
+            peers=(),
+            containers=(),
+        )
+        client = await opened(agent_client(fleet.server, seed.key, i))
+        fleet.agents.append(Agent(i, seed.record.name, seed.key, client, netmap))
+
+
 async def _scale_point(
-    store: str, nodes: int, changes: int, workdir: Path, notes: list[str], budget: float
+    store: str,
+    nodes: int,
+    changes: int,
+    workdir: Path,
+    notes: list[str],
+    budget: float,
+    netmap: Transport,
+    seeded: bool,
 ) -> ScalePoint:
     run_dir = workdir / f"{store}-n{nodes}"
+    seeds: list[Seeded] | None = None
+    if seeded:
+        if store != "sqlite":
+            raise BenchError("--seeded writes the mesh into a SQLite store: use --store sqlite")
+        data = run_dir / "data"
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        seeds = await seed_store(data / "shoal.db", nodes, "a")
     server = await start_control_plane(run_dir, store, PG_REPLICAS)
     fleet: Fleet | None = None
     try:
@@ -253,11 +297,12 @@ async def _scale_point(
                 created = await admin.create_token(TokenCreateRequest(reusable=True))
         except ControlError as exc:
             raise BenchError(f"cannot create a join token: {exc}") from exc
-        fleet = Fleet(ServerAccess(urls=server.urls, ca_pem=ca_pem, token=created.token))
+        access = ServerAccess(urls=server.urls, ca_pem=ca_pem, token=created.token)
+        fleet = Fleet(access, netmap=netmap)
         started = time.monotonic()
         try:
             async with asyncio.timeout(budget):
-                point = await _measure(fleet, server, nodes, changes, notes)
+                point = await _measure(fleet, server, nodes, changes, notes, seeds)
         except TimeoutError as exc:
             raise BenchError(
                 f"did not fit its {budget:.0f} s budget ({fleet.progress()} after "
@@ -272,16 +317,33 @@ async def _scale_point(
 
 
 async def _measure(
-    fleet: Fleet, server: ControlPlane, nodes: int, changes: int, notes: list[str]
+    fleet: Fleet,
+    server: ControlPlane,
+    nodes: int,
+    changes: int,
+    notes: list[str],
+    seeds: list[Seeded] | None,
 ) -> ScalePoint:
     client_rss0 = rss_mb(os.getpid())
     limit = memory_limit_mb()
     started = time.perf_counter()
+    samples: list[RegisterResponse] = []
     with setup_without_gc():
-        async with asyncio.TaskGroup() as guarded:
-            guard = guarded.create_task(guard_memory(server, limit, "registration", fleet.progress))
-            samples = await _register_all(fleet, nodes, "a")
-            guard.cancel()
+        if seeds is not None:
+            await _follow_seeded(fleet, seeds)
+            notes.append(
+                f"{nodes} nodes: seeded: written into the store before the server started, "
+                "not registered (no registration figures); agents follow from the store's "
+                "revision with maps that lack the seeded peers, so their own apply and parse "
+                "costs are those of the deltas only (the bytes are those every agent gets)."
+            )
+        else:
+            async with asyncio.TaskGroup() as guarded:
+                guard = guarded.create_task(
+                    guard_memory(server, limit, "registration", fleet.progress)
+                )
+                samples = await _register_all(fleet, nodes, "a")
+                guard.cancel()
     register_s = time.perf_counter() - started
     reply_bytes = [len(r.model_dump_json()) for r in samples]
     del samples
@@ -416,7 +478,7 @@ async def _measure(
             else None
         ),
         server_rss_mb=ServerRss(after_register=round(rss_registered, 1), end=round(rss_end, 1)),
-        register_per_s=round(nodes / register_s, 1),
+        register_per_s=0.0 if seeds is not None else round(nodes / register_s, 1),
         register_reply_bytes_mean=round(statistics.fmean(reply_bytes)) if reply_bytes else 0,
         initial_sync_s=round(sync_s, 2),
         client_mb_per_agent=round(client_mb_per_agent, 3),
@@ -444,6 +506,8 @@ async def run_scale(
     stores: Sequence[str] = ("sqlite",),
     plan: Sequence[tuple[str, int]] | None = None,
     budget: float = POINT_BUDGET,
+    netmap: Transport = "stream",
+    seeded: bool = False,
 ) -> ScaleResult:
     """Measure each (store, node count) of `plan` in order (by default every store of
     `stores` at each of `node_counts`); a failed point is recorded with its reason and the
@@ -458,13 +522,19 @@ async def run_scale(
     fds = raise_fd_limit(2 * max((n for _, n in plan), default=0) + 1024)
     notes = [
         SHARED_CORES_NOTE.format(cores=os.cpu_count()),
-        "Agents: the product's ControlClient (register, poll, report_containers) and "
-        "NetworkMap.apply. Latency per agent = its poll returned (its own parse included) - "
-        "change + its apply time; applies run after all replies are in (each agent has its "
-        "own CPU in a real mesh).",
+        "Agents: the product's ControlClient (register, poll, watch, report_containers) and "
+        "NetworkMap.apply. Latency per agent = its client returned the update (its own parse "
+        "included) - change + its apply time; applies run after all replies are in (each "
+        "agent has its own CPU in a real mesh).",
         f"Registration: {REGISTER_CONCURRENCY} in flight, each reply parsed in full by the "
         f"client in this process; first polls (catch-up deltas) {CATCHUP_CONCURRENCY} at a "
-        f"time; then every agent long-polls with wait={POLL_WAIT:g} s on its own connection.",
+        f"time; then every agent "
+        + (
+            f"holds one netmap stream (heartbeat every {POLL_WAIT:g} s)"
+            if netmap == "stream"
+            else f"long-polls with wait={POLL_WAIT:g} s"
+        )
+        + " on its own connection.",
         f"RLIMIT_NOFILE soft limit {fds} (client; the server inherits it).",
     ]
     if any(store == "postgresql" for store, _ in plan):
@@ -477,7 +547,7 @@ async def run_scale(
     points: list[ScalePoint | FailedPoint] = []
     for store, n in plan:
         try:
-            point = await _scale_point(store, n, changes, workdir, notes, budget)
+            point = await _scale_point(store, n, changes, workdir, notes, budget, netmap, seeded)
         except* (BenchError, TimeoutError) as group:
             reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))
             notes.append(f"{store} {n} nodes: FAILED: {reason}")

@@ -23,10 +23,11 @@ from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.app import RunningServer
 from shoal.control.ca import rotate_ca
+from shoal.controlclient.errors import ControlRejected, ControlUnreachable
 from shoal.dockerhost import DockerHost
 from shoal.firewall.errors import FirewallError
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import Container, NetworkMap
+from shoal.model.netmap import Container, MapUpdate, NetworkMap
 from shoal.model.policy import parse
 from shoal.model.status import AgentState, DownReport
 from shoal.testing.clock import ManualClock, settle
@@ -330,3 +331,68 @@ async def test_leaving_after_the_operator_removed_the_node_is_done_not_unreachab
     assert await leave_mesh(identity, KEY) is True
     closed = dataclasses.replace(identity, server_url=f"https://127.0.0.1:{closed_port()}")
     assert await leave_mesh(closed, KEY) is False
+
+
+async def test_the_agent_follows_the_netmap_stream(tmp_path: Path, server: RunningServer) -> None:
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+    async with rig.agent.client, asyncio.TaskGroup() as tasks:
+        follow = tasks.create_task(rig.agent.follow_netmap())
+        beta = await join(server, "beta")
+        await eventually(
+            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
+        )
+        # One stream carried it: the node's live watch is a stream, not a series of polls.
+        assert server.service.registry.log.live_polls == 1
+        assert (await rig.agent.status()).state is AgentState.RUNNING
+        follow.cancel()
+
+
+async def test_against_a_server_without_streams_the_agent_long_polls(
+    tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+
+    async def older_server(since: int, wait: float) -> AsyncIterator[MapUpdate]:
+        raise ControlRejected("not_found", "no such API route: GET /v1/netmap/stream")
+        yield  # an async generator, as `watch` is
+
+    monkeypatch.setattr(rig.agent.client, "watch", older_server)
+    async with rig.agent.client, asyncio.TaskGroup() as tasks:
+        follow = tasks.create_task(rig.agent.follow_netmap())
+        beta = await join(server, "beta")
+        await eventually(
+            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
+        )
+        assert (await rig.agent.status()).state is AgentState.RUNNING
+        follow.cancel()
+
+
+async def test_a_stream_that_broke_after_delivering_is_opened_again_at_once(
+    tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a long-poll moves on to the next replica within the call: no backoff, no DEGRADED."""
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+    watch = rig.agent.client.watch
+    opened: list[int] = []
+
+    async def breaks_once(since: int, wait: float) -> AsyncIterator[MapUpdate]:
+        opened.append(since)
+        async for update in watch(since, wait):
+            yield update
+            if len(opened) == 1:
+                raise ControlUnreachable("netmap stream from A broke: connection reset")
+
+    monkeypatch.setattr(rig.agent.client, "watch", breaks_once)
+    async with rig.agent.client, asyncio.TaskGroup() as tasks:
+        follow = tasks.create_task(rig.agent.follow_netmap())
+        await eventually(lambda: len(opened) == 2, "the stream opened again")
+        assert rig.clock.pending == 0, "no retry delay"
+        beta = await join(server, "beta")
+        await eventually(
+            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
+        )
+        assert (await rig.agent.status()).state is AgentState.RUNNING
+        follow.cancel()

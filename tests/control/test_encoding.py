@@ -85,6 +85,15 @@ def test_one_delta_object_is_encoded_once() -> None:
     assert encoder.update(delta.model_copy()) == first
 
 
+def test_every_stream_gets_the_same_frame_of_one_delta() -> None:
+    encoder = MapEncoder()
+    delta = MapUpdate(kind="delta", revision=3, peers_changed=(node(4),))
+    frame = encoder.line(delta)
+    assert encoder.line(delta) is frame
+    assert frame == encoder.update(delta) + b"\n" and frame.count(b"\n") == 1
+    assert MapUpdate.model_validate_json(frame) == delta
+
+
 def test_records_no_longer_asked_for_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(encoding, "MIN_RECORDS_KEPT", 4)
     pieces: RecordPieces[Container] = RecordPieces(attrgetter("key"))

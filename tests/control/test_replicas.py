@@ -5,6 +5,7 @@ registrations on both, and liveness is judged from what either replica heard."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -83,6 +84,33 @@ async def test_a_change_on_one_replica_wakes_a_long_poll_on_the_other(replicas: 
     async with node_client(a, beta.key) as client:
         full = await client.poll(since=0, wait=0)
     assert full.full is not None and [c.name for c in full.full.containers] == ["web"]
+
+
+async def test_a_stream_on_one_replica_carries_a_change_made_on_the_other_and_moves_on(
+    tmp_path: Path, postgres_url: str, clock: FakeClock
+) -> None:
+    """The netmap stream across replicas: a change made through B reaches a stream held on A
+    (NOTIFY); A shutting down ends it, and the next one opens on B from the same revision."""
+    a = await _start(tmp_path / "a", postgres_url, clock)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    b = await _start(tmp_path / "b", postgres_url, clock)
+    try:
+        alpha = await join(a, "alpha")
+        await _converged((a, b))
+        async with ControlClient(f"{a.url},{b.url}", a.ca.ca_pem, node_key=alpha.key) as client:
+            updates = client.watch(since=a.service.registry.revision, wait=30)
+            assert (await anext(updates)).kind == "none"
+            await join(b, "beta")
+            update = await asyncio.wait_for(anext(updates), 10)
+            assert [p.name for p in update.peers_changed] == ["beta"]
+            await a.close()  # replica A goes: its streams end
+            with pytest.raises(StopAsyncIteration):
+                await anext(updates)
+            async with contextlib.aclosing(client.watch(since=update.revision, wait=30)) as moved:
+                assert (await anext(moved)).kind == "none"  # resumed: nothing re-sent
+            assert client.server_url == b.url
+    finally:
+        await b.close()
 
 
 SINGLES = 100  # single-use tokens, each offered to both replicas at once: 200 registrations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,9 @@ from shoal.controlclient.errors import (
     FingerprintMismatch,
 )
 from shoal.controlclient.tls import fetch_pinned_ca
+from shoal.model.api import ServerKey
+from shoal.model.keys import PrivateKey
+from shoal.model.netmap import MapUpdate, Node
 from shoal.model.tokens import MalformedToken, parse_join_token
 from tests.control.servers import join, new_token, running_server
 
@@ -144,3 +148,106 @@ async def test_a_host_clock_off_by_an_hour_still_signs_in_the_servers_window(
         assert (await client.poll(since=0, wait=0)).kind == "full"
         monkeypatch.setattr(client_module, "wall_clock", lambda: time.time() - 7200)
         assert (await client.poll(since=0, wait=0)).kind == "full"  # one 401, then corrected
+
+
+Chunks = list[bytes]
+
+
+@pytest.fixture
+async def streaming(tmp_path: Path) -> AsyncIterator[tuple[str, bytes, Chunks]]:
+    """A TLS server with a pinned CA whose /v1/netmap/stream writes the chunks of the list
+    it yields (filled in by the test), each written and flushed alone, then ends the stream;
+    a chunk b"RESET" drops the connection there instead."""
+    ca = load_or_create_ca(tmp_path, "127.0.0.1")
+    chunks: Chunks = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for chunk in chunks:
+            if chunk == b"RESET":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            await response.write(chunk)
+        return response
+
+    async def key(request: web.Request) -> web.Response:
+        server_key = ServerKey(public_key=PrivateKey.generate().public_key())
+        return web.json_response(text=server_key.model_dump_json())
+
+    app = web.Application()
+    app.router.add_get("/v1/netmap/stream", handle)
+    app.router.add_get("/v1/key", key)  # what the client signs with is derived from it
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ca.server_ssl_context())
+    await site.start()
+    try:
+        yield f"https://127.0.0.1:{runner.addresses[0][1]}", ca.ca_pem, chunks
+    finally:
+        await runner.cleanup()
+
+
+def frame(revision: int, peers: int = 0) -> bytes:
+    """A delta of `peers` changed peers as the server encodes it, and its newline."""
+    nodes = [
+        Node(
+            id=f"n{i:011d}",
+            name=f"h{i}",
+            public_key=PrivateKey.generate().public_key(),
+            mesh_ip=IPv4Address("100.64.0.1") + i,
+            subnet=None,
+        )
+        for i in range(peers)
+    ]
+    update = MapUpdate(kind="delta", revision=revision, peers_changed=tuple(nodes))
+    return update.model_dump_json().encode() + b"\n"
+
+
+async def test_a_stream_is_read_frame_by_frame_however_it_is_cut(
+    streaming: tuple[str, bytes, Chunks],
+) -> None:
+    url, ca_pem, chunks = streaming
+    big = frame(2, peers=1000)  # ~300 KB: beyond what aiohttp's readline takes
+    data = frame(1) + big + frame(3)
+    chunks += [data[:7], data[7 : len(data) - 100], data[len(data) - 100 :]]
+    async with ControlClient(url, ca_pem, node_key=PrivateKey.generate()) as client:
+        updates = [u async for u in client.watch(since=0, wait=30)]
+    assert [u.revision for u in updates] == [1, 2, 3]
+    assert len(updates[1].peers_changed) == 1000
+
+
+async def test_a_stream_broken_mid_frame_is_unreachable(
+    streaming: tuple[str, bytes, Chunks],
+) -> None:
+    url, ca_pem, chunks = streaming
+    chunks += [frame(1), frame(2)[:10], b"RESET"]
+    async with ControlClient(url, ca_pem, node_key=PrivateKey.generate()) as client:
+        updates = client.watch(since=0, wait=30)
+        assert (await anext(updates)).revision == 1
+        with pytest.raises(ControlUnreachable, match=f"netmap stream from {url} broke"):
+            await anext(updates)
+
+
+async def test_a_frame_over_the_limit_is_a_protocol_error(
+    streaming: tuple[str, bytes, Chunks], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca_pem, chunks = streaming
+    monkeypatch.setattr(client_module, "MAX_FRAME", 1000)
+    chunks += [b"{" + b" " * 600, b" " * 600]
+    async with ControlClient(url, ca_pem, node_key=PrivateKey.generate()) as client:
+        with pytest.raises(ControlProtocolError, match="netmap frame over 1000 bytes"):
+            await anext(client.watch(since=0, wait=30))
+
+
+async def test_a_stream_opens_on_the_next_replica_when_the_first_is_gone(
+    server: RunningServer,
+) -> None:
+    alpha = await join(server, "alpha")
+    urls = f"https://127.0.0.1:{closed_port()},{server.url}"
+    async with ControlClient(urls, server.ca.ca_pem, node_key=alpha.key) as client:
+        updates = client.watch(since=0, wait=30)
+        assert (await anext(updates)).kind == "full"
+        assert client.server_url == server.url  # and stays there
+        await updates.aclose()

@@ -72,7 +72,15 @@ from shoal.model.api import ContainerReport, ContainersReport, RegisterRequest, 
 from shoal.model.certs import ContainerCertRequest, cert_owner, new_key_and_csr, wants_cert
 from shoal.model.doctor import DoctorReport
 from shoal.model.keys import PrivateKey
-from shoal.model.netmap import PEER_SWITCH_LAG, Container, Endpoint, NetworkMap, Node, nat_kind
+from shoal.model.netmap import (
+    PEER_SWITCH_LAG,
+    Container,
+    Endpoint,
+    MapUpdate,
+    NetworkMap,
+    Node,
+    nat_kind,
+)
 from shoal.model.status import AgentStatus, DownReport, KeyRotation, PeerStatus
 from shoal.model.tokens import parse_join_token
 from shoal.plan.hostconfig import (
@@ -281,16 +289,38 @@ class Agent:
             log.info("agent stopped")
 
     async def follow_netmap(self) -> None:
-        """Long-poll the server and offer each new netmap; returns only when the server
-        rejected this node (NEEDS_JOIN): asking again would not help."""
+        """Follow the server's netmap stream (a long-poll loop with a server that has none)
+        and offer each new netmap; returns only when the server rejected this node
+        (NEEDS_JOIN): asking again would not help.
+
+        A stream the server ends, or that breaks after it delivered, is opened again at
+        once from the newest revision, on the next replica if this one is gone (as a failed
+        long-poll moves on within the call); only failing to open one backs off."""
         failures = 0
+        streaming = True
         while True:
-            netmap = self.cached.netmap
+            delivered = False
             try:
-                update = await self.client.poll(
-                    since=netmap.revision, wait=self.config.poll_wait_seconds
-                )
+                if streaming:
+                    async for update in self.client.watch(
+                        since=self.cached.netmap.revision, wait=self.config.poll_wait_seconds
+                    ):
+                        trusted = await self._received(update, failures)
+                        failures, delivered = 0, True
+                        if trusted:
+                            break  # the client's new session ended this stream's connection
+                else:
+                    update = await self.client.poll(
+                        since=self.cached.netmap.revision, wait=self.config.poll_wait_seconds
+                    )
+                    await self._received(update, failures)
+                    failures = 0
             except ControlRejected as exc:
+                if streaming and exc.code == "not_found":
+                    # A server from before netmap streams: its long-poll serves as well.
+                    log.info("the server has no netmap stream (an older version): long-polling")
+                    streaming = False
+                    continue
                 # 4xx: asking again will not help. Say what to do, and stop asking.
                 self.health.clear(CONTROL_UNREACHABLE)
                 self.health.warn(
@@ -306,48 +336,66 @@ class Agent:
                     if isinstance(exc, ControlProtocolError)
                     else CONTROL_UNREACHABLE
                 )
+                if delivered and isinstance(exc, ControlUnreachable):
+                    # A stream that delivered broke (its replica went away): reopen at once,
+                    # as a long-poll is sent again after an answer; the open moves on to the
+                    # next replica if this one stays unreachable. That one, or this one
+                    # restarted, hears our containers again.
+                    log.info("%s; opening it again", exc)
+                    self._containers_changed.set()
+                    continue
                 self.health.warn(
-                    code, control_unreachable(str(exc), netmap.revision, self.cached.received_at)
+                    code,
+                    control_unreachable(
+                        str(exc), self.cached.netmap.revision, self.cached.received_at
+                    ),
                 )
                 await self.clock.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
                 failures += 1
-                continue
-            if failures:
-                # The server may have restarted or withdrawn us: tell it our containers again.
-                self._containers_changed.set()
-            if failures or self._trust_due():
-                await self.refresh_trust()
-            failures = 0
-            self.health.clear(CONTROL_UNREACHABLE)
-            self.health.clear(CONTROL_PROTOCOL)
-            if update.kind == "none":
-                continue
-            newer = netmap.apply(update)
-            self.remember(newer)
-            log.info(
-                "netmap r%d (%s): %d peers, %d containers",
-                newer.revision,
-                update.kind,
-                len(newer.peers),
-                len(newer.containers),
-            )
-            self.reconciler.offer(newer)
+
+    async def _received(self, update: MapUpdate, failures: int) -> bool:
+        """Take one update from the server, the first after `failures` failed attempts;
+        whether the trust bundle changed (the client's connections were closed)."""
+        if failures:
+            # The server may have restarted or withdrawn us: tell it our containers again.
+            self._containers_changed.set()
+        trusted = False
+        if failures or self._trust_due():
+            trusted = await self.refresh_trust()
+        self.health.clear(CONTROL_UNREACHABLE)
+        self.health.clear(CONTROL_PROTOCOL)
+        if update.kind == "none":
+            return trusted
+        netmap = self.cached.netmap
+        newer = netmap.apply(update)
+        self.remember(newer)
+        log.info(
+            "netmap r%d (%s): %d peers, %d containers",
+            newer.revision,
+            update.kind,
+            len(newer.peers),
+            len(newer.containers),
+        )
+        self.reconciler.offer(newer)
+        return trusted
 
     def _trust_due(self) -> bool:
         checked = self._trust_checked_at
         return checked is None or self.clock.monotonic() - checked >= TRUST_REFRESH_SECONDS
 
-    async def refresh_trust(self) -> None:
+    async def refresh_trust(self) -> bool:
         """Take the server's trust bundle (fetched over the channel the current one verifies):
         a CA being introduced is trusted before the server switches to it, so a CA rotation
-        needs no host to join again. Warns when every trusted CA expires within 30 days."""
+        needs no host to join again. Warns when every trusted CA expires within 30 days.
+        Whether the bundle changed (the client then closed its connections)."""
         self._trust_checked_at = self.clock.monotonic()
         try:
             bundle, expiries = trust_bundle(await self.client.trust_bundle())
         except (ControlError, ValueError) as exc:
             log.warning("could not refresh the trust bundle: %s", exc)
-            return
-        if bundle.decode() != self.identity.ca_pem:
+            return False
+        changed = bundle.decode() != self.identity.ca_pem
+        if changed:
             self.identity = replace(self.identity, ca_pem=bundle.decode())
             self.state.save_identity(self.identity)
             await self.client.set_trust(bundle)
@@ -361,6 +409,7 @@ class Agent:
             )
         else:
             self.health.clear(CA_EXPIRING)
+        return changed
 
     def remember(self, netmap: NetworkMap) -> None:
         """Keep `netmap` as the newest, and on disk for the next start if the disk lets us."""

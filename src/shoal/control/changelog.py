@@ -12,8 +12,9 @@ its index (`ChangeLog.delta(since, build)`), and the log keeps the result for th
 revision. Every node that is not itself part of the change gets the same delta object, so it
 is built (and encoded) once per `since`.
 
-Long-polls: one live poll per node. A node's new poll ends its previous one at once (a client
-that lost its connection, or one holding 2,000 polls with one credential, holds one). A
+Long-polls and netmap streams: one live watch per node. A node's new poll or stream ends its
+previous one at once (a client that lost its connection, or one holding 2,000 polls with one
+credential, holds one; a stream so displaced ends, see `wait`). A
 change wakes them COALESCE_SECONDS after the first change of a burst, so a `compose up` of 20
 containers, or many hosts joining at once, costs each node one delta instead of one per
 change.
@@ -158,12 +159,16 @@ class ChangeLog:
         """How many long-polls are waiting (at most one per node)."""
         return len(self._poll_owner)
 
-    async def wait(self, node_id: str, since: int, timeout: float) -> None:
-        """`node_id`'s long-poll holding revision `since`: returns once the revision is past
-        `since`, after `timeout` seconds, when the log closes, or when the same node starts a
-        newer poll. Returns at once if `since` is not the current revision or `timeout` <= 0."""
-        if since != self.revision or timeout <= 0 or self._closed:
-            return
+    async def wait(self, node_id: str, since: int, timeout: float) -> bool:
+        """`node_id`'s long-poll (or stream) holding revision `since`: returns once the
+        revision is past `since`, after `timeout` seconds, when the log closes, or when the
+        same node starts a newer poll or stream. Returns at once if `since` is not the current
+        revision or `timeout` <= 0. False when the log closed or a newer poll of the node took
+        over (a stream then ends), else True."""
+        if self._closed:
+            return False
+        if since != self.revision or timeout <= 0:
+            return True
         ticket = object()
         self._poll_owner[node_id] = ticket
         older = self._waiting.pop(node_id, None)
@@ -191,9 +196,11 @@ class ChangeLog:
                 finally:
                     timer.cancel()
         finally:
-            if self._poll_owner.get(node_id) is ticket:
+            live = self._poll_owner.get(node_id) is ticket
+            if live:
                 del self._poll_owner[node_id]
                 self._waiting.pop(node_id, None)
+        return live and not self._closed
 
     def notify(self) -> None:
         """Wake the waiting long-polls COALESCE_SECONDS after the first change of a burst."""

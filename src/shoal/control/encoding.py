@@ -76,6 +76,7 @@ class MapEncoder:
         self._updates_kept = updates_kept
         # Keyed by id(); holding the update keeps its id from being reused while cached.
         self._updates: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
+        self._lines: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
 
     def network_map(self, netmap: NetworkMap) -> bytes:
         return spliced(
@@ -102,6 +103,18 @@ class MapEncoder:
         if len(self._updates) > self._updates_kept:
             self._updates.popitem(last=False)
         return body
+
+    def line(self, update: MapUpdate) -> bytes:
+        """`update(update)` and a newline: a frame of a netmap stream, built once per update
+        like its JSON, so every stream a change wakes writes the very same bytes."""
+        hit = self._lines.get(id(update))
+        if hit is not None and hit[0] is update:
+            return hit[1]
+        line = self.update(update) + b"\n"
+        self._lines[id(update)] = (update, line)
+        if len(self._lines) > self._updates_kept:
+            self._lines.popitem(last=False)
+        return line
 
     def register_response(self, response: RegisterResponse) -> bytes:
         return spliced(response, {"netmap": self.network_map(response.netmap)})

@@ -70,7 +70,9 @@ class ConnectionLimits:
     long-poll open and a NAT with a few hundred hosts behind one address join, while one
     attacking address cannot hold more than `max_per_source` connections."""
 
-    max_connections: int = 10_000  # server-wide, lowered to what the fd limit allows
+    # Server-wide, lowered to what the fd limit allows: 10,000 hosts hold one netmap stream
+    # each, and make their other calls (container reports, relays, registrations) besides.
+    max_connections: int = 20_000
     max_per_source: int = 256
     new_per_source: Rate = NEW_PER_SOURCE
     # Sources exempt from every per-source limit here and in the API (`--no-limits-from`).

@@ -3,7 +3,8 @@
 
     shoal_server_nodes{state}                                nodes online / offline now
     shoal_server_netmap_revision                             the mesh's current revision
-    shoal_server_long_polls_open                             netmap long-polls held open now
+    shoal_server_long_polls_open                             netmap long-polls and streams
+                                                             held open now
     shoal_server_registrations_total{result}                 POST /v1/register: ok, or the
                                                              error code it was refused with
     shoal_server_requests_total{route,method,status}
@@ -32,6 +33,7 @@ from shoal.model.prometheus import Family, Histogram, Sample, render
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 LONG_POLL = "/v1/netmap"
+STREAM = "/v1/netmap/stream"  # counted with the long-polls: held open, timed by nobody
 REGISTER = "/v1/register"
 # Seconds; a signed API call takes ~1 ms on loopback, a registration a few ms plus the store.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -88,7 +90,7 @@ class ServerMetrics:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         route = _route(request)
-        long_poll = route == LONG_POLL
+        long_poll = route in (LONG_POLL, STREAM)
         start = self._clock()
         if long_poll:
             self.long_polls_open += 1

@@ -61,8 +61,9 @@ class Route:
     many: bool = False  # the reply is a list of `reply`
     status: int = 200
     query: tuple[tuple[str, dict[str, Any]], ...] = ()
-    # text/event-stream: the reply is a stream of events, each one's data a `reply`.
-    stream: bool = False
+    # The reply is a stream of `reply`: "text/event-stream", each event's data one; or
+    # "application/x-ndjson", one per line.
+    stream: Literal["", "text/event-stream", "application/x-ndjson"] = ""
 
 
 ROUTES: tuple[Route, ...] = (
@@ -97,6 +98,19 @@ ROUTES: tuple[Route, ...] = (
             ("since", {"type": "integer", "minimum": 0}),
             ("wait", {"type": "number", "minimum": 0}),
         ),
+    ),
+    Route(
+        "GET",
+        "/v1/netmap/stream",
+        "Follow the network map on one response: the update from `since` (full, delta or "
+        "none), then each change, and a none after `wait` s without one (the heartbeat)",
+        "node",
+        reply=MapUpdate,
+        query=(
+            ("since", {"type": "integer", "minimum": 0}),
+            ("wait", {"type": "number", "minimum": 0}),
+        ),
+        stream="application/x-ndjson",
     ),
     Route(
         "POST",
@@ -282,7 +296,7 @@ ROUTES: tuple[Route, ...] = (
         "or token no longer holds",
         "dashboard",
         reply=DashboardUpdate,
-        stream=True,
+        stream="text/event-stream",
     ),
     Route("GET", "/dashboard/app.js", "The dashboard's script", "none"),
     Route("GET", "/dashboard/app.css", "The dashboard's style sheet", "none"),
@@ -344,13 +358,16 @@ def _operation(route: Route, refs: dict[Any, Any]) -> dict[str, Any]:
             schema = {"type": "array", "items": schema}
         content = {"application/json": {"schema": schema}}
         if route.stream:
-            # OpenAPI 3.1 cannot type the events: the data schema goes in the description.
+            # OpenAPI 3.1 cannot type the items of a stream: their schema goes in the
+            # description.
+            items = (
+                "events whose data is a "
+                if route.stream == "text/event-stream"
+                else "one JSON object per line, each a "
+            )
             content = {
-                "text/event-stream": {
-                    "schema": {
-                        "type": "string",
-                        "description": "events whose data is a " + route.reply.__name__,
-                    }
+                route.stream: {
+                    "schema": {"type": "string", "description": items + route.reply.__name__}
                 }
             }
         responses[str(route.status)] = {"description": "OK", "content": content}

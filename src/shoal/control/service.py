@@ -13,7 +13,7 @@ import asyncio
 import hmac
 import logging
 import secrets
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import replace
 from datetime import timedelta
 from ipaddress import IPv4Address
@@ -81,6 +81,7 @@ from shoal.store.errors import StoreConflict, TokenUnavailable
 log = logging.getLogger("shoal.control")
 
 MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the heartbeat timeout)
+MIN_STREAM_WAIT = 1.0  # seconds between a netmap stream's heartbeats, at least
 DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephemeral node goes
 SAME_HOST = Verdict(
     allow=True, reason="same host: this traffic does not cross the mesh and is not filtered"
@@ -310,6 +311,34 @@ class ControlService:
     async def netmap(self, node_id: str, since: int, wait: float) -> MapUpdate:
         await self.registry.seen(node_id)
         return await self.registry.map_update(node_id, since, min(max(wait, 0.0), self.max_wait))
+
+    def stream_wait(self, wait: float) -> float:
+        """The heartbeat interval of a netmap stream that asked for `wait` seconds: at most
+        `max_wait`, so the stream counts as the node's heartbeat, and at least
+        MIN_STREAM_WAIT."""
+        return min(max(wait, MIN_STREAM_WAIT), self.max_wait)
+
+    async def watch(self, node_id: str, since: int, wait: float) -> AsyncGenerator[MapUpdate, None]:
+        """The node's netmap stream: first what a poll from `since` would get at once (a full
+        map, a delta or "none"), then each change as it comes (coalesced as for long-polls),
+        and a "none" after every `stream_wait(wait)` seconds without one: the heartbeat.
+        Each update the caller takes the next one after counts as hearing from the node: the
+        caller delivers them on the node's connection, and a dead one ends the stream (see
+        api.netmap_stream).
+
+        Ends when a newer poll or stream of the same node takes over or the server shuts
+        down; raises CredentialInvalid once the node is removed."""
+        wait = self.stream_wait(wait)
+        registry = self.registry
+        await registry.seen(node_id)  # its signed request
+        while True:
+            update = await registry.map_update(node_id, since, 0.0)
+            yield update
+            # Delivered (a write to a connection the client closed raises instead).
+            await registry.seen(node_id)
+            since = update.revision
+            if not await registry.log.wait(node_id, since, wait):
+                return
 
     async def report_containers(self, node_id: str, report: ContainersReport) -> None:
         """Replace what the server knows of this node's containers with `report`; every

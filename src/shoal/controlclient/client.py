@@ -17,6 +17,7 @@ import asyncio
 import email.utils
 import json
 import time
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -69,7 +70,11 @@ from shoal.model.routes import RouteInfo, RouteRef
 
 M = TypeVar("M", bound=BaseModel)
 
-REQUEST_TIMEOUT = 15.0  # seconds, every request but the long-poll
+REQUEST_TIMEOUT = 15.0  # seconds, every request but the long-poll and the stream
+STREAM_PATH = "/v1/netmap/stream"
+STREAM_TYPE = "application/x-ndjson"
+# The largest frame of a netmap stream (a full map: ~400 bytes a node, ~200 a container).
+MAX_FRAME = 64 * 1024 * 1024
 POLL_MARGIN = 10.0  # seconds a long-poll may take beyond its `wait`
 CONNECT_TIMEOUT = 10.0
 # Error codes meaning "the server no longer accepts this node": it must join anew.
@@ -155,6 +160,88 @@ class ControlClient:
             params={"since": str(since), "wait": f"{wait:g}"},
             timeout=wait + POLL_MARGIN,
         )
+
+    async def watch(self, since: int, wait: float) -> AsyncIterator[MapUpdate]:
+        """Follow the netmap on one streamed response (`GET /v1/netmap/stream`): yields what a
+        poll from `since` would get at once (a full map, a delta or "none"), then each change,
+        and a "none" heartbeat whenever nothing changed for `wait` s (the server may shorten
+        it). One connection for as long as it lasts, instead of one request per change.
+
+        Opened on the replica in use, else on the next reachable one, as every call. Returns
+        when the server ends the stream (it shuts down, or a newer stream of this node took
+        over): open the next one from the newest revision at once. Raises ControlUnreachable
+        when no replica can be reached, the stream breaks or stays silent for `wait` +
+        POLL_MARGIN s; ControlRejected when refused (code "not_found": a server without
+        streams, long-poll instead); ControlProtocolError for a frame that is no MapUpdate."""
+        params = {"since": str(since), "wait": f"{wait:g}"}
+        target = STREAM_PATH + "?" + urlencode(params)
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=wait + POLL_MARGIN
+        )
+        offset = self._clock_offset
+        resp = await self._open_stream(target, timeout)
+        if resp.status == 401 and self._clock_offset != offset:
+            # Our clock jumped since the last reply: the server's Date corrected it, sign again.
+            resp.release()
+            resp = await self._open_stream(target, timeout)
+        async with resp:
+            base = self.server_url
+            try:
+                if resp.status != 200:
+                    self._reply(STREAM_PATH, resp.status, await resp.read())  # raises for 4xx/5xx
+                    raise ControlProtocolError(
+                        f"server at {base} answered {STREAM_PATH} with HTTP {resp.status}"
+                    )
+                async for frame in _frames(resp.content, base):
+                    yield self._update(frame)
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                raise ControlUnreachable(
+                    f"netmap stream from {base} broke: {_describe(exc)}"
+                ) from exc
+
+    def _update(self, frame: bytes) -> MapUpdate:
+        try:
+            return MapUpdate.model_validate_json(frame)
+        except ValidationError as exc:
+            raise ControlProtocolError(
+                f"server at {self.server_url} sent an unexpected {STREAM_PATH} frame: "
+                f"{exc.errors()[0]['msg'] if exc.errors() else exc}"
+            ) from exc
+
+    async def _open_stream(
+        self, target: str, timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """The response of a signed GET of `target` whose body is not read yet: from the
+        replica in use, else the next reachable one (which stays in use)."""
+        if self._session is None:
+            raise RuntimeError("ControlClient used outside `async with`")
+        start = self.server_urls.index(self.server_url)
+        failures: list[ControlUnreachable] = []
+        for base in self.server_urls[start:] + self.server_urls[:start]:
+            headers = {
+                "Accept": STREAM_TYPE,
+                "Authorization": await self._signature("GET", target, b""),
+            }
+            try:
+                resp = await self._session.get(
+                    URL(base + target, encoded=True), headers=headers, timeout=timeout
+                )
+            except aiohttp.ClientConnectorCertificateError as exc:
+                raise FingerprintMismatch(
+                    f"server at {base} presented a certificate not signed by the pinned "
+                    f"CA: {exc.certificate_error}"
+                ) from exc
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                failures.append(
+                    ControlUnreachable(f"cannot reach server at {base}: {_describe(exc)}")
+                )
+                continue
+            self.server_url = base
+            self._follow_clock(resp.headers.get("Date"))
+            return resp
+        if len(failures) == 1:
+            raise failures[0]
+        raise ControlUnreachable("; ".join(str(f) for f in failures)) from failures[-1]
 
     async def report_containers(self, report: ContainersReport) -> None:
         """Tell the server the complete set of this host's containers on the `shoal` network;
@@ -468,6 +555,28 @@ class ControlClient:
 def wall_clock() -> float:
     """This host's clock, unix seconds (one place, so that tests can set it off)."""
     return time.time()
+
+
+async def _frames(content: aiohttp.StreamReader, base: str) -> AsyncIterator[bytes]:
+    """The newline-ended frames of a stream body, each at most MAX_FRAME bytes. (aiohttp's
+    `readline` refuses lines above 128 KiB; a full map is megabytes.)"""
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        start = 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            parts.append(chunk[start:end])
+            yield b"".join(parts)
+            parts, size, start = [], 0, end + 1
+        if start < len(chunk):
+            parts.append(chunk[start:])
+            size += len(chunk) - start
+            if size > MAX_FRAME:
+                raise ControlProtocolError(
+                    f"server at {base} sent a netmap frame over {MAX_FRAME} bytes"
+                )
+    if parts:
+        raise ControlUnreachable(f"netmap stream from {base} ended mid-frame")
 
 
 def _error_text(raw: bytes) -> str:

@@ -1,0 +1,185 @@
+"""The netmap stream (`GET /v1/netmap/stream`): the real server over TLS on 127.0.0.1 and the
+real client's `watch`. One held response per node carries its catch-up, every change and the
+heartbeats; each change is encoded once for every node it is the same for; the stream is the
+node's heartbeat; a newer watch, a removal or a shutdown ends it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import aclosing
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from shoal.control import service as service_module
+from shoal.control.api import METRICS
+from shoal.control.app import RunningServer
+from shoal.controlclient.client import STREAM_PATH
+from shoal.controlclient.errors import ControlProtocolError, CredentialRejected
+from shoal.controlclient.tls import ssl_context
+from shoal.model.api import ContainerReport, ContainersReport
+from shoal.model.netmap import MapUpdate
+from tests.control.servers import FakeClock, admin_client, join, node_client, running_server
+
+
+async def _until(probe: Callable[[], bool], what: str) -> None:
+    """Let the server's loopback I/O happen until `probe` holds (bounded)."""
+    for _ in range(500):
+        if probe():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.fixture(autouse=True)
+def short_heartbeats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Heartbeats every 50 ms instead of every second at least: tests wait on frames."""
+    monkeypatch.setattr(service_module, "MIN_STREAM_WAIT", 0.05)
+
+
+async def test_the_stream_carries_the_catch_up_then_each_change(server: RunningServer) -> None:
+    alpha = await join(server, "alpha")
+    async with (
+        node_client(server, alpha.key) as client,
+        aclosing(client.watch(since=0, wait=30)) as updates,
+    ):
+        first = await anext(updates)
+        assert first.kind == "full" and first.full is not None
+        netmap = first.full
+        beta = await join(server, "beta")
+        update = await anext(updates)
+        assert update.kind == "delta" and [p.name for p in update.peers_changed] == ["beta"]
+        netmap = netmap.apply(update)
+        async with node_client(server, beta.key) as b:
+            assert beta.netmap.self_node.subnet is not None
+            ip = beta.netmap.self_node.subnet.network_address + 2
+            await b.report_containers(
+                ContainersReport(containers=(ContainerReport(id="c" * 64, name="web", ip=ip),))
+            )
+        update = await anext(updates)
+        netmap = netmap.apply(update)
+    assert [c.name for c in netmap.containers] == ["web"]
+    assert netmap.peer(beta.node_id) is not None
+
+
+async def test_a_stream_resumes_from_its_revision(server: RunningServer) -> None:
+    alpha = await join(server, "alpha")
+    await join(server, "beta")
+    async with node_client(server, alpha.key) as client:
+        async with aclosing(client.watch(since=alpha.netmap.revision, wait=30)) as updates:
+            update = await anext(updates)
+        assert update.kind == "delta" and [p.name for p in update.peers_changed] == ["beta"]
+        async with aclosing(client.watch(since=update.revision, wait=30)) as updates:
+            assert (await anext(updates)).kind == "none"  # up to date: nothing re-sent
+
+
+async def test_a_quiet_stream_sends_heartbeats_that_keep_its_node_online(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    async with running_server(tmp_path / "server", clock, heartbeat_timeout=15) as server:
+        alpha = await join(server, "alpha")
+        async with (
+            node_client(server, alpha.key) as client,
+            aclosing(client.watch(since=alpha.netmap.revision, wait=0)) as updates,
+        ):
+            await anext(updates)
+            clock.advance(20)  # past the heartbeat timeout, with no request but the stream
+            assert (await anext(updates)).kind == "none"
+            await server.service.sweep()
+            assert server.service.registry.online(alpha.node_id)
+        await _until(lambda: server.runner.app[METRICS].long_polls_open == 0, "stream ended")
+        clock.advance(20)  # the stream is gone: the node falls silent
+        await server.service.sweep()
+        assert not server.service.registry.online(alpha.node_id)
+
+
+async def test_every_node_gets_the_same_update_for_a_change(server: RunningServer) -> None:
+    """Encoded once: the encoder hands every stream the cached bytes of one shared update."""
+    alpha, beta = await join(server, "alpha"), await join(server, "beta")
+    service = server.service
+    since = service.registry.revision
+    async with (
+        aclosing(service.watch(alpha.node_id, since, 30)) as a,
+        aclosing(service.watch(beta.node_id, since, 30)) as b,
+    ):
+        assert (await anext(a)).kind == (await anext(b)).kind == "none"
+        await join(server, "gamma")
+        seen_by_a, seen_by_b = await anext(a), await anext(b)
+    assert seen_by_a is seen_by_b
+
+
+async def test_a_newer_watch_of_the_node_ends_the_older_stream(server: RunningServer) -> None:
+    alpha = await join(server, "alpha")
+    async with node_client(server, alpha.key) as one, node_client(server, alpha.key) as two:
+        older = one.watch(since=alpha.netmap.revision, wait=30)
+        assert (await anext(older)).kind == "none"
+        async with aclosing(two.watch(since=alpha.netmap.revision, wait=30)) as newer:
+            assert (await anext(newer)).kind == "none"
+            with pytest.raises(StopAsyncIteration):
+                await anext(older)  # ended by the server, cleanly
+
+
+async def test_a_removed_node_is_told_when_it_opens_the_next_stream(
+    server: RunningServer,
+) -> None:
+    alpha = await join(server, "alpha")
+    async with node_client(server, alpha.key) as client:
+        updates = client.watch(since=alpha.netmap.revision, wait=30)
+        await anext(updates)
+        async with admin_client(server) as admin:
+            await admin.remove_node("alpha")
+        with pytest.raises(StopAsyncIteration):
+            await anext(updates)
+        with pytest.raises(CredentialRejected):
+            await anext(client.watch(since=alpha.netmap.revision, wait=30))
+
+
+async def test_a_server_shutting_down_ends_its_streams(tmp_path: Path) -> None:
+    async with running_server(tmp_path / "server") as server:
+        alpha = await join(server, "alpha")
+        client = node_client(server, alpha.key)
+        async with client:
+            updates = client.watch(since=alpha.netmap.revision, wait=30)
+            await anext(updates)
+            await server.close()
+            with pytest.raises(StopAsyncIteration):
+                await anext(updates)
+
+
+@pytest.mark.parametrize("query", ["since=-1", "since=x", "wait=-1"])
+async def test_bad_stream_parameters_are_a_400_before_any_frame(
+    server: RunningServer, query: str
+) -> None:
+    alpha = await join(server, "alpha")
+    async with node_client(server, alpha.key) as client:
+        # The client builds valid queries: sign one by hand, as a broken client would send.
+        target = f"{STREAM_PATH}?{query}"
+        auth = await client._signature("GET", target, b"")
+    connector = aiohttp.TCPConnector(ssl=ssl_context(server.ca.ca_pem))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(server.url + target, headers={"Authorization": auth}) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.json())["code"] == "bad_request"
+
+
+async def test_a_frame_that_is_no_update_is_a_protocol_error(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alpha = await join(server, "alpha")
+    monkeypatch.setattr(
+        "shoal.control.encoding.MapEncoder.update", lambda self, update: b'{"kind": "bogus"}'
+    )
+    async with node_client(server, alpha.key) as client:
+        with pytest.raises(ControlProtocolError, match="unexpected /v1/netmap/stream frame"):
+            await anext(client.watch(since=0, wait=30))
+
+
+async def test_an_old_client_still_long_polls(server: RunningServer) -> None:
+    alpha = await join(server, "alpha")
+    async with node_client(server, alpha.key) as client:
+        update: MapUpdate = await client.poll(since=0, wait=0)
+    assert update.kind == "full"
