@@ -330,3 +330,28 @@ async def test_leaving_after_the_operator_removed_the_node_is_done_not_unreachab
     assert await leave_mesh(identity, KEY) is True
     closed = dataclasses.replace(identity, server_url=f"https://127.0.0.1:{closed_port()}")
     assert await leave_mesh(closed, KEY) is False
+
+
+async def test_a_container_report_rechecks_the_firewall_only_with_local_containers_bound(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    response = await join(server, "h1", key=KEY)
+    rig = Rig(tmp_path, server.url, server.ca.ca_pem, response.netmap)
+    await rig.agent.configure(fresh_join=True)
+    applies = rig.host.firewall.applies
+    # No local container in the netmap: nothing is bound, whatever the bridge's ports.
+    await rig.agent._on_containers([])
+    await rig.agent.reconciler.step()
+    assert rig.host.firewall.applies == applies
+    me = response.netmap.self_node
+    assert me.subnet is not None
+    mine = Container(
+        id="cd" * 32, node_id=me.id, name="web", ip=IPv4Address(int(me.subnet.network_address) + 2)
+    )
+    rig.agent.reconciler.offer(response.netmap.model_copy(update={"containers": (mine,)}))
+    await rig.agent.reconciler.step()  # the netmap's container: the firewall's part changed
+    applies = rig.host.firewall.applies
+    # Restarted behind a new bridge port, the same report: the binding is read again.
+    await rig.agent._on_containers([])
+    await rig.agent.reconciler.step()
+    assert rig.host.firewall.applies == applies + 1
