@@ -396,3 +396,28 @@ async def test_a_stream_that_broke_after_delivering_is_opened_again_at_once(
         )
         assert (await rig.agent.status()).state is AgentState.RUNNING
         follow.cancel()
+
+
+async def test_a_container_report_rechecks_the_firewall_only_with_local_containers_bound(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    response = await join(server, "h1", key=KEY)
+    rig = Rig(tmp_path, server.url, server.ca.ca_pem, response.netmap)
+    await rig.agent.configure(fresh_join=True)
+    applies = rig.host.firewall.applies
+    # No local container in the netmap: nothing is bound, whatever the bridge's ports.
+    await rig.agent._on_containers([])
+    await rig.agent.reconciler.step()
+    assert rig.host.firewall.applies == applies
+    me = response.netmap.self_node
+    assert me.subnet is not None
+    mine = Container(
+        id="cd" * 32, node_id=me.id, name="web", ip=IPv4Address(int(me.subnet.network_address) + 2)
+    )
+    rig.agent.reconciler.offer(response.netmap.model_copy(update={"containers": (mine,)}))
+    await rig.agent.reconciler.step()  # the netmap's container: the firewall's part changed
+    applies = rig.host.firewall.applies
+    # Restarted behind a new bridge port, the same report: the binding is read again.
+    await rig.agent._on_containers([])
+    await rig.agent.reconciler.step()
+    assert rig.host.firewall.applies == applies + 1

@@ -538,8 +538,15 @@ class Agent:
         self._containers = containers
         self._containers_changed.set()
         # A container restarted with its address kept is behind a new bridge port: the
-        # netmap does not change, the firewall's anti-spoofing bindings must.
-        self.reconciler.recheck("firewall")
+        # netmap does not change, the firewall's anti-spoofing bindings must. Only the
+        # netmap's local containers are ever bound: with none in the applied firewall the
+        # bindings are empty whatever the ports, and a recheck would only read the tables
+        # again (two `nft list` and an `iptables-save`, ~0.1 s of CPU in a fresh join, while
+        # the user's first `docker run` competes for it). A container the netmap adds later
+        # changes the firewall's part, which is applied with the ports read then.
+        applied = self.reconciler.applied("firewall")
+        if not isinstance(applied, FirewallConfig) or applied.local_containers:
+            self.reconciler.recheck("firewall")
 
     async def _container_certs(self) -> None:
         """Certificates for this host's containers labelled shoal.tls=true (`tlscerts`):

@@ -13,9 +13,6 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Network, ip_network
 from typing import Any
 
-from pyroute2 import WireGuard
-from pyroute2.netlink.exceptions import NetlinkError
-
 from shoal import hostnet
 from shoal.dataplane.base import (
     DeviceDiff,
@@ -25,6 +22,7 @@ from shoal.dataplane.base import (
     WireGuardDataPlane,
 )
 from shoal.dataplane.errors import DataPlaneError, hostnet_errors
+from shoal.hostnet.pyroute2_lean import NetlinkError, WireGuard
 from shoal.model.keys import PrivateKey, PublicKey
 from shoal.plan.hostconfig import INTERFACE
 

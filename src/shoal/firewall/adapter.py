@@ -7,14 +7,18 @@ accepts and come out after them, so there is never a moment with the accepts and
 
 from __future__ import annotations
 
+import asyncio
+
 from shoal.firewall import conntrack, iptables, nftables
 from shoal.plan.hostconfig import FirewallConfig
 
 
 async def apply(cfg: FirewallConfig) -> bool:
     """Converge both to `cfg`; False when both already matched."""
-    loaded = await nftables.apply(cfg)
-    changed = await iptables.apply(cfg) or loaded.changed
+    # iptables is read while the tables load (a join waits for the firewall: ~40 ms less);
+    # only its write must come after them.
+    loaded, live = await asyncio.gather(nftables.apply(cfg), iptables.live_ruleset())
+    changed = await iptables.apply(cfg, live) or loaded.changed
     if loaded.changed and (cfg.policy is not None or loaded.replaced_policy):
         # Established flows skip the policy: the ones it denies now (a policy removed
         # included: hosts' services close again) are cut here.

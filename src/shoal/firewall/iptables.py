@@ -53,9 +53,11 @@ async def live_ruleset() -> Ruleset:
     return parse_save(await _run([SAVE]))
 
 
-async def apply(cfg: FirewallConfig) -> bool:
-    """Converge shoal's iptables chains and jumps to `cfg`; False when they already matched."""
-    live = await live_ruleset()
+async def apply(cfg: FirewallConfig, live: Ruleset | None = None) -> bool:
+    """Converge shoal's iptables chains and jumps to `cfg`; False when they already matched.
+    `live`: the ruleset read just before (`live_ruleset`), else it is read here."""
+    if live is None:
+        live = await live_ruleset()
     script = apply_script(cfg, live)
     if script is None:
         return False

@@ -95,8 +95,11 @@ def _script(family: str, live: str | None, table: str) -> str:
 async def apply(cfg: FirewallConfig) -> Loaded:
     """Converge both tables to `cfg` (and the bridge's ports now); `changed` False when both
     already matched."""
-    live, live_bridge = await live_table(), await live_table(antispoof.FAMILY)
-    bridge = antispoof.render(await bindings(cfg))
+    # The three reads side by side: each is a process or a netlink dump (a join waits on them).
+    live, live_bridge, found = await asyncio.gather(
+        live_table(), live_table(antispoof.FAMILY), bindings(cfg)
+    )
+    bridge = antispoof.render(found)
     if _same(live, nft.render(cfg)) and _same(live_bridge, bridge):
         return Loaded(changed=False, replaced_policy=cfg.policy is not None)
     lines = nft.changes(cfg, live) + nft.diff(antispoof.FAMILY, live_bridge, bridge)

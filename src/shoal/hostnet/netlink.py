@@ -16,10 +16,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from socket import AF_INET
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from shoal.hostnet.errors import HostNetError, LinkNotFound
+from shoal.hostnet.pyroute2_lean import AsyncIPRoute, NetlinkError
 from shoal.plan.hostconfig import RouteConfig
 
 log = logging.getLogger(__name__)
