@@ -1,8 +1,9 @@
 """Where shoal's data plane differs from hand-written WireGuard, by measurement (issue 14).
 
-`python -m benchmarks.dataplane.parity [--rounds N] [--seconds S] [--rate R]` (root): two fresh
-2-host labs, the minimal hand-written recipe (`systems.setup_handwg`) and shoal
-(`systems.setup_shoal`). Each variant takes one of shoal's per-packet differences away on the
+`python -m benchmarks.dataplane.parity [--rounds N] [--seconds S] [--rate R] [--only V]` (root,
+wrap it in `flock /tmp/shoal-bench.lock`; `--save F`, then `--load F --note ... --publish docs`
+adds a run to docs/benchmarks.{json,md}): two fresh 2-host labs, the minimal hand-written
+recipe (`systems.setup_handwg`) and shoal (`systems.setup_shoal`). Each variant takes one of shoal's per-packet differences away on the
 running shoal lab (the agents paused so their resync does not undo it), and is measured against
 the hand-written lab in A B B A rounds (B A A B every other round), iperf3 TCP 1 stream.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 from benchmarks.dataplane.probes import PORT, Endpoint, cpu_busy_seconds, netns
 from benchmarks.dataplane.render import parity_md
 from benchmarks.dataplane.results import Parity, ParityVariant
-from benchmarks.dataplane.systems import SHOAL_BRIDGE, Setup, setup_handwg, setup_shoal
+from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF, Setup, setup_handwg, setup_shoal
 from benchmarks.dataplane.tuning import ShoalKnobs
 from benchmarks.log import progress
 from benchmarks.report import DATAPLANE_PNG, JSON_NAME, MD_NAME, SCALE_PNG, render_markdown
@@ -168,6 +169,25 @@ class Differences:
             saved = self.saved.pop((h.name, "inet"))
             h.exec(["nft", "-f", "-"], input=f"delete table inet shoal\n{saved}")
 
+    def raw_prerouting(self, on: bool) -> None:
+        """The prerouting chain shoal had before issue 14 (priority raw: the same guards as
+        input and forward have now, met by every packet), added back beside them."""
+        for h in self.hosts:
+            if not on:
+                h.exec(["nft", "delete", "chain", "inet", "shoal", "old_prerouting"])
+                continue
+            vmap = (
+                f'{{ "lo" : accept, "{SHOAL_IF}" : accept, '
+                f'"{SHOAL_BRIDGE}" : goto from_containers }}'
+            )
+            script = (
+                "add chain inet shoal old_prerouting "
+                "{ type filter hook prerouting priority raw; policy accept; }\n"
+                f"add rule inet shoal old_prerouting iifname vmap {vmap}\n"
+                "add rule inet shoal old_prerouting ip daddr @pools drop\n"
+            )
+            h.exec(["nft", "-f", "-"], input=script)
+
     def _docker_user(self, host: LabHost, op: str, rule: list[str]) -> None:
         host.exec(["iptables", op, "DOCKER-USER", *rule])
 
@@ -212,6 +232,11 @@ class Differences:
                 )
                 for chain in ("prerouting", "input", "forward")
             },
+            "raw-prerouting": (
+                "with the raw-priority prerouting chain of before (as on main until issue 14)",
+                lambda: self.raw_prerouting(True),
+                lambda: self.raw_prerouting(False),
+            ),
             "flat-forward": (
                 "one ACCEPT in DOCKER-USER instead of the jump to SHOAL-FORWARD",
                 lambda: self.flat_forward(True),
@@ -315,17 +340,8 @@ def publish(result: Parity, docs: Path) -> None:
     (docs / MD_NAME).write_text(render_markdown(published, images))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.dataplane.parity", description=__doc__
-    )
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--seconds", type=int, default=6)
-    parser.add_argument("--rate", default=None, help="iperf3 -b (default: unlimited)")
-    parser.add_argument("--only", action="append", default=[], help="a variant (repeatable)")
-    parser.add_argument("--label", default="this checkout", help="what shoal's code is at")
-    parser.add_argument("--publish", type=Path, help="add the result to DIR/benchmarks.{json,md}")
-    args = parser.parse_args(argv)
+def _measure(args: argparse.Namespace) -> Parity:
+    """Both labs made, every chosen variant measured, both labs removed."""
     run_id = secrets.token_hex(2)
     labs: list[Lab] = []
     try:
@@ -336,27 +352,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         labs.append(shoal_lab)
         shoal = setup_shoal(shoal_lab)
         variants = measure_variants(hand, shoal, shoal_lab, wireguard_go_pids(hand_lab), args)
-    except LabError as exc:
-        print(f"parity: {exc}", file=sys.stderr)
-        return 2
     finally:
         for lab in labs:
             try:
                 lab.destroy()
             except LabError as exc:
                 progress(f"parity: teardown of {lab.name}: {exc}")
-    command = "python -m benchmarks.dataplane.parity " + " ".join(
-        a for a in (argv if argv is not None else sys.argv[1:]) if a
+    command = (
+        f"python -m benchmarks.dataplane.parity --rounds {args.rounds} --seconds {args.seconds}"
     )
-    result = Parity(
+    command += f" --rate {args.rate}" if args.rate else ""
+    command += "".join(f" --only {name}" for name in args.only)
+    return Parity(
         label=args.label,
-        command=command.strip(),
+        command=command,
         generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         rounds=args.rounds,
         seconds=args.seconds,
         rate=args.rate,
         variants=tuple(variants),
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.dataplane.parity", description=__doc__
+    )
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--rate", default=None, help="iperf3 -b (default: unlimited)")
+    parser.add_argument("--only", action="append", default=[], help="a variant (repeatable)")
+    parser.add_argument("--label", default="this checkout", help="what shoal's code is at")
+    parser.add_argument("--save", type=Path, help="write the result as JSON to FILE")
+    parser.add_argument(
+        "--load", type=Path, help="measure nothing: take the result --save wrote to FILE"
+    )
+    parser.add_argument("--note", action="append", default=[], help="a finding (repeatable)")
+    parser.add_argument("--publish", type=Path, help="add the result to DIR/benchmarks.{json,md}")
+    args = parser.parse_args(argv)
+    try:
+        if args.load is not None:
+            result = Parity.model_validate_json(args.load.read_text())
+        else:
+            result = _measure(args)
+    except (LabError, OSError, ValueError) as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
+    update: dict[str, object] = {"notes": (*result.notes, *args.note)}
+    if args.label != parser.get_default("label"):
+        update["label"] = args.label
+    result = result.model_copy(update=update)
+    if args.save is not None:
+        args.save.write_text(result.model_dump_json(indent=2) + "\n")
     print("\n".join(parity_md(result)))
     if args.publish is not None:
         publish(result, args.publish)

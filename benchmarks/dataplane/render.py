@@ -163,6 +163,8 @@ def parity_md(run: Parity) -> list[str]:
         rows,
         "llrrrrr",
     )
+    if run.notes:
+        out += ["", *(f"- {note}" for note in run.notes)]
     return out
 
 

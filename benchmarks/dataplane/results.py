@@ -194,6 +194,7 @@ class Parity(Frozen):
     seconds: int
     rate: str | None = None  # iperf3 -b; None: unlimited
     variants: tuple[ParityVariant, ...] = ()
+    notes: tuple[str, ...] = ()  # what the run showed, in the words of whoever ran it
 
 
 class DataplaneResult(Frozen):
