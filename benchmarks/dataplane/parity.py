@@ -3,9 +3,10 @@
 `python -m benchmarks.dataplane.parity [--rounds N] [--seconds S] [--rate R] [--only V]` (root,
 wrap it in `flock /tmp/shoal-bench.lock`; `--save F`, then `--load F --note ... --publish docs`
 adds a run to docs/benchmarks.{json,md}): two fresh 2-host labs, the minimal hand-written
-recipe (`systems.setup_handwg`) and shoal (`systems.setup_shoal`). Each variant takes one of shoal's per-packet differences away on the
-running shoal lab (the agents paused so their resync does not undo it), and is measured against
-the hand-written lab in A B B A rounds (B A A B every other round), iperf3 TCP 1 stream.
+recipe (`systems.setup_handwg`) and shoal (`systems.setup_shoal`). Each variant takes one of
+shoal's per-packet differences away on the running shoal lab (the agents paused so their
+resync does not undo it), or adds one back, and is measured against the hand-written lab in
+A B B A rounds (B A A B every other round), iperf3 TCP 1 stream.
 
 Per run: throughput, the machine's busy CPU seconds per Gbit (/proc/stat) and the *path's* CPU
 seconds per Gbit: the two iperf3 processes, both wireguard-go processes and ksoftirqd, which do

@@ -61,5 +61,7 @@ def test_a_published_decomposition_renders_under_the_data_plane(tmp_path: Path) 
     assert "### Where the difference went" in md
     assert "**after: no prerouting chain** (2026-12-01 00:30 UTC;" in md
     row = next(line for line in md.splitlines() if line.startswith("| shoal | shoal as"))
-    assert "| 300 | 297 | 0.99× (0.98-1.01) |" in row and row.endswith("1.00× (1.00-1.01) |")
+    assert "| 300 | 297 | 0.99\u00d7 (0.98-1.01) |" in row and row.endswith(
+        "1.00\u00d7 (1.00-1.01) |"
+    )
     assert "- the prerouting chain was the cost" in md
