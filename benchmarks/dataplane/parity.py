@@ -23,6 +23,7 @@ import functools
 import json
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
@@ -170,6 +171,10 @@ class Differences:
             saved = self.saved.pop((h.name, "inet"))
             h.exec(["nft", "-f", "-"], input=f"delete table inet shoal\n{saved}")
 
+    def agents(self, sig: signal.Signals) -> None:
+        for e in self.knobs.endpoints:
+            os.kill(int((e.host.state_dir / "agent.pid").read_text().strip()), sig)
+
     def raw_prerouting(self, on: bool) -> None:
         """The prerouting chain shoal had before issue 14 (priority raw: the same guards as
         input and forward have now, met by every packet), added back beside them."""
@@ -233,6 +238,11 @@ class Differences:
                 )
                 for chain in ("prerouting", "input", "forward")
             },
+            "agents-running": (
+                "shoal's agents left running during the runs (every other variant pauses them)",
+                functools.partial(self.agents, signal.SIGCONT),
+                functools.partial(self.agents, signal.SIGSTOP),
+            ),
             "raw-prerouting": (
                 "with the raw-priority prerouting chain of before (as on main until issue 14)",
                 lambda: self.raw_prerouting(True),
@@ -324,20 +334,19 @@ def measure_variants(
 
 
 def publish(result: Parity, docs: Path) -> None:
-    """Add `result` to the data-plane section of `docs`/benchmarks.json and render
-    benchmarks.md again from it (the charts stay as they are)."""
+    """Add `result` to the data-plane section of `docs`/benchmarks.json (the rest of the file
+    byte for byte as it was: others publish into it too) and render benchmarks.md again from
+    it (the charts stay as they are)."""
     path = docs / JSON_NAME
-    published = Results.model_validate_json(path.read_text())
-    section = published.sections.dataplane
-    if section.result is None:
+    data = json.loads(path.read_text())
+    dp = (data.get("sections", {}).get("dataplane") or {}).get("result")
+    if not isinstance(dp, dict):
         raise LabError(f"{path} has no data-plane result to add the decomposition to")
-    dp = section.result.model_copy(update={"parity": (*section.result.parity, result)})
-    sections = published.sections.model_copy(
-        update={"dataplane": section.model_copy(update={"result": dp})}
-    )
-    published = published.model_copy(update={"sections": sections})
-    path.write_text(published.model_dump_json(indent=2) + "\n")
-    images = {k: v for k, v in (("dataplane", DATAPLANE_PNG), ("scale", SCALE_PNG))}
+    dp["parity"] = [*dp.get("parity", []), result.model_dump(mode="json")]
+    text = json.dumps(data, indent=2) + "\n"
+    published = Results.model_validate_json(text)
+    path.write_text(text)
+    images = {"dataplane": DATAPLANE_PNG, "scale": SCALE_PNG}
     (docs / MD_NAME).write_text(render_markdown(published, images))
 
 
