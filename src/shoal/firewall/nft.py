@@ -30,7 +30,7 @@ replaces the table whole, atomically.
 
 Per-packet cost (issue 14): no prerouting chain. One at priority raw (the guards above, before
 conntrack) was the one part of shoal's path that cost measurable CPU against a hand-written
-setup (`python -m benchmarks.dataplane.parity`: about 3 % CPU per Gbit; the input and forward
+setup (`python -m benchmarks.dataplane.parity`: 3-6 % path CPU per Gbit; the input and forward
 chains, the bridge table and the extra FORWARD jump were within the noise), since every packet
 of the host meets it, the WireGuard underlay's included. Now a packet of an established mesh
 flow from shoal0 evaluates one interface match and one conntrack-state match in forward; from
