@@ -161,9 +161,13 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
     for name, status, reason in outcomes:
         print(f"{name}: {status}" + (f" ({reason})" if reason else ""))
     dp = sections.dataplane.result
-    ratio = dp.shoal_vs_handwg.ratios.tcp1_gbps if dp is not None else None
-    if ratio is not None:
-        print(f"shoal / hand-written WireGuard, TCP 1 stream: {ratio:.2f}x (target >= 0.95x)")
+    if dp is not None and dp.shoal_vs_handwg.ratios.tcp1_gbps is not None:
+        cmp = dp.shoal_vs_handwg
+        print(
+            f"shoal / hand-written WireGuard, TCP 1 stream: {cmp.ratios.tcp1_gbps:.2f}x "
+            f"(target >= {cmp.target_tcp}x), CPU per Gbit: {cmp.ratios.cpu_s_per_gbit or 0:.2f}x "
+            f"(target <= {cmp.target_cpu}x)"
+        )
     pol = sections.policy.result
     if pol is not None and pol.tcp1_ratio is not None:
         print(

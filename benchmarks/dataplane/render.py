@@ -3,11 +3,13 @@ where shoal is behind and why (from this run's figures), the tuning table and a 
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from benchmarks.dataplane.results import (
     Comparison,
     DataplaneResult,
+    Parity,
     SystemResult,
     Tuning,
     TuningVariant,
@@ -84,10 +86,10 @@ def render_markdown(dp: DataplaneResult, image: str | None = None) -> list[str]:
         met = "met" if cmp.meets_target else "NOT met"
         out.append(
             f"**shoal ÷ hand-written WireGuard** (same wireguard-go binary): TCP 1 stream "
-            f"**{ratio(r1.tcp1_gbps)}**, 4 streams {ratio(r1.tcp4_gbps)} "
-            f"(target ≥ {cmp.target_tcp:.2f}\u00d7: {met}); RTT avg "
-            f"{ratio(r1.rtt_avg_ms)}, CPU per Gbit "
-            f"{ratio(r1.cpu_s_per_gbit)} (below 1 = shoal lower)."
+            f"**{ratio(r1.tcp1_gbps)}**, 4 streams "
+            f"{ratio(r1.tcp4_gbps)}, CPU per Gbit **{ratio(r1.cpu_s_per_gbit)}** (below 1 = "
+            f"shoal lower; targets ≥ {cmp.target_tcp:.2f}\u00d7 throughput and ≤ "
+            f"{cmp.target_cpu:.2f}\u00d7 CPU per Gbit: {met}); RTT avg {ratio(r1.rtt_avg_ms)}."
         )
     else:
         out.append("shoal ÷ hand-written WireGuard: not available (one of the two did not run).")
@@ -100,6 +102,69 @@ def render_markdown(dp: DataplaneResult, image: str | None = None) -> list[str]:
         out += ["", "Notes from the run:", *notes]
     out += ["", "### Tuning shoal by hand", ""]
     out += _tuning_md(dp.tuning)
+    if dp.parity:
+        out += ["", "### Where the difference went", "", *_parity_intro()]
+        for run in dp.parity:
+            out += ["", *parity_md(run)]
+    return out
+
+
+def _parity_intro() -> list[str]:
+    return [
+        "shoal against the minimal hand-written recipe (containers on docker0, AllowedIPs = "
+        "peer IP + its Docker subnet, a route per subnet, one ACCEPT in DOCKER-USER and a NAT "
+        "exemption), each in a fresh 2-host lab. Each variant takes one of shoal's per-packet "
+        "differences away on the running shoal lab (agents paused, reverted after each run) and "
+        "is measured against the hand-written lab in A B B A rounds (B A A B every other "
+        "round), iperf3 TCP 1 stream. \u00d7 = median over rounds of the variant's runs "
+        "\u00f7 the hand-written runs (range in brackets). Machine CPU = busy CPU seconds of "
+        "the whole machine (/proc/stat) per Gbit: on this shared machine it carries everyone "
+        "else's load. Path CPU = CPU seconds per Gbit of the processes that do the per-packet "
+        "work (both iperf3, both wireguard-go, ksoftirqd: softirq runs in their context), the "
+        "quieter figure; a difference is real when its range stays off 1.00."
+    ]
+
+
+def _span(values: tuple[float, ...]) -> str:
+    if not values:
+        return "—"
+    return f"{ratio(statistics.median(values))} ({min(values):.2f}-{max(values):.2f})"
+
+
+def parity_md(run: Parity) -> list[str]:
+    how = f"iperf3 -b {run.rate}" if run.rate else "unlimited rate"
+    out = [
+        f"**{run.label}** ({run.generated}; `{run.command}`: {run.rounds} rounds x "
+        f"{run.seconds} s, {how}):",
+        "",
+    ]
+    rows = [
+        [
+            v.variant,
+            v.description,
+            num(statistics.median(v.hand_mbps), 0),
+            num(statistics.median(v.variant_mbps), 0),
+            _span(v.throughput_ratios),
+            _span(v.machine_cpu_ratios),
+            _span(v.path_cpu_ratios),
+        ]
+        for v in run.variants
+    ]
+    out += table(
+        [
+            "variant",
+            "what",
+            "hand Mbit/s",
+            "variant Mbit/s",
+            "\u00d7 throughput",
+            "\u00d7 machine CPU/Gbit",
+            "\u00d7 path CPU/Gbit",
+        ],
+        rows,
+        "llrrrrr",
+    )
+    if run.notes:
+        out += ["", *(f"- {note}" for note in run.notes)]
     return out
 
 
@@ -144,10 +209,11 @@ def _explanations(systems: dict[str, SystemResult], cmp: Comparison) -> list[str
             out.append(
                 f"- **vs hand-written WireGuard**: {ratio(r)} on one stream, below the "
                 f"{cmp.target_tcp:.2f}\u00d7 target in this run. Both use the same wireguard-go "
-                "binary and MTU 1420 on the tunnel; shoal adds iptables chains (forward accept, "
-                "NAT exemption, MSS clamp) that the packets traverse. On this shared 2-core "
-                "machine a difference this size is within run-to-run noise unless it repeats: "
-                "see the tuning table for repeated measurements of shoal's default."
+                "binary and MTU 1420 on the tunnel; what shoal's path adds per packet (its "
+                "nftables hooks, the anti-spoofing bridge table, one more jump in FORWARD) was "
+                "measured one difference at a time under 'Where the difference went' "
+                "(`python -m benchmarks.dataplane.parity`). On this shared 2-core machine a "
+                "difference this size is within run-to-run noise unless it repeats."
             )
     handwg = systems.get("handwg")
     first_shoal = shoal.first_packet_ms if shoal is not None else None

@@ -74,9 +74,9 @@ def _start(name: str, run_id: str) -> Running:
 
 def _measure_all(live: list[Running], runs: int, seconds: int, ping_count: int) -> None:
     """First packet first (each system before any other traffic of its own), then latency and
-    throughput, each interleaved across systems so the shared machine's background load hits
-    all alike. Pings measured one system after the other differed by 20 % between shoal and
-    hand-written WireGuard; interleaved, by 0-3 %."""
+    throughput, each interleaved across systems (throughput runs in A B C, C B A order) so the
+    shared machine's background load hits all alike. Pings measured one system after the
+    other differed by 20 % between shoal and hand-written WireGuard; interleaved, by 0-3 %."""
     for sysrun in live:
         if sysrun.setup is None:
             continue
@@ -101,7 +101,9 @@ def _measure_all(live: list[Running], runs: int, seconds: int, ping_count: int) 
             m.pings_sent += count
     for streams in (1, 4):
         for i in range(runs):
-            for sysrun in live:
+            # A B C, then C B A: every pair of systems meets in A B B A order, so a load that
+            # drifts during a round hits both alike.
+            for sysrun in live if i % 2 == 0 else live[::-1]:
                 if sysrun.setup is None:
                     continue
                 st, m = sysrun.setup, sysrun.measured

@@ -113,8 +113,11 @@ def setup_baseline(lab: Lab) -> Setup:
 
 
 def setup_handwg(lab: Lab) -> Setup:
-    """The blog recipe: a wireguard-go interface per host, keys from `wg genkey`, AllowedIPs =
-    peer's WireGuard IP + peer's Docker subnet, `ip route add <peer subnet> dev wg0`."""
+    """The minimal hand-written recipe, and nothing else: a wireguard-go interface per host,
+    keys from `wg genkey`, AllowedIPs = peer's WireGuard IP + peer's Docker subnet, `ip route
+    add <peer subnet> dev wg0`, containers on the default bridge (docker0, MTU 1500), one ACCEPT
+    in DOCKER-USER and one NAT exemption (`exempt_from_docker_firewall`). No nft table, no
+    MSS clamp, no keepalive: per packet, FORWARD's jump to DOCKER-USER and one rule there."""
     h1, h2 = lab.host("h1"), lab.host("h2")
     pub: dict[str, str] = {}
     for host in (h1, h2):

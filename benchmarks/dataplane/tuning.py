@@ -48,7 +48,7 @@ class ShoalKnobs:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
-    def _veths(self, host: LabHost) -> list[str]:
+    def veths(self, host: LabHost) -> list[str]:
         out = host.exec(["ip", "-j", "link", "show", "master", SHOAL_BRIDGE]).stdout
         return [link["ifname"] for link in json.loads(out or "[]")]
 
@@ -66,7 +66,7 @@ class ShoalKnobs:
                     + (["proto", str(route["protocol"])] if "protocol" in route else [])
                 )
             run(netns(e.pid, ["ip", "link", "set", "eth0", "mtu", str(mtu)]))
-            for veth in self._veths(h):
+            for veth in self.veths(h):
                 h.exec(["ip", "link", "set", veth, "mtu", str(mtu)])
             h.exec(["ip", "link", "set", SHOAL_BRIDGE, "mtu", str(mtu)])
 
@@ -100,7 +100,7 @@ class ShoalKnobs:
             if where == "container":
                 run(netns(e.pid, ["ethtool", "-K", "eth0", *args]), check=False)
             else:
-                for dev in (SHOAL_IF, SHOAL_BRIDGE, *self._veths(e.host)):
+                for dev in (SHOAL_IF, SHOAL_BRIDGE, *self.veths(e.host)):
                     e.host.exec(["ethtool", "-K", dev, *args], check=False)
 
     def offloads(self) -> dict[str, str]:

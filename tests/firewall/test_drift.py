@@ -20,7 +20,7 @@ def test_drift_is_empty_once_applied_and_names_what_was_broken(netns: NetnsFacto
     assert ns.run(lambda: firewall.apply(CFG)) is True
     assert ns.run(lambda: drift(CFG)) == Drift(table=(), docker=())
 
-    ns.sh("nft", "flush", "chain", "inet", "shoal", "prerouting")
+    ns.sh("nft", "flush", "chain", "inet", "shoal", "input")
     ns.sh("iptables", "-D", "DOCKER-USER", "-j", "SHOAL-FORWARD")
     broken = ns.run(lambda: drift(CFG))
     assert broken.table and all(line.startswith("firewall: inet shoal + ") for line in broken.table)

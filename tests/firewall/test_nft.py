@@ -33,7 +33,7 @@ def test_render_follows_the_config() -> None:
     )
     text = nft.render(other)
     assert "elements = { 10.9.0.0/16, 100.100.0.0/16 }" in text
-    assert '"wg9" : accept, "br-x" : goto from_containers' in text
+    assert '"wg9" : jump from_mesh, "br-x" : goto from_containers' in text
     assert "ip saddr != 10.9.3.2-10.9.3.254 drop" in text
     assert 'iifname "wg9" oifname != "br-x" drop' in text
     assert "shoal0" not in text and "10.42." not in text
@@ -79,7 +79,7 @@ def test_apply_loads_converges_and_repairs(netns: NetnsFactory) -> None:
     assert ns.run(lambda: firewall.apply(CFG)) is False
 
     # Someone flushed a chain, then the whole ruleset: each time the next apply restores it.
-    ns.sh("nft", "flush", "chain", "inet", "shoal", "prerouting")
+    ns.sh("nft", "flush", "chain", "inet", "shoal", "input")
     assert ns.run(lambda: firewall.apply(CFG)) is True
     assert nft.canonical(listing(ns)) == nft.canonical(GOLDEN.read_text())
     ns.sh("nft", "flush", "ruleset")

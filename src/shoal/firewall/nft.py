@@ -6,20 +6,20 @@ the others decided, and a drop anywhere is final: so these drops hold whatever o
 take against Docker's iptables(-nft) chains, and an accept here never opens anything Docker
 closes.
 
-    prerouting (priority raw, before conntrack and Docker's DNAT, so the destination is the
-    one the sender chose and a dropped packet never costs a conntrack entry):
-        shoal0     accept: WireGuard already bound the source to the peer's key
-        lo         accept: this host's own stack talking to itself
-        shoal-br0  goto from_containers: nothing leaves the bridge from outside this host's
-                   container range (each container is held to its own address before,
-                   on its bridge port: `firewall.antispoof`'s `bridge shoal` table)
-        any other  a destination in the container or mesh pool is dropped: the underlay
-                   (or another Docker bridge) never reaches the mesh in plaintext
-    input: traffic to this host from shoal0 takes replies and ICMP only; the host's own
-        services (a server on 0.0.0.0, the DNS responder) are closed to the mesh
-    forward: established flows end the chain at the first rule; from shoal0 a packet may
-        only go into the shoal bridge (not to Docker-published ports of other bridges, not
-        back out); outgoing SYNs to shoal0 get their MSS clamped to the route's MTU
+    input: lo accepted; from shoal0, `from_mesh`: replies and ICMP only, the host's own
+        services (a server on 0.0.0.0, the DNS responder) closed to the mesh; from shoal-br0,
+        `from_containers`; from any other interface a destination in the container or mesh
+        pool is dropped: the underlay (or another Docker bridge) never reaches the mesh in
+        plaintext
+    forward: anything not from shoal0 first: from shoal-br0, `from_containers` (nothing
+        leaves the bridge from outside this host's container range; each container is held
+        to its own address before, on its bridge port: `firewall.antispoof`'s `bridge shoal`
+        table); from any other interface, a flow whose first packet went to a pool address
+        (`ct original`: before Docker's DNAT, and not the container a masqueraded flow's
+        reply goes to) is dropped, as is an untracked or invalid packet to one. Then
+        established flows end the chain; from shoal0 a packet may only go into the shoal
+        bridge (not to Docker-published ports of other bridges, not back out); outgoing SYNs
+        to shoal0 get their MSS clamped to the route's MTU
     mesh_policy (only with a policy): new flows from shoal0 to this host or its containers,
         one statement per rule matching two address sets (`p<N>_src`, `p<N>_dst`), then
         drop; flows a policy change denies are cut in conntrack (`firewall.conntrack`)
@@ -28,9 +28,13 @@ A container starting or stopping changes set elements only, and only those are l
 (`element_patch`: flush and refill the sets that differ, one transaction); anything else
 replaces the table whole, atomically.
 
-Per-packet cost (issue 14): an established container flow evaluates one vmap lookup in
-prerouting (plus the range check when it comes from the bridge) and one conntrack-state match
-in forward; underlay packets a vmap miss and one interval-set lookup.
+Per-packet cost (issue 14): no prerouting chain. One at priority raw (the guards above, before
+conntrack) was the one part of shoal's path that cost measurable CPU against a hand-written
+setup (`python -m benchmarks.dataplane.parity`: 3-6 % path CPU per Gbit; the input and forward
+chains, the bridge table and the extra FORWARD jump were within the noise), since every packet
+of the host meets it, the WireGuard underlay's included. Now a packet of an established mesh
+flow from shoal0 evaluates one interface match and one conntrack-state match in forward; from
+the bridge, the range check too; an underlay packet one vmap miss and one set lookup in input.
 """
 
 from __future__ import annotations
@@ -67,12 +71,10 @@ def render(cfg: FirewallConfig) -> str:
         "\t}",
         *(_policy_sets(cfg.policy) if cfg.policy is not None else ()),
         "",
-        "\tchain prerouting {",
-        "\t\ttype filter hook prerouting priority raw; policy accept;",
-        *_prerouting_and_containers(cfg),
         "\tchain input {",
         "\t\ttype filter hook input priority filter; policy accept;",
-        f'\t\tiifname "{mesh}" jump from_mesh',
+        f"\t\tiifname vmap {{ {_input_verdicts(cfg)} }}",
+        f"\t\tip daddr @{POOLS_SET} drop",
         "\t}",
         "",
         "\tchain from_mesh {",
@@ -84,6 +86,7 @@ def render(cfg: FirewallConfig) -> str:
         "",
         "\tchain forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
+        f'\t\tiifname != "{mesh}" jump from_host_side',
         "\t\tct state established,related accept",
         *route_forwarding(cfg),
         f'\t\tiifname "{mesh}" oifname != "{bridge}" drop',
@@ -101,35 +104,38 @@ def render(cfg: FirewallConfig) -> str:
         # Outgoing SYNs are enough: each host clamps its own side of every connection.
         f'\t\toifname "{mesh}" tcp flags syn / syn,rst tcp option maxseg size set rt mtu',
         "\t}",
+        "",
+        "\tchain from_host_side {",
+        *((f'\t\tiifname "{bridge}" goto from_containers',) if cfg.local_subnet else ()),
+        # The destination its flow's first packet had: before Docker's DNAT to a container's
+        # published port, and not the container a reply to its masqueraded traffic goes to.
+        f"\t\tct original ip daddr @{POOLS_SET} drop",
+        f"\t\tct state invalid,untracked ip daddr @{POOLS_SET} drop",
+        "\t}",
+        *_from_containers(cfg),
         *(_policy_chain(cfg.policy) if cfg.policy is not None else ()),
         "}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def _prerouting_and_containers(cfg: FirewallConfig) -> list[str]:
-    """The prerouting vmap (with the bridge's anti-spoofing chain on a Docker host; a host
-    without Docker has no bridge) and the pools' drop for every other interface."""
-    mesh, bridge = cfg.mesh_interface, cfg.bridge
+def _input_verdicts(cfg: FirewallConfig) -> str:
+    """The input vmap's elements: the mesh to `from_mesh`, this host's own stack accepted,
+    (on a Docker host) its containers held to their range; any other interface goes on to the
+    pools' drop."""
+    verdicts = [("lo", "accept"), (cfg.mesh_interface, "jump from_mesh")]
+    if cfg.local_subnet is not None:
+        verdicts.append((cfg.bridge, "goto from_containers"))
+    return ", ".join(f'"{name}" : {verdict}' for name, verdict in verdicts)
+
+
+def _from_containers(cfg: FirewallConfig) -> list[str]:
+    """Nothing leaves the bridge from outside this host's container range (a host without
+    Docker has no bridge)."""
     if cfg.local_subnet is None:
-        return [
-            f'\t\tiifname vmap {{ "lo" : accept, "{mesh}" : accept }}',
-            f"\t\tip daddr @{POOLS_SET} drop",
-            "\t}",
-            "",
-        ]
+        return []
     first, last = container_sources(cfg.local_subnet)
-    return [
-        f'\t\tiifname vmap {{ "lo" : accept, "{mesh}" : accept,'
-        f' "{bridge}" : goto from_containers }}',
-        f"\t\tip daddr @{POOLS_SET} drop",
-        "\t}",
-        "",
-        "\tchain from_containers {",
-        f"\t\tip saddr != {first}-{last} drop",
-        "\t}",
-        "",
-    ]
+    return ["", "\tchain from_containers {", f"\t\tip saddr != {first}-{last} drop", "\t}"]
 
 
 def host_services_verdict(cfg: FirewallConfig) -> str:
