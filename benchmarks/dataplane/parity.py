@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.dataplane.probes import PORT, Endpoint, cpu_busy_seconds, netns
+from benchmarks.dataplane.probes import PORT, Endpoint, cpu_busy_seconds, iperf_server, netns
 from benchmarks.dataplane.render import parity_md
 from benchmarks.dataplane.results import Parity, ParityVariant
 from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF, Setup, setup_handwg, setup_shoal
@@ -41,7 +41,7 @@ from benchmarks.log import progress
 from benchmarks.report import DATAPLANE_PNG, JSON_NAME, MD_NAME, SCALE_PNG, render_markdown
 from benchmarks.results import Results
 from shoal.lab import Lab, LabError, LabHost
-from shoal.lab.lab import listening, run
+from shoal.lab.lab import run
 
 TICK = os.sysconf("SC_CLK_TCK")
 MESH_POOL = "10.42.0.0/16"
@@ -106,17 +106,7 @@ def iperf_path(
     client: Endpoint, server: Endpoint, wg: Sequence[int], seconds: int, rate: str | None
 ) -> Run:
     """One iperf3 TCP run client → server with the machine's and the path's CPU time."""
-    srv = subprocess.Popen(
-        netns(server.pid, ["iperf3", "-s", "-1", "-p", str(PORT)]),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 10
-    while not listening(server.pid, PORT):
-        if srv.poll() is not None or time.monotonic() > deadline:
-            raise LabError(f"iperf3 server in {server.container} did not start")
-        time.sleep(0.02)
+    srv = iperf_server(server)
     argv = ["iperf3", "-c", str(server.ip), "-p", str(PORT), "-t", str(seconds), "-J"]
     argv += ["-b", rate] if rate else []
     soft = _pids(lambda p: (p / "comm").read_text().startswith("ksoftirqd"))

@@ -66,8 +66,8 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
             proc.wait(timeout=5)
 
 
-def iperf(client: Endpoint, server: Endpoint, seconds: int, streams: int = 1) -> IperfRun:
-    """One iperf3 TCP run client → server (server `-s -1` in the server container's netns)."""
+def iperf_server(server: Endpoint) -> subprocess.Popen[bytes]:
+    """A one-shot iperf3 server (`-s -1`) in the server container's netns, once it listens."""
     srv = subprocess.Popen(
         netns(server.pid, ["iperf3", "-s", "-1", "-p", str(PORT)]),
         stdin=subprocess.DEVNULL,
@@ -75,12 +75,19 @@ def iperf(client: Endpoint, server: Endpoint, seconds: int, streams: int = 1) ->
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    deadline = time.monotonic() + 10
+    while not listening(server.pid, PORT):
+        if srv.poll() is not None or time.monotonic() > deadline:
+            _stop(srv)
+            raise LabError(f"iperf3 server in {server.container} did not start")
+        time.sleep(0.02)
+    return srv
+
+
+def iperf(client: Endpoint, server: Endpoint, seconds: int, streams: int = 1) -> IperfRun:
+    """One iperf3 TCP run client → server (server `-s -1` in the server container's netns)."""
+    srv = iperf_server(server)
     try:
-        deadline = time.monotonic() + 10
-        while not listening(server.pid, PORT):
-            if srv.poll() is not None or time.monotonic() > deadline:
-                raise LabError(f"iperf3 server in {server.container} did not start")
-            time.sleep(0.02)
         argv = ["iperf3", "-c", str(server.ip), "-p", str(PORT), "-t", str(seconds), "-J"]
         if streams > 1:
             argv += ["-P", str(streams)]

@@ -227,10 +227,7 @@ class ControlClient:
                     URL(base + target, encoded=True), headers=headers, timeout=timeout
                 )
             except aiohttp.ClientConnectorCertificateError as exc:
-                raise FingerprintMismatch(
-                    f"server at {base} presented a certificate not signed by the pinned "
-                    f"CA: {exc.certificate_error}"
-                ) from exc
+                raise _unpinned(base, exc) from exc
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 failures.append(
                     ControlUnreachable(f"cannot reach server at {base}: {_describe(exc)}")
@@ -477,10 +474,7 @@ class ControlClient:
                 status = resp.status
                 self._follow_clock(resp.headers.get("Date"))
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise FingerprintMismatch(
-                f"server at {base} presented a certificate not signed by the pinned "
-                f"CA: {exc.certificate_error}"
-            ) from exc
+            raise _unpinned(base, exc) from exc
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ControlUnreachable(f"cannot reach server at {base}: {_describe(exc)}") from exc
         return status, raw
@@ -589,3 +583,10 @@ def _describe(exc: BaseException) -> str:
         return "timed out"
     text = str(exc) or type(exc).__name__
     return text.splitlines()[0]
+
+
+def _unpinned(base: str, exc: aiohttp.ClientConnectorCertificateError) -> FingerprintMismatch:
+    return FingerprintMismatch(
+        f"server at {base} presented a certificate not signed by the pinned CA: "
+        f"{exc.certificate_error}"
+    )
