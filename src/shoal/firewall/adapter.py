@@ -15,10 +15,14 @@ from shoal.plan.hostconfig import FirewallConfig
 
 async def apply(cfg: FirewallConfig) -> bool:
     """Converge both to `cfg`; False when both already matched."""
-    # iptables is read while the tables load (a join waits for the firewall: ~40 ms less);
-    # only its write must come after them.
-    loaded, live = await asyncio.gather(nftables.apply(cfg), iptables.live_ruleset())
-    changed = await iptables.apply(cfg, live) or loaded.changed
+    if iptables.needed(cfg):
+        # iptables is read while the tables load (a join waits for the firewall: ~40 ms
+        # less); only its write must come after them.
+        loaded, live = await asyncio.gather(nftables.apply(cfg), iptables.live_ruleset())
+        changed = await iptables.apply(cfg, live) or loaded.changed
+    else:
+        loaded = await nftables.apply(cfg)
+        changed = loaded.changed
     if loaded.changed and (cfg.policy is not None or loaded.replaced_policy):
         # Established flows skip the policy: the ones it denies now (a policy removed
         # included: hosts' services close again) are cut here.

@@ -23,5 +23,5 @@ async def drift(cfg: FirewallConfig) -> Drift:
     table = nft.changes(cfg, await nftables.live_table())
     bridge = antispoof.render(await nftables.bindings(cfg))
     table += nft.diff(antispoof.FAMILY, await nftables.live_table(antispoof.FAMILY), bridge)
-    docker = rules.changes(cfg, await iptables.live_ruleset())
+    docker = rules.changes(cfg, await iptables.live_ruleset()) if iptables.needed(cfg) else []
     return Drift(table=tuple(table), docker=tuple(docker))

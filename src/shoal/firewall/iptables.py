@@ -27,6 +27,18 @@ SAVE = "iptables-save"
 RESTORE = "iptables-restore"
 
 
+def installed() -> bool:
+    return shutil.which(SAVE) is not None and shutil.which(RESTORE) is not None
+
+
+def needed(cfg: FirewallConfig) -> bool:
+    """Whether `cfg` needs iptables: for Docker's FORWARD policy and NAT (a container subnet)
+    or a subnet route's masquerade. A host with neither (a laptop, a VM with a native
+    database) has nothing there, and Debian installs nftables but not iptables: shoal does
+    without it where it is missing, and writes its chains as on any host where it is not."""
+    return cfg.local_subnet is not None or bool(cfg.subnet_routes) or installed()
+
+
 async def _run(argv: list[str], stdin: str | None = None) -> str:
     if shutil.which(argv[0]) is None:
         raise IptablesMissing(argv[0])
@@ -69,7 +81,9 @@ async def apply(cfg: FirewallConfig, live: Ruleset | None = None) -> bool:
 
 
 async def teardown() -> bool:
-    """Remove shoal's jumps and chains; False when there were none."""
+    """Remove shoal's jumps and chains; False when there were none (or no iptables)."""
+    if not installed():
+        return False  # nothing of shoal's can be there: it could not have written it
     script = teardown_script(await live_ruleset())
     if script is None:
         return False

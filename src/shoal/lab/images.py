@@ -135,8 +135,8 @@ EXAMPLES = Rootfs(
 )
 # What `shoal sidecar` runs in a container (examples/sidecar/Dockerfile installs the same):
 # wireguard-go where the host's kernel has no WireGuard, `wg` to look at it, `ip` and `nft` to
-# look at the rest, iptables (the agent's firewall reads iptables-save, Docker or not: without
-# it the first configuration fails); python3-venv for the virtualenv (not its ensurepip).
+# look at the rest (no iptables: a host without Docker or subnet routes needs only nft);
+# python3-venv for the virtualenv (not its ensurepip).
 SIDECAR = Rootfs(
     packages=(
         "python3",
@@ -145,7 +145,6 @@ SIDECAR = Rootfs(
         "wireguard-tools",
         "iproute2",
         "nftables",
-        "iptables",
     ),
     python=True,
 )
