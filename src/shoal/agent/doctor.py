@@ -705,29 +705,24 @@ def _check_relayed(me: Node, peer: Node, relay: Endpoint, seen: str, reach: Reac
         else f"{peer.name} advertises no UDP endpoint (UDP is blocked at {blocked})"
     )
     allow = f"allow inbound UDP {port} from the network at {blocked}"
-    where = f"relayed via tcp relay {relay}"
-    if reach.rtt_ms is not None:
-        return Check(
-            code="peer",
-            subject=peer.name,
-            verdict=Verdict.WARN,
-            summary=f"{seen}, {where}, {peer.mesh_ip} answers in {reach.rtt_ms:.1f} ms",
-            cause=f"{no_direct}: WireGuard packets to {peer.name} go through the TCP relay "
+    got = _came_back(reach)
+    return _relayed_verdict(
+        peer,
+        f"{seen}, relayed via tcp relay {relay}",
+        reach,
+        answers=(
+            f"{no_direct}: WireGuard packets to {peer.name} go through the TCP relay "
             f"at {relay} instead (more latency, less throughput)",
-            fix=f"{allow} for a direct path; `shoal netcheck` there shows what UDP gets through",
-        )
-    got = "nothing" if reach.rx_delta == 0 else f"{reach.rx_delta} bytes"
-    return Check(
-        code="peer",
-        subject=peer.name,
-        verdict=Verdict.FAIL,
-        summary=f"{seen}, {where}, {peer.mesh_ip} does not answer",
-        cause=f"{no_direct}, and the relayed path fails too: {got} came back through the TCP "
-        f"relay at {relay} (a host cannot reach TCP {relay.port} at {relay.host}, an agent "
-        f"is not connected to the relay, or a firewall drops the relay's datagrams to "
-        f"WireGuard on loopback)",
-        fix=f"run `shoal doctor` and `shoal netcheck` on {peer.name} and here; {allow}; "
-        f"never drop UDP {port} on the loopback interface",
+            f"{allow} for a direct path; `shoal netcheck` there shows what UDP gets through",
+        ),
+        silent=(
+            f"{no_direct}, and the relayed path fails too: {got} came back through the TCP "
+            f"relay at {relay} (a host cannot reach TCP {relay.port} at {relay.host}, an agent "
+            f"is not connected to the relay, or a firewall drops the relay's datagrams to "
+            f"WireGuard on loopback)",
+            f"run `shoal doctor` and `shoal netcheck` on {peer.name} and here; {allow}; "
+            f"never drop UDP {port} on the loopback interface",
+        ),
     )
 
 
@@ -746,27 +741,44 @@ def _check_udp_relayed(
         fix = (
             f"allow UDP between this host and {peer.name}'s endpoints; run `shoal netcheck` on both"
         )
-    where = f"relayed via the server's udp relay {relay}"
-    if reach.rtt_ms is not None:
-        return Check(
-            code="peer",
-            subject=peer.name,
-            verdict=Verdict.WARN,
-            summary=f"{seen}, {where}, {peer.mesh_ip} answers in {reach.rtt_ms:.1f} ms",
-            cause=f"{no_direct}: WireGuard packets to {peer.name} go through the server's UDP "
+    got = _came_back(reach)
+    return _relayed_verdict(
+        peer,
+        f"{seen}, relayed via the server's udp relay {relay}",
+        reach,
+        answers=(
+            f"{no_direct}: WireGuard packets to {peer.name} go through the server's UDP "
             f"relay at {relay} instead (more latency, and the server carries the traffic)",
-            fix=fix,
-        )
-    got = "nothing" if reach.rx_delta == 0 else f"{reach.rx_delta} bytes"
+            fix,
+        ),
+        silent=(
+            f"{no_direct}, and the relayed path fails too: {got} came back through the "
+            f"server's UDP relay at {relay} (UDP {relay.port} to {relay.host} is blocked on the "
+            "way, or the server restarted and the pair's relay port is stale)",
+            f"allow UDP to {relay.host} from both hosts; run `shoal doctor` on {peer.name}",
+        ),
+    )
+
+
+def _came_back(reach: Reach) -> str:
+    return "nothing" if reach.rx_delta == 0 else f"{reach.rx_delta} bytes"
+
+
+def _relayed_verdict(
+    peer: Node, where: str, reach: Reach, answers: tuple[str, str], silent: tuple[str, str]
+) -> Check:
+    """A relayed peer's check: a warning with `answers` (cause, fix) while it answers over
+    the relay, a failure with `silent` when it does not."""
+    answered = reach.rtt_ms is not None
+    cause, fix = answers if answered else silent
     return Check(
         code="peer",
         subject=peer.name,
-        verdict=Verdict.FAIL,
-        summary=f"{seen}, {where}, {peer.mesh_ip} does not answer",
-        cause=f"{no_direct}, and the relayed path fails too: {got} came back through the "
-        f"server's UDP relay at {relay} (UDP {relay.port} to {relay.host} is blocked on the "
-        "way, or the server restarted and the pair's relay port is stale)",
-        fix=f"allow UDP to {relay.host} from both hosts; run `shoal doctor` on {peer.name}",
+        verdict=Verdict.WARN if answered else Verdict.FAIL,
+        summary=f"{where}, {peer.mesh_ip} "
+        + (f"answers in {reach.rtt_ms:.1f} ms" if reach.rtt_ms is not None else "does not answer"),
+        cause=cause,
+        fix=fix,
     )
 
 
