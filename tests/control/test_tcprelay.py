@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
+from shoal.control import tcprelay
 from shoal.control.ca import load_or_create_ca
 from shoal.control.config import parse_relay_spec
 from shoal.control.errors import ServerConfigError
@@ -170,18 +171,22 @@ async def test_a_peer_reaching_us_first_gets_its_own_endpoint(mesh: Mesh) -> Non
         await stop(a, b)
 
 
+async def first_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    frames = FrameBuffer()
+    while True:
+        data = await asyncio.wait_for(reader.read(4096), 5)
+        assert data, "closed without an answer"
+        frames.free()[: len(data)] = data
+        for kind, start, stop in frames.received(len(data)):
+            return kind, bytes(frames.data[start:stop])
+
+
 async def hello_answer(mesh: Mesh, header: str) -> tuple[int, bytes]:
     ctx = ssl_context(mesh.ca_pem)
     reader, writer = await asyncio.open_connection(str(mesh.target.host), mesh.target.port, ssl=ctx)
     writer.write(frame(HELLO, header.encode()))
-    frames = FrameBuffer()
     try:
-        while True:
-            data = await asyncio.wait_for(reader.read(4096), 5)
-            assert data, "closed without an answer"
-            frames.free()[: len(data)] = data
-            for kind, start, stop in frames.received(len(data)):
-                return kind, bytes(frames.data[start:stop])
+        return await first_frame(reader)
     finally:
         writer.close()
 
@@ -343,3 +348,45 @@ async def test_a_hostile_frame_in_a_session_ends_the_stream(mesh: Mesh, hostile:
         assert mesh.relay.connected() == ()
     finally:
         writer.close()
+
+
+async def test_a_hello_larger_than_a_signature_is_refused_unread(mesh: Mesh) -> None:
+    """Until its key is proven a stream holds a few KiB, not a receive buffer: a "hello" of
+    60 KiB is refused from its header."""
+    ctx = ssl_context(mesh.ca_pem)
+    reader, writer = await asyncio.open_connection(str(mesh.target.host), mesh.target.port, ssl=ctx)
+    try:
+        writer.write(frame(HELLO, bytes(60_000)))
+        kind, why = await first_frame(reader)
+        assert kind == ERROR and b"a hello of 60000 bytes" in why
+        assert mesh.relay.unproven() == 0
+    finally:
+        writer.close()
+
+
+async def test_one_address_holding_streams_without_a_hello_cannot_use_up_the_relay(
+    mesh: Mesh, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tcprelay, "MAX_UNPROVEN_PER_SOURCE", 3)
+    ctx = ssl_context(mesh.ca_pem)
+    host, port = str(mesh.target.host), mesh.target.port
+    idle = [await asyncio.open_connection(host, port, ssl=ctx) for _ in range(3)]
+    try:
+        await until("three unproven streams", lambda: mesh.relay.unproven() == 3)
+        reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+        kind, why = await first_frame(reader)
+        assert kind == ERROR and b"too many streams without a proven key" in why
+        writer.close()
+    finally:
+        for _, w in idle:
+            w.close()
+    await until("their slots freed", lambda: mesh.relay.unproven() == 0)
+    # A node's stream is let in again, and proves its key as before.
+    a, b = start_host(mesh), start_host(mesh)
+    try:
+        b.client.local(PrivateKey.generate().public_key(), mesh.target)
+        a.client.local(b.key.public_key(), mesh.target)
+        await until("both connected", lambda: both_connected(mesh, a, b))
+        assert mesh.relay.unproven() == 0
+    finally:
+        await stop(a, b)

@@ -16,6 +16,11 @@ sent in one event loop turn is written at once (one TLS write). A destination wh
 backs up beyond MAX_QUEUED bytes loses datagrams instead of growing the relay's memory: the
 same as a full queue on a UDP path (a run is checked as a whole, so a stream's queue exceeds
 MAX_QUEUED by at most one receive buffer).
+
+Before its key is proven a stream costs little and cannot multiply: TLS must finish within
+HANDSHAKE_TIMEOUT and the hello within HELLO_TIMEOUT, the hello is read into HELLO_BYTES (the
+receive buffer comes with the proof), and at most MAX_UNPROVEN such streams are held, of
+them MAX_UNPROVEN_PER_SOURCE from one address.
 """
 
 from __future__ import annotations
@@ -49,6 +54,12 @@ from shoal.model.relaywire import (
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 10.0  # seconds a new stream has to prove its key
+HANDSHAKE_TIMEOUT = 10.0  # seconds a new connection has to finish its TLS handshake
+# A HELLO frame (header included) is one signature header, a few hundred bytes: a stream holds
+# this much until its key is proven, and the receive buffer only then.
+HELLO_BYTES = 4096
+MAX_UNPROVEN = 1024  # streams past TLS whose key is not proven yet, in all
+MAX_UNPROVEN_PER_SOURCE = 16  # of those, from one address
 MAX_QUEUED = 1 << 20  # bytes waiting for one destination before its datagrams are dropped
 MAX_STREAMS = 10_000
 
@@ -69,7 +80,12 @@ class _Stream(asyncio.BufferedProtocol):
         self.relay = relay
         self.key: bytes | None = None  # the node's raw public key once proven
         self.transport: asyncio.Transport | None = None
-        self.frames = FrameBuffer()
+        self.source: str | None = None  # the peer's address while it counts as unproven
+        # Until the key is proven only the hello is read, into a small buffer; a node's
+        # stream gets its receive buffer once it is one.
+        self.hello_buf = bytearray(HELLO_BYTES)
+        self.hello_filled = 0
+        self.frames: FrameBuffer | None = None
         self.out: list[bytes] = []
         self.queued = 0  # bytes in `out`
         self.hello_timer: asyncio.TimerHandle | None = None
@@ -83,26 +99,51 @@ class _Stream(asyncio.BufferedProtocol):
         if sock is not None:
             # Datagrams are small and latency-bound: never wait to coalesce them.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        if not self.relay.admit(source):
+            self.refuse(f"too many streams without a proven key (from {source}, or in all)")
+            return
+        self.source = source
         loop = asyncio.get_running_loop()
         self.hello_timer = loop.call_later(HELLO_TIMEOUT, self.refuse, "no hello in time")
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.frames.free()
+        if self.frames is not None:
+            return self.frames.free()
+        return memoryview(self.hello_buf)[self.hello_filled :]
 
     def buffer_updated(self, nbytes: int) -> None:
         try:
+            if self.frames is None:
+                self.hello_received(nbytes)
+                return
             if self.key is not None:
                 self.relay.forward(self.key, self.frames, nbytes)
-            else:
-                for kind, start, stop in self.frames.received(nbytes):
-                    if self.checking is not None or kind != HELLO:
-                        raise BadFrame(f"unexpected relay frame type {kind}")
-                    hello = bytes(self.frames.data[start:stop])
-                    self.checking = asyncio.create_task(self.hello(hello), name="relay-hello")
         except BadFrame as exc:
             self.refuse(str(exc))
             return
         self.frames.compact()
+
+    def hello_received(self, nbytes: int) -> None:
+        """Bytes of an unproven stream: one HELLO frame, then nothing until it is answered.
+        BadFrame on anything else (a frame too large for a hello included)."""
+        self.hello_filled += nbytes
+        if self.checking is not None:
+            raise BadFrame("a frame before the hello was answered")
+        if self.hello_filled < HEADER.size:
+            return
+        kind, length = HEADER.unpack_from(self.hello_buf)
+        if kind != HELLO:
+            raise BadFrame(f"unexpected relay frame type {kind}")
+        end = HEADER.size + length
+        if end >= HELLO_BYTES:  # a byte stays free: what follows is read, and refused
+            raise BadFrame(f"a hello of {length} bytes (less than {HELLO_BYTES - HEADER.size})")
+        if self.hello_filled > end:
+            raise BadFrame("a frame before the hello was answered")
+        if self.hello_filled == end:
+            hello = bytes(self.hello_buf[HEADER.size : end])
+            self.checking = asyncio.create_task(self.hello(hello), name="relay-hello")
 
     async def hello(self, body: bytes) -> None:
         try:
@@ -114,7 +155,9 @@ class _Stream(asyncio.BufferedProtocol):
             return  # gone (or timed out) while its signature was checked
         if self.hello_timer is not None:
             self.hello_timer.cancel()
+        self.proven()
         self.key = key.raw
+        self.frames = FrameBuffer()
         self.relay.attach(self)
         self.send(frame(OK, b""))
 
@@ -143,9 +186,16 @@ class _Stream(asyncio.BufferedProtocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
+    def proven(self) -> None:
+        """No longer counted as unproven (its key is proven, or it is gone)."""
+        if self.source is not None:
+            self.relay.release(self.source)
+            self.source = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self.hello_timer is not None:
             self.hello_timer.cancel()
+        self.proven()
         self.relay.detach(self)
 
 
@@ -181,13 +231,19 @@ class TcpRelay:
         self._verifier = verifier
         self._is_node = is_node
         self._streams: dict[bytes, _Stream] = {}
+        self._unproven: dict[str, int] = {}  # source address -> streams not yet proven
         self._server: asyncio.Server | None = None
         self.counters = RelayCounters()
 
     async def serve(self, sock: socket.socket, ssl_context: ssl.SSLContext) -> None:
         """Accept TLS streams on `sock` (from `bind_relay_socket`)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Stream(self), sock=sock, ssl=ssl_context)
+        self._server = await loop.create_server(
+            lambda: _Stream(self),
+            sock=sock,
+            ssl=ssl_context,
+            ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+        )
         log.info("tcp relay listening on %s:%d", *sock.getsockname()[:2])
 
     async def authenticate(self, header: str) -> PublicKey:
@@ -198,6 +254,26 @@ class TcpRelay:
         if len(self._streams) >= MAX_STREAMS:
             raise SignatureInvalid("relay full")
         return key
+
+    def admit(self, source: str) -> bool:
+        """Count a new stream from `source` as unproven, unless too many already are: a
+        host holding connections open without a hello must not use up the relay."""
+        if sum(self._unproven.values()) >= MAX_UNPROVEN:
+            return False
+        if self._unproven.get(source, 0) >= MAX_UNPROVEN_PER_SOURCE:
+            return False
+        self._unproven[source] = self._unproven.get(source, 0) + 1
+        return True
+
+    def release(self, source: str) -> None:
+        left = self._unproven.get(source, 0) - 1
+        if left > 0:
+            self._unproven[source] = left
+        else:
+            self._unproven.pop(source, None)
+
+    def unproven(self) -> int:
+        return sum(self._unproven.values())
 
     def attach(self, stream: _Stream) -> None:
         assert stream.key is not None

@@ -8,6 +8,7 @@ accepts and come out after them, so there is never a moment with the accepts and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from shoal.firewall import conntrack, iptables, nftables
 from shoal.plan.hostconfig import FirewallConfig
@@ -18,7 +19,16 @@ async def apply(cfg: FirewallConfig) -> bool:
     if iptables.needed(cfg):
         # iptables is read while the tables load (a join waits for the firewall: ~40 ms
         # less); only its write must come after them.
-        loaded, live = await asyncio.gather(nftables.apply(cfg), iptables.live_ruleset())
+        loading = asyncio.create_task(nftables.apply(cfg))
+        try:
+            live = await iptables.live_ruleset()
+        except BaseException:
+            # The tables' write ends before the read's error goes up: never left running
+            # under the next attempt. Its own outcome is not the error to report.
+            with contextlib.suppress(BaseException):
+                await loading
+            raise
+        loaded = await loading
         changed = await iptables.apply(cfg, live) or loaded.changed
     else:
         loaded = await nftables.apply(cfg)
