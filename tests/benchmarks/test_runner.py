@@ -1,10 +1,9 @@
 """Publishing some sections again (`python -m benchmarks --only NAME`): the others stay as the
-report holds them, each dated with the run that measured it. From the published report and
-canned section runs: no lab."""
+report holds them, each dated with the run that measured it. From a canned report of one run
+(tests/benchmarks/test_report.py) and canned section runs: no lab."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,12 @@ from benchmarks.results import SECTIONS, AnySection, Results, Section, kept_sect
 from shoal.lab import LabError
 from tests.benchmarks.test_report import DOCS, canned
 
-PUBLISHED = "2026-11-26 14:45 UTC"  # docs/benchmarks.json's run
+PUBLISHED = "2026-11-26 10:00 UTC"  # the canned report's run
 
 
 def published() -> Results:
-    return Results.model_validate_json((DOCS / "benchmarks.json").read_text())
+    """A report written by one run of every section (no section carries its own date)."""
+    return canned()
 
 
 def test_a_run_of_one_section_keeps_the_others_with_their_dates() -> None:
@@ -27,6 +27,7 @@ def test_a_run_of_one_section_keeps_the_others_with_their_dates() -> None:
     assert sections.controlplane == Section(status="skipped", reason="not run yet")
     for name in ("dataplane", "scale", "nat", "policy"):
         kept, old = sections.named(name), previous.sections.named(name)
+        assert old.generated is None
         assert kept.generated == PUBLISHED
         assert kept.model_copy(update={"generated": None}) == old
 
@@ -61,15 +62,16 @@ def test_without_a_report_the_others_are_skipped() -> None:
 
 
 def _controlplane_again() -> AnySection:
-    result = published().sections.controlplane.result
+    # A real section's result: the one docs/benchmarks.json holds.
+    docs = Results.model_validate_json((DOCS / "benchmarks.json").read_text())
+    result = docs.sections.controlplane.result
     assert result is not None
     again = result.model_copy(update={"join_reps": 9})
     return Section(status="ok", seconds=100.0, result=again)
 
 
 def test_publishing_one_section_rewrites_only_that_section(tmp_path: Path) -> None:
-    for name in ("benchmarks.json", "benchmarks.md"):
-        shutil.copy(DOCS / name, tmp_path / name)
+    report.write_report(published(), tmp_path)
     before = report.read_report(tmp_path)
     assert before is not None
     results, written = runner.run_sections(
@@ -115,18 +117,14 @@ def test_an_unknown_section_is_refused() -> None:
 
 
 def test_only_this_runs_failures_set_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
-    results = published()
-    failed_before = results.model_copy(
-        update={
-            "generated": "2026-12-01 04:00 UTC",
-            "sections": results.sections.model_copy(
-                update={
-                    "dataplane": Section(status="failed", reason="LabError: x", generated=PUBLISHED)
-                }
-            ),
-        }
+    now = "2026-12-01 04:00 UTC"
+    everything_kept = kept_sections(published(), (), quick=False, hosts=2)
+    results = published().model_copy(update={"generated": now, "sections": everything_kept})
+    assert runner.summarize(results, {}) == 0  # the canned run's controlplane failed, then
+    assert (
+        f"controlplane: failed (LabError: dockerd did not start), kept from the run of {PUBLISHED}"
+        in capsys.readouterr().out
     )
-    assert runner.summarize(failed_before, {}) == 0
-    assert f"dataplane: failed (LabError: x), kept from the run of {PUBLISHED}" in (
-        capsys.readouterr().out
-    )
+    failed_now = Section(status="failed", reason="LabError: x", generated=now)
+    sections = everything_kept.model_copy(update={"nat": failed_now})
+    assert runner.summarize(results.model_copy(update={"sections": sections}), {}) == 1
