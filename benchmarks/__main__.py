@@ -10,7 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.runner import SECTIONS, run_bench, summarize
+from benchmarks.results import SECTIONS
+from benchmarks.runner import run_bench, summarize
 from shoal.lab import LabError
 
 

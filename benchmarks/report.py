@@ -13,11 +13,14 @@ import subprocess
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from benchmarks import controlplane, nat, policy
 from benchmarks.dataplane import render as dataplane_render
-from benchmarks.results import Machine, Results
+from benchmarks.results import Machine, Results, SectionName
 from benchmarks.scale import render as scale_render
 from benchmarks.textfmt import num, table
+from shoal.lab import LabError
 
 REPRODUCE = "make bench"
 REPRODUCE_CLI = ".venv/bin/python -m benchmarks --out docs"
@@ -87,13 +90,25 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
     """The whole report as markdown; `images` maps a section to its PNG's relative path."""
     images = images or {}
     m = results.machine
+    kept = results.kept()
+    quick = ", **quick mode: smoke-test durations, not figures**" if results.quick else ""
+    if kept:
+        intro = (
+            "shoal side by side with what people would pick instead, on one machine; each "
+            "section measured in one run, dated under its heading (the last run: "
+            f"{results.generated}{quick}; {', '.join(kept)} kept from earlier runs)."
+        )
+    else:
+        intro = (
+            "shoal side by side with what people would pick instead, measured in one run on "
+            f"one machine ({results.generated}{quick})."
+        )
+    minutes = num(results.duration_seconds / 60, 1)
+    took = f"The last run took {minutes} min." if kept else f"The whole run took {minutes} min."
     out = [
         "# Benchmarks",
         "",
-        "shoal side by side with what people would pick instead, measured in one run on one "
-        f"machine ({results.generated}"
-        + (", **quick mode: smoke-test durations, not figures**" if results.quick else "")
-        + ").",
+        intro,
         "",
         "> " + NOISE_NOTE.format(cores=m.cores or "?"),
         "",
@@ -115,40 +130,70 @@ def render_markdown(results: Results, images: dict[str, str] | None = None) -> s
         "",
         f"`{REPRODUCE}` (as root on Debian 12, from a source checkout; it runs "
         f"`{REPRODUCE_CLI}`). `--quick` for a smoke test, "
-        "`--only dataplane|controlplane|scale|policy|nat` for one section."
-        f" The whole run took {num(results.duration_seconds / 60, 1)} min.",
+        "`--only dataplane|controlplane|scale|policy|nat` for one section (the others are "
+        f"kept as the report there holds them, with their dates). {took}",
     ]
     s = results.sections
-    out += ["", "## Data plane", ""]
+    out += ["", "## Data plane", "", *_measured(results, "dataplane")]
     if s.dataplane.result is not None:
         out += dataplane_render.render_markdown(s.dataplane.result, images.get("dataplane"))
     out += _section_end(s.dataplane.status, s.dataplane.reason, s.dataplane.seconds)
-    out += ["", "## Control plane", ""]
+    out += ["", "## Control plane", "", *_measured(results, "controlplane")]
     if s.controlplane.result is not None:
         out += controlplane.render_markdown(s.controlplane.result).rstrip("\n").splitlines()
     out += _section_end(s.controlplane.status, s.controlplane.reason, s.controlplane.seconds)
-    out += ["", "## Server scale", ""]
+    out += ["", "## Server scale", "", *_measured(results, "scale")]
     if s.scale.result is not None:
         out += scale_render.render_markdown(s.scale.result).rstrip("\n").splitlines()
         if "scale" in images:
             out += ["", f"![scale]({images['scale']})"]
     out += _section_end(s.scale.status, s.scale.reason, s.scale.seconds)
-    out += ["", "## Access-control policy", ""]
+    out += ["", "## Access-control policy", "", *_measured(results, "policy")]
     if s.policy.result is not None:
         out += policy.render_markdown(s.policy.result)
     out += _section_end(s.policy.status, s.policy.reason, s.policy.seconds)
     if s.nat.status != "not run":  # runs from before the section have none
-        out += ["", "## NAT traversal and relays (`--only nat`)", ""]
+        out += ["", "## NAT traversal and relays (`--only nat`)", "", *_measured(results, "nat")]
         if s.nat.result is not None:
             out += nat.render_markdown(s.nat.result)
         out += _section_end(s.nat.status, s.nat.reason, s.nat.seconds)
     return "\n".join(out) + "\n"
 
 
+def _measured(results: Results, name: SectionName) -> list[str]:
+    """A section's date when the report holds sections of more than one run."""
+    if not results.kept():
+        return []
+    when = results.measured(name)
+    earlier = " (an earlier run, kept)" if name in results.kept() else " (the last run)"
+    return [f"_Measured {when}{earlier}._", ""]
+
+
 def _section_end(status: str, reason: str | None, seconds: float | None) -> list[str]:
     if status != "ok":
         return [f"**{status}**: {reason or 'no reason recorded'}"]
     return ["", f"_Section time: {num(seconds, 0)} s._"]
+
+
+def read_report(out: Path) -> Results | None:
+    """The report a run writes over in `out` (None: there is none yet).
+
+    Raises `LabError` when it does not parse: a run of some sections would lose the others'
+    figures."""
+    path = out / JSON_NAME
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LabError(f"cannot read the report to keep its other sections: {exc}") from exc
+    try:
+        return Results.model_validate_json(text)
+    except ValidationError as exc:
+        raise LabError(
+            f"{path} is not a benchmark report this code reads ({exc.error_count()} error(s),"
+            f" first: {exc.errors()[0]['msg']}); run all sections, or move it away first"
+        ) from exc
 
 
 def write_report(results: Results, out: Path) -> dict[str, Path]:

@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,12 +24,19 @@ from benchmarks.dataplane.run import run_dataplane
 from benchmarks.log import progress
 from benchmarks.nat import NatResult, run_nat
 from benchmarks.policy import PolicyResult, run_policy
-from benchmarks.results import Results, Section, Sections
+from benchmarks.results import (
+    SECTIONS,
+    AnySection,
+    Machine,
+    Results,
+    Section,
+    SectionName,
+    kept_sections,
+)
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.results import ScaleResult
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
-SECTIONS = ("dataplane", "controlplane", "scale", "policy", "nat")
 # (store, nodes): SQLite's one server up to 10,000 hosts, and 2 replicas on PostgreSQL.
 SCALE_PLAN_FULL = (
     *(("sqlite", n) for n in (100, 1000, 5000, 10_000)),
@@ -40,13 +47,7 @@ SCALE_CHANGES_FULL = 10
 SCALE_CHANGES_QUICK = 3
 
 R = TypeVar("R", DataplaneResult, ControlplaneResult, ScaleResult, PolicyResult, NatResult)
-AnySection = (
-    Section[DataplaneResult]
-    | Section[ControlplaneResult]
-    | Section[ScaleResult]
-    | Section[PolicyResult]
-    | Section[NatResult]
-)
+SectionRun = Callable[[], AnySection]  # one section, run and timed (`_run_section`)
 
 
 def _workdir(name: str) -> Path:
@@ -84,49 +85,66 @@ def run_bench(
     out: Path, *, hosts: int = 2, quick: bool = False, only: Sequence[str] = ()
 ) -> tuple[Results, dict[str, Path]]:
     """Run the selected sections (all by default) in order and write the report to `out`.
+    With `only`, the other sections stay as `out`'s report holds them (see `kept_sections`).
 
-    Raises `LabError` for an unknown section name (before anything runs)."""
+    Raises `LabError` for an unknown section name or a report in `out` that does not parse
+    (before anything runs)."""
     unknown = sorted(set(only) - set(SECTIONS))
     if unknown:
         raise LabError(
             f"unknown section(s) {', '.join(unknown)}: choose from {', '.join(SECTIONS)}"
         )
-    started = time.monotonic()
+    chosen = tuple(name for name in SECTIONS if not only or name in only)
+    previous = report.read_report(out) if only else None
     removed = sweep()
     if removed:
         progress(f"removed labs left by aborted runs: {', '.join(removed)}")
-    pending = Section(status="skipped", reason="not run yet")
+    runs: dict[SectionName, SectionRun] = {
+        "dataplane": lambda: _run_section("dataplane", lambda: run_dataplane(quick=quick)),
+        "controlplane": lambda: _run_section("controlplane", lambda: run_controlplane(quick=quick)),
+        "scale": lambda: _run_section("scale", lambda: _scale(quick)),
+        "policy": lambda: _run_section("policy", lambda: run_policy(quick=quick)),
+        "nat": lambda: _run_section("nat", lambda: run_nat(quick=quick)),
+    }
+    return run_sections(
+        out,
+        {name: runs[name] for name in chosen},
+        previous,
+        hosts=hosts,
+        quick=quick,
+        machine=report.machine_info(),
+    )
+
+
+def run_sections(
+    out: Path,
+    runs: Mapping[SectionName, SectionRun],
+    previous: Results | None,
+    *,
+    hosts: int,
+    quick: bool,
+    machine: Machine,
+) -> tuple[Results, dict[str, Path]]:
+    """Run `runs` in the order of SECTIONS, each dated with this run, the others kept from
+    `previous`; the report is written to `out` after every section (a run stopped later
+    still leaves the figures so far) and at the end."""
+    started = time.monotonic()
+    generated = time.strftime("%Y-%m-%d %H:%M %Z")
     results = Results(
-        generated=time.strftime("%Y-%m-%d %H:%M %Z"),
+        generated=generated,
         command=report.REPRODUCE,
         argv=tuple(sys.argv),
         quick=quick,
         hosts=hosts,
-        machine=report.machine_info(),
-        sections=Sections(
-            dataplane=pending, controlplane=pending, scale=pending, policy=pending, nat=pending
-        ),
+        machine=machine,
+        sections=kept_sections(previous, tuple(runs), quick=quick, hosts=hosts),
         duration_seconds=0.0,
     )
-    chosen = [name for name in SECTIONS if not only or name in only]
     for name in SECTIONS:
-        if name not in chosen:
-            skipped = Section(status="skipped", reason="not selected (--only)")
-            results = _with(results, name, skipped, started)
+        if name not in runs:
             continue
-        section: AnySection
-        if name == "dataplane":
-            section = _run_section(name, lambda: run_dataplane(quick=quick))
-        elif name == "controlplane":
-            section = _run_section(name, lambda: run_controlplane(quick=quick))
-        elif name == "nat":
-            section = _run_section(name, lambda: run_nat(quick=quick))
-        elif name == "scale":
-            section = _run_section(name, lambda: _scale(quick))
-        else:
-            section = _run_section(name, lambda: run_policy(quick=quick))
+        section = runs[name]().model_copy(update={"generated": generated})
         results = _with(results, name, section, started)
-        # Written after every section: a run stopped later still leaves these figures.
         report.write_report(results, out)
     written = report.write_report(results, out)
     progress(f"done in {results.duration_seconds / 60:.1f} min")
@@ -147,19 +165,21 @@ def _with(
 
 def summarize(results: Results, written: dict[str, Path]) -> int:
     """Print the files written, each section's status and shoal ÷ hand-written WireGuard;
-    the exit status: 1 if a section failed, else 0."""
+    the exit status: 1 if a section this run measured failed, else 0 (a kept section's
+    outcome belongs to its own run)."""
     for kind, path in written.items():
         print(f"{kind}: {path}")
     sections = results.sections
-    outcomes = (
-        ("dataplane", sections.dataplane.status, sections.dataplane.reason),
-        ("controlplane", sections.controlplane.status, sections.controlplane.reason),
-        ("scale", sections.scale.status, sections.scale.reason),
-        ("policy", sections.policy.status, sections.policy.reason),
-        ("nat", sections.nat.status, sections.nat.reason),
-    )
-    for name, status, reason in outcomes:
-        print(f"{name}: {status}" + (f" ({reason})" if reason else ""))
+    kept = results.kept()
+    failed = False
+    for name in SECTIONS:
+        section = sections.named(name)
+        line = f"{name}: {section.status}" + (f" ({section.reason})" if section.reason else "")
+        if name in kept:
+            line += f", kept from the run of {results.measured(name)}"
+        else:
+            failed = failed or section.status == "failed"
+        print(line)
     dp = sections.dataplane.result
     if dp is not None and dp.shoal_vs_handwg.ratios.tcp1_gbps is not None:
         cmp = dp.shoal_vs_handwg
@@ -175,4 +195,4 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
             f"(rounds' median {pol.tcp1_paired_ratio or 0:.2f}x), "
             f"CPU per Gbit: {pol.cpu_per_gbit_ratio or 0:.2f}x (target >= {pol.target}x)"
         )
-    return 1 if any(status == "failed" for _, status, _ in outcomes) else 0
+    return 1 if failed else 0

@@ -21,11 +21,14 @@ from shoal.agent.config import AgentConfig
 from shoal.agent.daemon import Agent, down_offline, leave_mesh
 from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
+from shoal.control.api import RATES
 from shoal.control.app import RunningServer
 from shoal.control.ca import rotate_ca
+from shoal.control.limits import Rate, RateLimiter
 from shoal.controlclient.errors import ControlRejected, ControlUnreachable
 from shoal.dockerhost import DockerHost
 from shoal.firewall.errors import FirewallError
+from shoal.model.api import ContainerReport
 from shoal.model.keys import PrivateKey
 from shoal.model.netmap import Container, MapUpdate, NetworkMap
 from shoal.model.policy import parse
@@ -421,3 +424,51 @@ async def test_a_container_report_rechecks_the_firewall_only_with_local_containe
     await rig.agent._on_containers([])
     await rig.agent.reconciler.step()
     assert rig.host.firewall.applies == applies + 1
+
+
+class CountingLimiter(RateLimiter):
+    """The server's per-node limiter, counting the requests it refused."""
+
+    refused = 0
+
+    def charge(self, source: str) -> float:
+        wait = super().charge(source)
+        self.refused += wait > 0
+        return wait
+
+
+async def test_a_throttled_container_report_is_sent_again_with_the_newest_set(
+    tmp_path: Path, server: RunningServer
+) -> None:
+    """A burst of container starts outruns the server's per-node rate (429): the report is
+    not dropped until the next change, the newest set goes once the server takes it."""
+    rig = await joined(tmp_path, server)
+    me = rig.agent.cached.netmap.self_node
+    assert me.subnet is not None
+    base = int(me.subnet.network_address)
+
+    def report(*names: str) -> list[ContainerReport]:
+        return [
+            ContainerReport(id=f"{i:02x}" * 32, name=name, ip=IPv4Address(base + 2 + i))
+            for i, name in enumerate(names)
+        ]
+
+    def names() -> set[str]:
+        return {c.name for c in server.service.registry.containers_of(me.id).values()}
+
+    limiter = CountingLimiter(Rate(burst=1, per_second=0.001))
+    server.runner.app[RATES].node_writes = limiter
+    async with rig.agent.client, asyncio.TaskGroup() as tasks:
+        reporter = tasks.create_task(rig.agent._report_containers())
+        await rig.agent._on_containers(report("web"))
+        await eventually(lambda: names() == {"web"}, "web reported")
+        await rig.agent._on_containers(report("web", "db"))
+        await eventually(lambda: limiter.refused == 1, "the second report throttled")
+        await rig.agent._on_containers(report("web", "db", "cache"))
+        await settle()
+        assert limiter.refused == 1, "no retry before its time"
+        assert rig.agent.health.warnings() == ()  # throttled, not refused: nothing to fix
+        server.runner.app[RATES].node_writes = RateLimiter(Rate(burst=10, per_second=1.0))
+        await rig.clock.advance(1.0)
+        await eventually(lambda: names() == {"web", "db", "cache"}, "the newest set reported")
+        reporter.cancel()

@@ -62,6 +62,7 @@ from shoal.controlclient.errors import (
     ControlError,
     ControlProtocolError,
     ControlRejected,
+    ControlThrottled,
     ControlUnreachable,
     CredentialRejected,
 )
@@ -605,6 +606,15 @@ class Agent:
                 await self.client.report_containers(ContainersReport(containers=tuple(containers)))
             except CredentialRejected:
                 continue  # the netmap poll says so, as NEEDS_JOIN
+            except ControlThrottled as exc:
+                # More changes than the server takes from one node (a burst of container
+                # starts): the newest set goes once it takes them again. Dropped, the burst's
+                # last containers stayed unknown to the mesh until the next change (the DNS
+                # benchmark's 14th name never resolved).
+                log.info("container report throttled (%s); sending the newest again", exc)
+                await self.clock.sleep(RETRY_SECONDS[0])
+                self._containers_changed.set()
+                continue
             except ControlRejected as exc:
                 # The same report would be refused again: wait for the next change.
                 self.health.warn(CONTAINERS_REJECTED, f"server refused the container list: {exc}")

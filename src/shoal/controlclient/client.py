@@ -29,6 +29,7 @@ from yarl import URL
 from shoal.controlclient.errors import (
     ControlProtocolError,
     ControlRejected,
+    ControlThrottled,
     ControlUnreachable,
     CredentialRejected,
     FingerprintMismatch,
@@ -491,6 +492,8 @@ class ControlClient:
                 err = ErrorBody(code=f"http_{status}", message=f"HTTP {status} {_error_text(raw)}")
             if err.code in CREDENTIAL_CODES:
                 raise CredentialRejected(err.code, err.message)
+            if status == 429:
+                raise ControlThrottled(err.code, err.message)
             raise ControlRejected(err.code, err.message)
         if status == 204 or not raw:
             return None

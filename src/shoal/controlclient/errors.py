@@ -8,7 +8,9 @@ ShoalError
     │                             side or a proxy in the way; retry slowly and report it
     └── ControlRejected           4xx: the server said no; tell the user (`code`, `message`)
         ├── CredentialRejected    401 on the node credential: this node was removed; re-join
-        └── FingerprintMismatch   the server's CA is not the one the token pins
+        ├── FingerprintMismatch   the server's CA is not the one the token pins
+        └── ControlThrottled      429: too many requests from this client; the same request
+                                  succeeds later (the server's rates refill every second)
 """
 
 from __future__ import annotations
@@ -44,3 +46,8 @@ class CredentialRejected(ControlRejected):
 class FingerprintMismatch(ControlRejected):
     def __init__(self, message: str) -> None:
         super().__init__("fingerprint_mismatch", message)
+
+
+class ControlThrottled(ControlRejected):
+    """The server refused the request for this client's rate (429): unlike its parent, the
+    same request succeeds once the client waits (a second or more)."""
