@@ -18,14 +18,14 @@ import pytest
 
 from shoal.agent import statefiles
 from shoal.agent.config import AgentConfig
-from shoal.agent.daemon import Agent, down_offline, leave_mesh
+from shoal.agent.daemon import RETRY_SECONDS, Agent, down_offline, leave_mesh
 from shoal.agent.errors import RotationFailed
 from shoal.agent.statefiles import CachedNetmap, NodeIdentity, StateDir
 from shoal.control.api import RATES
 from shoal.control.app import RunningServer
 from shoal.control.ca import rotate_ca
 from shoal.control.limits import Rate, RateLimiter
-from shoal.controlclient.errors import ControlRejected, ControlUnreachable
+from shoal.controlclient.errors import ControlRejected, ControlThrottled, ControlUnreachable
 from shoal.dockerhost import DockerHost
 from shoal.firewall.errors import FirewallError
 from shoal.model.api import ContainerReport
@@ -364,6 +364,39 @@ async def test_against_a_server_without_streams_the_agent_long_polls(
     monkeypatch.setattr(rig.agent.client, "watch", older_server)
     async with rig.agent.client, asyncio.TaskGroup() as tasks:
         follow = tasks.create_task(rig.agent.follow_netmap())
+        beta = await join(server, "beta")
+        await eventually(
+            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
+        )
+        assert (await rig.agent.status()).state is AgentState.RUNNING
+        follow.cancel()
+
+
+async def test_a_throttled_stream_is_asked_again_later_not_given_up(
+    tmp_path: Path, server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 429 (the address's failed authentications, maybe a neighbour's behind one NAT) passes:
+    DEGRADED while it lasts, never NEEDS_JOIN, and the stream follows again after it."""
+    rig = await joined(tmp_path, server)
+    await rig.agent.configure(fresh_join=True)
+    watch = rig.agent.client.watch
+    opened: list[int] = []
+
+    async def throttled_once(since: int, wait: float) -> AsyncIterator[MapUpdate]:
+        opened.append(since)
+        if len(opened) == 1:
+            raise ControlThrottled("too_many_requests", "too many failed authentications")
+        async for update in watch(since, wait):
+            yield update
+
+    monkeypatch.setattr(rig.agent.client, "watch", throttled_once)
+    async with rig.agent.client, asyncio.TaskGroup() as tasks:
+        follow = tasks.create_task(rig.agent.follow_netmap())
+        await eventually(lambda: rig.clock.pending == 1, "a retry waiting")
+        status = await rig.agent.status()
+        assert status.state is AgentState.DEGRADED
+        assert "throttling this host" in " ".join(w.message for w in status.health)
+        await rig.clock.advance(RETRY_SECONDS[0])
         beta = await join(server, "beta")
         await eventually(
             lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"

@@ -18,6 +18,7 @@ Only `shoal down` undoes the configuration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -303,19 +304,32 @@ class Agent:
             delivered = False
             try:
                 if streaming:
-                    async for update in self.client.watch(
-                        since=self.cached.netmap.revision, wait=self.config.poll_wait_seconds
-                    ):
-                        trusted = await self._received(update, failures)
-                        failures, delivered = 0, True
-                        if trusted:
-                            break  # the client's new session ended this stream's connection
+                    # Closed on leaving the loop (a trust change, an error in between), so
+                    # the stream's connection goes back at once, not when collected.
+                    async with contextlib.aclosing(
+                        self.client.watch(
+                            since=self.cached.netmap.revision, wait=self.config.poll_wait_seconds
+                        )
+                    ) as updates:
+                        async for update in updates:
+                            trusted = await self._received(update, failures)
+                            failures, delivered = 0, True
+                            if trusted:
+                                break  # the client's new session ended this connection
                 else:
                     update = await self.client.poll(
                         since=self.cached.netmap.revision, wait=self.config.poll_wait_seconds
                     )
                     await self._received(update, failures)
                     failures = 0
+            except ControlThrottled as exc:
+                # The server limits this host's address (failed authentications from it, a
+                # neighbour behind the same NAT included): that passes, asking later helps.
+                self.health.warn(
+                    CONTROL_UNREACHABLE, f"the server is throttling this host: {exc}; retrying"
+                )
+                await self.clock.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
             except ControlRejected as exc:
                 if streaming and exc.code == "not_found":
                     # A server from before netmap streams: its long-poll serves as well.

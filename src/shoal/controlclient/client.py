@@ -17,7 +17,7 @@ import asyncio
 import email.utils
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from types import TracebackType
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
@@ -162,7 +162,7 @@ class ControlClient:
             timeout=wait + POLL_MARGIN,
         )
 
-    async def watch(self, since: int, wait: float) -> AsyncIterator[MapUpdate]:
+    async def watch(self, since: int, wait: float) -> AsyncGenerator[MapUpdate, None]:
         """Follow the netmap on one streamed response (`GET /v1/netmap/stream`): yields what a
         poll from `since` would get at once (a full map, a delta or "none"), then each change,
         and a "none" heartbeat whenever nothing changed for `wait` s (the server may shorten
