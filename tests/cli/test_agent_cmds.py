@@ -41,7 +41,7 @@ from shoal.cli.agent_cmds import (
     render_status,
 )
 from shoal.cli.main import build_parser
-from shoal.cli.tokenpass import _token_in_sight, _without_token, hide_token
+from shoal.cli.tokenpass import _in_sight, _without_token, hide_token
 from shoal.control.ca import _make_ca
 from shoal.controlclient.tls import ca_fingerprint
 from shoal.model.api import ServiceInfo, ServiceInstance
@@ -99,12 +99,14 @@ def test_bad_sources_fail_with_one_line(tmp_path: Path) -> None:
 
 def test_tokens_in_argv_or_env_are_moved_out_of_sight(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("SHOAL_TOKEN", raising=False)
-    assert _token_in_sight(args(token=TOKEN))
-    assert not _token_in_sight(args(token="-"))
-    assert not _token_in_sight(args(token_file="f"))
+    assert _in_sight(args(token=TOKEN)) == (TOKEN, [TOKEN])
+    assert _in_sight(args(token="-")) == ("", [])
+    assert _in_sight(args(token_file="f")) == ("", [])
     monkeypatch.setenv("SHOAL_TOKEN", TOKEN)
-    assert _token_in_sight(args())
-    assert not _token_in_sight(args(token_fd=3))
+    assert _in_sight(args()) == (TOKEN, [TOKEN])
+    # Not used beside another source, but /proc shows it all the same.
+    assert _in_sight(args(token_fd=3)) == ("", [TOKEN])
+    assert _in_sight(args(token="other")) == ("other", ["other", TOKEN])
     argv = ["up", "--token", TOKEN, "--server", "u", f"--token={TOKEN}", "--foreground"]
     assert _without_token(argv) == ["up", "--server", "u", "--foreground"]
 
@@ -248,15 +250,20 @@ def test_a_token_in_argv_is_moved_to_a_pipe_where_it_cannot_be_overwritten(
     assert TOKEN not in " ".join(argv) and "SHOAL_TOKEN" not in env
     with os.fdopen(int(argv[-1]), "rb") as pipe:
         assert pipe.read().decode() == TOKEN
-    hide_token(args(token="-"))  # stdin: never in sight, nothing to do
-    assert len(started) == 1
+    monkeypatch.setattr("sys.argv", ["shoal", "up", "--server", "https://s", "--token", "-"])
+    hide_token(args(token="-"))  # stdin: never in sight, but the stale $SHOAL_TOKEN is
+    (argv, env) = started[1]
+    assert argv[-2:] == ["--token", "-"] and "SHOAL_TOKEN" not in env
+    monkeypatch.delenv("SHOAL_TOKEN")
+    hide_token(args(token="-"))  # nothing in sight: nothing to do
+    assert len(started) == 2
 
 
 # The child's view of itself after `hide_token`, and what a command it runs inherits.
 _HIDE_IN_CHILD = """
 import argparse, os, subprocess, sys
 from shoal.cli.tokenpass import hide_token
-args = argparse.Namespace(token=sys.argv[2] if sys.argv[1] == "argv" else None,
+args = argparse.Namespace(token=sys.argv[2] if sys.argv[1] != "env" else None,
                           token_file=None, token_fd=None)
 hide_token(args)  # a re-exec would fail the test: the child's output would be another's
 inherited = subprocess.run(["sh", "-c", 'echo "$OTHER|$SHOAL_TOKEN"'], capture_output=True,
@@ -266,15 +273,17 @@ sys.stdin.read()  # alive until the test has read its /proc files
 """
 
 
-@pytest.mark.parametrize("source", ["argv", "env"])
+@pytest.mark.parametrize("source", ["argv", "env", "both"])
 def test_a_token_in_sight_is_overwritten_in_place(source: str) -> None:
+    """`both`: --token given and another token in $SHOAL_TOKEN, unused but shown by /proc."""
     env = {**os.environ, "OTHER": "kept " + TOKEN[:20], "EXPECTED": TOKEN}
     argv = [sys.executable, "-c", _HIDE_IN_CHILD, source]
-    if source == "argv":
+    unused = TOKEN.replace("ab", "ef")
+    if source != "env":
         argv.append(TOKEN)
         env.pop("SHOAL_TOKEN", None)
-    else:
-        env["SHOAL_TOKEN"] = TOKEN
+    if source != "argv":
+        env["SHOAL_TOKEN"] = TOKEN if source == "env" else unused
     with subprocess.Popen(
         argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     ) as child:
@@ -288,7 +297,7 @@ def test_a_token_in_sight_is_overwritten_in_place(source: str) -> None:
     # The token reached the command, no child inherits it, other variables are intact.
     assert line == ["True", "kept", TOKEN[:20] + "|"]
     for text in shown.values():
-        assert TOKEN.encode() not in text
+        assert TOKEN.encode() not in text and unused.encode() not in text
     assert (b"*" * len(TOKEN)) in shown["cmdline" if source == "argv" else "environ"]
 
 

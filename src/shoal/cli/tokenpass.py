@@ -22,24 +22,52 @@ _TOKEN_FLAGS = ("--token", "--token-file", "--token-fd")
 
 
 def hide_token(args: argparse.Namespace) -> None:
-    """When the token is in sight, overwrite it there, or else start `shoal up` again with
-    the token in a pipe; return when it is out of sight.
+    """When a token is in sight, overwrite it there, or else start `shoal up` again with the
+    token in a pipe (and without $SHOAL_TOKEN); return when it is out of sight.
 
     Several sources at once are left to `read_token`, which refuses them."""
     given = [args.token is not None, args.token_file is not None, args.token_fd is not None]
-    if sum(given) > 1 or not _token_in_sight(args) or os.geteuid() != 0:
+    if sum(given) > 1 or os.geteuid() != 0:
         return  # not root: `up` refuses at once, no long-lived process holds the token
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV, "")
-    if _scrub(token):
-        args.token = token  # from the environment too: read_token finds it here
+    token, seen = _in_sight(args)
+    if not seen:
+        return
+    if all(_scrub(secret) for secret in seen):
+        if token:
+            args.token = token  # from the environment too: read_token finds it here
         os.environ.pop(TOKEN_ENV, None)  # and no command this process runs inherits it
         return
-    read = _token_pipe(token.strip())
+    if not token:  # only an unused $SHOAL_TOKEN: the clean environment is enough
+        _start_again([sys.executable, "-m", "shoal.cli.main", *sys.argv[1:]])
+        return
     argv = [sys.executable, "-m", "shoal.cli.main", *_without_token(sys.argv[1:])]
+    read = _token_pipe(token.strip())
+    if not _start_again([*argv, "--token-fd", str(read)]):
+        os.close(read)
+
+
+def _start_again(argv: list[str]) -> bool:
+    """Exec `argv` without $SHOAL_TOKEN; False when this process cannot (no exec right): it
+    goes on, the command still works."""
     try:
-        os.execve(sys.executable, [*argv, "--token-fd", str(read)], _clean_env())
+        os.execve(sys.executable, argv, _clean_env())
     except OSError:
-        os.close(read)  # cannot start again (no exec right): go on, the command still works
+        return False
+    return True  # only where execve is not the real one (tests)
+
+
+def _in_sight(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The token in use when it came in argv or the environment (else ""), and every token
+    `ps` and /proc show for the life of the process: a $SHOAL_TOKEN beside another source is
+    not used, but is shown all the same."""
+    env = os.environ.get(TOKEN_ENV, "")
+    if args.token not in (None, "-"):
+        token = args.token
+    elif args.token is None and args.token_file is None and args.token_fd is None:
+        token = env
+    else:
+        token = ""
+    return token, [t for t in dict.fromkeys((token, env)) if t.strip()]
 
 
 def _scrub(token: str) -> bool:
@@ -70,15 +98,6 @@ def _scrub(token: str) -> bool:
     except (OSError, ValueError, IndexError):
         return False  # no /proc, or a kernel that refuses: the caller starts again instead
     return secret not in shown
-
-
-def _token_in_sight(args: argparse.Namespace) -> bool:
-    """The token came in argv or the environment, where `ps` and /proc show it for the life
-    of the process."""
-    return (args.token not in (None, "-")) or (
-        args.token is None and args.token_file is None and args.token_fd is None
-        and bool(os.environ.get(TOKEN_ENV, "").strip())
-    )  # fmt: skip
 
 
 def _token_pipe(token: str) -> int:
