@@ -58,3 +58,14 @@ def test_a_verdict_is_one_line() -> None:
     assert render_verdict(verdict) == (
         "allow  web-1 (10.42.0.2 on h1) -> db-1 (10.42.1.2 on h2) tcp/5432: allowed by p.yaml:3"
     )
+
+
+def test_policy_test_exits_2_when_it_could_not_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not 1: a script asserting a flow tells "denied" from "not checked"."""
+    monkeypatch.delenv("SHOAL_ADMIN_TOKEN", raising=False)
+    argv = ["policy", "test", "--from", "web", "--to", "db:5432", "--data-dir", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("shoal: ") and err.count("\n") == 1

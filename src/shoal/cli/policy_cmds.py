@@ -13,6 +13,7 @@ from pathlib import Path
 
 from shoal.cli.server_cmds import UsageError, _with_admin
 from shoal.model.api import PolicySetRequest, PolicyVerdict
+from shoal.model.errors import ShoalError
 from shoal.model.policy import MAX_POLICY_BYTES, Policy, PolicyError, parse, run_tests
 
 
@@ -95,9 +96,15 @@ def render_verdict(v: PolicyVerdict) -> str:
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
     """Print each verdict; exit 1 when any pair is denied, as `shoal doctor` does when a
-    check failed, so a script can assert a flow with `shoal policy test ... && deploy`."""
+    check failed, so a script can assert a flow with `shoal policy test ... && deploy`; exit
+    2 when it could not ask (a name the server does not know, no server, a bad token), so
+    the script can tell "denied" from "not checked", as grep and diff do."""
     dst, port = _target(args.to, args.proto)
-    verdicts = _with_admin(args, lambda c: c.test_policy(args.src, dst, args.proto, port))
+    try:
+        verdicts = _with_admin(args, lambda c: c.test_policy(args.src, dst, args.proto, port))
+    except ShoalError as exc:
+        print(f"shoal: {exc}", file=sys.stderr)
+        return 2
     for v in verdicts:
         print(render_verdict(v))
     return 0 if all(v.allow for v in verdicts) else 1
