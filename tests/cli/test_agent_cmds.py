@@ -359,8 +359,8 @@ def up_config(*flags: str) -> AgentConfig:
     [
         (("--name", "web_01"), "--name 'web_01': a node name is a DNS label"),
         (("--name", "x" * 64), "a node name is a DNS label"),
-        (("--listen-port", "0"), "--listen-port 0: expected 1 to 65535"),
-        (("--listen-port", "70000"), "--listen-port 70000: expected 1 to 65535"),
+        (("--listen-port", "0"), "--listen-port '0': expected 1 to 65535"),
+        (("--listen-port", "70000"), "--listen-port '70000': expected 1 to 65535"),
         (("--advertise-addr", "0.0.0.0"), "--advertise-addr 0.0.0.0: 0.0.0.0:51820 is not a"),
         (("--advertise-addr", "127.0.0.1"), "127.0.0.1:51820 is not a unicast address"),
         (("--advertise-addr", "255.255.255.255"), "reserved or broadcast"),
@@ -481,6 +481,9 @@ def test_up_on_a_joined_host_changes_only_the_flags_given(tmp_path: Path) -> Non
     reset = plan(state, "--advertise-addr", "", "--metrics-listen", "", "--docker-host", "")
     assert reset.changes == ("--advertise-addr 192.0.2.9 => none",)
     assert reset.config.advertise_addr is None and reset.config.metrics_listen is None
+    state.save_settings(UpSettings.of(withdrawn.config, SETTINGS))
+    defaults = plan(state, "--listen-port", "", "--key-max-age", "")
+    assert defaults.changes == ("--listen-port 51821 => 51820", "--key-max-age 30d => 90d")
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from shoal.agent.config import (
+    DEFAULT_KEY_MAX_AGE_SECONDS,
+    DEFAULT_LISTEN_PORT,
     AgentConfig,
     UpSettings,
     default_node_name,
@@ -117,8 +119,6 @@ def _plan_up(args: argparse.Namespace) -> UpPlan:
     `shoal up` is declarative: on a joined host (node.json), a flag given sets its setting,
     a flag omitted keeps the one the agent last started with (settings.json); what cannot
     change in place raises NeedsRejoin."""
-    if args.listen_port is not None and not 0 < args.listen_port < 65536:
-        raise BadArgument(f"--listen-port {args.listen_port}: expected 1 to 65535")
     state = StateDir(Path(args.state_dir))
     token = read_token(args)
     identity = state.identity()
@@ -129,7 +129,7 @@ def _plan_up(args: argparse.Namespace) -> UpPlan:
         _check_same_node(args, token, identity, state)
     saved = state.settings()
     before = saved or UpSettings()
-    listen_port = args.listen_port if args.listen_port is not None else before.listen_port
+    listen_port = before.listen_port if args.listen_port is None else _port(args.listen_port)
     advertise = before.advertise_addr
     # An empty value sets a setting back to its default (--advertise-routes '' withdraws).
     if args.advertise_addr is not None:
@@ -252,10 +252,21 @@ def _check_node_name(name: str | None) -> None:
         )
 
 
+def _port(text: str) -> int:
+    """--listen-port: 1 to 65535; '' the default (51820)."""
+    if text == "":
+        return DEFAULT_LISTEN_PORT
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise BadArgument(f"--listen-port {text!r}: expected 1 to 65535")
+    return int(text)
+
+
 def _key_max_age(text: str) -> float | None:
-    """--key-max-age: seconds, None for `never`."""
+    """--key-max-age: seconds, None for `never`; '' the default (90 days)."""
     if text == "never":
         return None
+    if text == "":
+        return DEFAULT_KEY_MAX_AGE_SECONDS
     # Imported here: only `up` parses durations, and the parser lives with the tokens'.
     from shoal.control.tokens import parse_duration
 

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer these networks (a LAN, a VPC subnet) to the mesh once an admin approves "
         "them (shoal routes approve); '' withdraws them",
     )
-    p.add_argument("--listen-port", type=int, default=None, help="WireGuard UDP port (51820)")
+    p.add_argument("--listen-port", default=None, help="WireGuard UDP port (51820)")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR)
     p.add_argument("--docker-host", default=None, help="Docker API URL (default: DOCKER_HOST)")
     p.add_argument(

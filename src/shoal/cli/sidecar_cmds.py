@@ -33,7 +33,7 @@ def up_args(args: argparse.Namespace) -> argparse.Namespace:
         name=args.name or os.environ.get(NAME_ENV),
         advertise_addr=args.advertise_addr or os.environ.get(ADVERTISE_ADDR_ENV),
         advertise_routes=None,
-        listen_port=args.listen_port,
+        listen_port=str(args.listen_port),  # as `up` takes it: text, '' the default
         state_dir=args.state_dir,
         docker_host=None,
         no_docker=True,
