@@ -120,6 +120,30 @@ async def test_a_nodes_new_poll_ends_its_old_one() -> None:
     await asyncio.wait_for(asyncio.gather(new, other), timeout=5)
 
 
+async def test_an_older_stream_reaching_its_wait_late_ends_itself_not_the_newer() -> None:
+    """The old stream was held up in a write (a dead connection) while the node opened a new
+    one: the newest claim keeps the node's stream, whichever waits last."""
+    log = ChangeLog([], revision=1)
+    first = log.claim("n1")
+    second = log.claim("n1")
+    newer = asyncio.create_task(log.wait("n1", since=1, timeout=60, claim=second))
+    await poll_started(log, 1)
+    assert await log.wait("n1", since=1, timeout=60, claim=first) is False
+    assert await log.wait("n1", since=0, timeout=60, claim=first) is False  # even when behind
+    assert not newer.done() and log.live_polls == 1
+    log.record(2, ["n2"])
+    assert await asyncio.wait_for(newer, timeout=5) is True
+
+
+async def test_a_new_stream_ends_the_wait_of_the_old_one() -> None:
+    log = ChangeLog([], revision=1)
+    old = asyncio.create_task(log.wait("n1", since=1, timeout=60, claim=log.claim("n1")))
+    await poll_started(log, 1)
+    log.claim("n1")
+    assert await asyncio.wait_for(old, timeout=5) is False
+    assert log.live_polls == 0
+
+
 async def test_close_ends_long_polls_and_refuses_new_waits() -> None:
     log = ChangeLog([], revision=1)
     poll = asyncio.create_task(log.wait("n1", since=1, timeout=60))

@@ -81,6 +81,9 @@ class ChangeLog:
         # on; a change resolves them all.
         self._poll_owner: dict[str, object] = {}
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        # The newest stream of each node (`claim`): an older one never takes its place back.
+        self._claims: dict[str, int] = {}
+        self._claimed = 0
         self._wake_pending: asyncio.TimerHandle | None = None
         self._closed = False
 
@@ -159,13 +162,29 @@ class ChangeLog:
         """How many long-polls are waiting (at most one per node)."""
         return len(self._poll_owner)
 
-    async def wait(self, node_id: str, since: int, timeout: float) -> bool:
-        """`node_id`'s long-poll (or stream) holding revision `since`: returns once the
-        revision is past `since`, after `timeout` seconds, when the log closes, or when the
-        same node starts a newer poll or stream. Returns at once if `since` is not the current
-        revision or `timeout` <= 0. False when the log closed or a newer poll of the node took
-        over (a stream then ends), else True."""
-        if self._closed:
+    def claim(self, node_id: str) -> int:
+        """A new stream of `node_id`, from now on its only one: what the node's waiting poll
+        or older stream is told at once, and what an older stream's every later `wait` is
+        told too (it may reach its wait after the new one, held up in a write)."""
+        self._claimed += 1
+        self._claims[node_id] = self._claimed
+        older = self._waiting.pop(node_id, None)
+        if older is not None and not older.done():
+            older.set_result(None)
+        return self._claimed
+
+    def _superseded(self, node_id: str, claim: int | None) -> bool:
+        return claim is not None and self._claims.get(node_id) != claim
+
+    async def wait(
+        self, node_id: str, since: int, timeout: float, claim: int | None = None
+    ) -> bool:
+        """`node_id`'s long-poll (or stream: its `claim`) holding revision `since`: returns
+        once the revision is past `since`, after `timeout` seconds, when the log closes, or
+        when the same node starts a newer poll or stream. Returns at once if `since` is not
+        the current revision or `timeout` <= 0. False when the log closed or a newer poll or
+        stream of the node took over (a stream then ends), else True."""
+        if self._closed or self._superseded(node_id, claim):
             return False
         if since != self.revision or timeout <= 0:
             return True
@@ -183,6 +202,7 @@ class ChangeLog:
                 since == self.revision
                 and not self._closed
                 and self._poll_owner.get(node_id) is ticket
+                and not self._superseded(node_id, claim)
                 and loop.time() < deadline
             ):
                 woken = loop.create_future()
@@ -200,7 +220,7 @@ class ChangeLog:
             if live:
                 del self._poll_owner[node_id]
                 self._waiting.pop(node_id, None)
-        return live and not self._closed
+        return live and not self._closed and not self._superseded(node_id, claim)
 
     def notify(self) -> None:
         """Wake the waiting long-polls COALESCE_SECONDS after the first change of a burst."""

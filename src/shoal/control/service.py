@@ -330,6 +330,7 @@ class ControlService:
         down; raises CredentialInvalid once the node is removed."""
         wait = self.stream_wait(wait)
         registry = self.registry
+        claim = registry.log.claim(node_id)
         await registry.seen(node_id)  # its signed request
         while True:
             update = await registry.map_update(node_id, since, 0.0)
@@ -337,7 +338,7 @@ class ControlService:
             # Delivered (a write to a connection the client closed raises instead).
             await registry.seen(node_id)
             since = update.revision
-            if not await registry.log.wait(node_id, since, wait):
+            if not await registry.log.wait(node_id, since, wait, claim):
                 return
 
     async def report_containers(self, node_id: str, report: ContainersReport) -> None:
