@@ -3,9 +3,13 @@ sweep's silent nodes (here and as other replicas heard of them)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from shoal.control.liveness import Liveness
+from shoal.store.errors import StoreError
 from shoal.store.memory import MemoryStore
 from tests.control.servers import rec
 
@@ -101,3 +105,98 @@ async def test_offline_flags_follow_the_store_and_removals() -> None:
     live.heard("n1")
     live.forget("n1")
     assert live.offline == {"n2"} and live.last_seen("n1") is None
+
+
+class Mesh(set[str]):
+    """The registry's node ids, counting every walk over them."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.walks += 1
+        return super().__iter__()
+
+
+class Writes(MemoryStore):
+    """The store, recording each batch of last_seen writes (and failing on demand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[set[str]] = []
+        self.down = False
+
+    async def touch_nodes(self, seen: Mapping[str, datetime]) -> None:
+        if self.down:
+            raise StoreError("the database is down")
+        self.batches.append(set(seen))
+        await super().touch_nodes(seen)
+
+
+async def test_the_sweep_never_walks_the_whole_mesh() -> None:
+    """The per-second sweep looks at the nodes whose time came, not at all 1,000 of them."""
+    clock, store = Clock(), MemoryStore()
+    known = Mesh(f"n{i}" for i in range(1000))
+    live = Liveness(store, known, clock=clock, heartbeat_timeout=TIMEOUT)
+    known.walks = 0
+    for i in range(1000):
+        live.heard(f"n{i}")
+    others = sorted(f"n{i}" for i in range(1000) if i != 7)
+    for second in range(1, 27):
+        clock.now = T0 + timedelta(seconds=second)
+        if second == 10:
+            for node_id in others:
+                live.heard(node_id)
+        silent = await live.silent()
+        if second <= 15:
+            assert silent == []
+        elif second == 16:
+            assert silent == ["n7"]
+            live.set_online(silent, online=False)
+        elif second < 26:
+            assert silent == []
+        else:
+            assert sorted(silent) == others
+    assert known.walks == 0
+
+
+async def test_a_node_is_named_by_every_sweep_until_it_is_offline_and_again_once_back() -> None:
+    clock = Clock()
+    _, live = await fleet(clock, 1)
+    live.heard("n1")
+    clock.now = T0 + TIMEOUT + timedelta(seconds=1)
+    assert await live.silent() == ["n1"]
+    assert await live.silent() == ["n1"]  # the registry did not take it offline: named again
+    live.set_online(["n1"], online=False)
+    assert await live.silent() == []
+    live.heard("n1")
+    live.set_online(["n1"], online=True)
+    clock.now += TIMEOUT
+    assert await live.silent() == []
+    clock.now += timedelta(seconds=1)
+    assert await live.silent() == ["n1"]  # watched again once back online
+    live.replace_offline(["n1"])  # another replica took it offline, then brought it back
+    live.replace_offline([])
+    assert await live.silent() == ["n1"]
+
+
+async def test_last_seen_writes_carry_only_the_nodes_heard_since_their_last_write() -> None:
+    clock, store = Clock(), Writes()
+    for i in (1, 2, 3):
+        await store.save_node(rec(i), at=T0)
+    live = Liveness(store, {"n1", "n2", "n3"}, clock=clock, heartbeat_timeout=TIMEOUT)
+    live.heard("n1")
+    live.heard("n2")
+    await live.flush()
+    assert store.batches == [{"n1", "n2"}]
+    await live.flush()
+    clock.now = T0 + timedelta(seconds=30)
+    await live.flush()
+    assert store.batches == [{"n1", "n2"}]  # nobody heard of since: nothing written
+    live.heard("n2")
+    store.down = True
+    with pytest.raises(StoreError):
+        await live.flush()
+    store.down = False
+    await live.flush()  # the failed write is due again at the next sweep
+    assert store.batches == [{"n1", "n2"}, {"n2"}]
+    assert (await stored(store))["n2"] == clock.now

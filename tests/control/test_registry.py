@@ -242,3 +242,17 @@ async def test_container_log_trimming_gives_a_full_map() -> None:
     assert (await reg.map_update("n2", since=2, wait=0)).kind == "full"
     delta = await reg.map_update("n2", since=reg.revision - 1, wait=0)
     assert delta.kind == "delta" and [c.name for c in delta.containers_changed] == ["c4"]
+
+
+async def test_ephemeral_and_rotating_nodes_are_indexed_through_saves_and_removals() -> None:
+    """The sweep's lists: only the nodes it has work for, kept current by every write."""
+    reg = await registry_with(1, 2, 3)
+    assert reg.ephemeral_nodes() == [] and reg.rotating_nodes() == []
+    await reg.save(replace(rec(2), ephemeral=True))
+    rotating = replace(rec(3), next_key=rec(9).public_key, switch_at=T0)
+    await reg.save(rotating)
+    assert [n.id for n in reg.ephemeral_nodes()] == ["n2"]
+    assert [n.id for n in reg.rotating_nodes()] == ["n3"]
+    await reg.save(replace(rotating, public_key=rec(9).public_key, next_key=None, switch_at=None))
+    await reg.remove("n2")
+    assert reg.ephemeral_nodes() == [] and reg.rotating_nodes() == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -412,6 +413,10 @@ async def serve(config: ServerConfig) -> None:
         server = await start_server(config)
     except StoreError as exc:
         raise ServerConfigError(str(exc)) from exc
+    # What the start loaded (every node and container, the change log) lives as long as the
+    # server: frozen, full collections stop walking it again (as the agent does once started).
+    gc.collect()
+    gc.freeze()
     try:
         await stop.wait()
         log.info("shutting down")

@@ -466,7 +466,7 @@ class ControlService:
         """Make due key rotations final: the next key becomes the key, the old one is refused
         from then on."""
         now = self._clock()
-        for node in self.registry.nodes():
+        for node in self.registry.rotating_nodes():
             if node.next_key is None or node.switch_at is None:
                 continue
             if now < node.switch_at + ROTATION_FINAL_AFTER:
@@ -497,9 +497,9 @@ class ControlService:
         ephemeral nodes silent past the ephemeral timeout; finish due key rotations."""
         await self.finish_rotations()
         now = self._clock()
-        for gone in self.registry.nodes():
+        for gone in self.registry.ephemeral_nodes():
             silent = self.registry.silent_for(gone.id, now)
-            if gone.ephemeral and silent > self.ephemeral_timeout:
+            if silent > self.ephemeral_timeout:
                 async with self._lock:
                     await self.registry.remove(gone.id)
                 log.info(
