@@ -256,3 +256,14 @@ async def test_ephemeral_and_rotating_nodes_are_indexed_through_saves_and_remova
     await reg.save(replace(rotating, public_key=rec(9).public_key, next_key=None, switch_at=None))
     await reg.remove("n2")
     assert reg.ephemeral_nodes() == [] and reg.rotating_nodes() == []
+
+
+async def test_every_heartbeat_of_one_revision_is_the_same_update() -> None:
+    """One "none" object per revision: the encoder turns it into bytes once for all streams."""
+    reg = await registry_with(1, 2)
+    first = await reg.map_update("n1", since=2, wait=0)
+    assert first.kind == "none" and first.revision == 2
+    assert await reg.map_update("n2", since=2, wait=0) is first
+    await reg.save(rec(3))
+    again = await reg.map_update("n1", since=3, wait=0)
+    assert again.kind == "none" and again.revision == 3 and again is not first

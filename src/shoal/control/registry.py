@@ -103,6 +103,7 @@ class Registry:
         self.log = ChangeLog.from_snapshot(snapshot, limit=log_limit)
         # The sorted parts of the full map, valid for one revision (`full_map`).
         self._cache_rev = -1
+        self._none: MapUpdate | None = None
         self._all_nodes: tuple[Node, ...] | None = None
         self._visible: tuple[Container, ...] | None = None
         for node in snapshot.nodes:
@@ -417,7 +418,7 @@ class Registry:
             self.require(node_id)  # removed while waiting → its credential is now invalid
         revision = self.log.revision
         if since == revision:
-            return MapUpdate(kind="none", revision=revision)
+            return self._nothing_new()
         if not self.log.covers(since):
             return MapUpdate(kind="full", revision=revision, full=self.full_map(node_id))
         delta = self.log.delta(since, self._shared_delta)
@@ -431,6 +432,15 @@ class Registry:
                 "peers_changed": tuple(n for n in delta.update.peers_changed if n.id != node_id),
             }
         )
+
+    def _nothing_new(self) -> MapUpdate:
+        """The "none" update of the current revision: one object per revision, so that each
+        stream's heartbeat writes the bytes the encoder made once (10,000 streams send one
+        every `wait` seconds whether anything changed or not)."""
+        nothing = self._none
+        if nothing is None or nothing.revision != self.log.revision:
+            nothing = self._none = MapUpdate(kind="none", revision=self.log.revision)
+        return nothing
 
     def _shared_delta(self, since: int, changed: Changed) -> SharedDelta:
         """The delta from `since` of every node not among `changed.nodes`."""
