@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from shoal.control import api as api_module
 from shoal.control import service as service_module
 from shoal.control.api import METRICS
 from shoal.control.app import RunningServer
@@ -183,3 +184,38 @@ async def test_an_old_client_still_long_polls(server: RunningServer) -> None:
     async with node_client(server, alpha.key) as client:
         update: MapUpdate = await client.poll(since=0, wait=0)
     assert update.kind == "full"
+
+
+async def test_a_frame_larger_than_a_piece_arrives_whole(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full map written in many pieces (each at most FRAME_PIECE bytes: what TLS buffers
+    per connection) is still one frame: the client gets the map the registry holds."""
+    monkeypatch.setattr(api_module, "FRAME_PIECE", 256)
+    nodes = [await join(server, f"n{i}") for i in range(4)]
+    async with (
+        node_client(server, nodes[0].key) as client,
+        aclosing(client.watch(since=0, wait=30)) as updates,
+    ):
+        first = await anext(updates)
+        assert first.kind == "full" and first.full is not None
+        assert first.full == server.service.registry.full_map(nodes[0].netmap.self_node.id)
+        assert len(first.model_dump_json()) > 4 * 256
+
+
+async def test_frames_are_written_in_pieces_of_at_most_frame_piece_bytes() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        async def write(self, data: bytes | memoryview) -> None:
+            self.writes.append(bytes(data))
+
+    frame = bytes(range(256)) * 200 + b"\n"  # 51,201 bytes
+    recorder = Recorder()
+    await api_module._write_frame(recorder, frame)  # type: ignore[arg-type]
+    assert b"".join(recorder.writes) == frame
+    assert max(map(len, recorder.writes)) == api_module.FRAME_PIECE and len(recorder.writes) == 4
+    small = Recorder()
+    await api_module._write_frame(small, b"{}\n")  # type: ignore[arg-type]
+    assert small.writes == [b"{}\n"]
