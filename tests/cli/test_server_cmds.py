@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio.sslproto
 import gc
 import os
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +71,19 @@ async def test_tls_connections_share_one_read_buffer_and_keep_their_bytes(
         assert await asyncio.gather(*(exchange() for _ in range(CONNECTIONS))) == [True] * 8
     buffers = {id(p._ssl_buffer) for p in protocols}  # type: ignore[attr-defined]
     assert len(protocols) == CONNECTIONS and len(buffers) == 1
+
+
+async def test_each_thread_reads_through_a_buffer_of_its_own(restored: None) -> None:
+    """An event loop in another thread never shares the buffer with this one's."""
+    tune_server_process()
+    loop = asyncio.get_running_loop()
+
+    def buffer_of_a_new_protocol() -> int:
+        protocol = asyncio.sslproto.SSLProtocol(
+            loop, asyncio.Protocol(), ssl.create_default_context(), None
+        )
+        return id(protocol._ssl_buffer)  # type: ignore[attr-defined]
+
+    here, again = buffer_of_a_new_protocol(), buffer_of_a_new_protocol()
+    there = await asyncio.to_thread(buffer_of_a_new_protocol)
+    assert here == again != there

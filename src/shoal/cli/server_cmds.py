@@ -15,6 +15,7 @@ import gc
 import json
 import os
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -120,16 +121,16 @@ class _SharedBufferSSLProtocol(asyncio.sslproto.SSLProtocol):
     netmap stream costs the server (73 KiB per idle stream at 2,000). One buffer is enough:
     the loop's transport fills it (`get_buffer`, `recv_into`) and the protocol copies it into
     its TLS object (`buffer_updated`) in one synchronous call, so no connection's bytes are
-    still in it when another's are read."""
+    still in it when another's are read. One per thread: an event loop of another thread
+    (none in the server today) reads through its own."""
 
-    _shared: ClassVar[dict[int, bytearray]] = {}  # by buffer size
+    _local: ClassVar[threading.local] = threading.local()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        size = self.max_size
-        shared = self._shared.get(size)
-        if shared is None:
-            shared = self._shared[size] = bytearray(size)
+        shared: bytearray | None = getattr(self._local, "buffer", None)
+        if shared is None or len(shared) != self.max_size:
+            shared = self._local.buffer = bytearray(self.max_size)
         self._ssl_buffer = shared
         self._ssl_buffer_view = memoryview(shared)
 
