@@ -21,6 +21,7 @@ from shoal.controlclient.client import STREAM_PATH
 from shoal.controlclient.errors import ControlProtocolError, CredentialRejected
 from shoal.controlclient.tls import ssl_context
 from shoal.model.api import ContainerReport, ContainersReport
+from shoal.model.keys import PrivateKey
 from shoal.model.netmap import MapUpdate
 from tests.control.servers import FakeClock, admin_client, join, node_client, running_server
 
@@ -165,6 +166,27 @@ async def test_bad_stream_parameters_are_a_400_before_any_frame(
     ):
         assert resp.status == 400
         assert (await resp.json())["code"] == "bad_request"
+
+
+@pytest.mark.parametrize("signed", ["unsigned", "signed for another target", "stranger"])
+async def test_a_stream_without_a_valid_node_signature_is_a_401_before_any_frame(
+    server: RunningServer, signed: str
+) -> None:
+    alpha = await join(server, "alpha")
+    target = f"{STREAM_PATH}?since=0&wait=30"
+    headers: dict[str, str] = {}
+    if signed != "unsigned":
+        key = alpha.key if signed != "stranger" else PrivateKey.generate()
+        async with node_client(server, key) as client:
+            path = target if signed == "stranger" else "/v1/netmap?since=0&wait=30"
+            headers["Authorization"] = await client._signature("GET", path, b"")
+    connector = aiohttp.TCPConnector(ssl=ssl_context(server.ca.ca_pem))
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        session.get(server.url + target, headers=headers) as resp,
+    ):
+        assert resp.status == 401
+        assert (await resp.read()).count(b"\n") <= 1  # one error, no netmap frame
 
 
 async def test_a_frame_that_is_no_update_is_a_protocol_error(
