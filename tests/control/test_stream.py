@@ -194,7 +194,7 @@ async def test_a_frame_that_is_no_update_is_a_protocol_error(
 ) -> None:
     alpha = await join(server, "alpha")
     monkeypatch.setattr(
-        "shoal.control.encoding.MapEncoder.update", lambda self, update: b'{"kind": "bogus"}'
+        "shoal.control.encoding.MapEncoder._encode", lambda self, update: b'{"kind": "bogus"}'
     )
     async with node_client(server, alpha.key) as client:
         with pytest.raises(ControlProtocolError, match="unexpected /v1/netmap/stream frame"):

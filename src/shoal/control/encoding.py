@@ -91,14 +91,7 @@ class MapEncoder:
         hit = self._updates.get(id(update))
         if hit is not None and hit[0] is update:
             return hit[1]
-        body = spliced(
-            update,
-            {
-                "full": b"null" if update.full is None else self.network_map(update.full),
-                "peers_changed": self._nodes.array(update.peers_changed),
-                "containers_changed": self._containers.array(update.containers_changed),
-            },
-        )
+        body = self._encode(update)
         self._updates[id(update)] = (update, body)
         if len(self._updates) > self._updates_kept:
             self._updates.popitem(last=False)
@@ -110,11 +103,24 @@ class MapEncoder:
         hit = self._lines.get(id(update))
         if hit is not None and hit[0] is update:
             return hit[1]
-        line = self.update(update) + b"\n"
+        # Not through `update`'s cache: a stream's frame is kept once, as a line (a large
+        # full map twice over was the price).
+        body = self._updates.get(id(update))
+        line = (body[1] if body is not None and body[0] is update else self._encode(update)) + b"\n"
         self._lines[id(update)] = (update, line)
         if len(self._lines) > self._updates_kept:
             self._lines.popitem(last=False)
         return line
+
+    def _encode(self, update: MapUpdate) -> bytes:
+        return spliced(
+            update,
+            {
+                "full": b"null" if update.full is None else self.network_map(update.full),
+                "peers_changed": self._nodes.array(update.peers_changed),
+                "containers_changed": self._containers.array(update.containers_changed),
+            },
+        )
 
     def register_response(self, response: RegisterResponse) -> bytes:
         return spliced(response, {"netmap": self.network_map(response.netmap)})
