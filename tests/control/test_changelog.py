@@ -4,8 +4,18 @@ wakes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from shoal.control.changelog import DELTAS_KEPT, Changed, ChangeLog, SharedDelta
+import pytest
+
+from shoal.control.changelog import (
+    DELTAS_KEPT,
+    EXPIRY_TICK,
+    Changed,
+    ChangeLog,
+    SharedDelta,
+    expiry,
+)
 from shoal.model.netmap import MapUpdate
 
 
@@ -158,3 +168,41 @@ async def test_a_poll_ends_at_its_timeout() -> None:
     log = ChangeLog([], revision=1)
     await asyncio.wait_for(log.wait("n1", since=1, timeout=0.001), timeout=5)
     assert log.live_polls == 0
+
+
+def test_a_wait_ends_at_most_a_tick_before_its_deadline_never_after() -> None:
+    for now in (0.0, 0.1, 1234.5678, 99_999.99):
+        for timeout in (2 * EXPIRY_TICK, 1.0, 25.0):
+            ends = expiry(now, timeout)
+            assert now + timeout - EXPIRY_TICK < ends <= now + timeout
+    assert expiry(10.1, 0.3) == 10.1 + 0.3  # shorter than two ticks: its own deadline
+    assert expiry(10.01, 5.0) == expiry(10.2, 5.0) == 15.0  # the same tick: the same time
+
+
+async def test_waits_ending_in_the_same_tick_share_one_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streams re-waiting after a change schedule one timer per tick, not one each; that
+    timer ends all their waits (True: the time is up), only once per wait."""
+    loop = asyncio.get_running_loop()
+    schedule = loop.call_at
+    timers: list[tuple[Callable[..., object], tuple[object, ...]]] = []
+
+    def call_at(when: float, callback: Callable[..., object], *args: object) -> object:
+        timers.append((callback, args))
+        return schedule(when + 3600, callback, *args)  # the test fires it, not the clock
+
+    monkeypatch.setattr(loop, "call_at", call_at)
+    # Waits starting at the same loop time: the same deadline, whatever the clock reads.
+    monkeypatch.setattr(loop, "time", lambda: 1000.1)
+    log = ChangeLog([], revision=1)
+    polls = [asyncio.create_task(log.wait(f"n{i}", since=1, timeout=25)) for i in range(50)]
+    await poll_started(log, 50)
+    monkeypatch.undo()
+    assert len(timers) == 1
+    callback, args = timers[0]
+    callback(*args)
+    assert await asyncio.wait_for(asyncio.gather(*polls), timeout=5) == [True] * 50
+    assert log.live_polls == 0
+    callback(*args)  # a late duplicate fire ends nothing new
+    log.close()

@@ -17,7 +17,9 @@ previous one at once (a client that lost its connection, or one holding 2,000 po
 credential, holds one; a stream so displaced ends, see `wait`). A
 change wakes them COALESCE_SECONDS after the first change of a burst, so a `compose up` of 20
 containers, or many hosts joining at once, costs each node one delta instead of one per
-change.
+change. Their timeouts share timers: a wait ends at its deadline rounded down to EXPIRY_TICK,
+and one timer ends every wait of that tick (10,000 streams re-waiting after a change would
+otherwise schedule and cancel 10,000 timers per change).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ LOG_LIMIT = 10_000  # change-log entries kept; older `since` values get a full m
 DELTAS_KEPT = 16
 # How long a change waits for others before the long-polls wake (bounded extra latency).
 COALESCE_SECONDS = 0.02
+# Waits' timeouts are rounded down to a multiple of this (a power of two, so exactly), and
+# the waits ending at the same time share one timer; a shorter wait keeps its own deadline.
+EXPIRY_TICK = 0.25
 
 # What a change-log entry is about: a node (its id) or a container ((node id, container id)).
 Subject = str | ContainerKey
@@ -79,8 +84,12 @@ class ChangeLog:
         self._deltas_rev = revision
         # `_poll_owner` names the live poll of each node, `_waiting` holds the future it sleeps
         # on; a change resolves them all.
+        # The future resolves False when woken, True when its time is up.
         self._poll_owner: dict[str, object] = {}
-        self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._waiting: dict[str, asyncio.Future[bool]] = {}
+        # The waits ending at each expiry time (`expiry`), ended together by one timer; those
+        # already woken stay in the list till then.
+        self._expiring: dict[float, list[asyncio.Future[bool]]] = {}
         # The newest stream of each node (`claim`): an older one never takes its place back.
         self._claims: dict[str, int] = {}
         self._claimed = 0
@@ -170,7 +179,7 @@ class ChangeLog:
         self._claims[node_id] = self._claimed
         older = self._waiting.pop(node_id, None)
         if older is not None and not older.done():
-            older.set_result(None)
+            older.set_result(False)
         return self._claimed
 
     def _superseded(self, node_id: str, claim: int | None) -> bool:
@@ -180,10 +189,11 @@ class ChangeLog:
         self, node_id: str, since: int, timeout: float, claim: int | None = None
     ) -> bool:
         """`node_id`'s long-poll (or stream: its `claim`) holding revision `since`: returns
-        once the revision is past `since`, after `timeout` seconds, when the log closes, or
-        when the same node starts a newer poll or stream. Returns at once if `since` is not
-        the current revision or `timeout` <= 0. False when the log closed or a newer poll or
-        stream of the node took over (a stream then ends), else True."""
+        once the revision is past `since`, after `timeout` seconds (`expiry`: up to
+        EXPIRY_TICK sooner, never later), when the log closes, or when the same node starts a
+        newer poll or stream. Returns at once if `since` is not the current revision or
+        `timeout` <= 0. False when the log closed or a newer poll or stream of the node took
+        over (a stream then ends), else True."""
         if self._closed or self._superseded(node_id, claim):
             return False
         if since != self.revision or timeout <= 0:
@@ -192,9 +202,9 @@ class ChangeLog:
         self._poll_owner[node_id] = ticket
         older = self._waiting.pop(node_id, None)
         if older is not None and not older.done():
-            older.set_result(None)  # the node's previous poll returns now
+            older.set_result(False)  # the node's previous poll returns now
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        expires = expiry(loop.time(), timeout)
         try:
             # A wake can be for a change this node already has (the coalesced wake of the very
             # change it was just given): only a newer revision ends the wait.
@@ -203,24 +213,33 @@ class ChangeLog:
                 and not self._closed
                 and self._poll_owner.get(node_id) is ticket
                 and not self._superseded(node_id, claim)
-                and loop.time() < deadline
             ):
-                woken = loop.create_future()
+                woken: asyncio.Future[bool] = loop.create_future()
                 self._waiting[node_id] = woken
-                # A bare timer that resolves the future, not `asyncio.timeout`: its
-                # cancellation machinery was a third of this method's cost, paid by every
-                # node on every change.
-                timer = loop.call_at(deadline, _resolve, woken)
-                try:
-                    await woken
-                finally:
-                    timer.cancel()
+                self._expiring_at(loop, expires).append(woken)
+                if await woken:
+                    break  # its time is up
         finally:
             live = self._poll_owner.get(node_id) is ticket
             if live:
                 del self._poll_owner[node_id]
                 self._waiting.pop(node_id, None)
         return live and not self._closed and not self._superseded(node_id, claim)
+
+    def _expiring_at(
+        self, loop: asyncio.AbstractEventLoop, expires: float
+    ) -> list[asyncio.Future[bool]]:
+        """The waits ending at `expires`; the first one there sets the timer that ends them."""
+        expiring = self._expiring.get(expires)
+        if expiring is None:
+            expiring = self._expiring[expires] = []
+            loop.call_at(expires, self._expire, expires)
+        return expiring
+
+    def _expire(self, expires: float) -> None:
+        for woken in self._expiring.pop(expires, ()):
+            if not woken.done():
+                woken.set_result(True)
 
     def notify(self) -> None:
         """Wake the waiting long-polls COALESCE_SECONDS after the first change of a burst."""
@@ -240,9 +259,14 @@ class ChangeLog:
         waiting, self._waiting = self._waiting, {}
         for woken in waiting.values():
             if not woken.done():
-                woken.set_result(None)
+                woken.set_result(False)
 
 
-def _resolve(woken: asyncio.Future[None]) -> None:
-    if not woken.done():
-        woken.set_result(None)
+def expiry(now: float, timeout: float) -> float:
+    """When a wait of `timeout` seconds from `now` (loop time) ends: its deadline rounded down
+    to a multiple of EXPIRY_TICK, so the waits ending in the same tick share one timer; a
+    wait shorter than two ticks ends at its deadline."""
+    deadline = now + timeout
+    if timeout < 2 * EXPIRY_TICK:
+        return deadline
+    return deadline - deadline % EXPIRY_TICK
