@@ -36,7 +36,10 @@ class Seeded:
 
 
 async def seed_store(db: Path, count: int, prefix: str) -> list[Seeded]:
-    """Write `count` nodes named `prefix`0.. into the SQLite store at `db` (created here)."""
+    """Write `count` nodes named `prefix`0.. into a new SQLite store at `db` (a store a
+    previous run left there is removed first: its nodes hold the same subnets)."""
+    for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        leftover.unlink(missing_ok=True)
     store = SqliteStore(db)
     now = datetime.now(UTC)
     seeded: list[Seeded] = []
