@@ -336,18 +336,23 @@ async def test_leaving_after_the_operator_removed_the_node_is_done_not_unreachab
     assert await leave_mesh(closed, KEY) is False
 
 
+async def follows_a_new_peer(rig: Rig, server: RunningServer) -> None:
+    """A node joining now reaches the agent's map, and the agent is RUNNING."""
+    beta = await join(server, "beta")
+    await eventually(
+        lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
+    )
+    assert (await rig.agent.status()).state is AgentState.RUNNING
+
+
 async def test_the_agent_follows_the_netmap_stream(tmp_path: Path, server: RunningServer) -> None:
     rig = await joined(tmp_path, server)
     await rig.agent.configure(fresh_join=True)
     async with rig.agent.client, asyncio.TaskGroup() as tasks:
         follow = tasks.create_task(rig.agent.follow_netmap())
-        beta = await join(server, "beta")
-        await eventually(
-            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
-        )
+        await follows_a_new_peer(rig, server)
         # One stream carried it: the node's live watch is a stream, not a series of polls.
         assert server.service.registry.log.live_polls == 1
-        assert (await rig.agent.status()).state is AgentState.RUNNING
         follow.cancel()
 
 
@@ -364,11 +369,7 @@ async def test_against_a_server_without_streams_the_agent_long_polls(
     monkeypatch.setattr(rig.agent.client, "watch", older_server)
     async with rig.agent.client, asyncio.TaskGroup() as tasks:
         follow = tasks.create_task(rig.agent.follow_netmap())
-        beta = await join(server, "beta")
-        await eventually(
-            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
-        )
-        assert (await rig.agent.status()).state is AgentState.RUNNING
+        await follows_a_new_peer(rig, server)
         follow.cancel()
 
 
@@ -397,11 +398,7 @@ async def test_a_throttled_stream_is_asked_again_later_not_given_up(
         assert status.state is AgentState.DEGRADED
         assert "throttling this host" in " ".join(w.message for w in status.health)
         await rig.clock.advance(RETRY_SECONDS[0])
-        beta = await join(server, "beta")
-        await eventually(
-            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
-        )
-        assert (await rig.agent.status()).state is AgentState.RUNNING
+        await follows_a_new_peer(rig, server)
         follow.cancel()
 
 
@@ -426,11 +423,7 @@ async def test_a_stream_that_broke_after_delivering_is_opened_again_at_once(
         follow = tasks.create_task(rig.agent.follow_netmap())
         await eventually(lambda: len(opened) == 2, "the stream opened again")
         assert rig.clock.pending == 0, "no retry delay"
-        beta = await join(server, "beta")
-        await eventually(
-            lambda: rig.agent.cached.netmap.peer(beta.node_id) is not None, "beta in the map"
-        )
-        assert (await rig.agent.status()).state is AgentState.RUNNING
+        await follows_a_new_peer(rig, server)
         follow.cancel()
 
 
