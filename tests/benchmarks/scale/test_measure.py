@@ -56,7 +56,9 @@ async def test_scale_on_two_postgresql_replicas(tmp_path: Path) -> None:
     assert (point.store, point.replicas, point.nodes) == ("postgresql", 2, 20)
     assert point.missed == 0
     assert point.container_fanout_ms is not None
-    assert point.database_cpu_ms_per_change is not None and point.database_cpu_ms_per_change > 0
+    # Measured apart (not None); 20 nodes may cost the database less than one clock tick
+    # (10 ms of /proc CPU time) over the run's changes, so 0 is a valid reading.
+    assert point.database_cpu_ms_per_change is not None and point.database_cpu_ms_per_change >= 0
     assert not any("client errors" in note for note in result.notes)
     assert "| postgresql, 2 replicas | 20 |" in render_markdown(result)
     assert set(Path("/tmp").glob("shoal-bench-pg-*")) <= clusters  # this run's cluster is gone
