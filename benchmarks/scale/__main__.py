@@ -36,8 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--seeded",
         action="store_true",
-        help="write the N nodes into the (SQLite) store before the server starts instead of "
-        "registering them: the server side of 10,000 hosts without 10,000 catch-ups here",
+        help="write the N nodes into the store before the server starts (PostgreSQL: moved "
+        "from a SQLite store as `shoal server migrate` does) instead of registering them: the "
+        "server side of 10,000 hosts without 10,000 catch-ups here",
     )
     parser.add_argument("--workdir", type=Path, default=Path("bench-scale"))
     parser.add_argument("--json", type=Path, default=None, help="write the result here")

@@ -281,13 +281,15 @@ async def _scale_point(
 ) -> ScalePoint:
     run_dir = workdir / f"{store}-n{nodes}"
     seeds: list[Seeded] | None = None
+    seed_db: Path | None = None
     if seeded:
-        if store != "sqlite":
-            raise BenchError("--seeded writes the mesh into a SQLite store: use --store sqlite")
-        data = run_dir / "data"
+        # SQLite: the server's own store; PostgreSQL: a SQLite store its replicas' database
+        # takes over before they start, as `shoal server migrate --from` moves a mesh.
+        data = run_dir / "data" if store == "sqlite" else run_dir
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
-        seeds = await seed_store(data / "shoal.db", nodes, "a")
-    server = await start_control_plane(run_dir, store, PG_REPLICAS)
+        seed_db = data / ("shoal.db" if store == "sqlite" else "seed.db")
+        seeds = await seed_store(seed_db, nodes, "a")
+    server = await start_control_plane(run_dir, store, PG_REPLICAS, seed_db)
     fleet: Fleet | None = None
     try:
         first = server.first

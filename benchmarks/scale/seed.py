@@ -1,4 +1,5 @@
-"""A mesh of N nodes written into a server's SQLite store before it starts (`--seeded`): the
+"""A mesh of N nodes written into a SQLite store before the server starts (`--seeded`; the
+PostgreSQL replicas' database takes it over first, see `server.start_control_plane`): the
 server side of 10,000 hosts measured without 10,000 registrations whose replies of up to
 10,000 peers the simulated fleet, one process on a shared machine, would parse for hours.
 

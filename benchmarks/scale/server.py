@@ -21,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shoal.lab.replicas import make_cluster, postgres_argv, postgres_log, postgres_url
+from shoal.store.postgresql import PostgresStore
+from shoal.store.sqlite import SqliteStore
+from shoal.store.transfer import copy_state
 
 SERVER_START_TIMEOUT = 60.0
 QUIET_CPU_FRACTION = 0.05  # server below 5 % of a core for QUIET_SAMPLE s = quiescent
@@ -179,14 +182,25 @@ class ControlPlane:
 _OWN_FILES = {"server.json", "shoal.db", "shoal.db-wal", "shoal.db-shm"}
 
 
-async def start_control_plane(run_dir: Path, store: str, replicas: int) -> ControlPlane:
+async def start_control_plane(
+    run_dir: Path, store: str, replicas: int, seed: Path | None = None
+) -> ControlPlane:
     """`store` "sqlite": one server; "postgresql": `replicas` servers on the run's database,
-    each with a copy of the first one's data dir (CA and keys), as an operator sets them up."""
+    each with a copy of the first one's data dir (CA and keys), as an operator sets them up.
+    `seed`: a SQLite store whose mesh the database takes over first (PostgreSQL only; the
+    SQLite server's seed is its own store already)."""
     if store == "sqlite":
         return ControlPlane((await start_server(run_dir / "data", run_dir / "server.log"),))
     database = await start_database()
     started: list[Server] = []
     try:
+        if seed is not None:
+            source, target = SqliteStore(seed), PostgresStore(database.url)
+            try:
+                await copy_state(source, target)
+            finally:
+                await source.close()
+                await target.close()
         for i in range(replicas):
             data = run_dir / f"data-r{i + 1}"
             if i > 0:
