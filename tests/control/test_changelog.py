@@ -206,3 +206,83 @@ async def test_waits_ending_in_the_same_tick_share_one_timer(
     assert log.live_polls == 0
     callback(*args)  # a late duplicate fire ends nothing new
     log.close()
+
+
+class Pushes:
+    """A stream's push that records what it was offered and delivers while `take` is true."""
+
+    def __init__(self, log: ChangeLog, *, take: bool = True) -> None:
+        self.log = log
+        self.take = take
+        self.offered: list[int] = []
+
+    def __call__(self, since: int) -> int | None:
+        self.offered.append(since)
+        return self.log.revision if self.take else None
+
+
+async def test_a_pushed_change_leaves_the_stream_waiting_from_the_revision_delivered() -> None:
+    log = ChangeLog([], revision=1)
+    push = Pushes(log)
+    stream = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), push))
+    await poll_started(log, 1)
+    log.record(2, ["n2"])
+    log.record(3, ["n3"])  # the same burst: one push
+    await asyncio.sleep(0.1)  # past COALESCE_SECONDS
+    log.record(4, ["n4"])
+    while len(push.offered) < 2:
+        await asyncio.sleep(0.01)
+    assert push.offered == [1, 3]
+    assert not stream.done() and log.live_polls == 1
+    log.close()
+    assert await asyncio.wait_for(stream, timeout=5) is None
+
+
+async def test_a_stream_whose_push_declines_wakes_with_the_revision_it_holds() -> None:
+    log = ChangeLog([], revision=1)
+    push = Pushes(log, take=False)
+    stream = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), push))
+    await poll_started(log, 1)
+    log.record(2, ["n1"])
+    assert await asyncio.wait_for(stream, timeout=5) == 1
+    assert push.offered == [1] and log.live_polls == 0
+
+
+async def test_a_stream_wakes_for_its_heartbeat_holding_the_last_push() -> None:
+    log = ChangeLog([], revision=1)
+    stream = asyncio.create_task(log.follow("n1", 1, 0.3, log.claim("n1"), Pushes(log)))
+    await poll_started(log, 1)
+    log.record(2, ["n2"])
+    assert await asyncio.wait_for(stream, timeout=5) == 2
+
+
+async def test_a_failing_push_wakes_its_stream_and_the_others_still_get_theirs() -> None:
+    log = ChangeLog([], revision=1)
+
+    def broken(since: int) -> int | None:
+        raise RuntimeError("bug")
+
+    good = Pushes(log)
+    failing = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), broken))
+    fine = asyncio.create_task(log.follow("n2", 1, 60, log.claim("n2"), good))
+    await poll_started(log, 2)
+    log.record(2, ["n3"])
+    assert await asyncio.wait_for(failing, timeout=5) == 1
+    assert good.offered == [1] and not fine.done()
+    log.close()
+    await asyncio.wait_for(fine, timeout=5)
+
+
+async def test_a_poll_taking_over_from_a_stream_is_woken_not_pushed_past() -> None:
+    """The node's stream gave way to a poll of it: a change wakes the poll, and the push of
+    the stream it replaced is not called for it."""
+    log = ChangeLog([], revision=1)
+    push = Pushes(log)
+    stream = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), push))
+    await poll_started(log, 1)
+    poll = asyncio.create_task(log.wait("n1", since=1, timeout=60))
+    assert await asyncio.wait_for(stream, timeout=5) is None
+    await poll_started(log, 1)
+    log.record(2, ["n2"])
+    assert await asyncio.wait_for(poll, timeout=5) is True
+    assert push.offered == []

@@ -9,14 +9,19 @@ import asyncio
 from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from shoal.control import api as api_module
 from shoal.control import service as service_module
 from shoal.control.api import METRICS
 from shoal.control.app import RunningServer
+from shoal.control.encoding import MapEncoder
+from shoal.control.service import Send
 from shoal.controlclient.client import STREAM_PATH
 from shoal.controlclient.errors import ControlProtocolError, CredentialRejected
 from shoal.controlclient.tls import ssl_context
@@ -241,3 +246,80 @@ async def test_frames_are_written_in_pieces_of_at_most_frame_piece_bytes() -> No
     small = Recorder()
     await api_module._write_frame(small, b"{}\n")  # type: ignore[arg-type]
     assert small.writes == [b"{}\n"]
+
+
+async def test_a_change_is_pushed_to_streams_and_a_nodes_own_comes_from_its_task(
+    server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change every stream gets alike is written from the wake-up (the streams' tasks stay
+    asleep); the node whose own record changed gets its own update the long way, and every
+    client reads the same maps either way."""
+    pushed: list[int] = []
+    make_sender = api_module._sender
+
+    def counting(request: web.Request, encoder: MapEncoder) -> Send:
+        send = make_sender(request, encoder)
+
+        def counted(update: MapUpdate) -> bool:
+            taken = send(update)
+            if taken:
+                pushed.append(update.revision)
+            return taken
+
+        return counted
+
+    monkeypatch.setattr(api_module, "_sender", counting)
+    alpha, beta = await join(server, "alpha"), await join(server, "beta")
+    since = server.service.registry.revision
+    async with (
+        node_client(server, alpha.key) as a,
+        node_client(server, beta.key) as b,
+        aclosing(a.watch(since=since, wait=30)) as alphas,
+        aclosing(b.watch(since=since, wait=30)) as betas,
+    ):
+        assert (await anext(alphas)).kind == (await anext(betas)).kind == "none"
+        gamma = await join(server, "gamma")
+        for updates in (alphas, betas):
+            update = await anext(updates)
+            assert [p.name for p in update.peers_changed] == ["gamma"]
+        assert pushed == [gamma.netmap.revision] * 2
+
+        await a.rotate(PrivateKey.generate())  # alpha's own record changes
+        own, seen_by_beta = await anext(alphas), await anext(betas)
+        assert own.self_node is not None and own.self_node.name == "alpha"
+        assert [p.name for p in seen_by_beta.peers_changed] == ["alpha"]
+        assert pushed[2:] == [seen_by_beta.revision]  # beta's only
+
+
+def test_a_push_waits_for_a_backed_up_connection_and_leaves_large_frames_to_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Transport:
+        def __init__(self, backlog: int) -> None:
+            self.backlog = backlog
+            self.written: list[bytes] = []
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return self.backlog
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+    encoder = MapEncoder()
+    update = MapUpdate(kind="none", revision=7)
+    line = encoder.line(update)
+    quiet = Transport(0)
+    send = api_module._sender(cast(web.Request, SimpleNamespace(transport=quiet)), encoder)
+    assert send(update)
+    assert quiet.written == [b"%x\r\n" % len(line) + line + b"\r\n"]  # one HTTP/1.1 chunk
+    busy = Transport(api_module.PUSH_BACKLOG)
+    assert not api_module._sender(cast(web.Request, SimpleNamespace(transport=busy)), encoder)(
+        update
+    )
+    assert busy.written == []
+    monkeypatch.setattr(api_module, "FRAME_PIECE", len(line) - 1)
+    assert not send(update)
+    assert len(quiet.written) == 1

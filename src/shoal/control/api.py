@@ -96,7 +96,7 @@ from shoal.control.listener import ConnectionLimits, Connections
 from shoal.control.metrics import ServerMetrics
 from shoal.control.nodeauth import NodeVerifier
 from shoal.control.relay import Relay
-from shoal.control.service import ControlService
+from shoal.control.service import ControlService, Send
 from shoal.control.servicecerts import ServiceCA
 from shoal.model.api import (
     ROTATE_PROOF_TARGET,
@@ -128,6 +128,7 @@ from shoal.model.certs import (
     service_names,
 )
 from shoal.model.keys import PublicKey
+from shoal.model.netmap import MapUpdate
 from shoal.model.policy import Proto
 from shoal.model.prometheus import CONTENT_TYPE
 from shoal.model.routes import RouteInfo, RouteRef
@@ -157,6 +158,9 @@ DEFAULT_WAIT = 25.0  # seconds a long-poll is held when the client does not say
 # held 659 KiB instead of 134 KiB (a full map of 10,000 peers is ~4.5 MB). 16 KiB is one TLS
 # record: a change's frame is one piece, a full map many.
 FRAME_PIECE = 16 * 1024
+# A netmap stream's connection holding this many bytes not yet sent takes no pushed change
+# (see `_sender`): its own write waits for the backlog to drain instead.
+PUSH_BACKLOG = 64 * 1024
 STREAM_TYPE = "application/x-ndjson"  # GET /v1/netmap/stream: one MapUpdate per line
 
 
@@ -493,7 +497,7 @@ async def netmap_stream(request: web.Request) -> web.StreamResponse:
     since, wait = _since_wait(request)
     service = request.app[SERVICE]
     encoder = request.app[ENCODER]
-    updates = service.watch(node_id, since, wait)
+    updates = service.watch(node_id, since, wait, _sender(request, encoder))
     first = await anext(updates)  # refusals (a store failure) still get their status
     _dead_peer_timeout(request, service.stream_wait(wait))
     # X-Accel-Buffering: an HTTP proxy in front (nginx) would hold frames back otherwise.
@@ -516,6 +520,28 @@ async def netmap_stream(request: web.Request) -> web.StreamResponse:
     finally:
         await updates.aclose()
     return response
+
+
+def _sender(request: web.Request, encoder: MapEncoder) -> Send:
+    """The stream's `Send` (see there): the update's frame, chunked as `response.write` frames
+    it, written straight to the connection, once the stream has written its first frame (and
+    the response's headers) itself. A connection with a backlog of PUSH_BACKLOG bytes or more
+    waits for the stream's own write, which waits for it to drain; a frame above FRAME_PIECE is
+    written in pieces there. One chunk is framed per update for every stream."""
+    transport = request.transport
+
+    def send(update: MapUpdate) -> bool:
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() >= PUSH_BACKLOG
+            or len(encoder.line(update)) > FRAME_PIECE
+        ):
+            return False
+        transport.write(encoder.chunk(update))
+        return True
+
+    return send
 
 
 async def _write_frame(response: web.StreamResponse, frame: bytes) -> None:

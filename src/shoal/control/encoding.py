@@ -77,6 +77,7 @@ class MapEncoder:
         # Keyed by id(); holding the update keeps its id from being reused while cached.
         self._updates: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
         self._lines: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
+        self._chunks: OrderedDict[int, tuple[MapUpdate, bytes]] = OrderedDict()
 
     def network_map(self, netmap: NetworkMap) -> bytes:
         return spliced(
@@ -88,29 +89,39 @@ class MapEncoder:
         )
 
     def update(self, update: MapUpdate) -> bytes:
-        hit = self._updates.get(id(update))
-        if hit is not None and hit[0] is update:
-            return hit[1]
-        body = self._encode(update)
-        self._updates[id(update)] = (update, body)
-        if len(self._updates) > self._updates_kept:
-            self._updates.popitem(last=False)
-        return body
+        return self._cached(self._updates, update, self._encode)
 
     def line(self, update: MapUpdate) -> bytes:
         """`update(update)` and a newline: a frame of a netmap stream, built once per update
         like its JSON, so every stream a change wakes writes the very same bytes."""
-        hit = self._lines.get(id(update))
-        if hit is not None and hit[0] is update:
-            return hit[1]
         # Not through `update`'s cache: a stream's frame is kept once, as a line (a large
         # full map twice over was the price).
-        body = self._updates.get(id(update))
-        line = (body[1] if body is not None and body[0] is update else self._encode(update)) + b"\n"
-        self._lines[id(update)] = (update, line)
-        if len(self._lines) > self._updates_kept:
-            self._lines.popitem(last=False)
-        return line
+        return self._cached(self._lines, update, lambda u: self._body(u) + b"\n")
+
+    def chunk(self, update: MapUpdate) -> bytes:
+        """`line(update)` as one chunk of a chunked HTTP/1.1 body (what `StreamResponse.write`
+        sends for it), built once per update: what a change pushes to every stream."""
+        return self._cached(self._chunks, update, lambda u: _chunked(self.line(u)))
+
+    def _body(self, update: MapUpdate) -> bytes:
+        hit = self._updates.get(id(update))
+        return hit[1] if hit is not None and hit[0] is update else self._encode(update)
+
+    def _cached(
+        self,
+        cache: OrderedDict[int, tuple[MapUpdate, bytes]],
+        update: MapUpdate,
+        make: Callable[[MapUpdate], bytes],
+    ) -> bytes:
+        """`make(update)`, kept in `cache` for the last `updates_kept` updates."""
+        hit = cache.get(id(update))
+        if hit is not None and hit[0] is update:
+            return hit[1]
+        made = make(update)
+        cache[id(update)] = (update, made)
+        if len(cache) > self._updates_kept:
+            cache.popitem(last=False)
+        return made
 
     def _encode(self, update: MapUpdate) -> bytes:
         return spliced(
@@ -133,3 +144,8 @@ def spliced(model: BaseModel, encoded: Mapping[str, bytes]) -> bytes:
     if head == b"{}":
         return b"{" + members + b"}"
     return head[:-1] + b"," + members + b"}"
+
+
+def _chunked(data: bytes) -> bytes:
+    """`data` framed as one chunk of a chunked HTTP/1.1 body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)

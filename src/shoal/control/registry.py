@@ -433,6 +433,20 @@ class Registry:
             }
         )
 
+    def shared_update(self, node_id: str, since: int) -> MapUpdate | None:
+        """What `map_update(node_id, since, 0)` returns when it is the delta shared by every
+        node not itself changed since `since` (built and encoded once per change), for a
+        known node that is online; None otherwise (the caller takes the long way)."""
+        if (
+            node_id not in self._nodes
+            or node_id in self.liveness.offline
+            or since == self.log.revision
+            or not self.log.covers(since)
+        ):
+            return None
+        delta = self.log.delta(since, self._shared_delta)
+        return None if node_id in delta.nodes_changed else delta.update
+
     def _nothing_new(self) -> MapUpdate:
         """The "none" update of the current revision: one object per revision, so that each
         stream's heartbeat writes the bytes the encoder made once (10,000 streams send one

@@ -13,13 +13,14 @@ import asyncio
 import hmac
 import logging
 import secrets
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import replace
 from datetime import timedelta
 from ipaddress import IPv4Address
 
 from shoal.control import ipam
 from shoal.control import routes as subnet_routes
+from shoal.control.changelog import Push
 from shoal.control.errors import (
     AdminUnauthorized,
     BadRequest,
@@ -82,6 +83,11 @@ log = logging.getLogger("shoal.control")
 
 MAX_WAIT = 60.0  # seconds a long-poll may be held (and at most a third of the heartbeat timeout)
 MIN_STREAM_WAIT = 1.0  # seconds between a netmap stream's heartbeats, at least
+# A netmap stream's writer for `watch`: deliver this update on the stream's connection now,
+# without waiting, or return False (a backed-up connection, a frame too large to write at
+# once), and the update comes from the generator instead. Called from the change log's
+# wake-up: it must not block or raise.
+Send = Callable[[MapUpdate], bool]
 DEFAULT_EPHEMERAL_TIMEOUT = timedelta(minutes=30)  # offline this long: an ephemeral node goes
 SAME_HOST = Verdict(
     allow=True, reason="same host: this traffic does not cross the mesh and is not filtered"
@@ -318,7 +324,9 @@ class ControlService:
         MIN_STREAM_WAIT."""
         return min(max(wait, MIN_STREAM_WAIT), self.max_wait)
 
-    async def watch(self, node_id: str, since: int, wait: float) -> AsyncGenerator[MapUpdate, None]:
+    async def watch(
+        self, node_id: str, since: int, wait: float, send: Send | None = None
+    ) -> AsyncGenerator[MapUpdate, None]:
         """The node's netmap stream: first what a poll from `since` would get at once (a full
         map, a delta or "none"), then each change as it comes (coalesced as for long-polls),
         and a "none" after every `stream_wait(wait)` seconds without one: the heartbeat.
@@ -326,20 +334,46 @@ class ControlService:
         caller delivers them on the node's connection, and a dead one ends the stream (see
         api.netmap_stream).
 
+        `send`, when given, may deliver a change itself, at once and without waiting: the
+        delta every node not changed itself gets (see Send). What it declines (and every
+        heartbeat) comes from this generator as before.
+
         Ends when a newer poll or stream of the same node takes over or the server shuts
         down; raises CredentialInvalid once the node is removed."""
         wait = self.stream_wait(wait)
         registry = self.registry
         claim = registry.log.claim(node_id)
         await registry.seen(node_id)  # its signed request
+        push = None if send is None else self._push(node_id, send)
         while True:
             update = await registry.map_update(node_id, since, 0.0)
             yield update
             # Delivered (a write to a connection the client closed raises instead).
             await registry.seen(node_id)
             since = update.revision
-            if not await registry.log.wait(node_id, since, wait, claim):
+            if push is None:
+                if not await registry.log.wait(node_id, since, wait, claim):
+                    return
+                continue
+            held = await registry.log.follow(node_id, since, wait, claim, push)
+            if held is None:
                 return
+            since = held
+
+    def _push(self, node_id: str, send: Send) -> Push:
+        """The change log's push for `node_id`'s stream (see changelog.Push): the shared
+        delta, if the node gets it and `send` takes it; hearing from the node as a delivered
+        update of the stream does (it is online: an offline one gets no shared delta)."""
+        registry = self.registry
+
+        def push(since: int) -> int | None:
+            update = registry.shared_update(node_id, since)
+            if update is None or not send(update):
+                return None
+            registry.liveness.heard(node_id)
+            return update.revision
+
+        return push
 
     async def report_containers(self, node_id: str, report: ContainersReport) -> None:
         """Replace what the server knows of this node's containers with `report`; every
