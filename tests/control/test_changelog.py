@@ -248,11 +248,16 @@ async def test_a_stream_whose_push_declines_wakes_with_the_revision_it_holds() -
     assert push.offered == [1] and log.live_polls == 0
 
 
-async def test_a_stream_wakes_for_its_heartbeat_holding_the_last_push() -> None:
+async def test_a_streams_heartbeats_are_pushed_and_one_declined_wakes_its_task() -> None:
     log = ChangeLog([], revision=1)
-    stream = asyncio.create_task(log.follow("n1", 1, 0.3, log.claim("n1"), Pushes(log)))
+    push = Pushes(log)
+    stream = asyncio.create_task(log.follow("n1", 1, 0.1, log.claim("n1"), push))
     await poll_started(log, 1)
     log.record(2, ["n2"])
+    while len(push.offered) < 3:  # the change, then heartbeats from the revision it holds
+        await asyncio.sleep(0.01)
+    assert push.offered[:3] == [1, 2, 2] and not stream.done()
+    push.take = False
     assert await asyncio.wait_for(stream, timeout=5) == 2
 
 

@@ -22,10 +22,10 @@ and one timer ends every wait of that tick (10,000 streams re-waiting after a ch
 otherwise schedule and cancel 10,000 timers per change).
 
 A stream waits with a push (`follow`): the wake-up hands it the change itself, and the push
-writes the frame on the stream's connection there and then; the stream's task wakes only when
-the push declines (the node's own record changed, its connection is backed up, ...) or its
-heartbeat is due. Waking 10,000 tasks, each building and writing its update, cost about as
-much again as the writes themselves.
+writes the frame on the stream's connection there and then; so does the timer of its
+heartbeat. The stream's task wakes only when the push declines (the node's own record
+changed, its connection is backed up, ...). Waking 10,000 tasks, each building and writing
+its update, cost about as much again as the writes themselves.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ Entry = tuple[int, Subject]  # (revision, subject)
 
 log = logging.getLogger(__name__)
 # A waiting stream's push: given the revision the stream holds, deliver what came after it at
-# once and return the revision delivered, or None to leave it to the stream's task. It runs
-# inside the wake-up, so it must not block or raise.
+# once (a "none" heartbeat when that is the current revision) and return the revision
+# delivered, or None to leave it to the stream's task. It runs inside the wake-up or the
+# heartbeat's timer, so it must not block or raise.
 Push = Callable[[int], int | None]
 
 
@@ -67,6 +68,7 @@ class _Waiter:
     """A live poll or stream: the revision it holds (a stream's pushes move it on)."""
 
     since: int
+    timeout: float
     push: Push | None = None  # a stream's (`follow`)
 
 
@@ -108,9 +110,9 @@ class ChangeLog:
         # The future resolves False when woken, True when its time is up.
         self._poll_owner: dict[str, object] = {}
         self._waiting: dict[str, asyncio.Future[bool]] = {}
-        # The waits ending at each expiry time (`expiry`), ended together by one timer; those
-        # already woken stay in the list till then.
-        self._expiring: dict[float, list[asyncio.Future[bool]]] = {}
+        # The waits ending at each expiry time (`expiry`), by node, ended together by one
+        # timer; those already woken stay in the list till then.
+        self._expiring: dict[float, list[tuple[str, asyncio.Future[bool]]]] = {}
         # The streams waiting in `follow` (the node's live wait), by node: a wake-up offers
         # them the change first.
         self._following: dict[str, _Waiter] = {}
@@ -222,24 +224,25 @@ class ChangeLog:
             return False
         if since != self.revision or timeout <= 0:
             return True
-        return await self._wait(node_id, _Waiter(since), timeout, claim)
+        return await self._wait(node_id, _Waiter(since, timeout), claim)
 
     async def follow(
         self, node_id: str, since: int, timeout: float, claim: int, push: Push
     ) -> int | None:
         """`wait` for `node_id`'s stream (its `claim`) holding revision `since`, where a change
         is first offered to `push` (see Push) and wakes the stream only if the push declines
-        it. Returns the revision the stream holds when its task has something to do (a change
-        the push declined, or its `timeout` is up: a heartbeat), or None once the stream ends
-        (a newer stream or poll of the node took over, or the log closed)."""
+        it; when its `timeout` is up the push gets the chance to send the heartbeat, and the
+        wait goes on from then. Returns the revision the stream holds when its task has
+        something to do (a change or heartbeat the push declined), or None once the stream
+        ends (a newer stream or poll of the node took over, or the log closed)."""
         if self._closed or self._superseded(node_id, claim):
             return None
         if since != self.revision or timeout <= 0:
             return since
-        waiter = _Waiter(since, push)
-        return waiter.since if await self._wait(node_id, waiter, timeout, claim) else None
+        waiter = _Waiter(since, timeout, push)
+        return waiter.since if await self._wait(node_id, waiter, claim) else None
 
-    async def _wait(self, node_id: str, waiter: _Waiter, timeout: float, claim: int | None) -> bool:
+    async def _wait(self, node_id: str, waiter: _Waiter, claim: int | None) -> bool:
         """`wait`'s loop, for the poll or stream `waiter`: from now on the node's live one."""
         ticket = object()
         self._poll_owner[node_id] = ticket
@@ -251,7 +254,7 @@ class ChangeLog:
         if older is not None and not older.done():
             older.set_result(False)  # the node's previous poll returns now
         loop = asyncio.get_running_loop()
-        expires = expiry(loop.time(), timeout)
+        expires = expiry(loop.time(), waiter.timeout)
         try:
             # A wake can be for a change this node already has (the coalesced wake of the very
             # change it was just given): only a newer revision ends the wait.
@@ -263,7 +266,7 @@ class ChangeLog:
             ):
                 woken: asyncio.Future[bool] = loop.create_future()
                 self._waiting[node_id] = woken
-                self._expiring_at(loop, expires).append(woken)
+                self._expiring_at(loop, expires).append((node_id, woken))
                 if await woken:
                     break  # its time is up
         finally:
@@ -276,7 +279,7 @@ class ChangeLog:
 
     def _expiring_at(
         self, loop: asyncio.AbstractEventLoop, expires: float
-    ) -> list[asyncio.Future[bool]]:
+    ) -> list[tuple[str, asyncio.Future[bool]]]:
         """The waits ending at `expires`; the first one there sets the timer that ends them."""
         expiring = self._expiring.get(expires)
         if expiring is None:
@@ -285,9 +288,36 @@ class ChangeLog:
         return expiring
 
     def _expire(self, expires: float) -> None:
-        for woken in self._expiring.pop(expires, ()):
-            if not woken.done():
-                woken.set_result(True)
+        """The waits of `expires` are up: a stream whose push sends its heartbeat waits on
+        (till its next one), any other wait ends."""
+        loop = asyncio.get_running_loop()
+        for node_id, woken in self._expiring.pop(expires, ()):
+            if woken.done():
+                continue
+            following = self._following.get(node_id)
+            if (
+                following is not None
+                and self._waiting.get(node_id) is woken
+                and self._pushed(node_id, following)
+            ):
+                next_one = expiry(loop.time(), following.timeout)
+                self._expiring_at(loop, next_one).append((node_id, woken))
+                continue
+            woken.set_result(True)
+
+    def _pushed(self, node_id: str, following: _Waiter) -> bool:
+        """Whether `following`'s push delivered (and the stream now holds what it sent)."""
+        if following.push is None or self._closed:
+            return False
+        try:
+            delivered = following.push(following.since)
+        except Exception:  # a bug in one push must not leave the others asleep
+            log.exception("netmap push to node %s failed; its stream takes over", node_id)
+            return False
+        if delivered is None:
+            return False
+        following.since = delivered
+        return True
 
     def notify(self) -> None:
         """Wake the waiting long-polls COALESCE_SECONDS after the first change of a burst."""
@@ -310,16 +340,16 @@ class ChangeLog:
             if woken.done():
                 continue
             following = self._following.get(node_id)
-            if following is not None and following.push is not None and not self._closed:
-                try:
-                    delivered = following.push(following.since)
-                except Exception:  # a bug in one push must not leave the others asleep
-                    log.exception("netmap push to node %s failed; its stream takes over", node_id)
-                    delivered = None
-                if delivered is not None:
-                    following.since = delivered
-                    self._waiting[node_id] = woken
-                    continue
+            if (
+                following is not None
+                and not self._closed
+                and (
+                    # (Already at this revision: its task fetched it. Nothing to push.)
+                    following.since == self.revision or self._pushed(node_id, following)
+                )
+            ):
+                self._waiting[node_id] = woken
+                continue
             woken.set_result(False)
 
 

@@ -434,15 +434,15 @@ class Registry:
         )
 
     def shared_update(self, node_id: str, since: int) -> MapUpdate | None:
-        """What `map_update(node_id, since, 0)` returns when it is the delta shared by every
-        node not itself changed since `since` (built and encoded once per change), for a
-        known node that is online; None otherwise (the caller takes the long way)."""
-        if (
-            node_id not in self._nodes
-            or node_id in self.liveness.offline
-            or since == self.log.revision
-            or not self.log.covers(since)
-        ):
+        """What `map_update(node_id, since, 0)` returns when it is the update shared by every
+        node not itself changed since `since` (built and encoded once per revision): the
+        delta, or "none" when `since` is the current revision; for a known node that is
+        online. None otherwise (the caller takes the long way)."""
+        if node_id not in self._nodes or node_id in self.liveness.offline:
+            return None
+        if since == self.log.revision:
+            return self._nothing_new()
+        if not self.log.covers(since):
             return None
         delta = self.log.delta(since, self._shared_delta)
         return None if node_id in delta.nodes_changed else delta.update

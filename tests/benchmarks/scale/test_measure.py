@@ -64,6 +64,19 @@ async def test_scale_on_two_postgresql_replicas(tmp_path: Path) -> None:
     assert set(Path("/tmp").glob("shoal-bench-pg-*")) <= clusters  # this run's cluster is gone
 
 
+async def test_a_seeded_mesh_on_two_postgresql_replicas(tmp_path: Path) -> None:
+    """`--seeded` on PostgreSQL: the mesh written into a SQLite store moves into the run's
+    database before the replicas start, and its agents follow it on both."""
+    result = await run_scale(
+        changes=2, workdir=tmp_path / "run", plan=[("postgresql", 20)], seeded=True
+    )
+    (point,) = result.points
+    assert isinstance(point, ScalePoint), result.notes
+    assert (point.store, point.replicas, point.nodes, point.missed) == ("postgresql", 2, 20, 0)
+    assert point.register_per_s == 0.0  # seeded: nobody registered
+    assert point.container_fanout_ms is not None
+
+
 async def test_a_point_past_its_budget_is_reported_with_how_far_it_got(tmp_path: Path) -> None:
     result = await run_scale((20,), changes=1, workdir=tmp_path / "run", budget=0.01)
     (point,) = result.points
