@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stores=args.store,
             budget=args.budget,
             netmap=args.netmap,
-            seeded=args.seeded,
+            seed_from=0 if args.seeded else None,
         )
     )
     if args.json is not None:

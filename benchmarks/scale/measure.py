@@ -450,6 +450,9 @@ async def _measure(
         )
     join_bytes = statistics.fmean(r.bytes_in for r in joins) if joins else 0.0
     join_fanout = Summary.of(join_ms)
+    cpu_per_change = (
+        round(statistics.fmean(r.server_cpu_s for r in measured) * 1000, 1) if measured else None
+    )
     return ScalePoint(
         nodes=nodes,
         changes=len(joins),
@@ -469,11 +472,7 @@ async def _measure(
             after_sync=round(cpu_synced, 2),
             end=round(cpu_end, 2),
         ),
-        server_cpu_ms_per_change=(
-            round(statistics.fmean(r.server_cpu_s for r in measured) * 1000, 1)
-            if measured
-            else None
-        ),
+        server_cpu_ms_per_change=cpu_per_change,
         database_cpu_ms_per_change=(
             round(statistics.fmean(r.database_cpu_s or 0.0 for r in measured) * 1000, 1)
             if measured and server.database is not None
@@ -486,7 +485,7 @@ async def _measure(
         client_mb_per_agent=round(client_mb_per_agent, 3),
         client_parse_us_per_delta=round(parse_us, 1) if parse_us is not None else None,
         missed=missed,
-        verdict=ScalePoint.judge(nodes, join_fanout.p99, rss_end),
+        verdict=ScalePoint.judge(nodes, join_fanout.p99, cpu_per_change, rss_end),
         policy_fanout_ms=Summary.of(policy_ms) if policies else None,
         policy_fanout_per_change_ms=tuple(Summary.of(r.latencies_ms) for r in policies),
         policy_rules=POLICY_RULES if policies else None,
@@ -509,12 +508,13 @@ async def run_scale(
     plan: Sequence[tuple[str, int]] | None = None,
     budget: float = POINT_BUDGET,
     netmap: Transport = "stream",
-    seeded: bool = False,
+    seed_from: int | None = None,
 ) -> ScaleResult:
     """Measure each (store, node count) of `plan` in order (by default every store of
     `stores` at each of `node_counts`); a failed point is recorded with its reason and the
     next one still runs. A point that runs past `budget` seconds is stopped and recorded with
-    how far it got (on a shared 2-core machine, 10,000 agents in one process may not fit)."""
+    how far it got (on a shared 2-core machine, 10,000 agents in one process may not fit).
+    Points of `seed_from` nodes or more are seeded (see `seed`) instead of registered."""
     if plan is None:
         plan = [(store, n) for store in stores for n in node_counts]
     unknown = sorted({store for store, _ in plan} - set(STORES))
@@ -549,6 +549,7 @@ async def run_scale(
     points: list[ScalePoint | FailedPoint] = []
     for store, n in plan:
         try:
+            seeded = seed_from is not None and n >= seed_from
             point = await _scale_point(store, n, changes, workdir, notes, budget, netmap, seeded)
         except* (BenchError, TimeoutError) as group:
             reason = "; ".join(str(e) or type(e).__name__ for e in _leaves(group))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.scale.results import TARGET_P99_MS, ScalePoint, ScaleResult, Summary
+from benchmarks.scale.results import TARGETS, ScalePoint, ScaleResult, Summary
 
 
 def _ms(summary: Summary | None, key: str) -> str:
@@ -94,7 +94,13 @@ def chart(result: ScaleResult, path: Path) -> Path | None:
     if cont:
         ax.plot([n for n, _ in cont], [s.p50 for _, s in cont], "s-", label="container p50")
         ax.plot([n for n, _ in cont], [s.p99 for _, s in cont], "s--", label="container p99")
-    ax.axhline(TARGET_P99_MS, color="grey", linestyle=":", label="p99 target (1,000 nodes)")
+    for target, style in zip(TARGETS, (":", "-."), strict=True):
+        ax.axhline(
+            target.p99_ms,
+            color="grey",
+            linestyle=style,
+            label=f"p99 target ({target.nodes:,} nodes)",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("connected nodes")

@@ -68,7 +68,7 @@ async def test_a_seeded_mesh_on_two_postgresql_replicas(tmp_path: Path) -> None:
     """`--seeded` on PostgreSQL: the mesh written into a SQLite store moves into the run's
     database before the replicas start, and its agents follow it on both."""
     result = await run_scale(
-        changes=2, workdir=tmp_path / "run", plan=[("postgresql", 20)], seeded=True
+        changes=2, workdir=tmp_path / "run", plan=[("postgresql", 20)], seed_from=20
     )
     (point,) = result.points
     assert isinstance(point, ScalePoint), result.notes
