@@ -473,6 +473,11 @@ async def _measure(
             end=round(cpu_end, 2),
         ),
         server_cpu_ms_per_change=cpu_per_change,
+        server_cpu_ms_by_kind={
+            kind: round(statistics.fmean(r.server_cpu_s for r in results) * 1000, 1)
+            for kind, results in (("join", joins), ("container", containers), ("policy", policies))
+            if results
+        },
         database_cpu_ms_per_change=(
             round(statistics.fmean(r.database_cpu_s or 0.0 for r in measured) * 1000, 1)
             if measured and server.database is not None

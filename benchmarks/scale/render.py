@@ -71,6 +71,12 @@ def render_markdown(result: ScaleResult) -> str:
             "",
         ]
     lines += [f"- {_store(p)}: {p.verdict}" if stores else f"- {p.verdict}" for p in measured]
+    lines += [
+        f"- {_store(p)}, {p.nodes} nodes: server CPU ms per change by kind: "
+        + ", ".join(f"{kind} {ms:.0f}" for kind, ms in p.server_cpu_ms_by_kind.items())
+        for p in measured
+        if p.server_cpu_ms_by_kind
+    ]
     lines += [f"- note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
 

@@ -80,6 +80,8 @@ class ScalePoint(Frozen):
     container_bytes_per_change_per_agent: float | None
     server_cpu_s: ServerCpu
     server_cpu_ms_per_change: float | None
+    # The same by kind of change: "join", "container", "policy" (empty: older runs).
+    server_cpu_ms_by_kind: dict[str, float] = {}
     # The database's CPU per change (PostgreSQL store; None: SQLite, inside the server).
     database_cpu_ms_per_change: float | None = None
     server_rss_mb: ServerRss
