@@ -18,6 +18,7 @@ CFG = FirewallConfig(
     container_pool=IPv4Network("10.42.0.0/16"),
     mesh_pool=IPv4Network("100.64.0.0/10"),
     dns_address=IPv4Address("100.64.0.1"),
+    wireguard_port=51820,
 )
 
 SHOAL_FORWARD = [

@@ -103,6 +103,9 @@ class FirewallConfig(Frozen):
     # This host's approved subnet routes: networks beyond it that the mesh reaches through it.
     # Traffic from the mesh to them is forwarded and masqueraded (they need no route back).
     subnet_routes: tuple[IPv4Network, ...] = ()
+    # The UDP port WireGuard listens on: its datagrams from the underlay, most of what the
+    # host receives while the mesh is busy, are accepted by the input chain's first rule.
+    wireguard_port: int | None = None
 
 
 class DnsConfig(Frozen):
@@ -230,6 +233,7 @@ def plan_host(
         policy=None if netmap.policy is None else compile_for(netmap.policy, netmap),
         local_containers=tuple(sorted(c.ip for c in netmap.containers if c.node_id == me.id)),
         subnet_routes=me.routes,
+        wireguard_port=listen_port,
     )
     return HostConfig(
         tunnel=TunnelConfig(interface=interface, peers=peers),
