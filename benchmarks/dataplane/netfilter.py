@@ -1,0 +1,187 @@
+"""Where the kernel spends its netfilter time, shoal against hand-written WireGuard (issue 14).
+
+`python -m benchmarks.dataplane.netfilter [--pairs N] [--seconds S]` (root; wrap it in
+`flock /tmp/shoal-bench.lock`): the two fresh 2-host labs of `benchmarks.dataplane.parity`, an
+iperf3 TCP run in each, alternating (hand, shoal, hand, shoal, ...), with `perf record -a -g`
+sampling the whole machine (cpu-clock) during each run. Every sample inside `nf_hook_slow` is
+put down to the netfilter hook it ran at (the kernel function that called the hook: `ip_rcv`
+is prerouting, `ip_local_deliver` input, `ip_forward` forward, `__ip_local_out` output) and the
+hook function it was in (a table's chain, conntrack, NAT, br_netfilter). The table printed is
+the share of all samples per (hook, function), each system's mean over its runs: a row shoal
+has and the hand-written setup has not is a per-packet cost of shoal's, in CPU terms.
+
+The parity variants take a difference away and compare throughput and CPU; this shows what
+each difference costs without taking anything away, so differences of 1 % show above the noise
+of runs on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from benchmarks.dataplane.parity import Run, iperf_path, wireguard_go_pids
+from benchmarks.dataplane.systems import Setup, setup_handwg, setup_shoal
+from benchmarks.log import progress
+from shoal.lab import Lab, LabError
+
+# Kernel functions that call a netfilter hook, by the hook they are.
+HOOKS = {
+    "ip_rcv": "prerouting",
+    "ip_local_deliver": "input",
+    "ip_forward": "forward",
+    "__ip_local_out": "output",
+    "ip_output": "postrouting",
+    "br_nf_pre_routing": "bridge prerouting (br_netfilter)",
+    "br_handle_frame": "bridge prerouting",
+    "br_nf_forward_ip": "bridge forward (br_netfilter)",
+    "br_nf_post_routing": "bridge postrouting (br_netfilter)",
+}
+SAMPLE_HZ = 1999
+SHOWN = 0.05  # % of all samples: rows below this in both systems are summed as "other"
+
+
+def _stacks(script: str) -> Iterator[list[str]]:
+    """The kernel and user function names of each sample of `perf script`, leaf first."""
+    frames: list[str] | None = None
+    for line in script.splitlines():
+        if not line.strip():
+            if frames is not None:
+                yield frames
+            frames = None
+        elif not line[0].isspace():
+            frames = []
+        elif frames is not None:
+            parts = line.split()
+            if len(parts) >= 2:
+                frames.append(re.sub(r"\+0x[0-9a-f]+$", "", parts[1]))
+    if frames is not None:
+        yield frames
+
+
+def attribute(script: str) -> tuple[Counter[str], int]:
+    """Samples inside netfilter hooks by "hook: function", and the number of samples."""
+    shares: Counter[str] = Counter()
+    total = 0
+    for frames in _stacks(script):
+        total += 1
+        if "nf_hook_slow" not in frames:
+            continue
+        at = frames.index("nf_hook_slow")
+        function = frames[at - 1] if at > 0 else "nf_hook_slow"
+        caller = next((f for f in frames[at + 1 : at + 4] if f in HOOKS), None)
+        hook = HOOKS.get(caller, "other hook") if caller is not None else "other hook"
+        shares[f"{hook}: {function}"] += 1
+    return shares, total
+
+
+def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> tuple[Run, str]:
+    """One iperf3 run of `setup` with the whole machine sampled for most of it."""
+    record = ["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", str(SAMPLE_HZ)]
+    perf = subprocess.Popen(
+        [*record, "-o", str(data), "--", "sleep", str(max(1, seconds - 2))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run = iperf_path(setup.client, setup.server, wg, seconds, None)
+    if perf.wait() != 0:
+        raise LabError(f"perf record failed (exit {perf.returncode})")
+    script = subprocess.run(
+        ["perf", "script", "-i", str(data)], capture_output=True, text=True, check=True
+    ).stdout
+    return run, script
+
+
+def measure(pairs: int, seconds: int) -> dict[str, list[tuple[Run, Counter[str], int]]]:
+    """Both labs, `pairs` runs of each, alternating; every run's result and attribution."""
+    run_id = secrets.token_hex(2)
+    labs: list[Lab] = []
+    out: dict[str, list[tuple[Run, Counter[str], int]]] = {"hand": [], "shoal": []}
+    try:
+        hand_lab = Lab.create(f"nf-wg-{run_id}", hosts=2)
+        labs.append(hand_lab)
+        hand = setup_handwg(hand_lab)
+        shoal_lab = Lab.create(f"nf-sh-{run_id}", hosts=2)
+        labs.append(shoal_lab)
+        shoal = setup_shoal(shoal_lab)
+        systems = {
+            "hand": (hand, wireguard_go_pids(hand_lab)),
+            "shoal": (shoal, wireguard_go_pids(shoal_lab)),
+        }
+        with tempfile.TemporaryDirectory(prefix="shoal-nf-") as tmp:
+            for i in range(pairs):
+                for name in ("hand", "shoal") if i % 2 == 0 else ("shoal", "hand"):
+                    setup, wg = systems[name]
+                    run, script = _profiled(setup, wg, seconds, Path(tmp) / f"{name}{i}.data")
+                    shares, total = attribute(script)
+                    out[name].append((run, shares, total))
+                    progress(f"netfilter: {name} {run.mbps:.0f} Mbit/s, {total} samples")
+    finally:
+        for lab in labs:
+            try:
+                lab.destroy()
+            except LabError as exc:
+                progress(f"netfilter: teardown of {lab.name}: {exc}")
+    return out
+
+
+def _mean_pct(runs: Sequence[tuple[Run, Counter[str], int]], key: str) -> float:
+    return sum(100 * shares[key] / total for _, shares, total in runs) / len(runs)
+
+
+def render(result: dict[str, list[tuple[Run, Counter[str], int]]]) -> list[str]:
+    hand, shoal = result["hand"], result["shoal"]
+    keys = set().union(*(s for _, s, _ in hand + shoal))
+    rows = sorted(
+        ((_mean_pct(hand, k), _mean_pct(shoal, k), k) for k in keys),
+        key=lambda r: r[0] - r[1],
+    )
+    lines = [
+        "| hook: function | hand-written % | shoal % | shoal - hand |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    other = [0.0, 0.0]
+    for h, s, key in rows:
+        if max(h, s) < SHOWN:
+            other[0] += h
+            other[1] += s
+            continue
+        lines.append(f"| {key} | {h:.2f} | {s:.2f} | {s - h:+.2f} |")
+    lines.append(f"| other | {other[0]:.2f} | {other[1]:.2f} | {other[1] - other[0]:+.2f} |")
+    total_h = sum(r[0] for r in rows)
+    total_s = sum(r[1] for r in rows)
+    lines.append(
+        f"| **all netfilter** | {total_h:.2f} | {total_s:.2f} | {total_s - total_h:+.2f} |"
+    )
+    for name, runs in (("hand-written", hand), ("shoal", shoal)):
+        mbps = ", ".join(f"{r.mbps:.0f}" for r, _, _ in runs)
+        path = ", ".join(f"{r.path_per_gbit:.2f}" for r, _, _ in runs)
+        lines.append(f"- {name}: {mbps} Mbit/s; path CPU {path} s/Gbit")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.dataplane.netfilter", description=__doc__
+    )
+    parser.add_argument("--pairs", type=int, default=2)
+    parser.add_argument("--seconds", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        result = measure(args.pairs, args.seconds)
+    except (LabError, OSError, subprocess.CalledProcessError) as exc:
+        print(f"netfilter: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(render(result)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

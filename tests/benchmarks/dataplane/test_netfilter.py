@@ -1,0 +1,30 @@
+"""The netfilter attribution of `perf script` samples (no lab: a recorded excerpt)."""
+
+from __future__ import annotations
+
+from benchmarks.dataplane.netfilter import attribute
+
+SCRIPT = """\
+wireguard-go  2899 [000] 57285.349933:     500250 cpu-clock:
+\tffffffff81f3f2db nft_do_chain+0x1db ([kernel.kallsyms])
+\tffffffff81f3f2db nft_do_chain_inet+0x1b ([kernel.kallsyms])
+\tffffffff81f2af93 nf_hook_slow+0x43 ([kernel.kallsyms])
+\tffffffff81fff18e ip_local_deliver+0xde ([kernel.kallsyms])
+\tffffffff82000651 ip_rcv_finish+0x91 ([kernel.kallsyms])
+
+wireguard-go  2842 [001] 57285.350010:     500250 cpu-clock:
+\tffffffff82203249 __nf_conntrack_find_get+0x19 ([kernel.kallsyms])
+\tffffffff82203249 nf_conntrack_in+0x19 ([kernel.kallsyms])
+\tffffffff81f2af93 nf_hook_slow+0x43 ([kernel.kallsyms])
+\tffffffff81fff18e ip_rcv+0xde ([kernel.kallsyms])
+
+iperf3  2842 [001] 57285.350010:     500250 cpu-clock:
+\tffffffff82203249 _copy_to_iter+0x19 ([kernel.kallsyms])
+\t            408e [unknown] (/usr/bin/iperf3)
+"""
+
+
+def test_samples_in_netfilter_are_put_down_to_their_hook_and_function() -> None:
+    shares, total = attribute(SCRIPT)
+    assert total == 3
+    assert shares == {"input: nft_do_chain_inet": 1, "prerouting: nf_conntrack_in": 1}
