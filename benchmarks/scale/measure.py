@@ -78,6 +78,7 @@ from shoal.model.policy import parse
 DEFAULT_NODE_COUNTS = (100, 1000, 5000)
 STORES = ("sqlite", "postgresql")
 PG_REPLICAS = 2  # replicas on the PostgreSQL store
+IDLE_SECONDS = 5.0  # the servers' background CPU is measured over this long, nothing changing
 POINT_BUDGET = 1800.0  # seconds a point may take before it is stopped and reported as such
 REGISTER_CONCURRENCY = 32  # registrations in flight at once
 REGISTER_SAMPLES = 20  # registration replies measured for their size, evenly spread
@@ -100,6 +101,15 @@ class ChangeResult:
     bytes_in: int
     server_cpu_s: float
     database_cpu_s: float | None
+    window_s: float  # from the change to quiet again: what server_cpu_s was measured over
+
+
+async def _idle_cpu(server: ControlPlane) -> float:
+    """The servers' CPU milliseconds per second with every agent connected and nothing
+    changing (heartbeats, last_seen writes, the liveness sweep), over IDLE_SECONDS."""
+    cpu0, started = server.cpu_s(), time.perf_counter()
+    await asyncio.sleep(IDLE_SECONDS)
+    return (server.cpu_s() - cpu0) * 1000 / (time.perf_counter() - started)
 
 
 async def measure_change(
@@ -139,6 +149,7 @@ async def measure_change(
         bytes_in=fleet.bytes_in,
         server_cpu_s=server.cpu_s() - cpu0,
         database_cpu_s=db1 - db0 if db1 is not None and db0 is not None else None,
+        window_s=time.perf_counter() - watch.started,
     )
 
 
@@ -369,6 +380,7 @@ async def _measure(
                 await fleet.drain()
             sync_s = time.perf_counter() - sync_started
             cpu_synced = server.cpu_s()
+            idle_ms_per_s = await _idle_cpu(server)
             client_mb_per_agent = (rss_mb(os.getpid()) - client_rss0) / nodes
 
             joins: list[ChangeResult] = []
@@ -453,6 +465,15 @@ async def _measure(
     cpu_per_change = (
         round(statistics.fmean(r.server_cpu_s for r in measured) * 1000, 1) if measured else None
     )
+    # Net of what the servers spend with nothing changing, over each change's window.
+    cpu_per_change_net = (
+        round(
+            statistics.fmean(r.server_cpu_s * 1000 - idle_ms_per_s * r.window_s for r in measured),
+            1,
+        )
+        if measured
+        else None
+    )
     return ScalePoint(
         nodes=nodes,
         changes=len(joins),
@@ -473,6 +494,8 @@ async def _measure(
             end=round(cpu_end, 2),
         ),
         server_cpu_ms_per_change=cpu_per_change,
+        server_idle_cpu_ms_per_s=round(idle_ms_per_s, 1),
+        server_cpu_ms_per_change_net=cpu_per_change_net,
         server_cpu_ms_by_kind={
             kind: round(statistics.fmean(r.server_cpu_s for r in results) * 1000, 1)
             for kind, results in (("join", joins), ("container", containers), ("policy", policies))

@@ -74,6 +74,12 @@ def render_markdown(result: ScaleResult) -> str:
     lines += [
         f"- {_store(p)}, {p.nodes} nodes: server CPU ms per change by kind: "
         + ", ".join(f"{kind} {ms:.0f}" for kind, ms in p.server_cpu_ms_by_kind.items())
+        + (
+            f"; with nothing changing the servers spend {p.server_idle_cpu_ms_per_s:.0f} ms "
+            f"per s, {p.server_cpu_ms_per_change_net:.0f} ms per change net of that"
+            if p.server_idle_cpu_ms_per_s is not None and p.server_cpu_ms_per_change_net is not None
+            else ""
+        )
         for p in measured
         if p.server_cpu_ms_by_kind
     ]

@@ -82,6 +82,10 @@ class ScalePoint(Frozen):
     server_cpu_ms_per_change: float | None
     # The same by kind of change: "join", "container", "policy" (empty: older runs).
     server_cpu_ms_by_kind: dict[str, float] = {}
+    # What the servers spend per second with nothing changing (heartbeats, last_seen writes,
+    # the sweep), and the CPU per change net of it over each change's window (None: older).
+    server_idle_cpu_ms_per_s: float | None = None
+    server_cpu_ms_per_change_net: float | None = None
     # The database's CPU per change (PostgreSQL store; None: SQLite, inside the server).
     database_cpu_ms_per_change: float | None = None
     server_rss_mb: ServerRss

@@ -6,9 +6,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from benchmarks.scale import measure
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.render import chart, render_markdown
 from benchmarks.scale.results import FailedPoint, ScalePoint, ScaleResult
+
+
+@pytest.fixture(autouse=True)
+def short_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle CPU is measured over half a second instead of five."""
+    monkeypatch.setattr(measure, "IDLE_SECONDS", 0.5)
 
 
 async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
@@ -25,6 +34,9 @@ async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
     assert point.bytes_per_change > 0
     assert point.register_reply_bytes_mean > 0
     assert point.client_parse_us_per_delta is not None and point.client_parse_us_per_delta > 0
+    assert point.server_idle_cpu_ms_per_s is not None and point.server_idle_cpu_ms_per_s >= 0
+    assert point.server_cpu_ms_per_change_net is not None
+    assert set(point.server_cpu_ms_by_kind) == {"join", "container", "policy"}
     assert not any("client errors" in note for note in result.notes)
     # Policy changes reach every agent too, each revision measured.
     assert point.policy_fanout_ms is not None and point.policy_rules == 50
