@@ -54,8 +54,11 @@ def test_canonical_ignores_the_order_of_set_members() -> None:
 
 def test_changes_explain_a_moved_subnet() -> None:
     moved = CFG.model_copy(update={"local_subnet": IPv4Network("10.42.7.0/24")})
+    established = 'iifname "shoal-br0" ip saddr {} ct state established,related accept'
     assert nft.changes(moved, nft.render(CFG)) == [
+        "firewall: inet shoal - " + established.format("10.42.1.2-10.42.1.254"),
         "firewall: inet shoal - ip saddr != 10.42.1.2-10.42.1.254 drop",
+        "firewall: inet shoal + " + established.format("10.42.7.2-10.42.7.254"),
         "firewall: inet shoal + ip saddr != 10.42.7.2-10.42.7.254 drop",
     ]
     assert nft.changes(CFG, None) == ["firewall: table inet shoal created"]

@@ -87,6 +87,7 @@ def render(cfg: FirewallConfig) -> str:
         "",
         "\tchain forward {",
         "\t\ttype filter hook forward priority filter; policy accept;",
+        *_established_first(cfg),
         f'\t\tiifname != "{mesh}" jump from_host_side',
         "\t\tct state established,related accept",
         *route_forwarding(cfg),
@@ -118,6 +119,23 @@ def render(cfg: FirewallConfig) -> str:
         "}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _established_first(cfg: FirewallConfig) -> list[str]:
+    """The mesh's established flows, each packet in one rule: from WireGuard, and from this
+    host's containers when they send from the host's range (what `from_containers` holds every
+    packet to; one that does not goes on to it and is dropped there). The rest of the chain is
+    for new flows and for what comes from elsewhere. Saves the jumps a container's packets
+    took on their way to the established accept (issue 14, perf: the forward chain cost 0.8 %
+    of the machine's CPU under iperf3)."""
+    lines = [f'\t\tiifname "{cfg.mesh_interface}" ct state established,related accept']
+    if cfg.local_subnet is not None:
+        first, last = container_sources(cfg.local_subnet)
+        lines.append(
+            f'\t\tiifname "{cfg.bridge}" ip saddr {first}-{last} '
+            "ct state established,related accept"
+        )
+    return lines
 
 
 def _wireguard_first(cfg: FirewallConfig) -> list[str]:
