@@ -149,11 +149,24 @@ def run_sections(
         if name not in runs:
             continue
         section = runs[name]().model_copy(update={"generated": generated})
+        if name == "dataplane":
+            section = _keep_parity(section, previous)
         results = _with(results, name, section, started)
         report.write_report(results, out)
     written = report.write_report(results, out)
     progress(f"done in {results.duration_seconds / 60:.1f} min")
     return results, written
+
+
+def _keep_parity(section: AnySection, previous: Results | None) -> AnySection:
+    """A new data-plane section keeps the decomposition runs the report held: they are added
+    by their own command (`python -m benchmarks.dataplane.parity --publish`), not by this one."""
+    old = previous.sections.dataplane.result if previous is not None else None
+    new = section.result
+    if old is None or not old.parity or not isinstance(new, DataplaneResult):
+        return section
+    kept = new.model_copy(update={"parity": (*old.parity, *new.parity)})
+    return section.model_copy(update={"result": kept})
 
 
 def _with(

@@ -128,3 +128,27 @@ def test_only_this_runs_failures_set_the_exit_status(capsys: pytest.CaptureFixtu
     failed_now = Section(status="failed", reason="LabError: x", generated=now)
     sections = everything_kept.model_copy(update={"nat": failed_now})
     assert runner.summarize(results.model_copy(update={"sections": sections}), {}) == 1
+
+
+def test_a_new_data_plane_run_keeps_the_published_decomposition_runs(tmp_path: Path) -> None:
+    """`benchmarks.dataplane.parity --publish` adds its runs to the data-plane section; running
+    the section again replaces its figures, not those runs."""
+    docs = Results.model_validate_json((DOCS / "benchmarks.json").read_text())
+    dataplane = docs.sections.dataplane.result
+    assert dataplane is not None and dataplane.parity  # docs holds some
+    before = published()
+    with_parity = before.sections.dataplane.model_copy(update={"result": dataplane})
+    before = before.model_copy(
+        update={"sections": before.sections.model_copy(update={"dataplane": with_parity})}
+    )
+    fresh = dataplane.model_copy(update={"parity": ()})
+    results, _ = runner.run_sections(
+        tmp_path,
+        {"dataplane": lambda: Section(status="ok", seconds=1.0, result=fresh)},
+        before,
+        hosts=2,
+        quick=False,
+        machine=before.machine,
+    )
+    result = results.sections.dataplane.result
+    assert result is not None and result.parity == dataplane.parity
