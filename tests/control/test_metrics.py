@@ -4,6 +4,7 @@ it, and that Prometheus could parse it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import pytest
@@ -101,3 +102,27 @@ async def test_metrics_need_an_admin_token(server: RunningServer) -> None:
     for token in (None, "garbage"):
         status, _, text = await scrape(server, token)
         assert status == 401 and "admin_unauthorized" in text
+
+
+async def test_a_change_pushed_to_streams_is_timed_and_counted(server: RunningServer) -> None:
+    """A change reaching two netmap streams: two frames pushed, the fan-out timed once, no
+    stream woken; a poll waiting meanwhile is woken instead."""
+    async with admin_client(server) as admin:
+        read = (await admin.create_admin_token(AdminTokenCreateRequest(scope="read"))).token
+    alpha, beta = await join(server, "alpha"), await join(server, "beta")
+    since = server.service.registry.revision
+    async with (
+        node_client(server, alpha.key) as a,
+        node_client(server, beta.key) as b,
+        contextlib.aclosing(a.watch(since=since, wait=30)) as alphas,
+        contextlib.aclosing(b.watch(since=since, wait=30)) as betas,
+    ):
+        await anext(alphas), await anext(betas)
+        await join(server, "gamma")
+        await anext(alphas), await anext(betas)
+        m = await metrics(server, read)
+    assert value(m, "shoal_server_netmap_pushes_total") == 2
+    assert value(m, "shoal_server_netmap_wakeups_total") == 0
+    assert value(m, "shoal_server_fanout_seconds_count") == 1
+    assert value(m, "shoal_server_fanout_seconds_bucket", le="+Inf") == 1
+    assert 0 < value(m, "shoal_server_fanout_seconds_sum") < 5

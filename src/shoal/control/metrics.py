@@ -11,6 +11,10 @@
     shoal_server_rejected_requests_total{route,code}         every 4xx, by its error code
     shoal_server_auth_failures_total{code}                   the 401s and 403s among them
     shoal_server_request_duration_seconds{route}             histogram; long-polls excluded
+    shoal_server_fanout_seconds                              histogram: a change to its frame
+                                                             on every stream pushed to
+    shoal_server_netmap_pushes_total                         frames the change log pushed
+    shoal_server_netmap_wakeups_total                        polls and streams it woke instead
 
 `route` is the route's pattern (`/v1/admin/nodes/{name}`), or "unmatched": a scanner probing
 paths must not grow a series per path. The middleware sits outside the error middleware, so
@@ -106,6 +110,7 @@ class ServerMetrics:
     def render(self, service: ControlService) -> str:
         nodes = service.list_nodes()
         online = sum(1 for n in nodes if n.online)
+        log = service.registry.log
         return render(
             [
                 Family(
@@ -163,6 +168,25 @@ class ServerMetrics:
                     "histogram",
                     "Time to answer a request (long-polls excluded), by route pattern.",
                     self.latency.samples(),
+                ),
+                Family(
+                    "shoal_server_fanout_seconds",
+                    "histogram",
+                    "From a change (the first of a burst) to its frame written on every netmap "
+                    "stream it was pushed to; the polls and streams it woke write theirs after.",
+                    log.fanout.samples(),
+                ),
+                Family(
+                    "shoal_server_netmap_pushes_total",
+                    "counter",
+                    "Netmap frames (changes and heartbeats) written to streams by pushes.",
+                    (Sample(log.pushed),),
+                ),
+                Family(
+                    "shoal_server_netmap_wakeups_total",
+                    "counter",
+                    "Netmap long-polls and streams a change woke to write their own update.",
+                    (Sample(log.woken),),
                 ),
             ]
         )
