@@ -54,6 +54,7 @@ from benchmarks.scale.results import (
     ScalePoint,
     ScaleResult,
     ServerCpu,
+    ServerFanout,
     ServerRss,
     Summary,
 )
@@ -61,9 +62,11 @@ from benchmarks.scale.seed import Seeded, seed_store
 from benchmarks.scale.server import (
     BenchError,
     ControlPlane,
+    Fanout,
     guard_memory,
     memory_limit_mb,
     raise_fd_limit,
+    read_fanout,
     rss_mb,
     start_control_plane,
     wait_quiet,
@@ -102,6 +105,13 @@ class ChangeResult:
     server_cpu_s: float
     database_cpu_s: float | None
     window_s: float  # from the change to quiet again: what server_cpu_s was measured over
+
+
+def _fanout_ms(fanout: Fanout) -> ServerFanout | None:
+    mean, p99 = fanout.mean_ms(), fanout.p99_at_most_ms()
+    if mean is None or p99 is None:
+        return None
+    return ServerFanout(changes=round(fanout.count), mean=round(mean, 1), p99_at_most=p99)
 
 
 async def _idle_cpu(server: ControlPlane) -> float:
@@ -381,6 +391,7 @@ async def _measure(
             sync_s = time.perf_counter() - sync_started
             cpu_synced = server.cpu_s()
             idle_ms_per_s = await _idle_cpu(server)
+            fanout0 = await read_fanout(server, fleet.server.ca_pem)
             client_mb_per_agent = (rss_mb(os.getpid()) - client_rss0) / nodes
 
             joins: list[ChangeResult] = []
@@ -425,6 +436,7 @@ async def _measure(
             policies, policy_note = await _policy_changes(fleet, server, changes, fanout_timeout)
             cpu_end = server.cpu_s()
             rss_end = server.rss_mb()
+            fanout = (await read_fanout(server, fleet.server.ca_pem)).since(fanout0)
             parse_us = parse_cost_us(fleet.sample_delta) if fleet.sample_delta else None
         finally:
             for task in tasks:
@@ -495,6 +507,7 @@ async def _measure(
         ),
         server_cpu_ms_per_change=cpu_per_change,
         server_idle_cpu_ms_per_s=round(idle_ms_per_s, 1),
+        server_fanout_ms=_fanout_ms(fanout),
         server_cpu_ms_per_change_net=cpu_per_change_net,
         server_cpu_ms_by_kind={
             kind: round(statistics.fmean(r.server_cpu_s for r in results) * 1000, 1)

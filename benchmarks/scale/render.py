@@ -75,6 +75,13 @@ def render_markdown(result: ScaleResult) -> str:
         f"- {_store(p)}, {p.nodes} nodes: server CPU ms per change by kind: "
         + ", ".join(f"{kind} {ms:.0f}" for kind, ms in p.server_cpu_ms_by_kind.items())
         + (
+            f"; the servers' own fan-out (their metric: a change to its frame on every "
+            f"stream) {p.server_fanout_ms.mean:.0f} ms mean, p99 at most "
+            f"{p.server_fanout_ms.p99_at_most:.0f} ms over {p.server_fanout_ms.changes} changes"
+            if p.server_fanout_ms is not None
+            else ""
+        )
+        + (
             f"; with nothing changing the servers spend {p.server_idle_cpu_ms_per_s:.0f} ms "
             f"per s, {p.server_cpu_ms_per_change_net:.0f} ms per change net of that"
             if p.server_idle_cpu_ms_per_s is not None and p.server_cpu_ms_per_change_net is not None

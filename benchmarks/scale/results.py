@@ -66,6 +66,14 @@ class ServerRss(Frozen):
     end: float
 
 
+class ServerFanout(Frozen):
+    """`shoal_server_fanout_seconds` over a point's changes, all replicas (milliseconds)."""
+
+    changes: int  # wake-ups that reached a stream (a burst of changes is one)
+    mean: float
+    p99_at_most: float  # the histogram's bucket bound 99 % are under
+
+
 class ScalePoint(Frozen):
     """One node count, measured."""
 
@@ -85,6 +93,9 @@ class ScalePoint(Frozen):
     # What the servers spend per second with nothing changing (heartbeats, last_seen writes,
     # the sweep), and the CPU per change net of it over each change's window (None: older).
     server_idle_cpu_ms_per_s: float | None = None
+    # The servers' own fan-out over the changes measured (their metric: a change to its frame
+    # on every stream it was pushed to), apart from the simulated agents' reading (None: older).
+    server_fanout_ms: ServerFanout | None = None
     server_cpu_ms_per_change_net: float | None = None
     # The database's CPU per change (PostgreSQL store; None: SQLite, inside the server).
     database_cpu_ms_per_change: float | None = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -20,10 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
+from shoal.controlclient.tls import ssl_context
 from shoal.lab.replicas import make_cluster, postgres_argv, postgres_log, postgres_url
 from shoal.store.postgresql import PostgresStore
 from shoal.store.sqlite import SqliteStore
 from shoal.store.transfer import copy_state
+from shoal.testing.prometheus import parse
 
 SERVER_START_TIMEOUT = 60.0
 QUIET_CPU_FRACTION = 0.05  # server below 5 % of a core for QUIET_SAMPLE s = quiescent
@@ -215,6 +220,61 @@ async def start_control_plane(
         database.stop()
         raise
     return ControlPlane(tuple(started), database)
+
+
+@dataclass(frozen=True)
+class Fanout:
+    """The servers' `shoal_server_fanout_seconds` histogram, summed over replicas: seconds
+    from a change to its frame on every stream it was pushed to."""
+
+    count: float
+    total_s: float
+    buckets: tuple[tuple[float, float], ...]  # (upper bound s, cumulative count), +Inf last
+
+    def since(self, before: Fanout) -> Fanout:
+        """What was observed after `before` was read."""
+        return Fanout(
+            count=self.count - before.count,
+            total_s=self.total_s - before.total_s,
+            # (No series at all before the first observation.)
+            buckets=tuple((le, n - dict(before.buckets).get(le, 0.0)) for le, n in self.buckets),
+        )
+
+    def mean_ms(self) -> float | None:
+        return self.total_s / self.count * 1000 if self.count else None
+
+    def p99_at_most_ms(self) -> float | None:
+        """The smallest bucket bound that 99 % of the observations are under."""
+        if not self.count:
+            return None
+        return next(le * 1000 for le, n in self.buckets if n >= 0.99 * self.count)
+
+
+async def read_fanout(plane: ControlPlane, ca_pem: bytes) -> Fanout:
+    """Every replica's fan-out histogram (GET /metrics with its admin token), summed."""
+    count = total = 0.0
+    buckets: dict[float, float] = {}
+    for replica in plane.replicas:
+        connector = aiohttp.TCPConnector(ssl=ssl_context(ca_pem))
+        headers = {"Authorization": f"Bearer {replica.admin_token}"}
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.get(replica.url + "/metrics", headers=headers) as resp,
+            ):
+                text = await resp.text()
+        except aiohttp.ClientError as exc:
+            raise BenchError(f"cannot read {replica.url}/metrics: {exc}") from exc
+        for (name, labels), value in parse(text).items():
+            if name == "shoal_server_fanout_seconds_count":
+                count += value
+            elif name == "shoal_server_fanout_seconds_sum":
+                total += value
+            elif name == "shoal_server_fanout_seconds_bucket":
+                le = dict(labels)["le"]
+                bound = math.inf if le == "+Inf" else float(le)
+                buckets[bound] = buckets.get(bound, 0.0) + value
+    return Fanout(count=count, total_s=total, buckets=tuple(sorted(buckets.items())))
 
 
 def rss_mb(pid: int) -> float:

@@ -37,6 +37,9 @@ async def test_scale_runs_reports_and_charts(tmp_path: Path) -> None:
     assert point.server_idle_cpu_ms_per_s is not None and point.server_idle_cpu_ms_per_s >= 0
     assert point.server_cpu_ms_per_change_net is not None
     assert set(point.server_cpu_ms_by_kind) == {"join", "container", "policy"}
+    # The server's own fan-out: every measured change reached the streams through it.
+    fanout = point.server_fanout_ms
+    assert fanout is not None and fanout.changes >= 9 and 0 < fanout.mean <= fanout.p99_at_most
     assert not any("client errors" in note for note in result.notes)
     # Policy changes reach every agent too, each revision measured.
     assert point.policy_fanout_ms is not None and point.policy_rules == 50
