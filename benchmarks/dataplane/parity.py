@@ -161,6 +161,21 @@ class Differences:
             saved = self.saved.pop((h.name, "inet"))
             h.exec(["nft", "-f", "-"], input=f"delete table inet shoal\n{saved}")
 
+    def _drop_first_rules(self) -> None:
+        """The rules issue 14 put first in `inet shoal`'s input and forward chains (WireGuard's
+        datagrams, the mesh's established flows) deleted: the chains as they were before."""
+        for h in self.hosts:
+            self.saved[(h.name, "inet")] = h.exec(["nft", "list", "table", "inet", "shoal"]).stdout
+            for chain in ("input", "forward"):
+                listing = h.exec(["nft", "-a", "list", "chain", "inet", "shoal", chain]).stdout
+                for line in listing.splitlines():
+                    rule, _, handle = line.strip().partition(" # handle ")
+                    if handle and (
+                        rule.startswith("udp dport ")
+                        or (rule.startswith("iifname ") and "established,related accept" in rule)
+                    ):
+                        h.exec(["nft", "delete", "rule", "inet", "shoal", chain, "handle", handle])
+
     def agents(self, sig: signal.Signals) -> None:
         for e in self.knobs.endpoints:
             os.kill(int((e.host.state_dir / "agent.pid").read_text().strip()), sig)
@@ -228,6 +243,12 @@ class Differences:
                 )
                 for chain in ("prerouting", "input", "forward")
             },
+            "no-first-rules": (
+                "without the first rules of issue 14 (WireGuard's datagrams in input, the mesh's "
+                "established flows in forward): the chains as they were before",
+                self._drop_first_rules,
+                self._restore_chain,
+            ),
             "agents-running": (
                 "shoal's agents left running during the runs (every other variant pauses them)",
                 functools.partial(self.agents, signal.SIGCONT),
