@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -27,10 +26,10 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from benchmarks.dataplane.parity import Run, iperf_path, wireguard_go_pids
-from benchmarks.dataplane.systems import Setup, setup_handwg, setup_shoal
+from benchmarks.dataplane.parity import Run, both_labs, iperf_path, wireguard_go_pids
+from benchmarks.dataplane.systems import Setup
 from benchmarks.log import progress
-from shoal.lab import Lab, LabError
+from shoal.lab import LabError
 
 # Kernel functions that call a netfilter hook, by the hook they are.
 HOOKS = {
@@ -101,16 +100,8 @@ def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> tupl
 
 def measure(pairs: int, seconds: int) -> dict[str, list[tuple[Run, Counter[str], int]]]:
     """Both labs, `pairs` runs of each, alternating; every run's result and attribution."""
-    run_id = secrets.token_hex(2)
-    labs: list[Lab] = []
     out: dict[str, list[tuple[Run, Counter[str], int]]] = {"hand": [], "shoal": []}
-    try:
-        hand_lab = Lab.create(f"nf-wg-{run_id}", hosts=2)
-        labs.append(hand_lab)
-        hand = setup_handwg(hand_lab)
-        shoal_lab = Lab.create(f"nf-sh-{run_id}", hosts=2)
-        labs.append(shoal_lab)
-        shoal = setup_shoal(shoal_lab)
+    with both_labs("nf") as ((hand_lab, hand), (shoal_lab, shoal)):
         systems = {
             "hand": (hand, wireguard_go_pids(hand_lab)),
             "shoal": (shoal, wireguard_go_pids(shoal_lab)),
@@ -123,12 +114,6 @@ def measure(pairs: int, seconds: int) -> dict[str, list[tuple[Run, Counter[str],
                     shares, total = attribute(script)
                     out[name].append((run, shares, total))
                     progress(f"netfilter: {name} {run.mbps:.0f} Mbit/s, {total} samples")
-    finally:
-        for lab in labs:
-            try:
-                lab.destroy()
-            except LabError as exc:
-                progress(f"netfilter: teardown of {lab.name}: {exc}")
     return out
 
 

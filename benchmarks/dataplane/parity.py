@@ -19,6 +19,7 @@ A variant's ratio is the median over rounds of (variant's runs ÷ hand-written's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -28,7 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -361,24 +362,32 @@ def publish(result: Parity, docs: Path) -> None:
     (docs / MD_NAME).write_text(render_markdown(published, images))
 
 
-def _measure(args: argparse.Namespace) -> Parity:
-    """Both labs made, every chosen variant measured, both labs removed."""
+@contextlib.contextmanager
+def both_labs(prefix: str) -> Iterator[tuple[tuple[Lab, Setup], tuple[Lab, Setup]]]:
+    """Two fresh 2-host labs, the minimal hand-written recipe's and shoal's, each set up;
+    both removed after."""
     run_id = secrets.token_hex(2)
     labs: list[Lab] = []
     try:
-        hand_lab = Lab.create(f"par-wg-{run_id}", hosts=2)
+        hand_lab = Lab.create(f"{prefix}-wg-{run_id}", hosts=2)
         labs.append(hand_lab)
         hand = setup_handwg(hand_lab)
-        shoal_lab = Lab.create(f"par-sh-{run_id}", hosts=2)
+        shoal_lab = Lab.create(f"{prefix}-sh-{run_id}", hosts=2)
         labs.append(shoal_lab)
         shoal = setup_shoal(shoal_lab)
-        variants = measure_variants(hand, shoal, shoal_lab, wireguard_go_pids(hand_lab), args)
+        yield (hand_lab, hand), (shoal_lab, shoal)
     finally:
         for lab in labs:
             try:
                 lab.destroy()
             except LabError as exc:
-                progress(f"parity: teardown of {lab.name}: {exc}")
+                progress(f"{prefix}: teardown of {lab.name}: {exc}")
+
+
+def _measure(args: argparse.Namespace) -> Parity:
+    """Both labs made, every chosen variant measured, both labs removed."""
+    with both_labs("par") as ((hand_lab, hand), (shoal_lab, shoal)):
+        variants = measure_variants(hand, shoal, shoal_lab, wireguard_go_pids(hand_lab), args)
     command = (
         f"python -m benchmarks.dataplane.parity --rounds {args.rounds} --seconds {args.seconds}"
     )

@@ -221,11 +221,20 @@ class Pushes:
         return self.log.revision if self.take else None
 
 
+async def following(
+    log: ChangeLog, push: Pushes, node: str = "n1", timeout: float = 60
+) -> asyncio.Task[int | None]:
+    """`node`'s stream following `log` from its revision with `push`, once it waits."""
+    waiting = log.live_polls
+    stream = asyncio.create_task(log.follow(node, log.revision, timeout, log.claim(node), push))
+    await poll_started(log, waiting + 1)
+    return stream
+
+
 async def test_a_pushed_change_leaves_the_stream_waiting_from_the_revision_delivered() -> None:
     log = ChangeLog([], revision=1)
     push = Pushes(log)
-    stream = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), push))
-    await poll_started(log, 1)
+    stream = await following(log, push)
     log.record(2, ["n2"])
     log.record(3, ["n3"])  # the same burst: one push
     await asyncio.sleep(0.1)  # past COALESCE_SECONDS
@@ -241,8 +250,7 @@ async def test_a_pushed_change_leaves_the_stream_waiting_from_the_revision_deliv
 async def test_a_stream_whose_push_declines_wakes_with_the_revision_it_holds() -> None:
     log = ChangeLog([], revision=1)
     push = Pushes(log, take=False)
-    stream = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), push))
-    await poll_started(log, 1)
+    stream = await following(log, push)
     log.record(2, ["n1"])
     assert await asyncio.wait_for(stream, timeout=5) == 1
     assert push.offered == [1] and log.live_polls == 0
@@ -251,8 +259,7 @@ async def test_a_stream_whose_push_declines_wakes_with_the_revision_it_holds() -
 async def test_a_streams_heartbeats_are_pushed_and_one_declined_wakes_its_task() -> None:
     log = ChangeLog([], revision=1)
     push = Pushes(log)
-    stream = asyncio.create_task(log.follow("n1", 1, 0.1, log.claim("n1"), push))
-    await poll_started(log, 1)
+    stream = await following(log, push, timeout=0.1)
     log.record(2, ["n2"])
     while len(push.offered) < 3:  # the change, then heartbeats from the revision it holds
         await asyncio.sleep(0.01)
@@ -269,8 +276,8 @@ async def test_a_failing_push_wakes_its_stream_and_the_others_still_get_theirs()
 
     good = Pushes(log)
     failing = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), broken))
-    fine = asyncio.create_task(log.follow("n2", 1, 60, log.claim("n2"), good))
-    await poll_started(log, 2)
+    await poll_started(log, 1)
+    fine = await following(log, good, "n2")
     log.record(2, ["n3"])
     assert await asyncio.wait_for(failing, timeout=5) == 1
     assert good.offered == [1] and not fine.done()
@@ -283,8 +290,7 @@ async def test_a_poll_taking_over_from_a_stream_is_woken_not_pushed_past() -> No
     the stream it replaced is not called for it."""
     log = ChangeLog([], revision=1)
     push = Pushes(log)
-    stream = asyncio.create_task(log.follow("n1", 1, 60, log.claim("n1"), push))
-    await poll_started(log, 1)
+    stream = await following(log, push)
     poll = asyncio.create_task(log.wait("n1", since=1, timeout=60))
     assert await asyncio.wait_for(stream, timeout=5) is None
     await poll_started(log, 1)
