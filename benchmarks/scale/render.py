@@ -61,10 +61,12 @@ def render_markdown(result: ScaleResult) -> str:
             "Policy changes (`shoal policy set` → every agent's map holds it, compiled for its "
             "host):",
             "",
-            "| nodes | rules | policy p50 ms | policy p99 ms | policy max ms |",
-            "|---:|---:|---:|---:|---:|",
+            ("| store " if stores else "")
+            + "| nodes | rules | policy p50 ms | policy p99 ms | policy max ms |",
+            ("|---" if stores else "") + "|---:|---:|---:|---:|---:|",
             *(
-                f"| {p.nodes} | {p.policy_rules} | {_ms(p.policy_fanout_ms, 'p50')} "
+                (f"| {_store(p)} " if stores else "")
+                + f"| {p.nodes} | {p.policy_rules} | {_ms(p.policy_fanout_ms, 'p50')} "
                 f"| {_ms(p.policy_fanout_ms, 'p99')} | {_ms(p.policy_fanout_ms, 'max')} |"
                 for p in with_policy
             ),

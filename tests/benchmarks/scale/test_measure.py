@@ -75,7 +75,9 @@ async def test_scale_on_two_postgresql_replicas(tmp_path: Path) -> None:
     # (10 ms of /proc CPU time) over the run's changes, so 0 is a valid reading.
     assert point.database_cpu_ms_per_change is not None and point.database_cpu_ms_per_change >= 0
     assert not any("client errors" in note for note in result.notes)
-    assert "| postgresql, 2 replicas | 20 |" in render_markdown(result)
+    text = render_markdown(result)
+    assert "| postgresql, 2 replicas | 20 |" in text
+    assert "| postgresql, 2 replicas | 20 | 50 |" in text  # the policy table names it too
     assert set(Path("/tmp").glob("shoal-bench-pg-*")) <= clusters  # this run's cluster is gone
 
 
