@@ -89,8 +89,11 @@ def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> tupl
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    run = iperf_path(setup.client, setup.server, wg, seconds, None)
-    if perf.wait() != 0:
+    try:
+        run = iperf_path(setup.client, setup.server, wg, seconds, None)
+    finally:
+        perf.wait()  # (it ends by itself, before the run does)
+    if perf.returncode != 0:
         raise LabError(f"perf record failed (exit {perf.returncode})")
     script = subprocess.run(
         ["perf", "script", "-i", str(data)], capture_output=True, text=True, check=True
@@ -118,7 +121,7 @@ def measure(pairs: int, seconds: int) -> dict[str, list[tuple[Run, Counter[str],
 
 
 def _mean_pct(runs: Sequence[tuple[Run, Counter[str], int]], key: str) -> float:
-    return sum(100 * shares[key] / total for _, shares, total in runs) / len(runs)
+    return sum(100 * shares[key] / max(total, 1) for _, shares, total in runs) / len(runs)
 
 
 def render(result: dict[str, list[tuple[Run, Counter[str], int]]]) -> list[str]:

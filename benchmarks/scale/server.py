@@ -263,9 +263,15 @@ async def read_fanout(plane: ControlPlane, ca_pem: bytes) -> Fanout:
                 session.get(replica.url + "/metrics", headers=headers) as resp,
             ):
                 text = await resp.text()
+                if resp.status != 200:
+                    raise BenchError(f"{replica.url}/metrics: HTTP {resp.status}: {text[:200]}")
         except aiohttp.ClientError as exc:
             raise BenchError(f"cannot read {replica.url}/metrics: {exc}") from exc
-        for (name, labels), value in parse(text).items():
+        try:
+            samples = parse(text)
+        except AssertionError as exc:
+            raise BenchError(f"{replica.url}/metrics does not parse: {exc}") from exc
+        for (name, labels), value in samples.items():
             if name == "shoal_server_fanout_seconds_count":
                 count += value
             elif name == "shoal_server_fanout_seconds_sum":

@@ -215,9 +215,11 @@ class Pushes:
         self.log = log
         self.take = take
         self.offered: list[int] = []
+        self.heartbeats = 0  # offers made by the heartbeat's timer
 
-    def __call__(self, since: int) -> int | None:
+    def __call__(self, since: int, heartbeat: bool) -> int | None:
         self.offered.append(since)
+        self.heartbeats += heartbeat
         return self.log.revision if self.take else None
 
 
@@ -264,6 +266,7 @@ async def test_a_streams_heartbeats_are_pushed_and_one_declined_wakes_its_task()
     while len(push.offered) < 3:  # the change, then heartbeats from the revision it holds
         await asyncio.sleep(0.01)
     assert push.offered[:3] == [1, 2, 2] and not stream.done()
+    assert push.heartbeats == len(push.offered) - 1  # all but the change
     push.take = False
     assert await asyncio.wait_for(stream, timeout=5) == 2
 
@@ -271,7 +274,7 @@ async def test_a_streams_heartbeats_are_pushed_and_one_declined_wakes_its_task()
 async def test_a_failing_push_wakes_its_stream_and_the_others_still_get_theirs() -> None:
     log = ChangeLog([], revision=1)
 
-    def broken(since: int) -> int | None:
+    def broken(since: int, heartbeat: bool) -> int | None:
         raise RuntimeError("bug")
 
     good = Pushes(log)

@@ -323,3 +323,26 @@ def test_a_push_waits_for_a_backed_up_connection_and_leaves_large_frames_to_the_
     monkeypatch.setattr(api_module, "FRAME_PIECE", len(line) - 1)
     assert not send(update)
     assert len(quiet.written) == 1
+
+
+async def test_an_http_1_0_stream_gets_plain_lines_for_pushed_changes(
+    server: RunningServer,
+) -> None:
+    """HTTP/1.0 has no chunked bodies (an nginx in front speaks it to the server by default):
+    the stream's body is its frames as they are, pushed or not."""
+    alpha = await join(server, "alpha")
+    since = server.service.registry.revision
+    target = f"{STREAM_PATH}?since={since}&wait=30"
+    async with node_client(server, alpha.key) as client:
+        auth = await client._signature("GET", target, b"")
+    connector = aiohttp.TCPConnector(ssl=ssl_context(server.ca.ca_pem))
+    async with (
+        aiohttp.ClientSession(connector=connector, version=aiohttp.HttpVersion10) as session,
+        session.get(server.url + target, headers={"Authorization": auth}) as resp,
+    ):
+        assert resp.status == 200 and "Transfer-Encoding" not in resp.headers
+        first = MapUpdate.model_validate_json(await resp.content.readline())
+        assert first.kind == "none"
+        await join(server, "beta")
+        update = MapUpdate.model_validate_json(await resp.content.readline())
+    assert [p.name for p in update.peers_changed] == ["beta"]

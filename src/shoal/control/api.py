@@ -69,7 +69,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from shoal.control import openapi
@@ -497,7 +497,10 @@ async def netmap_stream(request: web.Request) -> web.StreamResponse:
     since, wait = _since_wait(request)
     service = request.app[SERVICE]
     encoder = request.app[ENCODER]
-    updates = service.watch(node_id, since, wait, _sender(request, encoder))
+    # Pushed frames are HTTP/1.1 chunks: an HTTP/1.0 client (a proxy's default) gets a body
+    # that is not chunked, every frame written by the stream itself.
+    send = _sender(request, encoder) if request.version >= HttpVersion11 else None
+    updates = service.watch(node_id, since, wait, send)
     first = await anext(updates)  # refusals (a store failure) still get their status
     _dead_peer_timeout(request, service.stream_wait(wait))
     # X-Accel-Buffering: an HTTP proxy in front (nginx) would hold frames back otherwise.

@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 # once (a "none" heartbeat when that is the current revision) and return the revision
 # delivered, or None to leave it to the stream's task. It runs inside the wake-up or the
 # heartbeat's timer, so it must not block or raise.
-Push = Callable[[int], int | None]
+# `heartbeat`: the stream's heartbeat is due (what it sends may be a change whose wake-up is
+# still pending: it counts as the heartbeat all the same).
+Push = Callable[[int, bool], int | None]
 
 
 @dataclass(slots=True)
@@ -309,19 +311,19 @@ class ChangeLog:
             if (
                 following is not None
                 and self._waiting.get(node_id) is woken
-                and self._pushed(node_id, following)
+                and self._pushed(node_id, following, heartbeat=True)
             ):
                 next_one = expiry(loop.time(), following.timeout)
                 self._expiring_at(loop, next_one).append((node_id, woken))
                 continue
             woken.set_result(True)
 
-    def _pushed(self, node_id: str, following: _Waiter) -> bool:
+    def _pushed(self, node_id: str, following: _Waiter, *, heartbeat: bool) -> bool:
         """Whether `following`'s push delivered (and the stream now holds what it sent)."""
         if following.push is None or self._closed:
             return False
         try:
-            delivered = following.push(following.since)
+            delivered = following.push(following.since, heartbeat)
         except Exception:  # a bug in one push must not leave the others asleep
             log.exception("netmap push to node %s failed; its stream takes over", node_id)
             return False
@@ -361,7 +363,8 @@ class ChangeLog:
                 and not self._closed
                 and (
                     # (Already at this revision: its task fetched it. Nothing to push.)
-                    following.since == self.revision or self._pushed(node_id, following)
+                    following.since == self.revision
+                    or self._pushed(node_id, following, heartbeat=False)
                 )
             ):
                 self._waiting[node_id] = woken
