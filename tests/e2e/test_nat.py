@@ -393,42 +393,55 @@ def start_relay(lab: Lab, name: str, port: int) -> subprocess.Popen[bytes]:
         )  # fmt: skip
 
 
-def relayed_via(host: LabHost, name: str, relay: str) -> bool:
-    return str(peer(host, name)["path"]).startswith(f"relayed via tcp {relay} ")
+def tcp_relay_in_use(host: LabHost, name: str) -> str | None:
+    """The TCP relay `host` reaches peer `name` through ("ip:port"), None when not relayed."""
+    match = re.match(r"relayed via tcp (\S+) ", str(peer(host, name)["path"]))
+    return match.group(1) if match else None
 
 
-def both_via(h1: LabHost, h7: LabHost, relay: str, timeout: float) -> None:
-    wait_until(f"h7 -> h1 via {relay}", lambda: relayed_via(h7, "h1", relay), timeout)
-    wait_until(f"h1 -> h7 via {relay}", lambda: relayed_via(h1, "h7", relay), timeout)
+def both_via_one_of(h1: LabHost, h7: LabHost, relays: list[str], timeout: float) -> str:
+    """Wait until both sides of the pair go through the same one of `relays`; return it."""
+
+    def agreed() -> bool:
+        used = tcp_relay_in_use(h7, "h1")
+        return used in relays and tcp_relay_in_use(h1, "h7") == used
+
+    wait_until(f"h1 <-> h7 through one of {relays}", agreed, timeout)
+    return str(tcp_relay_in_use(h7, "h1"))
 
 
 def test_standalone_relays_announced_by_the_server_and_failover(natlab: Lab) -> None:
     h1, h7 = natlab.host("h1"), natlab.host("h7")
     # Two `shoal relay`s (ports h7's firewall lets out); the server announces them instead
     # of its own relay.
+    ports = {"r1": 443, "r2": 80}
     specs = [
         load_or_create_identity(natlab.dir / name, "192.0.2.2").spec("192.0.2.2", port)
-        for name, port in (("r1", 443), ("r2", 80))
+        for name, port in ports.items()
     ]
     natlab.stop_server()
     flags = ["--relay-port", "off", "--relay-at", specs[0], "--relay-at", specs[1]]
     natlab.start_server(args=flags)
-    relays = [start_relay(natlab, "r1", 443), start_relay(natlab, "r2", 80)]
+    relays = {f"192.0.2.2:{port}": start_relay(natlab, name, port) for name, port in ports.items()}
     mesh_ip = peer(h1, "h7")["mesh_ip"]
     try:
-        both_via(h1, h7, "192.0.2.2:443", 90)
-        wait_until("h1 pings h7 via r1", lambda: host_ping(h1, mesh_ip), 30)
+        # Which of the two h7 makes its home is not the test's to say: both are as near, and
+        # a relay that was not listening yet when h7 first tried it is rightly passed over
+        # (a CI run saw h7 settle on the second one).
+        home = both_via_one_of(h1, h7, list(relays), 90)
+        wait_until("h1 pings h7 via a standalone relay", lambda: host_ping(h1, mesh_ip), 30)
         # Status says which relay: a standalone one now, not the server's.
-        wait_until("h7 shows r1", lambda: (peer(h7, "h1")["relay"] or {}).get("on_server") is False)
-        assert peer(h7, "h1")["relay"]["address"] == "192.0.2.2:443"
-        relays[0].kill()
-        relays[0].wait(10)
+        wait_until("h7 shows it", lambda: (peer(h7, "h1")["relay"] or {}).get("on_server") is False)
+        assert peer(h7, "h1")["relay"]["address"] in relays
+        relays[home].kill()
+        relays[home].wait(10)
         # Bounded by the waits, not timed: how fast is for a benchmark to say (the move is
         # usually seconds; a loaded CI run took 30.6 s once).
-        both_via(h1, h7, "192.0.2.2:80", 60)
-        wait_until("h1 pings h7 via r2", lambda: host_ping(h1, mesh_ip), 30)
+        (other,) = set(relays) - {home}
+        both_via_one_of(h1, h7, [other], 60)
+        wait_until("h1 pings h7 via the other relay", lambda: host_ping(h1, mesh_ip), 30)
     finally:
-        for relay in relays:
+        for relay in relays.values():
             relay.kill()
             relay.wait(10)
         natlab.stop_server()
