@@ -10,6 +10,11 @@ hook function it was in (a table's chain, conntrack, NAT, br_netfilter). The tab
 the share of all samples per (hook, function), each system's mean over its runs: a row shoal
 has and the hand-written setup has not is a per-packet cost of shoal's, in CPU terms.
 
+A second table takes the whole machine instead, per Gbit moved: CPU milliseconds by process
+(wireguard-go, iperf3, ksoftirqd, idle, other) and the functions whose cost differs most. The
+shares above miss what is not netfilter, and a share moves with throughput; per Gbit, the rows
+add up to the whole difference in CPU a Gbit costs.
+
 The parity variants take a difference away and compare throughput and CPU; this shows what
 each difference costs without taking anything away, so differences of 1 % show above the noise
 of runs on a shared machine.
@@ -24,6 +29,7 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.dataplane.parity import Run, both_labs, iperf_path, wireguard_go_pids
@@ -45,24 +51,47 @@ HOOKS = {
 }
 SAMPLE_HZ = 1999
 SHOWN = 0.05  # % of all samples: rows below this in both systems are summed as "other"
+FUNCTIONS_SHOWN = 30  # rows of the per-function table, largest differences first
 
 
-def _stacks(script: str) -> Iterator[list[str]]:
-    """The kernel and user function names of each sample of `perf script`, leaf first."""
-    frames: list[str] | None = None
+def _samples(script: str) -> Iterator[tuple[str, list[str]]]:
+    """The process name and the function names (leaf first) of each sample of `perf script`."""
+    comm: str | None = None
+    frames: list[str] = []
     for line in script.splitlines():
         if not line.strip():
-            if frames is not None:
-                yield frames
-            frames = None
+            if comm is not None:
+                yield comm, frames
+            comm = None
         elif not line[0].isspace():
-            frames = []
-        elif frames is not None:
+            comm, frames = line.split()[0], []
+        elif comm is not None:
             parts = line.split()
             if len(parts) >= 2:
                 frames.append(re.sub(r"\+0x[0-9a-f]+$", "", parts[1]))
-    if frames is not None:
+    if comm is not None:
+        yield comm, frames
+
+
+def _stacks(script: str) -> Iterator[list[str]]:
+    for _, frames in _samples(script):
         yield frames
+
+
+def _process(comm: str) -> str:
+    """A sample's process, by the part it plays in the path (kernel threads by kind)."""
+    for name in ("wireguard-go", "iperf3", "ksoftirqd", "swapper"):
+        if comm.startswith(name):
+            return "idle" if name == "swapper" else name
+    return "other"
+
+
+def by_function(script: str) -> Counter[str]:
+    """Samples by "process: function" (the function the sample was in), the whole machine."""
+    out: Counter[str] = Counter()
+    for comm, frames in _samples(script):
+        out[f"{_process(comm)}: {frames[0] if frames else '?'}"] += 1
+    return out
 
 
 def attribute(script: str) -> tuple[Counter[str], int]:
@@ -81,11 +110,28 @@ def attribute(script: str) -> tuple[Counter[str], int]:
     return shares, total
 
 
-def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> tuple[Run, str]:
+@dataclass(frozen=True)
+class Profiled:
+    """One profiled run: its result, its netfilter samples, all its samples by function."""
+
+    run: Run
+    hooks: Counter[str]
+    total: int
+    functions: Counter[str]
+    window: float  # seconds sampled (perf stops before iperf3 does)
+
+    def ms_per_gbit(self, key: str) -> float:
+        """CPU milliseconds per Gbit moved that the machine spent in `key`."""
+        gbit = self.run.mbps / 1000 * self.window
+        return 1000 * self.functions[key] / SAMPLE_HZ / max(gbit, 1e-9)
+
+
+def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> Profiled:
     """One iperf3 run of `setup` with the whole machine sampled for most of it."""
+    window = max(1, seconds - 2)
     record = ["perf", "record", "-a", "-g", "-e", "cpu-clock", "-F", str(SAMPLE_HZ)]
     perf = subprocess.Popen(
-        [*record, "-o", str(data), "--", "sleep", str(max(1, seconds - 2))],
+        [*record, "-o", str(data), "--", "sleep", str(window)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -98,12 +144,13 @@ def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> tupl
     script = subprocess.run(
         ["perf", "script", "-i", str(data)], capture_output=True, text=True, check=True
     ).stdout
-    return run, script
+    hooks, total = attribute(script)
+    return Profiled(run, hooks, total, by_function(script), window)
 
 
-def measure(pairs: int, seconds: int) -> dict[str, list[tuple[Run, Counter[str], int]]]:
+def measure(pairs: int, seconds: int) -> dict[str, list[Profiled]]:
     """Both labs, `pairs` runs of each, alternating; every run's result and attribution."""
-    out: dict[str, list[tuple[Run, Counter[str], int]]] = {"hand": [], "shoal": []}
+    out: dict[str, list[Profiled]] = {"hand": [], "shoal": []}
     with both_labs("nf") as ((hand_lab, hand), (shoal_lab, shoal)):
         systems = {
             "hand": (hand, wireguard_go_pids(hand_lab)),
@@ -113,20 +160,23 @@ def measure(pairs: int, seconds: int) -> dict[str, list[tuple[Run, Counter[str],
             for i in range(pairs):
                 for name in ("hand", "shoal") if i % 2 == 0 else ("shoal", "hand"):
                     setup, wg = systems[name]
-                    run, script = _profiled(setup, wg, seconds, Path(tmp) / f"{name}{i}.data")
-                    shares, total = attribute(script)
-                    out[name].append((run, shares, total))
-                    progress(f"netfilter: {name} {run.mbps:.0f} Mbit/s, {total} samples")
+                    got = _profiled(setup, wg, seconds, Path(tmp) / f"{name}{i}.data")
+                    out[name].append(got)
+                    progress(f"netfilter: {name} {got.run.mbps:.0f} Mbit/s, {got.total} samples")
     return out
 
 
-def _mean_pct(runs: Sequence[tuple[Run, Counter[str], int]], key: str) -> float:
-    return sum(100 * shares[key] / max(total, 1) for _, shares, total in runs) / len(runs)
+def _mean_pct(runs: Sequence[Profiled], key: str) -> float:
+    return sum(100 * r.hooks[key] / max(r.total, 1) for r in runs) / len(runs)
 
 
-def render(result: dict[str, list[tuple[Run, Counter[str], int]]]) -> list[str]:
+def _mean_ms(runs: Sequence[Profiled], key: str) -> float:
+    return sum(r.ms_per_gbit(key) for r in runs) / len(runs)
+
+
+def render(result: dict[str, list[Profiled]]) -> list[str]:
     hand, shoal = result["hand"], result["shoal"]
-    keys = set().union(*(s for _, s, _ in hand + shoal))
+    keys = set().union(*(r.hooks for r in hand + shoal))
     rows = sorted(
         ((_mean_pct(hand, k), _mean_pct(shoal, k), k) for k in keys),
         key=lambda r: r[0] - r[1],
@@ -149,9 +199,37 @@ def render(result: dict[str, list[tuple[Run, Counter[str], int]]]) -> list[str]:
         f"| **all netfilter** | {total_h:.2f} | {total_s:.2f} | {total_s - total_h:+.2f} |"
     )
     for name, runs in (("hand-written", hand), ("shoal", shoal)):
-        mbps = ", ".join(f"{r.mbps:.0f}" for r, _, _ in runs)
-        path = ", ".join(f"{r.path_per_gbit:.2f}" for r, _, _ in runs)
+        mbps = ", ".join(f"{r.run.mbps:.0f}" for r in runs)
+        path = ", ".join(f"{r.run.path_per_gbit:.2f}" for r in runs)
         lines.append(f"- {name}: {mbps} Mbit/s; path CPU {path} s/Gbit")
+    return [*lines, "", *render_functions(hand, shoal)]
+
+
+def render_functions(hand: Sequence[Profiled], shoal: Sequence[Profiled]) -> list[str]:
+    """The whole machine per Gbit moved: by process, then the functions that differ most."""
+    keys = set().union(*(r.functions for r in [*hand, *shoal]))
+    ms = {k: (_mean_ms(hand, k), _mean_ms(shoal, k)) for k in keys}
+    lines = [
+        "| process (whole machine) | hand-written ms/Gbit | shoal ms/Gbit | shoal - hand |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    procs: dict[str, list[float]] = {}
+    for key, (h, s) in ms.items():
+        acc = procs.setdefault(key.split(":")[0], [0.0, 0.0])
+        acc[0] += h
+        acc[1] += s
+    for proc, (h, s) in sorted(procs.items(), key=lambda kv: kv[1][0] - kv[1][1]):
+        lines.append(f"| {proc} | {h:.0f} | {s:.0f} | {s - h:+.0f} |")
+    busy = [sum(v[i] for p, v in procs.items() if p != "idle") for i in (0, 1)]
+    lines.append(f"| **busy** | {busy[0]:.0f} | {busy[1]:.0f} | {busy[1] - busy[0]:+.0f} |")
+    lines += [
+        "",
+        "| process: function | hand-written ms/Gbit | shoal ms/Gbit | shoal - hand |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    differ = sorted(ms.items(), key=lambda kv: abs(kv[1][1] - kv[1][0]), reverse=True)
+    for key, (h, s) in differ[:FUNCTIONS_SHOWN]:
+        lines.append(f"| {key} | {h:.1f} | {s:.1f} | {s - h:+.1f} |")
     return lines
 
 

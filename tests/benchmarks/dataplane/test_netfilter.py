@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from benchmarks.dataplane.netfilter import attribute
+from collections import Counter
+
+from benchmarks.dataplane.netfilter import SAMPLE_HZ, Profiled, attribute, by_function
+from benchmarks.dataplane.parity import Run
 
 SCRIPT = """\
 wireguard-go  2899 [000] 57285.349933:     500250 cpu-clock:
@@ -28,3 +31,21 @@ def test_samples_in_netfilter_are_put_down_to_their_hook_and_function() -> None:
     shares, total = attribute(SCRIPT)
     assert total == 3
     assert shares == {"input: nft_do_chain_inet": 1, "prerouting: nf_conntrack_in": 1}
+
+
+def test_every_sample_counts_for_its_process_and_the_function_it_was_in() -> None:
+    assert by_function(
+        SCRIPT + "\nswapper     0 [001] 1.0: 500250 cpu-clock:\n\tffff x+0x1 (k)\n"
+    ) == {
+        "wireguard-go: nft_do_chain": 1,
+        "wireguard-go: __nf_conntrack_find_get": 1,
+        "iperf3: _copy_to_iter": 1,
+        "idle: x": 1,
+    }
+
+
+def test_cpu_per_gbit_is_the_samples_time_over_what_moved_while_sampled() -> None:
+    # 500 Mbit/s sampled for 8 s: 4 Gbit; SAMPLE_HZ samples are one CPU second.
+    run = Run(mbps=500, gbit=5, machine_s=1, path_s=1)
+    got = Profiled(run, Counter(), 0, Counter({"iperf3: f": SAMPLE_HZ * 2}), window=8)
+    assert got.ms_per_gbit("iperf3: f") == 500
