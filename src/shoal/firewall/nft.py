@@ -143,11 +143,12 @@ def _wireguard_first(cfg: FirewallConfig) -> list[str]:
     they are most of what the host receives, and the interface map and the pools lookup
     after this rule cost each one more than the rest of its way through netfilter (issue 14:
     1.3 % of the machine's CPU under iperf3, measured with perf). They reach only WireGuard's
-    socket, which authenticates every one. Not from shoal0: the host's ports stay closed to
-    the mesh."""
+    socket, which authenticates every one. No interface match: reading a packet's interface
+    name copies it (`nft_meta_store_ifname`, perf), and the port is the underlay's anyway, so
+    a peer reaching it through the tunnel reaches nothing it could not reach outside."""
     if cfg.wireguard_port is None:
         return []
-    return [f'\t\tudp dport {cfg.wireguard_port} iifname != "{cfg.mesh_interface}" accept']
+    return [f"\t\tudp dport {cfg.wireguard_port} accept"]
 
 
 def _input_verdicts(cfg: FirewallConfig) -> str:
