@@ -34,7 +34,8 @@ setup (`python -m benchmarks.dataplane.parity`: 3-6 % path CPU per Gbit; the inp
 chains, the bridge table and the extra FORWARD jump were within the noise), since every packet
 of the host meets it, the WireGuard underlay's included. Now a packet of an established mesh
 flow from shoal0 evaluates one interface match and one conntrack-state match in forward; from
-the bridge, the range check too; an underlay packet one vmap miss and one set lookup in input.
+the bridge, the range check too; a WireGuard datagram one port match in input (any other
+underlay packet one vmap miss and one set lookup).
 """
 
 from __future__ import annotations
