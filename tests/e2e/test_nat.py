@@ -402,12 +402,17 @@ def tcp_relay_in_use(host: LabHost, name: str) -> str | None:
 def both_via_one_of(h1: LabHost, h7: LabHost, relays: list[str], timeout: float) -> str:
     """Wait until both sides of the pair go through the same one of `relays`; return it."""
 
+    seen: list[str] = []
+
     def agreed() -> bool:
         used = tcp_relay_in_use(h7, "h1")
-        return used in relays and tcp_relay_in_use(h1, "h7") == used
+        if used not in relays or tcp_relay_in_use(h1, "h7") != used:
+            return False
+        seen.append(used)
+        return True
 
     wait_until(f"h1 <-> h7 through one of {relays}", agreed, timeout)
-    return str(tcp_relay_in_use(h7, "h1"))
+    return seen[-1]
 
 
 def test_standalone_relays_announced_by_the_server_and_failover(natlab: Lab) -> None:

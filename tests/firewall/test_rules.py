@@ -22,8 +22,8 @@ CFG = FirewallConfig(
 )
 
 SHOAL_FORWARD = [
-    "-A SHOAL-FORWARD -i shoal0 -j ACCEPT",
-    "-A SHOAL-FORWARD -o shoal0 -j ACCEPT",
+    "-A SHOAL-FORWARD -i shoal0 -o shoal-br0 -j ACCEPT",
+    "-A SHOAL-FORWARD -i shoal-br0 -o shoal0 -j ACCEPT",
 ]
 SHOAL_POSTROUTING = [
     "-A SHOAL-POSTROUTING -s 10.42.1.0/24 -d 10.42.0.0/16 -j RETURN",

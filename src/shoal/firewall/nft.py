@@ -34,8 +34,8 @@ setup (`python -m benchmarks.dataplane.parity`: 3-6 % path CPU per Gbit; the inp
 chains, the bridge table and the extra FORWARD jump were within the noise), since every packet
 of the host meets it, the WireGuard underlay's included. Now a packet of an established mesh
 flow from shoal0 evaluates one interface match and one conntrack-state match in forward; from
-the bridge, the range check too; a WireGuard datagram one port match in input (any other
-underlay packet one vmap miss and one set lookup).
+the bridge, the range check too; a WireGuard datagram one port and one interface match in
+input (any other underlay packet one vmap miss and one set lookup).
 """
 
 from __future__ import annotations
@@ -144,12 +144,14 @@ def _wireguard_first(cfg: FirewallConfig) -> list[str]:
     they are most of what the host receives, and the interface map and the pools lookup
     after this rule cost each one more than the rest of its way through netfilter (issue 14:
     1.3 % of the machine's CPU under iperf3, measured with perf). They reach only WireGuard's
-    socket, which authenticates every one. No interface match: reading a packet's interface
-    name copies it (`nft_meta_store_ifname`, perf), and the port is the underlay's anyway, so
-    a peer reaching it through the tunnel reaches nothing it could not reach outside."""
+    socket, which authenticates every one. Not from shoal0: the host's ports stay closed to
+    the mesh, as `shoal policy test` says they are, and a member's own handshake sent through
+    the tunnel cannot make WireGuard roam that member's endpoint into shoal0 (a routing loop).
+    The interface match costs a copy of the name per datagram (perf: about 0.1 % of the
+    machine under iperf3); it stays."""
     if cfg.wireguard_port is None:
         return []
-    return [f"\t\tudp dport {cfg.wireguard_port} accept"]
+    return [f'\t\tudp dport {cfg.wireguard_port} iifname != "{cfg.mesh_interface}" accept']
 
 
 def _input_verdicts(cfg: FirewallConfig) -> str:

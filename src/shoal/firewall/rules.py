@@ -6,16 +6,17 @@ Docker owns iptables on a Docker host (FORWARD policy DROP, its DOCKER-USER chai
 rules it inserts at the top of nat POSTROUTING). shoal keeps to three chains of its own, each
 reached by one jump:
 
-    filter DOCKER-USER (position 1) -> SHOAL-FORWARD    accept what shoal0 sends and receives
+    filter DOCKER-USER (position 1) -> SHOAL-FORWARD    accept mesh <-> bridge forwarding
     nat    POSTROUTING (position 1) -> SHOAL-POSTROUTING no NAT inside the mesh, else masquerade
     nat    PREROUTING  (position 1) -> SHOAL-DNS         containers' DNS to the agent's resolver
 
-SHOAL-FORWARD accepts whatever comes from or goes to shoal0, one interface match per rule and
-no conntrack: the nft table decides who may pass (from shoal0 only into the bridge and the
-approved subnet routes; to shoal0 only from this host's containers and replies), is loaded
-before these accepts and removed after them, and its drops are final. So a packet of a mesh
-flow costs one or two matches here (each reads an interface name, which perf shows: issue 14)
-and skips Docker's isolation chains.
+SHOAL-FORWARD is two interface matches and no conntrack: the routes make anything between
+shoal0 and the bridge mesh traffic, and the nft table already dropped what may not pass, so
+a packet of an established flow costs two rules here and skips Docker's isolation chains.
+Not `-i shoal0` and `-o shoal0` alone (one name read less per packet, issue 14): the nft
+table only guards the pools, so the underlay or another Docker network could then send into
+a peer's approved subnet route, and with the table gone (deleted by hand, until the agent
+restores it) the mesh would reach every network this host routes to.
 The nat chains only see the first packet of each connection.
 
 The Docker network is created with masquerading off, so shoal's own MASQUERADE is the only one
@@ -50,7 +51,11 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
     """The rules of each shoal chain, by chain name, as `-A CHAIN ...` lines."""
     mesh, bridge, local = cfg.mesh_interface, cfg.bridge, cfg.local_subnet
     pools = (cfg.container_pool, cfg.mesh_pool)
-    forward = (f"-A {FORWARD_CHAIN} -i {mesh} -j ACCEPT", f"-A {FORWARD_CHAIN} -o {mesh} -j ACCEPT")
+    forward = (
+        f"-A {FORWARD_CHAIN} -i {mesh} -o {bridge} -j ACCEPT",
+        f"-A {FORWARD_CHAIN} -i {bridge} -o {mesh} -j ACCEPT",
+        *route_forward_rules(cfg),
+    )
     # Inside the mesh source IPs stay real: peers check them against AllowedIPs. A host
     # without Docker has no container subnet to exempt or masquerade.
     containers = (
@@ -71,6 +76,20 @@ def desired(cfg: FirewallConfig) -> dict[str, tuple[str, ...]]:
         if cfg.dns_address is not None
     )
     return {FORWARD_CHAIN: forward, NAT_CHAIN: nat, DNS_CHAIN: dns}
+
+
+def route_forward_rules(cfg: FirewallConfig) -> tuple[str, ...]:
+    """SHOAL-FORWARD rules of this host's subnet routes: the mesh's traffic to each approved
+    network and its replies pass Docker's FORWARD policy DROP (the nft table decided who)."""
+    mesh = cfg.mesh_interface
+    return tuple(
+        rule
+        for net in cfg.subnet_routes
+        for rule in (
+            f"-A {FORWARD_CHAIN} -d {net} -i {mesh} -j ACCEPT",
+            f"-A {FORWARD_CHAIN} -s {net} -o {mesh} -j ACCEPT",
+        )
+    )
 
 
 def route_nat_rules(cfg: FirewallConfig) -> tuple[str, ...]:
