@@ -1,5 +1,6 @@
-"""Traversal's pure and state-keeping parts: endpoint discovery's guard (a server that
-answers neither UDP nor TCP is down, not this host's UDP blocked), the nearest healthy TCP
+"""Traversal's pure and state-keeping parts: endpoint discovery's guards (a server that
+answers neither UDP nor TCP is down, not this host's UDP blocked; UDP that worked is judged
+blocked only by discoveries in a row), the nearest healthy TCP
 relay, and how `shoal status` shows each peer's path (the rest of traversal runs end to end in
 tests/e2e/test_nat.py)."""
 
@@ -12,9 +13,12 @@ from ipaddress import IPv4Address
 
 import pytest
 
+from shoal.agent import traversal
+from shoal.agent.endpoints import Discovery
 from shoal.agent.paths import PathSelector
 from shoal.agent.tcprelay import RelayTarget, TcpRelayClient
 from shoal.agent.traversal import (
+    BLOCKED_CONFIRMATIONS,
     RELAYS_SECONDS,
     Traversal,
     relay_endpoint,
@@ -285,3 +289,53 @@ async def test_status_shows_a_direct_peer_direct_once_its_handshake_is_fresh(
     # A loopback socket that is not (or no longer) the agent's is never shown as the peer's.
     stale = lonely.traversal.route(peer.public_key, "127.0.0.1:40999", fresh=True)
     assert stale.endpoint == "192.0.2.12:51820"
+
+
+async def test_udp_blocked_where_it_worked_is_believed_on_the_second_discovery_in_a_row(
+    lonely: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server coming back answers TCP before its probe responder listens: one unanswered
+    # probe must not move every peer onto a TCP relay.
+    own = Endpoint(host=IPv4Address("192.0.2.11"), port=51820)
+    answered = Discovery(local=own, mapped=((own.host, own.port), (own.host, own.port)))
+    silent = Discovery(local=own, mapped=(None, None))
+    found = [answered, silent, answered, silent, silent, silent]
+
+    async def discover(*_args: object) -> Discovery:
+        return found.pop(0)
+
+    async def reachable(*_args: object, **_kwargs: object) -> bool:
+        return True
+
+    async def key() -> bytes:
+        return bytes(32)
+
+    monkeypatch.setattr(traversal, "discover", discover)
+    monkeypatch.setattr(traversal, "tcp_reachable", reachable)
+    monkeypatch.setattr(lonely.traversal, "_mac_key", key)
+    verdicts = []
+    for _ in range(6):
+        await lonely.traversal.discover_and_report()
+        verdicts.append(lonely.traversal.nat)
+    assert BLOCKED_CONFIRMATIONS == 2
+    assert verdicts == ["none", "none", "none", "none", "udp-blocked", "udp-blocked"]
+    assert any(e.kind == "relay" for e in lonely.paths.own() or ())
+
+
+async def test_a_first_discovery_without_udp_is_taken_at_once(
+    lonely: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def discover(*_args: object) -> Discovery:
+        return Discovery(local=None, mapped=(None, None))
+
+    async def reachable(*_args: object, **_kwargs: object) -> bool:
+        return True
+
+    async def key() -> bytes:
+        return bytes(32)
+
+    monkeypatch.setattr(traversal, "discover", discover)
+    monkeypatch.setattr(traversal, "tcp_reachable", reachable)
+    monkeypatch.setattr(lonely.traversal, "_mac_key", key)
+    await lonely.traversal.discover_and_report()
+    assert lonely.traversal.nat == "udp-blocked"

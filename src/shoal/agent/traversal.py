@@ -7,7 +7,9 @@ each peer on a candidate that completes handshakes.
         to every peer in the netmap. Without UDP (no probe answer) the node also reports the
         mesh's nearest healthy TCP relay as a "relay" endpoint (`relay_endpoint`: the lowest
         TCP connect time, measured every RELAYS_SECONDS): peers then reach it only through
-        that relay (`shoal.agent.tcprelay`), and so does it.
+        that relay (`shoal.agent.tcprelay`), and so does it. A host whose UDP worked is
+        judged without it only after BLOCKED_CONFIRMATIONS discoveries in a row, and never
+        while the server does not answer TCP either (then the server is down, not the UDP).
     every TICK_SECONDS: read the handshake times from the data plane and let the
         `PathSelector` advance peers whose candidate gives no handshake; when an endpoint to
         configure changed, the reconciler plans the current netmap again.
@@ -53,6 +55,11 @@ RELAYS_RETRY_SECONDS = 5.0
 # reach the host again once the report is in their netmap: the interval bounds that outage.
 # Two datagrams per host per interval to the server.
 DISCOVER_SECONDS = 3.0
+# Discoveries in a row that must find UDP blocked, where it worked before, before this host
+# moves every peer onto a TCP relay. One unanswered probe is not enough: a server coming back
+# answers TCP before its probe responder listens (a replica's restart moved every agent onto
+# a relay for one discovery, HA e2e), and a loaded one answers late.
+BLOCKED_CONFIRMATIONS = 2
 
 
 # One relay is "clearly nearer" than another at this fraction of its time and this many ms
@@ -220,6 +227,7 @@ class Traversal:
         self.paths = paths
         self.tcp_relay = tcp_relay
         self.last: Discovery | None = None
+        self._blocked_in_a_row = 0  # discoveries finding UDP blocked where it worked before
         self.server: IPv4Address | None = None  # resolved at each discovery
 
     async def run(self) -> None:
@@ -256,6 +264,11 @@ class Traversal:
             # of 300 echoes). What was found before stands until the server answers again.
             log.info("endpoint discovery: the server does not answer; keeping the last result")
             return
+        if self._unconfirmed_block(found):
+            log.info(
+                "endpoint discovery: no answer over UDP; keeping the last result until the next"
+            )
+            return
         if found != self.last:
             log.info(
                 "endpoint discovery: NAT %s, endpoints %s",
@@ -280,6 +293,17 @@ class Traversal:
             await self._report(endpoints)
         except ControlError as exc:
             log.warning("could not report endpoints: %s", exc)
+
+    def _unconfirmed_block(self, found: Discovery) -> bool:
+        """Whether `found` says UDP is blocked where the last discovery had it working, and
+        fewer than BLOCKED_CONFIRMATIONS discoveries in a row said so (a first discovery, or
+        one after a block, is taken as it is)."""
+        worked = self.last is not None and self.last.nat != "udp-blocked"
+        if found.nat != "udp-blocked" or not worked:
+            self._blocked_in_a_row = 0
+            return False
+        self._blocked_in_a_row += 1
+        return self._blocked_in_a_row < BLOCKED_CONFIRMATIONS
 
     def _advertised_relay(self) -> Endpoint | None:
         """The relay this host advertises now (its last choice, or the netmap's)."""
