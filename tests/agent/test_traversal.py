@@ -291,15 +291,8 @@ async def test_status_shows_a_direct_peer_direct_once_its_handshake_is_fresh(
     assert stale.endpoint == "192.0.2.12:51820"
 
 
-async def test_udp_blocked_where_it_worked_is_believed_on_the_second_discovery_in_a_row(
-    lonely: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A server coming back answers TCP before its probe responder listens: one unanswered
-    # probe must not move every peer onto a TCP relay.
-    own = Endpoint(host=IPv4Address("192.0.2.11"), port=51820)
-    answered = Discovery(local=own, mapped=((own.host, own.port), (own.host, own.port)))
-    silent = Discovery(local=own, mapped=(None, None))
-    found = [answered, silent, answered, silent, silent, silent]
+def discovering(h: Harness, monkeypatch: pytest.MonkeyPatch, found: list[Discovery]) -> None:
+    """Each discovery of `h` finds the next of `found`; the server answers TCP."""
 
     async def discover(*_args: object) -> Discovery:
         return found.pop(0)
@@ -312,7 +305,18 @@ async def test_udp_blocked_where_it_worked_is_believed_on_the_second_discovery_i
 
     monkeypatch.setattr(traversal, "discover", discover)
     monkeypatch.setattr(traversal, "tcp_reachable", reachable)
-    monkeypatch.setattr(lonely.traversal, "_mac_key", key)
+    monkeypatch.setattr(h.traversal, "_mac_key", key)
+
+
+async def test_udp_blocked_where_it_worked_is_believed_on_the_second_discovery_in_a_row(
+    lonely: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A server coming back answers TCP before its probe responder listens: one unanswered
+    # probe must not move every peer onto a TCP relay.
+    own = Endpoint(host=IPv4Address("192.0.2.11"), port=51820)
+    answered = Discovery(local=own, mapped=((own.host, own.port), (own.host, own.port)))
+    silent = Discovery(local=own, mapped=(None, None))
+    discovering(lonely, monkeypatch, [answered, silent, answered, silent, silent, silent])
     verdicts = []
     for _ in range(6):
         await lonely.traversal.discover_and_report()
@@ -325,17 +329,6 @@ async def test_udp_blocked_where_it_worked_is_believed_on_the_second_discovery_i
 async def test_a_first_discovery_without_udp_is_taken_at_once(
     lonely: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def discover(*_args: object) -> Discovery:
-        return Discovery(local=None, mapped=(None, None))
-
-    async def reachable(*_args: object, **_kwargs: object) -> bool:
-        return True
-
-    async def key() -> bytes:
-        return bytes(32)
-
-    monkeypatch.setattr(traversal, "discover", discover)
-    monkeypatch.setattr(traversal, "tcp_reachable", reachable)
-    monkeypatch.setattr(lonely.traversal, "_mac_key", key)
+    discovering(lonely, monkeypatch, [Discovery(local=None, mapped=(None, None))])
     await lonely.traversal.discover_and_report()
     assert lonely.traversal.nat == "udp-blocked"
