@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,14 +54,18 @@ SHOWN = 0.05  # % of all samples: rows below this in both systems are summed as 
 FUNCTIONS_SHOWN = 30  # rows of the per-function table, largest differences first
 
 
-def _samples(script: str) -> Iterator[tuple[str, list[str]]]:
-    """The process name and the function names (leaf first) of each sample of `perf script`."""
+Sample = tuple[str, list[str]]  # a sample's process name and its function names, leaf first
+
+
+def samples(script: str) -> list[Sample]:
+    """Each sample of `perf script` output, parsed once for both tables."""
+    out: list[Sample] = []
     comm: str | None = None
     frames: list[str] = []
     for line in script.splitlines():
         if not line.strip():
             if comm is not None:
-                yield comm, frames
+                out.append((comm, frames))
             comm = None
         elif not line[0].isspace():
             comm, frames = line.split()[0], []
@@ -70,12 +74,8 @@ def _samples(script: str) -> Iterator[tuple[str, list[str]]]:
             if len(parts) >= 2:
                 frames.append(re.sub(r"\+0x[0-9a-f]+$", "", parts[1]))
     if comm is not None:
-        yield comm, frames
-
-
-def _stacks(script: str) -> Iterator[list[str]]:
-    for _, frames in _samples(script):
-        yield frames
+        out.append((comm, frames))
+    return out
 
 
 def _process(comm: str) -> str:
@@ -86,19 +86,19 @@ def _process(comm: str) -> str:
     return "other"
 
 
-def by_function(script: str) -> Counter[str]:
+def by_function(parsed: Sequence[Sample]) -> Counter[str]:
     """Samples by "process: function" (the function the sample was in), the whole machine."""
     out: Counter[str] = Counter()
-    for comm, frames in _samples(script):
+    for comm, frames in parsed:
         out[f"{_process(comm)}: {frames[0] if frames else '?'}"] += 1
     return out
 
 
-def attribute(script: str) -> tuple[Counter[str], int]:
+def attribute(parsed: Sequence[Sample]) -> tuple[Counter[str], int]:
     """Samples inside netfilter hooks by "hook: function", and the number of samples."""
     shares: Counter[str] = Counter()
     total = 0
-    for frames in _stacks(script):
+    for _comm, frames in parsed:
         total += 1
         if "nf_hook_slow" not in frames:
             continue
@@ -144,8 +144,9 @@ def _profiled(setup: Setup, wg: Sequence[int], seconds: int, data: Path) -> Prof
     script = subprocess.run(
         ["perf", "script", "-i", str(data)], capture_output=True, text=True, check=True
     ).stdout
-    hooks, total = attribute(script)
-    return Profiled(run, hooks, total, by_function(script), window)
+    parsed = samples(script)
+    hooks, total = attribute(parsed)
+    return Profiled(run, hooks, total, by_function(parsed), window)
 
 
 def measure(pairs: int, seconds: int) -> dict[str, list[Profiled]]:

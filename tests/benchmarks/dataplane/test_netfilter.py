@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from benchmarks.dataplane.netfilter import SAMPLE_HZ, Profiled, attribute, by_function
+from benchmarks.dataplane.netfilter import SAMPLE_HZ, Profiled, attribute, by_function, samples
 from benchmarks.dataplane.parity import Run
 
 SCRIPT = """\
@@ -28,15 +28,14 @@ iperf3  2842 [001] 57285.350010:     500250 cpu-clock:
 
 
 def test_samples_in_netfilter_are_put_down_to_their_hook_and_function() -> None:
-    shares, total = attribute(SCRIPT)
+    shares, total = attribute(samples(SCRIPT))
     assert total == 3
     assert shares == {"input: nft_do_chain_inet": 1, "prerouting: nf_conntrack_in": 1}
 
 
 def test_every_sample_counts_for_its_process_and_the_function_it_was_in() -> None:
-    assert by_function(
-        SCRIPT + "\nswapper     0 [001] 1.0: 500250 cpu-clock:\n\tffff x+0x1 (k)\n"
-    ) == {
+    idle = "\nswapper     0 [001] 1.0: 500250 cpu-clock:\n\tffff x+0x1 (k)\n"
+    assert by_function(samples(SCRIPT + idle)) == {
         "wireguard-go: nft_do_chain": 1,
         "wireguard-go: __nf_conntrack_find_get": 1,
         "iperf3: _copy_to_iter": 1,
