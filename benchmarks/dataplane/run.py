@@ -102,7 +102,8 @@ def _measure_all(live: list[Running], runs: int, seconds: int, ping_count: int) 
     for streams in (1, 4):
         for i in range(runs):
             # A B C, then C B A: every pair of systems meets in A B B A order, so a load that
-            # drifts during a round hits both alike.
+            # drifts during a round hits both alike; the last two (hand-written WireGuard,
+            # shoal) run back to back in every round.
             for sysrun in live if i % 2 == 0 else live[::-1]:
                 if sysrun.setup is None:
                     continue

@@ -27,7 +27,9 @@ from benchmarks.dataplane.results import Settings, SystemResult
 from shoal.lab import IMAGE, Lab, LabCommandFailed, LabError, LabHost
 from shoal.lab.lab import run
 
-SYSTEMS = ("baseline", "handwg", "swarm", "nebula", "shoal")
+# hand-written WireGuard and shoal last and side by side: in every round of the interleaved runs
+# they run back to back (A B, then B A), the pairs shoal ÷ hand-written is judged on.
+SYSTEMS = ("baseline", "swarm", "nebula", "handwg", "shoal")
 LABELS = {
     "baseline": "no overlay (static routes)",
     "handwg": "hand-written WireGuard (wireguard-go)",

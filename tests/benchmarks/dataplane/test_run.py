@@ -67,7 +67,7 @@ def test_every_system_measured_compared_and_removed(destroyed: list[str]) -> Non
     result = run.run_dataplane(quick=True)
 
     assert list(result.systems) == [
-        "baseline", "handwg", "swarm", "swarm-encrypted", "nebula", "shoal",
+        "baseline", "swarm", "swarm-encrypted", "nebula", "handwg", "shoal",
     ]  # fmt: skip
     shoal = result.systems["shoal"]
     assert shoal.status == "ok" and shoal.label == "shoal (wireguard-go)"
@@ -87,11 +87,12 @@ def test_every_system_measured_compared_and_removed(destroyed: list[str]) -> Non
 
     cmp = result.shoal_vs_handwg
     assert cmp.ratios.tcp1_gbps == pytest.approx(0.98) and cmp.meets_target is True
+    assert cmp.tcp1_rounds == pytest.approx((0.98,)) and cmp.tcp1 == pytest.approx(0.98)
     assert result.tuning.not_run == ("by hand: later",)
     assert result.settings == Settings(
         runs=1, seconds=2, ping_count=200, tuning_runs=1, tuning_seconds=2
     )
     # One lab per system, nebula's too (made before its setup failed): every one removed.
     assert [name.rsplit("-", 1)[0] for name in destroyed] == [
-        "bench-base", "bench-wg", "bench-swarm", "bench-neb", "bench-shoal",
+        "bench-base", "bench-swarm", "bench-neb", "bench-wg", "bench-shoal",
     ]  # fmt: skip
