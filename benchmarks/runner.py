@@ -201,12 +201,13 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
     dp = sections.dataplane.result
     if dp is not None and dp.shoal_vs_handwg.ratios.tcp1_gbps is not None:
         cmp = dp.shoal_vs_handwg
-        rounds = " ".join(f"{r:.2f}" for r in cmp.tcp1_rounds)
+        tcp = " ".join(f"{r:.2f}" for r in cmp.tcp1_rounds) or "-"
+        cpu = " ".join(f"{r:.2f}" for r in cmp.cpu_rounds) or "-"
         print(
             f"shoal / hand-written WireGuard, TCP 1 stream: {cmp.tcp1 or 0:.2f}x "
-            f"(rounds {rounds or '-'}; medians' ratio {cmp.ratios.tcp1_gbps:.2f}x; target >= "
-            f"{cmp.target_tcp}x), CPU per Gbit: {cmp.cpu or 0:.2f}x (medians' ratio "
-            f"{cmp.ratios.cpu_s_per_gbit or 0:.2f}x; target <= {cmp.target_cpu}x)"
+            f"(rounds {tcp}; medians' ratio {cmp.ratios.tcp1_gbps:.2f}x; target >= "
+            f"{cmp.target_tcp}x), CPU per Gbit: {cmp.cpu or 0:.2f}x (rounds {cpu}; medians' "
+            f"ratio {cmp.ratios.cpu_s_per_gbit or 0:.2f}x; target <= {cmp.target_cpu}x)"
         )
     pol = sections.policy.result
     if pol is not None and pol.tcp1_ratio is not None:

@@ -112,16 +112,22 @@ def comparison_md(cmp: Comparison) -> list[str]:
         f"targets ≥ {cmp.target_tcp:.2f}\u00d7 throughput and ≤ {cmp.target_cpu:.2f}\u00d7 "
         f"CPU per Gbit: {met}); 4 streams {ratio(r1.tcp4_gbps)}, RTT avg {ratio(r1.rtt_avg_ms)}."
     ]
-    if cmp.tcp1_rounds:
-        rounds = ", ".join(f"{r:.2f}" for r in cmp.tcp1_rounds)
-        cpu_rounds = ", ".join(f"{r:.2f}" for r in cmp.cpu_rounds)
+    paired = [
+        (what, rounds)
+        for what, rounds in (("TCP 1 stream", cmp.tcp1_rounds), ("CPU per Gbit", cmp.cpu_rounds))
+        if rounds
+    ]
+    if paired:
+        names = " and ".join(what for what, _rounds in paired)
+        shown = "; ".join(f"{what} {', '.join(f'{r:.2f}' for r in rs)}" for what, rs in paired)
+        unpaired = "" if len(paired) == 2 else "; the other figure is the ratio of the medians"
         lines += [
             "",
-            "The two run back to back in every round (A B, then B A); TCP 1 stream and CPU "
-            "per Gbit above are the medians of the rounds' own ratios, so load that drifts "
-            f"between rounds cancels out. Rounds: TCP 1 stream {rounds}; CPU per Gbit "
-            f"{cpu_rounds}. The ratio of the two systems' medians in the table: TCP 1 stream "
-            f"{ratio(r1.tcp1_gbps)}, CPU per Gbit {ratio(r1.cpu_s_per_gbit)}.",
+            f"The two run back to back in every round (A B, then B A). {names} above: the "
+            "median of the rounds' own ratios, so a round hit by load counts once, against the "
+            f"pair it hit{unpaired}. Rounds: {shown}. The ratio of the two systems' medians in "
+            f"the table: TCP 1 stream {ratio(r1.tcp1_gbps)}, CPU per Gbit "
+            f"{ratio(r1.cpu_s_per_gbit)}.",
         ]
     return lines
 
@@ -214,28 +220,21 @@ def _explanations(systems: dict[str, SystemResult], cmp: Comparison) -> list[str
             )
     r = cmp.tcp1
     if r is not None:
-        if r >= cmp.target_tcp:
-            out.append(
-                f"- **vs hand-written WireGuard**: {ratio(r)} on one stream, within the "
-                f"{cmp.target_tcp:.2f}\u00d7 target. What shoal's path still adds per packet "
-                "(its two nftables base chains, and the conntrack Docker's embedded DNS puts "
-                "inside every container on a user-defined network) costs about 3 % of the CPU "
-                "a Gbit takes (perf, docs/measurements.md). shoal's Docker network uses MTU "
-                "1420 and clamps TCP MSS to the path MTU; the blog recipe leaves the bridge at "
-                "1500 and relies on path MTU discovery."
-            )
-        else:
-            out.append(
-                f"- **vs hand-written WireGuard**: {ratio(r)} on one stream, below the "
-                f"{cmp.target_tcp:.2f}\u00d7 target in this run. Both use the same wireguard-go "
-                "binary and MTU 1420 on the tunnel; what shoal's path adds per packet was "
-                "measured one difference at a time under 'Where the difference went' "
-                "(`python -m benchmarks.dataplane.parity`): its firewall, 1-2 % each for the "
-                "`inet shoal` table (host and underlay guards, policy), the `bridge shoal` "
-                "table (per-container anti-spoofing) and the jump to SHOAL-FORWARD; with only "
-                "the hand recipe's rules left shoal measured 1.00\u00d7. Each part carries a "
-                "guarantee, and all three are kept."
-            )
+        verdict = (
+            f"within the {cmp.target_tcp:.2f}\u00d7 target in this run"
+            if r >= cmp.target_tcp
+            else f"below the {cmp.target_tcp:.2f}\u00d7 target in this run"
+        )
+        out.append(
+            f"- **vs hand-written WireGuard**: {ratio(r)} on one stream, {verdict}. Both use the "
+            "same wireguard-go binary and MTU 1420 on the tunnel. What shoal's path adds per "
+            "packet (its `inet shoal` table's input and forward chains, the `bridge shoal` "
+            "anti-spoofing table, the jump to SHOAL-FORWARD, and Docker's embedded-DNS NAT "
+            "inside containers on a user-defined network) is measured one difference at a "
+            "time under 'Where the difference went' (`python -m benchmarks.dataplane.parity`). "
+            "On this shared 2-core machine a round varies by up to 10 %, so a difference of a "
+            "few per cent counts only where it repeats."
+        )
     handwg = systems.get("handwg")
     first_shoal = shoal.first_packet_ms if shoal is not None else None
     first_wg = handwg.first_packet_ms if handwg is not None else None
