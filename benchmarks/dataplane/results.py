@@ -74,12 +74,13 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
-def _cpu_per_gbit(runs: Sequence[IperfRun]) -> float | None:
-    return median([r.cpu_seconds / r.gbit for r in runs if r.gbit])
-
-
 def _cpu_runs(runs: Sequence[IperfRun]) -> tuple[float | None, ...]:
+    """CPU seconds per Gbit of each run, None for a run that moved nothing."""
     return tuple(r.cpu_seconds / r.gbit if r.gbit else None for r in runs)
+
+
+def _cpu_per_gbit(runs: Sequence[IperfRun]) -> float | None:
+    return median([c for c in _cpu_runs(runs) if c is not None])
 
 
 class SystemResult(Frozen):
@@ -153,7 +154,8 @@ class Comparison(Frozen):
     """shoal ÷ hand-written WireGuard (the same wireguard-go binary). `ratios` divides the two
     systems' medians; the targets are judged on the paired figures: the two run back to back in
     every round (A B, then B A), and `tcp1_paired`/`cpu_paired` are the medians of the rounds'
-    own ratios (`tcp1_rounds`, `cpu_rounds`), so a load that drifts between rounds cancels out.
+    own ratios (`tcp1_rounds`, `cpu_rounds`), so a round hit by load counts once, against the
+    pair it hit.
     `meets_target` (both targets) is None when one of the two did not run."""
 
     ratios: Ratios
