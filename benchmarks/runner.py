@@ -19,7 +19,7 @@ from typing import TypeVar
 
 from benchmarks import report
 from benchmarks.controlplane import ControlplaneResult, run_controlplane
-from benchmarks.dataplane.results import DataplaneResult
+from benchmarks.dataplane.results import DataplaneResult, crossover
 from benchmarks.dataplane.run import run_dataplane
 from benchmarks.log import progress
 from benchmarks.nat import NatResult, run_nat
@@ -150,7 +150,7 @@ def run_sections(
             continue
         section = runs[name]().model_copy(update={"generated": generated})
         if name == "dataplane":
-            section = _keep_parity(section, previous)
+            section = _keep_decompositions(section, previous)
         results = _with(results, name, section, started)
         report.write_report(results, out)
     written = report.write_report(results, out)
@@ -158,14 +158,25 @@ def run_sections(
     return results, written
 
 
-def _keep_parity(section: AnySection, previous: Results | None) -> AnySection:
+def _rounds(rounds: tuple[float, ...]) -> str:
+    """A comparison's rounds and its pairs of rounds (A B with B A), for the summary line."""
+    if not rounds:
+        return "rounds -"
+    pairs = " ".join(f"{r:.2f}" for r in crossover(rounds))
+    return f"rounds {' '.join(f'{r:.2f}' for r in rounds)}; pairs {pairs}"
+
+
+def _keep_decompositions(section: AnySection, previous: Results | None) -> AnySection:
     """A new data-plane section keeps the decomposition runs the report held: they are added
-    by their own command (`python -m benchmarks.dataplane.parity --publish`), not by this one."""
+    by their own commands (`python -m benchmarks.dataplane.parity --publish`, `... nfcost
+    --publish`), not by this one."""
     old = previous.sections.dataplane.result if previous is not None else None
     new = section.result
-    if old is None or not old.parity or not isinstance(new, DataplaneResult):
+    if old is None or not isinstance(new, DataplaneResult):
         return section
-    kept = new.model_copy(update={"parity": (*old.parity, *new.parity)})
+    kept = new.model_copy(
+        update={"parity": (*old.parity, *new.parity), "nfcost": (*old.nfcost, *new.nfcost)}
+    )
     return section.model_copy(update={"result": kept})
 
 
@@ -201,12 +212,11 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
     dp = sections.dataplane.result
     if dp is not None and dp.shoal_vs_handwg.ratios.tcp1_gbps is not None:
         cmp = dp.shoal_vs_handwg
-        tcp = " ".join(f"{r:.2f}" for r in cmp.tcp1_rounds) or "-"
-        cpu = " ".join(f"{r:.2f}" for r in cmp.cpu_rounds) or "-"
+        tcp, cpu = _rounds(cmp.tcp1_rounds), _rounds(cmp.cpu_rounds)
         print(
             f"shoal / hand-written WireGuard, TCP 1 stream: {cmp.tcp1 or 0:.2f}x "
-            f"(rounds {tcp}; medians' ratio {cmp.ratios.tcp1_gbps:.2f}x; target >= "
-            f"{cmp.target_tcp}x), CPU per Gbit: {cmp.cpu or 0:.2f}x (rounds {cpu}; medians' "
+            f"({tcp}; medians' ratio {cmp.ratios.tcp1_gbps:.2f}x; target >= "
+            f"{cmp.target_tcp}x), CPU per Gbit: {cmp.cpu or 0:.2f}x ({cpu}; medians' "
             f"ratio {cmp.ratios.cpu_s_per_gbit or 0:.2f}x; target <= {cmp.target_cpu}x)"
         )
     pol = sections.policy.result

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.dataplane.probes import PORT, Endpoint, cpu_busy_seconds, iperf_server, netns
 from benchmarks.dataplane.render import parity_md
-from benchmarks.dataplane.results import Parity, ParityVariant
+from benchmarks.dataplane.results import NfCost, Parity, ParityVariant
 from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF, Setup, setup_handwg, setup_shoal
 from benchmarks.dataplane.tuning import ShoalKnobs
 from benchmarks.log import progress
@@ -345,16 +345,17 @@ def measure_variants(
     return out
 
 
-def publish(result: Parity, docs: Path) -> None:
-    """Add `result` to the data-plane section of `docs`/benchmarks.json (the rest of the file
-    byte for byte as it was: others publish into it too) and render benchmarks.md again from
-    it (the charts stay as they are)."""
+def publish(result: Parity | NfCost, docs: Path) -> None:
+    """Add `result` (a decomposition run: parity's or nfcost's) to the data-plane section of
+    `docs`/benchmarks.json (the rest of the file byte for byte as it was: others publish into
+    it too) and render benchmarks.md again from it (the charts stay as they are)."""
+    key = "parity" if isinstance(result, Parity) else "nfcost"
     path = docs / JSON_NAME
     data = json.loads(path.read_text())
     dp = (data.get("sections", {}).get("dataplane") or {}).get("result")
     if not isinstance(dp, dict):
         raise LabError(f"{path} has no data-plane result to add the decomposition to")
-    dp["parity"] = [*dp.get("parity", []), result.model_dump(mode="json")]
+    dp[key] = [*dp.get(key, []), result.model_dump(mode="json")]
     text = json.dumps(data, indent=2) + "\n"
     published = Results.model_validate_json(text)
     path.write_text(text)

@@ -9,10 +9,12 @@ from pathlib import Path
 from benchmarks.dataplane.results import (
     Comparison,
     DataplaneResult,
+    NfCost,
     Parity,
     SystemResult,
     Tuning,
     TuningVariant,
+    crossover,
 )
 from benchmarks.textfmt import num, ratio, table
 
@@ -98,6 +100,10 @@ def render_markdown(dp: DataplaneResult, image: str | None = None) -> list[str]:
         out += ["", "### Where the difference went", "", *_parity_intro()]
         for run in dp.parity:
             out += ["", *parity_md(run)]
+    if dp.nfcost:
+        out += ["", "### Each part of shoal's firewall per packet, apart", "", *_nfcost_intro()]
+        for cost in dp.nfcost:
+            out += ["", *nfcost_md(cost)]
     return out
 
 
@@ -119,17 +125,24 @@ def comparison_md(cmp: Comparison) -> list[str]:
     ]
     if paired:
         names = " and ".join(what for what, _rounds in paired)
-        shown = "; ".join(f"{what} {', '.join(f'{r:.2f}' for r in rs)}" for what, rs in paired)
+        shown = "; ".join(f"{what} {_joined(rs)}" for what, rs in paired)
+        crossed = "; ".join(f"{what} {_joined(crossover(rs))}" for what, rs in paired)
         unpaired = "" if len(paired) == 2 else "; the other figure is the ratio of the medians"
         lines += [
             "",
-            f"The two run back to back in every round (A B, then B A). {names} above: the "
-            "median of the rounds' own ratios, so a round hit by load counts once, against the "
-            f"pair it hit{unpaired}. Rounds: {shown}. The ratio of the two systems' medians in "
-            f"the table: TCP 1 stream {ratio(r1.tcp1_gbps)}, CPU per Gbit "
+            f"The two run back to back in every round (A B, then B A), and each A B round is "
+            f"taken with the B A round after it (the geometric mean of their ratios), so "
+            f"whatever running second costs cancels out. {names} above: the median of those "
+            f"pairs, so a round hit by load counts once, against the pair it hit{unpaired}. "
+            f"Rounds: {shown}. Pairs of rounds: {crossed}. The ratio of the two systems' "
+            f"medians in the table: TCP 1 stream {ratio(r1.tcp1_gbps)}, CPU per Gbit "
             f"{ratio(r1.cpu_s_per_gbit)}.",
         ]
     return lines
+
+
+def _joined(values: tuple[float, ...]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def _parity_intro() -> list[str]:
@@ -191,6 +204,46 @@ def parity_md(run: Parity) -> list[str]:
     return out
 
 
+def _nfcost_intro() -> list[str]:
+    return [
+        "The runs above see shoal's firewall as a whole; each of its parts moves a run by less "
+        "than runs vary. This measures the parts apart, without Docker or WireGuard: three "
+        "network namespaces (a container on a bridge named `shoal-br0`, a host, a peer behind "
+        "a veth named `shoal0` and an underlay veth), the host loaded with shoal's own tables "
+        "rendered for that topology, iperf3 UDP with 64-byte datagrams at full rate (the "
+        "sender's core is busy, and a veth forwards in the sender's softirq, so the time per "
+        "packet sent is the path's cost per packet). Each part is loaded K times under "
+        "distinct names, each copy its own base chains at the same hooks: (time per packet "
+        "with K copies \u2212 without) \u00f7 K is what one copy costs a packet, its hook call "
+        "included. Caches are hot here; on a path that also runs wireguard-go a part costs "
+        "more."
+    ]
+
+
+def nfcost_md(run: NfCost) -> list[str]:
+    out = [
+        f"**{run.generated}** (`{run.command}`: {run.rounds} rounds, {run.copies} copies, "
+        f"{run.seconds} s a run):",
+        "",
+    ]
+    rows = [
+        [
+            p.description,
+            p.packets,
+            num(statistics.median(p.baseline_ns), 0),
+            num(statistics.median(p.added_ns), 0),
+            ", ".join(num(x, 0) for x in p.added_ns),
+        ]
+        for p in run.parts
+    ]
+    out += table(
+        ["part", "packets", "ns per packet without", "ns one copy adds", "rounds"], rows, "llrrl"
+    )
+    if run.notes:
+        out += ["", *(f"- {note}" for note in run.notes)]
+    return out
+
+
 def _explanations(systems: dict[str, SystemResult], cmp: Comparison) -> list[str]:
     """Where shoal is behind, and why, from the figures of this run."""
     out = ["Where shoal is behind, and why:", ""]
@@ -231,9 +284,11 @@ def _explanations(systems: dict[str, SystemResult], cmp: Comparison) -> list[str
             "packet (its `inet shoal` table's input and forward chains, the `bridge shoal` "
             "anti-spoofing table, the jump to SHOAL-FORWARD, and Docker's embedded-DNS NAT "
             "inside containers on a user-defined network) is measured one difference at a "
-            "time under 'Where the difference went' (`python -m benchmarks.dataplane.parity`). "
-            "On this shared 2-core machine a round varies by up to 10 %, so a difference of a "
-            "few per cent counts only where it repeats."
+            "time under 'Where the difference went' (`python -m benchmarks.dataplane.parity`), "
+            "and each table's cost per packet apart under 'Each part of shoal's firewall per "
+            "packet, apart' (`python -m benchmarks.dataplane.nfcost`). On this shared 2-core "
+            "machine a round varies by up to 10 %, so a difference of a few per cent counts "
+            "only where it repeats."
         )
     handwg = systems.get("handwg")
     first_shoal = shoal.first_packet_ms if shoal is not None else None

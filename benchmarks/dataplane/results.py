@@ -153,9 +153,9 @@ class SystemResult(Frozen):
 class Comparison(Frozen):
     """shoal ÷ hand-written WireGuard (the same wireguard-go binary). `ratios` divides the two
     systems' medians; the targets are judged on the paired figures: the two run back to back in
-    every round (A B, then B A), and `tcp1_paired`/`cpu_paired` are the medians of the rounds'
-    own ratios (`tcp1_rounds`, `cpu_rounds`), so a round hit by load counts once, against the
-    pair it hit.
+    every round (A B, then B A), each round gives its own ratio (`tcp1_rounds`, `cpu_rounds`),
+    and `tcp1_paired`/`cpu_paired` are the medians of `crossover` of those: a round hit by load
+    counts once, against the pair it hit, and whatever running second costs cancels out.
     `meets_target` (both targets) is None when one of the two did not run."""
 
     ratios: Ratios
@@ -225,6 +225,29 @@ class Parity(Frozen):
     notes: tuple[str, ...] = ()  # what the run showed, in the words of whoever ran it
 
 
+class NfCostPart(Frozen):
+    """One part of shoal's firewall, loaded `copies` times: per round, the time per packet
+    without any of shoal's tables and what one copy adds to it."""
+
+    part: str
+    description: str
+    packets: str  # which packets meet it
+    baseline_ns: tuple[float, ...]
+    added_ns: tuple[float, ...]
+
+
+class NfCost(Frozen):
+    """One run of `python -m benchmarks.dataplane.nfcost` (issue 14: each part apart)."""
+
+    command: str
+    generated: str
+    rounds: int
+    copies: int
+    seconds: int
+    parts: tuple[NfCostPart, ...] = ()
+    notes: tuple[str, ...] = ()  # what the run showed, in the words of whoever ran it
+
+
 class DataplaneResult(Frozen):
     status: Literal["ok"] = "ok"
     settings: Settings
@@ -232,6 +255,7 @@ class DataplaneResult(Frozen):
     shoal_vs_handwg: Comparison
     tuning: Tuning
     parity: tuple[Parity, ...] = ()  # decomposition runs, added by their own command
+    nfcost: tuple[NfCost, ...] = ()  # per-part costs, added by their own command too
 
 
 def with_ratios(systems: dict[str, SystemResult]) -> tuple[dict[str, SystemResult], Comparison]:
@@ -257,8 +281,8 @@ def compare(shoal: SystemResult, handwg: SystemResult) -> Comparison:
         ratios=shoal.ratios_to(handwg),
         tcp1_rounds=tcp1,
         cpu_rounds=cpu,
-        tcp1_paired=median(tcp1),
-        cpu_paired=median(cpu),
+        tcp1_paired=median(crossover(tcp1)),
+        cpu_paired=median(crossover(cpu)),
         meets_target=None,
     )
     met = (
@@ -268,6 +292,18 @@ def compare(shoal: SystemResult, handwg: SystemResult) -> Comparison:
         and cmp.cpu <= TARGET_CPU
     )
     return cmp.model_copy(update={"meets_target": met})
+
+
+def crossover(rounds: Sequence[float]) -> tuple[float, ...]:
+    """Each A B round's ratio with the next (B A) round's, as one figure: their geometric mean.
+    Running second can cost a system a tenth of its throughput on this machine (2026-12-01
+    16:01 UTC: rounds 0.89, 1.04, 0.90, 1.11, 0.91, 1.14), and a median of single rounds then
+    lands between the two orders; paired with its reverse, the order cancels. An odd last
+    round stands alone."""
+    return tuple(
+        math.prod(rounds[i : i + 2]) ** (1 / len(rounds[i : i + 2]))
+        for i in range(0, len(rounds), 2)
+    )
 
 
 def _per_round(mine: Sequence[float | None], theirs: Sequence[float | None]) -> tuple[float, ...]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report, runner
+from benchmarks.dataplane.results import NfCost
 from benchmarks.results import SECTIONS, AnySection, Results, Section, kept_sections
 from shoal.lab import LabError
 from tests.benchmarks.test_report import DOCS, canned
@@ -131,17 +132,19 @@ def test_only_this_runs_failures_set_the_exit_status(capsys: pytest.CaptureFixtu
 
 
 def test_a_new_data_plane_run_keeps_the_published_decomposition_runs(tmp_path: Path) -> None:
-    """`benchmarks.dataplane.parity --publish` adds its runs to the data-plane section; running
-    the section again replaces its figures, not those runs."""
+    """`benchmarks.dataplane.parity --publish` and `... nfcost --publish` add their runs to the
+    data-plane section; running the section again replaces its figures, not those runs."""
     docs = Results.model_validate_json((DOCS / "benchmarks.json").read_text())
     dataplane = docs.sections.dataplane.result
     assert dataplane is not None and dataplane.parity  # docs holds some
+    nfcost = NfCost(command="nfcost", generated="now", rounds=1, copies=10, seconds=3)
+    dataplane = dataplane.model_copy(update={"nfcost": (nfcost,)})
     before = published()
     with_parity = before.sections.dataplane.model_copy(update={"result": dataplane})
     before = before.model_copy(
         update={"sections": before.sections.model_copy(update={"dataplane": with_parity})}
     )
-    fresh = dataplane.model_copy(update={"parity": ()})
+    fresh = dataplane.model_copy(update={"parity": (), "nfcost": ()})
     results, _ = runner.run_sections(
         tmp_path,
         {"dataplane": lambda: Section(status="ok", seconds=1.0, result=fresh)},
@@ -152,3 +155,4 @@ def test_a_new_data_plane_run_keeps_the_published_decomposition_runs(tmp_path: P
     )
     result = results.sections.dataplane.result
     assert result is not None and result.parity == dataplane.parity
+    assert result.nfcost == (nfcost,)
