@@ -35,6 +35,7 @@ from benchmarks.results import (
 )
 from benchmarks.scale.measure import run_scale
 from benchmarks.scale.results import ScaleResult
+from benchmarks.textfmt import figures
 from shoal.lab import DEFAULT_ROOT, LabError, sweep
 
 # (store, nodes): SQLite's one server up to 10,000 hosts, and 2 replicas on PostgreSQL. The
@@ -158,12 +159,11 @@ def run_sections(
     return results, written
 
 
-def _rounds(rounds: tuple[float, ...]) -> str:
+def _rounds_and_pairs(rounds: tuple[float, ...]) -> str:
     """A comparison's rounds and its pairs of rounds (A B with B A), for the summary line."""
     if not rounds:
         return "rounds -"
-    pairs = " ".join(f"{r:.2f}" for r in crossover(rounds))
-    return f"rounds {' '.join(f'{r:.2f}' for r in rounds)}; pairs {pairs}"
+    return f"rounds {figures(rounds, ' ')}; pairs {figures(crossover(rounds), ' ')}"
 
 
 def _keep_decompositions(section: AnySection, previous: Results | None) -> AnySection:
@@ -212,7 +212,7 @@ def summarize(results: Results, written: dict[str, Path]) -> int:
     dp = sections.dataplane.result
     if dp is not None and dp.shoal_vs_handwg.ratios.tcp1_gbps is not None:
         cmp = dp.shoal_vs_handwg
-        tcp, cpu = _rounds(cmp.tcp1_rounds), _rounds(cmp.cpu_rounds)
+        tcp, cpu = _rounds_and_pairs(cmp.tcp1_rounds), _rounds_and_pairs(cmp.cpu_rounds)
         print(
             f"shoal / hand-written WireGuard, TCP 1 stream: {cmp.tcp1 or 0:.2f}x "
             f"({tcp}; medians' ratio {cmp.ratios.tcp1_gbps:.2f}x; target >= "

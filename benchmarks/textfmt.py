@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 def num(value: float | None, digits: int = 2) -> str:
     """`value` with `digits` decimals (small values in 2 significant digits); "—" for None."""
@@ -17,6 +19,11 @@ def ratio(value: float | None) -> str:
     if value is None:
         return "—"
     return f"{value:.3f}\u00d7" if value < 0.1 else f"{value:.2f}\u00d7"
+
+
+def figures(values: Sequence[float], sep: str = ", ") -> str:
+    """Ratios or similar figures, two decimals each, joined by `sep`."""
+    return sep.join(f"{v:.2f}" for v in values)
 
 
 def table(header: list[str], rows: list[list[str]], align: str = "") -> list[str]:

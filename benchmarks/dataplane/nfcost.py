@@ -1,9 +1,9 @@
 """What each part of shoal's firewall costs per packet, measured apart (issue 14).
 
 `python -m benchmarks.dataplane.nfcost [--rounds N] [--copies K] [--seconds S]` (root; wrap it
-in `flock /tmp/shoal-bench.lock`). The parity runs see shoal's firewall as a whole (3-5 % CPU
-per Gbit through wireguard-go) but not its parts, each of which moves a run by less than a
-run varies. This takes the data path out: no Docker, no WireGuard, three network namespaces.
+in `flock /tmp/shoal-bench.lock`). The parity runs see shoal's firewall as a whole, through
+wireguard-go and Docker, but not its parts: each moves a run by less than a run varies. This
+takes the data path out: no Docker, no WireGuard, three network namespaces.
 
     container  --veth--  [ shoal-br0 ]  host  [ shoal0 ]  --veth--  peer
                                          host  [ underlay ] --veth--  peer
@@ -35,12 +35,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
-from benchmarks.dataplane.parity import publish
+from benchmarks.dataplane.probes import serve_iperf, stop
+from benchmarks.dataplane.publish import publish
 from benchmarks.dataplane.render import nfcost_md
 from benchmarks.dataplane.results import NfCost, NfCostPart
 from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF
 from benchmarks.log import progress
 from shoal.firewall import antispoof, nft
+from shoal.lab import LabError
 from shoal.plan.hostconfig import FirewallConfig
 
 CONTAINER, HOST, PEER = "shoal-nfc-container", "shoal-nfc-host", "shoal-nfc-peer"
@@ -111,7 +113,7 @@ class Part:
     """A part of shoal's firewall and the flow whose packets meet it."""
 
     name: str
-    what: str
+    description: str
     flow: str  # key of FLOWS
     tables: Callable[[], str]  # `nft -f` text of one copy
 
@@ -127,7 +129,7 @@ PARTS = (
 _TABLE = re.compile(r"^table (\w+) (\S+) \{", re.M)
 
 
-def copies(tables: str, k: int) -> str:
+def renamed_copies(tables: str, k: int) -> str:
     """`tables` k times, each table renamed `<name><i>`: k sets of base chains at the same
     hooks, each of which every packet meets."""
     return "".join(_TABLE.sub(rf"table \1 \g<2>{i} {{", tables) for i in range(k))
@@ -148,8 +150,11 @@ def _ip(*argv: str) -> None:
 
 
 def _teardown() -> None:
-    subprocess.run(["pkill", "-f", "iperf3 -s -1 -p"], capture_output=True)
+    """The namespaces removed, and whatever still runs in them (an aborted run's iperf3) first."""
     for ns in (CONTAINER, HOST, PEER):
+        pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        for pid in pids.stdout.split():
+            subprocess.run(["kill", "-9", pid], capture_output=True)
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
@@ -195,17 +200,20 @@ def load(tables: str) -> None:
 
 
 def ns_per_packet(flow: Flow, seconds: int) -> float:
-    """Nanoseconds per datagram iperf3's client sent, at full rate."""
-    port = str(flow.port)
-    subprocess.Popen(
-        ["ip", "netns", "exec", flow.server, "iperf3", "-s", "-1", "-p", port],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(0.3)
-    udp = ["-u", "-l", "64", "-b", "0", "-t", str(seconds), "-J"]
-    out = _ns(flow.client, ["iperf3", "-c", str(flow.address), "-p", port, *udp])
+    """Nanoseconds per datagram iperf3's client sent, at full rate. A flow that lost most of
+    what it sent did not take the accept path the part is meant to cost: an error, not a
+    figure."""
+    srv = serve_iperf(["ip", "netns", "exec", flow.server], flow.port, flow.server)
+    try:
+        udp = ["-u", "-l", "64", "-b", "0", "-t", str(seconds), "-J"]
+        argv = ["iperf3", "-c", str(flow.address), "-p", str(flow.port), *udp]
+        cmd = ["ip", "netns", "exec", flow.client, *argv]
+        out = subprocess.run(cmd, capture_output=True, check=True, timeout=seconds + 30).stdout
+    finally:
+        stop(srv)
     total = json.loads(out)["end"]["sum"]
+    if int(total["packets"]) == 0 or float(total["lost_percent"]) > 50:
+        raise LabError(f"{flow.name}: {total['lost_percent']:.0f} % of the datagrams lost")
     return 1e9 * float(total["seconds"]) / int(total["packets"])
 
 
@@ -219,7 +227,7 @@ def measure(rounds: int, k: int, seconds: int) -> list[NfCostPart]:
                 flow = FLOWS[part.flow]
                 load("")
                 before = ns_per_packet(flow, seconds)
-                load(copies(part.tables(), k))
+                load(renamed_copies(part.tables(), k))
                 loaded = ns_per_packet(flow, seconds)
                 load("")
                 without = (before + ns_per_packet(flow, seconds)) / 2
@@ -229,7 +237,7 @@ def measure(rounds: int, k: int, seconds: int) -> list[NfCostPart]:
     return [
         NfCostPart(
             part=p.name,
-            description=p.what,
+            description=p.description,
             packets=FLOWS[p.flow].name,
             baseline_ns=tuple(baseline[p.name]),
             added_ns=tuple(added[p.name]),
@@ -265,19 +273,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seconds=args.seconds,
                 parts=tuple(measure(args.rounds, args.copies, args.seconds)),
             )
+        result = result.model_copy(update={"notes": (*result.notes, *args.note)})
+        if args.save is not None:
+            args.save.write_text(result.model_dump_json(indent=2) + "\n")
+        print("\n".join(nfcost_md(result)))
+        if args.publish is not None:
+            publish(args.publish, "nfcost", result)
     except subprocess.CalledProcessError as exc:
         detail = (exc.stderr or b"").decode(errors="replace").strip()
         print(f"nfcost: {' '.join(exc.cmd)} failed: {detail}", file=sys.stderr)
         return 2
-    except (OSError, KeyError, ValueError) as exc:
+    except (LabError, OSError, KeyError, ValueError, subprocess.TimeoutExpired) as exc:
         print(f"nfcost: {exc}", file=sys.stderr)
         return 2
-    result = result.model_copy(update={"notes": (*result.notes, *args.note)})
-    if args.save is not None:
-        args.save.write_text(result.model_dump_json(indent=2) + "\n")
-    print("\n".join(nfcost_md(result)))
-    if args.publish is not None:
-        publish(result, args.publish)
     return 0
 
 

@@ -34,13 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.dataplane.probes import PORT, Endpoint, cpu_busy_seconds, iperf_server, netns
+from benchmarks.dataplane.publish import publish
 from benchmarks.dataplane.render import parity_md
-from benchmarks.dataplane.results import NfCost, Parity, ParityVariant
+from benchmarks.dataplane.results import Parity, ParityVariant
 from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF, Setup, setup_handwg, setup_shoal
 from benchmarks.dataplane.tuning import ShoalKnobs
 from benchmarks.log import progress
-from benchmarks.report import DATAPLANE_PNG, JSON_NAME, MD_NAME, SCALE_PNG, render_markdown
-from benchmarks.results import Results
 from shoal.lab import Lab, LabError, LabHost
 from shoal.lab.lab import run
 
@@ -345,24 +344,6 @@ def measure_variants(
     return out
 
 
-def publish(result: Parity | NfCost, docs: Path) -> None:
-    """Add `result` (a decomposition run: parity's or nfcost's) to the data-plane section of
-    `docs`/benchmarks.json (the rest of the file byte for byte as it was: others publish into
-    it too) and render benchmarks.md again from it (the charts stay as they are)."""
-    key = "parity" if isinstance(result, Parity) else "nfcost"
-    path = docs / JSON_NAME
-    data = json.loads(path.read_text())
-    dp = (data.get("sections", {}).get("dataplane") or {}).get("result")
-    if not isinstance(dp, dict):
-        raise LabError(f"{path} has no data-plane result to add the decomposition to")
-    dp[key] = [*dp.get(key, []), result.model_dump(mode="json")]
-    text = json.dumps(data, indent=2) + "\n"
-    published = Results.model_validate_json(text)
-    path.write_text(text)
-    images = {"dataplane": DATAPLANE_PNG, "scale": SCALE_PNG}
-    (docs / MD_NAME).write_text(render_markdown(published, images))
-
-
 @contextlib.contextmanager
 def both_labs(prefix: str) -> Iterator[tuple[tuple[Lab, Setup], tuple[Lab, Setup]]]:
     """Two fresh 2-host labs, the minimal hand-written recipe's and shoal's, each set up;
@@ -426,18 +407,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = Parity.model_validate_json(args.load.read_text())
         else:
             result = _measure(args)
+        update: dict[str, object] = {"notes": (*result.notes, *args.note)}
+        if args.label != parser.get_default("label"):
+            update["label"] = args.label
+        result = result.model_copy(update=update)
+        if args.save is not None:
+            args.save.write_text(result.model_dump_json(indent=2) + "\n")
+        print("\n".join(parity_md(result)))
+        if args.publish is not None:
+            publish(args.publish, "parity", result)
     except (LabError, OSError, ValueError) as exc:
         print(f"parity: {exc}", file=sys.stderr)
         return 2
-    update: dict[str, object] = {"notes": (*result.notes, *args.note)}
-    if args.label != parser.get_default("label"):
-        update["label"] = args.label
-    result = result.model_copy(update=update)
-    if args.save is not None:
-        args.save.write_text(result.model_dump_json(indent=2) + "\n")
-    print("\n".join(parity_md(result)))
-    if args.publish is not None:
-        publish(result, args.publish)
     return 0
 
 

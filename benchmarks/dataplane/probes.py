@@ -56,7 +56,8 @@ def cpu_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def _stop(proc: subprocess.Popen[Any]) -> None:
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """`proc` ended: SIGTERM, SIGKILL if it is still there 3 s later."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -68,18 +69,24 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 def iperf_server(server: Endpoint) -> subprocess.Popen[bytes]:
     """A one-shot iperf3 server (`-s -1`) in the server container's netns, once it listens."""
+    return serve_iperf(netns(server.pid, []), PORT, server.container)
+
+
+def serve_iperf(enter: list[str], port: int, where: str) -> subprocess.Popen[bytes]:
+    """A one-shot iperf3 server on `port`, started by `enter` (a command that enters a network
+    namespace and execs the rest, as `nsenter` and `ip netns exec` do), once it listens."""
     srv = subprocess.Popen(
-        netns(server.pid, ["iperf3", "-s", "-1", "-p", str(PORT)]),
+        [*enter, "iperf3", "-s", "-1", "-p", str(port)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 10
-    while not listening(server.pid, PORT):
+    while not listening(srv.pid, port):
         if srv.poll() is not None or time.monotonic() > deadline:
-            _stop(srv)
-            raise LabError(f"iperf3 server in {server.container} did not start")
+            stop(srv)
+            raise LabError(f"iperf3 server in {where} did not start")
         time.sleep(0.02)
     return srv
 
@@ -95,7 +102,7 @@ def iperf(client: Endpoint, server: Endpoint, seconds: int, streams: int = 1) ->
         out = run(netns(client.pid, argv), check=False, timeout=seconds + 30)
         cpu = cpu_busy_seconds() - cpu0
     finally:
-        _stop(srv)
+        stop(srv)
     try:
         data: dict[str, Any] = json.loads(out.stdout)
     except ValueError as exc:
@@ -144,7 +151,7 @@ def first_packet_ms(client: Endpoint, dst: IPv4Address, timeout: float = 5.0) ->
                 return int(m.group(1)) * 10.0 + float(m.group(2))
         return None
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def measure(

@@ -15,8 +15,9 @@ from benchmarks.dataplane.results import (
     Tuning,
     TuningVariant,
     crossover,
+    median,
 )
-from benchmarks.textfmt import num, ratio, table
+from benchmarks.textfmt import figures, num, ratio, table
 
 SYSTEM_ORDER = ("baseline", "swarm", "swarm-encrypted", "handwg", "nebula", "shoal")
 
@@ -125,8 +126,9 @@ def comparison_md(cmp: Comparison) -> list[str]:
     ]
     if paired:
         names = " and ".join(what for what, _rounds in paired)
-        shown = "; ".join(f"{what} {_joined(rs)}" for what, rs in paired)
-        crossed = "; ".join(f"{what} {_joined(crossover(rs))}" for what, rs in paired)
+        shown = "; ".join(f"{what} {figures(rs)}" for what, rs in paired)
+        crossed = "; ".join(f"{what} {figures(crossover(rs))}" for what, rs in paired)
+        singles = "; ".join(f"{what} {ratio(median(rs))}" for what, rs in paired)
         unpaired = "" if len(paired) == 2 else "; the other figure is the ratio of the medians"
         lines += [
             "",
@@ -134,15 +136,11 @@ def comparison_md(cmp: Comparison) -> list[str]:
             f"taken with the B A round after it (the geometric mean of their ratios), so "
             f"whatever running second costs cancels out. {names} above: the median of those "
             f"pairs, so a round hit by load counts once, against the pair it hit{unpaired}. "
-            f"Rounds: {shown}. Pairs of rounds: {crossed}. The ratio of the two systems' "
-            f"medians in the table: TCP 1 stream {ratio(r1.tcp1_gbps)}, CPU per Gbit "
-            f"{ratio(r1.cpu_s_per_gbit)}.",
+            f"Rounds: {shown}. Pairs of rounds: {crossed}. The median of single rounds: "
+            f"{singles}. The ratio of the two systems' medians in the table: TCP 1 stream "
+            f"{ratio(r1.tcp1_gbps)}, CPU per Gbit {ratio(r1.cpu_s_per_gbit)}.",
         ]
     return lines
-
-
-def _joined(values: tuple[float, ...]) -> str:
-    return ", ".join(f"{v:.2f}" for v in values)
 
 
 def _parity_intro() -> list[str]:
@@ -286,9 +284,10 @@ def _explanations(systems: dict[str, SystemResult], cmp: Comparison) -> list[str
             "inside containers on a user-defined network) is measured one difference at a "
             "time under 'Where the difference went' (`python -m benchmarks.dataplane.parity`), "
             "and each table's cost per packet apart under 'Each part of shoal's firewall per "
-            "packet, apart' (`python -m benchmarks.dataplane.nfcost`). On this shared 2-core "
-            "machine a round varies by up to 10 %, so a difference of a few per cent counts "
-            "only where it repeats."
+            "packet, apart' (`python -m benchmarks.dataplane.nfcost`): together about 3 % of "
+            "a Gbit's CPU (docs/measurements.md); a run further behind than that has a cause "
+            "those measurements do not show. On this shared 2-core machine a round varies by "
+            "up to 10 %, so a difference of a few per cent counts only where it repeats."
         )
     handwg = systems.get("handwg")
     first_shoal = shoal.first_packet_ms if shoal is not None else None

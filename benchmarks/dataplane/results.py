@@ -27,9 +27,10 @@ class Settings(Frozen):
     tuning_seconds: int
 
 
-# Six runs: shoal ÷ hand-written WireGuard is the median of six back-to-back pairs, an even
-# number so each goes first in half of them. One pair can be off by 10 % on this shared machine;
-# the median keeps a round hit by load from counting against both systems at once.
+# Six runs: hand-written WireGuard and shoal run back to back in each, in the reverse order in
+# every other one, and shoal ÷ hand-written is the median of the three pairs of rounds
+# (`crossover`). One round can be off by 10 % on this shared machine; the median keeps a round
+# hit by load from counting against both systems at once.
 FULL = Settings(runs=6, seconds=10, ping_count=200, tuning_runs=2, tuning_seconds=5)
 QUICK = Settings(runs=1, seconds=2, ping_count=200, tuning_runs=1, tuning_seconds=2)
 
@@ -296,14 +297,14 @@ def compare(shoal: SystemResult, handwg: SystemResult) -> Comparison:
 
 def crossover(rounds: Sequence[float]) -> tuple[float, ...]:
     """Each A B round's ratio with the next (B A) round's, as one figure: their geometric mean.
-    Running second can cost a system a tenth of its throughput on this machine (2026-12-01
-    16:01 UTC: rounds 0.89, 1.04, 0.90, 1.11, 0.91, 1.14), and a median of single rounds then
-    lands between the two orders; paired with its reverse, the order cancels. An odd last
-    round stands alone."""
-    return tuple(
-        math.prod(rounds[i : i + 2]) ** (1 / len(rounds[i : i + 2]))
-        for i in range(0, len(rounds), 2)
-    )
+    Running second can cost a system a tenth of its throughput on this machine (the 15:47 UTC
+    run of 2026-12-01: rounds 0.89, 1.04, 0.90, 1.11, 0.91, 1.14), and a median of single
+    rounds then lands between the two orders; paired with its reverse, the order cancels. An
+    odd last round has no reverse and would bring the order back: it is left out, unless it
+    is the only round."""
+    if len(rounds) < 2:
+        return tuple(rounds)
+    return tuple(math.sqrt(rounds[i] * rounds[i + 1]) for i in range(0, len(rounds) - 1, 2))
 
 
 def _per_round(mine: Sequence[float | None], theirs: Sequence[float | None]) -> tuple[float, ...]:

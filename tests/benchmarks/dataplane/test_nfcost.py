@@ -8,8 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
-from benchmarks.dataplane import parity
-from benchmarks.dataplane.nfcost import FLOWS, PARTS, copies, per_copy
+from benchmarks.dataplane.nfcost import FLOWS, PARTS, per_copy, renamed_copies
+from benchmarks.dataplane.publish import publish
 from benchmarks.dataplane.results import NfCost, NfCostPart
 from benchmarks.results import Results
 from tests.benchmarks.test_report import DOCS
@@ -17,7 +17,7 @@ from tests.benchmarks.test_report import DOCS
 
 def test_copies_rename_every_table_and_keep_its_chains() -> None:
     tables = PARTS[0].tables() + PARTS[1].tables()  # bridge shoal, inet shoal
-    out = copies(tables, 3)
+    out = renamed_copies(tables, 3)
     names = re.findall(r"^table (\w+ \S+) \{", out, re.M)
     assert sorted(names) == sorted(
         f"{family} shoal{i}" for family in ("bridge", "inet") for i in range(3)
@@ -63,7 +63,7 @@ def test_a_published_run_renders_under_the_data_plane_and_keeps_the_rest(
 ) -> None:
     for name in ("benchmarks.json", "benchmarks.md"):
         shutil.copy(DOCS / name, tmp_path / name)
-    parity.publish(RESULT, tmp_path)
+    publish(tmp_path, "nfcost", RESULT)
     after = Results.model_validate_json((tmp_path / "benchmarks.json").read_text())
     assert after.sections.dataplane.result is not None
     assert after.sections.dataplane.result.nfcost[-1] == RESULT

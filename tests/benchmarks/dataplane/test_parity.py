@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.dataplane import parity
+from benchmarks.dataplane.publish import publish
 from benchmarks.dataplane.results import Parity, ParityVariant
 from benchmarks.results import Results
 from tests.benchmarks.test_report import DOCS
@@ -53,7 +54,7 @@ def test_a_published_decomposition_renders_under_the_data_plane(tmp_path: Path) 
     for name in ("benchmarks.json", "benchmarks.md"):
         shutil.copy(DOCS / name, tmp_path / name)
     before = Results.model_validate_json((tmp_path / "benchmarks.json").read_text())
-    parity.publish(RESULT, tmp_path)
+    publish(tmp_path, "parity", RESULT)
     after = Results.model_validate_json((tmp_path / "benchmarks.json").read_text())
     dp_before, dp_after = before.sections.dataplane.result, after.sections.dataplane.result
     assert dp_before is not None and dp_after is not None
