@@ -33,10 +33,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
-from pathlib import Path
 
 from benchmarks.dataplane.probes import serve_iperf, stop
-from benchmarks.dataplane.publish import publish
+from benchmarks.dataplane.publish import add_arguments, publish
 from benchmarks.dataplane.render import nfcost_md
 from benchmarks.dataplane.results import NfCost, NfCostPart
 from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF
@@ -253,12 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--copies", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=3)
-    parser.add_argument("--save", type=Path, help="write the result as JSON to FILE")
-    parser.add_argument(
-        "--load", type=Path, help="measure nothing: take the result --save wrote to FILE"
-    )
-    parser.add_argument("--note", action="append", default=[], help="a finding (repeatable)")
-    parser.add_argument("--publish", type=Path, help="add the result to DIR/benchmarks.{json,md}")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.load is not None:

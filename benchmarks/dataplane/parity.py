@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.dataplane.probes import PORT, Endpoint, cpu_busy_seconds, iperf_server, netns
-from benchmarks.dataplane.publish import publish
+from benchmarks.dataplane.publish import add_arguments, publish
 from benchmarks.dataplane.render import parity_md
 from benchmarks.dataplane.results import Parity, ParityVariant
 from benchmarks.dataplane.systems import SHOAL_BRIDGE, SHOAL_IF, Setup, setup_handwg, setup_shoal
@@ -395,12 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", default=None, help="iperf3 -b (default: unlimited)")
     parser.add_argument("--only", action="append", default=[], help="a variant (repeatable)")
     parser.add_argument("--label", default="this checkout", help="what shoal's code is at")
-    parser.add_argument("--save", type=Path, help="write the result as JSON to FILE")
-    parser.add_argument(
-        "--load", type=Path, help="measure nothing: take the result --save wrote to FILE"
-    )
-    parser.add_argument("--note", action="append", default=[], help="a finding (repeatable)")
-    parser.add_argument("--publish", type=Path, help="add the result to DIR/benchmarks.{json,md}")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.load is not None:

@@ -4,6 +4,7 @@ it too), and benchmarks.md rendered again from it (the charts stay as they are).
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,16 @@ from benchmarks.dataplane.results import NfCost, Parity
 from benchmarks.report import DATAPLANE_PNG, JSON_NAME, MD_NAME, SCALE_PNG, render_markdown
 from benchmarks.results import Results
 from shoal.lab import LabError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options a decomposition tool takes to keep, reload, annotate and publish a run."""
+    parser.add_argument("--save", type=Path, help="write the result as JSON to FILE")
+    parser.add_argument(
+        "--load", type=Path, help="measure nothing: take the result --save wrote to FILE"
+    )
+    parser.add_argument("--note", action="append", default=[], help="a finding (repeatable)")
+    parser.add_argument("--publish", type=Path, help="add the result to DIR/benchmarks.{json,md}")
 
 
 def publish(docs: Path, key: Literal["parity", "nfcost"], result: Parity | NfCost) -> None:
