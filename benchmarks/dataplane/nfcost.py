@@ -138,10 +138,12 @@ def per_copy(with_copies: float, without: float, k: int) -> float:
     return (with_copies - without) / k
 
 
-def _ns(ns: str, argv: list[str], stdin: bytes | None = None) -> bytes:
+def _ns(
+    ns: str, argv: list[str], stdin: bytes | None = None, timeout: float | None = None
+) -> bytes:
     """`argv`'s output, run in network namespace `ns`."""
     cmd = ["ip", "netns", "exec", ns, *argv]
-    return subprocess.run(cmd, check=True, capture_output=True, input=stdin).stdout
+    return subprocess.run(cmd, check=True, capture_output=True, input=stdin, timeout=timeout).stdout
 
 
 def _ip(*argv: str) -> None:
@@ -206,8 +208,7 @@ def ns_per_packet(flow: Flow, seconds: int) -> float:
     try:
         udp = ["-u", "-l", "64", "-b", "0", "-t", str(seconds), "-J"]
         argv = ["iperf3", "-c", str(flow.address), "-p", str(flow.port), *udp]
-        cmd = ["ip", "netns", "exec", flow.client, *argv]
-        out = subprocess.run(cmd, capture_output=True, check=True, timeout=seconds + 30).stdout
+        out = _ns(flow.client, argv, timeout=seconds + 30)
     finally:
         stop(srv)
     total = json.loads(out)["end"]["sum"]
